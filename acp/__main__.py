@@ -1,0 +1,3 @@
+from acp.cli import main
+
+main()

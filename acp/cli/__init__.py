@@ -1,0 +1,26 @@
+"""The ``acp`` command line. Only this package knows about exit codes and terminal output.
+
+Each submodule registers its commands on ``app``; none imports torch at module level, so
+``acp --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="acp",
+    help="Synthetic object-detection data: concept list in, scored COCO dataset out.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+from acp.cli import plan as _plan  # noqa: E402,F401  (registers commands)
+from acp.cli import render as _render  # noqa: E402,F401
+from acp.cli import score as _score  # noqa: E402,F401
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,1 @@
+"""Placeholder: commands of this stage are registered here once the stage exists."""

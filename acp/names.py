@@ -1,0 +1,46 @@
+"""Category-name normalisation shared by every stage that matches names.
+
+``category_key("Fire Hydrants")`` and ``category_key("fire_hydrant")`` are both
+``"fire hydrant"``: lower case, single spaces, underscores and hyphens read as spaces, and
+the last word put in the singular by a few English rules. The key is only ever compared with
+other keys; it is never shown to the user.
+"""
+
+from __future__ import annotations
+
+import re
+
+_SEPARATORS = re.compile(r"[\s_\-]+")
+# Words whose trailing "s" is not a plural ending (or whose plural is irregular).
+_INVARIANT = {"glass", "grass", "bus", "gas", "bass", "lens", "scissors", "series", "species",
+              "dress", "cross", "boss", "chess", "mattress", "compass", "cactus", "octopus",
+              "asparagus", "hummus", "couscous", "canvas", "iris", "walrus", "bonus", "status"}
+_IRREGULAR = {"people": "person", "men": "man", "women": "woman", "children": "child",
+              "mice": "mouse", "geese": "goose", "teeth": "tooth", "feet": "foot",
+              "knives": "knife", "leaves": "leaf", "wolves": "wolf", "shelves": "shelf",
+              "loaves": "loaf", "calves": "calf", "halves": "half", "sheep": "sheep",
+              "buses": "bus", "glasses": "glass", "dresses": "dress", "boxes": "box",
+              "benches": "bench", "couches": "couch", "sandwiches": "sandwich",
+              "watches": "watch", "skis": "ski", "dice": "die", "oxen": "ox"}
+
+
+def singular(word: str) -> str:
+    if word in _IRREGULAR:
+        return _IRREGULAR[word]
+    if word in _INVARIANT or len(word) <= 3:
+        return word
+    if word.endswith("ies") and len(word) > 4:
+        return word[:-3] + "y"
+    if word.endswith(("ches", "shes", "xes", "sses", "zes")):
+        return word[:-2]
+    if word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return word
+
+
+def category_key(name: str) -> str:
+    words = _SEPARATORS.sub(" ", name.strip().lower()).split(" ")
+    if not words or words == [""]:
+        return ""
+    words[-1] = singular(words[-1])
+    return " ".join(words)

@@ -1,0 +1,49 @@
+"""Types shared by the planners and the code that runs them."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from acp.schema import LayoutRules, ScenePlan
+
+
+@dataclass(frozen=True)
+class SceneRequest:
+    """One scene to plan: its id, the concepts it must contain (repeated for counts) and size."""
+
+    id: str
+    concepts: tuple[str, ...]
+    seed: int
+    width: int = 512
+    height: int = 512
+
+
+@dataclass
+class PlanOutcome:
+    """What a planner made of one request: a plan, or the reason it gave up and the raw reply."""
+
+    request: SceneRequest
+    plan: ScenePlan | None = None
+    error: str | None = None
+    raw: str | None = None
+    attempts: int = 1  # requests whose reply was parsed (re-asks included)
+    transport_retries: int = 0  # retried 429 / 5xx / timeouts / refused connections
+    repairs: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.plan is not None
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    width: int = 512
+    height: int = 512
+    rules: LayoutRules = field(default_factory=LayoutRules)
+
+
+def derive_seed(*parts: object) -> int:
+    """A stable 63-bit seed from any parts (run seed, scene id, index, ...)."""
+    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1

@@ -1,0 +1,274 @@
+"""Records passed between stages: the single source of truth.
+
+Every record is a pydantic model that forbids unknown keys. ``SceneDraft`` is what the LLM is
+asked to produce; ``ScenePlan`` is the stored record (a draft plus its id, concepts, image
+size and provenance). ``Candidate`` describes one rendered image, ``CandidateScore`` its CLIS
+scores. ``python -m acp.schema`` regenerates ``schemas/*.json`` from these models.
+
+Geometry rules of a plan box (normalised ``[x, y, w, h]``, top-left origin):
+- every value finite, ``x, y >= 0``, ``w, h > 0``, ``x + w <= 1``, ``y + h <= 1``
+  (within ``FRAME_TOLERANCE``);
+- each side at least ``MIN_BOX_SIDE`` of the frame (1/64: one latent cell of Stable Diffusion's
+  VAE at 512 px; a smaller box cannot be drawn by GLIGEN);
+- at most ``MAX_OBJECTS`` objects (GLIGEN's limit);
+- two objects overlapping by more than ``LayoutRules.max_overlap`` (IoU) are rejected or
+  flagged, as ``LayoutRules.on_overlap`` says (see ``layout_problems``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from acp.names import category_key
+
+MAX_OBJECTS = 30
+MIN_BOX_SIDE = 1 / 64
+FRAME_TOLERANCE = 1e-6
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+NonBlank = Annotated[str, Field(min_length=1, max_length=2000, pattern=r"\S")]
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=False)
+
+
+class PlanObject(_Record):
+    """One object of a scene: what it is, how it looks, where it goes."""
+
+    id: int = Field(ge=0, description="Unique within the plan; relations refer to it.")
+    category: NonBlank = Field(description="Class name, as in the concept list.")
+    description: NonBlank = Field(description="Short visual description used as GLIGEN phrase.")
+    bbox: tuple[float, float, float, float] = Field(
+        description="Normalised [x, y, w, h], top-left origin, fractions of width and height."
+    )
+    depth: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="Relative distance: 0 nearest, 1 farthest."
+    )
+
+    @field_validator("bbox")
+    @classmethod
+    def _check_bbox(cls, bbox: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+        x, y, w, h = bbox
+        if not all(math.isfinite(v) for v in bbox):
+            raise ValueError(f"bbox values must be finite, got {list(bbox)}")
+        if w <= 0 or h <= 0:
+            raise ValueError(f"bbox width and height must be > 0, got w={w:g}, h={h:g}")
+        if x < -FRAME_TOLERANCE or y < -FRAME_TOLERANCE:
+            raise ValueError(f"bbox starts outside the frame: x={x:g}, y={y:g} (expected >= 0)")
+        if x + w > 1 + FRAME_TOLERANCE or y + h > 1 + FRAME_TOLERANCE:
+            raise ValueError(
+                f"bbox leaves the frame: x+w={x + w:g}, y+h={y + h:g} (expected <= 1)"
+            )
+        if w < MIN_BOX_SIDE or h < MIN_BOX_SIDE:
+            raise ValueError(
+                f"bbox is too small: w={w:g}, h={h:g} (each side must be >= {MIN_BOX_SIDE:g})"
+            )
+        return bbox
+
+
+class Relation(_Record):
+    subject: int = Field(ge=0, description="Object id of the subject.")
+    predicate: NonBlank = Field(description='Spatial or semantic relation, e.g. "left of".')
+    object: int = Field(ge=0, description="Object id of the object.")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Relation:
+        if self.subject == self.object:
+            raise ValueError(f"relation links object {self.subject} to itself")
+        return self
+
+
+class SceneDraft(_Record):
+    """What the LLM writes: the scene text and its layout."""
+
+    caption: NonBlank = Field(description="One-sentence description of the whole image.")
+    background: str = Field(default="", max_length=2000, description="The setting, e.g. 'a park'.")
+    objects: list[PlanObject] = Field(default_factory=list, max_length=MAX_OBJECTS)
+    relations: list[Relation] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check_ids(self) -> SceneDraft:
+        ids = [o.id for o in self.objects]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"object ids must be unique, repeated: {duplicates}")
+        known = set(ids)
+        for k, rel in enumerate(self.relations):
+            missing = [i for i in (rel.subject, rel.object) if i not in known]
+            if missing:
+                raise ValueError(f"relations[{k}] names unknown object ids {missing}")
+        return self
+
+
+class ScenePlan(SceneDraft):
+    """The stored plan record (one line of ``plans.jsonl``)."""
+
+    id: str = Field(pattern=ID_PATTERN, description="Scene id; also the render folder name.")
+    concepts: list[NonBlank] = Field(
+        default_factory=list,
+        description="Requested categories, repeated for a count > 1; each must be among objects.",
+    )
+    width: int = Field(default=512, ge=64, le=4096, multiple_of=8)
+    height: int = Field(default=512, ge=64, le=4096, multiple_of=8)
+    planner: NonBlank = Field(description='"openai" or "heuristic".')
+    model: str | None = Field(default=None, description="LLM model id, when an LLM planned it.")
+    seed: int | None = Field(default=None, description="Seed of the sampler or planner.")
+    repairs: list[str] = Field(default_factory=list, description="Fixes applied to the LLM reply.")
+    warnings: list[str] = Field(default_factory=list, description="Flagged, accepted problems.")
+    attempts: int = Field(default=1, ge=1, description="LLM requests that produced this plan.")
+
+    @model_validator(mode="after")
+    def _check_concepts(self) -> ScenePlan:
+        missing = missing_concepts(self.concepts, [o.category for o in self.objects])
+        if missing:
+            raise ValueError(f"requested concepts missing from objects: {missing}")
+        return self
+
+
+def missing_concepts(concepts: list[str], categories: list[str]) -> list[str]:
+    """Concepts (with multiplicity) not covered by ``categories``, compared by ``category_key``."""
+    have = Counter(category_key(c) for c in categories)
+    want = Counter(category_key(c) for c in concepts)
+    names = {category_key(c): c for c in concepts}
+    missing: list[str] = []
+    for key, count in want.items():
+        missing.extend([names[key]] * max(0, count - have[key]))
+    return missing
+
+
+class LayoutRules(BaseModel):
+    """Geometry rules applied on top of the per-box checks (shapely)."""
+
+    max_overlap: float = Field(default=0.7, ge=0.0, le=1.0, description="Maximum pairwise IoU.")
+    on_overlap: Literal["reject", "flag"] = "reject"
+
+
+def layout_problems(draft: SceneDraft, rules: LayoutRules) -> list[tuple[str, str]]:
+    """Pairwise overlap problems as ``(field, reason)``; empty when the layout is acceptable."""
+    from acp.boxes import overlapping_pairs
+
+    objects = draft.objects
+    return [
+        (
+            f"objects[{i}].bbox",
+            f"overlaps object {objects[j].id} ({objects[j].category}) with IoU {iou:.2f} "
+            f"> {rules.max_overlap:g}",
+        )
+        for i, j, iou in overlapping_pairs([o.bbox for o in objects], rules.max_overlap)
+    ]
+
+
+class Candidate(_Record):
+    """One rendered image (one line of the render manifest)."""
+
+    plan_id: str = Field(pattern=ID_PATTERN)
+    index: int = Field(ge=0, description="Candidate number within the plan.")
+    seed: int = Field(ge=0, description="Seed of this candidate's generator.")
+    path: str = Field(description="Image path relative to the render folder.")
+    model: str = Field(description="Hub id or folder of the GLIGEN pipeline.")
+    steps: int = Field(ge=1)
+    guidance: float = Field(ge=0.0)
+    beta: float = Field(ge=0.0, le=1.0, description="GLIGEN scheduled-sampling fraction.")
+    width: int = Field(ge=8)
+    height: int = Field(ge=8)
+    prompt: str = Field(description="Global prompt given to the pipeline.")
+    negative_prompt: str = ""
+    phrases: list[str] = Field(default_factory=list, description="Per-box phrases, in object order.")
+
+
+class ObjectScore(_Record):
+    id: int = Field(ge=0, description="Object id in the plan.")
+    category: str
+    clis_i: float = Field(description="Instance image score, 0-100.")
+    text_similarity: float | None = Field(default=None, description="Crop vs description, 0-100.")
+    category_confidence: float | None = Field(
+        default=None, description="How clearly the crop reads as its own category, 0-100."
+    )
+    judge: float | None = Field(default=None, description="VLM judge score, 0-100, if asked.")
+    kept: bool = True
+
+
+class CandidateScore(_Record):
+    """CLIS scores of one candidate (one line of ``scores.jsonl``)."""
+
+    plan_id: str = Field(pattern=ID_PATTERN)
+    index: int = Field(ge=0)
+    path: str | None = None
+    clis: float = Field(description="Composite score, 0-100.")
+    clis_l: float | None = Field(default=None, description="Layout score, 0-100.")
+    clis_i: float = Field(description="Image score, 0-100.")
+    clis_i_global: float | None = None
+    clis_i_local: float | None = None
+    objects: list[ObjectScore] = Field(default_factory=list)
+    best: bool = Field(default=False, description="Chosen as the plan's best candidate.")
+    kept: bool = Field(default=True, description="Passes the CLIS thresholds.")
+    reason: str | None = Field(default=None, description="Why it was dropped, if it was.")
+    detail: dict[str, Any] = Field(default_factory=dict, description="Scorer-specific detail.")
+
+
+SCHEMA_MODELS: dict[str, type[BaseModel]] = {
+    "scene_draft": SceneDraft,
+    "scene_plan": ScenePlan,
+    "candidate": Candidate,
+    "candidate_score": CandidateScore,
+}
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    return {name: model.model_json_schema() for name, model in SCHEMA_MODELS.items()}
+
+
+def schema_text(schema: dict[str, Any]) -> str:
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"
+
+
+def write_schemas(directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, schema in json_schemas().items():
+        path = directory / f"{name}.schema.json"
+        path.write_text(schema_text(schema), encoding="utf-8")
+        written.append(path)
+    return written
+
+
+def error_problems(error: ValidationError) -> list[tuple[str, str]]:
+    """Flatten a pydantic error into ``(field, reason)`` pairs such as ``("objects[1].bbox", ...)``."""
+    problems = []
+    for item in error.errors(include_url=False):
+        field = ""
+        for part in item["loc"]:
+            field += f"[{part}]" if isinstance(part, int) else (f".{part}" if field else str(part))
+        message = item["msg"].removeprefix("Value error, ")
+        problems.append((field or "(record)", message))
+    return problems
+
+
+def read_plans(path: Path) -> Iterator[tuple[int, ScenePlan | None, str | None]]:
+    """``(line_number, plan, None)`` for each valid line, ``(line_number, None, reason)`` otherwise."""
+    from acp.jsonl import read_records
+
+    for number, record, _text in read_records(Path(path)):
+        if record is None:
+            yield number, None, "not a JSON object"
+            continue
+        try:
+            yield number, ScenePlan.model_validate(record), None
+        except ValidationError as error:
+            yield number, None, "; ".join(f"{f}: {r}" for f, r in error_problems(error))
+
+
+if __name__ == "__main__":
+    import sys
+
+    target = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent.parent / "schemas"
+    for path in write_schemas(target):
+        print(path)
