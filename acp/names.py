@@ -44,3 +44,36 @@ def category_key(name: str) -> str:
         return ""
     words[-1] = singular(words[-1])
     return " ".join(words)
+
+
+# Other names for the same thing, keyed by ``category_key``; values are the canonical key
+# (COCO's name where COCO has the class). Used to match concepts to category files and to
+# real layouts in a CLIS-L bank.
+SYNONYMS: dict[str, str] = {
+    "aeroplane": "airplane", "plane": "airplane", "jet": "airplane",
+    "bike": "bicycle", "motorbike": "motorcycle", "scooter": "motorcycle",
+    "automobile": "car", "taxi": "car", "lorry": "truck",
+    "sofa": "couch", "settee": "couch", "tv": "tv", "television": "tv", "tvmonitor": "tv",
+    "tv monitor": "tv", "monitor": "tv", "cellphone": "cell phone", "mobile phone": "cell phone",
+    "phone": "cell phone", "smartphone": "cell phone", "laptop computer": "laptop",
+    "puppy": "dog", "kitten": "cat", "kitty": "cat", "pony": "horse", "cow": "cow",
+    "cattle": "cow", "calf": "cow", "lamb": "sheep", "human": "person", "man": "person",
+    "woman": "person", "child": "person", "kid": "person", "boy": "person", "girl": "person",
+    "pedestrian": "person", "people": "person", "dining table": "dining table",
+    "table": "dining table", "diningtable": "dining table", "pottedplant": "potted plant",
+    "houseplant": "potted plant", "plant": "potted plant", "doughnut": "donut",
+    "hotdog": "hot dog", "ball": "sports ball", "football": "sports ball",
+    "soccer ball": "sports ball", "tennis racquet": "tennis racket", "racket": "tennis racket",
+    "hairdryer": "hair drier", "hair dryer": "hair drier", "fridge": "refrigerator",
+    "ski": "skis", "glass": "wine glass", "mug": "cup", "handbag": "handbag", "purse": "handbag",
+    "rucksack": "backpack", "stop light": "traffic light", "traffic signal": "traffic light",
+    "hydrant": "fire hydrant", "teddy": "teddy bear", "teddybear": "teddy bear",
+    "sailboat": "boat", "ship": "boat", "canoe": "boat", "kayak": "boat",
+}
+
+
+def canonical_key(name: str) -> str:
+    """``category_key`` followed by the synonym table: ``"Puppies"`` -> ``"dog"``."""
+    key = category_key(name)
+    target = SYNONYMS.get(key)
+    return category_key(target) if target else key
