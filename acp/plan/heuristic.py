@@ -1,0 +1,192 @@
+"""The offline planner: plausible layouts from size and placement priors, no LLM.
+
+Deterministic per request seed. For each object it draws a size around its category's prior
+(smaller when the scene is crowded), places it according to its zone (ground objects low in
+the frame, flying ones high) and retries placements until the box overlaps the boxes already
+placed by at most ``TARGET_IOU``; after enough failures it shrinks the box. Captions and
+descriptions come from templates, relations from the geometry.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Iterable, Iterator
+
+from pydantic import ValidationError
+
+from acp.boxes import iou_matrix
+from acp.plan.base import PlanOutcome, PlanSettings, SceneRequest
+from acp.plan.priors import Prior, prior_for
+from acp.schema import MIN_BOX_SIDE, ScenePlan, error_problems, layout_problems
+
+TARGET_IOU = 0.1
+PLACEMENT_TRIES = 40
+SHRINK = 0.85
+
+_COLOURS = ("red", "blue", "green", "yellow", "white", "black", "orange", "grey", "brown",
+            "pink", "purple", "silver")
+_COATS = ("brown", "black", "white", "grey", "spotted", "golden", "tan")
+_ANIMALS = {"bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra",
+            "giraffe", "teddy bear"}
+_PLAIN = {"elephant", "zebra", "giraffe", "broccoli", "banana", "orange", "apple", "carrot",
+          "pizza", "hot dog", "sandwich", "donut", "cake"}
+_NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+
+
+def _article(phrase: str) -> str:
+    return ("an " if phrase[:1].lower() in "aeiou" else "a ") + phrase
+
+
+def describe(category: str, rng: random.Random) -> str:
+    """A short visual phrase for GLIGEN, e.g. "a brown dog"."""
+    key = category.lower()
+    if key == "person":
+        return f"a person wearing a {rng.choice(_COLOURS)} jacket"
+    if key in _PLAIN:
+        return _article(category)
+    if key in _ANIMALS:
+        return _article(f"{rng.choice(_COATS)} {category}")
+    return _article(f"{rng.choice(_COLOURS)} {category}")
+
+
+def plural(name: str) -> str:
+    head, _, last = name.rpartition(" ")
+    if last == "person":
+        last = "people"
+    elif last.endswith(("s", "sh", "ch", "x")):
+        last += "es" if not last.endswith("s") else ""
+    elif last.endswith("y") and last[-2:-1] not in "aeiou":
+        last = last[:-1] + "ies"
+    else:
+        last += "s"
+    return f"{head} {last}" if head else last
+
+
+def _count_phrase(category: str, count: int) -> str:
+    if count == 1:
+        return _article(category)
+    number = _NUMBERS[count] if count < len(_NUMBERS) else str(count)
+    return f"{number} {plural(category)}"
+
+
+def caption_for(categories: list[str], setting: str) -> str:
+    counts = Counter(categories)
+    parts = [_count_phrase(name, n) for name, n in counts.items()]
+    listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return f"A photo of {listed} in {setting}."
+
+
+def _box_size(
+    prior: Prior, crowd: int, frame_aspect: float, rng: random.Random
+) -> tuple[float, float]:
+    side = prior.side * rng.lognormvariate(0.0, 0.25) / crowd**0.35
+    # A pixel aspect of ``prior.aspect`` on a frame of width/height ``frame_aspect``.
+    ratio = (prior.aspect * rng.lognormvariate(0.0, 0.15)) / frame_aspect
+    w, h = side * ratio**0.5, side / ratio**0.5
+    floor = 2 * MIN_BOX_SIDE
+    return min(max(w, floor), 0.95), min(max(h, floor), 0.95)
+
+
+def _place(zone: str, w: float, h: float, rng: random.Random) -> tuple[float, float]:
+    x = rng.uniform(0.0, 1.0 - w)
+    if zone == "ground":
+        bottom = rng.uniform(0.68, 0.98)
+    elif zone == "surface":
+        bottom = rng.uniform(0.55, 0.95)
+    elif zone in ("high", "air"):
+        bottom = rng.uniform(0.05, 0.45) + h
+    else:
+        bottom = rng.uniform(h, 1.0)
+    y = min(max(bottom - h, 0.0), 1.0 - h)
+    return x, y
+
+
+def layout_boxes(
+    categories: list[str], frame_aspect: float, rng: random.Random
+) -> list[tuple[float, float, float, float]]:
+    """One box per category, larger objects placed first, overlaps kept low."""
+    priors = [prior_for(c) for c in categories]
+    sizes = [_box_size(p, len(categories), frame_aspect, rng) for p in priors]
+    order = sorted(range(len(categories)), key=lambda i: -sizes[i][0] * sizes[i][1])
+    boxes: dict[int, tuple[float, float, float, float]] = {}
+    for i in order:
+        w, h = sizes[i]
+        best: tuple[float, tuple[float, float, float, float]] | None = None
+        for attempt in range(PLACEMENT_TRIES * 3):
+            if attempt and attempt % PLACEMENT_TRIES == 0:  # crowded: shrink and retry
+                w, h = max(w * SHRINK, MIN_BOX_SIDE * 1.5), max(h * SHRINK, MIN_BOX_SIDE * 1.5)
+            x, y = _place(priors[i].zone, w, h, rng)
+            box = (x, y, w, h)
+            worst = float(iou_matrix([box], list(boxes.values())).max()) if boxes else 0.0
+            if best is None or worst < best[0]:
+                best = (worst, box)
+            if worst <= TARGET_IOU:
+                break
+        assert best is not None
+        boxes[i] = best[1]
+    return [boxes[i] for i in range(len(categories))]
+
+
+def _relation(a: tuple[float, ...], b: tuple[float, ...]) -> str:
+    dx = (a[0] + a[2] / 2) - (b[0] + b[2] / 2)
+    dy = (a[1] + a[3] / 2) - (b[1] + b[3] / 2)
+    if abs(dx) >= abs(dy):
+        return "left of" if dx < 0 else "right of"
+    return "above" if dy < 0 else "below"
+
+
+class HeuristicPlanner:
+    """Offline planner; ``plan`` is deterministic for a request (its seed included)."""
+
+    name = "heuristic"
+
+    def __init__(self, settings: PlanSettings | None = None):
+        self.settings = settings or PlanSettings()
+
+    def plan(self, request: SceneRequest) -> ScenePlan:
+        rng = random.Random(request.seed)
+        categories = list(request.concepts)
+        boxes = layout_boxes(categories, request.width / request.height, rng)
+        objects = []
+        for i, (category, box) in enumerate(zip(categories, boxes, strict=True)):
+            zone = prior_for(category).zone
+            # Lower bottom edge reads as nearer for things standing on the ground.
+            depth = 1.0 - (box[1] + box[3]) if zone in ("ground", "surface") else 0.5
+            objects.append({
+                "id": i, "category": category, "description": describe(category, rng),
+                "bbox": tuple(round(v, 4) for v in box), "depth": round(min(max(depth, 0), 1), 3),
+            })
+        # Rounding can push a box a hair past the frame edge; pull it back inside.
+        for obj in objects:
+            x, y, w, h = obj["bbox"]
+            obj["bbox"] = (min(x, round(1 - w, 4)), min(y, round(1 - h, 4)), w, h)
+        relations = [
+            {"subject": i, "predicate": _relation(boxes[i], boxes[0]), "object": 0}
+            for i in range(1, len(objects))
+        ]
+        anchor = max(range(len(categories)), key=lambda i: boxes[i][2] * boxes[i][3], default=None)
+        setting = prior_for(categories[anchor]).setting if anchor is not None else "an empty room"
+        plan = ScenePlan(
+            id=request.id, concepts=list(request.concepts),
+            caption=caption_for(categories, setting) if categories else f"A photo of {setting}.",
+            background=setting, width=request.width, height=request.height,
+            objects=objects, relations=relations,  # type: ignore[arg-type]
+            planner=self.name, model=None, seed=request.seed,
+        )
+        problems = layout_problems(plan, self.settings.rules)
+        if problems and self.settings.rules.on_overlap == "flag":
+            plan.warnings = [f"{field}: {reason}" for field, reason in problems]
+        elif problems:
+            raise ValueError("; ".join(f"{field}: {reason}" for field, reason in problems))
+        return plan
+
+    def plan_many(self, requests: Iterable[SceneRequest]) -> Iterator[PlanOutcome]:
+        for request in requests:
+            try:
+                yield PlanOutcome(request, plan=self.plan(request))
+            except ValidationError as error:
+                reason = "; ".join(f"{f}: {r}" for f, r in error_problems(error))
+                yield PlanOutcome(request, error=reason)
+            except ValueError as error:
+                yield PlanOutcome(request, error=str(error))

@@ -1,0 +1,120 @@
+"""Running a planner over many scenes: resumable output, failure log, summary.
+
+``plans.jsonl`` gets one line per planned scene, appended whole as each plan arrives (see
+``acp.jsonl``). A rerun with the same output reads the ids already there and skips them; a
+scene id that is already planned from *other* concepts means the output belongs to another
+input, and the run is refused rather than mixing the two. Scenes that fail are logged to
+``<output>.failures.jsonl`` with the reason and the raw LLM reply; that log describes the
+latest run only, since a rerun plans every failed scene again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from acp.errors import OutputMismatchError
+from acp.jsonl import JsonlWriter, read_records
+from acp.plan.base import PlanOutcome, SceneRequest, derive_seed
+
+
+class Planner(Protocol):
+    def plan_many(self, requests: Iterable[SceneRequest]) -> Iterator[PlanOutcome]: ...
+
+
+@dataclass
+class PlanSummary:
+    planned: int = 0
+    repaired: int = 0
+    retried: int = 0  # scenes that needed a re-ask or a transport retry
+    failed: int = 0
+    skipped: int = 0  # already in the output from an earlier run
+
+    def line(self) -> str:
+        return (f"planned {self.planned}, repaired {self.repaired}, retried {self.retried}, "
+                f"failed {self.failed}, already done {self.skipped}")
+
+
+def failures_path(output: Path) -> Path:
+    return output.with_name(output.name + ".failures.jsonl")
+
+
+def scene_id(index: int) -> str:
+    return f"{index:06d}"
+
+
+def make_requests(
+    concept_sets: Iterable[tuple[str, ...]], seed: int, width: int, height: int
+) -> Iterator[SceneRequest]:
+    for index, concepts in enumerate(concept_sets):
+        sid = scene_id(index)
+        yield SceneRequest(sid, tuple(concepts), derive_seed(seed, sid), width, height)
+
+
+def finished_scenes(output: Path) -> dict[str, tuple[str, ...]]:
+    """Ids already planned in ``output`` and their concepts (unreadable lines are ignored)."""
+    done: dict[str, tuple[str, ...]] = {}
+    if output.exists():
+        for _number, record, _text in read_records(output):
+            if record and isinstance(record.get("id"), str):
+                done[record["id"]] = tuple(record.get("concepts") or ())
+    return done
+
+
+def run_planner(
+    planner: Planner,
+    requests: Iterable[SceneRequest],
+    output: Path,
+    *,
+    total: int | None = None,
+    progress: bool = True,
+) -> PlanSummary:
+    from tqdm import tqdm
+
+    output = Path(output)
+    done = finished_scenes(output)
+    summary = PlanSummary()
+
+    def pending() -> Iterator[SceneRequest]:
+        for request in requests:
+            previous = done.get(request.id)
+            if previous is None:
+                yield request
+            elif previous != request.concepts:
+                raise OutputMismatchError(
+                    f"{output}: scene {request.id} was planned from {list(previous)}, not "
+                    f"{list(request.concepts)}; write to a new output file (or delete this one)"
+                )
+            else:
+                summary.skipped += 1
+                bar.update(1)
+
+    failures = failures_path(output)
+    failures.unlink(missing_ok=True)
+    bar = tqdm(total=total, desc="planning", unit="scene", disable=not progress, dynamic_ncols=True)
+    with JsonlWriter(output) as plans, bar:
+        failure_log: JsonlWriter | None = None
+        try:
+            for outcome in planner.plan_many(pending()):
+                if outcome.attempts > 1 or outcome.transport_retries:
+                    summary.retried += 1
+                if outcome.plan is not None:
+                    plans.write(outcome.plan)
+                    summary.planned += 1
+                    summary.repaired += bool(outcome.plan.repairs)
+                else:
+                    failure_log = failure_log or JsonlWriter(failures)
+                    failure_log.write({
+                        "id": outcome.request.id, "concepts": list(outcome.request.concepts),
+                        "reason": outcome.error, "raw": outcome.raw,
+                        "attempts": outcome.attempts,
+                    })
+                    summary.failed += 1
+                bar.update(1)
+                bar.set_postfix(failed=summary.failed, refresh=False)
+        finally:
+            if failure_log is not None:
+                failure_log.close()
+    return summary

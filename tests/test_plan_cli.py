@@ -1,0 +1,160 @@
+"""`acp plan` and `acp validate` through the real command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from acp.cli import app
+from acp.jsonl import read_records
+
+runner = CliRunner()
+
+
+def plans_in(path: Path) -> list[dict]:
+    return [record for _, record, _ in read_records(path)]
+
+
+def test_plan_inline_offline(tmp_path):
+    out = tmp_path / "plans.jsonl"
+    result = runner.invoke(app, ["plan", "--concepts", "dog,frisbee,cat", "--scenes", "12",
+                                 "-o", str(out), "--no-progress"], env={"OPENAI_API_KEY": ""})
+    assert result.exit_code == 0, result.output
+    assert "heuristic planner" in result.output
+    assert "planned 12" in result.output
+    records = plans_in(out)
+    assert [r["id"] for r in records] == [f"{i:06d}" for i in range(12)]
+    assert all(r["planner"] == "heuristic" for r in records)
+    validated = runner.invoke(app, ["validate", str(out)])
+    assert validated.exit_code == 0 and "12 valid, 0 invalid" in validated.output
+
+
+def test_rerun_skips_and_extends_without_duplicates(tmp_path):
+    out = tmp_path / "plans.jsonl"
+    args = ["plan", "--concepts", "dog,cat,bus", "-o", str(out), "--no-progress", "--seed", "4"]
+    assert runner.invoke(app, [*args, "--scenes", "5"]).exit_code == 0
+    first = out.read_text()
+    # A torn tail, as a kill mid-write would leave it.
+    with open(out, "a") as handle:
+        handle.write('{"id": "000005", "conc')
+    result = runner.invoke(app, [*args, "--scenes", "8"])
+    assert result.exit_code == 0, result.output
+    assert "planned 3" in result.output and "already done 5" in result.output
+    text = out.read_text()
+    assert text.startswith(first) and text.endswith("\n")
+    ids = [r["id"] for r in plans_in(out)]
+    assert ids == [f"{i:06d}" for i in range(8)]
+
+
+def test_rerun_with_other_input_is_refused(tmp_path):
+    out = tmp_path / "plans.jsonl"
+    assert runner.invoke(app, ["plan", "--concepts", "dog", "-o", str(out)]).exit_code == 0
+    result = runner.invoke(app, ["plan", "--concepts", "zebra", "-o", str(out)])
+    assert result.exit_code == 1
+    assert "planned from ['dog'], not ['zebra']" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--scenes", "0"], "--scenes: expected 1.."),
+        (["--objects-per-scene", "5-2"], "--objects-per-scene"),
+        (["--size", "500"], "--size: width and height must be multiples of 8"),
+        (["--planner", "openai"], "--planner openai needs OPENAI_API_KEY or --llm-base-url"),
+    ],
+)
+def test_bad_options_fail_in_one_line(tmp_path, args, message):
+    out = tmp_path / "plans.jsonl"
+    result = runner.invoke(app, ["plan", "--concepts", "dog", "-o", str(out), *args],
+                           env={"OPENAI_API_KEY": "", "OPENAI_BASE_URL": ""})
+    assert result.exit_code != 0
+    errors = [line for line in result.output.splitlines() if line.startswith("acp: error:")]
+    assert len(errors) == 1 and message in errors[0], result.output
+    assert not out.exists()
+
+
+def test_bad_concept_file_names_line(tmp_path):
+    concepts = tmp_path / "concepts.txt"
+    concepts.write_text("dog\ncat\ndog\n")
+    result = runner.invoke(app, ["plan", str(concepts), "-o", str(tmp_path / "p.jsonl")])
+    assert result.exit_code == 1
+    assert f"acp: error: {concepts}:3: duplicate concept 'dog'" in result.output
+
+
+def test_validate_reports_each_bad_record(tmp_path):
+    good = {"id": "a", "concepts": ["dog"], "caption": "c", "planner": "x",
+            "objects": [{"id": 0, "category": "dog", "description": "d", "bbox": [0.1, 0.1, 0.2, 0.2]}]}
+    leaving = json.loads(json.dumps(good))
+    leaving["objects"][0]["bbox"] = [0.9, 0.1, 0.2, 0.2]
+    overlapping = json.loads(json.dumps(good))
+    overlapping["objects"].append({**good["objects"][0], "id": 1})
+    path = tmp_path / "plans.jsonl"
+    path.write_text("\n".join([json.dumps(good), "not json", json.dumps(leaving),
+                               json.dumps(overlapping)]) + "\n")
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert f"{path}:2: not a JSON object" in lines
+    assert any(line.startswith(f"{path}:3: objects[0].bbox: bbox leaves the frame") for line in lines)
+    assert any(line.startswith(f"{path}:4: objects[0].bbox: overlaps object 1") for line in lines)
+    assert lines[-1] == f"{path}: 1 valid, 3 invalid"
+
+
+def _run_cli(args, cwd, **kwargs):
+    env = {**os.environ, "OPENAI_API_KEY": "", "OPENAI_BASE_URL": ""}
+    return subprocess.run([sys.executable, "-m", "acp", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, **kwargs)
+
+
+def test_help_and_offline_plan_never_import_torch(tmp_path):
+    code = (
+        "import sys\n"
+        "from acp.cli import app\n"
+        "for args in (['--help'], ['plan', '--concepts', 'dog,cat', '-o', 'p.jsonl', '--no-progress']):\n"
+        "    try:\n"
+        "        app(args)\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code == 0, e.code\n"
+        "heavy = ['torch', 'diffusers', 'transformers', 'openai', 'pycocotools']\n"
+        "heavy = [m for m in heavy if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "print('clean')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "OPENAI_API_KEY": ""})
+    assert result.returncode == 0, result.stderr
+    assert "clean" in result.stdout and (tmp_path / "p.jsonl").exists()
+
+
+def test_sigkill_then_rerun_finishes_without_duplicates(tmp_path):
+    args = ["plan", "--concepts", ",".join(f"c{i}" for i in range(50)), "--scenes", "30000",
+            "--objects-per-scene", "1-4", "-o", "plans.jsonl", "--no-progress"]
+    env = {**os.environ, "OPENAI_API_KEY": "", "OPENAI_BASE_URL": ""}
+    process = subprocess.Popen([sys.executable, "-m", "acp", *args], cwd=tmp_path, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out = tmp_path / "plans.jsonl"
+    deadline = time.monotonic() + 60
+    while (not out.exists() or out.stat().st_size < 200_000) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    partial = len(plans_in(out))
+    assert 0 < partial < 30000
+    finished = _run_cli(args, tmp_path)
+    assert finished.returncode == 0, finished.stderr
+    ids = [r["id"] for r in plans_in(out)]
+    assert sorted(ids) == [f"{i:06d}" for i in range(30000)]
+    assert f"already done {partial}" in finished.stdout
+    reference = tmp_path / "ref"
+    reference.mkdir()
+    assert _run_cli(args, reference).returncode == 0
+    expected = (reference / "plans.jsonl").read_text().splitlines()
+    assert sorted(out.read_text().splitlines()) == sorted(expected)

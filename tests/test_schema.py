@@ -1,0 +1,123 @@
+"""Table-driven tests of the plan schema: each row says whether it must validate."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from pydantic import ValidationError
+
+from acp.resources import resource_dir
+from acp.schema import (
+    MAX_OBJECTS,
+    LayoutRules,
+    SceneDraft,
+    ScenePlan,
+    error_problems,
+    json_schemas,
+    layout_problems,
+    schema_text,
+)
+
+
+def obj(i: int, category: str = "dog", bbox=(0.1, 0.1, 0.2, 0.2), **extra):
+    return {"id": i, "category": category, "description": f"a {category}", "bbox": bbox, **extra}
+
+
+def plan(**overrides):
+    record = {
+        "id": "000001", "concepts": ["dog"], "caption": "a dog", "planner": "heuristic",
+        "objects": [obj(0)], "relations": [],
+    }
+    record.update(overrides)
+    return record
+
+
+ROWS = [
+    # (name, record, error fragment or None when valid)
+    ("minimal", plan(), None),
+    ("background only", plan(concepts=[], objects=[]), None),
+    ("box touching the frame edges", plan(objects=[obj(0, bbox=(0.0, 0.0, 1.0, 1.0))]), None),
+    ("plural concept matches", plan(concepts=["dogs"]), None),
+    ("two requested, two present", plan(concepts=["dog", "dog"], objects=[
+        obj(0), obj(1, bbox=(0.5, 0.5, 0.2, 0.2))]), None),
+    ("depth in range", plan(objects=[obj(0, depth=0.3)]), None),
+    ("NaN", plan(objects=[obj(0, bbox=(math.nan, 0.1, 0.2, 0.2))]), "finite"),
+    ("infinite", plan(objects=[obj(0, bbox=(0.1, 0.1, math.inf, 0.2))]), "finite"),
+    ("zero width", plan(objects=[obj(0, bbox=(0.1, 0.1, 0.0, 0.2))]), "must be > 0"),
+    ("negative height", plan(objects=[obj(0, bbox=(0.1, 0.5, 0.2, -0.2))]), "must be > 0"),
+    ("leaves right edge", plan(objects=[obj(0, bbox=(0.9, 0.1, 0.2, 0.2))]), "leaves the frame"),
+    ("starts above frame", plan(objects=[obj(0, bbox=(0.1, -0.1, 0.2, 0.2))]), "outside the frame"),
+    ("too small", plan(objects=[obj(0, bbox=(0.1, 0.1, 0.01, 0.2))]), "too small"),
+    ("three numbers", plan(objects=[obj(0, bbox=(0.1, 0.1, 0.2))]), "bbox"),
+    ("duplicate ids", plan(concepts=[], objects=[obj(0), obj(0, bbox=(0.5, 0.5, 0.2, 0.2))]),
+     "unique"),
+    ("relation to unknown id", plan(relations=[{"subject": 0, "predicate": "on", "object": 7}]),
+     "unknown object ids [7]"),
+    ("relation to itself", plan(relations=[{"subject": 0, "predicate": "on", "object": 0}]),
+     "itself"),
+    ("missing concept", plan(concepts=["dog", "frisbee"]), "missing from objects: ['frisbee']"),
+    ("count not met", plan(concepts=["dog", "dog"]), "missing from objects: ['dog']"),
+    ("extra key", plan(mood="happy"), "Extra inputs are not permitted"),
+    ("extra key in object", plan(objects=[obj(0, colour="red")]), "Extra inputs"),
+    ("blank caption", plan(caption="  "), "caption"),
+    ("blank category", plan(concepts=[], objects=[obj(0, category=" ")]), "category"),
+    ("depth out of range", plan(objects=[obj(0, depth=1.5)]), "depth"),
+    ("size not multiple of 8", plan(width=500), "multiple of 8"),
+    ("unsafe id", plan(id="../x"), "id"),
+    ("too many objects", plan(concepts=[], objects=[
+        obj(i, bbox=(0.03 * i, 0.0, 0.02, 0.02)) for i in range(MAX_OBJECTS + 1)]), "at most 30"),
+]
+
+
+@pytest.mark.parametrize(("name", "record", "error"), ROWS, ids=[r[0] for r in ROWS])
+def test_plan_rows(name, record, error):
+    if error is None:
+        ScenePlan.model_validate(record)
+        return
+    with pytest.raises(ValidationError) as caught:
+        ScenePlan.model_validate(record)
+    text = "; ".join(f"{f}: {r}" for f, r in error_problems(caught.value))
+    assert error in text, text
+
+
+def test_error_problems_name_the_field():
+    with pytest.raises(ValidationError) as caught:
+        ScenePlan.model_validate(plan(objects=[obj(0), obj(1, bbox=(0.95, 0.1, 0.2, 0.2))],
+                                      concepts=[]))
+    fields = [f for f, _ in error_problems(caught.value)]
+    assert fields == ["objects[1].bbox"]
+
+
+def test_draft_forbids_plan_only_keys():
+    with pytest.raises(ValidationError):
+        SceneDraft.model_validate({"caption": "x", "objects": [], "id": "1"})
+
+
+@pytest.mark.parametrize(
+    ("boxes", "max_overlap", "expected"),
+    [
+        ([(0.1, 0.1, 0.4, 0.4), (0.6, 0.6, 0.3, 0.3)], 0.0, 0),  # disjoint
+        ([(0.1, 0.1, 0.4, 0.4), (0.1, 0.1, 0.4, 0.4)], 0.7, 1),  # identical
+        ([(0.1, 0.1, 0.4, 0.4), (0.3, 0.1, 0.4, 0.4)], 0.7, 0),  # IoU 1/3
+        ([(0.1, 0.1, 0.4, 0.4), (0.3, 0.1, 0.4, 0.4)], 0.3, 1),
+        ([(0.0, 0.0, 0.5, 0.5), (0.5, 0.0, 0.5, 0.5)], 0.0, 0),  # touching edges only
+    ],
+)
+def test_layout_overlap(boxes, max_overlap, expected):
+    draft = SceneDraft(caption="x", objects=[obj(i, bbox=b) for i, b in enumerate(boxes)])
+    problems = layout_problems(draft, LayoutRules(max_overlap=max_overlap))
+    assert len(problems) == expected
+    if expected:
+        assert problems[0][0] == "objects[0].bbox" and "IoU" in problems[0][1]
+
+
+def test_schema_files_match_models():
+    """schemas/*.json are generated by `python -m acp.schema`; regenerate when this fails."""
+    directory = resource_dir("schemas")
+    for name, schema in json_schemas().items():
+        path = directory / f"{name}.schema.json"
+        assert path.exists(), f"{path} missing: run python -m acp.schema"
+        assert path.read_text() == schema_text(schema), f"{path} is stale: run python -m acp.schema"
+    assert json.loads((directory / "scene_plan.schema.json").read_text())["additionalProperties"] is False
