@@ -17,9 +17,11 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-from acp.cli import plan as _plan  # noqa: E402,F401  (registers commands)
+# Registration order is the order of `acp --help`: the stages in pipeline order.
+from acp.cli import plan as _plan  # noqa: E402,F401,I001
 from acp.cli import render as _render  # noqa: E402,F401
 from acp.cli import score as _score  # noqa: E402,F401
+from acp.cli import export as _export  # noqa: E402,F401
 
 
 def main() -> None:

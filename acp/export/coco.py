@@ -1,0 +1,529 @@
+"""COCO instances writer for a streaming, resumable run.
+
+Layout of an output folder::
+
+    OUT/images/<file_name>      the kept images
+    OUT/annotations.json        the COCO instances file (always a complete, valid file)
+    OUT/coco_records.jsonl      the writer's append-only log, one line per image
+
+Lifecycle (fiftyone-style): ``CocoWriter(out, categories)``, ``open()``, ``add_image(...)`` per
+kept image, ``close()``; or ``with CocoWriter(out, categories) as writer: ...``.
+
+Why a log next to the JSON: ``annotations.json`` is one document and cannot be appended to, and
+rewriting it per image is quadratic. Each image is therefore appended to ``coco_records.jsonl``
+as one line holding the image *and* all its annotations (one ``write`` on an ``O_APPEND`` file, so
+an image is recorded whole or not at all), and ``annotations.json`` is rebuilt from the log,
+streamed record by record through a temporary file and a rename, every ``checkpoint_every``
+images, at ``open()`` and at ``close()``. Memory stays flat: the writer keeps only the
+``key -> (image id, file name)`` index needed to skip duplicates, never the records.
+
+Resume: ``open()`` on a folder with a log drops a line torn by a kill, reads the ids back
+(next ids = largest used + 1, so none is reused), refuses a log made with other categories
+(``OutputMismatchError``), and rewrites ``annotations.json`` at once, so a missing or stale file
+is repaired before any new work. The image file is written (atomically) *before* its log line:
+after a kill between the two, the image has no record, the pipeline redoes that scene and the
+file is overwritten with the same name. ``add_image`` with a key already in the log returns the
+existing record unchanged (``resumed=True``), so redoing a scene never duplicates it.
+
+Ids start at 1. ``file_name`` is relative to ``OUT/images``. Every image carries acp's
+provenance (``ImageProvenance``) under the single extra key ``"acp"``; an annotation may carry
+``InstanceProvenance`` under ``"acp"`` too. Consumers that do not know the key ignore it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+import acp
+from acp.errors import OutputMismatchError
+from acp.export._atomic import atomic_path, atomic_text_file, compact_json, copy_atomic
+from acp.export.categories import CategorySet
+from acp.export.filenames import safe_filename
+from acp.jsonl import JsonlWriter, iter_lines
+from acp.schema import Candidate, CandidateScore, ScenePlan
+from acp.segment import MaskResult
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+ANNOTATIONS_NAME = "annotations.json"
+IMAGES_DIR = "images"
+RECORDS_NAME = "coco_records.jsonl"
+RECORDS_FORMAT = 1
+LICENSE = {
+    "id": 1,
+    "name": "unspecified: synthetic image made by acp; the generating models' licenses apply",
+    "url": "",
+}
+
+ImageFormat = Literal["jpeg", "png"]
+_SUFFIX = {"jpeg": ".jpg", "png": ".png"}
+
+
+class ImageProvenance(BaseModel):
+    """What made an image, enough to rebuild it (with the plan from ``plans.jsonl``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    plan_id: str
+    candidate: int = Field(ge=0, description="Index of the kept candidate within its plan.")
+    caption: str
+    seed: int = Field(description="Render seed of the kept candidate.")
+    plan_seed: int | None = None
+    planner: str
+    planner_model: str | None = None
+    render_model: str
+    steps: int
+    guidance: float
+    beta: float
+    prompt: str
+    negative_prompt: str = ""
+    clis: float | None = None
+    clis_l: float | None = None
+    clis_i: float | None = None
+    sam_model: str | None = None
+    acp_version: str = acp.__version__
+
+    @classmethod
+    def from_records(
+        cls,
+        plan: ScenePlan,
+        candidate: Candidate,
+        score: CandidateScore | None = None,
+        *,
+        sam_model: str | None = None,
+    ) -> ImageProvenance:
+        return cls(
+            plan_id=plan.id,
+            candidate=candidate.index,
+            caption=plan.caption,
+            seed=candidate.seed,
+            plan_seed=plan.seed,
+            planner=plan.planner,
+            planner_model=plan.model,
+            render_model=candidate.model,
+            steps=candidate.steps,
+            guidance=candidate.guidance,
+            beta=candidate.beta,
+            prompt=candidate.prompt,
+            negative_prompt=candidate.negative_prompt,
+            clis=score.clis if score else None,
+            clis_l=score.clis_l if score else None,
+            clis_i=score.clis_i if score else None,
+            sam_model=sam_model,
+        )
+
+
+class InstanceProvenance(BaseModel):
+    """Per-annotation provenance: the plan object it came from and its scores."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    object_id: int = Field(ge=0)
+    description: str | None = None
+    clis_i: float | None = None
+    mask_score: float | None = Field(default=None, description="SAM's predicted IoU of the mask.")
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One object to annotate: category id, COCO pixel ``[x, y, w, h]`` box, optional SAM mask."""
+
+    category_id: int
+    bbox: tuple[float, float, float, float]
+    mask: MaskResult | None = None
+    provenance: InstanceProvenance | None = None
+
+
+@dataclass(frozen=True)
+class ExportedImage:
+    id: int
+    file_name: str
+    annotations: int  # how many annotations the image has
+    resumed: bool  # True when the key was already exported (nothing was written this time)
+
+
+def plan_instances(
+    plan: ScenePlan,
+    categories: CategorySet,
+    *,
+    score: CandidateScore | None = None,
+    masks: Mapping[int, MaskResult] | None = None,
+    size: tuple[int, int] | None = None,
+) -> list[Instance]:
+    """The instances of ``plan``'s objects, boxes in pixels of ``size`` (width, height of the
+    image; the plan's size by default).
+
+    Objects the score marks as not kept are left out; ``masks`` maps object ids to their masks
+    (objects without one get none). A category outside ``categories`` is a ``KeyError``: an
+    unlabelled object in an image would teach a detector that it is background.
+    """
+    from acp.boxes import plan_to_coco
+
+    masks = masks or {}
+    scores = {o.id: o for o in score.objects} if score else {}
+    width, height = size or (plan.width, plan.height)
+    boxes = plan_to_coco([o.bbox for o in plan.objects], width, height).reshape(-1, 4)
+    instances = []
+    for obj, box in zip(plan.objects, boxes, strict=True):
+        object_score = scores.get(obj.id)
+        if object_score is not None and not object_score.kept:
+            continue
+        mask = masks.get(obj.id)
+        instances.append(
+            Instance(
+                category_id=categories.id_for(obj.category),
+                bbox=(float(box[0]), float(box[1]), float(box[2]), float(box[3])),
+                mask=mask,
+                provenance=InstanceProvenance(
+                    object_id=obj.id,
+                    description=obj.description,
+                    clis_i=object_score.clis_i if object_score else None,
+                    mask_score=mask.score if mask else None,
+                ),
+            )
+        )
+    return instances
+
+
+def _pixel_box(bbox: Sequence[float], width: int, height: int) -> tuple[float, float, float, float]:
+    """``bbox`` clipped to the image and rounded to 1/100 px; raises when nothing is left."""
+    if len(bbox) != 4 or not all(math.isfinite(v) for v in bbox):
+        raise ValueError(f"bbox must be 4 finite numbers, got {list(bbox)}")
+    x0, y0 = max(0.0, bbox[0]), max(0.0, bbox[1])
+    x1, y1 = min(float(width), bbox[0] + bbox[2]), min(float(height), bbox[1] + bbox[3])
+    box = (round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2))
+    if box[2] <= 0 or box[3] <= 0:
+        raise ValueError(f"bbox {list(bbox)} has no area inside the {width}x{height} image")
+    return box
+
+
+class CocoWriter:
+    """Writes ``OUT/images`` and ``OUT/annotations.json`` image by image; resumable."""
+
+    def __init__(
+        self,
+        out_dir: Path,
+        categories: CategorySet,
+        *,
+        description: str = "acp synthetic dataset",
+        image_format: ImageFormat = "jpeg",
+        jpeg_quality: int = 95,
+        checkpoint_every: int = 1000,
+    ):
+        if image_format not in _SUFFIX:
+            raise ValueError(f"image_format must be one of {sorted(_SUFFIX)}, got {image_format!r}")
+        if checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+        self.out_dir = Path(out_dir)
+        self.images_dir = self.out_dir / IMAGES_DIR
+        self.annotations_path = self.out_dir / ANNOTATIONS_NAME
+        self.records_path = self.out_dir / RECORDS_NAME
+        self.categories = categories
+        self.image_format: ImageFormat = image_format
+        self.jpeg_quality = jpeg_quality
+        self.checkpoint_every = checkpoint_every
+        self._description = description
+        self._category_ids = categories.ids()
+        self._info: dict[str, Any] = {}
+        self._index: dict[str, tuple[int, str, int]] = {}  # key -> (image id, file name, annotations)
+        self._file_names: set[str] = set()
+        self._next_image_id = 1
+        self._next_annotation_id = 1
+        self._annotation_count = 0
+        self._since_checkpoint = 0
+        self._log: JsonlWriter | None = None
+        self._lock_fd = -1
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def open(self) -> CocoWriter:
+        """Create the folder or resume it; rewrites ``annotations.json`` from the log."""
+        if self._log is not None:
+            return self
+        self.images_dir.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        try:
+            self._resume()
+        except BaseException:
+            if self._log is not None:
+                self._log.close()
+                self._log = None
+            self._unlock()
+            raise
+        return self
+
+    def _resume(self) -> None:
+        self._index.clear()
+        self._file_names.clear()
+        self._next_image_id = self._next_annotation_id = 1
+        self._annotation_count = 0
+        # Temporary files of writes cut short by a kill; no other writer can be mid-write now.
+        for stale in (*self.images_dir.glob(".*.tmp"), *self.out_dir.glob(f".{ANNOTATIONS_NAME}.*.tmp")):
+            stale.unlink(missing_ok=True)
+        self._log = JsonlWriter(self.records_path)  # drops a torn last line
+        header = self._load_log()
+        if header is None:
+            self._info = {
+                "description": self._description,
+                "version": acp.__version__,
+                "year": _dt.date.today().year,
+                "contributor": "acp",
+                "url": "",
+                "date_created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            }
+            self._log.write(
+                {
+                    "kind": "header",
+                    "format": RECORDS_FORMAT,
+                    "info": self._info,
+                    "categories": self.categories.to_coco(),
+                }
+            )
+        self.checkpoint()
+
+    def close(self) -> Path:
+        """Write the final ``annotations.json`` and release the folder; returns its path."""
+        if self._log is None:
+            return self.annotations_path
+        try:
+            self.checkpoint()
+        finally:
+            self._log.close()
+            self._log = None
+            self._unlock()
+        return self.annotations_path
+
+    def __enter__(self) -> CocoWriter:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- state -----------------------------------------------------------------------------
+
+    @property
+    def image_count(self) -> int:
+        return len(self._index)
+
+    @property
+    def annotation_count(self) -> int:
+        return self._annotation_count
+
+    def __contains__(self, key: object) -> bool:
+        """Whether an image with this key (e.g. a plan id) is already exported."""
+        return key in self._index
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def add_image(
+        self,
+        key: str,
+        image: Image.Image | Path,
+        instances: Sequence[Instance],
+        provenance: ImageProvenance | None = None,
+    ) -> ExportedImage:
+        """Save ``image`` under ``OUT/images`` and record it with its annotations.
+
+        ``key`` identifies the image across runs (the plan id); the file name is made from it by
+        ``safe_filename``. ``image`` is a PIL image (saved as ``image_format``) or a path to an
+        image file (copied as is, keeping its suffix). A key already exported is not written
+        again. Raises ``ValueError`` for an instance with an unknown category, a box outside the
+        image, or a mask that is empty or of another size: those are the caller's to filter.
+        """
+        if self._log is None:
+            raise RuntimeError("CocoWriter.open() must be called before add_image()")
+        if key in self._index:
+            image_id, file_name, count = self._index[key]
+            return ExportedImage(id=image_id, file_name=file_name, annotations=count, resumed=True)
+        width, height = self._image_size(image)
+        image_id = self._next_image_id
+        annotations = [self._annotation(i, image_id, width, height) for i in instances]
+        file_name = self._file_name(key, image)
+        image_record: dict[str, Any] = {
+            "id": image_id,
+            "file_name": file_name,
+            "width": width,
+            "height": height,
+            "license": LICENSE["id"],
+        }
+        if provenance is not None:
+            image_record["acp"] = provenance.model_dump(mode="json")
+        for offset, annotation in enumerate(annotations):
+            annotation["id"] = self._next_annotation_id + offset
+        record = {"kind": "image", "key": key, "image": image_record, "annotations": annotations}
+        compact_json(record)  # a NaN score fails here, before anything is written
+
+        self._save_image(image, self.images_dir / file_name)
+        self._log.write(record)
+
+        self._remember(key, image_id, file_name, [a["id"] for a in annotations])
+        self._since_checkpoint += 1
+        if self._since_checkpoint >= self.checkpoint_every:
+            self.checkpoint()
+        return ExportedImage(id=image_id, file_name=file_name, annotations=len(annotations), resumed=False)
+
+    def checkpoint(self) -> None:
+        """Rewrite ``annotations.json`` from the log (streamed, atomic)."""
+        with atomic_text_file(self.annotations_path) as out:
+            out.write('{"info":' + compact_json(self._info))
+            out.write(',"licenses":' + compact_json([LICENSE]))
+            out.write(',"categories":' + compact_json(self.categories.to_coco()))
+            out.write(',\n"images":[')
+            separator = "\n"
+            for record in self._image_records():
+                out.write(separator + compact_json(record["image"]))
+                separator = ",\n"
+            out.write('\n],\n"annotations":[')
+            separator = "\n"
+            for record in self._image_records():
+                for annotation in record["annotations"]:
+                    out.write(separator + compact_json(annotation))
+                    separator = ",\n"
+            out.write("\n]}\n")
+        self._since_checkpoint = 0
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _annotation(self, instance: Instance, image_id: int, width: int, height: int) -> dict[str, Any]:
+        if instance.category_id not in self._category_ids:
+            raise ValueError(f"category_id {instance.category_id} is not among the dataset's categories")
+        x, y, w, h = _pixel_box(instance.bbox, width, height)
+        annotation: dict[str, Any] = {
+            "id": 0,  # assigned when the image is recorded
+            "image_id": image_id,
+            "category_id": instance.category_id,
+            "bbox": [x, y, w, h],
+            "area": round(w * h, 2),
+            "iscrowd": 0,
+        }
+        mask = instance.mask
+        if mask is not None:
+            if mask.area <= 0 or mask.problem:
+                raise ValueError(f"mask not usable ({mask.problem or 'empty'}): drop it before export")
+            if list(mask.rle.get("size", [])) != [height, width]:
+                raise ValueError(
+                    f"mask size {mask.rle.get('size')} differs from the image's [{height}, {width}]"
+                )
+            annotation["segmentation"] = {"size": [height, width], "counts": mask.rle["counts"]}
+            annotation["area"] = mask.area
+        if instance.provenance is not None:
+            annotation["acp"] = instance.provenance.model_dump(mode="json")
+        return annotation
+
+    def _image_size(self, image: Image.Image | Path) -> tuple[int, int]:
+        if isinstance(image, Path | str):
+            from PIL import Image as PILImage
+
+            with PILImage.open(image) as opened:
+                return opened.size
+        return image.size
+
+    def _file_name(self, key: str, image: Image.Image | Path) -> str:
+        suffix = Path(image).suffix.lower() if isinstance(image, Path | str) else _SUFFIX[self.image_format]
+        if not suffix:
+            raise ValueError(f"image file {image} needs a suffix such as .png: readers go by it")
+        name = safe_filename(key) + suffix
+        if name in self._file_names:  # two keys that sanitise alike: keep both, apart
+            digest = hashlib.sha256(key.encode("utf-8", errors="surrogatepass")).hexdigest()[:8]
+            name = f"{safe_filename(key)}-{digest}{suffix}"
+        return name
+
+    def _save_image(self, image: Image.Image | Path, target: Path) -> None:
+        if isinstance(image, Path | str):
+            copy_atomic(Path(image), target)
+            return
+        with atomic_path(target) as tmp:
+            if self.image_format == "jpeg":
+                rgb = image if image.mode in ("RGB", "L") else image.convert("RGB")
+                rgb.save(tmp, format="JPEG", quality=self.jpeg_quality)
+            else:
+                image.save(tmp, format="PNG")
+
+    def _remember(self, key: str, image_id: int, file_name: str, annotation_ids: list[int]) -> None:
+        self._index[key] = (image_id, file_name, len(annotation_ids))
+        self._file_names.add(file_name)
+        self._next_image_id = max(self._next_image_id, image_id + 1)
+        if annotation_ids:
+            self._next_annotation_id = max(self._next_annotation_id, max(annotation_ids) + 1)
+        self._annotation_count += len(annotation_ids)
+
+    def _records(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        if not self.records_path.exists():
+            return
+        for number, text in iter_lines(self.records_path):
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError:
+                record = None
+            if not isinstance(record, dict) or record.get("kind") not in ("header", "image"):
+                raise OutputMismatchError(
+                    f"{self.records_path}:{number}: not an acp COCO record; move the folder away or "
+                    "use another output folder"
+                )
+            yield number, record
+
+    def _image_records(self) -> Iterator[dict[str, Any]]:
+        return (record for _, record in self._records() if record["kind"] == "image")
+
+    def _load_log(self) -> dict[str, Any] | None:
+        """Read the log back into the index; returns its header, or None for a new log."""
+        header = None
+        for number, record in self._records():
+            if record["kind"] == "header":
+                if header is None:
+                    header = record
+                    self._check_header(record)
+                continue
+            if header is None:
+                raise OutputMismatchError(f"{self.records_path}:{number}: image record before the header")
+            try:
+                image = record["image"]
+                annotation_ids = [int(a["id"]) for a in record["annotations"]]
+                self._remember(record["key"], int(image["id"]), image["file_name"], annotation_ids)
+            except (KeyError, TypeError, ValueError):
+                raise OutputMismatchError(f"{self.records_path}:{number}: malformed image record") from None
+        return header
+
+    def _check_header(self, header: dict[str, Any]) -> None:
+        if header.get("format") != RECORDS_FORMAT:
+            raise OutputMismatchError(
+                f"{self.records_path}: written by another acp version (format {header.get('format')}, "
+                f"expected {RECORDS_FORMAT}); use another output folder"
+            )
+        if header.get("categories") != self.categories.to_coco():
+            raise OutputMismatchError(
+                f"{self.out_dir}: holds a dataset with other categories; rerun with the same concepts "
+                "and category file, or use another output folder"
+            )
+        self._info = header.get("info") or {}
+
+    def _lock(self) -> None:
+        """Refuse a second writer on the same folder: both would hand out the same ids."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows has no flock; single writer assumed
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.out_dir / f".{RECORDS_NAME}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise OutputMismatchError(f"{self.out_dir}: another acp process is writing this folder") from None
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = -1
