@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from acp.cli import app
 from acp.cli._common import fail, handle_errors, notice
+
+if TYPE_CHECKING:
+    from acp.concepts import ConceptInput
 
 DEFAULT_LLM_MODEL = "gpt-4o-mini"
 
@@ -42,67 +45,95 @@ def parse_size(text: str) -> tuple[int, int]:
     return width, height
 
 
+# Options shared with `acp generate` (same names, same defaults).
+InputArgument = Annotated[
+    Path | None,
+    typer.Argument(help="Concept list: .txt (one per line), .json/.yaml list or "
+                   "{concept: quota}, or .jsonl of explicit scenes."),
+]
+ConceptsOption = Annotated[
+    str | None, typer.Option(help='Inline concepts instead of INPUT, e.g. "dog,frisbee".')
+]
+ScenesOption = Annotated[
+    int | None, typer.Option(help="Scenes to sample from a vocabulary [default: one per concept].")
+]
+ObjectsOption = Annotated[str, typer.Option(help="Concepts per sampled scene: N or MIN-MAX.")]
+SeedOption = Annotated[int, typer.Option(help="Seed of scene sampling, planning and rendering.")]
+SizeOption = Annotated[str, typer.Option(help="Image size: N or WIDTHxHEIGHT.")]
+PlannerOption = Annotated[
+    PlannerName | None,
+    typer.Option(help="[default: openai when OPENAI_API_KEY or --llm-base-url is set, "
+                 "else heuristic]"),
+]
+BaseUrlOption = Annotated[
+    str | None,
+    typer.Option(envvar="OPENAI_BASE_URL", help="OpenAI-compatible endpoint (vLLM, Ollama, ...)."),
+]
+LLMModelOption = Annotated[str, typer.Option(envvar="ACP_LLM_MODEL", help="Model name at the endpoint.")]
+ConcurrencyOption = Annotated[int, typer.Option(min=1, max=256, help="LLM requests in flight.")]
+MaxReasksOption = Annotated[
+    int, typer.Option(min=0, max=10, help="Re-asks of the LLM after an invalid reply.")
+]
+TimeoutOption = Annotated[float, typer.Option(min=1.0, help="Seconds to wait for one LLM reply.")]
+MaxOverlapOption = Annotated[
+    float, typer.Option(min=0.0, max=1.0, help="Largest IoU allowed between two objects.")
+]
+OnOverlapOption = Annotated[OverlapAction, typer.Option(help="What to do with a larger overlap.")]
+ProgressOption = Annotated[bool, typer.Option(help="Show a progress bar.")]
+
+
+def read_input(input: Path | None, concepts: str | None) -> ConceptInput:
+    from acp.concepts import load_concepts, parse_inline
+
+    if (input is None) == (concepts is None):
+        raise fail("give a concept file (INPUT) or --concepts, not both and not neither", code=2)
+    return parse_inline(concepts) if concepts is not None else load_concepts(input)  # type: ignore[arg-type]
+
+
+def choose_planner(planner: PlannerName | None, api_key: str | None, base_url: str | None) -> str:
+    """The planner to use: as asked, or openai when an endpoint is configured."""
+    if planner is None:
+        planner = PlannerName.openai if (api_key or base_url) else PlannerName.heuristic
+        if planner is PlannerName.heuristic:
+            notice("no LLM endpoint configured (OPENAI_API_KEY or --llm-base-url); "
+                   "using the offline heuristic planner")
+    if planner is PlannerName.openai and not (api_key or base_url):
+        raise fail("--planner openai needs OPENAI_API_KEY or --llm-base-url", code=2)
+    return planner.value
+
+
 @app.command()
 @handle_errors
 def plan(
-    input: Annotated[
-        Path | None,
-        typer.Argument(help="Concept list: .txt (one per line), .json/.yaml list or "
-                       "{concept: quota}, or .jsonl of explicit scenes."),
-    ] = None,
+    input: InputArgument = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Plans file (JSON Lines).")] = Path(
         "plans.jsonl"
     ),
-    concepts: Annotated[
-        str | None, typer.Option(help='Inline concepts instead of INPUT, e.g. "dog,frisbee".')
-    ] = None,
-    scenes: Annotated[
-        int | None, typer.Option(help="Scenes to sample from a vocabulary [default: one per concept].")
-    ] = None,
-    objects_per_scene: Annotated[
-        str, typer.Option(help="Concepts per sampled scene: N or MIN-MAX.")
-    ] = "1-3",
-    seed: Annotated[int, typer.Option(help="Seed of scene sampling and planning.")] = 0,
-    size: Annotated[str, typer.Option(help="Image size: N or WIDTHxHEIGHT.")] = "512",
-    planner: Annotated[
-        PlannerName | None,
-        typer.Option(help="[default: openai when OPENAI_API_KEY or --llm-base-url is set, "
-                     "else heuristic]"),
-    ] = None,
-    llm_base_url: Annotated[
-        str | None,
-        typer.Option(envvar="OPENAI_BASE_URL", help="OpenAI-compatible endpoint (vLLM, Ollama, ...)."),
-    ] = None,
-    llm_model: Annotated[
-        str, typer.Option(envvar="ACP_LLM_MODEL", help="Model name at the endpoint.")
-    ] = DEFAULT_LLM_MODEL,
-    concurrency: Annotated[int, typer.Option(min=1, max=256, help="LLM requests in flight.")] = 8,
-    max_reasks: Annotated[
-        int, typer.Option(min=0, max=10, help="Re-asks of the LLM after an invalid reply.")
-    ] = 2,
-    llm_timeout: Annotated[
-        float, typer.Option(min=1.0, help="Seconds to wait for one LLM reply.")
-    ] = 120.0,
-    max_overlap: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="Largest IoU allowed between two objects.")
-    ] = 0.7,
-    on_overlap: Annotated[
-        OverlapAction, typer.Option(help="What to do with a larger overlap.")
-    ] = OverlapAction.reject,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    concepts: ConceptsOption = None,
+    scenes: ScenesOption = None,
+    objects_per_scene: ObjectsOption = "1-3",
+    seed: SeedOption = 0,
+    size: SizeOption = "512",
+    planner: PlannerOption = None,
+    llm_base_url: BaseUrlOption = None,
+    llm_model: LLMModelOption = DEFAULT_LLM_MODEL,
+    concurrency: ConcurrencyOption = 8,
+    max_reasks: MaxReasksOption = 2,
+    llm_timeout: TimeoutOption = 120.0,
+    max_overlap: MaxOverlapOption = 0.7,
+    on_overlap: OnOverlapOption = OverlapAction.reject,
+    progress: ProgressOption = True,
 ) -> None:
     """Plan scenes (caption, objects, boxes, relations) from a concept list.
 
     The API key is read from OPENAI_API_KEY and never printed or written.
     """
-    from acp.concepts import load_concepts, parse_inline, parse_object_range, scene_concepts
+    from acp.concepts import parse_object_range, scene_concepts
     from acp.plan.base import PlanSettings
     from acp.plan.run import failures_path, make_requests, run_planner
     from acp.schema import LayoutRules
 
-    if (input is None) == (concepts is None):
-        raise fail("give a concept file (INPUT) or --concepts, not both and not neither", code=2)
-    source = parse_inline(concepts) if concepts is not None else load_concepts(input)  # type: ignore[arg-type]
+    source = read_input(input, concepts)
     objects = parse_object_range(objects_per_scene)
     width, height = parse_size(size)
     sets = scene_concepts(source, scenes, objects, seed)
@@ -114,14 +145,8 @@ def plan(
         rules=LayoutRules(max_overlap=max_overlap, on_overlap=on_overlap.value),
     )
     api_key = os.environ.get("OPENAI_API_KEY") or None
-    if planner is None:
-        planner = PlannerName.openai if (api_key or llm_base_url) else PlannerName.heuristic
-        if planner is PlannerName.heuristic:
-            notice("no LLM endpoint configured (OPENAI_API_KEY or --llm-base-url); "
-                   "using the offline heuristic planner")
-    if planner is PlannerName.openai:
-        if not (api_key or llm_base_url):
-            raise fail("--planner openai needs OPENAI_API_KEY or --llm-base-url", code=2)
+    chosen: Any
+    if choose_planner(planner, api_key, llm_base_url) == "openai":
         from acp.plan.llm import LLMPlanner
 
         chosen = LLMPlanner.from_options(

@@ -10,7 +10,7 @@ latest run only, since a rerun plans every failed scene again.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -18,6 +18,7 @@ from typing import Protocol
 from acp.errors import OutputMismatchError
 from acp.jsonl import JsonlWriter, read_records
 from acp.plan.base import PlanOutcome, SceneRequest, derive_seed
+from acp.schema import ScenePlan
 
 
 class Planner(Protocol):
@@ -70,7 +71,9 @@ def run_planner(
     *,
     total: int | None = None,
     progress: bool = True,
+    on_plan: Callable[[ScenePlan], None] | None = None,
 ) -> PlanSummary:
+    """Plan every request not yet in ``output``; ``on_plan`` sees each new plan once written."""
     from tqdm import tqdm
 
     output = Path(output)
@@ -103,6 +106,8 @@ def run_planner(
                 if outcome.plan is not None:
                     plans.write(outcome.plan)
                     summary.planned += 1
+                    if on_plan is not None:
+                        on_plan(outcome.plan)
                     summary.repaired += bool(outcome.plan.repairs)
                 else:
                     failure_log = failure_log or JsonlWriter(failures)

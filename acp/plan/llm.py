@@ -1,0 +1,232 @@
+"""The LLM planner: one chat conversation per scene on any OpenAI-compatible endpoint.
+
+Each scene is asked with the system prompt and few-shot examples of ``prompts/``; the reply is
+parsed by ``acp.plan.parse``. A reply that fails validation is sent back to the model together
+with its problems, at most ``max_reasks`` times; a scene that still fails, or whose requests
+keep failing in transport, becomes a failed ``PlanOutcome`` carrying the last raw reply. Nothing
+a scene does aborts the run.
+
+``plan_many`` is a plain iterator: an asyncio loop in a background thread keeps
+``concurrency`` scenes in flight, drawing requests lazily and handing outcomes over through a
+small bounded queue, so memory stays flat however many scenes are asked for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import queue
+import string
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from acp.errors import LLMError, PlanValidationError
+from acp.llm import (
+    ChatClient,
+    ChatSettings,
+    LLMTransportError,
+    Message,
+    as_completed_bounded,
+    json_schema_format,
+)
+from acp.plan.base import PlanOutcome, PlanSettings, SceneRequest
+from acp.plan.parse import parse_plan
+from acp.resources import read_prompt
+from acp.schema import MAX_OBJECTS, MIN_BOX_SIDE, SceneDraft
+
+PLANNER_NAME = "openai"
+_MAX_ECHO = 12_000  # characters of a bad reply sent back on a re-ask (a runaway reply is cut)
+
+
+def scene_prompt(concepts: Iterable[str], width: int, height: int) -> str:
+    """The user message that asks for one scene."""
+    return (
+        f"Concepts: {json.dumps(list(concepts), ensure_ascii=False)}\n"
+        f"Image size: {width} x {height} pixels (width x height).\n"
+        "Reply with the JSON object only."
+    )
+
+
+def reask_prompt(problems: list[tuple[str, str]]) -> str:
+    """The user message that sends a failed reply's problems back to the model."""
+    lines = "\n".join(f"- {field}: {reason}" for field, reason in problems)
+    return (
+        "Your reply could not be used. Problems found:\n"
+        f"{lines}\n"
+        "Reply with the whole corrected JSON object only, in the same format."
+    )
+
+
+def system_prompt(settings: PlanSettings) -> str:
+    template = string.Template(read_prompt("plan_system.md"))
+    return template.substitute(
+        max_objects=MAX_OBJECTS,
+        min_side=f"{MIN_BOX_SIDE:.4f}",
+        max_overlap_percent=f"{settings.rules.max_overlap * 100:.0f}",
+    )
+
+
+def example_messages() -> list[Message]:
+    """The few-shot examples of ``prompts/plan_examples.json`` as user/assistant turns."""
+    messages: list[Message] = []
+    for example in json.loads(read_prompt("plan_examples.json")):
+        prompt = scene_prompt(example["concepts"], example["width"], example["height"])
+        messages.append({"role": "user", "content": prompt})
+        messages.append({"role": "assistant", "content": json.dumps(example["reply"], ensure_ascii=False)})
+    return messages
+
+
+@dataclass(frozen=True)
+class _Raised:
+    error: BaseException
+
+
+_DONE = object()
+
+
+class LLMPlanner:
+    """Plans scenes with an OpenAI-compatible chat model.
+
+    ``LLMPlanner(ChatSettings(model=..., base_url=..., api_key=..., concurrency=N),
+    PlanSettings(rules=...), max_reasks=2)``.
+    """
+
+    name = PLANNER_NAME
+
+    def __init__(self, client_settings: ChatSettings, plan_settings: PlanSettings | None = None,
+                 *, max_reasks: int = 2):
+        if max_reasks < 0:
+            raise LLMError(f"max_reasks must be >= 0, got {max_reasks}")
+        self.client_settings = client_settings
+        self.plan_settings = plan_settings or PlanSettings()
+        self.max_reasks = max_reasks
+        self._preamble: list[Message] = [
+            {"role": "system", "content": system_prompt(self.plan_settings)}, *example_messages()
+        ]
+        self._response_format = json_schema_format("scene_draft", SceneDraft.model_json_schema())
+
+    def __repr__(self) -> str:
+        return f"LLMPlanner({self.client_settings!r}, max_reasks={self.max_reasks})"
+
+    @classmethod
+    def from_options(
+        cls,
+        *,
+        model: str,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        concurrency: int = 8,
+        max_reasks: int = 2,
+        timeout: float = 120.0,
+        settings: PlanSettings | None = None,
+    ) -> LLMPlanner:
+        """The planner as ``acp plan`` configures it from its options."""
+        client = ChatSettings(
+            model=model, base_url=base_url, api_key=api_key, timeout=timeout, concurrency=concurrency
+        )
+        return cls(client, settings, max_reasks=max_reasks)
+
+    def plan_many(self, requests: Iterable[SceneRequest]) -> Iterator[PlanOutcome]:
+        """Outcomes in completion order, ``concurrency`` requests in flight.
+
+        ``requests`` is read lazily from the worker thread. Closing the iterator early (or
+        Ctrl-C while waiting on it) cancels the scenes still in flight.
+        """
+        outcomes: queue.Queue[object] = queue.Queue(maxsize=self.client_settings.concurrency)
+        stop = threading.Event()
+        running: dict[str, Any] = {}
+
+        def hand_over(item: object) -> None:
+            while not stop.is_set():
+                try:
+                    outcomes.put(item, timeout=0.1)
+                    return
+                except queue.Full:
+                    continue
+
+        async def produce() -> None:
+            running["loop"] = asyncio.get_running_loop()
+            running["task"] = asyncio.current_task()
+            if stop.is_set():  # closed before the task could be cancelled (set, then checked)
+                return
+            async with ChatClient(self.client_settings) as client:
+                scenes = (self._plan_scene(client, request) for request in requests)
+                async for outcome in as_completed_bounded(scenes, self.client_settings.concurrency):
+                    await asyncio.to_thread(hand_over, outcome)
+                    if stop.is_set():
+                        return
+
+        def work() -> None:
+            try:
+                asyncio.run(produce())
+            except asyncio.CancelledError:
+                pass
+            except BaseException as error:  # handed to the consumer, which raises it
+                hand_over(_Raised(error))
+            finally:
+                hand_over(_DONE)
+
+        worker = threading.Thread(target=work, name="acp-llm-planner", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = outcomes.get()
+                if item is _DONE:
+                    return
+                if isinstance(item, _Raised):
+                    raise item.error
+                assert isinstance(item, PlanOutcome)
+                yield item
+        finally:
+            stop.set()
+            loop, task = running.get("loop"), running.get("task")
+            if loop is not None and task is not None:
+                with contextlib.suppress(RuntimeError):  # the loop has already finished
+                    loop.call_soon_threadsafe(task.cancel)
+            worker.join()
+
+    async def _plan_scene(self, client: ChatClient, request: SceneRequest) -> PlanOutcome:
+        """One scene's conversation; a scene's own failure is returned, never raised."""
+        messages = [
+            *self._preamble,
+            {"role": "user", "content": scene_prompt(request.concepts, request.width, request.height)},
+        ]
+        retries = 0
+        raw: str | None = None
+        error = ""
+        attempts = 0
+        model = self.client_settings.model
+        for attempts in range(1, self.max_reasks + 2):
+            try:
+                # 31 bits: servers store the seed in a C int (vLLM, llama.cpp) or reject larger ones
+                reply = await client.chat(messages, self._response_format, seed=request.seed % 2**31)
+            except LLMError as failure:
+                if isinstance(failure, LLMTransportError):
+                    retries += failure.retries
+                return PlanOutcome(request, error=str(failure), raw=raw, attempts=attempts,
+                                   transport_retries=retries)
+            retries += reply.retries
+            raw = reply.text
+            try:
+                plan = parse_plan(raw, request, self.plan_settings.rules,
+                                  planner=PLANNER_NAME, model=model, attempts=attempts)
+            except PlanValidationError as invalid:
+                error = str(invalid)
+                messages = [
+                    *messages,
+                    {"role": "assistant", "content": raw[:_MAX_ECHO] or "(empty reply)"},
+                    {"role": "user", "content": reask_prompt(invalid.problems)},
+                ]
+                continue
+            return PlanOutcome(request, plan=plan, attempts=attempts, transport_retries=retries,
+                               repairs=list(plan.repairs))
+        return PlanOutcome(
+            request,
+            error=f"no valid plan after {attempts} replies: {error}",
+            raw=raw,
+            attempts=attempts,
+            transport_retries=retries,
+        )

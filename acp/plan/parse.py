@@ -1,0 +1,353 @@
+"""LLM reply text -> ``ScenePlan``: lenient extraction, unambiguous repairs, strict validation.
+
+Extraction (no repair is recorded for these, they change no value):
+- the reply may wrap the JSON in a code fence or in prose; the first JSON object is taken;
+- trailing commas before ``}`` or ``]`` are dropped;
+- common wrappers are unwrapped (``{"scene": {...}}``, ``{"plan": {...}}``, ...);
+- an object's box may be named ``box``, ``bounding_box``, ``xywh``, ... instead of ``bbox``;
+- numbers written as strings (``"0.25"``) are read as numbers (pydantic's lax mode): a string that
+  parses as a number can only mean that number.
+
+Truncated JSON (the model ran out of tokens) is closed: an open string, array or object is
+ended and the element being written when the text stopped is dropped whole, at the outermost
+array holding it (a half-written object of ``objects`` or ``relations`` disappears, never a
+half-written box). This is recorded as a repair; if a requested object was lost, the concept
+check fails and the model is asked again.
+
+Coordinate repairs (recorded in ``ScenePlan.repairs``), applied in this order, each only where
+the reading is unambiguous:
+1. **Pixels**: every box has a value above ``1 + CLIP_TOLERANCE``, no value exceeds the image
+   size, and every box divided by ``(width, height, width, height)`` is a usable box (as
+   ``[x, y, w, h]`` or as ``[x1, y1, x2, y2]``). All boxes are divided; a plan mixing
+   pixel and normalised boxes is left alone (and fails validation).
+2. **Corners instead of size**: the model was told ``[x, y, w, h]``; the plan is read as
+   ``[x1, y1, x2, y2]`` when at least one box does not fit the frame as ``[x, y, w, h]``
+   (``x + w`` or ``y + h`` above ``1 + CLIP_TOLERANCE``) while every box is a usable
+   ``[x1, y1, x2, y2]`` (``x2 > x1``, ``y2 > y1``, inside the frame, sides at least
+   ``MIN_BOX_SIDE``). All boxes are converted, since a model uses one convention per reply.
+3. **Slight overshoot**: a box that leaves the frame by at most ``CLIP_TOLERANCE`` (0.02 of the
+   frame, about 10 px at 512) is clipped to it.
+
+Then ``SceneDraft`` validates the result, ``layout_problems`` checks overlaps (rejected or
+flagged as ``LayoutRules.on_overlap`` says; flagged ones become ``ScenePlan.warnings``), and
+``ScenePlan`` checks that every requested concept is present with its count. Any failure raises
+``PlanValidationError`` whose ``problems`` are ``(field, reason)`` pairs, the text the model is
+shown when it is asked again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from acp.boxes import pixels_to_normalized, xyxy_to_xywh
+from acp.errors import PlanValidationError
+from acp.plan.base import SceneRequest
+from acp.schema import (
+    MIN_BOX_SIDE,
+    LayoutRules,
+    SceneDraft,
+    ScenePlan,
+    error_problems,
+    layout_problems,
+)
+
+CLIP_TOLERANCE = 0.02
+_CLIP_EPSILON = 1e-9  # overshoots below this are float noise the schema accepts anyway
+
+_WRAPPERS = ("scene", "plan", "layout", "scene_plan", "result", "output", "response", "data")
+_BBOX_ALIASES = ("box", "bounding_box", "boundingBox", "bbox_xywh", "xywh", "rect")
+_FENCE = re.compile(r"```[ \t]*[A-Za-z0-9_-]*[ \t]*\n?(.*?)(?:```|\Z)", re.DOTALL)
+_MAX_STARTS = 50  # candidate "{" positions tried before giving up on a prose reply
+
+
+@dataclass
+class ExtractedJSON:
+    value: dict[str, Any]
+    repairs: list[str] = field(default_factory=list)
+
+
+def extract_json(text: str) -> ExtractedJSON:
+    """The first JSON object in ``text``, tolerating fences, prose, trailing commas, truncation.
+
+    Raises ``PlanValidationError`` with a ``("(reply)", reason)`` problem when there is none.
+    """
+    if not text or not text.strip():
+        raise PlanValidationError("empty reply", [("(reply)", "the reply is empty")])
+    for body in _fenced_first(text):
+        found = _first_object(body)
+        if found is not None:
+            return found
+    raise PlanValidationError(
+        "no JSON object in the reply", [("(reply)", "no JSON object found in the reply")]
+    )
+
+
+def _fenced_first(text: str) -> list[str]:
+    """Fenced blocks holding a ``{`` first (an unclosed fence runs to the end), then the text."""
+    blocks = [m.group(1) for m in _FENCE.finditer(text) if "{" in m.group(1)]
+    return [*blocks, text]
+
+
+def _first_object(text: str) -> ExtractedJSON | None:
+    start = text.find("{")
+    tried = 0
+    while start >= 0 and tried < _MAX_STARTS:
+        tried += 1
+        candidate, truncated = close_json(text[start:])
+        try:
+            value = json.loads(candidate)
+        except json.JSONDecodeError:
+            value = None
+        if isinstance(value, dict):
+            repairs = ["closed truncated JSON, dropping its incomplete last element"] if truncated else []
+            return ExtractedJSON(value, repairs)
+        start = text.find("{", start + 1)
+    return None
+
+
+@dataclass
+class _Frame:
+    closer: str  # "}" or "]"
+    mark: int  # length of the output after the last complete element
+    expects_value: bool = False  # in an object: a ":" was seen, the next token is a value
+
+
+def close_json(text: str) -> tuple[str, bool]:
+    """Cut ``text`` (starting at ``{`` or ``[``) after its first complete JSON value.
+
+    Trailing commas are removed on the way. If the text ends first, the value is closed: the
+    element being written is dropped at the outermost open array (see the module docstring),
+    or, with no array open, at the innermost object, and the open brackets are closed.
+    Returns ``(json_text, truncated)``; the result is not guaranteed to parse.
+    """
+    out: list[str] = []
+    stack: list[_Frame] = []
+    in_string = string_is_value = escaped = pending_scalar = False
+
+    def complete_element() -> None:
+        if stack:
+            stack[-1].mark = len(out)
+
+    for ch in text:
+        if in_string:
+            out.append(ch)
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+                if string_is_value:
+                    complete_element()
+            continue
+        if pending_scalar and (ch in ",}]:" or ch.isspace()):
+            pending_scalar = False
+            complete_element()
+        if ch == '"':
+            in_string = True
+            top = stack[-1] if stack else None
+            string_is_value = top is None or top.closer == "]" or top.expects_value
+            out.append(ch)
+        elif ch in "{[":
+            out.append(ch)
+            stack.append(_Frame("}" if ch == "{" else "]", len(out)))
+        elif ch in "}]":
+            while out and out[-1].isspace():
+                out.pop()
+            if out and out[-1] == ",":
+                out.pop()
+            out.append(ch)
+            if stack:
+                stack.pop()
+            if not stack:
+                return "".join(out), False
+            stack[-1].expects_value = False
+            complete_element()
+        elif ch == ":":
+            if stack:
+                stack[-1].expects_value = True
+            out.append(ch)
+        elif ch == ",":
+            if stack and stack[-1].closer == "}":
+                stack[-1].expects_value = False
+            out.append(ch)
+        else:
+            if not ch.isspace():
+                pending_scalar = True
+            out.append(ch)
+    if not stack:
+        return "".join(out), False
+    # The text ended inside the value: a scalar at the very end may be cut short (0.2 of 0.25),
+    # so it counts as incomplete like an open string.
+    arrays = [k for k, frame in enumerate(stack) if frame.closer == "]"]
+    level = arrays[0] if arrays else len(stack) - 1
+    kept = "".join(out[: stack[level].mark])
+    return kept + "".join(frame.closer for frame in reversed(stack[: level + 1])), True
+
+
+def _unwrap(value: dict[str, Any]) -> dict[str, Any]:
+    while len(value) == 1:
+        (key, inner), = value.items()
+        if key.lower() not in _WRAPPERS or not isinstance(inner, dict):
+            break
+        value = inner
+    return value
+
+
+def _rename_bbox_aliases(value: dict[str, Any]) -> None:
+    objects = value.get("objects")
+    if not isinstance(objects, list):
+        return
+    for item in objects:
+        if not isinstance(item, dict) or "bbox" in item:
+            continue
+        aliases = [a for a in _BBOX_ALIASES if a in item]
+        if len(aliases) == 1:
+            item["bbox"] = item.pop(aliases[0])
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def _numeric_boxes(value: dict[str, Any]) -> list[list[float]] | None:
+    """Every object's box as 4 finite floats, or ``None`` when any box is not one."""
+    objects = value.get("objects")
+    if not isinstance(objects, list) or not objects:
+        return None
+    boxes = []
+    for item in objects:
+        box = item.get("bbox") if isinstance(item, dict) else None
+        if not isinstance(box, (list, tuple)) or len(box) != 4:
+            return None
+        numbers = [_number(v) for v in box]
+        if any(n is None or not math.isfinite(n) for n in numbers):
+            return None
+        boxes.append([n for n in numbers if n is not None])
+    return boxes
+
+
+def _fits_xywh(box: list[float], tolerance: float = CLIP_TOLERANCE) -> bool:
+    x, y, w, h = box
+    return (
+        x >= -tolerance and y >= -tolerance and x + w <= 1 + tolerance and y + h <= 1 + tolerance
+        and w >= MIN_BOX_SIDE and h >= MIN_BOX_SIDE
+    )
+
+
+def _fits_xyxy(box: list[float]) -> bool:
+    x1, y1, x2, y2 = box
+    return _fits_xywh([x1, y1, x2 - x1, y2 - y1])
+
+
+def _clip_span(start: float, size: float) -> tuple[float, float]:
+    """``(start, size)`` of a span cut to [0, 1]; a span already inside is returned untouched."""
+    if start >= 0 and start + size <= 1:
+        return start, size
+    begin, end = max(start, 0.0), min(start + size, 1.0)
+    return begin, end - begin
+
+
+def repair_boxes(boxes: list[list[float]], width: int, height: int) -> tuple[list[list[float]], list[str]]:
+    """Apply the coordinate repairs of the module docstring; returns the boxes and the repairs."""
+    repairs: list[str] = []
+    if all(max(b) > 1 + CLIP_TOLERANCE for b in boxes) and all(
+        min(b) >= 0 and max(b[0], b[2]) <= width * (1 + CLIP_TOLERANCE)
+        and max(b[1], b[3]) <= height * (1 + CLIP_TOLERANCE) for b in boxes
+    ):
+        scaled = pixels_to_normalized(boxes, width, height).tolist()
+        if all(_fits_xywh(b) or _fits_xyxy(b) for b in scaled):
+            boxes = scaled
+            repairs.append(f"bbox in pixels: divided by the image size {width}x{height}")
+    if not all(_fits_xywh(b) for b in boxes) and all(_fits_xyxy(b) for b in boxes):
+        boxes = xyxy_to_xywh(boxes).tolist()
+        repairs.append("bbox given as [x1, y1, x2, y2]: converted to [x, y, w, h]")
+    clipped = []
+    for index, box in enumerate(boxes):
+        x, y, w, h = box
+        overshoot = max(-x, -y, x + w - 1, y + h - 1)
+        if _CLIP_EPSILON < overshoot <= CLIP_TOLERANCE:
+            (x, w), (y, h) = _clip_span(x, w), _clip_span(y, h)
+            box = [x, y, w, h]
+            repairs.append(f"objects[{index}].bbox clipped to the frame (overshoot {overshoot:.3f})")
+        clipped.append(box)
+    return clipped, repairs
+
+
+def parse_draft(
+    text: str, width: int, height: int, rules: LayoutRules | None = None
+) -> tuple[SceneDraft, list[str], list[str]]:
+    """Reply text -> ``(draft, repairs, warnings)``; raises ``PlanValidationError``.
+
+    Checks everything a draft alone can be checked for: schema, geometry and overlaps.
+    """
+    rules = rules or LayoutRules()
+    extracted = extract_json(text)
+    value = _unwrap(extracted.value)
+    repairs = list(extracted.repairs)
+    _rename_bbox_aliases(value)
+    boxes = _numeric_boxes(value)
+    if boxes is not None:
+        fixed, box_repairs = repair_boxes(boxes, width, height)
+        if box_repairs:
+            for item, box in zip(value["objects"], fixed, strict=True):
+                item["bbox"] = box
+            repairs.extend(box_repairs)
+    try:
+        draft = SceneDraft.model_validate(value)
+    except ValidationError as error:
+        problems = error_problems(error)
+        raise PlanValidationError(_summary(problems), problems) from None
+    overlaps = layout_problems(draft, rules)
+    if overlaps and rules.on_overlap == "reject":
+        raise PlanValidationError(_summary(overlaps), overlaps)
+    return draft, repairs, [f"{f}: {r}" for f, r in overlaps]
+
+
+def parse_plan(
+    text: str,
+    request: SceneRequest,
+    rules: LayoutRules | None = None,
+    *,
+    planner: str = "openai",
+    model: str | None = None,
+    attempts: int = 1,
+) -> ScenePlan:
+    """Reply text -> the stored ``ScenePlan`` for ``request``; raises ``PlanValidationError``."""
+    draft, repairs, warnings = parse_draft(text, request.width, request.height, rules)
+    try:
+        return ScenePlan(
+            **draft.model_dump(),
+            id=request.id,
+            concepts=list(request.concepts),
+            width=request.width,
+            height=request.height,
+            planner=planner,
+            model=model,
+            seed=request.seed,
+            repairs=repairs,
+            warnings=warnings,
+            attempts=attempts,
+        )
+    except ValidationError as error:
+        problems = error_problems(error)
+        raise PlanValidationError(_summary(problems), problems) from None
+
+
+def _summary(problems: list[tuple[str, str]]) -> str:
+    return "; ".join(f"{f}: {r}" for f, r in problems)

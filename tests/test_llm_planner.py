@@ -1,0 +1,479 @@
+"""The LLM planner and chat client against a real chat-completions server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import string
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from acp.errors import InputError, LLMError
+from acp.llm import ChatClient, ChatSettings, as_completed_bounded
+from acp.plan.base import PlanOutcome, PlanSettings, SceneRequest
+from acp.plan.llm import LLMPlanner, example_messages, system_prompt
+from acp.plan.parse import parse_plan
+from acp.resources import read_prompt
+from acp.schema import MIN_BOX_SIDE, LayoutRules, ScenePlan, layout_problems
+from tests.chat_server import (  # noqa: F401  (chat_server_fixture provides chat_server)
+    MALFORMED,
+    REASK_MARKER,
+    ChatServer,
+    Reply,
+    always,
+    chat_server_fixture,
+    concepts_of,
+    error,
+    first_bad_then_valid,
+    ok,
+    refused_url,
+    schema_violation_text,
+    valid_text,
+)
+
+KEY = "sk-test-DO-NOT-LEAK-4f9a2c1e77"
+CONCEPTS = ("dog", "frisbee")
+
+
+def settings_for(url: str, **overrides: Any) -> ChatSettings:
+    values: dict[str, Any] = {"model": "test-model", "base_url": url, "api_key": KEY, "timeout": 5.0,
+                              "max_retries": 3, "retry_backoff": 0.01, "concurrency": 4}
+    values.update(overrides)
+    return ChatSettings(**values)
+
+
+def request(index: int = 0, concepts: tuple[str, ...] = CONCEPTS, **kw: Any) -> SceneRequest:
+    return SceneRequest(id=f"scene-{index}", concepts=concepts, seed=1000 + index, **kw)
+
+
+def plan_one(url: str, req: SceneRequest | None = None, *, max_reasks: int = 2,
+             rules: LayoutRules | None = None, **overrides: Any) -> PlanOutcome:
+    planner = LLMPlanner(settings_for(url, **overrides), PlanSettings(rules=rules or LayoutRules()),
+                         max_reasks=max_reasks)
+    outcomes = list(planner.plan_many([req or request()]))
+    assert len(outcomes) == 1
+    return outcomes[0]
+
+
+# --- prompts -----------------------------------------------------------------------------------
+
+def test_few_shot_examples_are_valid_plans() -> None:
+    examples = json.loads(read_prompt("plan_examples.json"))
+    assert len(examples) >= 2
+    for k, example in enumerate(examples):
+        req = SceneRequest(id=f"example-{k}", concepts=tuple(example["concepts"]), seed=0,
+                           width=example["width"], height=example["height"])
+        plan = parse_plan(json.dumps(example["reply"]), req, LayoutRules())
+        assert plan.repairs == [] and plan.warnings == []
+        assert layout_problems(plan, LayoutRules(max_overlap=0.5)) == []
+        for obj in plan.objects:  # GLIGEN phrases: short (well under CLIP's 77 tokens)
+            assert 3 <= len(obj.description.split()) < 15, obj.description
+    messages = example_messages()
+    assert [m["role"] for m in messages] == ["user", "assistant"] * len(examples)
+
+
+def test_system_prompt_states_the_rules() -> None:
+    prompt = system_prompt(PlanSettings(rules=LayoutRules(max_overlap=0.4)))
+    assert "$" not in prompt  # every placeholder was filled
+    assert "[x, y, w, h]" in prompt and f"{MIN_BOX_SIDE:.4f}" in prompt
+    assert "30 objects" in prompt and "40%" in prompt
+    assert "relations" in prompt and "depth" in prompt
+    assert set(string.Template(read_prompt("plan_system.md")).get_identifiers()) == {
+        "max_objects", "min_side", "max_overlap_percent"}
+
+
+# --- every kind of reply -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", list(MALFORMED))
+def test_every_reply_kind_ends_in_a_valid_plan(chat_server: ChatServer, kind: str) -> None:
+    maker, expected = MALFORMED[kind]
+    chat_server.responder = first_bad_then_valid(maker, 640, 480)
+    req = request(concepts=("dog", "frisbee", "person"), width=640, height=480)
+    outcome = plan_one(chat_server.url, req)
+    assert outcome.plan is not None, outcome.error
+    plan = outcome.plan
+    ScenePlan.model_validate_json(plan.model_dump_json())
+    assert (plan.planner, plan.model, plan.seed, plan.id) == ("openai", "test-model", req.seed, req.id)
+    assert (plan.width, plan.height) == (640, 480)
+    assert len(chat_server.requests) == outcome.attempts == plan.attempts
+    if expected == "reask":
+        assert outcome.attempts == 2
+        reask = chat_server.requests[1].messages
+        assert reask[-2] == {"role": "assistant", "content": maker(list(req.concepts), 640, 480)
+                             or "(empty reply)"}
+        assert REASK_MARKER in reask[-1]["content"]
+    else:
+        assert outcome.attempts == 1
+        assert bool(plan.repairs) == (expected == "repaired"), plan.repairs
+        assert outcome.repairs == plan.repairs
+
+
+def test_reask_lists_the_validation_errors(chat_server: ChatServer) -> None:
+    bad = schema_violation_text(list(CONCEPTS))
+    chat_server.script(ok(bad), ok(valid_text(list(CONCEPTS))))
+    outcome = plan_one(chat_server.url)
+    assert outcome.ok and outcome.attempts == 2
+    first, second = chat_server.requests
+    assert second.messages[: len(first.messages)] == first.messages  # same conversation, continued
+    assert second.messages[-2] == {"role": "assistant", "content": bad}
+    problems = second.messages[-1]["content"]
+    assert "- caption: Field required" in problems
+    assert "- objects[0].colour: Extra inputs are not permitted" in problems
+    assert "objects[0].bbox" in problems
+
+
+def test_reasks_are_bounded_then_the_scene_fails_with_its_raw_reply(chat_server: ChatServer) -> None:
+    chat_server.responder = always(schema_violation_text)
+    outcome = plan_one(chat_server.url, max_reasks=2)
+    assert outcome.plan is None and outcome.attempts == 3
+    assert len(chat_server.requests) == 3
+    assert outcome.raw == schema_violation_text(list(CONCEPTS))
+    assert outcome.error is not None and "no valid plan after 3 replies" in outcome.error
+    assert "caption: Field required" in outcome.error
+
+
+def test_max_reasks_zero_asks_once(chat_server: ChatServer) -> None:
+    chat_server.responder = always(schema_violation_text)
+    outcome = plan_one(chat_server.url, max_reasks=0)
+    assert not outcome.ok and outcome.attempts == 1 and len(chat_server.requests) == 1
+
+
+def test_null_content_is_an_empty_reply_and_reasked(chat_server: ChatServer) -> None:
+    chat_server.script(ok(None), ok(valid_text(list(CONCEPTS))))
+    outcome = plan_one(chat_server.url)
+    assert outcome.ok and outcome.attempts == 2
+    assert "the reply is empty" in chat_server.requests[1].messages[-1]["content"]
+
+
+def test_flagged_overlap_becomes_a_warning(chat_server: ChatServer) -> None:
+    overlapping = json.loads(valid_text(list(CONCEPTS)))
+    overlapping["objects"][1]["bbox"] = overlapping["objects"][0]["bbox"]
+    chat_server.script(ok(json.dumps(overlapping)))
+    outcome = plan_one(chat_server.url, rules=LayoutRules(max_overlap=0.5, on_overlap="flag"))
+    assert outcome.plan is not None and outcome.attempts == 1
+    assert len(outcome.plan.warnings) == 1 and "IoU 1.00" in outcome.plan.warnings[0]
+
+
+def test_request_carries_model_seed_temperature_and_schema(chat_server: ChatServer) -> None:
+    chat_server.script(ok(valid_text(list(CONCEPTS))))
+    req = request(3)
+    plan_one(chat_server.url, req, temperature=0.2)
+    body = chat_server.requests[0].body
+    assert body["model"] == "test-model" and body["temperature"] == 0.2
+    assert body["seed"] == req.seed % 2**31
+    assert body["response_format"]["type"] == "json_schema"
+    assert "objects" in body["response_format"]["json_schema"]["schema"]["properties"]
+    assert body["messages"][0]["role"] == "system"
+    assert body["messages"][-1]["content"].startswith('Concepts: ["dog", "frisbee"]')
+    assert chat_server.requests[0].headers["authorization"] == f"Bearer {KEY}"
+
+
+# --- response_format fallback ------------------------------------------------------------------
+
+def test_json_schema_refused_falls_back_to_json_object_and_remembers(chat_server: ChatServer) -> None:
+    chat_server.reject_formats = {"json_schema"}
+    chat_server.responder = always(lambda c, w, h: valid_text(c))
+    planner = LLMPlanner(settings_for(chat_server.url, concurrency=1))
+    outcomes = list(planner.plan_many([request(0), request(1), request(2)]))
+    assert all(o.ok for o in outcomes)
+    assert all(o.transport_retries == 0 for o in outcomes)  # a fallback is not a transport retry
+    assert [r.response_format for r in chat_server.requests] == [
+        "json_schema", "json_object", "json_object", "json_object"]
+
+
+def test_both_formats_refused_falls_back_to_none(chat_server: ChatServer) -> None:
+    chat_server.reject_formats = {"json_schema", "json_object"}
+    chat_server.responder = always(lambda c, w, h: valid_text(c))
+    planner = LLMPlanner(settings_for(chat_server.url, concurrency=1))
+    outcomes = list(planner.plan_many([request(0), request(1)]))
+    assert all(o.ok for o in outcomes)
+    assert [r.response_format for r in chat_server.requests] == ["json_schema", "json_object", None, None]
+
+
+def test_other_bad_request_is_not_a_format_problem(chat_server: ChatServer) -> None:
+    chat_server.script(error(400, "context length exceeded"))
+    outcome = plan_one(chat_server.url)
+    assert not outcome.ok and "HTTP 400: context length exceeded" in (outcome.error or "")
+    assert len(chat_server.requests) == 1 and outcome.transport_retries == 0
+
+
+# --- transport faults --------------------------------------------------------------------------
+
+def test_429_waits_for_retry_after(chat_server: ChatServer) -> None:
+    chat_server.script(error(429, "slow down", retry_after="1"), ok(valid_text(list(CONCEPTS))))
+    outcome = plan_one(chat_server.url)
+    assert outcome.ok and outcome.transport_retries == 1 and outcome.attempts == 1
+    first, second = chat_server.requests
+    assert 0.95 <= second.at - first.at < 3.0  # backoff alone would have been ~0.01 s
+
+
+def test_retry_after_is_capped(chat_server: ChatServer) -> None:
+    chat_server.script(error(429, "slow down", retry_after="3600"), ok(valid_text(list(CONCEPTS))))
+    outcome = plan_one(chat_server.url, max_retry_wait=0.2)
+    assert outcome.ok and outcome.transport_retries == 1
+    first, second = chat_server.requests
+    assert 0.18 <= second.at - first.at < 2.0
+
+
+def test_5xx_is_retried_with_backoff(chat_server: ChatServer) -> None:
+    chat_server.script(error(500), error(503, "overloaded"), ok(valid_text(list(CONCEPTS))))
+    outcome = plan_one(chat_server.url, retry_backoff=0.1)
+    assert outcome.ok and outcome.transport_retries == 2
+    times = [r.at for r in chat_server.requests]
+    # equal jitter: the n-th wait lies in [backoff * 2**n / 2, backoff * 2**n]
+    assert times[1] - times[0] >= 0.05 and times[2] - times[1] >= 0.1
+
+
+def test_retries_run_out_and_the_scene_fails(chat_server: ChatServer) -> None:
+    chat_server.responder = lambda body: error(502, "bad gateway")
+    outcome = plan_one(chat_server.url, max_retries=2)
+    assert not outcome.ok and outcome.transport_retries == 2
+    assert "HTTP 502" in (outcome.error or "") and "after 2 retries" in (outcome.error or "")
+    assert len(chat_server.requests) == 3
+
+
+def test_timeout_is_retried(chat_server: ChatServer) -> None:
+    chat_server.script(ok(valid_text(list(CONCEPTS)), delay=2.0), ok(valid_text(list(CONCEPTS))))
+    started = time.monotonic()
+    outcome = plan_one(chat_server.url, timeout=0.3)
+    assert outcome.ok and outcome.transport_retries == 1
+    assert len(chat_server.requests) == 2
+    assert time.monotonic() - started < 1.8  # did not wait for the slow reply
+
+
+def test_dropped_connection_is_retried(chat_server: ChatServer) -> None:
+    chat_server.script(Reply(drop=True), ok(valid_text(list(CONCEPTS))))
+    outcome = plan_one(chat_server.url)
+    assert outcome.ok and outcome.transport_retries == 1
+
+
+def test_refused_connection_is_a_failed_outcome_not_a_crash() -> None:
+    planner = LLMPlanner(settings_for(refused_url(), max_retries=2))
+    outcomes = list(planner.plan_many([request(0), request(1)]))
+    assert [o.ok for o in outcomes] == [False, False]
+    for outcome in outcomes:
+        assert "connection failed" in (outcome.error or "") and outcome.transport_retries == 2
+        assert outcome.raw is None
+
+
+def test_auth_error_is_not_retried(chat_server: ChatServer) -> None:
+    chat_server.responder = lambda body: error(401, "invalid api key")
+    outcome = plan_one(chat_server.url)
+    assert not outcome.ok and "HTTP 401" in (outcome.error or "")
+    assert len(chat_server.requests) == 1
+
+
+# --- the API key -------------------------------------------------------------------------------
+
+def test_api_key_never_leaks(chat_server: ChatServer, caplog: pytest.LogCaptureFixture,
+                             tmp_path: Path) -> None:
+    caplog.set_level(logging.DEBUG)
+    # Servers that echo the request headers, in errors and in content.
+    chat_server.script(
+        error(500, "boom", echo_headers=True),
+        error(429, "wait", retry_after="0", echo_headers=True),
+        error(400, "unsupported response_format", echo_headers=True),
+        error(403, "forbidden", echo_headers=True),
+    )
+    chat_server.responder = lambda body: ok(f"my key is {body['messages'][0]['content'][:0]}{KEY}")
+    settings = settings_for(chat_server.url, concurrency=1)
+    planner = LLMPlanner(settings)
+    outcomes = list(planner.plan_many([request(0), request(1)]))
+    # The server really saw (and echoed) the key, so the checks below can fail.
+    assert chat_server.requests[0].headers["authorization"] == f"Bearer {KEY}"
+    texts = [repr(settings), str(settings), repr(planner)]
+    for outcome in outcomes:
+        assert not outcome.ok
+        texts += [outcome.error or "", outcome.raw or "", repr(outcome)]
+    assert "***" in outcomes[0].error  # type: ignore[operator]  (the echoed header, redacted)
+    texts += [record.getMessage() for record in caplog.records]
+    out = tmp_path / "failures.jsonl"
+    out.write_text("\n".join(json.dumps({"reason": o.error, "raw": o.raw}) for o in outcomes))
+    texts.append(out.read_text())
+    leaked = [t for t in texts if KEY in t]
+    assert leaked == []
+
+
+def test_transport_error_message_hides_the_key(chat_server: ChatServer) -> None:
+    chat_server.script(error(404, "model not found", echo_headers=True))
+
+    async def ask() -> str:
+        async with ChatClient(settings_for(chat_server.url)) as client:
+            assert KEY not in repr(client)
+            with pytest.raises(LLMError) as caught:
+                await client.complete([{"role": "user", "content": "hi"}])
+            return str(caught.value) + repr(caught.value) + str(caught.value.__context__ or "")
+
+    text = asyncio.run(ask())
+    assert "HTTP 404: model not found" in text and KEY not in text
+
+
+def test_settings_check_their_values() -> None:
+    with pytest.raises(LLMError, match="API key"):
+        ChatSettings(model="gpt-4o-mini")  # OpenAI itself needs a key
+    with pytest.raises(LLMError, match="concurrency"):
+        ChatSettings(model="m", base_url="http://127.0.0.1:1/v1", concurrency=0)
+    with pytest.raises(LLMError, match="model"):
+        ChatSettings(model=" ", base_url="http://127.0.0.1:1/v1")
+    assert KEY not in repr(ChatSettings(model="m", api_key=KEY))
+
+
+# --- the generic client ------------------------------------------------------------------------
+
+def test_complete_passes_any_message_content_through(chat_server: ChatServer) -> None:
+    chat_server.script(ok("4"))
+    image_message = {"role": "user", "content": [
+        {"type": "text", "text": "Rate this image 0-5."},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+    ]}
+
+    async def ask() -> str:
+        async with ChatClient(settings_for(chat_server.url, temperature=None)) as client:
+            return await client.complete([image_message])
+
+    assert asyncio.run(ask()) == "4"
+    body = chat_server.requests[0].body
+    assert body["messages"] == [image_message]
+    assert "response_format" not in body and "temperature" not in body
+
+
+def test_as_completed_bounded_limits_and_draws_lazily() -> None:
+    drawn = 0
+    running = peak = 0
+
+    async def job(k: int) -> int:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.01 * (k % 3))
+        running -= 1
+        return k
+
+    def jobs() -> Iterator[Any]:
+        nonlocal drawn
+        for k in range(50):
+            drawn += 1
+            yield job(k)
+
+    async def collect() -> list[int]:
+        return [k async for k in as_completed_bounded(jobs(), 4)]
+
+    assert sorted(asyncio.run(collect())) == list(range(50))
+    assert peak == 4 and drawn == 50
+
+    async def first_only() -> int:
+        async for k in as_completed_bounded(jobs(), 3):
+            return k
+        raise AssertionError("no result")
+
+    drawn = 0
+    asyncio.run(first_only())
+    assert 3 < drawn <= 6  # the freed slots were refilled, and nothing beyond them was drawn
+
+
+# --- concurrency and streaming -----------------------------------------------------------------
+
+def test_concurrent_requests_overlap(chat_server: ChatServer) -> None:
+    delay, n = 0.4, 8
+    chat_server.responder = always(lambda c, w, h: valid_text(c), delay=delay)
+    planner = LLMPlanner(settings_for(chat_server.url, concurrency=n))
+    outcomes = list(planner.plan_many(request(k) for k in range(n)))
+    finished = time.monotonic()
+    assert all(o.ok for o in outcomes) and len(outcomes) == n
+    arrivals = [r.at for r in chat_server.requests]
+    assert max(arrivals) - min(arrivals) < delay  # all were in flight together
+    # from the first request to the last outcome: about one delay, where one at a time takes n
+    elapsed = finished - min(arrivals)
+    assert elapsed < 2 * delay, f"{n} replies of {delay}s took {elapsed:.2f}s at concurrency {n}"
+
+
+def test_outcomes_come_in_completion_order(chat_server: ChatServer) -> None:
+    def respond(body: dict[str, Any]) -> Reply:
+        concepts = concepts_of(body)
+        return ok(valid_text(concepts), delay=0.6 if concepts == ["cat"] else 0.0)
+
+    chat_server.responder = respond
+    planner = LLMPlanner(settings_for(chat_server.url, concurrency=2))
+    ids = [o.request.id for o in planner.plan_many([request(0, ("cat",)), request(1, ("dog",))])]
+    assert ids == ["scene-1", "scene-0"]
+
+
+def test_requests_are_drawn_lazily_and_closing_stops_the_worker(chat_server: ChatServer) -> None:
+    chat_server.responder = always(lambda c, w, h: valid_text(c), delay=0.05)
+    drawn = 0
+
+    def endless() -> Iterator[SceneRequest]:
+        nonlocal drawn
+        while True:
+            drawn += 1
+            yield request(drawn)
+
+    before = threading.active_count()
+    planner = LLMPlanner(settings_for(chat_server.url, concurrency=3))
+    outcomes = planner.plan_many(endless())
+    first = [next(outcomes) for _ in range(5)]
+    assert all(o.ok for o in first)
+    outcomes.close()  # type: ignore[attr-defined]
+    # taken (5) + queued (3) + being handed over (1) + finished, not yet handed over (2)
+    # + in flight (3): memory is bounded by the concurrency, not by the request stream
+    assert drawn <= 5 + 3 + 1 + 2 + 3
+    seen = drawn
+    time.sleep(0.3)
+    assert drawn == seen  # nothing is drawn after close
+    deadline = time.monotonic() + 3
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(t.name == "acp-llm-planner" for t in threading.enumerate())
+
+
+def test_an_error_in_the_request_stream_reaches_the_caller(chat_server: ChatServer) -> None:
+    chat_server.responder = always(lambda c, w, h: valid_text(c))
+
+    def broken() -> Iterator[SceneRequest]:
+        yield request(0)
+        raise InputError("concepts.txt:3: blank concept name")
+
+    planner = LLMPlanner(settings_for(chat_server.url, concurrency=1))
+    with pytest.raises(InputError, match="blank concept"):
+        list(planner.plan_many(broken()))
+
+
+# --- the command line --------------------------------------------------------------------------
+
+def test_acp_plan_with_an_endpoint(chat_server: ChatServer, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from acp.cli import app
+
+    def respond(body: dict[str, Any]) -> Reply:  # the "cat" scene gets a bad reply every time
+        concepts = concepts_of(body)
+        return ok(valid_text(concepts) if concepts != ["cat"] else schema_violation_text(concepts))
+
+    chat_server.responder = respond
+    scenes = tmp_path / "scenes.jsonl"
+    scenes.write_text('{"concepts": ["dog", "frisbee"]}\n{"concepts": ["cat"]}\n{"concepts": ["person"]}\n')
+    output = tmp_path / "out" / "plans.jsonl"
+    result = CliRunner().invoke(app, [
+        "plan", str(scenes), "-o", str(output), "--planner", "openai",
+        "--llm-base-url", chat_server.url, "--llm-model", "test-model", "--concurrency", "2",
+        "--max-reasks", "1", "--llm-timeout", "5", "--no-progress",
+    ], env={"OPENAI_API_KEY": KEY})
+    assert result.exit_code == 0, result.output
+    plans = [ScenePlan.model_validate_json(line) for line in output.read_text().splitlines()]
+    assert sorted(tuple(p.concepts) for p in plans) == [("dog", "frisbee"), ("person",)]
+    assert all(p.planner == "openai" and p.model == "test-model" for p in plans)
+    failures = [json.loads(line) for line in (tmp_path / "out" / "plans.jsonl.failures.jsonl")
+                .read_text().splitlines()]
+    assert len(failures) == 1 and failures[0]["concepts"] == ["cat"]
+    assert "no valid plan after 2 replies" in failures[0]["reason"]
+    assert failures[0]["raw"] == schema_violation_text(["cat"])
+    assert len(chat_server.requests) == 4  # 1 + 1 + 2 (one re-ask) requests
+    assert all(r.headers["authorization"] == f"Bearer {KEY}" for r in chat_server.requests)
+    outputs = [result.output, *(p.read_text() for p in tmp_path.rglob("*") if p.is_file())]
+    assert not [text for text in outputs if KEY in text]
