@@ -88,6 +88,14 @@ class LLMTransportError(LLMError):
         self.retries = retries
 
 
+class LLMConfigError(LLMError):
+    """The endpoint refused the key, the model or the route (HTTP 401, 403, 404): every
+    request would fail the same way, so the run stops instead of failing scene by scene."""
+
+
+FATAL_STATUSES = (401, 403, 404)
+
+
 def json_schema_format(name: str, schema: dict[str, Any]) -> dict[str, Any]:
     """A ``response_format`` asking for JSON that follows ``schema`` (non-strict: OpenAI's strict
     mode refuses common JSON Schema keywords that pydantic emits)."""
@@ -187,6 +195,11 @@ class ChatClient:
             if sent is not None and status in (400, 422) and _names_format(what):
                 self._reject_format(sent["type"], what)
                 continue
+            if status in FATAL_STATUSES:
+                raise LLMConfigError(
+                    f"{self.settings.model} at {self._safe_url}: {what} (check OPENAI_API_KEY, "
+                    "the model name and the base URL)"
+                )
             retryable = status is None or status in RETRY_STATUSES or status >= 500
             if not retryable or retries >= self.settings.max_retries:
                 raise LLMTransportError(f"{self.settings.model} at {self._safe_url}: {what}{_after(retries)}",

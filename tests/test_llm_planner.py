@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from acp.errors import InputError, LLMError
-from acp.llm import ChatClient, ChatSettings, as_completed_bounded
+from acp.llm import ChatClient, ChatSettings, LLMConfigError, as_completed_bounded
 from acp.plan.base import PlanOutcome, PlanSettings, SceneRequest
 from acp.plan.llm import LLMPlanner, example_messages, system_prompt
 from acp.plan.parse import parse_plan
@@ -262,10 +262,16 @@ def test_refused_connection_is_a_failed_outcome_not_a_crash() -> None:
         assert outcome.raw is None
 
 
-def test_auth_error_is_not_retried(chat_server: ChatServer) -> None:
-    chat_server.responder = lambda body: error(401, "invalid api key")
-    outcome = plan_one(chat_server.url)
-    assert not outcome.ok and "HTTP 401" in (outcome.error or "")
+@pytest.mark.parametrize("status", [401, 403, 404])
+def test_auth_or_model_error_stops_the_run(chat_server: ChatServer, status: int) -> None:
+    # A wrong key, model or URL fails every scene alike: one clear error, no retries, no flood
+    # of per-scene failures.
+    chat_server.responder = lambda body: error(status, "refused", echo_headers=True)
+    planner = LLMPlanner(settings_for(chat_server.url, concurrency=1))
+    with pytest.raises(LLMConfigError) as caught:
+        list(planner.plan_many([request(0), request(1), request(2)]))
+    assert f"HTTP {status}" in str(caught.value) and "OPENAI_API_KEY" in str(caught.value)
+    assert KEY not in str(caught.value)
     assert len(chat_server.requests) == 1
 
 
@@ -279,7 +285,7 @@ def test_api_key_never_leaks(chat_server: ChatServer, caplog: pytest.LogCaptureF
         error(500, "boom", echo_headers=True),
         error(429, "wait", retry_after="0", echo_headers=True),
         error(400, "unsupported response_format", echo_headers=True),
-        error(403, "forbidden", echo_headers=True),
+        error(422, "unprocessable", echo_headers=True),
     )
     chat_server.responder = lambda body: ok(f"my key is {body['messages'][0]['content'][:0]}{KEY}")
     settings = settings_for(chat_server.url, concurrency=1)

@@ -27,6 +27,7 @@ from acp.errors import LLMError, PlanValidationError
 from acp.llm import (
     ChatClient,
     ChatSettings,
+    LLMConfigError,
     LLMTransportError,
     Message,
     as_completed_bounded,
@@ -204,6 +205,8 @@ class LLMPlanner:
                 # 31 bits: servers store the seed in a C int (vLLM, llama.cpp) or reject larger ones
                 reply = await client.chat(messages, self._response_format, seed=request.seed % 2**31)
             except LLMError as failure:
+                if isinstance(failure, LLMConfigError):
+                    raise  # no scene can succeed: stop the run with this message
                 if isinstance(failure, LLMTransportError):
                     retries += failure.retries
                 return PlanOutcome(request, error=str(failure), raw=raw, attempts=attempts,
