@@ -108,3 +108,25 @@ def overlapping_pairs(boxes: Sequence[Sequence[float]], max_iou: float) -> list[
         for i, j, v in zip(left, right, iou, strict=True)
         if v > max_iou
     ]
+
+
+def coco_to_plan_sized(boxes: ArrayLike, widths: ArrayLike, heights: ArrayLike) -> FloatArray:
+    """COCO pixel xywh ``(N, 4)`` to plan xywh, each box with its own image size ``(N,)``."""
+    b = np.atleast_2d(_as_boxes(boxes))
+    w = np.asarray(widths, dtype=np.float64).reshape(-1, 1)
+    h = np.asarray(heights, dtype=np.float64).reshape(-1, 1)
+    return b / np.concatenate([w, h, w, h], axis=1)
+
+
+def iou_aligned(a: ArrayLike, b: ArrayLike) -> FloatArray:
+    """IoU of aligned xywh boxes: ``a[..., i]`` with ``b[..., i]`` (broadcast); 0 where a union is empty."""
+    xa = xywh_to_xyxy(a)
+    xb = xywh_to_xyxy(b)
+    lo = np.maximum(xa[..., :2], xb[..., :2])
+    hi = np.minimum(xa[..., 2:], xb[..., 2:])
+    inter = np.prod(np.clip(hi - lo, 0.0, None), axis=-1)
+    area_a = np.prod(np.clip(xa[..., 2:] - xa[..., :2], 0.0, None), axis=-1)
+    area_b = np.prod(np.clip(xb[..., 2:] - xb[..., :2], 0.0, None), axis=-1)
+    union = area_a + area_b - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)

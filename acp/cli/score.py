@@ -1,1 +1,269 @@
-"""Placeholder: commands of this stage are registered here once the stage exists."""
+"""``acp bank build`` and ``acp score layouts | candidates | dataset``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from acp.cli import app
+from acp.cli._common import fail, handle_errors, notice
+
+if TYPE_CHECKING:
+    from acp.score.image import ImageScorer
+    from acp.score.judge import Judge
+    from acp.score.layout import LayoutScorer
+
+DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
+
+bank_app = typer.Typer(help="Reference banks of real layouts, for CLIS-L.", no_args_is_help=True)
+score_app = typer.Typer(
+    help="CLIS scores of layouts, rendered candidates and datasets.", no_args_is_help=True
+)
+app.add_typer(bank_app, name="bank")
+app.add_typer(score_app, name="score")
+
+BankOption = Annotated[
+    Path | None,
+    typer.Option("--bank", help="Bank folder from `acp bank build` [default: reference-free sanity score]."),
+]
+EmbedOption = Annotated[
+    str | None,
+    typer.Option(
+        "--embed-model",
+        help="sentence-transformers folder or id, to match names the bank does not know.",
+    ),
+]
+ClipOption = Annotated[str, typer.Option("--clip-model", help="CLIP hub id or folder.")]
+DeviceOption = Annotated[
+    str | None, typer.Option("--device", help="torch device [default: cuda when available, else cpu].")
+]
+ProgressOption = Annotated[bool, typer.Option(help="Show a progress bar.")]
+
+
+@bank_app.command("build")
+@handle_errors
+def bank_build(
+    annotations: Annotated[
+        list[Path], typer.Argument(help="COCO-format annotation files (COCO, LVIS, Objects365, your own).")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Bank folder to write.")],
+    max_objects_per_image: Annotated[
+        int, typer.Option(min=2, help="Pairs are formed among this many largest boxes of an image.")
+    ] = 20,
+    max_pairs: Annotated[
+        int, typer.Option(min=2, help="References kept per category pair (uniform sample).")
+    ] = 10_000,
+    max_boxes: Annotated[
+        int, typer.Option(min=2, help="Prior boxes kept per category (uniform sample).")
+    ] = 10_000,
+    seed: Annotated[int, typer.Option(help="Seed of the sampling under the caps.")] = 0,
+) -> None:
+    """Build a CLIS-L reference bank from real layouts: pairs per category pair, priors per category."""
+    from acp.score.bank import Bank, describe_summary
+
+    bank = Bank.from_coco(
+        annotations,
+        max_objects_per_image=max_objects_per_image,
+        max_pairs_per_category_pair=max_pairs,
+        max_boxes_per_category=max_boxes,
+        seed=seed,
+    )
+    bank.save(output)
+    print(f"{output}: " + describe_summary(bank.summary).replace("\n", f"\n{output}: "))
+
+
+def _layout_scorer(bank: Path | None, embed_model: str | None) -> LayoutScorer:
+    from acp.score.bank import Bank
+    from acp.score.layout import LayoutScorer, sentence_transformer_embedder
+
+    if bank is None:
+        notice("no --bank given: CLIS-L is a reference-free sanity score (in frame, sizes, overlaps)")
+        if embed_model:
+            raise fail("--embed-model needs --bank (it matches names against the bank's categories)", code=2)
+    embedder = sentence_transformer_embedder(embed_model) if embed_model else None
+    return LayoutScorer(Bank.load(bank) if bank else None, embedder=embedder)
+
+
+@score_app.command("layouts")
+@handle_errors
+def score_layouts(
+    plans: Annotated[Path, typer.Argument(help="Plans file (JSON Lines).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Scored plans (JSON Lines).")],
+    bank: BankOption = None,
+    embed_model: EmbedOption = None,
+) -> None:
+    """CLIS-L of every plan: each plan record plus clis_l and clis_l_detail (per pair).
+
+    Invalid plan lines are reported (file:line: reason) and skipped; the exit code is 1 if any.
+    """
+    from acp.errors import InputError
+    from acp.jsonl import dumps, write_atomic
+    from acp.schema import read_plans
+
+    if not plans.is_file():
+        raise InputError(f"{plans}: no such file; expected a plans file (JSON Lines)")
+    scorer = _layout_scorer(bank, embed_model)
+    lines: list[str] = []
+    bad = 0
+    for number, plan, reason in read_plans(plans):
+        if plan is None:
+            bad += 1
+            print(f"{plans}:{number}: {reason}")
+            continue
+        result = scorer.score(plan)
+        record = plan.model_dump(mode="json")
+        record["clis_l"] = round(result.score, 3)
+        record["clis_l_detail"] = result.to_dict()
+        lines.append(dumps(record))
+    write_atomic(output, "".join(line + "\n" for line in lines))
+    print(f"{output}: {len(lines)} plans scored, {bad} invalid lines skipped")
+    if bad:
+        raise typer.Exit(code=1)
+
+
+def _image_scorer(clip_model: str, device: str | None) -> ImageScorer:
+    from acp.score.image import ImageScorer
+
+    return ImageScorer.from_pretrained(clip_model, device=device)
+
+
+def _judge(model: str | None, base_url: str | None, margin: float, max_calls: int) -> Judge | None:
+    if model is None:
+        if base_url:
+            raise fail("--judge-base-url needs --judge-model", code=2)
+        return None
+    from acp.llm import ChatSettings
+    from acp.score.judge import Judge
+
+    api_key = os.environ.get("OPENAI_API_KEY") or None  # never echoed nor stored
+    if not (api_key or base_url):
+        raise fail("--judge-model needs OPENAI_API_KEY or --judge-base-url", code=2)
+    settings = ChatSettings(model=model, base_url=base_url, api_key=api_key, temperature=0.0)
+    return Judge(settings, margin=margin, max_calls=max_calls)
+
+
+@score_app.command("candidates")
+@handle_errors
+def score_candidates(
+    renders: Annotated[Path, typer.Argument(help="Render folder with manifest.jsonl (from `acp render`).")],
+    plans: Annotated[Path, typer.Option("--plans", help="Plans file the candidates were rendered from.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Scores (JSON Lines; resumable).")],
+    bank: BankOption = None,
+    embed_model: EmbedOption = None,
+    clip_model: ClipOption = DEFAULT_CLIP_MODEL,
+    device: DeviceOption = None,
+    min_clis_l: Annotated[
+        float, typer.Option(help="Drop plans whose CLIS-L is lower (0 keeps all).")
+    ] = 50.0,
+    min_clis_i: Annotated[
+        float, typer.Option(help="Drop instances whose CLIS-I is lower (0 keeps all).")
+    ] = 60.0,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Candidates per CLIP forward pass (with all their crops).")
+    ] = 8,
+    judge_model: Annotated[
+        str | None,
+        typer.Option(help="Vision LLM that rates instances CLIP is unsure about (OpenAI-compatible)."),
+    ] = None,
+    judge_base_url: Annotated[
+        str | None, typer.Option(help="OpenAI-compatible endpoint of the judge [default: OpenAI].")
+    ] = None,
+    judge_margin: Annotated[
+        float, typer.Option(min=0.0, help="CLIP is unsure within this distance of --min-clis-i.")
+    ] = 10.0,
+    judge_max_calls: Annotated[int, typer.Option(min=0, help="Judge requests per run at most.")] = 100,
+    progress: ProgressOption = True,
+) -> None:
+    """Score rendered candidates: clis, clis_l, clis_i, per-object scores, best per plan.
+
+    Plans below --min-clis-l and instances below --min-clis-i are marked dropped, with the
+    reason. A rerun skips plans already scored. The judge's key is read from OPENAI_API_KEY.
+    """
+    from acp.score.candidates import Thresholds, score_renders
+
+    judge = _judge(judge_model, judge_base_url, judge_margin, judge_max_calls)
+    layout_scorer = _layout_scorer(bank, embed_model)
+    if bank is None:
+        notice("without --bank, --min-clis-l does not apply and clis is CLIS-I alone")
+    settings = {
+        "clip_model": clip_model,
+        "bank": str(bank) if bank else None,
+        "embed_model": embed_model,
+        "min_clis_l": min_clis_l,
+        "min_clis_i": min_clis_i,
+        "judge_model": judge_model,
+        "judge_margin": judge_margin if judge_model else None,
+    }
+    summary = score_renders(
+        renders,
+        plans,
+        output,
+        image_scorer=_image_scorer(clip_model, device),
+        layout_scorer=layout_scorer,
+        judge=judge,
+        thresholds=Thresholds(min_clis_l=min_clis_l or None, min_clis_i=min_clis_i or None),
+        settings=settings,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    for item, reason in summary.failures:
+        print(f"{item}: {reason}")
+    print(f"{output}: {summary.line()}")
+    if judge is not None:
+        note = f"; {judge.disabled}" if judge.disabled else ""
+        print(f"judge {judge.model}: {judge.calls} requests, {judge.failures} without a rating{note}")
+    if summary.failures:
+        raise typer.Exit(code=1)
+
+
+@score_app.command("dataset")
+@handle_errors
+def score_dataset(
+    annotations: Annotated[Path, typer.Argument(help="COCO-format annotation file.")],
+    images: Annotated[Path, typer.Option("--images", help="Folder the images' file_name are relative to.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Report folder to write.")],
+    keep_above: Annotated[
+        float | None,
+        typer.Option(help="Also write filtered.json without the boxes and images scoring lower."),
+    ] = None,
+    bank: BankOption = None,
+    embed_model: EmbedOption = None,
+    clip_model: ClipOption = DEFAULT_CLIP_MODEL,
+    device: DeviceOption = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per CLIP forward pass.")] = 8,
+    progress: ProgressOption = True,
+) -> None:
+    """Score every image and box of a COCO dataset; report per image, per box, per category.
+
+    Items that cannot be scored (missing or undecodable image, box outside its image, unknown
+    category id) are listed in failures.json and printed; the exit code is then 1.
+    """
+    from acp.errors import InputError
+    from acp.score.dataset import score_dataset as run
+
+    if not images.is_dir():
+        raise InputError(f"--images {images}: not a folder; expected the folder of the dataset's images")
+    layout_scorer = _layout_scorer(bank, embed_model) if bank or embed_model else None
+    report = run(
+        annotations,
+        images,
+        image_scorer=_image_scorer(clip_model, device),
+        layout_scorer=layout_scorer,
+        keep_above=keep_above,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    report.write(output)
+    for failure in report.failures:
+        print(f"{annotations}: {failure['item']}: {failure['reason']}")
+    s = report.summary
+    kept = f", kept {s['kept_images']} images and {s['kept_boxes']} boxes" if keep_above is not None else ""
+    print(
+        f"{output}: {s['scored_images']} of {s['images']} images and {s['scored_boxes']} of {s['boxes']} "
+        f"boxes scored, {report.failed} failed{kept}"
+    )
+    if report.failed:
+        raise typer.Exit(code=1)

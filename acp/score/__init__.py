@@ -1,0 +1,42 @@
+"""CLIS scoring: how plausible a layout is (CLIS-L) and how well an image shows its plan (CLIS-I).
+
+- ``bank``: a reference bank of real layouts built from any COCO-format annotation file;
+- ``layout``: CLIS-L, a layout scored against the bank (``LayoutScorer``);
+- ``image``: CLIS-I with CLIP (``ImageScorer``);
+- ``judge``: the optional VLM judge for instances CLIP is unsure about;
+- ``candidates``: CLIS-L and CLIS-I combined into ``CandidateScore`` records, best per plan;
+- ``dataset``: scoring every image and box of an existing COCO dataset.
+
+Every score is on the paper's 0-100 scale, so its thresholds (CLIS-L 50, instance CLIS-I 60)
+keep their meaning. Importing this package does not import torch.
+"""
+
+from acp.score.bank import Bank
+from acp.score.candidates import (
+    Thresholds,
+    best_candidate,
+    combine,
+    compose_clis,
+    score_batch,
+    score_candidates,
+)
+from acp.score.image import ImageScore, ImageScorer, InstanceScore, Scene, SceneObject
+from acp.score.layout import LayoutScore, LayoutScorer, PairScore
+
+__all__ = [
+    "Bank",
+    "ImageScore",
+    "ImageScorer",
+    "InstanceScore",
+    "LayoutScore",
+    "LayoutScorer",
+    "PairScore",
+    "Scene",
+    "SceneObject",
+    "Thresholds",
+    "best_candidate",
+    "combine",
+    "compose_clis",
+    "score_batch",
+    "score_candidates",
+]

@@ -1,0 +1,335 @@
+"""CLIS-L and CLIS-I combined into ``CandidateScore`` records, and the best candidate of a plan.
+
+- ``clis = 0.5 * clis_l + 0.5 * clis_i`` when CLIS-L comes from a bank; ``clis = clis_i`` when
+  the layout score is reference-free (no bank: the sanity check is reported in ``clis_l`` and
+  labelled in ``detail``, but a check of frame and overlaps should not move a quality score).
+  All candidates of a plan share its CLIS-L, so within a plan the ranking is CLIS-I's; the
+  composite makes scores comparable across plans.
+- Thresholds, the paper's: a plan with ``clis_l < min_clis_l`` (50) is dropped with all its
+  candidates (a bank's CLIS-L only: the reference-free sanity score is on another footing);
+  an instance with ``clis_i < min_clis_i`` (60) is dropped (``ObjectScore.kept`` false); a
+  candidate whose instances are all dropped is dropped. ``None`` disables a threshold.
+- Best: the kept candidate with the highest ``clis`` (ties: the lower index); a plan whose
+  candidates are all dropped has no best.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from acp.errors import InputError, OutputMismatchError
+from acp.schema import Candidate, CandidateScore, ObjectScore, ScenePlan
+from acp.score.image import ImageScore, ImageScorer, Scene
+from acp.score.layout import LayoutScore, LayoutScorer
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+    from acp.score.judge import Judge
+
+LAYOUT_WEIGHT = 0.5
+DEFAULT_INSTANCE_THRESHOLD = 60.0  # where the judge looks when no threshold is set
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    min_clis_l: float | None = 50.0
+    min_clis_i: float | None = 60.0
+
+
+def compose_clis(layout: LayoutScore | None, clis_i: float) -> float:
+    """The composite score (see the module docstring)."""
+    if layout is None or layout.reference_free:
+        return clis_i
+    return LAYOUT_WEIGHT * layout.score + (1 - LAYOUT_WEIGHT) * clis_i
+
+
+def combine(
+    plan_id: str,
+    candidates: Sequence[Candidate],
+    images: Sequence[ImageScore],
+    layout: LayoutScore | None,
+    thresholds: Thresholds = Thresholds(),
+    settings: dict[str, Any] | None = None,
+) -> list[CandidateScore]:
+    """One ``CandidateScore`` per candidate of one plan, thresholds applied, best marked."""
+    low_layout = (
+        layout is not None
+        and not layout.reference_free
+        and thresholds.min_clis_l is not None
+        and layout.score < thresholds.min_clis_l
+    )
+    records = []
+    for candidate, image in zip(candidates, images, strict=True):
+        objects = [
+            ObjectScore(
+                id=o.id,
+                category=o.category,
+                clis_i=round(o.clis_i, 3),
+                text_similarity=round(o.text_similarity, 3),
+                category_confidence=round(o.category_confidence, 3),
+                judge=o.judge,
+                kept=thresholds.min_clis_i is None or o.clis_i >= thresholds.min_clis_i,
+            )
+            for o in image.objects
+        ]
+        reason = None
+        if low_layout:
+            assert layout is not None and thresholds.min_clis_l is not None
+            reason = f"plan CLIS-L {layout.score:.1f} < {thresholds.min_clis_l:g}"
+        elif objects and not any(o.kept for o in objects):
+            reason = f"no instance reaches CLIS-I {thresholds.min_clis_i:g}"
+        detail: dict[str, Any] = {"clis_i_global_cosine": round(image.global_cosine, 5)}
+        if layout is not None:
+            detail["clis_l_method"] = layout.method
+            detail["clis_l_reference_free"] = layout.reference_free
+            detail["clis_l_pairs"] = [p.to_dict() for p in layout.pairs]
+        if settings:
+            detail["settings"] = settings
+        records.append(
+            CandidateScore(
+                plan_id=plan_id,
+                index=candidate.index,
+                path=candidate.path,
+                clis=round(compose_clis(layout, image.clis_i), 3),
+                clis_l=round(layout.score, 3) if layout is not None else None,
+                clis_i=round(image.clis_i, 3),
+                clis_i_global=round(image.global_score, 3),
+                clis_i_local=round(image.local_score, 3) if image.local_score is not None else None,
+                objects=objects,
+                kept=reason is None,
+                reason=reason,
+                detail=detail,
+            )
+        )
+    best = best_candidate(records)
+    if best is not None:
+        best.best = True
+    return records
+
+
+def best_candidate(scores: Sequence[CandidateScore]) -> CandidateScore | None:
+    """The kept candidate with the highest ``clis``, ties to the lower index; None if none is kept."""
+    kept = [s for s in scores if s.kept]
+    return max(kept, key=lambda s: (s.clis, -s.index)) if kept else None
+
+
+def score_candidates(
+    plan: ScenePlan,
+    candidates: Sequence[Candidate],
+    images: Sequence[Image],
+    *,
+    image_scorer: ImageScorer,
+    layout_scorer: LayoutScorer | None = None,
+    judge: Judge | None = None,
+    thresholds: Thresholds = Thresholds(),
+    settings: dict[str, Any] | None = None,
+) -> list[CandidateScore]:
+    """Score the rendered ``images`` of ``candidates`` of one plan (one CLIP pass for all)."""
+    (records,) = score_batch(
+        [(plan, candidates, images)],
+        image_scorer=image_scorer,
+        layout_scorer=layout_scorer,
+        judge=judge,
+        thresholds=thresholds,
+        settings=settings,
+    )
+    return records
+
+
+def score_batch(
+    batch: Sequence[tuple[ScenePlan, Sequence[Candidate], Sequence[Image]]],
+    *,
+    image_scorer: ImageScorer,
+    layout_scorer: LayoutScorer | None = None,
+    judge: Judge | None = None,
+    thresholds: Thresholds = Thresholds(),
+    settings: dict[str, Any] | None = None,
+) -> list[list[CandidateScore]]:
+    """``score_candidates`` for several plans, all their images and crops in one CLIP pass."""
+    items = [(Scene.from_plan(plan), image) for plan, _, images in batch for image in images]
+    image_scores = image_scorer.score_scenes(items)
+    if judge is not None:
+        threshold = thresholds.min_clis_i if thresholds.min_clis_i is not None else DEFAULT_INSTANCE_THRESHOLD
+        judge.review([(scene, image, s) for (scene, image), s in zip(items, image_scores, strict=True)],
+                     threshold)
+    results = []
+    start = 0
+    for plan, candidates, images in batch:
+        layout = layout_scorer.score(plan) if layout_scorer is not None else None
+        scores = image_scores[start : start + len(images)]
+        start += len(images)
+        results.append(combine(plan.id, candidates, scores, layout, thresholds, settings))
+    return results
+
+
+MANIFEST = "manifest.jsonl"
+
+
+@dataclass
+class RunSummary:
+    """What ``score_renders`` did; ``failures`` are ``(item, reason)`` for the user."""
+
+    scored: int = 0
+    kept: int = 0
+    best: int = 0
+    plans: int = 0
+    skipped: int = 0  # already in the output
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    def line(self) -> str:
+        return (
+            f"{self.scored} candidates of {self.plans} plans scored ({self.kept} kept, {self.best} best), "
+            f"{self.skipped} already scored, {len(self.failures)} failed"
+        )
+
+
+def _open_image(path: Path) -> tuple[Image | None, str | None]:
+    from PIL import Image as PILImage
+    from PIL import UnidentifiedImageError
+
+    try:
+        with PILImage.open(path) as handle:
+            handle.load()
+            return handle.convert("RGB"), None
+    except FileNotFoundError:
+        return None, "image file not found"
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        return None, f"cannot decode the image ({error})"
+
+
+def read_manifest(renders: Path) -> tuple[list[Candidate], list[tuple[str, str]]]:
+    """Valid candidates of ``renders/manifest.jsonl`` and ``(file:line, reason)`` for the rest."""
+    from pydantic import ValidationError
+
+    from acp.jsonl import read_records
+    from acp.schema import error_problems
+
+    manifest = renders / MANIFEST
+    if not manifest.is_file():
+        raise InputError(f"{renders}: no {MANIFEST}; expected the folder written by `acp render`")
+    candidates, problems = [], []
+    for number, record, _ in read_records(manifest):
+        where = f"{manifest}:{number}"
+        if record is None:
+            problems.append((where, "not a JSON object"))
+            continue
+        try:
+            candidates.append(Candidate.model_validate(record))
+        except ValidationError as error:
+            problems.append((where, "; ".join(f"{f}: {r}" for f, r in error_problems(error))))
+    return candidates, problems
+
+
+def _resume(output: Path, wanted: dict[str, set[int]], settings: dict[str, Any]) -> set[str]:
+    """Plans of ``wanted`` already complete in ``output``; lines of its incomplete plans are
+    removed from it (lines of other plans stay)."""
+    from acp.jsonl import dumps, read_records, write_atomic
+
+    if not output.exists():
+        return set()
+    records = [record for _, record, _ in read_records(output) if record is not None]
+    for record in records[:1]:
+        previous = (record.get("detail") or {}).get("settings")
+        if previous != settings:
+            changed = sorted(k for k in set(previous or {}) | set(settings)
+                             if (previous or {}).get(k) != settings.get(k))
+            raise OutputMismatchError(
+                f"{output} was scored with other settings ({', '.join(changed) or 'settings'} differ); "
+                "give another --output or delete it"
+            )
+    have: dict[str, set[int]] = {}
+    for record in records:
+        have.setdefault(str(record.get("plan_id")), set()).add(int(record.get("index", -1)))
+    complete = {plan for plan, indices in wanted.items() if indices <= have.get(plan, set())}
+    keep = [r for r in records if r.get("plan_id") in complete or r.get("plan_id") not in wanted]
+    if len(keep) != len(records):
+        write_atomic(output, "".join(dumps(r) + "\n" for r in keep))
+    return complete
+
+
+def score_renders(
+    renders: Path,
+    plans_path: Path,
+    output: Path,
+    *,
+    image_scorer: ImageScorer,
+    layout_scorer: LayoutScorer | None = None,
+    judge: Judge | None = None,
+    thresholds: Thresholds = Thresholds(),
+    settings: dict[str, Any] | None = None,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> RunSummary:
+    """Score every candidate of a render folder into ``output`` (JSON Lines, resumable).
+
+    A plan is scored as a whole, so its best flag is consistent; plans already complete in
+    ``output`` are skipped, incomplete ones (a kill, an unreadable image) are scored again.
+    Candidates whose plan or image cannot be read are reported in ``failures`` and not
+    written. Raises ``OutputMismatchError`` if ``output`` was made with other ``settings``.
+    """
+    from tqdm import tqdm
+
+    from acp.jsonl import JsonlWriter
+    from acp.schema import read_plans
+
+    settings = dict(settings or {})
+    summary = RunSummary()
+    candidates, summary.failures = read_manifest(renders)
+    if not plans_path.is_file():
+        raise InputError(f"{plans_path}: no such file; expected the plans file (JSON Lines)")
+    plans: dict[str, ScenePlan] = {}
+    bad_plans: dict[str, str] = {}
+    for number, plan, reason in read_plans(plans_path):
+        if plan is not None:
+            plans[plan.id] = plan
+        else:
+            bad_plans[f"{plans_path}:{number}"] = reason or "invalid"
+    by_plan: dict[str, list[Candidate]] = {}
+    for candidate in candidates:
+        if candidate.plan_id not in plans:
+            reason = f"plan {candidate.plan_id} not in {plans_path}"
+            summary.failures.append((str(renders / candidate.path), reason))
+            continue
+        by_plan.setdefault(candidate.plan_id, []).append(candidate)
+    summary.failures.extend(bad_plans.items())
+    complete = _resume(output, {p: {c.index for c in cs} for p, cs in by_plan.items()}, settings)
+    pending = [p for p in by_plan if p not in complete]
+    summary.skipped = sum(len(by_plan[p]) for p in complete)
+
+    bar = tqdm(total=sum(len(by_plan[p]) for p in pending), unit="candidate", disable=not progress)
+    with JsonlWriter(output) as writer:
+        batch: list[tuple[ScenePlan, list[Candidate], list[Image]]] = []
+        size = 0
+        for position, plan_id in enumerate(pending):
+            readable, images = [], []
+            for candidate in by_plan[plan_id]:
+                image, reason = _open_image(renders / candidate.path)
+                if image is None:
+                    summary.failures.append((str(renders / candidate.path), reason or "unreadable"))
+                    bar.update(1)
+                else:
+                    readable.append(candidate)
+                    images.append(image)
+            if readable:
+                batch.append((plans[plan_id], readable, images))
+                size += len(readable)
+            if batch and (size >= batch_size or position == len(pending) - 1):
+                results = score_batch(
+                    batch, image_scorer=image_scorer, layout_scorer=layout_scorer, judge=judge,
+                    thresholds=thresholds, settings=settings,
+                )
+                for records in results:
+                    for record in records:
+                        writer.write(record)
+                    summary.plans += 1
+                    summary.scored += len(records)
+                    summary.kept += sum(r.kept for r in records)
+                    summary.best += sum(r.best for r in records)
+                    bar.update(len(records))
+                batch, size = [], 0
+    bar.close()
+    return summary

@@ -1,0 +1,294 @@
+"""Scoring an existing COCO dataset: every image and every box, and a filtered copy.
+
+Per image: CLIS-I (caption vs image, and every box), CLIS-L when a bank is given, and the
+composite ``clis`` (as for candidates, ``acp.score.candidates.compose_clis``). Per box: its
+instance CLIS-I and terms. The caption is acp's provenance (``image["acp"]["caption"]``) when
+acp exported the set, otherwise built from the category names ("a photo of 2 dog and a cat");
+a box's description is ``annotation["acp"]["description"]`` when present, else "a {category}".
+
+What cannot be scored is reported item by item, with a reason, and the run goes on: a missing
+or undecodable image file, a decoded size that differs from the record's, an annotation of an
+unknown image, an unknown category id, a degenerate box or one reaching more than
+``OUT_OF_IMAGE_TOLERANCE`` pixels outside its image. A failed image is not scored, nor are
+its boxes; a failed box is left out of its image's score.
+
+``DatasetReport.write(folder)`` writes, each file atomically: ``images.json``, ``boxes.json``,
+``categories.json`` (per category: boxes, mean, median, 10th percentile, share below the
+threshold), ``failures.json``, ``summary.json``, and with ``keep_above`` ``filtered.json``: the
+input COCO without the boxes scoring below it and without the images scoring below it or left
+with no box; failed images and boxes are left out too.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from acp.boxes import coco_to_plan
+from acp.errors import InputError
+from acp.jsonl import write_atomic
+from acp.score.bank import OUT_OF_IMAGE_TOLERANCE
+from acp.score.candidates import compose_clis
+from acp.score.image import ImageScorer, Scene, SceneObject
+from acp.score.layout import LayoutScorer
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+SUMMARY_THRESHOLD = 60.0  # the paper's instance threshold, for the per-category share
+
+
+@dataclass
+class DatasetReport:
+    images: list[dict[str, Any]] = field(default_factory=list)
+    boxes: list[dict[str, Any]] = field(default_factory=list)
+    categories: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    filtered: dict[str, Any] | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
+
+    def write(self, folder: Path) -> list[Path]:
+        folder = Path(folder)
+        files = {
+            "images.json": self.images,
+            "boxes.json": self.boxes,
+            "categories.json": self.categories,
+            "failures.json": self.failures,
+            "summary.json": self.summary,
+        }
+        if self.filtered is not None:
+            files["filtered.json"] = self.filtered
+        written = []
+        for name, content in files.items():
+            indent = None if name == "filtered.json" else 1
+            write_atomic(folder / name, json.dumps(content, indent=indent, ensure_ascii=False) + "\n")
+            written.append(folder / name)
+        return written
+
+
+def build_caption(names: list[str]) -> str:
+    """"a photo of 2 dog and a cat" from category names, in order of first appearance."""
+    counts = Counter(names)
+    parts = [f"a {name}" if n == 1 else f"{n} {name}" for name, n in counts.items()]
+    if not parts:
+        return "a photo"
+    return "a photo of " + (parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1])
+
+
+def _read(path: Path) -> dict[str, Any]:
+    expected = "expected a COCO-format JSON object with 'images', 'annotations' and 'categories' lists"
+    try:
+        data = json.loads(Path(path).read_bytes())
+    except OSError as error:
+        raise InputError(f"{path}: cannot read ({error.strerror or error})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: not valid JSON ({error}); {expected}") from None
+    if not isinstance(data, dict) or not all(
+        isinstance(data.get(k), list) for k in ("images", "annotations", "categories")
+    ):
+        raise InputError(f"{path}: {expected}")
+    return data
+
+
+def _box_problem(bbox: Any, width: float, height: float) -> str | None:
+    if not isinstance(bbox, list | tuple) or len(bbox) != 4:
+        return f"bbox must be 4 numbers [x, y, w, h], got {bbox!r}"
+    try:
+        x, y, w, h = (float(v) for v in bbox)
+    except (TypeError, ValueError):
+        return f"bbox must be 4 numbers [x, y, w, h], got {bbox!r}"
+    if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
+        return f"degenerate bbox {bbox!r} (expected finite values, w and h > 0)"
+    tol = OUT_OF_IMAGE_TOLERANCE
+    if x < -tol or y < -tol or x + w > width + tol or y + h > height + tol:
+        return f"bbox {bbox!r} leaves the {width:g}x{height:g} image"
+    return None
+
+
+def _clipped(bbox: list[float], width: float, height: float) -> tuple[float, float, float, float]:
+    x0, y0 = max(0.0, float(bbox[0])), max(0.0, float(bbox[1]))
+    x1 = min(width, float(bbox[0]) + float(bbox[2]))
+    y1 = min(height, float(bbox[1]) + float(bbox[3]))
+    x, y, w, h = coco_to_plan([x0, y0, x1 - x0, y1 - y0], width, height).tolist()
+    return x, y, w, h
+
+
+def _open(path: Path, width: Any, height: Any) -> tuple[Image | None, str | None]:
+    from PIL import Image as PILImage
+    from PIL import UnidentifiedImageError
+
+    try:
+        with PILImage.open(path) as handle:
+            handle.load()
+            image = handle.convert("RGB")
+    except FileNotFoundError:
+        return None, f"image file {path} not found"
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        return None, f"cannot decode {path} ({error})"
+    if width is not None and height is not None and (width, height) != image.size:
+        return None, f"{path} is {image.width}x{image.height} but the record says {width}x{height}"
+    return image, None
+
+
+def score_dataset(
+    annotations: Path,
+    images_dir: Path,
+    *,
+    image_scorer: ImageScorer,
+    layout_scorer: LayoutScorer | None = None,
+    keep_above: float | None = None,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> DatasetReport:
+    """Score every image and box of a COCO file (see the module docstring)."""
+    from tqdm import tqdm
+
+    data = _read(annotations)
+    report = DatasetReport()
+    categories = {c.get("id"): str(c.get("name")) for c in data["categories"] if isinstance(c, dict)}
+    records = {img.get("id"): img for img in data["images"] if isinstance(img, dict)}
+    by_image: dict[Any, list[dict[str, Any]]] = {key: [] for key in records}
+    for k, ann in enumerate(data["annotations"]):
+        ann_id = ann.get("id", f"#{k}") if isinstance(ann, dict) else f"#{k}"
+        if not isinstance(ann, dict) or ann.get("image_id") not in records:
+            image_id = ann.get("image_id") if isinstance(ann, dict) else None
+            reason = f"unknown image id {image_id!r}"
+            report.failures.append({"item": f"annotation {ann_id}", "reason": reason})
+        elif ann.get("category_id") not in categories:
+            reason = f"unknown category id {ann.get('category_id')!r}"
+            report.failures.append({"item": f"annotation {ann_id}", "reason": reason})
+        else:
+            by_image[ann["image_id"]].append(ann)
+
+    kept_boxes: set[Any] = set()
+    kept_images: set[Any] = set()
+    batch: list[tuple[dict[str, Any], Scene, Image, list[dict[str, Any]]]] = []
+
+    def flush() -> None:
+        scores = image_scorer.score_scenes([(scene, image) for _, scene, image, _ in batch])
+        for (record, scene, _, anns), score in zip(batch, scores, strict=True):
+            layout = None
+            if layout_scorer is not None:
+                layout = layout_scorer.score_layout(
+                    [o.category for o in scene.objects], [o.bbox for o in scene.objects]
+                )
+            clis = compose_clis(layout, score.clis_i)
+            for ann, instance in zip(anns, score.objects, strict=True):
+                report.boxes.append(
+                    {
+                        "id": ann.get("id"),
+                        "image_id": record["id"],
+                        "category": instance.category,
+                        "clis_i": round(instance.clis_i, 3),
+                        "text_similarity": round(instance.text_similarity, 3),
+                        "category_confidence": round(instance.category_confidence, 3),
+                    }
+                )
+                if keep_above is not None and instance.clis_i >= keep_above:
+                    kept_boxes.add(id(ann))
+            report.images.append(
+                {
+                    "id": record["id"],
+                    "file_name": record.get("file_name"),
+                    "clis": round(clis, 3),
+                    "clis_l": round(layout.score, 3) if layout is not None else None,
+                    "clis_l_method": layout.method if layout is not None else None,
+                    "clis_i": round(score.clis_i, 3),
+                    "clis_i_global": round(score.global_score, 3),
+                    "clis_i_local": round(score.local_score, 3) if score.local_score is not None else None,
+                    "boxes": len(anns),
+                    "caption": scene.caption,
+                }
+            )
+            if keep_above is not None and clis >= keep_above and (
+                not anns or any(id(a) in kept_boxes for a in anns)
+            ):
+                kept_images.add(record["id"])
+        batch.clear()
+
+    for record in tqdm(records.values(), unit="image", disable=not progress):
+        path = Path(images_dir) / str(record.get("file_name", ""))
+        image, why = _open(path, record.get("width"), record.get("height"))
+        if image is None:
+            report.failures.append({"item": f"image {record['id']}", "reason": why})
+            continue
+        objects: list[SceneObject] = []
+        anns: list[dict[str, Any]] = []
+        for ann in by_image[record["id"]]:
+            problem = _box_problem(ann.get("bbox"), image.width, image.height)
+            if problem:
+                report.failures.append({"item": f"annotation {ann.get('id')}", "reason": problem})
+                continue
+            name = categories[ann["category_id"]]
+            provenance = ann["acp"] if isinstance(ann.get("acp"), dict) else {}
+            description = provenance.get("description") or f"a {name}"
+            bbox = _clipped(ann["bbox"], image.width, image.height)
+            objects.append(SceneObject(len(objects), name, str(description), bbox))
+            anns.append(ann)
+        acp = record["acp"] if isinstance(record.get("acp"), dict) else {}
+        caption = acp.get("caption") or build_caption([o.category for o in objects])
+        batch.append((record, Scene(str(caption), tuple(objects)), image, anns))
+        if len(batch) >= batch_size:
+            flush()
+    if batch:
+        flush()
+
+    report.categories = _category_summary(report.boxes)
+    if keep_above is not None:
+        filtered = copy.copy(data)
+        filtered["images"] = [
+            img for img in data["images"] if isinstance(img, dict) and img.get("id") in kept_images
+        ]
+        filtered["annotations"] = [
+            a for a in data["annotations"] if id(a) in kept_boxes and a.get("image_id") in kept_images
+        ]
+        report.filtered = filtered
+    failed_ids = {f["item"].removeprefix("image ") for f in report.failures if f["item"].startswith("image ")}
+    failed_images = len(failed_ids)
+    report.summary = {
+        "annotations": str(annotations),
+        "images": len(records),
+        "scored_images": len(report.images),
+        "failed_images": failed_images,
+        "boxes": len(data["annotations"]),
+        "scored_boxes": len(report.boxes),
+        "failed_boxes": len(report.failures) - failed_images,
+        "boxes_of_failed_images": sum(len(by_image[i]) for i in by_image if str(i) in failed_ids),
+        "keep_above": keep_above,
+        "kept_images": len(kept_images) if keep_above is not None else None,
+        "kept_boxes": len(report.filtered["annotations"]) if report.filtered is not None else None,
+        "clip_model": image_scorer.name,
+        "bank": bool(layout_scorer is not None and layout_scorer.bank is not None),
+    }
+    return report
+
+
+def _category_summary(boxes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    grouped: dict[str, list[float]] = {}
+    for box in boxes:
+        grouped.setdefault(box["category"], []).append(box["clis_i"])
+    rows = []
+    for name, values in sorted(grouped.items()):
+        array = np.asarray(values)
+        rows.append(
+            {
+                "category": name,
+                "boxes": int(array.size),
+                "mean": round(float(array.mean()), 3),
+                "median": round(float(np.median(array)), 3),
+                "p10": round(float(np.percentile(array, 10)), 3),
+                f"below_{SUMMARY_THRESHOLD:g}": round(float((array < SUMMARY_THRESHOLD).mean()), 4),
+            }
+        )
+    return rows

@@ -1,0 +1,294 @@
+"""CLIS-I with CLIP: how well an image shows its plan, globally and object by object (0-100).
+
+Terms, for an image with caption ``T`` and objects ``i`` (category ``c_i``, description ``d_i``,
+box ``b_i``):
+
+- global: ``map(cos(image, T))``;
+- text similarity of object ``i``: ``map(cos(crop_i, d_i))``, where ``crop_i`` is ``b_i`` widened
+  by ``CONTEXT_MARGIN`` (10 %) of its side on every side (at least one pixel), clipped to the
+  image and padded to a square with CLIP's mean colour (CLIP's processor would otherwise cut
+  the middle out of a tall or wide crop);
+- category confidence of object ``i``: ``100 * softmax(s * cos(crop_i, p_k))`` at ``k = c_i``,
+  over the prompts ``p_k = "a photo of a {k}."`` of the scene's distinct categories plus
+  "background" (so that a scene of one category still asks whether the object is there at
+  all); ``s`` is CLIP's own logit scale (100 for the released models);
+- instance: ``0.8 * text similarity + 0.2 * category confidence``. The paper's local term is
+  0.8 region + 0.2 crop, from VLM captions; here the description match plays the region's
+  part and the category contrast the crop's;
+- image: ``0.5 * global + 0.5 * mean(instances)`` (global alone for an image without objects).
+
+``map(cos) = 100 * clip((cos - 0.12) / (0.32 - 0.12), 0, 1)``. CLIP's image-text cosine
+similarities are compressed: for ViT-L/14, unrelated pairs sit around 0.10-0.18 and good
+matches around 0.25-0.33 (the range behind CLIPScore's ``2.5 * cos`` rescaling). The map puts
+0.12 at 0 and 0.32 at 100, so the paper's instance threshold of 60 falls at cosine 0.24, just
+under a typical good match. It is a hand calibration from those published ranges, not a fit:
+with another CLIP, check the bounds (``ImageScorer(..., cosine_range=(lo, hi))``).
+
+All images and crops of one ``score`` call go through CLIP's vision tower in one forward pass
+(split only beyond ``max_batch`` inputs), and all texts through the text tower in another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from acp.boxes import plan_to_sam
+from acp.errors import InputError
+from acp.names import category_key
+from acp.schema import ScenePlan
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+COSINE_RANGE = (0.12, 0.32)
+CONTEXT_MARGIN = 0.1
+GLOBAL_WEIGHT = 0.5
+REGION_WEIGHT = 0.8  # text similarity; the rest goes to the category confidence
+PROMPT = "a photo of a {}."
+BACKGROUND = "background"
+CLIP_MEAN_RGB = (122, 116, 104)
+MAX_BATCH = 256
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    id: int
+    category: str
+    description: str
+    bbox: tuple[float, float, float, float]  # normalised xywh
+
+
+@dataclass(frozen=True)
+class Scene:
+    """What CLIS-I compares an image with: a caption and described, boxed objects."""
+
+    caption: str
+    objects: tuple[SceneObject, ...]
+
+    @classmethod
+    def from_plan(cls, plan: ScenePlan) -> Scene:
+        return cls(
+            caption=plan.caption,
+            objects=tuple(SceneObject(o.id, o.category, o.description, o.bbox) for o in plan.objects),
+        )
+
+
+@dataclass
+class InstanceScore:
+    id: int
+    category: str
+    clis_i: float
+    text_similarity: float
+    category_confidence: float
+    cosine: float  # raw crop-description cosine, for recalibration
+    judge: float | None = None
+
+
+@dataclass
+class ImageScore:
+    clis_i: float
+    global_score: float
+    local_score: float | None
+    global_cosine: float
+    objects: list[InstanceScore] = field(default_factory=list)
+
+    def recompute(self) -> None:
+        """Refresh ``local_score`` and ``clis_i`` after instance scores changed (the judge)."""
+        if self.objects:
+            self.local_score = float(np.mean([o.clis_i for o in self.objects]))
+            self.clis_i = GLOBAL_WEIGHT * self.global_score + (1 - GLOBAL_WEIGHT) * self.local_score
+        else:
+            self.local_score, self.clis_i = None, self.global_score
+
+
+def cosine_to_score(cosine: NDArray[Any] | float, cosine_range: tuple[float, float] = COSINE_RANGE) -> Any:
+    """The documented linear map of a CLIP cosine onto 0-100, clipped."""
+    low, high = cosine_range
+    return 100.0 * np.clip((np.asarray(cosine, dtype=np.float64) - low) / (high - low), 0.0, 1.0)
+
+
+def crop_box(
+    bbox: Sequence[float], width: int, height: int, margin: float = CONTEXT_MARGIN
+) -> tuple[int, int, int, int]:
+    """Pixel ``(left, top, right, bottom)`` of a normalised xywh box widened by ``margin`` of its
+    side, at least one pixel wide and high, inside the image. Never raises on odd boxes."""
+    values = np.nan_to_num(np.asarray(bbox, dtype=np.float64), nan=0.0, posinf=1.0, neginf=0.0)
+    x0, y0, x1, y1 = plan_to_sam(values, width, height).tolist()
+    dx, dy = margin * max(x1 - x0, 0.0), margin * max(y1 - y0, 0.0)
+    eps = 1e-6  # 0.2 * 200 + 2 is 42.000000001 in floating point; that is pixel 42, not 43
+    left = int(np.clip(np.floor(x0 - dx + eps), 0, width - 1))
+    top = int(np.clip(np.floor(y0 - dy + eps), 0, height - 1))
+    right = int(np.clip(np.ceil(x1 + dx - eps), left + 1, width))
+    bottom = int(np.clip(np.ceil(y1 + dy - eps), top + 1, height))
+    return left, top, right, bottom
+
+
+def square_pad(image: Image) -> Image:
+    """``image`` centred on a square of CLIP's mean colour."""
+    from PIL import Image as PILImage
+
+    side = max(image.size)
+    if image.size == (side, side):
+        return image
+    canvas = PILImage.new("RGB", (side, side), CLIP_MEAN_RGB)
+    canvas.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
+    return canvas
+
+
+class ImageScorer:
+    """CLIS-I with an already-loaded CLIP (``from_pretrained`` loads one)."""
+
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        *,
+        device: str | None = None,
+        cosine_range: tuple[float, float] = COSINE_RANGE,
+        max_batch: int = MAX_BATCH,
+        name: str = "",
+    ):
+        import torch
+
+        self.model = model.eval()
+        self.processor = processor
+        self.device = torch.device(device) if device else next(model.parameters()).device
+        self.model.to(self.device)
+        self.dtype = next(model.parameters()).dtype
+        self.cosine_range = cosine_range
+        self.max_batch = max_batch
+        self.name = name
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, *, device: str | None = None) -> ImageScorer:
+        """Load CLIP from a hub id or folder: float16 on CUDA, float32 on the CPU."""
+        import torch
+        from transformers import CLIPModel, CLIPProcessor
+
+        name = str(name_or_path)
+        local = name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
+        if local and not Path(name).expanduser().is_dir():
+            raise InputError(f"--clip-model {name}: no such folder; expected a CLIP hub id or model folder")
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            processor = CLIPProcessor.from_pretrained(name)
+            model = CLIPModel.from_pretrained(name)
+        except (OSError, ValueError) as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise InputError(f"--clip-model {name}: cannot load a CLIP model ({first})") from None
+        if device.startswith("cuda"):  # after loading: the dtype keyword differs across versions
+            model = model.half()
+        return cls(model, processor, device=device, name=name)
+
+    # -- embeddings ----------------------------------------------------------------------
+    def embed_images(self, images: Sequence[Image]) -> NDArray[np.float64]:
+        """Unit CLIP image embeddings; one vision forward pass per ``max_batch`` images."""
+        import torch
+
+        rows = []
+        for start in range(0, len(images), self.max_batch):
+            chunk = list(images[start : start + self.max_batch])
+            pixels = self.processor(images=chunk, return_tensors="pt")["pixel_values"]
+            with torch.inference_mode():
+                pixels = pixels.to(self.device, self.dtype)
+                pooled = self.model.vision_model(pixel_values=pixels).pooler_output
+                rows.append(self.model.visual_projection(pooled).float().cpu().numpy())
+        return _unit(np.concatenate(rows)) if rows else np.zeros((0, 0))
+
+    def embed_texts(self, texts: Sequence[str]) -> NDArray[np.float64]:
+        """Unit CLIP text embeddings (truncated to CLIP's context), one text forward pass."""
+        import torch
+
+        tokens = self.processor(text=list(texts), return_tensors="pt", padding=True, truncation=True)
+        with torch.inference_mode():
+            pooled = self.model.text_model(
+                input_ids=tokens["input_ids"].to(self.device),
+                attention_mask=tokens["attention_mask"].to(self.device),
+            ).pooler_output
+            return _unit(self.model.text_projection(pooled).float().cpu().numpy())
+
+    # -- scoring -------------------------------------------------------------------------
+    def score(self, plan: ScenePlan, images: Sequence[Image]) -> list[ImageScore]:
+        """CLIS-I of each of ``images`` (candidates rendered from ``plan``)."""
+        scene = Scene.from_plan(plan)
+        return self.score_scenes([(scene, image) for image in images])
+
+    def score_scenes(self, items: Sequence[tuple[Scene, Image]]) -> list[ImageScore]:
+        """CLIS-I of each ``(scene, image)``; all images and crops in one vision pass."""
+        if not items:
+            return []
+        inputs: list[Image] = []
+        image_rows: list[int] = []
+        crop_rows: list[list[int]] = []
+        for scene, image in items:
+            rgb = image.convert("RGB")
+            image_rows.append(len(inputs))
+            inputs.append(square_pad(rgb))
+            crop_rows.append(list(range(len(inputs), len(inputs) + len(scene.objects))))
+            for obj in scene.objects:
+                inputs.append(square_pad(rgb.crop(crop_box(obj.bbox, rgb.width, rgb.height))))
+        texts: dict[str, int] = {}
+
+        def text_row(text: str) -> int:
+            return texts.setdefault(text, len(texts))
+
+        plans = []
+        for scene, _ in items:
+            caption = text_row(scene.caption)
+            keys = list(dict.fromkeys(category_key(o.category) for o in scene.objects))
+            names = {BACKGROUND: BACKGROUND} | {category_key(o.category): o.category for o in scene.objects}
+            contrast = keys if BACKGROUND in keys else [*keys, BACKGROUND]
+            prompts = [text_row(PROMPT.format(names[k])) for k in contrast]
+            descriptions = [text_row(o.description) for o in scene.objects]
+            own = [keys.index(category_key(o.category)) for o in scene.objects]
+            plans.append((caption, prompts, descriptions, own))
+        image_vectors = self.embed_images(inputs)
+        text_vectors = self.embed_texts(list(texts))
+        scale = float(self.model.logit_scale.exp().item()) if hasattr(self.model, "logit_scale") else 100.0
+
+        results = []
+        for k, ((scene, _), plan) in enumerate(zip(items, plans, strict=True)):
+            caption, prompts, descriptions, own = plan
+            global_cosine = float(image_vectors[image_rows[k]] @ text_vectors[caption])
+            instances = []
+            if scene.objects:
+                crops = image_vectors[crop_rows[k]]
+                text_cos = np.einsum("nd,nd->n", crops, text_vectors[descriptions])
+                logits = scale * crops @ text_vectors[prompts].T
+                logits -= logits.max(axis=1, keepdims=True)
+                probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+                confidence = 100.0 * probabilities[np.arange(len(own)), own]
+                similarity = cosine_to_score(text_cos, self.cosine_range)
+                for n, obj in enumerate(scene.objects):
+                    instances.append(
+                        InstanceScore(
+                            id=obj.id,
+                            category=obj.category,
+                            clis_i=float(REGION_WEIGHT * similarity[n] + (1 - REGION_WEIGHT) * confidence[n]),
+                            text_similarity=float(similarity[n]),
+                            category_confidence=float(confidence[n]),
+                            cosine=float(text_cos[n]),
+                        )
+                    )
+            result = ImageScore(
+                clis_i=0.0,
+                global_score=float(cosine_to_score(global_cosine, self.cosine_range)),
+                local_score=None,
+                global_cosine=global_cosine,
+                objects=instances,
+            )
+            result.recompute()
+            results.append(result)
+        return results
+
+
+def _unit(vectors: NDArray[Any]) -> NDArray[np.float64]:
+    array = np.asarray(vectors, dtype=np.float64)
+    norms = np.linalg.norm(array, axis=-1, keepdims=True)
+    return array / np.where(norms > 0, norms, 1.0)

@@ -1,0 +1,177 @@
+"""The CLIS-L reference bank: built from COCO files the tests write, saved, loaded."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from acp.errors import InputError
+from acp.score.bank import Bank
+
+
+def write_coco(
+    path: Path,
+    images: list[list[tuple[str, list[float]]]],
+    *,
+    size: tuple[int, int] = (100, 100),
+    extra_annotations: list[dict[str, Any]] | None = None,
+    extra_images: list[dict[str, Any]] | None = None,
+) -> Path:
+    """A COCO file with one image per entry of ``images``: (category name, normalised xywh) pairs."""
+    width, height = size
+    names = sorted({name for objects in images for name, _ in objects})
+    ids = {name: k + 1 for k, name in enumerate(names)}
+    coco: dict[str, Any] = {
+        "images": [{"id": i + 1, "width": width, "height": height} for i in range(len(images))],
+        "annotations": [],
+        "categories": [{"id": ids[n], "name": n} for n in names],
+    }
+    for i, objects in enumerate(images):
+        for name, (x, y, w, h) in objects:
+            coco["annotations"].append(
+                {
+                    "id": len(coco["annotations"]) + 1,
+                    "image_id": i + 1,
+                    "category_id": ids[name],
+                    "bbox": [x * width, y * height, w * width, h * height],
+                    "iscrowd": 0,
+                }
+            )
+    coco["annotations"] += extra_annotations or []
+    coco["images"] += extra_images or []
+    path.write_text(json.dumps(coco))
+    return path
+
+
+def test_boxes_are_normalised_and_problem_annotations_skipped_and_counted(tmp_path: Path) -> None:
+    bad = [
+        {"id": 100, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "iscrowd": 1},
+        {"id": 101, "image_id": 1, "category_id": 1, "bbox": [10, 10, 0, 20]},  # zero width
+        {"id": 102, "image_id": 1, "category_id": 1, "bbox": [10, 10, float("nan"), 20]},
+        {"id": 103, "image_id": 1, "category_id": 1, "bbox": [190, 10, 30, 20]},  # 20 px outside
+        {"id": 104, "image_id": 1, "category_id": 99, "bbox": [10, 10, 20, 20]},
+        {"id": 105, "image_id": 77, "category_id": 1, "bbox": [10, 10, 20, 20]},
+        {"id": 106, "image_id": 1, "category_id": 1},  # no bbox
+        {"id": 107, "image_id": 2, "category_id": 1, "bbox": [10, 10, 20, 20]},  # image has no size
+        {"id": 108, "image_id": 1, "category_id": 1, "bbox": [-0.5, 50, 100.5, 20]},  # rounding: clipped
+    ]
+    path = write_coco(
+        tmp_path / "a.json",
+        [[("dog", [0.1, 0.2, 0.5, 0.25]), ("person", [0.5, 0.5, 0.2, 0.2])]],
+        size=(200, 100),
+        extra_annotations=bad,
+        extra_images=[{"id": 2, "file_name": "x.jpg"}],
+    )
+    bank = Bank.from_coco([path])
+    assert bank.summary["skipped"] == {
+        "malformed": 1,
+        "unknown_image": 1,
+        "image_without_size": 1,
+        "unknown_category": 1,
+        "crowd": 1,
+        "degenerate": 2,
+        "out_of_image": 1,
+    }
+    assert bank.summary["boxes"] == 3
+    dog = bank.category_by_key("dog")
+    assert dog is not None
+    rows = bank.boxes[bank.category_offsets[dog] : bank.category_offsets[dog + 1]]
+    np.testing.assert_allclose(
+        sorted(rows.tolist()), sorted([[0.1, 0.2, 0.5, 0.25], [0.0, 0.5, 0.5, 0.2]]), atol=1e-6
+    )
+
+
+def test_categories_merge_across_files_by_canonical_key(tmp_path: Path) -> None:
+    a = write_coco(tmp_path / "a.json", [[("Dogs", [0.1, 0.1, 0.2, 0.2]), ("person", [0.5, 0.5, 0.2, 0.2])]])
+    b = write_coco(tmp_path / "b.json", [[("puppy", [0.1, 0.1, 0.3, 0.3]), ("man", [0.6, 0.5, 0.2, 0.3])]])
+    bank = Bank.from_coco([a, b])
+    assert [c.key for c in bank.categories] == ["dog", "person"]
+    assert set(bank.categories[0].aliases) == {"dog", "puppy"}
+    assert bank.category_by_alias("puppy") == bank.category_by_key("dog")
+    rows = bank.pair_rows(0, 1)
+    assert rows.stop - rows.start == 2  # one pair per image, the files' images kept apart
+    assert bank.summary["images"] == 2
+
+
+def test_pairs_are_indexed_by_category_pair_with_the_lower_id_first(tmp_path: Path) -> None:
+    path = write_coco(
+        tmp_path / "a.json",
+        [
+            [("cat", [0.0, 0.0, 0.1, 0.1]), ("dog", [0.5, 0.5, 0.2, 0.2]), ("dog", [0.2, 0.6, 0.3, 0.3])],
+            [("dog", [0.1, 0.1, 0.2, 0.2])],
+        ],
+    )
+    bank = Bank.from_coco([path])
+    cat, dog = bank.category_by_key("cat"), bank.category_by_key("dog")
+    assert cat is not None and dog is not None
+    assert bank.num_pairs == 3
+    low, high = sorted((cat, dog))
+    cross = bank.pair_rows(low, high)
+    assert cross.stop - cross.start == 2
+    assert (bank.category_offsets[low] <= bank.pair_a[cross]).all()
+    assert (bank.pair_a[cross] < bank.category_offsets[low + 1]).all()
+    same = bank.pair_rows(dog, dog)
+    assert same.stop - same.start == 1
+    assert bank.pair_rows(cat, cat) == slice(0, 0)
+
+
+def test_caps_limit_pairs_per_image_and_per_category_pair(tmp_path: Path) -> None:
+    boxes = [("dog", [0.1 * k, 0.1 * k, 0.05 + 0.01 * k, 0.05]) for k in range(5)]
+    path = write_coco(tmp_path / "a.json", [boxes, boxes, boxes])
+    bank = Bank.from_coco([path], max_objects_per_image=3)
+    assert bank.summary["boxes_left_out_of_pairs"] == 6
+    assert bank.num_pairs == 9  # 3 pairs among the 3 largest of each image
+    widths = bank.boxes[np.concatenate([bank.pair_a, bank.pair_b]), 2]
+    assert widths.min() == pytest.approx(0.07)  # the two smallest boxes never pair
+    capped = Bank.from_coco([path], max_pairs_per_category_pair=4, max_boxes_per_category=5)
+    assert capped.num_pairs == 4 and capped.summary["pairs_over_cap"] == 26
+    rows = capped.prior_rows(0)
+    assert rows.stop - rows.start == 5
+
+
+def test_save_and_load_round_trip(tmp_path: Path) -> None:
+    path = write_coco(tmp_path / "a.json", [[("dog", [0.1, 0.1, 0.2, 0.2]), ("cat", [0.4, 0.1, 0.3, 0.5])]])
+    bank = Bank.from_coco([path])
+    bank.save(tmp_path / "bank")
+    loaded = Bank.load(tmp_path / "bank")
+    assert loaded.categories == bank.categories
+    for name in ("boxes", "category_offsets", "pair_a", "pair_b", "pair_keys", "pair_offsets"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(bank, name))
+    assert loaded.summary == bank.summary
+    index = json.loads((tmp_path / "bank" / "index.json").read_text())
+    dog = next(c for c in index["categories"] if c["key"] == "dog")
+    assert dog["boxes"] == 1 and dog["median_area"] == pytest.approx(0.04)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("not json", "not valid JSON"),
+        ("[1, 2]", "expected a COCO-format JSON object"),
+        ('{"images": [], "annotations": []}', "'categories' lists"),
+        ('{"images": [], "annotations": [], "categories": [{"id": 1}]}', r"categories\[0\] has no"),
+    ],
+)
+def test_bad_annotation_files_are_named_in_the_error(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(InputError, match=message) as error:
+        Bank.from_coco([path])
+    assert str(path) in str(error.value)
+
+
+def test_missing_file_and_bad_bank_folders_raise_input_errors(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="cannot read"):
+        Bank.from_coco([tmp_path / "missing.json"])
+    with pytest.raises(InputError, match="acp bank build"):
+        Bank.load(tmp_path)
+    path = write_coco(tmp_path / "a.json", [[("dog", [0.1, 0.1, 0.2, 0.2])]])
+    Bank.from_coco([path]).save(tmp_path / "bank")
+    index = tmp_path / "bank" / "index.json"
+    index.write_text(index.read_text().replace('"format": 1', '"format": 99'))
+    with pytest.raises(InputError, match="format 99, expected 1"):
+        Bank.load(tmp_path / "bank")

@@ -1,0 +1,309 @@
+"""CLIS-I with the tiny CLIP, and the VLM judge against the local chat server."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from acp.errors import InputError
+from acp.llm import ChatSettings
+from acp.schema import Candidate, ScenePlan
+from acp.score.candidates import Thresholds, score_candidates
+from acp.score.image import (
+    PROMPT,
+    ImageScore,
+    ImageScorer,
+    InstanceScore,
+    Scene,
+    SceneObject,
+    cosine_to_score,
+    crop_box,
+)
+from acp.score.judge import Judge, parse_rating
+from acp.score.layout import LayoutScorer
+from tests.chat_server import ChatServer, chat_server_fixture, error, ok  # noqa: F401
+
+
+@pytest.fixture(scope="session", name="tiny_clip_dir")
+def tiny_clip_dir_fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny CLIP of ``acp.testing``, saved as a model folder."""
+    from acp.testing import tiny_clip
+
+    folder = tmp_path_factory.mktemp("clip")
+    model, processor = tiny_clip()
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def scorer(tiny_clip_dir: Path) -> ImageScorer:
+    return ImageScorer.from_pretrained(tiny_clip_dir, device="cpu")
+
+
+def make_plan(objects: list[tuple[str, str, list[float]]], caption: str = "a cat next to a dog") -> ScenePlan:
+    return ScenePlan.model_validate(
+        {
+            "id": "p1",
+            "caption": caption,
+            "planner": "heuristic",
+            "objects": [
+                {"id": k, "category": c, "description": d, "bbox": b} for k, (c, d, b) in enumerate(objects)
+            ],
+        }
+    )
+
+
+def random_images(count: int, size: tuple[int, int] = (64, 48), seed: int = 0) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    return [
+        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)) for _ in range(count)
+    ]
+
+
+PLAN = make_plan(
+    [("cat", "a fluffy cat", [0.1, 0.1, 0.3, 0.4]), ("dog", "a brown dog", [0.5, 0.4, 0.4, 0.5])]
+)
+
+
+@pytest.fixture
+def forward_calls(scorer: ImageScorer) -> Iterator[dict[str, int]]:
+    calls = {"vision": 0, "text": 0}
+    hooks = [
+        scorer.model.vision_model.register_forward_hook(
+            lambda *_: calls.__setitem__("vision", calls["vision"] + 1)
+        ),
+        scorer.model.text_model.register_forward_hook(
+            lambda *_: calls.__setitem__("text", calls["text"] + 1)
+        ),
+    ]
+    yield calls
+    for hook in hooks:
+        hook.remove()
+
+
+def test_all_images_and_crops_of_a_batch_go_through_one_forward_pass(
+    scorer: ImageScorer, forward_calls: dict[str, int]
+) -> None:
+    other = make_plan([("bird", "a small bird", [0.2, 0.2, 0.2, 0.2])], caption="a bird")
+    items = [(Scene.from_plan(PLAN), image) for image in random_images(3)]
+    items += [(Scene.from_plan(other), image) for image in random_images(2, seed=1)]
+    results = scorer.score_scenes(items)
+    assert forward_calls == {"vision": 1, "text": 1}
+    assert [len(r.objects) for r in results] == [2, 2, 2, 1, 1]
+
+
+def test_score_candidates_uses_one_pass_and_marks_one_best(
+    scorer: ImageScorer, forward_calls: dict[str, int]
+) -> None:
+    candidates = [
+        Candidate(
+            plan_id="p1",
+            index=k,
+            seed=k,
+            path=f"p1/{k}.png",
+            model="tiny",
+            steps=2,
+            guidance=7.5,
+            beta=0.3,
+            width=64,
+            height=48,
+            prompt=PLAN.caption,
+        )
+        for k in range(4)
+    ]
+    records = score_candidates(
+        PLAN,
+        candidates,
+        random_images(4),
+        image_scorer=scorer,
+        layout_scorer=LayoutScorer(None),
+        thresholds=Thresholds(None, None),
+    )
+    assert forward_calls["vision"] == 1
+    assert [r.index for r in records] == [0, 1, 2, 3] and sum(r.best for r in records) == 1
+    best = next(r for r in records if r.best)
+    assert best.clis == max(r.clis for r in records)
+    assert all(r.clis == r.clis_i and r.detail["clis_l_reference_free"] for r in records)
+
+
+def test_scores_follow_the_documented_composition(scorer: ImageScorer) -> None:
+    (result,) = scorer.score(PLAN, random_images(1))
+    for instance in result.objects:
+        assert instance.text_similarity == pytest.approx(float(cosine_to_score(instance.cosine)))
+        assert instance.clis_i == pytest.approx(
+            0.8 * instance.text_similarity + 0.2 * instance.category_confidence
+        )
+        assert 0 <= instance.clis_i <= 100
+    assert result.global_score == pytest.approx(float(cosine_to_score(result.global_cosine)))
+    assert result.local_score == pytest.approx(np.mean([o.clis_i for o in result.objects]))
+    assert result.clis_i == pytest.approx(0.5 * result.global_score + 0.5 * result.local_score)
+
+
+def test_category_confidence_is_a_softmax_over_scene_categories_and_background(scorer: ImageScorer) -> None:
+    plan = make_plan(
+        [
+            ("cat", "a cat", [0.1, 0.1, 0.4, 0.4]),
+            ("cat", "a cat", [0.5, 0.5, 0.4, 0.4]),
+            ("dog", "a dog", [0.1, 0.5, 0.3, 0.3]),
+        ]
+    )
+    image = random_images(1)[0]
+    (result,) = scorer.score(plan, [image])
+    crop = image.crop(crop_box(plan.objects[2].bbox, image.width, image.height))
+    from acp.score.image import square_pad
+
+    vector = scorer.embed_images([square_pad(crop)])[0]
+    prompts = scorer.embed_texts([PROMPT.format(n) for n in ("cat", "dog", "background")])
+    logits = scorer.model.logit_scale.exp().item() * prompts @ vector
+    expected = 100 * np.exp(logits[1]) / np.exp(logits).sum()  # the dog, against cat and background
+    assert result.objects[2].category_confidence == pytest.approx(expected, rel=1e-4)
+
+
+def test_batching_and_chunking_do_not_change_scores(
+    tiny_clip_dir: Path, forward_calls: dict[str, int]
+) -> None:
+    chunked = ImageScorer.from_pretrained(tiny_clip_dir, device="cpu")
+    chunked.max_batch = 2
+    images = random_images(3)
+    together = chunked.score(PLAN, images)  # 3 images + 6 crops = 9 inputs in chunks of 2
+    alone = [chunked.score(PLAN, [image])[0] for image in images]
+    for a, b in zip(together, alone, strict=True):
+        assert a.clis_i == pytest.approx(b.clis_i, abs=1e-4)
+        assert [o.clis_i for o in a.objects] == pytest.approx([o.clis_i for o in b.objects], abs=1e-4)
+
+
+def test_an_image_without_objects_is_scored_on_its_caption_alone(scorer: ImageScorer) -> None:
+    (result,) = scorer.score_scenes([(Scene("an empty street", ()), random_images(1)[0])])
+    assert result.local_score is None and result.clis_i == result.global_score
+
+
+@pytest.mark.parametrize(
+    ("cosine", "expected"), [(0.0, 0.0), (0.12, 0.0), (0.22, 50.0), (0.24, 60.0), (0.32, 100.0), (0.9, 100.0)]
+)
+def test_cosine_map_is_linear_between_the_documented_bounds(cosine: float, expected: float) -> None:
+    assert float(cosine_to_score(cosine)) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("bbox", "expected"),
+    [
+        ([0.25, 0.25, 0.5, 0.5], (40, 40, 160, 160)),  # 100 px box, 10 px margin each side
+        ([0.0, 0.0, 1.0, 1.0], (0, 0, 200, 200)),  # margin clipped to the image
+        ([0.5, 0.5, 0.0, 0.0], (100, 100, 101, 101)),  # zero size: one pixel
+        ([1.0, 1.0, 0.1, 0.1], (198, 198, 200, 200)),  # outside: its margin reaches in
+        ([float("nan"), 0.2, 0.1, 0.1], (0, 38, 22, 62)),
+    ],
+)
+def test_crop_box_adds_context_and_never_leaves_the_image(
+    bbox: list[float], expected: tuple[int, ...]
+) -> None:
+    assert crop_box(bbox, 200, 200) == expected
+
+
+def test_degenerate_boxes_are_scored_without_raising(scorer: ImageScorer) -> None:
+    scene = Scene(
+        "x",
+        (
+            SceneObject(0, "cat", "a cat", (0.5, 0.5, 0.0, 0.0)),
+            SceneObject(1, "dog", "a dog", (2.0, 2.0, 0.1, 0.1)),
+        ),
+    )
+    (result,) = scorer.score_scenes([(scene, random_images(1)[0])])
+    assert all(0 <= o.clis_i <= 100 for o in result.objects)
+
+
+def test_unknown_clip_folder_is_an_input_error(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no such folder"):
+        ImageScorer.from_pretrained(tmp_path / "missing")
+    with pytest.raises(InputError, match="cannot load a CLIP model"):
+        ImageScorer.from_pretrained(tmp_path)  # a folder, but no model in it
+
+
+# -- the judge ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('{"rating": 4}', 4.0),
+        ('```json\n{"rating": 3.5}\n```', 3.5),
+        ('{"score": 1}', 1.0),
+        ("I would rate it 2/5.", 2.0),
+        ("Rating: 5", 5.0),
+        ('{"rating": 7}', None),
+        ("no idea", None),
+        ("", None),
+    ],
+)
+def test_ratings_are_parsed_leniently_and_validated_strictly(text: str, expected: float | None) -> None:
+    assert parse_rating(text) == expected
+
+
+def _image_score(values: list[float]) -> ImageScore:
+    objects = [InstanceScore(k, "cat", v, v, v, 0.2) for k, v in enumerate(values)]
+    score = ImageScore(clis_i=0.0, global_score=50.0, local_score=None, global_cosine=0.22, objects=objects)
+    score.recompute()
+    return score
+
+
+def _scene(count: int) -> Scene:
+    return Scene(
+        "cats",
+        tuple(SceneObject(k, "cat", f"cat number {k}", (0.1 * k, 0.1, 0.1, 0.2)) for k in range(count)),
+    )
+
+
+def _settings(server: ChatServer) -> ChatSettings:
+    return ChatSettings(
+        model="judge-test", base_url=server.url, api_key="sk-judge-secret", retry_backoff=0.0, temperature=0.0
+    )
+
+
+def test_judge_rates_only_unsure_instances_and_replaces_their_score(chat_server: ChatServer) -> None:
+    chat_server.script(ok('{"rating": 4}'))
+    score = _image_score([55.0, 90.0, 20.0])  # only 55 is within 10 of 60
+    judge = Judge(_settings(chat_server))
+    made = judge.review([(_scene(3), random_images(1)[0], score)], threshold=60.0)
+    assert made == 1 and len(chat_server.requests) == 1
+    assert score.objects[0].judge == 80.0 and score.objects[0].clis_i == 80.0
+    assert [o.clis_i for o in score.objects[1:]] == [90.0, 20.0]
+    assert score.local_score == pytest.approx((80 + 90 + 20) / 3)
+    request = chat_server.requests[0]
+    assert request.headers["authorization"] == "Bearer sk-judge-secret"
+    content = request.messages[0]["content"]
+    assert "cat number 0" in content[0]["text"]
+    url = content[1]["image_url"]["url"]
+    assert url.startswith("data:image/png;base64,")
+    assert Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).size[0] > 0
+
+
+def test_judge_respects_its_call_cap_and_retries_transport_errors(chat_server: ChatServer) -> None:
+    chat_server.script(error(503), ok('{"rating": 5}'))
+    score = _image_score([55.0, 58.0, 65.0])
+    judge = Judge(_settings(chat_server), max_calls=1)
+    judge.review([(_scene(3), random_images(1)[0], score)], threshold=60.0)
+    assert judge.calls == 1 and len(chat_server.requests) == 2  # one retried call
+    assert [o.judge for o in score.objects] == [100.0, None, None]
+    assert judge.review([(_scene(3), random_images(1)[0], score)], threshold=60.0) == 0
+
+
+def test_judge_without_usable_answers_keeps_clip_scores_and_switches_off(chat_server: ChatServer) -> None:
+    chat_server.responder = lambda body: ok("I cannot rate images.")
+    score = _image_score([55.0, 58.0, 62.0, 65.0])
+    before = [o.clis_i for o in score.objects]
+    judge = Judge(_settings(chat_server))
+    judge.settings = dataclasses.replace(judge.settings, concurrency=1)
+    judge.review([(_scene(4), random_images(1)[0], score)], threshold=60.0)
+    assert [o.clis_i for o in score.objects] == before
+    assert judge.failures == 3 and judge.disabled and "in a row" in judge.disabled
+    assert len(chat_server.requests) == 3  # the fourth is not sent once the judge is off
+    assert json.dumps([o.__dict__ for o in score.objects]).count("sk-judge-secret") == 0

@@ -1,0 +1,314 @@
+"""``acp bank build`` and ``acp score layouts | candidates`` through typer's CliRunner."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from acp.cli import app
+from acp.schema import CandidateScore
+from acp.score.bank import Bank
+from tests.chat_server import ChatServer, chat_server_fixture, ok  # noqa: F401
+from tests.test_bank import write_coco
+from tests.test_clis_image import tiny_clip_dir_fixture  # noqa: F401  (provides tiny_clip_dir)
+
+runner = CliRunner()
+
+CAT, DOG, BIRD = [0.1, 0.2, 0.3, 0.4], [0.5, 0.3, 0.4, 0.5], [0.3, 0.2, 0.3, 0.3]
+
+
+def plan_record(plan_id: str, objects: list[tuple[str, list[float]]], caption: str) -> dict[str, Any]:
+    return {
+        "id": plan_id,
+        "caption": caption,
+        "planner": "heuristic",
+        "concepts": [c for c, _ in objects],
+        "objects": [
+            {"id": k, "category": c, "description": f"a photo of a {c}", "bbox": b}
+            for k, (c, b) in enumerate(objects)
+        ],
+        "relations": [{"subject": 0, "object": 1, "predicate": "left of"}] if len(objects) > 1 else [],
+    }
+
+
+PLANS = [
+    plan_record("p1", [("cat", CAT), ("dog", DOG)], "a cat left of a dog"),
+    plan_record("p2", [("bird", BIRD)], "a bird"),
+]
+
+
+def write_plans(path: Path, extra_lines: tuple[str, ...] = ()) -> Path:
+    path.write_text(
+        "".join(json.dumps(p) + "\n" for p in PLANS) + "".join(line + "\n" for line in extra_lines)
+    )
+    return path
+
+
+def write_renders(folder: Path, counts: dict[str, int]) -> Path:
+    rng = np.random.default_rng(0)
+    lines = []
+    for plan_id, count in counts.items():
+        for index in range(count):
+            path = f"{plan_id}/{index}.png"
+            (folder / plan_id).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(folder / path)
+            lines.append(
+                {
+                    "plan_id": plan_id,
+                    "index": index,
+                    "seed": index,
+                    "path": path,
+                    "model": "tiny",
+                    "steps": 2,
+                    "guidance": 7.5,
+                    "beta": 0.3,
+                    "width": 64,
+                    "height": 64,
+                    "prompt": "x",
+                }
+            )
+    (folder / "manifest.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return folder
+
+
+@pytest.fixture
+def bank_dir(tmp_path: Path) -> Path:
+    coco = write_coco(
+        tmp_path / "coco.json", [[("cat", CAT), ("dog", DOG)], [("dog", [0.4, 0.4, 0.3, 0.3])]] * 5
+    )
+    result = runner.invoke(app, ["bank", "build", str(coco), "-o", str(tmp_path / "bank")])
+    assert result.exit_code == 0, result.output
+    return tmp_path / "bank"
+
+
+def test_bank_build_writes_a_loadable_bank_and_a_summary(tmp_path: Path, bank_dir: Path) -> None:
+    bank = Bank.load(bank_dir)
+    assert [c.key for c in bank.categories] == ["cat", "dog"] and bank.num_pairs == 5
+    coco = write_coco(
+        tmp_path / "crowd.json",
+        [[("cat", CAT)]],
+        extra_annotations=[{"id": 9, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5], "iscrowd": 1}],
+    )
+    result = runner.invoke(app, ["bank", "build", str(coco), "-o", str(tmp_path / "b2")])
+    assert result.exit_code == 0
+    assert "skipped: crowd 1" in result.output
+
+
+def test_bank_build_of_a_bad_file_is_one_line_naming_it(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("[]")
+    result = runner.invoke(app, ["bank", "build", str(bad), "-o", str(tmp_path / "bank")])
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("acp: error: ") and str(bad) in lines[0]
+    assert not (tmp_path / "bank").exists()
+
+
+def test_score_layouts_adds_clis_l_and_reports_bad_lines(tmp_path: Path, bank_dir: Path) -> None:
+    plans = write_plans(tmp_path / "plans.jsonl", extra_lines=('{"id": "broken"}',))
+    out = tmp_path / "scored.jsonl"
+    result = runner.invoke(app, ["score", "layouts", str(plans), "--bank", str(bank_dir), "-o", str(out)])
+    assert result.exit_code == 1  # the broken line
+    assert f"{plans}:3:" in result.output and "2 plans scored, 1 invalid" in result.output
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in records] == ["p1", "p2"]
+    assert records[0]["clis_l"] == pytest.approx(100, abs=1e-3)  # the bank holds this very layout
+    detail = records[0]["clis_l_detail"]
+    assert detail["method"] == "pairs" and detail["pairs"][0]["predicate"] == "left of"
+    assert records[1]["clis_l_detail"]["method"] == "sanity"  # no bird in the bank
+
+
+def test_score_layouts_without_a_bank_labels_the_sanity_score(tmp_path: Path) -> None:
+    plans = write_plans(tmp_path / "plans.jsonl")
+    out = tmp_path / "scored.jsonl"
+    result = runner.invoke(app, ["score", "layouts", str(plans), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "reference-free" in result.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert all(r["clis_l_detail"]["reference_free"] for r in records)
+
+
+def _scores(path: Path) -> list[CandidateScore]:
+    return [CandidateScore.model_validate_json(line) for line in path.read_text().splitlines()]
+
+
+def test_score_candidates_writes_scores_marks_best_and_resumes(
+    tmp_path: Path, bank_dir: Path, tiny_clip_dir: Path
+) -> None:
+    plans = write_plans(tmp_path / "plans.jsonl")
+    renders = write_renders(tmp_path / "renders", {"p1": 3, "p2": 2})
+    out = tmp_path / "scores.jsonl"
+    args = [
+        "score",
+        "candidates",
+        str(renders),
+        "--plans",
+        str(plans),
+        "-o",
+        str(out),
+        "--bank",
+        str(bank_dir),
+        "--clip-model",
+        str(tiny_clip_dir),
+        "--min-clis-i",
+        "0",
+        "--batch-size",
+        "2",
+        "--no-progress",
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    scores = _scores(out)
+    assert sorted((s.plan_id, s.index) for s in scores) == [
+        ("p1", 0),
+        ("p1", 1),
+        ("p1", 2),
+        ("p2", 0),
+        ("p2", 1),
+    ]
+    for plan_id in ("p1", "p2"):
+        mine = [s for s in scores if s.plan_id == plan_id]
+        (best,) = [s for s in mine if s.best]
+        assert best.clis == max(s.clis for s in mine)
+    p1 = next(s for s in scores if s.plan_id == "p1")
+    assert p1.clis_l == pytest.approx(100, abs=1e-3)
+    assert p1.clis == pytest.approx(0.5 * p1.clis_l + 0.5 * p1.clis_i, abs=1e-2)
+    assert [o.category for o in p1.objects] == ["cat", "dog"]
+    assert p1.detail["settings"]["clip_model"] == str(tiny_clip_dir)
+    p2 = next(s for s in scores if s.plan_id == "p2")
+    assert p2.clis == p2.clis_i  # no bird in the bank: the sanity layout score does not count
+
+    before = out.read_text()
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and "5 already scored" in again.output and out.read_text() == before
+
+    # A run killed after the first line: that plan is scored again, the other is kept.
+    first = before.splitlines()[0]
+    out.write_text(
+        first + "\n" + "\n".join(line for line in before.splitlines() if '"plan_id":"p2"' in line) + "\n"
+    )
+    resumed = runner.invoke(app, args)
+    assert resumed.exit_code == 0, resumed.output
+    assert "2 already scored" in resumed.output
+    assert sorted(before.splitlines()) == sorted(out.read_text().splitlines())
+
+    other = runner.invoke(app, [*args[:-5], "--min-clis-i", "30", "--batch-size", "2", "--no-progress"])
+    assert other.exit_code == 1 and "min_clis_i differ" in other.stderr
+
+
+def test_thresholds_drop_weak_plans_and_instances_with_a_reason(
+    tmp_path: Path, bank_dir: Path, tiny_clip_dir: Path
+) -> None:
+    plans = write_plans(tmp_path / "plans.jsonl")
+    renders = write_renders(tmp_path / "renders", {"p1": 2})
+    out = tmp_path / "scores.jsonl"
+    base = [
+        "score",
+        "candidates",
+        str(renders),
+        "--plans",
+        str(plans),
+        "--bank",
+        str(bank_dir),
+        "--clip-model",
+        str(tiny_clip_dir),
+        "--no-progress",
+    ]
+    result = runner.invoke(app, [*base, "-o", str(out), "--min-clis-l", "100.5"])
+    assert result.exit_code == 0, result.output
+    scores = _scores(out)
+    assert all(not s.kept and not s.best and s.reason == "plan CLIS-L 100.0 < 100.5" for s in scores)
+    strict = tmp_path / "strict.jsonl"
+    result = runner.invoke(app, [*base, "-o", str(strict), "--min-clis-l", "0", "--min-clis-i", "100"])
+    scores = _scores(strict)
+    assert all(not o.kept for s in scores for o in s.objects)
+    assert all(s.reason == "no instance reaches CLIS-I 100" for s in scores)
+
+
+def test_unreadable_images_are_reported_and_the_run_goes_on(tmp_path: Path, tiny_clip_dir: Path) -> None:
+    plans = write_plans(tmp_path / "plans.jsonl")
+    renders = write_renders(tmp_path / "renders", {"p1": 2, "p2": 1})
+    (renders / "p1" / "1.png").unlink()
+    (renders / "p2" / "0.png").write_bytes(b"not a png")
+    with open(renders / "manifest.jsonl", "a") as handle:
+        handle.write('{"plan_id": "p9", "index": 0}\n')
+    out = tmp_path / "scores.jsonl"
+    result = runner.invoke(
+        app,
+        [
+            "score",
+            "candidates",
+            str(renders),
+            "--plans",
+            str(plans),
+            "-o",
+            str(out),
+            "--clip-model",
+            str(tiny_clip_dir),
+            "--no-progress",
+        ],
+    )
+    assert result.exit_code == 1
+    assert "p1/1.png: image file not found" in result.output
+    assert "p2/0.png: cannot decode the image" in result.output
+    assert "manifest.jsonl:4: seed: Field required" in result.output
+    assert [(s.plan_id, s.index) for s in _scores(out)] == [("p1", 0)]
+
+
+def test_candidates_with_the_judge_never_write_the_key(
+    tmp_path: Path, tiny_clip_dir: Path, chat_server: ChatServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-never-written-1234")
+    chat_server.responder = lambda body: ok('{"rating": 3}')
+    plans = write_plans(tmp_path / "plans.jsonl")
+    renders = write_renders(tmp_path / "renders", {"p1": 2})
+    out = tmp_path / "scores.jsonl"
+    # A margin of 100 makes every instance unsure, so the judge sees all four (cap 3).
+    result = runner.invoke(
+        app,
+        [
+            "score",
+            "candidates",
+            str(renders),
+            "--plans",
+            str(plans),
+            "-o",
+            str(out),
+            "--clip-model",
+            str(tiny_clip_dir),
+            "--no-progress",
+            "--judge-model",
+            "vlm",
+            "--judge-base-url",
+            chat_server.url,
+            "--judge-margin",
+            "100",
+            "--judge-max-calls",
+            "3",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "judge vlm: 3 requests, 0 without a rating" in result.output
+    judged = [o.judge for s in _scores(out) for o in s.objects]
+    assert judged.count(60.0) == 3 and judged.count(None) == 1
+    assert chat_server.requests[0].headers["authorization"] == "Bearer sk-never-written-1234"
+    assert "sk-never-written" not in out.read_text() + result.output
+
+
+def test_help_does_not_import_torch() -> None:
+    code = (
+        "import sys\n"
+        "from acp.cli import app\n"
+        "try:\n    app(['score', 'candidates', '--help'])\nexcept SystemExit:\n    pass\n"
+        "print('torch' in sys.modules, 'transformers' in sys.modules)\n"
+    )
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert output.strip().splitlines()[-1] == "False False"

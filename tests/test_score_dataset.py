@@ -1,0 +1,213 @@
+"""``acp score dataset``: every image and box of a COCO set, failures reported item by item."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from acp.cli import app
+from acp.score.dataset import build_caption, score_dataset
+from acp.score.image import ImageScorer
+from tests.test_clis_image import tiny_clip_dir_fixture  # noqa: F401  (provides tiny_clip_dir)
+
+runner = CliRunner()
+
+
+def write_dataset(root: Path) -> tuple[Path, Path]:
+    """Five images: good (acp caption), good (no caption), missing file, undecodable, wrong size."""
+    images = root / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.png", "e.png"):
+        size = (40, 30) if name == "e.png" else (64, 48)
+        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(images / name)
+    (images / "d.png").write_bytes(b"garbage")
+    coco: dict[str, Any] = {
+        "images": [
+            {
+                "id": 1,
+                "file_name": "a.png",
+                "width": 64,
+                "height": 48,
+                "acp": {"caption": "two pets on a sofa"},
+            },
+            {"id": 2, "file_name": "b.png", "width": 64, "height": 48},
+            {"id": 3, "file_name": "c.png", "width": 64, "height": 48},
+            {"id": 4, "file_name": "d.png", "width": 64, "height": 48},
+            {"id": 5, "file_name": "e.png", "width": 64, "height": 48},
+        ],
+        "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
+        "annotations": [
+            {
+                "id": 10,
+                "image_id": 1,
+                "category_id": 1,
+                "bbox": [2, 2, 20, 20],
+                "acp": {"object_id": 0, "description": "a grey cat"},
+            },
+            {"id": 11, "image_id": 1, "category_id": 2, "bbox": [30, 10, 30, 30]},
+            {"id": 20, "image_id": 2, "category_id": 2, "bbox": [5, 5, 20, 30]},
+            {"id": 21, "image_id": 2, "category_id": 2, "bbox": [40, 30, 40, 30]},  # leaves the image
+            {"id": 22, "image_id": 2, "category_id": 7, "bbox": [5, 5, 10, 10]},  # unknown category
+            {"id": 23, "image_id": 2, "category_id": 1, "bbox": [5, 5, 0, 10]},  # zero width
+            {"id": 24, "image_id": 2, "category_id": 1, "bbox": [30, 5, 20, 20]},
+            {"id": 30, "image_id": 3, "category_id": 1, "bbox": [5, 5, 10, 10]},
+            {"id": 40, "image_id": 99, "category_id": 1, "bbox": [5, 5, 10, 10]},  # unknown image
+        ],
+    }
+    path = root / "instances.json"
+    path.write_text(json.dumps(coco))
+    return path, images
+
+
+@pytest.fixture(scope="module")
+def scorer(tiny_clip_dir: Path) -> ImageScorer:
+    return ImageScorer.from_pretrained(tiny_clip_dir, device="cpu")
+
+
+def test_every_failure_is_reported_with_its_reason_and_the_rest_scored(
+    tmp_path: Path, scorer: ImageScorer
+) -> None:
+    annotations, images = write_dataset(tmp_path)
+    report = score_dataset(annotations, images, image_scorer=scorer, batch_size=1)
+    reasons = {f["item"]: f["reason"] for f in report.failures}
+    assert set(reasons) == {
+        "annotation 40",
+        "annotation 22",
+        "annotation 21",
+        "annotation 23",
+        "image 3",
+        "image 4",
+        "image 5",
+    }
+    assert "unknown image id 99" in reasons["annotation 40"]
+    assert "unknown category id 7" in reasons["annotation 22"]
+    assert "leaves the 64x48 image" in reasons["annotation 21"]
+    assert "degenerate" in reasons["annotation 23"]
+    assert "not found" in reasons["image 3"]
+    assert "cannot decode" in reasons["image 4"]
+    assert "is 40x30 but the record says 64x48" in reasons["image 5"]
+    assert [b["id"] for b in report.boxes] == [10, 11, 20, 24]
+    assert [i["id"] for i in report.images] == [1, 2]
+    assert report.images[0]["caption"] == "two pets on a sofa"
+    assert report.images[1]["caption"] == "a photo of a dog and a cat"
+    s = report.summary
+    assert (s["images"], s["scored_images"], s["failed_images"]) == (5, 2, 3)
+    assert (s["boxes"], s["scored_boxes"], s["failed_boxes"], s["boxes_of_failed_images"]) == (9, 4, 4, 1)
+    by_name = {row["category"]: row for row in report.categories}
+    assert by_name["dog"]["boxes"] == 2 and by_name["cat"]["boxes"] == 2
+    dogs = [b["clis_i"] for b in report.boxes if b["category"] == "dog"]
+    assert by_name["dog"]["mean"] == pytest.approx(np.mean(dogs), abs=1e-3)
+
+
+def test_provenance_description_is_what_the_crop_is_compared_with(
+    tmp_path: Path, scorer: ImageScorer
+) -> None:
+    annotations, images = write_dataset(tmp_path)
+    report = score_dataset(annotations, images, image_scorer=scorer)
+    image = Image.open(images / "a.png").convert("RGB")
+    from acp.score.image import Scene, SceneObject
+
+    scene = Scene(
+        "two pets on a sofa",
+        (
+            SceneObject(0, "cat", "a grey cat", (2 / 64, 2 / 48, 20 / 64, 20 / 48)),
+            SceneObject(1, "dog", "a dog", (30 / 64, 10 / 48, 30 / 64, 30 / 48)),
+        ),
+    )
+    (expected,) = scorer.score_scenes([(scene, image)])
+    assert report.images[0]["clis_i"] == pytest.approx(expected.clis_i, abs=1e-2)
+    assert report.boxes[0]["clis_i"] == pytest.approx(expected.objects[0].clis_i, abs=1e-2)
+
+
+@pytest.mark.parametrize(
+    ("names", "caption"),
+    [
+        (["dog"], "a photo of a dog"),
+        (["dog", "cat", "dog"], "a photo of 2 dog and a cat"),
+        ([], "a photo"),
+        (["a", "b", "c"], "a photo of a a, a b and a c"),
+    ],
+)
+def test_captions_are_built_from_category_names(names: list[str], caption: str) -> None:
+    assert build_caption(names) == caption
+
+
+def test_cli_writes_the_report_filters_and_exits_non_zero(tmp_path: Path, tiny_clip_dir: Path) -> None:
+    annotations, images = write_dataset(tmp_path)
+    out = tmp_path / "report"
+    args = [
+        "score",
+        "dataset",
+        str(annotations),
+        "--images",
+        str(images),
+        "-o",
+        str(out),
+        "--clip-model",
+        str(tiny_clip_dir),
+        "--no-progress",
+    ]
+    result = runner.invoke(app, [*args, "--keep-above", "0"])
+    assert result.exit_code == 1  # some items failed
+    assert "annotation 22: unknown category id 7" in result.output
+    assert "2 of 5 images and 4 of 9 boxes scored, 7 failed, kept 2 images and 4 boxes" in result.output
+    for name in (
+        "images.json",
+        "boxes.json",
+        "categories.json",
+        "failures.json",
+        "summary.json",
+        "filtered.json",
+    ):
+        assert (out / name).is_file(), name
+    filtered = json.loads((out / "filtered.json").read_text())
+    assert [i["id"] for i in filtered["images"]] == [1, 2]
+    assert [a["id"] for a in filtered["annotations"]] == [10, 11, 20, 24]
+    assert filtered["categories"] == json.loads(annotations.read_text())["categories"]
+
+    result = runner.invoke(app, [*args, "--keep-above", "101"])
+    filtered = json.loads((out / "filtered.json").read_text())
+    assert filtered["images"] == [] and filtered["annotations"] == []
+
+
+def test_cli_rejects_a_missing_images_folder_and_a_non_coco_file(tmp_path: Path, tiny_clip_dir: Path) -> None:
+    annotations, _ = write_dataset(tmp_path)
+    result = runner.invoke(
+        app,
+        [
+            "score",
+            "dataset",
+            str(annotations),
+            "--images",
+            str(tmp_path / "nope"),
+            "-o",
+            str(tmp_path / "r"),
+            "--clip-model",
+            str(tiny_clip_dir),
+        ],
+    )
+    assert result.exit_code == 1 and "--images" in result.stderr and "not a folder" in result.stderr
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"images": []}')
+    result = runner.invoke(
+        app,
+        [
+            "score",
+            "dataset",
+            str(bad),
+            "--images",
+            str(tmp_path),
+            "-o",
+            str(tmp_path / "r"),
+            "--clip-model",
+            str(tiny_clip_dir),
+        ],
+    )
+    assert result.exit_code == 1 and str(bad) in result.stderr and "COCO-format" in result.stderr
