@@ -1,1 +1,135 @@
-"""Placeholder: commands of this stage are registered here once the stage exists."""
+"""``acp render`` and ``acp preview``."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from acp.cli import app
+from acp.cli._common import fail, handle_errors, notice
+
+if TYPE_CHECKING:
+    from acp.schema import ScenePlan
+
+# The same values as acp.render.gligen's DEFAULT_* (a test keeps them equal); importing that
+# module here would pull numpy and pydantic into `acp --help`.
+DEFAULT_GLIGEN_MODEL = "masterful/gligen-1-4-generation-text-box"
+DEFAULT_STEPS = 25
+DEFAULT_GUIDANCE = 7.5
+DEFAULT_BETA = 0.3
+DEFAULT_CANDIDATES = 4
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+PlansArgument = Annotated[Path, typer.Argument(help="Plans file (JSON Lines) from `acp plan`.")]
+LimitOption = Annotated[int | None, typer.Option(min=1, help="Use only the first N valid plans.")]
+
+
+def _load_plans(path: Path, limit: int | None) -> tuple[list[ScenePlan], list[tuple[int, str]]]:
+    """Valid plans; each skipped line is reported as ``FILE:LINE: skipped: reason``."""
+    from acp.render.folder import read_plan_file
+
+    plans, problems = read_plan_file(path, limit)
+    for number, reason in problems:
+        notice(f"{path}:{number}: skipped: {reason}")
+    if not plans:
+        raise fail(f"{path}: no valid plans" + (f" ({len(problems)} lines skipped)" if problems else ""))
+    return plans, problems
+
+
+@app.command()
+@handle_errors
+def render(
+    plans: PlansArgument,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Render folder: <plan_id>/<index>.png, manifest.jsonl.")
+    ] = Path("renders"),
+    model: Annotated[str, typer.Option(help="GLIGEN text-box pipeline: hub id or local folder.")] = (
+        DEFAULT_GLIGEN_MODEL
+    ),
+    candidates: Annotated[
+        int, typer.Option("--candidates", "-k", min=1, help="Candidates per plan, rendered in one batch.")
+    ] = DEFAULT_CANDIDATES,
+    steps: Annotated[int, typer.Option(min=1, help="Denoising steps.")] = DEFAULT_STEPS,
+    guidance: Annotated[float, typer.Option(min=0.0, help="Classifier-free guidance scale.")] = (
+        DEFAULT_GUIDANCE
+    ),
+    size: Annotated[
+        str | None,
+        typer.Option(help="N or WIDTHxHEIGHT, multiples of 8 [default: each plan's own size, 512]."),
+    ] = None,
+    beta: Annotated[
+        float,
+        typer.Option(
+            min=0.0, max=1.0,
+            help="GLIGEN scheduled sampling: fraction of the steps that follow the boxes. 0.3 (the "
+            "GLIGEN paper's) fixes the layout early and leaves the details to Stable Diffusion; "
+            "raise it for tighter boxes at some cost in image quality.",
+        ),
+    ] = DEFAULT_BETA,
+    negative_prompt: Annotated[str, typer.Option(help="What the images should not show.")] = "",
+    limit: LimitOption = None,
+    seed: Annotated[
+        int, typer.Option(min=0, help="Run seed; a candidate's seed derives from it, its plan id and index.")
+    ] = 0,
+    device: Annotated[
+        Device, typer.Option(help="auto: cuda, else mps, else cpu. float16 on cuda, float32 elsewhere.")
+    ] = Device.auto,
+    force: Annotated[
+        bool,
+        typer.Option(help="Discard the renders in --output and start over (needed when they were "
+                     "made with other settings)."),
+    ] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Render candidate images of each plan with GLIGEN (resumable: a rerun skips finished ones)."""
+    from acp.cli.plan import parse_size
+    from acp.render.folder import render_to_folder
+    from acp.render.gligen import RenderSettings
+
+    width_height = parse_size(size) if size is not None else None
+    settings = RenderSettings(
+        model=model, steps=steps, guidance=guidance, beta=beta, size=width_height,
+        negative_prompt=negative_prompt, seed=seed,
+    )
+    chosen, problems = _load_plans(plans, limit)
+    summary = render_to_folder(
+        chosen, output, settings, candidates=candidates, device=device.value, force=force,
+        progress=progress,
+    )
+    skipped = f"; {len(problems)} plans lines skipped" if problems else ""
+    print(f"{output}: {summary.line()}{skipped}")
+
+
+@app.command()
+@handle_errors
+def preview(
+    plans: PlansArgument,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the drawings.")] = Path(
+        "previews"
+    ),
+    overlay: Annotated[
+        Path | None,
+        typer.Option(help="Render folder: draw the boxes over its candidates instead of a blank canvas."),
+    ] = None,
+    grid: Annotated[
+        bool, typer.Option(help="Write contact sheets (sheet-0001.png, ...) instead of one file each.")
+    ] = False,
+    limit: LimitOption = None,
+) -> None:
+    """Draw each plan's layout (boxes, labels, one colour per category) without any model."""
+    from acp.render.preview import write_previews
+
+    chosen, problems = _load_plans(plans, limit)
+    summary = write_previews(chosen, output, overlay=overlay, grid=grid)
+    skipped = f"; {len(problems)} plans lines skipped" if problems else ""
+    print(f"{output}: {summary.line()}{skipped}")

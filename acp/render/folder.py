@@ -1,0 +1,260 @@
+"""A render folder: ``<plan_id>/<index>.png`` images, ``manifest.jsonl`` and ``render.json``.
+
+Crash safety and resume:
+- each image is written to a temporary file and renamed (``write_atomic``), and only then is
+  its manifest line appended, whole, by ``JsonlWriter``; a kill leaves at worst an image
+  without its line, or a torn last line, never a line without its image. Both happen on one
+  background thread, in order: PNG encoding (20-90 ms for 512 px) releases the GIL, so the
+  GPU renders the next plan meanwhile instead of waiting for the disk;
+- on opening, the manifest is read back, and lines that are torn, invalid, duplicated or whose
+  image is gone are dropped (the manifest is rewritten atomically when there are any); the
+  candidates still listed are the finished ones, which a rerun skips;
+- ``render.json`` holds the settings that decide the pixels (model, steps, guidance, beta,
+  size, negative prompt, seed). A folder with finished candidates refuses other settings, so
+  one manifest never mixes two configurations; ``force`` discards its renders instead.
+  ``--candidates`` is not a setting: a rerun with more adds the missing indices.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
+
+from acp.errors import InputError, OutputMismatchError
+from acp.jsonl import JsonlWriter, dumps, read_records, write_atomic
+from acp.schema import Candidate, ScenePlan, read_plans
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from acp.render.gligen import GligenRenderer, RenderSettings
+
+MANIFEST = "manifest.jsonl"
+SETTINGS = "render.json"
+MAX_QUEUED = 16  # images waiting for the writer thread (about 12 MiB at 512 px)
+
+
+def read_plan_file(path: Path, limit: int | None = None) -> tuple[list[ScenePlan], list[tuple[int, str]]]:
+    """The valid plans of a JSON Lines file (the first ``limit``) and ``(line, reason)`` for
+    each line skipped: unreadable, invalid, or repeating an earlier plan's id."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"plans file not found: {path}")
+    plans: list[ScenePlan] = []
+    problems: list[tuple[int, str]] = []
+    first_line: dict[str, int] = {}
+    for number, plan, reason in read_plans(path):
+        if plan is None:
+            problems.append((number, reason or "invalid plan"))
+        elif plan.id in first_line:
+            problems.append((number, f"plan id {plan.id!r} already used on line {first_line[plan.id]}"))
+        else:
+            first_line[plan.id] = number
+            plans.append(plan)
+            if limit is not None and len(plans) >= limit:
+                break
+    return plans, problems
+
+
+def _torn(path: Path) -> bool:
+    """Whether the file's last line lacks its newline (a write cut short)."""
+    with open(path, "rb") as handle:
+        handle.seek(0, 2)
+        if handle.tell() == 0:
+            return False
+        handle.seek(-1, 2)
+        return handle.read(1) != b"\n"
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class RenderFolder:
+    """The finished candidates of a render folder, and the one way to add to it."""
+
+    def __init__(self, root: Path, settings: RenderSettings, *, force: bool = False):
+        self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise InputError(f"output {self.root} exists and is not a folder")
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.manifest = self.root / MANIFEST
+        self.done: dict[tuple[str, int], Candidate] = self._finished()
+        wanted = settings.record()
+        if force:
+            self._discard()
+        elif self.done:
+            self._check(wanted)
+        write_atomic(self.root / SETTINGS, json.dumps(wanted, indent=2) + "\n")
+        self._writer = JsonlWriter(self.manifest)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="acp-render-writer")
+        self._queued: deque[Future[None]] = deque()
+
+    def _finished(self) -> dict[tuple[str, int], Candidate]:
+        if not self.manifest.exists():
+            return {}
+        kept: dict[tuple[str, int], Candidate] = {}
+        dropped = 0
+        for _number, record, _text in read_records(self.manifest):
+            try:
+                candidate = Candidate.model_validate(record)
+            except ValidationError:
+                dropped += 1
+                continue
+            key = (candidate.plan_id, candidate.index)
+            if key in kept or not (self.root / candidate.path).is_file():
+                dropped += 1
+                continue
+            kept[key] = candidate
+        if dropped or _torn(self.manifest):
+            write_atomic(self.manifest, "".join(dumps(c) + "\n" for c in kept.values()))
+        return kept
+
+    def _check(self, wanted: dict[str, object]) -> None:
+        path = self.root / SETTINGS
+        try:
+            recorded = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            recorded = None
+        if not isinstance(recorded, dict):
+            raise OutputMismatchError(
+                f"{self.root} holds renders but no readable {SETTINGS}; "
+                "use another folder, or --force to discard them"
+            )
+        changes = [
+            f"{key} {recorded.get(key)!r} -> {value!r}"
+            for key, value in wanted.items()
+            if recorded.get(key) != value
+        ]
+        if changes:
+            raise OutputMismatchError(
+                f"{self.root} holds renders made with other settings ({'; '.join(changes)}); "
+                "use another folder, or --force to discard them and start over"
+            )
+
+    def _discard(self) -> None:
+        for candidate in self.done.values():
+            (self.root / candidate.path).unlink(missing_ok=True)
+        self.done = {}
+        write_atomic(self.manifest, "")
+
+    def pending(self, plan: ScenePlan, candidates: int) -> list[int]:
+        """Indices below ``candidates`` that ``plan`` does not have yet."""
+        return [i for i in range(candidates) if (plan.id, i) not in self.done]
+
+    def add(self, candidate: Candidate, image: Image.Image) -> None:
+        """Queue the image, then its manifest line, for the writer thread. A write that failed
+        earlier raises here (or in ``flush``)."""
+        self._wait(MAX_QUEUED - 1)
+        self._queued.append(self._pool.submit(self._write, candidate, image))
+        self.done[(candidate.plan_id, candidate.index)] = candidate
+
+    def _write(self, candidate: Candidate, image: Image.Image) -> None:
+        try:
+            write_atomic(self.root / candidate.path, _png(image))
+            self._writer.write(candidate)
+        except OSError as error:  # a full disk or a read-only folder: the user's to fix
+            raise InputError(f"cannot write to {self.root}: {error.strerror or error}") from None
+
+    def _wait(self, queued: int) -> None:
+        """Block until at most ``queued`` writes are pending; re-raise the first failure."""
+        while self._queued and (len(self._queued) > queued or self._queued[0].done()):
+            self._queued.popleft().result()
+
+    def flush(self) -> None:
+        """Wait for every queued image and line to be written."""
+        self._wait(0)
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self._pool.shutdown(wait=True)
+            self._writer.close()
+
+    def __enter__(self) -> RenderFolder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class RenderSummary:
+    plans: int = 0
+    rendered: int = 0
+    skipped: int = 0  # already finished by an earlier run
+    seconds: float = 0.0  # rendering and writing, model load excluded
+    load_seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.rendered / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        text = (
+            f"rendered {self.rendered} candidates of {self.plans} plans in {self.seconds:.1f} s "
+            f"({self.images_per_second:.2f} images/s, model load {self.load_seconds:.1f} s)"
+        )
+        if self.skipped:
+            text += f"; {self.skipped} already done"
+        return text
+
+
+def render_to_folder(
+    plans: Sequence[ScenePlan],
+    output: Path,
+    settings: RenderSettings,
+    *,
+    candidates: int,
+    device: str = "auto",
+    force: bool = False,
+    progress: bool = False,
+    renderer: GligenRenderer | None = None,
+) -> RenderSummary:
+    """Render ``candidates`` per plan into ``output``, skipping finished ones. The folder is
+    checked before the model is loaded, and the model is not loaded when nothing is left."""
+    from tqdm.auto import tqdm
+
+    if candidates < 1:
+        raise InputError(f"candidates must be >= 1, got {candidates}")
+    if renderer is not None and renderer.settings != settings:
+        raise ValueError("renderer.settings differ from settings")
+    summary = RenderSummary(plans=len(plans))
+    with RenderFolder(output, settings, force=force) as folder:
+        work = [(plan, folder.pending(plan, candidates)) for plan in plans]
+        total = sum(len(indices) for _plan, indices in work)
+        summary.skipped = len(plans) * candidates - total
+        if total == 0:
+            return summary
+        if renderer is None:
+            from acp.render.gligen import GligenRenderer
+
+            started = time.perf_counter()
+            renderer = GligenRenderer(settings, device=device)
+            summary.load_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        with tqdm(total=total, unit="img", desc="render", disable=not progress, dynamic_ncols=True) as bar:
+            for plan, indices in work:
+                if not indices:
+                    continue
+                seeds = {i: renderer.seed_for(plan.id, i) for i in indices}
+                for candidate, image in renderer.render_seeds(plan, seeds):
+                    folder.add(candidate, image)
+                    summary.rendered += 1
+                bar.update(len(indices))
+            folder.flush()
+        summary.seconds = time.perf_counter() - started
+    return summary
+

@@ -1,0 +1,229 @@
+"""Tiny, randomly initialised, seeded models for tests, examples and install checks.
+
+Each builder returns a real diffusers / transformers object with the architecture of the model
+acp uses (a gated-attention GLIGEN UNet, CLIP, SAM) but tiny widths (the UNet's 1.6 M parameters
+are mostly GLIGEN's fixed 512-wide box projection), so it runs offline on a CPU in well under a
+second. The tokenizer is a byte-level BPE built in memory (the 256 byte symbols, each also as a
+word end, no merges): no file, no hub. The outputs are noise; only shapes, dtypes, loading paths
+and determinism are meaningful.
+
+``save_tiny_models(directory)`` writes all of them with ``save_pretrained`` so callers exercise
+the same ``from_pretrained(folder)`` path as with a real checkpoint. From a shell:
+``python -m acp.testing DIRECTORY``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from diffusers.pipelines.deprecated.stable_diffusion_gligen.pipeline_stable_diffusion_gligen import (
+        StableDiffusionGLIGENPipeline,
+    )
+    from transformers import CLIPModel, CLIPProcessor, CLIPTokenizer, SamModel, SamProcessor
+
+TOKEN_LIMIT = 77  # CLIP's context length; the GLIGEN pipeline truncates prompts to it
+IMAGE_SIZE = 64  # default output side of the tiny GLIGEN pipeline (latent 8x8, VAE factor 8)
+CLIP_IMAGE_SIZE = 32
+SAM_IMAGE_SIZE = 64
+_HIDDEN = 32  # text width = UNet cross-attention width = GLIGEN phrase-embedding width
+
+
+def _byte_symbols() -> list[str]:
+    """GPT-2 / CLIP's printable stand-in for each of the 256 bytes, in byte order."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    symbols: dict[int, str] = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in symbols:
+            symbols[b] = chr(256 + extra)
+            extra += 1
+    return [symbols[b] for b in range(256)]
+
+
+def tiny_tokenizer() -> CLIPTokenizer:
+    """A CLIPTokenizer over bytes: every character is a token, so phrases hit the limit fast."""
+    from transformers import CLIPTokenizer
+
+    symbols = _byte_symbols()
+    tokens = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {token: i for i, token in enumerate(tokens)}
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=TOKEN_LIMIT)
+
+
+def _text_config_kwargs(tokenizer: CLIPTokenizer) -> dict[str, Any]:
+    return {
+        "vocab_size": len(tokenizer),
+        "hidden_size": _HIDDEN,
+        "intermediate_size": 37,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "max_position_embeddings": TOKEN_LIMIT,
+        "layer_norm_eps": 1e-5,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+
+
+def tiny_gligen_pipeline(seed: int = 0) -> StableDiffusionGLIGENPipeline:
+    """A GLIGEN text-box pipeline (gated UNet, VAE with factor 8, CLIP text encoder), 64 px."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import StableDiffusionGLIGENPipeline as Pipeline
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=IMAGE_SIZE // 8,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=_HIDDEN,
+        attention_head_dim=8,
+        attention_type="gated",
+    )
+    torch.manual_seed(seed + 1)
+    # Four levels give Stable Diffusion's factor 8 between pixels and latents.
+    vae = AutoencoderKL(
+        block_out_channels=(8, 8, 16, 16),
+        norm_num_groups=8,
+        layers_per_block=1,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        sample_size=IMAGE_SIZE,
+    )
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**_text_config_kwargs(tokenizer)))
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+    )
+    pipeline = Pipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    # mypy sees diffusers' import-time dummy class; the real one is the deprecated module's.
+    return cast("StableDiffusionGLIGENPipeline", pipeline)
+
+
+def tiny_clip(seed: int = 0) -> tuple[CLIPModel, CLIPProcessor]:
+    """A CLIPModel (text and 32 px vision towers, projection 32) and its processor."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPVisionConfig
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    tokenizer = tiny_tokenizer()
+    text_config = _text_config_kwargs(tokenizer)
+    vision_config = CLIPVisionConfig(
+        hidden_size=_HIDDEN,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=CLIP_IMAGE_SIZE,
+        patch_size=8,
+        layer_norm_eps=1e-5,
+    )
+    config = CLIPConfig(
+        text_config=text_config, vision_config=vision_config.to_dict(), projection_dim=_HIDDEN
+    )
+    torch.manual_seed(seed)
+    model = CLIPModel(config).eval()
+    # The PIL backend needs no torchvision; it is what CLIPImageProcessor falls back to anyway.
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": CLIP_IMAGE_SIZE},
+        crop_size={"height": CLIP_IMAGE_SIZE, "width": CLIP_IMAGE_SIZE},
+    )
+    return model, CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def tiny_sam(seed: int = 0) -> tuple[SamModel, SamProcessor]:
+    """A SamModel on 64 px inputs (8x8 embedding grid) that turns box prompts into masks."""
+    import torch
+    from transformers import (
+        SamConfig,
+        SamMaskDecoderConfig,
+        SamModel,
+        SamProcessor,
+        SamPromptEncoderConfig,
+        SamVisionConfig,
+    )
+    from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
+
+    width, patch = 32, 8
+    vision = SamVisionConfig(
+        hidden_size=width,
+        output_channels=width,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=SAM_IMAGE_SIZE,
+        patch_size=patch,
+        window_size=4,
+        global_attn_indexes=(1,),
+        num_pos_feats=width // 2,  # the shared positional embedding is 2 * num_pos_feats wide
+        mlp_dim=64,
+    )
+    prompt = SamPromptEncoderConfig(
+        hidden_size=width, image_size=SAM_IMAGE_SIZE, patch_size=patch, mask_input_channels=4
+    )
+    decoder = SamMaskDecoderConfig(
+        hidden_size=width, mlp_dim=64, num_hidden_layers=2, num_attention_heads=2, iou_head_hidden_dim=32
+    )
+    torch.manual_seed(seed)
+    model = SamModel(
+        SamConfig(
+            vision_config=vision.to_dict(),
+            prompt_encoder_config=prompt.to_dict(),
+            mask_decoder_config=decoder.to_dict(),
+        )
+    ).eval()
+    mask_side = SAM_IMAGE_SIZE // 4
+    image_processor = SamImageProcessorPil(
+        size={"longest_edge": SAM_IMAGE_SIZE},
+        pad_size={"height": SAM_IMAGE_SIZE, "width": SAM_IMAGE_SIZE},
+        mask_size={"longest_edge": mask_side},
+        mask_pad_size={"height": mask_side, "width": mask_side},
+    )
+    return model, SamProcessor(image_processor=image_processor)
+
+
+def save_tiny_models(directory: Path | str, seed: int = 0) -> dict[str, Path]:
+    """Write the tiny GLIGEN pipeline, CLIP and SAM under ``directory``; return their folders."""
+    root = Path(directory)
+    folders = {name: root / name for name in ("gligen", "clip", "sam")}
+    tiny_gligen_pipeline(seed).save_pretrained(folders["gligen"])
+    for name, (model, processor) in (("clip", tiny_clip(seed)), ("sam", tiny_sam(seed))):
+        model.save_pretrained(folders[name])
+        processor.save_pretrained(folders[name])
+    return folders
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 2:
+        print("usage: python -m acp.testing DIRECTORY", file=sys.stderr)
+        raise SystemExit(2)
+    for name, folder in save_tiny_models(sys.argv[1]).items():
+        print(f"{name}\t{folder}")

@@ -1,0 +1,348 @@
+"""``acp render``: tiny GLIGEN pipeline saved to disk and loaded through the real CLI path."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import Result
+from PIL import Image
+from typer.testing import CliRunner
+
+from acp import testing
+from acp.cli import app
+from acp.cli import render as render_cli
+from acp.errors import InputError
+from acp.plan.base import derive_seed
+from acp.render import folder as folder_module
+from acp.render import gligen
+from acp.render.gligen import GligenRenderer, RenderSettings, fit_to_tokens, global_prompt
+from acp.schema import Candidate, ScenePlan
+
+LONG = "a shaggy brown dog with a red collar, floppy ears and a wagging tail " * 4
+
+
+def plan_record(plan_id: str, objects: int = 2, **extra: object) -> dict[str, object]:
+    catalogue = [
+        ("dog", "a brown dog", [0.05, 0.3, 0.4, 0.6]),
+        ("frisbee", "a red frisbee", [0.6, 0.1, 0.2, 0.15]),
+        ("bench", "a wooden park bench", [0.5, 0.55, 0.45, 0.3]),
+    ]
+    chosen = catalogue[:objects]
+    record: dict[str, object] = {
+        "id": plan_id,
+        "concepts": [category for category, _d, _b in chosen],
+        "caption": "A dog catches a frisbee near a bench.",
+        "background": "a sunny park",
+        "objects": [
+            {"id": i, "category": category, "description": description, "bbox": box}
+            for i, (category, description, box) in enumerate(chosen)
+        ],
+        "planner": "heuristic",
+    }
+    record.update(extra)
+    return record
+
+
+def write_plans(path: Path, records: list[object]) -> Path:
+    lines = [r if isinstance(r, str) else json.dumps(r) for r in records]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def manifest(folder: Path) -> list[Candidate]:
+    text = (folder / "manifest.jsonl").read_text(encoding="utf-8")
+    return [Candidate.model_validate_json(line) for line in text.splitlines()]
+
+
+def pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return testing.save_tiny_models(tmp_path_factory.mktemp("models"))["gligen"]
+
+
+@pytest.fixture(scope="module")
+def plans_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    long_phrase = plan_record("long", objects=1)
+    long_phrase["objects"][0]["description"] = LONG  # type: ignore[index]
+    records = [
+        plan_record("two"),
+        plan_record("empty", objects=0, caption="An empty beach at dawn.", background="a beach"),
+        long_phrase,
+    ]
+    return write_plans(tmp_path_factory.mktemp("plans") / "plans.jsonl", records)
+
+
+def invoke(*args: object) -> Result:
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def render(plans: Path, output: Path, model: Path, *extra: object) -> Result:
+    return invoke(
+        "render", plans, "-o", output, "--model", model, "--steps", 2, "--size", 64, "--no-progress",
+        *extra,
+    )
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory, model: Path, plans_file: Path) -> Path:
+    """One finished run, K=3; tests that change it work on a copy."""
+    output = tmp_path_factory.mktemp("run") / "renders"
+    result = render(plans_file, output, model, "-k", 3)
+    assert result.exit_code == 0, result.output
+    assert "rendered 9 candidates of 3 plans" in result.stdout
+    return output
+
+
+def copy_of(rendered: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(rendered, tmp_path / "renders"))
+
+
+def test_outputs_and_manifest_fields(rendered: Path, model: Path) -> None:
+    records = manifest(rendered)
+    assert [(c.plan_id, c.index) for c in records] == [
+        (p, i) for p in ("two", "empty", "long") for i in range(3)
+    ]
+    for c in records:
+        assert c.path == f"{c.plan_id}/{c.index}.png"
+        assert c.seed == derive_seed(0, c.plan_id, c.index)
+        assert (c.model, c.steps, c.guidance, c.width, c.height) == (str(model.resolve()), 2, 7.5, 64, 64)
+        with Image.open(rendered / c.path) as image:
+            assert (image.format, image.size, image.mode) == ("PNG", (64, 64), "RGB")
+    two = [c for c in records if c.plan_id == "two"]
+    assert two[0].phrases == ["a brown dog", "a red frisbee"] and two[0].beta == 0.3
+    assert two[0].prompt == "A dog catches a frisbee near a bench, a sunny park"
+    assert len({pixels(rendered / c.path).tobytes() for c in two}) == 3  # own noise per candidate
+    settings = json.loads((rendered / "render.json").read_text())
+    assert settings["steps"] == 2 and settings["size"] == [64, 64] and settings["seed"] == 0
+    assert not list(rendered.rglob("*.tmp"))
+
+
+def test_background_only_plan_renders_without_grounding(rendered: Path) -> None:
+    empty = [c for c in manifest(rendered) if c.plan_id == "empty"]
+    assert len(empty) == 3
+    assert all(c.phrases == [] and c.beta == 0.0 for c in empty)
+    assert empty[0].prompt == "An empty beach at dawn, a beach"
+
+
+def test_long_phrase_is_cut_to_the_token_limit(rendered: Path) -> None:
+    phrase = next(c for c in manifest(rendered) if c.plan_id == "long").phrases[0]
+    tokenizer = testing.tiny_tokenizer()
+    assert len(tokenizer(phrase).input_ids) <= testing.TOKEN_LIMIT
+    assert LONG.startswith(phrase) and len(phrase) > 40
+    assert LONG[len(phrase)] in " ,"  # cut between words
+
+
+def test_single_candidate_rerender_is_bit_exact(rendered: Path, plans_file: Path) -> None:
+    settings = RenderSettings(**{**json.loads((rendered / "render.json").read_text()), "size": (64, 64)})
+    renderer = GligenRenderer(settings, device="cpu")
+    plans = {p.id: p for p in (ScenePlan.model_validate_json(x) for x in plans_file.read_text().splitlines())}
+    for record in (manifest(rendered)[2], manifest(rendered)[7]):  # "two" #2, "long" #1
+        ((candidate, image),) = renderer.render_seeds(plans[record.plan_id], {record.index: record.seed})
+        assert candidate == record
+        assert np.array_equal(np.asarray(image), pixels(rendered / record.path))
+
+
+def test_render_plan_entry_point_batches_k(model: Path) -> None:
+    renderer = GligenRenderer(RenderSettings(model=str(model), steps=2), device="cpu")
+    plan = ScenePlan.model_validate(plan_record("lib", width=64, height=64))
+    out = renderer.render_plan(plan, candidates=2)
+    assert [c.index for c, _image in out] == [0, 1]
+    assert all(image.size == (64, 64) for _c, image in out)  # plan size when no size is set
+    with pytest.raises(InputError, match="candidates"):
+        renderer.render_plan(plan, candidates=0)
+
+
+def test_rerun_skips_finished_without_loading_the_model(
+    rendered: Path, plans_file: Path, model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    output = copy_of(rendered, tmp_path)
+    before = (output / "manifest.jsonl").read_bytes()
+
+    def no_load(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded although nothing was left to render")
+
+    monkeypatch.setattr(gligen.GligenRenderer, "__init__", no_load)
+    result = render(plans_file, output, model, "-k", 3)
+    assert result.exit_code == 0, result.output
+    assert "rendered 0 candidates" in result.stdout and "9 already done" in result.stdout
+    assert (output / "manifest.jsonl").read_bytes() == before
+
+
+def test_more_candidates_adds_only_missing(
+    rendered: Path, plans_file: Path, model: Path, tmp_path: Path
+) -> None:
+    output = copy_of(rendered, tmp_path)
+    result = render(plans_file, output, model, "-k", 4, "--limit", 1)
+    assert result.exit_code == 0, result.output
+    records = manifest(output)
+    assert len(records) == 10 and records[-1].plan_id == "two" and records[-1].index == 3
+    keys = [(c.plan_id, c.index) for c in records]
+    assert len(keys) == len(set(keys))
+
+
+def test_damaged_folder_resumes_without_duplicates_or_gaps(
+    rendered: Path, plans_file: Path, model: Path, tmp_path: Path
+) -> None:
+    output = copy_of(rendered, tmp_path)
+    original = {c.path: pixels(output / c.path) for c in manifest(output)}
+    lines = (output / "manifest.jsonl").read_text().splitlines(keepends=True)
+    # Killed while appending line 9 (torn tail); image of line 4 lost; a line repeated; junk.
+    damaged = [*lines[:5], lines[1], "{not json\n", *lines[5:8], lines[8][:30]]
+    (output / "manifest.jsonl").write_text("".join(damaged))
+    (output / manifest(rendered)[3].path).unlink()
+    result = render(plans_file, output, model, "-k", 3)
+    assert result.exit_code == 0, result.output
+    assert "rendered 2 candidates" in result.stdout
+    records = manifest(output)
+    keys = sorted((c.plan_id, c.index) for c in records)
+    assert keys == sorted((c.plan_id, c.index) for c in manifest(rendered))
+    assert all(np.array_equal(pixels(output / c.path), original[c.path]) for c in records)
+
+
+def test_interrupted_run_resumes(
+    plans_file: Path, model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    output = tmp_path / "renders"
+    add = folder_module.RenderFolder.add
+    calls = []
+
+    def add_then_interrupt(self: folder_module.RenderFolder, candidate: Candidate, image: Image.Image):
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        calls.append(candidate)
+        add(self, candidate, image)
+
+    monkeypatch.setattr(folder_module.RenderFolder, "add", add_then_interrupt)
+    result = render(plans_file, output, model, "-k", 2)
+    assert result.exit_code == 130 and "rerun the same command to resume" in result.stderr
+    assert len(manifest(output)) == 4
+    monkeypatch.setattr(folder_module.RenderFolder, "add", add)
+    result = render(plans_file, output, model, "-k", 2)
+    assert result.exit_code == 0 and "rendered 2 candidates" in result.stdout
+    keys = [(c.plan_id, c.index) for c in manifest(output)]
+    assert sorted(keys) == sorted((p, i) for p in ("two", "empty", "long") for i in range(2))
+
+
+def test_write_failure_is_one_line_and_keeps_what_was_written(
+    plans_file: Path, model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write = folder_module.write_atomic
+    images = []
+
+    def disk_fills_up(path: Path, data: bytes | str) -> None:
+        if str(path).endswith(".png"):
+            if len(images) == 3:
+                raise OSError(28, "No space left on device")
+            images.append(path)
+        write(path, data)
+
+    monkeypatch.setattr(folder_module, "write_atomic", disk_fills_up)
+    result = render(plans_file, tmp_path / "out", model, "-k", 2)
+    assert result.exit_code == 1
+    assert result.stderr == f"acp: error: cannot write to {tmp_path / 'out'}: No space left on device\n"
+    assert [tmp_path / "out" / c.path for c in manifest(tmp_path / "out")] == images
+
+
+def test_bad_plans_lines_reported_and_others_render(model: Path, tmp_path: Path) -> None:
+    bad_box = plan_record("bad")
+    bad_box["objects"][0]["bbox"] = [0.8, 0.1, 0.5, 0.2]  # type: ignore[index]
+    plans = write_plans(tmp_path / "plans.jsonl", [plan_record("a", 1), "{oops", bad_box, plan_record("a", 1),
+                                                   plan_record("b", 1)])
+    result = render(plans, tmp_path / "out", model, "-k", 1)
+    assert result.exit_code == 0, result.output
+    assert f"{plans}:2: skipped: not a JSON object" in result.stderr
+    assert f"{plans}:3: skipped: objects[0].bbox: bbox leaves the frame" in result.stderr
+    assert f"{plans}:4: skipped: plan id 'a' already used on line 1" in result.stderr
+    assert [c.plan_id for c in manifest(tmp_path / "out")] == ["a", "b"]
+    assert "3 plans lines skipped" in result.stdout
+
+
+@pytest.mark.parametrize("size", ["60", "64x60", "big"])
+def test_size_must_be_a_multiple_of_8(size: str, plans_file: Path, model: Path, tmp_path: Path) -> None:
+    result = render(plans_file, tmp_path / "out", model, "--size", size)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("acp: error: --size") and result.stderr.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_other_settings_refused_unless_forced(
+    rendered: Path, plans_file: Path, model: Path, tmp_path: Path
+) -> None:
+    output = copy_of(rendered, tmp_path)
+    result = render(plans_file, output, model, "-k", 3, "--steps", 3, "--seed", 5)
+    assert result.exit_code == 1
+    assert "steps 2 -> 3; seed 0 -> 5" in result.stderr and "--force" in result.stderr
+    assert manifest(output) == manifest(rendered)
+    result = render(plans_file, output, model, "-k", 1, "--steps", 3, "--seed", 5, "--force")
+    assert result.exit_code == 0, result.output
+    records = manifest(output)
+    two = [(c.index, c.steps, c.seed) for c in records if c.plan_id == "two"]
+    assert two == [(0, 3, derive_seed(5, "two", 0))]
+    assert len(records) == 3 and not (output / "two" / "2.png").exists()
+
+
+def test_not_a_gligen_model_is_one_line_error(plans_file: Path, model: Path, tmp_path: Path) -> None:
+    result = render(plans_file, tmp_path / "out", model.parent / "clip")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("acp: error: cannot load a GLIGEN pipeline from")
+    assert result.stderr.count("\n") == 1
+
+
+def test_missing_plans_file(model: Path, tmp_path: Path) -> None:
+    result = render(tmp_path / "nope.jsonl", tmp_path / "out", model)
+    assert result.exit_code == 1 and "plans file not found" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "limit", "expected"),
+    [
+        ("a red  dog", 20, "a red dog"),
+        ("one two three four", 3 + 2, "one two"),  # "three" is long: 5 tokens
+        ("one two, three four", 2 + 2, "one two"),
+        ("abcdefgh ijk", 3 + 2, "abcd"),  # a first word over the limit is cut inside
+    ],
+)
+def test_fit_to_tokens(text: str, limit: int, expected: str) -> None:
+    def count(piece: str) -> int:  # BOS + EOS + a token per short word, per letter of a long one
+        return 2 + sum(1 if len(word) <= 4 else len(word) for word in piece.split())
+
+    assert fit_to_tokens(text, count, limit) == expected
+
+
+@pytest.mark.parametrize(
+    ("caption", "background", "expected"),
+    [
+        ("A dog runs.", "a park", "A dog runs, a park"),
+        ("A dog runs in a park.", "a park", "A dog runs in a park."),
+        ("A dog runs.", "", "A dog runs."),
+    ],
+)
+def test_global_prompt(caption: str, background: str, expected: str) -> None:
+    plan = ScenePlan.model_validate(plan_record("p", 0, caption=caption, background=background))
+    assert global_prompt(plan) == expected
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [({"steps": 0}, "steps"), ({"beta": 1.5}, "beta"), ({"size": (64, 60)}, "multiple of 8"),
+     ({"guidance": -1.0}, "guidance")],
+)
+def test_settings_are_checked(change: dict[str, object], message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        RenderSettings(**change)  # type: ignore[arg-type]
+
+
+def test_cli_defaults_match_the_library() -> None:
+    assert render_cli.DEFAULT_GLIGEN_MODEL == gligen.DEFAULT_MODEL
+    assert (render_cli.DEFAULT_STEPS, render_cli.DEFAULT_GUIDANCE, render_cli.DEFAULT_BETA) == (
+        gligen.DEFAULT_STEPS, gligen.DEFAULT_GUIDANCE, gligen.DEFAULT_BETA
+    )
+    assert render_cli.DEFAULT_CANDIDATES == gligen.DEFAULT_CANDIDATES
