@@ -35,10 +35,10 @@ def test_wheel_ships_prompts_and_schemas(tmp_path):
     code = (
         "import acp.resources as r, acp.schema as s\n"
         "p = r.resource_dir('schemas')\n"
-        "assert str(p).startswith(%r), p\n"
+        f"assert str(p).startswith({str(target)!r}), p\n"
         "assert (p / 'scene_plan.schema.json').is_file()\n"
         "assert any(r.resource_dir('prompts').iterdir())\n"
-        "print('ok')\n" % str(target)
+        "print('ok')\n"
     )
     env = {**os.environ, "PYTHONPATH": str(target)}
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,

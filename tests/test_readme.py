@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -21,15 +22,20 @@ def _after_install(block: str) -> str:
 
 
 def test_readme_example_runs(tmp_path):
-    command = _after_install(BLOCKS[0])
-    args = shlex.split(command)
-    assert args[0] == "acp"
     env = {**os.environ, "OPENAI_API_KEY": "", "OPENAI_BASE_URL": ""}
-    result = subprocess.run([sys.executable, "-m", "acp", *args[1:]], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr
-    outputs = [Path(a) for a in args if a.startswith("out/")]
-    assert outputs and all((tmp_path / o).exists() for o in outputs)
+    commands = _after_install(BLOCKS[0]).split(" && ")
+    for command in commands:
+        args = shlex.split(command)
+        # `acp` and `python` as installed in this interpreter's environment.
+        program = [sys.executable, "-m", "acp"] if args[0] == "acp" else [sys.executable]
+        assert args[0] in ("acp", "python"), command
+        result = subprocess.run([*program, *args[1:]], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, f"{command}: {result.stderr}"
+    data = json.loads((tmp_path / "out" / "dataset" / "annotations.json").read_text())
+    assert len(data["images"]) == 8 and data["annotations"]
+    assert all((tmp_path / "out" / "dataset" / "images" / i["file_name"]).is_file()
+               for i in data["images"])
 
 
 def test_ci_runs_the_readme_test_command():

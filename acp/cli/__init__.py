@@ -6,7 +6,15 @@ Each submodule registers its commands on ``app``; none imports torch at module l
 
 from __future__ import annotations
 
+import os
+
 import typer
+
+# Model libraries print load bars and advisories that drown acp's own progress; a user can
+# still turn them back on by setting these variables.
+for _name, _value in (("TRANSFORMERS_VERBOSITY", "error"), ("DIFFUSERS_VERBOSITY", "error"),
+                      ("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")):
+    os.environ.setdefault(_name, _value)
 
 app = typer.Typer(
     name="acp",
@@ -21,6 +29,7 @@ app = typer.Typer(
 from acp.cli import plan as _plan  # noqa: E402,F401,I001
 from acp.cli import render as _render  # noqa: E402,F401
 from acp.cli import score as _score  # noqa: E402,F401
+from acp.cli import generate as _generate  # noqa: E402,F401
 from acp.cli import export as _export  # noqa: E402,F401
 
 

@@ -1,0 +1,136 @@
+"""``acp generate``: concepts to a COCO dataset in one resumable command."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from acp.cli import app
+from acp.cli._common import handle_errors
+from acp.cli.plan import (
+    DEFAULT_LLM_MODEL,
+    BaseUrlOption,
+    ConceptsOption,
+    ConcurrencyOption,
+    InputArgument,
+    LLMModelOption,
+    MaxOverlapOption,
+    MaxReasksOption,
+    ObjectsOption,
+    OnOverlapOption,
+    OverlapAction,
+    PlannerOption,
+    ProgressOption,
+    ScenesOption,
+    SeedOption,
+    SizeOption,
+    TimeoutOption,
+    choose_planner,
+    parse_size,
+    read_input,
+)
+from acp.cli.render import (
+    DEFAULT_BETA,
+    DEFAULT_CANDIDATES,
+    DEFAULT_GLIGEN_MODEL,
+    DEFAULT_GUIDANCE,
+    DEFAULT_STEPS,
+    Device,
+)
+from acp.cli.score import DEFAULT_CLIP_MODEL, BankOption, ClipOption
+
+DEFAULT_SAM_MODEL = "facebook/sam-vit-huge"  # acp.segment.DEFAULT_SAM_MODEL (a test keeps them equal)
+
+
+@app.command()
+@handle_errors
+def generate(
+    input: InputArgument = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Dataset folder.")] = Path("out"),
+    concepts: ConceptsOption = None,
+    scenes: ScenesOption = None,
+    objects_per_scene: ObjectsOption = "1-3",
+    seed: SeedOption = 0,
+    size: SizeOption = "512",
+    planner: PlannerOption = None,
+    llm_base_url: BaseUrlOption = None,
+    llm_model: LLMModelOption = DEFAULT_LLM_MODEL,
+    concurrency: ConcurrencyOption = 8,
+    max_reasks: MaxReasksOption = 2,
+    llm_timeout: TimeoutOption = 120.0,
+    max_overlap: MaxOverlapOption = 0.7,
+    on_overlap: OnOverlapOption = OverlapAction.reject,
+    model: Annotated[str, typer.Option(help="GLIGEN text-box pipeline: hub id or local folder.")] = (
+        DEFAULT_GLIGEN_MODEL
+    ),
+    candidates: Annotated[
+        int, typer.Option("--candidates", "-k", min=1, help="Candidates rendered per plan; the best is kept.")
+    ] = DEFAULT_CANDIDATES,
+    steps: Annotated[int, typer.Option(min=1, help="Denoising steps.")] = DEFAULT_STEPS,
+    guidance: Annotated[float, typer.Option(min=0.0, help="Classifier-free guidance scale.")] = (
+        DEFAULT_GUIDANCE
+    ),
+    beta: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="GLIGEN scheduled sampling: share of steps with boxes.")
+    ] = DEFAULT_BETA,
+    negative_prompt: Annotated[str, typer.Option(help="What the images should not show.")] = "",
+    device: Annotated[Device, typer.Option(help="auto: cuda, else mps, else cpu.")] = Device.auto,
+    clip_model: ClipOption = DEFAULT_CLIP_MODEL,
+    bank: BankOption = None,
+    min_clis_l: Annotated[
+        float, typer.Option(min=0.0, max=100.0, help="Drop plans under this CLIS-L (needs --bank).")
+    ] = 50.0,
+    min_clis_i: Annotated[
+        float, typer.Option(min=0.0, max=100.0, help="Drop instances under this CLIS-I.")
+    ] = 60.0,
+    masks: Annotated[bool, typer.Option("--masks", help="Add SAM instance masks (COCO RLE).")] = False,
+    sam_model: Annotated[str, typer.Option(help="SAM hub id or folder, with --masks.")] = (
+        DEFAULT_SAM_MODEL
+    ),
+    categories: Annotated[
+        Path | None,
+        typer.Option(help="COCO or LVIS file whose category ids the output uses (names are matched)."),
+    ] = None,
+    keep_candidates: Annotated[
+        bool, typer.Option("--keep-candidates", help="Also keep every candidate under OUT/candidates.")
+    ] = False,
+    image_format: Annotated[str, typer.Option(help="jpeg or png.")] = "jpeg",
+    force: Annotated[
+        bool, typer.Option("--force", help="Start over when OUT holds a run with other settings.")
+    ] = False,
+    progress: ProgressOption = True,
+) -> None:
+    """Plan, render, score, keep the best, segment and export a COCO dataset.
+
+    Rerun the same command to resume after an interruption. The API key is read from
+    OPENAI_API_KEY and never printed or written.
+    """
+    from acp.concepts import parse_object_range
+    from acp.errors import InputError
+    from acp.pipeline import GenerateConfig, LLMOptions, generate
+    from acp.schema import LayoutRules
+
+    source = read_input(input, concepts)
+    if image_format not in ("jpeg", "png"):
+        raise InputError(f"--image-format: expected jpeg or png, got {image_format!r}")
+    api_key = os.environ.get("OPENAI_API_KEY") or None
+    chosen = choose_planner(planner, api_key, llm_base_url)
+    config = GenerateConfig(
+        concepts=source, scenes=scenes, objects=parse_object_range(objects_per_scene), seed=seed,
+        size=parse_size(size), planner=chosen,
+        llm=LLMOptions(llm_base_url, llm_model, concurrency, max_reasks, llm_timeout)
+        if chosen == "openai" else None,
+        rules=LayoutRules(max_overlap=max_overlap, on_overlap=on_overlap.value),
+        model=model, candidates=candidates, steps=steps, guidance=guidance, beta=beta,
+        negative_prompt=negative_prompt, clip_model=clip_model, bank=bank,
+        min_clis_l=min_clis_l, min_clis_i=min_clis_i, masks=masks, sam_model=sam_model,
+        categories=categories, keep_candidates=keep_candidates, image_format=image_format,
+    )
+    summary = generate(config, output, api_key=api_key, device=device.value, force=force,
+                       progress=progress)
+    print(f"{output}: {summary.line()}")
+    print(f"{output / 'annotations.json'}: {summary.annotations} annotations; "
+          f"summary in {output / 'summary.json'}")

@@ -1,0 +1,531 @@
+"""``acp generate``: concepts to a COCO dataset, every stage wired together, resumable.
+
+Planning runs in a background thread and feeds plans through a bounded queue, so an LLM's
+latency overlaps rendering; everything else runs in the calling thread, one plan at a time,
+so memory does not grow with the number of scenes (only the set of finished ids does).
+
+Per plan: CLIS-L (a plan under ``min_clis_l`` is dropped before any GPU time is spent) ->
+render K candidates in one batch -> CLIS-I on all of them in one CLIP pass -> keep the best
+(instances under ``min_clis_i`` lose their annotation) -> optional SAM masks -> COCO export.
+
+Files in ``OUT/`` and how a kill at any moment is survived:
+
+- ``settings.json``: what decides the output; a rerun with other settings is refused
+  (``force`` starts over);
+- ``plans.jsonl`` (+ ``.failures.jsonl``): from the planner runner, resumable by scene id;
+- ``images/``, ``annotations.json``, ``coco_records.jsonl``: from ``CocoWriter``, which saves
+  an image before its log line and rewrites ``annotations.json`` atomically at checkpoints;
+- ``scores.jsonl``: one ``CandidateScore`` per candidate of every finished plan;
+- ``progress.jsonl``: one line per finished plan (kept, dropped or failed, with the reason),
+  written last: it is what "finished" means. At start-up ``scores.jsonl`` is cut back to the
+  plans listed there, so a plan interrupted half-way is redone whole, and the writer's own
+  log keeps its image from being exported twice;
+- ``summary.json``: counts per category and per reason, score histograms, stage times.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import queue
+import shutil
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from acp.concepts import ConceptInput, scene_concepts
+from acp.errors import InputError, OutputMismatchError
+from acp.jsonl import JsonlWriter, dumps, read_records, write_atomic
+from acp.plan.base import PlanSettings
+from acp.plan.run import PlanSummary, make_requests, run_planner
+from acp.schema import LayoutRules, ScenePlan, read_plans
+
+SETTINGS_NAME = "settings.json"
+PROGRESS_NAME = "progress.jsonl"
+SCORES_NAME = "scores.jsonl"
+SUMMARY_NAME = "summary.json"
+CANDIDATES_DIR = "candidates"
+QUEUE_SIZE = 16
+
+
+@dataclass(frozen=True)
+class LLMOptions:
+    base_url: str | None
+    model: str
+    concurrency: int = 8
+    max_reasks: int = 2
+    timeout: float = 120.0
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """Everything that decides the dataset (``record()`` is stored in ``settings.json``)."""
+
+    concepts: ConceptInput
+    scenes: int | None = None
+    objects: tuple[int, int] = (1, 3)
+    seed: int = 0
+    size: tuple[int, int] = (512, 512)
+    planner: str = "heuristic"
+    llm: LLMOptions | None = None
+    rules: LayoutRules = field(default_factory=LayoutRules)
+    model: str = "masterful/gligen-1-4-generation-text-box"
+    candidates: int = 4
+    steps: int = 25
+    guidance: float = 7.5
+    beta: float = 0.3
+    negative_prompt: str = ""
+    clip_model: str = "openai/clip-vit-large-patch14"
+    bank: Path | None = None
+    min_clis_l: float | None = 50.0
+    min_clis_i: float | None = 60.0
+    masks: bool = False
+    sam_model: str = "facebook/sam-vit-huge"
+    categories: Path | None = None
+    keep_candidates: bool = False
+    image_format: str = "jpeg"
+
+    def record(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["concepts"] = hashlib.sha256(dumps(asdict(self.concepts)).encode()).hexdigest()
+        data["rules"] = self.rules.model_dump()
+        for key in ("bank", "categories"):
+            data[key] = str(Path(data[key]).resolve()) if data[key] else None
+        for key in ("model", "clip_model", "sam_model"):
+            if Path(data[key]).is_dir():
+                data[key] = str(Path(data[key]).resolve())
+        if not self.masks:
+            data.pop("sam_model")
+        if self.llm is not None:
+            data["llm"] = {"base_url": self.llm.base_url, "model": self.llm.model}
+        return json.loads(json.dumps(data))
+
+
+@dataclass
+class StageTimes:
+    plan_wait: float = 0.0
+    layout: float = 0.0
+    render: float = 0.0
+    score: float = 0.0
+    segment: float = 0.0
+    export: float = 0.0
+
+    def shares(self, total: float) -> dict[str, float]:
+        return {k: round(v / total, 4) if total > 0 else 0.0 for k, v in asdict(self).items()}
+
+
+@dataclass
+class GenerateSummary:
+    scenes: int = 0  # finished scenes in OUT, earlier runs included
+    kept: int = 0
+    dropped: int = 0
+    failed: int = 0
+    annotations: int = 0
+    this_run: int = 0
+    planner: PlanSummary = field(default_factory=PlanSummary)
+    seconds: float = 0.0
+    times: StageTimes = field(default_factory=StageTimes)
+    reasons: Counter[str] = field(default_factory=Counter)
+
+    def line(self) -> str:
+        rate = self.this_run / self.seconds if self.seconds > 0 else 0.0
+        return (f"{self.kept} images kept, {self.dropped} scenes dropped, {self.failed} failed "
+                f"({self.scenes} finished, {self.this_run} this run at {rate:.2f} scenes/s; "
+                f"planner: {self.planner.failed} failed)")
+
+
+def all_concepts(source: ConceptInput) -> list[str]:
+    names = list(source.vocabulary) + [n for n, _ in source.quotas]
+    names += [n for scene in source.scenes for n in scene]
+    return list(dict.fromkeys(names))
+
+
+def check_settings(out: Path, record: dict[str, Any], force: bool) -> None:
+    """Refuse to continue ``out`` with other settings; ``force`` wipes acp's files first."""
+    path = out / SETTINGS_NAME
+    if path.exists():
+        try:
+            previous = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            previous = None
+        if previous != record and not force:
+            changed = sorted(
+                k for k in set(record) | set(previous or {})
+                if (previous or {}).get(k) != record.get(k)
+            )
+            raise OutputMismatchError(
+                f"{out} was generated with other settings (changed: {', '.join(changed) or 'all'}); "
+                "use another output folder, or --force to start over"
+            )
+        if previous != record:
+            clear_output(out)
+    elif out.exists() and any(out.iterdir()) and not force:
+        raise OutputMismatchError(
+            f"{out} is not empty and was not made by acp generate; use an empty folder or --force"
+        )
+    elif force and out.exists():
+        clear_output(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def clear_output(out: Path) -> None:
+    """Remove what acp writes into ``out`` (and nothing else)."""
+    from acp.export.coco import ANNOTATIONS_NAME, IMAGES_DIR, RECORDS_NAME
+
+    for name in (SETTINGS_NAME, PROGRESS_NAME, SCORES_NAME, SUMMARY_NAME, "plans.jsonl",
+                 "plans.jsonl.failures.jsonl", ANNOTATIONS_NAME, RECORDS_NAME):
+        (out / name).unlink(missing_ok=True)
+    for folder in (IMAGES_DIR, CANDIDATES_DIR):
+        shutil.rmtree(out / folder, ignore_errors=True)
+
+
+def finished_plans(out: Path) -> set[str]:
+    path = out / PROGRESS_NAME
+    if not path.exists():
+        return set()
+    return {r["plan_id"] for _, r, _ in read_records(path) if r and "plan_id" in r}
+
+
+def trim_scores(out: Path, done: set[str]) -> None:
+    """Keep only the score lines of finished plans (a plan cut off mid-way is redone whole)."""
+    path = out / SCORES_NAME
+    if not path.exists():
+        return
+    keep = [text for _, record, text in read_records(path)
+            if record is not None and record.get("plan_id") in done]
+    write_atomic(path, "".join(line + "\n" for line in keep))
+
+
+_DONE = object()
+
+
+class _PlanFeed:
+    """Plans for the renderer, in a background thread: first those already in ``plans.jsonl``
+    but not finished, then new ones as the planner makes them."""
+
+    def __init__(self, planner: Any, requests: Iterator[Any], plans_path: Path, done: set[str],
+                 total: int | None):
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=QUEUE_SIZE)
+        self.summary = PlanSummary()
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(planner, requests, plans_path, done, total), daemon=True
+        )
+        self._thread.start()
+
+    def _put(self, item: Any) -> None:
+        while not self._stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+        raise _Stopped
+
+    def _run(self, planner: Any, requests: Iterator[Any], plans_path: Path, done: set[str],
+             total: int | None) -> None:
+        try:
+            if plans_path.exists():
+                for _number, plan, _reason in read_plans(plans_path):
+                    if plan is not None and plan.id not in done:
+                        self._put(plan)
+            self.summary = run_planner(planner, requests, plans_path, total=total, progress=False,
+                                       on_plan=self._put)
+        except _Stopped:
+            return
+        except BaseException as error:  # handed to the consumer, which re-raises it
+            self.error = error
+        try:
+            self._put(_DONE)
+        except _Stopped:
+            return
+
+    def __iter__(self) -> Iterator[ScenePlan]:
+        while True:
+            item = self.queue.get()
+            if item is _DONE:
+                if self.error is not None:
+                    raise self.error
+                return
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _histogram(values: list[float]) -> dict[str, int]:
+    bins = Counter(min(int(v // 10), 9) for v in values if math.isfinite(v))
+    return {f"{10 * b}-{10 * b + 10}": bins.get(b, 0) for b in range(10)}
+
+
+def write_summary(out: Path, summary: GenerateSummary) -> dict[str, Any]:
+    """Summarise ``progress.jsonl`` (all runs) into ``summary.json``; fills ``summary``'s counts."""
+    kept_by_category: Counter[str] = Counter()
+    dropped_by_category: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    status: Counter[str] = Counter()
+    scores: dict[str, list[float]] = {"clis": [], "clis_l": [], "clis_i": []}
+    for _, record, _ in read_records(out / PROGRESS_NAME) if (out / PROGRESS_NAME).exists() else []:
+        if not record:
+            continue
+        status[record["status"]] += 1
+        if record.get("reason"):
+            reasons[record["reason_kind"]] += 1
+        kept_by_category.update(record.get("kept_categories", []))
+        dropped_by_category.update(record.get("dropped_categories", []))
+        for key, values in scores.items():
+            if record.get(key) is not None:
+                values.append(record[key])
+    summary.scenes = sum(status.values())
+    summary.kept, summary.dropped, summary.failed = status["kept"], status["dropped"], status["failed"]
+    summary.reasons = reasons
+    report = {
+        "scenes": summary.scenes,
+        "images_kept": summary.kept,
+        "scenes_dropped": summary.dropped,
+        "scenes_failed": summary.failed,
+        "annotations": summary.annotations,
+        "drop_reasons": dict(reasons.most_common()),
+        "instances_kept_by_category": dict(sorted(kept_by_category.items())),
+        "instances_dropped_by_category": dict(sorted(dropped_by_category.items())),
+        "score_histograms": {k: _histogram(v) for k, v in scores.items()},
+        "last_run": {
+            "scenes": summary.this_run,
+            "seconds": round(summary.seconds, 3),
+            "planner": asdict(summary.planner),
+            "stage_seconds": {k: round(v, 3) for k, v in asdict(summary.times).items()},
+            "stage_shares": summary.times.shares(summary.seconds),
+        },
+    }
+    write_atomic(out / SUMMARY_NAME, json.dumps(report, indent=2) + "\n")
+    return report
+
+
+class _Stages:
+    """The loaded models and open outputs; ``process`` takes one plan through every stage."""
+
+    def __init__(self, config: GenerateConfig, out: Path, writer: Any, device: str):
+        from acp.render.gligen import GligenRenderer, RenderSettings
+        from acp.score.bank import Bank
+        from acp.score.candidates import Thresholds
+        from acp.score.image import ImageScorer
+        from acp.score.layout import LayoutScorer
+
+        self.config = config
+        self.out = out
+        self.writer = writer
+        self.times = StageTimes()
+        bank = Bank.load(Path(config.bank)) if config.bank is not None else None
+        self.layout_scorer = LayoutScorer(bank)
+        self.thresholds = Thresholds(config.min_clis_l, config.min_clis_i)
+        self.renderer = GligenRenderer(
+            RenderSettings(model=config.model, steps=config.steps, guidance=config.guidance,
+                           beta=config.beta, size=config.size,
+                           negative_prompt=config.negative_prompt, seed=config.seed),
+            device=device,
+        )
+        self.image_scorer = ImageScorer.from_pretrained(config.clip_model, device=self.renderer.device)
+        self.segmenter = None
+        if config.masks:
+            from acp.segment import MaskSegmenter
+
+            self.segmenter = MaskSegmenter(config.sam_model, device=self.renderer.device)
+        self.candidates_log = (JsonlWriter(out / CANDIDATES_DIR / "manifest.jsonl")
+                               if config.keep_candidates else None)
+
+    def close(self) -> None:
+        if self.candidates_log is not None:
+            self.candidates_log.close()
+
+    def _timed(self, stage: str, start: float) -> None:
+        setattr(self.times, stage, getattr(self.times, stage) + time.perf_counter() - start)
+
+    def process(self, plan: ScenePlan, scores_log: JsonlWriter) -> dict[str, Any]:
+        """One plan through every stage; returns its ``progress.jsonl`` record. A failure of
+        this one plan is recorded in it, not raised."""
+        record: dict[str, Any] = {
+            "plan_id": plan.id, "status": "dropped", "reason": None, "reason_kind": None,
+            "clis": None, "clis_l": None, "clis_i": None, "kept_categories": [],
+            "dropped_categories": [o.category for o in plan.objects],
+        }
+        start = time.perf_counter()
+        layout = self.layout_scorer.score(plan)
+        self._timed("layout", start)
+        record["clis_l"] = round(layout.score, 3)
+        floor = self.thresholds.min_clis_l
+        if not layout.reference_free and floor is not None and layout.score < floor:
+            record.update(reason=f"CLIS-L {layout.score:.1f} < {floor:g}",
+                          reason_kind="layout under the CLIS-L threshold")
+            return record
+        try:
+            return self._render_and_export(plan, record, scores_log)
+        except (MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as error:  # one scene's failure is recorded; the run goes on
+            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            record.update(status="failed", reason=f"{type(error).__name__}: {first}"[:500],
+                          reason_kind=f"error: {type(error).__name__}")
+            return record
+
+    def _render_and_export(self, plan: ScenePlan, record: dict[str, Any],
+                           scores_log: JsonlWriter) -> dict[str, Any]:
+        from acp.boxes import plan_to_sam
+        from acp.export import ImageProvenance, plan_instances
+        from acp.score.candidates import score_batch
+
+        start = time.perf_counter()
+        rendered = self.renderer.render_plan(plan, self.config.candidates)
+        self._timed("render", start)
+        if self.candidates_log is not None:
+            for item in rendered:
+                target = self.out / CANDIDATES_DIR / item.candidate.path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_name(f".{target.name}.tmp")
+                item.image.save(tmp, format="PNG")
+                tmp.replace(target)
+                self.candidates_log.write(item.candidate)
+
+        start = time.perf_counter()
+        (scores,) = score_batch(
+            [(plan, [r.candidate for r in rendered], [r.image for r in rendered])],
+            image_scorer=self.image_scorer, layout_scorer=self.layout_scorer,
+            thresholds=self.thresholds,
+        )
+        self._timed("score", start)
+        best = next((s for s in scores if s.best), None)
+        if best is None:
+            record.update(reason=scores[0].reason if scores else "no candidate",
+                          reason_kind="no candidate passes the CLIS-I threshold",
+                          clis_i=max((s.clis_i for s in scores), default=None))
+            for score in scores:
+                scores_log.write(score)
+            return record
+        chosen = rendered[best.index]
+        mask_problems: list[str] = []
+        masks = None
+        if self.segmenter is not None:
+            start = time.perf_counter()
+            objects = {o.id: o for o in plan.objects}
+            kept = [s for s in best.objects if s.kept]
+            width, height = chosen.image.size
+            results = self.segmenter.segment(
+                chosen.image, plan_to_sam([objects[s.id].bbox for s in kept], width, height))
+            masks = {}
+            for score, result in zip(kept, results, strict=True):
+                if result.problem:  # no usable mask: the instance is dropped, and said so
+                    score.kept = False
+                    mask_problems.append(f"object {score.id} ({score.category}): {result.problem}")
+                else:
+                    masks[score.id] = result
+            self._timed("segment", start)
+
+        start = time.perf_counter()
+        if not any(s.kept for s in best.objects) and best.objects:
+            record.update(reason="every mask came out empty", reason_kind="no usable mask",
+                          mask_problems=mask_problems)
+            for score in scores:
+                scores_log.write(score)
+            return record
+        instances = plan_instances(plan, self.writer.categories, score=best, masks=masks,
+                                   size=chosen.image.size)
+        provenance = ImageProvenance.from_records(
+            plan, chosen.candidate, best,
+            sam_model=self.config.sam_model if self.segmenter is not None else None)
+        self.writer.add_image(plan.id, chosen.image, instances, provenance)
+        for score in scores:
+            scores_log.write(score)
+        self._timed("export", start)
+        record.update(
+            status="kept", clis=best.clis, clis_i=best.clis_i, candidate=best.index,
+            kept_categories=[o.category for o in best.objects if o.kept],
+            dropped_categories=[o.category for o in best.objects if not o.kept],
+            mask_problems=mask_problems,
+        )
+        return record
+
+
+def generate(
+    config: GenerateConfig,
+    out: Path,
+    *,
+    api_key: str | None = None,
+    device: str = "auto",
+    force: bool = False,
+    progress: bool = True,
+) -> GenerateSummary:
+    """Run the whole job into ``out``; rerun with the same arguments to resume."""
+    from tqdm import tqdm
+
+    from acp.export import CocoWriter, load_categories
+
+    out = Path(out)
+    started = time.perf_counter()
+    # Everything that can fail on the user's input fails here, before any model is loaded.
+    categories = load_categories(all_concepts(config.concepts), config.categories)
+    sets = scene_concepts(config.concepts, config.scenes, config.objects, config.seed)
+    total = len(sets) if isinstance(sets, tuple) else (
+        None if config.concepts.quotas else (config.scenes or len(config.concepts.vocabulary)))
+    if config.bank is not None and not Path(config.bank).is_dir():
+        raise InputError(f"--bank {config.bank}: no such folder (build one with `acp bank build`)")
+    check_settings(out, config.record(), force)
+
+    done = finished_plans(out)
+    trim_scores(out, done)
+    planner = _planner(config, api_key)
+    writer = CocoWriter(out, categories, image_format=config.image_format)  # type: ignore[arg-type]
+    stages = _Stages(config, out, writer, device)
+    summary = GenerateSummary(times=stages.times)
+    feed = _PlanFeed(planner, make_requests(sets, config.seed, *config.size),
+                     out / "plans.jsonl", done, total)
+    bar = tqdm(total=total, initial=len(done), desc="generating", unit="scene",
+               disable=not progress, dynamic_ncols=True)
+    try:
+        with writer, JsonlWriter(out / SCORES_NAME) as scores_log, \
+                JsonlWriter(out / PROGRESS_NAME) as progress_log:
+            mark = time.perf_counter()
+            for plan in feed:
+                stages.times.plan_wait += time.perf_counter() - mark
+                if plan.id not in done:
+                    progress_log.write(stages.process(plan, scores_log))
+                    done.add(plan.id)
+                    summary.this_run += 1
+                    bar.update(1)
+                    bar.set_postfix(kept=writer.image_count, refresh=False)
+                mark = time.perf_counter()
+            summary.annotations = writer.annotation_count
+    finally:
+        feed.close()
+        bar.close()
+        stages.close()
+    summary.planner = feed.summary
+    summary.seconds = time.perf_counter() - started
+    write_summary(out, summary)
+    return summary
+
+
+def _planner(config: GenerateConfig, api_key: str | None) -> Any:
+    settings = PlanSettings(width=config.size[0], height=config.size[1], rules=config.rules)
+    if config.planner == "openai":
+        from acp.plan.llm import LLMPlanner
+
+        assert config.llm is not None
+        return LLMPlanner.from_options(
+            base_url=config.llm.base_url, model=config.llm.model, api_key=api_key,
+            concurrency=config.llm.concurrency, max_reasks=config.llm.max_reasks,
+            timeout=config.llm.timeout, settings=settings,
+        )
+    from acp.plan.heuristic import HeuristicPlanner
+
+    return HeuristicPlanner(settings)

@@ -1,0 +1,157 @@
+"""`acp generate` end to end with the heuristic planner and tiny GLIGEN, CLIP and SAM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from acp.cli import app
+from acp.jsonl import read_records
+
+runner = CliRunner()
+
+
+def generate_args(models: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return [
+        "generate", "--concepts", "dog,frisbee,cat,bus", "-o", str(out),
+        "--model", str(models["gligen"]), "--clip-model", str(models["clip"]),
+        "--steps", "2", "--size", "64", "-k", "2", "--min-clis-i", "0", "--no-progress",
+        "--planner", "heuristic", *extra,
+    ]
+
+
+def test_generate_makes_a_trainable_coco_dataset(tiny_models, tmp_path):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    out = tmp_path / "out"
+    args = generate_args(tiny_models, out, "--scenes", "5", "--masks", "--sam-model",
+                         str(tiny_models["sam"]), "--image-format", "png")
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "annotations.json").read_text())
+    assert data["info"] and data["licenses"]
+    assert {c["name"] for c in data["categories"]} == {"dog", "frisbee", "cat", "bus"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["scenes"] == 5
+    assert summary["images_kept"] == len(data["images"])
+    assert summary["annotations"] == len(data["annotations"])
+    kept = sum(summary["instances_kept_by_category"].values())
+    assert kept == len(data["annotations"]) > 0
+    assert set(summary["last_run"]["stage_shares"]) >= {"render", "score", "segment", "export"}
+    for image in data["images"]:
+        assert (out / "images" / image["file_name"]).is_file()
+        assert (image["width"], image["height"]) == (64, 64)
+        provenance = image["acp"]
+        assert provenance["render_model"] == str(tiny_models["gligen"])
+        assert {"plan_id", "seed", "clis", "caption", "steps"} <= set(provenance)
+    for annotation in data["annotations"]:
+        x, _y, w, h = annotation["bbox"]
+        assert annotation["iscrowd"] == 0 and w > 0 and h > 0 and x + w <= 64.001
+        assert annotation["segmentation"]["counts"] and annotation["area"] > 0
+
+    coco = COCO(str(out / "annotations.json"))
+    for kind in ("bbox", "segm"):
+        detections = coco.loadRes([{**a, "score": 1.0} for a in data["annotations"]])
+        evaluation = COCOeval(coco, detections, kind)
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+        assert evaluation.stats[0] == pytest.approx(1.0), kind
+
+    import supervision as sv
+
+    dataset = sv.DetectionDataset.from_coco(
+        images_directory_path=str(out / "images"),
+        annotations_path=str(out / "annotations.json"),
+    )
+    assert len(dataset) == len(data["images"])
+    assert sum(len(d) for _, _, d in dataset) == len(data["annotations"])
+
+    scores = [r for _, r, _ in read_records(out / "scores.jsonl")]
+    assert len(scores) == 5 * 2 and sum(r["best"] for r in scores) == len(data["images"])
+
+
+def test_other_settings_are_refused_then_forced(tiny_models, tmp_path):
+    out = tmp_path / "out"
+    assert runner.invoke(app, generate_args(tiny_models, out, "--scenes", "1")).exit_code == 0
+    again = runner.invoke(app, generate_args(tiny_models, out, "--scenes", "1", "--steps", "3"))
+    assert again.exit_code == 1
+    assert "other settings (changed: steps)" in again.output
+    forced = runner.invoke(app, generate_args(tiny_models, out, "--scenes", "2", "--force"))
+    assert forced.exit_code == 0, forced.output
+    assert json.loads((out / "summary.json").read_text())["scenes"] == 2
+
+
+def test_unmappable_concept_fails_before_any_model_loads(tmp_path):
+    categories = tmp_path / "coco.json"
+    categories.write_text(json.dumps({"categories": [{"id": 18, "name": "dog"}]}))
+    out = tmp_path / "out"
+    result = runner.invoke(app, [
+        "generate", "--concepts", "dog,quokka", "-o", str(out), "--categories", str(categories),
+        "--model", str(tmp_path / "no-such-model"), "--planner", "heuristic",
+    ])
+    assert result.exit_code == 1
+    assert "quokka" in result.output and "no-such-model" not in result.output
+    assert not out.exists()
+
+
+def test_sam_default_matches_the_library():
+    from acp.cli.generate import DEFAULT_SAM_MODEL
+    from acp.segment import DEFAULT_SAM_MODEL as LIBRARY_DEFAULT
+
+    assert DEFAULT_SAM_MODEL == LIBRARY_DEFAULT
+
+
+def _dataset(out: Path) -> dict:
+    data = json.loads((out / "annotations.json").read_text())
+    files = {i["id"]: i["file_name"] for i in data["images"]}
+    boxes = sorted((files[a["image_id"]], a["category_id"], tuple(a["bbox"])) for a in data["annotations"])
+    pixels = {name: (out / "images" / name).read_bytes() for name in files.values()}
+    return {"boxes": boxes, "pixels": pixels, "image_ids": sorted(files),
+            "annotation_ids": sorted(a["id"] for a in data["annotations"])}
+
+
+def test_sigkill_then_rerun_matches_an_uninterrupted_run(tiny_models, tmp_path):
+    args = generate_args(tiny_models, Path("out"), "--scenes", "10")[:]
+    env = {**os.environ, "OPENAI_API_KEY": ""}
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    process = subprocess.Popen([sys.executable, "-m", "acp", *args], cwd=killed, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    progress = killed / "out" / "progress.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if progress.exists() and len(progress.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished_before = len(progress.read_text().splitlines())
+    assert 3 <= finished_before < 10, "the run was not interrupted mid-way"
+    json.loads((killed / "out" / "annotations.json").read_text())  # valid COCO at any moment
+
+    resumed = subprocess.run([sys.executable, "-m", "acp", *args], cwd=killed, env=env,
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    reference = subprocess.run([sys.executable, "-m", "acp", *args], cwd=clean, env=env,
+                               capture_output=True, text=True)
+    assert reference.returncode == 0, reference.stderr
+
+    got, want = _dataset(killed / "out"), _dataset(clean / "out")
+    assert got == want
+    assert len(set(got["annotation_ids"])) == len(got["annotation_ids"])
+    plan_ids = [r["plan_id"] for _, r, _ in read_records(killed / "out" / "progress.jsonl")]
+    assert sorted(plan_ids) == [f"{i:06d}" for i in range(10)]
+    scored = [(r["plan_id"], r["index"]) for _, r, _ in read_records(killed / "out" / "scores.jsonl")]
+    assert len(scored) == len(set(scored)) == 20
