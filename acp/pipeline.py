@@ -423,12 +423,13 @@ class _Stages:
             results = self.segmenter.segment(
                 chosen.image, plan_to_sam([objects[s.id].bbox for s in kept], width, height))
             masks = {}
-            for score, result in zip(kept, results, strict=True):
+            for instance, result in zip(kept, results, strict=True):
                 if result.problem:  # no usable mask: the instance is dropped, and said so
-                    score.kept = False
-                    mask_problems.append(f"object {score.id} ({score.category}): {result.problem}")
+                    instance.kept = False
+                    mask_problems.append(
+                        f"object {instance.id} ({instance.category}): {result.problem}")
                 else:
-                    masks[score.id] = result
+                    masks[instance.id] = result
             self._timed("segment", start)
 
         start = time.perf_counter()

@@ -153,14 +153,13 @@ class HeuristicPlanner:
             zone = prior_for(category).zone
             # Lower bottom edge reads as nearer for things standing on the ground.
             depth = 1.0 - (box[1] + box[3]) if zone in ("ground", "surface") else 0.5
+            x, y, w, h = (round(v, 4) for v in box)
+            # Rounding can push a box a hair past the frame edge; pull it back inside.
+            bbox = (min(x, round(1 - w, 4)), min(y, round(1 - h, 4)), w, h)
             objects.append({
                 "id": i, "category": category, "description": describe(category, rng),
-                "bbox": tuple(round(v, 4) for v in box), "depth": round(min(max(depth, 0), 1), 3),
+                "bbox": bbox, "depth": round(min(max(depth, 0), 1), 3),
             })
-        # Rounding can push a box a hair past the frame edge; pull it back inside.
-        for obj in objects:
-            x, y, w, h = obj["bbox"]
-            obj["bbox"] = (min(x, round(1 - w, 4)), min(y, round(1 - h, 4)), w, h)
         relations = [
             {"subject": i, "predicate": _relation(boxes[i], boxes[0]), "object": 0}
             for i in range(1, len(objects))
