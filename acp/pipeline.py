@@ -484,6 +484,12 @@ def generate(
 
     done = finished_plans(out)
     trim_scores(out, done)
+    if total is not None and len(done) >= total:  # a rerun of a finished job: nothing to load
+        summary = GenerateSummary(seconds=time.perf_counter() - started)
+        with CocoWriter(out, categories, image_format=config.image_format) as finished:  # type: ignore[arg-type]
+            summary.annotations = finished.annotation_count
+        write_summary(out, summary)
+        return summary
     planner = _planner(config, api_key)
     writer = CocoWriter(out, categories, image_format=config.image_format)  # type: ignore[arg-type]
     stages = _Stages(config, out, writer, device)
