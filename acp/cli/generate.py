@@ -38,7 +38,14 @@ from acp.cli.render import (
     DEFAULT_GLIGEN_MODEL,
     DEFAULT_GUIDANCE,
     DEFAULT_STEPS,
+    BetaOption,
+    CandidatesOption,
     Device,
+    DeviceOption,
+    GuidanceOption,
+    ModelOption,
+    NegativePromptOption,
+    StepsOption,
 )
 from acp.cli.score import DEFAULT_CLIP_MODEL, BankOption, ClipOption
 
@@ -63,21 +70,13 @@ def generate(
     llm_timeout: TimeoutOption = 120.0,
     max_overlap: MaxOverlapOption = 0.7,
     on_overlap: OnOverlapOption = OverlapAction.reject,
-    model: Annotated[str, typer.Option(help="GLIGEN text-box pipeline: hub id or local folder.")] = (
-        DEFAULT_GLIGEN_MODEL
-    ),
-    candidates: Annotated[
-        int, typer.Option("--candidates", "-k", min=1, help="Candidates rendered per plan; the best is kept.")
-    ] = DEFAULT_CANDIDATES,
-    steps: Annotated[int, typer.Option(min=1, help="Denoising steps.")] = DEFAULT_STEPS,
-    guidance: Annotated[float, typer.Option(min=0.0, help="Classifier-free guidance scale.")] = (
-        DEFAULT_GUIDANCE
-    ),
-    beta: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="GLIGEN scheduled sampling: share of steps with boxes.")
-    ] = DEFAULT_BETA,
-    negative_prompt: Annotated[str, typer.Option(help="What the images should not show.")] = "",
-    device: Annotated[Device, typer.Option(help="auto: cuda, else mps, else cpu.")] = Device.auto,
+    model: ModelOption = DEFAULT_GLIGEN_MODEL,
+    candidates: CandidatesOption = DEFAULT_CANDIDATES,
+    steps: StepsOption = DEFAULT_STEPS,
+    guidance: GuidanceOption = DEFAULT_GUIDANCE,
+    beta: BetaOption = DEFAULT_BETA,
+    negative_prompt: NegativePromptOption = "",
+    device: DeviceOption = Device.auto,
     clip_model: ClipOption = DEFAULT_CLIP_MODEL,
     bank: BankOption = None,
     min_clis_l: Annotated[

@@ -32,6 +32,26 @@ class Device(str, Enum):
 
 PlansArgument = Annotated[Path, typer.Argument(help="Plans file (JSON Lines) from `acp plan`.")]
 LimitOption = Annotated[int | None, typer.Option(min=1, help="Use only the first N valid plans.")]
+# Options shared with `acp generate` (same names, same defaults).
+ModelOption = Annotated[str, typer.Option(help="GLIGEN text-box pipeline: hub id or local folder.")]
+CandidatesOption = Annotated[
+    int, typer.Option("--candidates", "-k", min=1, help="Candidates per plan, rendered in one batch.")
+]
+StepsOption = Annotated[int, typer.Option(min=1, help="Denoising steps.")]
+GuidanceOption = Annotated[float, typer.Option(min=0.0, help="Classifier-free guidance scale.")]
+BetaOption = Annotated[
+    float,
+    typer.Option(
+        min=0.0, max=1.0,
+        help="GLIGEN scheduled sampling: fraction of the steps that follow the boxes. 0.3 (the "
+        "GLIGEN paper's) fixes the layout early and leaves the details to Stable Diffusion; "
+        "raise it for tighter boxes at some cost in image quality.",
+    ),
+]
+NegativePromptOption = Annotated[str, typer.Option(help="What the images should not show.")]
+DeviceOption = Annotated[
+    Device, typer.Option(help="auto: cuda, else mps, else cpu. float16 on cuda, float32 elsewhere.")
+]
 
 
 def _load_plans(path: Path, limit: int | None) -> tuple[list[ScenePlan], list[tuple[int, str]]]:
@@ -53,37 +73,21 @@ def render(
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Render folder: <plan_id>/<index>.png, manifest.jsonl.")
     ] = Path("renders"),
-    model: Annotated[str, typer.Option(help="GLIGEN text-box pipeline: hub id or local folder.")] = (
-        DEFAULT_GLIGEN_MODEL
-    ),
-    candidates: Annotated[
-        int, typer.Option("--candidates", "-k", min=1, help="Candidates per plan, rendered in one batch.")
-    ] = DEFAULT_CANDIDATES,
-    steps: Annotated[int, typer.Option(min=1, help="Denoising steps.")] = DEFAULT_STEPS,
-    guidance: Annotated[float, typer.Option(min=0.0, help="Classifier-free guidance scale.")] = (
-        DEFAULT_GUIDANCE
-    ),
+    model: ModelOption = DEFAULT_GLIGEN_MODEL,
+    candidates: CandidatesOption = DEFAULT_CANDIDATES,
+    steps: StepsOption = DEFAULT_STEPS,
+    guidance: GuidanceOption = DEFAULT_GUIDANCE,
     size: Annotated[
         str | None,
         typer.Option(help="N or WIDTHxHEIGHT, multiples of 8 [default: each plan's own size, 512]."),
     ] = None,
-    beta: Annotated[
-        float,
-        typer.Option(
-            min=0.0, max=1.0,
-            help="GLIGEN scheduled sampling: fraction of the steps that follow the boxes. 0.3 (the "
-            "GLIGEN paper's) fixes the layout early and leaves the details to Stable Diffusion; "
-            "raise it for tighter boxes at some cost in image quality.",
-        ),
-    ] = DEFAULT_BETA,
-    negative_prompt: Annotated[str, typer.Option(help="What the images should not show.")] = "",
+    beta: BetaOption = DEFAULT_BETA,
+    negative_prompt: NegativePromptOption = "",
     limit: LimitOption = None,
     seed: Annotated[
         int, typer.Option(min=0, help="Run seed; a candidate's seed derives from it, its plan id and index.")
     ] = 0,
-    device: Annotated[
-        Device, typer.Option(help="auto: cuda, else mps, else cpu. float16 on cuda, float32 elsewhere.")
-    ] = Device.auto,
+    device: DeviceOption = Device.auto,
     force: Annotated[
         bool,
         typer.Option(help="Discard the renders in --output and start over (needed when they were "
