@@ -108,7 +108,8 @@ class GenerateConfig:
 
 @dataclass
 class StageTimes:
-    plan_wait: float = 0.0
+    load: float = 0.0  # loading the models
+    plan_wait: float = 0.0  # the renderer waiting for the planner
     layout: float = 0.0
     render: float = 0.0
     score: float = 0.0
@@ -492,7 +493,9 @@ def generate(
         return summary
     planner = _planner(config, api_key)
     writer = CocoWriter(out, categories, image_format=config.image_format)  # type: ignore[arg-type]
+    mark = time.perf_counter()
     stages = _Stages(config, out, writer, device)
+    stages.times.load = time.perf_counter() - mark
     summary = GenerateSummary(times=stages.times)
     feed = _PlanFeed(planner, make_requests(sets, config.seed, *config.size),
                      out / "plans.jsonl", done, total)
