@@ -220,8 +220,15 @@ def save_tiny_models(directory: Path | str, seed: int = 0) -> dict[str, Path]:
 
 
 if __name__ == "__main__":
+    import os
     import sys
+    import warnings
 
+    # Quiet the libraries' save bars and advisories: this prints the folders, nothing else.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore")
     if len(sys.argv) != 2:
         print("usage: python -m acp.testing DIRECTORY", file=sys.stderr)
         raise SystemExit(2)
