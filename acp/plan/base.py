@@ -41,6 +41,9 @@ class PlanSettings:
     width: int = 512
     height: int = 512
     rules: LayoutRules = field(default_factory=LayoutRules)
+    # Category names an object may have (every concept of the run); None allows any. Objects
+    # of other categories would have no COCO category to be exported under.
+    categories: tuple[str, ...] | None = None
 
 
 def derive_seed(*parts: object) -> int:
