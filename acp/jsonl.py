@@ -2,20 +2,27 @@
 
 A record is appended with one ``write`` on a file opened with ``O_APPEND``, so a line is either
 there whole or, at worst after a kill mid-write, a torn tail without its newline.
-``JsonlWriter`` cuts such a tail off before appending, so a resumed run never leaves a torn or
-duplicated line behind.
+
+Readers and writers agree on what such a tail is: a final line without its newline counts when
+it parses as JSON (a complete record, or a file written by hand or another tool that just lacks
+the last newline), and is a torn write otherwise. ``JsonlWriter`` completes the first kind with
+its newline and cuts the second off before appending, so a resumed run never leaves a torn or
+duplicated line behind, and never drops a record that a reader has already counted.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
+
+from acp.atomic import write_atomic
+
+__all__ = ["JsonlWriter", "drop_torn_tail", "dumps", "iter_lines", "read_records", "write_atomic"]
 
 
 def dumps(record: BaseModel | dict[str, Any]) -> str:
@@ -24,31 +31,22 @@ def dumps(record: BaseModel | dict[str, Any]) -> str:
     return json.dumps(record, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def _is_json(text: bytes) -> bool:
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        json.loads(text)
+    except ValueError:  # JSONDecodeError and undecodable bytes alike
+        return False
+    return True
 
 
 def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """``(line_number, text)`` of every non-blank, newline-terminated line (1-based numbers).
+    """``(line_number, text)`` of every non-blank line (1-based numbers).
 
-    A final line without its newline is a torn write and is skipped.
+    A final line without its newline is yielded only when it parses as JSON (see above).
     """
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
-            if not raw.endswith(b"\n"):
+            if not raw.endswith(b"\n") and not _is_json(raw):
                 return
             text = raw.decode("utf-8", errors="replace").strip()
             if text:
@@ -67,7 +65,8 @@ def read_records(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str]]
 
 
 def drop_torn_tail(path: Path) -> None:
-    """Truncate ``path`` after its last newline (removes a line torn by a kill)."""
+    """End ``path`` with a newline: a final line that parses as JSON gets its newline, a torn
+    one is cut off."""
     if not path.exists():
         return
     with open(path, "rb+") as handle:
@@ -80,16 +79,22 @@ def drop_torn_tail(path: Path) -> None:
             return
         # Walk back to the previous newline in blocks.
         end = size
+        cut_at = 0
         while end > 0:
             start = max(0, end - 65536)
             handle.seek(start)
             block = handle.read(end - start)
             cut = block.rfind(b"\n")
             if cut >= 0:
-                handle.truncate(start + cut + 1)
-                return
+                cut_at = start + cut + 1
+                break
             end = start
-        handle.truncate(0)
+        handle.seek(cut_at)
+        if _is_json(handle.read(size - cut_at)):
+            handle.seek(size)
+            handle.write(b"\n")
+        else:
+            handle.truncate(cut_at)
 
 
 class JsonlWriter:

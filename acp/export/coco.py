@@ -45,8 +45,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 import acp
+from acp.atomic import atomic_path, atomic_text_file, compact_json, copy_atomic
 from acp.errors import OutputMismatchError
-from acp.export._atomic import atomic_path, atomic_text_file, compact_json, copy_atomic
 from acp.export.categories import CategorySet
 from acp.export.filenames import safe_filename
 from acp.jsonl import JsonlWriter, iter_lines

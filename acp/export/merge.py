@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from acp.atomic import atomic_text_file, compact_json
 from acp.errors import InputError
-from acp.export._atomic import atomic_text_file, compact_json
 from acp.export.categories import CategoryMatcher, parse_categories
 
 
