@@ -151,7 +151,7 @@ def parse_jsonl(text: str, source: str) -> ConceptInput:
 def load_concepts(path: Path) -> ConceptInput:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM from Windows editors is not a name
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as error:

@@ -59,7 +59,10 @@ def test_rerun_with_other_input_is_refused(tmp_path):
     assert runner.invoke(app, ["plan", "--concepts", "dog", "-o", str(out)]).exit_code == 0
     result = runner.invoke(app, ["plan", "--concepts", "zebra", "-o", str(out)])
     assert result.exit_code == 1
-    assert "planned from ['dog'], not ['zebra']" in result.output
+    assert "planned from concepts ['dog'], seed" in result.output
+    assert "not concepts ['zebra']" in result.output
+    other_size = runner.invoke(app, ["plan", "--concepts", "dog", "-o", str(out), "--size", "768x512"])
+    assert other_size.exit_code == 1 and "size 512x512, not" in other_size.output
 
 
 @pytest.mark.parametrize(
@@ -158,3 +161,47 @@ def test_sigkill_then_rerun_finishes_without_duplicates(tmp_path):
     assert _run_cli(args, reference).returncode == 0
     expected = (reference / "plans.jsonl").read_text().splitlines()
     assert sorted(out.read_text().splitlines()) == sorted(expected)
+
+
+def test_a_run_whose_first_scenes_all_fail_stops(tmp_path):
+    out = tmp_path / "plans.jsonl"
+    # 30 people with no overlap allowed at all cannot be placed: every scene fails alike.
+    result = runner.invoke(app, ["plan", "--concepts", "person", "--scenes", "50",
+                                 "--objects-per-scene", "1", "--max-overlap", "0", "-o", str(out)],
+                           env={"OPENAI_API_KEY": ""})
+    assert result.exit_code == 0  # one person fits anywhere: nothing fails
+    crowded = tmp_path / "crowded.jsonl"
+    crowded.write_text("".join('{"concepts": ' + json.dumps(["person"] * 30) + "}\n" for _ in range(50)))
+    result = runner.invoke(app, ["plan", str(crowded), "--max-overlap", "0",
+                                 "-o", str(tmp_path / "crowded-plans.jsonl")])
+    assert result.exit_code == 1
+    assert "the first 10 scenes all failed; stopping (last reason: objects[" in result.output
+
+
+def test_validate_flags_duplicates_and_can_downgrade_overlaps(tmp_path):
+    good = {"id": "a", "concepts": [], "caption": "c", "planner": "x",
+            "objects": [{"id": 0, "category": "dog", "description": "d", "bbox": [0.1, 0.1, 0.4, 0.4]},
+                        {"id": 1, "category": "cat", "description": "d", "bbox": [0.2, 0.1, 0.4, 0.4]}]}
+    path = tmp_path / "plans.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps(good))  # no final newline either
+    strict = runner.invoke(app, ["validate", str(path), "--max-overlap", "0.3"])
+    assert strict.exit_code == 1
+    assert f"{path}:2: id: 'a' repeats line 1" in strict.output
+    assert f"{path}:1: objects[0].bbox: overlaps object 1" in strict.output
+    flagged = runner.invoke(app, ["validate", str(path), "--max-overlap", "0.3", "--on-overlap", "flag"])
+    assert f"{path}:1: warning: objects[0].bbox" in flagged.output
+    assert flagged.output.splitlines()[-1] == f"{path}: 1 valid, 1 invalid, 2 with warnings"
+
+
+def test_byte_order_mark_is_not_part_of_a_name(tmp_path):
+    concepts = tmp_path / "concepts.txt"
+    concepts.write_bytes(b"\xef\xbb\xbfdog\r\ncat\r\n")
+    out = tmp_path / "plans.jsonl"
+    assert runner.invoke(app, ["plan", str(concepts), "-o", str(out), "--no-progress"]).exit_code == 0
+    assert {c for r in plans_in(out) for c in r["concepts"]} == {"dog", "cat"}
+
+
+def test_output_that_is_a_folder_is_a_one_line_error(tmp_path):
+    result = runner.invoke(app, ["plan", "--concepts", "dog", "-o", str(tmp_path)])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1].startswith(f"acp: error: {tmp_path}")

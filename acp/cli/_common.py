@@ -34,6 +34,9 @@ def handle_errors(function: F) -> F:
             return function(*args, **kwargs)
         except AcpError as error:
             raise fail(str(error)) from None
+        except OSError as error:  # a path that is a folder, a full disk, no permission, ...
+            where = f"{error.filename}: " if error.filename else ""
+            raise fail(f"{where}{error.strerror or error}") from None
         except KeyboardInterrupt:
             raise fail("interrupted; rerun the same command to resume", code=130) from None
 

@@ -58,7 +58,9 @@ ScenesOption = Annotated[
     int | None, typer.Option(help="Scenes to sample from a vocabulary [default: one per concept].")
 ]
 ObjectsOption = Annotated[str, typer.Option(help="Concepts per sampled scene: N or MIN-MAX.")]
-SeedOption = Annotated[int, typer.Option(help="Seed of scene sampling, planning and rendering.")]
+SeedOption = Annotated[
+    int, typer.Option(min=0, help="Seed of scene sampling, planning and rendering.")
+]
 SizeOption = Annotated[str, typer.Option(help="Image size: N or WIDTHxHEIGHT.")]
 PlannerOption = Annotated[
     PlannerName | None,
@@ -99,6 +101,9 @@ def choose_planner(planner: PlannerName | None, api_key: str | None, base_url: s
                    "using the offline heuristic planner")
     if planner is PlannerName.openai and not (api_key or base_url):
         raise fail("--planner openai needs OPENAI_API_KEY or --llm-base-url", code=2)
+    if planner is PlannerName.openai:
+        notice(f"planning with the LLM at {base_url or 'the OpenAI API'} "
+               "(--planner heuristic plans offline)")
     return planner.value
 
 
@@ -168,9 +173,10 @@ def plan(
 @handle_errors
 def validate(
     plans: Annotated[Path, typer.Argument(help="Plans file (JSON Lines) to check.")],
-    max_overlap: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="Largest IoU allowed between two objects.")
-    ] = 0.7,
+    max_overlap: MaxOverlapOption = 0.7,
+    on_overlap: Annotated[
+        OverlapAction, typer.Option(help="reject: a larger overlap is an error; flag: a warning.")
+    ] = OverlapAction.reject,
 ) -> None:
     """Check every record of a plans file; one line per problem, exit 1 if any."""
     from acp.errors import InputError
@@ -179,18 +185,25 @@ def validate(
     if not plans.is_file():
         raise InputError(f"{plans}: no such file")
     rules = LayoutRules(max_overlap=max_overlap)
-    good = bad = 0
+    seen: dict[str, int] = {}
+    good = bad = warned = 0
     for number, record, reason in read_plans(plans):
-        problems = [reason] if record is None else [
-            f"{field}: {why}" for field, why in layout_problems(record, rules)
-        ]
-        problems = [p for p in problems if p]
-        if problems:
-            bad += 1
-            for problem in problems:
-                print(f"{plans}:{number}: {problem}")
-        else:
-            good += 1
-    print(f"{plans}: {good} valid, {bad} invalid")
+        problems = [reason] if record is None else []
+        warnings = []
+        if record is not None:
+            if record.id in seen:
+                problems.append(f"id: {record.id!r} repeats line {seen[record.id]}")
+            seen.setdefault(record.id, number)
+            overlaps = [f"{field}: {why}" for field, why in layout_problems(record, rules)]
+            (warnings if on_overlap is OverlapAction.flag else problems).extend(overlaps)
+        for warning in warnings:
+            print(f"{plans}:{number}: warning: {warning}")
+        warned += bool(warnings)
+        for problem in problems:
+            print(f"{plans}:{number}: {problem}")
+        bad += bool(problems)
+        good += not problems
+    flagged = f", {warned} with warnings" if warned else ""
+    print(f"{plans}: {good} valid, {bad} invalid{flagged}")
     if bad:
         raise typer.Exit(code=1)

@@ -15,10 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from acp.errors import OutputMismatchError
+from acp.errors import AcpError, OutputMismatchError
 from acp.jsonl import JsonlWriter, read_records
 from acp.plan.base import PlanOutcome, SceneRequest, derive_seed
 from acp.schema import ScenePlan
+
+GIVE_UP_AFTER = 10
+
+
+class PlannerGaveUp(AcpError):
+    """The first scenes of a run all failed: a configuration problem, not bad luck."""
 
 
 class Planner(Protocol):
@@ -54,13 +60,21 @@ def make_requests(
         yield SceneRequest(sid, tuple(concepts), derive_seed(seed, sid), width, height)
 
 
-def finished_scenes(output: Path) -> dict[str, tuple[str, ...]]:
-    """Ids already planned in ``output`` and their concepts (unreadable lines are ignored)."""
-    done: dict[str, tuple[str, ...]] = {}
+def _identity(concepts: object, seed: object, width: object, height: object) -> str:
+    """What a scene was planned from, in words: compared to refuse mixing two runs."""
+    return f"concepts {list(concepts) if isinstance(concepts, list | tuple) else concepts}, " \
+           f"seed {seed}, size {width}x{height}"
+
+
+def finished_scenes(output: Path) -> dict[str, str]:
+    """Ids already planned in ``output`` and what each was planned from (unreadable lines are
+    ignored: they are planned again)."""
+    done: dict[str, str] = {}
     if output.exists():
         for _number, record, _text in read_records(output):
             if record and isinstance(record.get("id"), str):
-                done[record["id"]] = tuple(record.get("concepts") or ())
+                done[record["id"]] = _identity(record.get("concepts") or [], record.get("seed"),
+                                               record.get("width"), record.get("height"))
     return done
 
 
@@ -83,12 +97,13 @@ def run_planner(
     def pending() -> Iterator[SceneRequest]:
         for request in requests:
             previous = done.get(request.id)
+            wanted = _identity(request.concepts, request.seed, request.width, request.height)
             if previous is None:
                 yield request
-            elif previous != request.concepts:
+            elif previous != wanted:
                 raise OutputMismatchError(
-                    f"{output}: scene {request.id} was planned from {list(previous)}, not "
-                    f"{list(request.concepts)}; write to a new output file (or delete this one)"
+                    f"{output}: scene {request.id} was planned from {previous}, not {wanted}; "
+                    "write to a new output file (or delete this one)"
                 )
             else:
                 summary.skipped += 1
@@ -110,6 +125,13 @@ def run_planner(
                         on_plan(outcome.plan)
                     summary.repaired += bool(outcome.plan.repairs)
                 else:
+                    if summary.planned == 0 and summary.failed + 1 >= GIVE_UP_AFTER:
+                        # Nothing has worked yet: an unreachable endpoint or a planner that
+                        # cannot satisfy the rules. Say so now rather than after every scene.
+                        raise PlannerGaveUp(
+                            f"the first {GIVE_UP_AFTER} scenes all failed; stopping "
+                            f"(last reason: {(outcome.error or '').splitlines()[0][:300]})"
+                        )
                     failure_log = failure_log or JsonlWriter(failures)
                     failure_log.write({
                         "id": outcome.request.id, "concepts": list(outcome.request.concepts),
