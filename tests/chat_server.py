@@ -334,10 +334,37 @@ def schema_violation_text(concepts: list[str], width: int = 512, height: int = 5
     return json.dumps(draft)
 
 
+TextMaker = Callable[..., str]
+
+
 def _with_extra_object(draft: dict[str, Any], bbox: list[float]) -> dict[str, Any]:
     objects = draft["objects"]
     objects.append({"id": len(objects), "category": "lamp", "description": "a brass lamp", "bbox": bbox})
     return draft
+
+
+def extra_object(category: str) -> TextMaker:
+    """A reply maker: a valid layout plus one object of ``category`` in the top-left corner."""
+
+    def make(concepts: list[str], width: int = 512, height: int = 512) -> str:
+        draft = _with_extra_object(layout(concepts), [0.02, 0.02, 0.2, 0.2])
+        draft["objects"][-1].update(category=category, description=f"a {category} in the corner")
+        return json.dumps(draft)
+
+    return make
+
+
+def long_integer(digits: int) -> TextMaker:
+    """A reply maker: a valid layout whose first box width is an integer of ``digits`` digits
+    (valid JSON that Python cannot convert: 4300 digits and more to ``int``, 309 and more to
+    ``float``)."""
+
+    def make(concepts: list[str], width: int = 512, height: int = 512) -> str:
+        draft = layout(concepts)
+        draft["objects"][0]["bbox"][2] = "@NUMBER@"
+        return json.dumps(draft).replace('"@NUMBER@"', "9" * digits)
+
+    return make
 
 
 def missing_concept_text(concepts: list[str], width: int = 512, height: int = 512) -> str:
@@ -366,8 +393,6 @@ def empty_text(concepts: list[str], width: int = 512, height: int = 512) -> str:
 def refusal_text(concepts: list[str], width: int = 512, height: int = 512) -> str:
     return "I'm sorry, I can't help with planning this scene."
 
-
-TextMaker = Callable[..., str]
 
 # name -> (reply maker, what the planner should make of it on the first reply:
 #   "parsed": used as is; "repaired": used with repairs; "reask": needs another reply)

@@ -17,7 +17,7 @@ import pytest
 from acp.errors import InputError, LLMError
 from acp.llm import ChatClient, ChatSettings, LLMConfigError, as_completed_bounded
 from acp.plan.base import PlanOutcome, PlanSettings, SceneRequest
-from acp.plan.llm import LLMPlanner, example_messages, system_prompt
+from acp.plan.llm import LLMPlanner, example_messages, scene_prompt, system_prompt
 from acp.plan.parse import parse_plan
 from acp.resources import read_prompt
 from acp.schema import MIN_BOX_SIDE, LayoutRules, ScenePlan, layout_problems
@@ -30,7 +30,9 @@ from tests.chat_server import (  # noqa: F401  (chat_server_fixture provides cha
     chat_server_fixture,
     concepts_of,
     error,
+    extra_object,
     first_bad_then_valid,
+    long_integer,
     ok,
     refused_url,
     schema_violation_text,
@@ -53,9 +55,10 @@ def request(index: int = 0, concepts: tuple[str, ...] = CONCEPTS, **kw: Any) -> 
 
 
 def plan_one(url: str, req: SceneRequest | None = None, *, max_reasks: int = 2,
-             rules: LayoutRules | None = None, **overrides: Any) -> PlanOutcome:
-    planner = LLMPlanner(settings_for(url, **overrides), PlanSettings(rules=rules or LayoutRules()),
-                         max_reasks=max_reasks)
+             rules: LayoutRules | None = None, categories: tuple[str, ...] | None = None,
+             **overrides: Any) -> PlanOutcome:
+    plan_settings = PlanSettings(rules=rules or LayoutRules(), categories=categories)
+    planner = LLMPlanner(settings_for(url, **overrides), plan_settings, max_reasks=max_reasks)
     outcomes = list(planner.plan_many([req or request()]))
     assert len(outcomes) == 1
     return outcomes[0]
@@ -69,13 +72,32 @@ def test_few_shot_examples_are_valid_plans() -> None:
     for k, example in enumerate(examples):
         req = SceneRequest(id=f"example-{k}", concepts=tuple(example["concepts"]), seed=0,
                            width=example["width"], height=example["height"])
-        plan = parse_plan(json.dumps(example["reply"]), req, LayoutRules())
+        plan = parse_plan(json.dumps(example["reply"]), req, LayoutRules(),
+                          categories=example.get("categories"))
         assert plan.repairs == [] and plan.warnings == []
         assert layout_problems(plan, LayoutRules(max_overlap=0.5)) == []
         for obj in plan.objects:  # GLIGEN phrases: short (well under CLIP's 77 tokens)
             assert 3 <= len(obj.description.split()) < 15, obj.description
     messages = example_messages()
     assert [m["role"] for m in messages] == ["user", "assistant"] * len(examples)
+    # at least one example shows the allowed categories, and keeps to the requested ones
+    assert any("\nAllowed categories: [" in m["content"] for m in messages if m["role"] == "user")
+
+
+def test_scene_prompt_lists_the_allowed_categories() -> None:
+    plain = scene_prompt(["dog", "frisbee"], 512, 384)
+    assert plain.startswith('Concepts: ["dog", "frisbee"]\nImage size: 512 x 384')
+    assert "Allowed" not in plain
+    # every concept of the run, one spelling per category, the scene's own concepts included
+    allowed = scene_prompt(["dog", "frisbee"], 512, 384, ("person", "Dogs", "dog", "people", "cat"))
+    assert allowed.splitlines()[:3] == [
+        'Concepts: ["dog", "frisbee"]',
+        'Allowed categories: ["person", "Dogs", "cat", "frisbee"]',
+        "Image size: 512 x 384 pixels (width x height).",
+    ]
+    prompt = system_prompt(PlanSettings())
+    assert "Allowed categories" in prompt and "Never add an object of a category that" in prompt
+    assert "Add at most a few extra objects" not in prompt
 
 
 def test_system_prompt_states_the_rules() -> None:
@@ -149,6 +171,116 @@ def test_null_content_is_an_empty_reply_and_reasked(chat_server: ChatServer) -> 
     outcome = plan_one(chat_server.url)
     assert outcome.ok and outcome.attempts == 2
     assert "the reply is empty" in chat_server.requests[1].messages[-1]["content"]
+
+
+# --- categories --------------------------------------------------------------------------------
+
+def test_object_of_a_category_not_allowed_is_reasked(chat_server: ChatServer) -> None:
+    # concepts dog, frisbee: an extra person would have no COCO category in `acp generate`
+    bad = extra_object("person")(list(CONCEPTS))
+    chat_server.script(ok(bad), ok(valid_text(list(CONCEPTS))))
+    outcome = plan_one(chat_server.url, categories=CONCEPTS)
+    assert outcome.plan is not None and outcome.attempts == 2, outcome.error
+    assert [o.category for o in outcome.plan.objects] == ["dog", "frisbee"]
+    first, second = chat_server.requests
+    assert 'Allowed categories: ["dog", "frisbee"]' in first.messages[-1]["content"]
+    assert second.messages[-2] == {"role": "assistant", "content": bad}
+    assert REASK_MARKER in second.messages[-1]["content"]
+    assert ("- objects[2].category: 'person' is not one of the requested categories: dog, frisbee; "
+            "use only these") in second.messages[-1]["content"]
+
+
+def test_object_of_a_category_not_allowed_fails_the_scene_after_the_reasks(
+        chat_server: ChatServer) -> None:
+    chat_server.responder = always(extra_object("lamp"))
+    outcome = plan_one(chat_server.url, categories=CONCEPTS, max_reasks=1)
+    assert not outcome.ok and outcome.attempts == 2
+    assert outcome.raw == extra_object("lamp")(list(CONCEPTS))
+    assert "objects[2].category: 'lamp' is not one of the requested categories" in (outcome.error or "")
+
+
+@pytest.mark.parametrize("extra", ["person", "People", "woman", "puppy"])
+def test_extra_object_of_another_allowed_category_is_accepted(chat_server: ChatServer,
+                                                             extra: str) -> None:
+    # the run's categories may be more than the scene's concepts; names match by canonical key
+    chat_server.script(ok(extra_object(extra)(list(CONCEPTS))))
+    outcome = plan_one(chat_server.url, categories=("dog", "frisbee", "person", "cat"))
+    assert outcome.plan is not None and outcome.attempts == 1, outcome.error
+    assert [o.category for o in outcome.plan.objects] == ["dog", "frisbee", extra]
+    assert 'Allowed categories: ["dog", "frisbee", "person", "cat"]' in (
+        chat_server.requests[0].messages[-1]["content"])
+
+
+def test_without_categories_any_category_is_accepted(chat_server: ChatServer) -> None:
+    chat_server.script(ok(extra_object("lamp")(list(CONCEPTS))))
+    outcome = plan_one(chat_server.url, categories=None)
+    assert outcome.plan is not None and outcome.attempts == 1, outcome.error
+    assert [o.category for o in outcome.plan.objects] == ["dog", "frisbee", "lamp"]
+    assert "Allowed categories" not in chat_server.requests[0].messages[-1]["content"]
+
+
+# --- replies the parser cannot read ------------------------------------------------------------
+
+@pytest.mark.parametrize("digits", [400, 5000])
+def test_reply_with_a_huge_integer_is_reasked(chat_server: ChatServer, digits: int) -> None:
+    # 5000 digits: int() refuses (sys.get_int_max_str_digits); 400 digits: float() overflows
+    chat_server.responder = first_bad_then_valid(long_integer(digits))
+    outcome = plan_one(chat_server.url)
+    assert outcome.plan is not None and outcome.attempts == 2, outcome.error
+    reask = chat_server.requests[1].messages[-1]["content"]
+    assert f"- (reply): a number has {digits} digits" in reask
+
+
+@pytest.mark.parametrize("digits", [400, 5000])
+def test_reply_with_a_huge_integer_fails_its_scene_not_the_run(chat_server: ChatServer,
+                                                               digits: int) -> None:
+    def respond(body: dict[str, Any]) -> Reply:  # the "cat" scene gets the bad reply every time
+        concepts = concepts_of(body)
+        return ok(long_integer(digits)(concepts) if concepts == ["cat"] else valid_text(concepts))
+
+    chat_server.responder = respond
+    planner = LLMPlanner(settings_for(chat_server.url, concurrency=2), max_reasks=1)
+    outcomes = {o.request.id: o for o in planner.plan_many([request(0, ("cat",)), request(1)])}
+    assert outcomes["scene-1"].ok
+    failed = outcomes["scene-0"]
+    assert not failed.ok and failed.attempts == 2
+    assert failed.raw == long_integer(digits)(["cat"])
+    assert f"a number has {digits} digits" in (failed.error or "")
+
+
+def test_any_parser_exception_fails_its_scene_with_the_raw_reply(
+        chat_server: ChatServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    import acp.plan.llm as llm_module
+
+    real = llm_module.parse_plan
+
+    def buggy(text: str, req: SceneRequest, *args: Any, **kwargs: Any) -> ScenePlan:
+        if req.concepts == ("cat",):
+            raise ZeroDivisionError("a parser bug")
+        return real(text, req, *args, **kwargs)
+
+    monkeypatch.setattr(llm_module, "parse_plan", buggy)
+    chat_server.responder = always(lambda c, w, h: valid_text(c))
+    planner = LLMPlanner(settings_for(chat_server.url, concurrency=2))
+    outcomes = {o.request.id: o for o in planner.plan_many([request(0, ("cat",)), request(1)])}
+    assert outcomes["scene-1"].ok
+    failed = outcomes["scene-0"]
+    assert not failed.ok and failed.attempts == 1  # not re-asked: the reply was not at fault
+    assert failed.raw == valid_text(["cat"])
+    assert failed.error == "the reply could not be parsed (ZeroDivisionError: a parser bug)"
+
+
+def test_memory_error_while_parsing_stops_the_run(chat_server: ChatServer,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import acp.plan.llm as llm_module
+
+    def exhausted(*args: Any, **kwargs: Any) -> ScenePlan:
+        raise MemoryError
+
+    monkeypatch.setattr(llm_module, "parse_plan", exhausted)
+    chat_server.responder = always(lambda c, w, h: valid_text(c))
+    with pytest.raises(MemoryError):
+        list(LLMPlanner(settings_for(chat_server.url, concurrency=1)).plan_many([request(0)]))
 
 
 def test_flagged_overlap_becomes_a_warning(chat_server: ChatServer) -> None:

@@ -13,7 +13,15 @@ from hypothesis import strategies as st
 from acp.boxes import normalized_to_pixels, xywh_to_xyxy
 from acp.errors import PlanValidationError
 from acp.plan.base import SceneRequest
-from acp.plan.parse import CLIP_TOLERANCE, close_json, extract_json, parse_plan, repair_boxes
+from acp.plan.parse import (
+    CLIP_TOLERANCE,
+    MAX_INT_DIGITS,
+    close_json,
+    extract_json,
+    parse_draft,
+    parse_plan,
+    repair_boxes,
+)
 from acp.schema import MIN_BOX_SIDE, LayoutRules, ScenePlan
 
 DOG = [0.1, 0.5, 0.3, 0.4]
@@ -237,3 +245,94 @@ def test_clip_keeps_small_overshoot_inside_the_frame(boxes: list[list[float]], o
     assert len(repairs) == 1 and "clipped" in repairs[0]
     rx, ry, rw, rh = repaired[0]
     assert math.isclose(rx + rw, 1.0) and (rx, ry, rh) == (x, y, h)
+
+
+# --- categories --------------------------------------------------------------------------------
+
+def with_extra(category: str) -> str:
+    value = draft()
+    value["objects"].append(  # type: ignore[attr-defined]
+        {"id": 2, "category": category, "description": f"a {category}", "bbox": [0.02, 0.02, 0.1, 0.1]})
+    return text(value)
+
+
+@pytest.mark.parametrize("extra", ["person", "Person", "people", "woman", "dog", "Dogs", "puppy", "frisbees"])
+def test_extra_object_of_an_allowed_category_is_accepted(extra: str) -> None:
+    request = SceneRequest(id="s", concepts=("dog", "frisbee"), seed=1)
+    plan = parse_plan(with_extra(extra), request, categories=("dog", "frisbee", "person"))
+    assert [o.category for o in plan.objects] == ["dog", "frisbee", extra]
+
+
+@pytest.mark.parametrize("extra", ["person", "lamp", "tree"])
+def test_object_of_another_category_is_a_problem(extra: str) -> None:
+    request = SceneRequest(id="s", concepts=("dog", "frisbee"), seed=1)
+    with pytest.raises(PlanValidationError) as caught:
+        parse_plan(with_extra(extra), request, categories=("dog", "Dogs", "frisbee"))
+    assert caught.value.problems == [(
+        "objects[2].category",
+        f"{extra!r} is not one of the requested categories: dog, frisbee; use only these",
+    )]
+
+
+def test_without_categories_any_category_is_accepted() -> None:
+    request = SceneRequest(id="s", concepts=("dog", "frisbee"), seed=1)
+    assert parse_plan(with_extra("lamp"), request).objects[2].category == "lamp"
+    assert parse_plan(with_extra("lamp"), request, categories=None).objects[2].category == "lamp"
+    draft_only, _, _ = parse_draft(with_extra("lamp"), 512, 512)
+    assert draft_only.objects[2].category == "lamp"
+
+
+def test_request_concepts_are_always_allowed() -> None:
+    # a caller whose run categories miss a scene concept must not make that concept impossible
+    request = SceneRequest(id="s", concepts=("dog", "frisbee"), seed=1)
+    plan = parse_plan(VALID, request, categories=("dog",))
+    assert [o.category for o in plan.objects] == ["dog", "frisbee"]
+    with pytest.raises(PlanValidationError, match="requested categories: dog, frisbee;"):
+        parse_plan(with_extra("cat"), request, categories=("dog",))
+
+
+def test_category_and_overlap_problems_are_reported_together() -> None:
+    value = json.loads(with_extra("lamp"))
+    value["objects"][1]["bbox"] = DOG
+    with pytest.raises(PlanValidationError) as caught:
+        parse_draft(text(value), 512, 512, LayoutRules(), categories=("dog", "frisbee"))
+    fields = [f for f, _ in caught.value.problems]
+    assert fields == ["objects[2].category", "objects[0].bbox"]
+
+
+# --- replies Python cannot read as they stand ---------------------------------------------------
+
+@pytest.mark.parametrize("digits", [MAX_INT_DIGITS + 1, 400, 4300, 5000, 100_000])
+@pytest.mark.parametrize("where", ["bbox", "id", "negative depth"])
+def test_huge_integer_is_a_validation_problem(digits: int, where: str) -> None:
+    value = draft()
+    target = value["objects"][0]  # type: ignore[index]
+    if where == "bbox":
+        target["bbox"][2] = "@N@"
+    elif where == "id":
+        target["id"] = "@N@"
+    else:
+        target["depth"] = "-@N@"
+    reply = text(value).replace('"@N@"', "7" * digits).replace('"-@N@"', "-" + "7" * digits)
+    request = SceneRequest(id="s", concepts=("dog", "frisbee"), seed=1)
+    with pytest.raises(PlanValidationError) as caught:
+        parse_plan(reply, request)
+    assert caught.value.problems == [(
+        "(reply)", f"a number has {digits} digits, more than can be read; write every value as a "
+        "short number, e.g. 0.25 for a coordinate")]
+
+
+def test_integer_of_max_digits_is_read_and_validated() -> None:
+    reply = VALID.replace("0.3", "9" * MAX_INT_DIGITS, 1)
+    request = SceneRequest(id="s", concepts=("dog", "frisbee"), seed=1)
+    with pytest.raises(PlanValidationError) as caught:
+        parse_plan(reply, request)
+    assert caught.value.problems[0][0] == "objects[0].bbox"
+
+
+def test_deeply_nested_json_is_a_validation_problem() -> None:
+    depth = 200_000
+    reply = '{"caption": "x", "objects": ' + "[" * depth + "]" * depth + "}"
+    with pytest.raises(PlanValidationError) as caught:
+        parse_plan(reply, SceneRequest(id="s", concepts=("dog",), seed=1))
+    assert caught.value.problems[0][0] == "(reply)" and "nested too deeply" in caught.value.problems[0][1]

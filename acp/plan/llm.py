@@ -1,10 +1,13 @@
 """The LLM planner: one chat conversation per scene on any OpenAI-compatible endpoint.
 
 Each scene is asked with the system prompt and few-shot examples of ``prompts/``; the reply is
-parsed by ``acp.plan.parse``. A reply that fails validation is sent back to the model together
-with its problems, at most ``max_reasks`` times; a scene that still fails, or whose requests
-keep failing in transport, becomes a failed ``PlanOutcome`` carrying the last raw reply. Nothing
-a scene does aborts the run.
+parsed by ``acp.plan.parse``. When ``PlanSettings.categories`` is set, the scene prompt lists
+them as the allowed categories and an object of any other category fails validation. A reply that
+fails validation is sent back to the model together with its problems, at most ``max_reasks``
+times; a scene that still fails, or whose requests keep failing in transport, becomes a failed
+``PlanOutcome`` carrying the last raw reply. So does a reply whose parsing raises anything else
+(a bug in the parser must not cost the other scenes). Nothing a scene does aborts the run, save
+a configuration error that every scene would hit alike, memory running out, or an interrupt.
 
 ``plan_many`` is a plain iterator: an asyncio loop in a background thread keeps
 ``concurrency`` scenes in flight, drawing requests lazily and handing outcomes over through a
@@ -16,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import queue
 import string
 import threading
@@ -34,18 +38,31 @@ from acp.llm import (
     json_schema_format,
 )
 from acp.plan.base import PlanOutcome, PlanSettings, SceneRequest
-from acp.plan.parse import parse_plan
+from acp.plan.parse import allowed_names, parse_plan
 from acp.resources import read_prompt
 from acp.schema import MAX_OBJECTS, MIN_BOX_SIDE, SceneDraft
 
 PLANNER_NAME = "openai"
 _MAX_ECHO = 12_000  # characters of a bad reply sent back on a re-ask (a runaway reply is cut)
+_MAX_REASON = 500  # characters of an unexpected parser error kept in a failure's reason
+log = logging.getLogger(__name__)
 
 
-def scene_prompt(concepts: Iterable[str], width: int, height: int) -> str:
-    """The user message that asks for one scene."""
+def scene_prompt(concepts: Iterable[str], width: int, height: int,
+                 categories: Iterable[str] | None = None) -> str:
+    """The user message that asks for one scene.
+
+    ``categories`` (the run's concepts) adds the line of allowed categories: the scene's own
+    concepts are required, the others may be added, no other category may be used.
+    """
+    concepts = list(concepts)
+    allowed = ""
+    if categories is not None:
+        names = json.dumps(allowed_names(categories, concepts), ensure_ascii=False)
+        allowed = f"Allowed categories: {names}\n"
     return (
-        f"Concepts: {json.dumps(list(concepts), ensure_ascii=False)}\n"
+        f"Concepts: {json.dumps(concepts, ensure_ascii=False)}\n"
+        f"{allowed}"
         f"Image size: {width} x {height} pixels (width x height).\n"
         "Reply with the JSON object only."
     )
@@ -74,7 +91,8 @@ def example_messages() -> list[Message]:
     """The few-shot examples of ``prompts/plan_examples.json`` as user/assistant turns."""
     messages: list[Message] = []
     for example in json.loads(read_prompt("plan_examples.json")):
-        prompt = scene_prompt(example["concepts"], example["width"], example["height"])
+        prompt = scene_prompt(example["concepts"], example["width"], example["height"],
+                              example.get("categories"))
         messages.append({"role": "user", "content": prompt})
         messages.append({"role": "assistant", "content": json.dumps(example["reply"], ensure_ascii=False)})
     return messages
@@ -191,10 +209,9 @@ class LLMPlanner:
 
     async def _plan_scene(self, client: ChatClient, request: SceneRequest) -> PlanOutcome:
         """One scene's conversation; a scene's own failure is returned, never raised."""
-        messages = [
-            *self._preamble,
-            {"role": "user", "content": scene_prompt(request.concepts, request.width, request.height)},
-        ]
+        categories = self.plan_settings.categories
+        prompt = scene_prompt(request.concepts, request.width, request.height, categories)
+        messages = [*self._preamble, {"role": "user", "content": prompt}]
         retries = 0
         raw: str | None = None
         error = ""
@@ -214,8 +231,10 @@ class LLMPlanner:
             retries += reply.retries
             raw = reply.text
             try:
-                plan = parse_plan(raw, request, self.plan_settings.rules,
-                                  planner=PLANNER_NAME, model=model, attempts=attempts)
+                plan = parse_plan(raw, request, self.plan_settings.rules, planner=PLANNER_NAME,
+                                  model=model, attempts=attempts, categories=categories)
+            except MemoryError:
+                raise
             except PlanValidationError as invalid:
                 error = str(invalid)
                 messages = [
@@ -224,6 +243,16 @@ class LLMPlanner:
                     {"role": "user", "content": reask_prompt(invalid.problems)},
                 ]
                 continue
+            except Exception as failure:  # a parser bug: this scene fails, the run goes on
+                log.debug("parsing the reply to scene %s failed", request.id, exc_info=True)
+                return PlanOutcome(
+                    request,
+                    error=f"the reply could not be parsed ({type(failure).__name__}: "
+                          f"{str(failure)[:_MAX_REASON]})",
+                    raw=raw,
+                    attempts=attempts,
+                    transport_retries=retries,
+                )
             return PlanOutcome(request, plan=plan, attempts=attempts, transport_retries=retries,
                                repairs=list(plan.repairs))
         return PlanOutcome(

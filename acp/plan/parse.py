@@ -30,9 +30,16 @@ the reading is unambiguous:
 
 Then ``SceneDraft`` validates the result, ``layout_problems`` checks overlaps (rejected or
 flagged as ``LayoutRules.on_overlap`` says; flagged ones become ``ScenePlan.warnings``), and
-``ScenePlan`` checks that every requested concept is present with its count. Any failure raises
+``ScenePlan`` checks that every requested concept is present with its count. When the caller
+gives the run's ``categories``, every object's category must be one of them (or of the scene's
+concepts), compared by ``acp.names.canonical_key`` ("Dogs" and "puppy" are a dog): an object of
+another category would have no category to be exported under. Any failure raises
 ``PlanValidationError`` whose ``problems`` are ``(field, reason)`` pairs, the text the model is
 shown when it is asked again.
+
+A reply that cannot be read at all is a ``PlanValidationError`` too, never another exception: an
+integer of more than ``MAX_INT_DIGITS`` digits (Python refuses to convert 4300 and more, and
+no float holds 309 and more) and JSON nested deeper than the decoder's recursion limit.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +55,7 @@ from pydantic import ValidationError
 
 from acp.boxes import pixels_to_normalized, xyxy_to_xywh
 from acp.errors import PlanValidationError
+from acp.names import canonical_key
 from acp.plan.base import SceneRequest
 from acp.schema import (
     MIN_BOX_SIDE,
@@ -64,6 +73,22 @@ _WRAPPERS = ("scene", "plan", "layout", "scene_plan", "result", "output", "respo
 _BBOX_ALIASES = ("box", "bounding_box", "boundingBox", "bbox_xywh", "xywh", "rect")
 _FENCE = re.compile(r"```[ \t]*[A-Za-z0-9_-]*[ \t]*\n?(.*?)(?:```|\Z)", re.DOTALL)
 _MAX_STARTS = 50  # candidate "{" positions tried before giving up on a prose reply
+# Longest integer read from a reply. No value of a plan needs more than a handful of digits; a
+# longer one is a runaway reply, refused with a clear problem instead of Python's own errors.
+MAX_INT_DIGITS = 100
+
+
+class _NumberTooLong(ValueError):
+    def __init__(self, digits: int):
+        super().__init__(f"integer of {digits} digits")
+        self.digits = digits
+
+
+def _parse_int(text: str) -> int:
+    digits = len(text) - text.startswith("-")
+    if digits > MAX_INT_DIGITS:
+        raise _NumberTooLong(digits)
+    return int(text)
 
 
 @dataclass
@@ -101,8 +126,15 @@ def _first_object(text: str) -> ExtractedJSON | None:
         tried += 1
         candidate, truncated = close_json(text[start:])
         try:
-            value = json.loads(candidate)
-        except json.JSONDecodeError:
+            value = json.loads(candidate, parse_int=_parse_int)
+        except _NumberTooLong as error:
+            reason = (f"a number has {error.digits} digits, more than can be read; write every "
+                      "value as a short number, e.g. 0.25 for a coordinate")
+            raise PlanValidationError(reason, [("(reply)", reason)]) from None
+        except RecursionError:
+            reason = "the JSON is nested too deeply to be read; reply with the flat plan object"
+            raise PlanValidationError(reason, [("(reply)", reason)]) from None
+        except ValueError:  # JSONDecodeError, or an unreadable value: try the next "{"
             value = None
         if isinstance(value, dict):
             repairs = ["closed truncated JSON, dropping its incomplete last element"] if truncated else []
@@ -215,13 +247,13 @@ def _rename_bbox_aliases(value: dict[str, Any]) -> None:
 def _number(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        try:
+    try:
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
             return float(value.strip())
-        except ValueError:
-            return None
+    except (ValueError, OverflowError):  # not a number, or an int beyond any float
+        return None
     return None
 
 
@@ -289,12 +321,41 @@ def repair_boxes(boxes: list[list[float]], width: int, height: int) -> tuple[lis
     return clipped, repairs
 
 
+def allowed_names(categories: Iterable[str], concepts: Iterable[str] = ()) -> list[str]:
+    """``categories`` then ``concepts``, one name per ``canonical_key`` (the first spelling)."""
+    names: dict[str, str] = {}
+    for name in (*categories, *concepts):
+        key = canonical_key(name)
+        if key and key not in names:
+            names[key] = " ".join(name.split())
+    return list(names.values())
+
+
+def category_problems(draft: SceneDraft, categories: Sequence[str]) -> list[tuple[str, str]]:
+    """Objects whose category is none of ``categories`` (by ``canonical_key``), as problems."""
+    names = allowed_names(categories)
+    allowed = {canonical_key(name) for name in names}
+    listed = ", ".join(names)
+    return [
+        (f"objects[{i}].category",
+         f"{obj.category!r} is not one of the requested categories: {listed}; use only these")
+        for i, obj in enumerate(draft.objects)
+        if canonical_key(obj.category) not in allowed
+    ]
+
+
 def parse_draft(
-    text: str, width: int, height: int, rules: LayoutRules | None = None
+    text: str,
+    width: int,
+    height: int,
+    rules: LayoutRules | None = None,
+    *,
+    categories: Sequence[str] | None = None,
 ) -> tuple[SceneDraft, list[str], list[str]]:
     """Reply text -> ``(draft, repairs, warnings)``; raises ``PlanValidationError``.
 
-    Checks everything a draft alone can be checked for: schema, geometry and overlaps.
+    Checks everything a draft alone can be checked for: schema, geometry, overlaps and, when
+    ``categories`` is given, that every object is of one of those categories.
     """
     rules = rules or LayoutRules()
     extracted = extract_json(text)
@@ -313,9 +374,13 @@ def parse_draft(
     except ValidationError as error:
         problems = error_problems(error)
         raise PlanValidationError(_summary(problems), problems) from None
+    problems = category_problems(draft, categories) if categories is not None else []
     overlaps = layout_problems(draft, rules)
     if overlaps and rules.on_overlap == "reject":
-        raise PlanValidationError(_summary(overlaps), overlaps)
+        problems.extend(overlaps)
+        overlaps = []
+    if problems:
+        raise PlanValidationError(_summary(problems), problems)
     return draft, repairs, [f"{f}: {r}" for f, r in overlaps]
 
 
@@ -327,9 +392,17 @@ def parse_plan(
     planner: str = "openai",
     model: str | None = None,
     attempts: int = 1,
+    categories: Sequence[str] | None = None,
 ) -> ScenePlan:
-    """Reply text -> the stored ``ScenePlan`` for ``request``; raises ``PlanValidationError``."""
-    draft, repairs, warnings = parse_draft(text, request.width, request.height, rules)
+    """Reply text -> the stored ``ScenePlan`` for ``request``; raises ``PlanValidationError``.
+
+    ``categories`` (the run's concept names; None allows any) limits the objects' categories;
+    the request's own concepts are always allowed.
+    """
+    if categories is not None:
+        categories = allowed_names(categories, request.concepts)
+    draft, repairs, warnings = parse_draft(text, request.width, request.height, rules,
+                                           categories=categories)
     try:
         return ScenePlan(
             **draft.model_dump(),
