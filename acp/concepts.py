@@ -266,3 +266,10 @@ def scene_concepts(
         return quota_scenes(source.quotas, objects, seed)
     count = len(source.vocabulary) if scenes is None else scenes  # default: one scene a concept
     return sample_scenes(source.vocabulary, count, objects, seed)
+
+
+def all_concepts(source: ConceptInput) -> list[str]:
+    """Every concept named anywhere in the input, first-seen order, each once."""
+    names = list(source.vocabulary) + [n for n, _ in source.quotas]
+    names += [n for scene in source.scenes for n in scene]
+    return list(dict.fromkeys(names))

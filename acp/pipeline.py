@@ -38,9 +38,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from acp.concepts import ConceptInput, scene_concepts
-from acp.errors import InputError, OutputMismatchError
-from acp.jsonl import JsonlWriter, dumps, read_records, write_atomic
+from acp.atomic import atomic_path, atomic_text_file, write_atomic
+from acp.concepts import ConceptInput, all_concepts, scene_concepts
+from acp.errors import AcpError, InputError, OutputMismatchError
+from acp.jsonl import JsonlWriter, drop_torn_tail, dumps, read_records
 from acp.plan.base import PlanSettings
 from acp.plan.run import PlanSummary, make_requests, run_planner
 from acp.schema import LayoutRules, ScenePlan, read_plans
@@ -140,21 +141,19 @@ class GenerateSummary:
                 f"planner: {self.planner.failed} failed)")
 
 
-def all_concepts(source: ConceptInput) -> list[str]:
-    names = list(source.vocabulary) + [n for n, _ in source.quotas]
-    names += [n for scene in source.scenes for n in scene]
-    return list(dict.fromkeys(names))
-
-
-def check_settings(out: Path, record: dict[str, Any], force: bool) -> None:
-    """Refuse to continue ``out`` with other settings; ``force`` wipes acp's files first."""
+def check_settings(out: Path, record: dict[str, Any], force: bool) -> bool:
+    """Refuse to continue ``out`` with other settings. Returns whether ``out`` must be cleared
+    first (``force``); nothing is written here, so a run that fails before its models load
+    leaves ``out`` as it was."""
     path = out / SETTINGS_NAME
     if path.exists():
         try:
             previous = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             previous = None
-        if previous != record and not force:
+        if previous == record:
+            return False
+        if not force:
             changed = sorted(
                 k for k in set(record) | set(previous or {})
                 if (previous or {}).get(k) != record.get(k)
@@ -163,16 +162,14 @@ def check_settings(out: Path, record: dict[str, Any], force: bool) -> None:
                 f"{out} was generated with other settings (changed: {', '.join(changed) or 'all'}); "
                 "use another output folder, or --force to start over"
             )
-        if previous != record:
-            clear_output(out)
-    elif out.exists() and any(out.iterdir()) and not force:
+        return True
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: not a folder")
+    if out.exists() and any(out.iterdir()) and not force:
         raise OutputMismatchError(
             f"{out} is not empty and was not made by acp generate; use an empty folder or --force"
         )
-    elif force and out.exists():
-        clear_output(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return force and out.exists()
 
 
 def clear_output(out: Path) -> None:
@@ -193,14 +190,34 @@ def finished_plans(out: Path) -> set[str]:
     return {r["plan_id"] for _, r, _ in read_records(path) if r and "plan_id" in r}
 
 
-def trim_scores(out: Path, done: set[str]) -> None:
-    """Keep only the score lines of finished plans (a plan cut off mid-way is redone whole)."""
-    path = out / SCORES_NAME
+def trim_to_finished(path: Path, done: set[str]) -> None:
+    """Drop the lines of plans not in ``done`` (a plan cut off mid-way is redone whole).
+    Streams, and leaves the file alone when every line belongs to a finished plan."""
     if not path.exists():
         return
-    keep = [text for _, record, text in read_records(path)
-            if record is not None and record.get("plan_id") in done]
-    write_atomic(path, "".join(line + "\n" for line in keep))
+    if all(r is not None and r.get("plan_id") in done for _, r, _ in read_records(path)):
+        drop_torn_tail(path)
+        return
+    with atomic_text_file(path) as handle:
+        for _, record, text in read_records(path):
+            if record is not None and record.get("plan_id") in done:
+                handle.write(text + "\n")
+
+
+FAILURES_IN_A_ROW = 5
+
+
+class SceneFailuresError(AcpError):
+    """Several scenes in a row failed: something is wrong with the setup, not with a scene."""
+
+
+def _stops_the_run(error: Exception) -> bool:
+    """Errors that would hit every scene alike (disk, device memory, a dead GPU) stop the run
+    instead of being recorded against one scene; the scene stays unfinished for the rerun."""
+    if isinstance(error, OSError | AcpError):
+        return True
+    name = type(error).__name__
+    return name in ("OutOfMemoryError", "AcceleratorError") or "CUDA error" in str(error)
 
 
 _DONE = object()
@@ -345,6 +362,7 @@ class _Stages:
             self.segmenter = MaskSegmenter(config.sam_model, device=self.renderer.device)
         self.candidates_log = (JsonlWriter(out / CANDIDATES_DIR / "manifest.jsonl")
                                if config.keep_candidates else None)
+        self.failures_in_a_row = 0
 
     def close(self) -> None:
         if self.candidates_log is not None:
@@ -371,14 +389,22 @@ class _Stages:
                           reason_kind="layout under the CLIS-L threshold")
             return record
         try:
-            return self._render_and_export(plan, record, scores_log)
-        except (MemoryError, KeyboardInterrupt):
-            raise
-        except Exception as error:  # one scene's failure is recorded; the run goes on
+            record = self._render_and_export(plan, record, scores_log)
+        except Exception as error:
+            if _stops_the_run(error):
+                raise
+            # One scene's failure is recorded and the run goes on, unless failures keep coming.
             first = str(error).strip().splitlines()[0] if str(error).strip() else ""
             record.update(status="failed", reason=f"{type(error).__name__}: {first}"[:500],
                           reason_kind=f"error: {type(error).__name__}")
+            self.failures_in_a_row += 1
+            if self.failures_in_a_row >= FAILURES_IN_A_ROW:
+                raise SceneFailuresError(
+                    f"{FAILURES_IN_A_ROW} scenes in a row failed; stopping (last: {record['reason']})"
+                ) from None
             return record
+        self.failures_in_a_row = 0
+        return record
 
     def _render_and_export(self, plan: ScenePlan, record: dict[str, Any],
                            scores_log: JsonlWriter) -> dict[str, Any]:
@@ -391,11 +417,8 @@ class _Stages:
         self._timed("render", start)
         if self.candidates_log is not None:
             for item in rendered:
-                target = self.out / CANDIDATES_DIR / item.candidate.path
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_name(f".{target.name}.tmp")
-                item.image.save(tmp, format="PNG")
-                tmp.replace(target)
+                with atomic_path(self.out / CANDIDATES_DIR / item.candidate.path) as tmp:
+                    item.image.save(tmp, format="PNG")
                 self.candidates_log.write(item.candidate)
 
         start = time.perf_counter()
@@ -481,10 +504,14 @@ def generate(
         None if config.concepts.quotas else (config.scenes or len(config.concepts.vocabulary)))
     if config.bank is not None and not Path(config.bank).is_dir():
         raise InputError(f"--bank {config.bank}: no such folder (build one with `acp bank build`)")
-    check_settings(out, config.record(), force)
+    record = config.record()
+    if check_settings(out, record, force):
+        clear_output(out)
+    out.mkdir(parents=True, exist_ok=True)
 
     done = finished_plans(out)
-    trim_scores(out, done)
+    trim_to_finished(out / SCORES_NAME, done)
+    trim_to_finished(out / CANDIDATES_DIR / "manifest.jsonl", done)
     if total is not None and len(done) >= total:  # a rerun of a finished job: nothing to load
         summary = GenerateSummary(seconds=time.perf_counter() - started)
         with CocoWriter(out, categories, image_format=config.image_format) as finished:  # type: ignore[arg-type]
@@ -496,6 +523,9 @@ def generate(
     mark = time.perf_counter()
     stages = _Stages(config, out, writer, device)
     stages.times.load = time.perf_counter() - mark
+    # Only now that every model loaded is the folder claimed for these settings: a typo in a
+    # model path must not leave a folder that the corrected command then refuses.
+    write_atomic(out / SETTINGS_NAME, json.dumps(record, indent=2, sort_keys=True) + "\n")
     summary = GenerateSummary(times=stages.times)
     feed = _PlanFeed(planner, make_requests(sets, config.seed, *config.size),
                      out / "plans.jsonl", done, total)
@@ -526,7 +556,8 @@ def generate(
 
 
 def _planner(config: GenerateConfig, api_key: str | None) -> Any:
-    settings = PlanSettings(width=config.size[0], height=config.size[1], rules=config.rules)
+    settings = PlanSettings(width=config.size[0], height=config.size[1], rules=config.rules,
+                            categories=tuple(all_concepts(config.concepts)))
     if config.planner == "openai":
         from acp.plan.llm import LLMPlanner
 

@@ -155,3 +155,73 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(tiny_models, tmp_path):
     assert sorted(plan_ids) == [f"{i:06d}" for i in range(10)]
     scored = [(r["plan_id"], r["index"]) for _, r, _ in read_records(killed / "out" / "scores.jsonl")]
     assert len(scored) == len(set(scored)) == 20
+
+
+def test_a_typo_in_a_model_path_leaves_the_folder_usable(tiny_models, tmp_path):
+    out = tmp_path / "out"
+    args = generate_args(tiny_models, out, "--scenes", "2")
+    typo = [str(tmp_path / "no-such-clip") if a == str(tiny_models["clip"]) else a for a in args]
+    failed = runner.invoke(app, typo)
+    assert failed.exit_code == 1 and "no-such-clip" in failed.output
+    fixed = runner.invoke(app, args)
+    assert fixed.exit_code == 0, fixed.output
+    assert json.loads((out / "summary.json").read_text())["scenes"] == 2
+
+
+def test_keep_candidates_resume_does_not_duplicate(tiny_models, tmp_path):
+    out = tmp_path / "out"
+    args = generate_args(tiny_models, out, "--scenes", "3", "--keep-candidates")
+    assert runner.invoke(app, args).exit_code == 0
+    # As if killed after the last plan's candidates were saved but before it was finished.
+    progress = out / "progress.jsonl"
+    lines = progress.read_text().splitlines(keepends=True)
+    progress.write_text("".join(lines[:-1]))
+    assert runner.invoke(app, args).exit_code == 0
+    manifest = [(r["plan_id"], r["index"]) for _, r, _ in read_records(out / "candidates" / "manifest.jsonl")]
+    assert sorted(manifest) == sorted({(f"{i:06d}", k) for i in range(3) for k in range(2)})
+    for plan_id, index in manifest:
+        assert (out / "candidates" / plan_id / f"{index}.png").is_file()
+
+
+def _failing_render(original, error: Exception, times: int):
+    """A GligenRenderer.render_plan that fails the way a scene or a machine fails, ``times``
+    times, then renders for real."""
+    left = [times]
+
+    def render_plan(renderer, plan, candidates=4):
+        if left[0] > 0:
+            left[0] -= 1
+            raise error
+        return original(renderer, plan, candidates)
+
+    return render_plan
+
+
+@pytest.mark.parametrize(
+    ("error", "times", "exit_code", "failed", "message"),
+    [
+        (ValueError("odd plan"), 1, 0, 1, None),  # one scene's problem: recorded, run goes on
+        (ValueError("broken"), 99, 1, 4, "5 scenes in a row failed"),
+        (OSError(28, "No space left on device"), 1, 1, 0, "No space left on device"),
+    ],
+)
+def test_scene_failures_versus_failures_that_stop_the_run(tiny_models, tmp_path, monkeypatch,
+                                                          error, times, exit_code, failed, message):
+    from acp.render.gligen import GligenRenderer
+
+    original = GligenRenderer.render_plan
+    monkeypatch.setattr(GligenRenderer, "render_plan", _failing_render(original, error, times))
+    out = tmp_path / "out"
+    result = runner.invoke(app, generate_args(tiny_models, out, "--scenes", "6"))
+    assert result.exit_code == exit_code, result.output
+    if message:
+        assert f"acp: error: {message}" in result.output
+    records = [r for _, r, _ in read_records(out / "progress.jsonl")]
+    assert sum(r["status"] == "failed" for r in records) == failed
+    if exit_code:
+        # The scene that stopped the run is not marked finished: a rerun does it again.
+        monkeypatch.setattr(GligenRenderer, "render_plan", original)
+        again = runner.invoke(app, generate_args(tiny_models, out, "--scenes", "6"))
+        assert again.exit_code == 0, again.output
+        records = [r for _, r, _ in read_records(out / "progress.jsonl")]
+        assert sorted(r["plan_id"] for r in records) == [f"{i:06d}" for i in range(6)]

@@ -133,7 +133,7 @@ def plan(
 
     The API key is read from OPENAI_API_KEY and never printed or written.
     """
-    from acp.concepts import parse_object_range, scene_concepts
+    from acp.concepts import all_concepts, parse_object_range, scene_concepts
     from acp.plan.base import PlanSettings
     from acp.plan.run import failures_path, make_requests, run_planner
     from acp.schema import LayoutRules
@@ -148,6 +148,7 @@ def plan(
     settings = PlanSettings(
         width=width, height=height,
         rules=LayoutRules(max_overlap=max_overlap, on_overlap=on_overlap.value),
+        categories=tuple(all_concepts(source)),
     )
     api_key = os.environ.get("OPENAI_API_KEY") or None
     chosen: Any
