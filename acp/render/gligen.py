@@ -206,8 +206,9 @@ def load_pipeline(model: str, device: str, dtype: torch.dtype) -> Any:
             "install them with: pip install torch diffusers transformers"
         ) from None
     # Quiet during import and load: diffusers warns that the GLIGEN pipeline is deprecated
-    # (acp pins a version where it works), transformers about optional torchvision, and both
-    # draw per-component loading bars; acp reports the load time in its summary instead.
+    # (it still works through 0.42, which acp is tested with), transformers about optional
+    # torchvision, and both draw per-component loading bars; acp reports the load time in its
+    # summary instead.
     libraries = (diffusers_logging, transformers_logging)
     saved = [(lib.get_verbosity(), lib.is_progress_bar_enabled()) for lib in libraries]
     for lib in libraries:
