@@ -48,7 +48,7 @@ def write_coco(
 
 
 def test_boxes_are_normalised_and_problem_annotations_skipped_and_counted(tmp_path: Path) -> None:
-    bad = [
+    bad: list[dict[str, Any]] = [
         {"id": 100, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "iscrowd": 1},
         {"id": 101, "image_id": 1, "category_id": 1, "bbox": [10, 10, 0, 20]},  # zero width
         {"id": 102, "image_id": 1, "category_id": 1, "bbox": [10, 10, float("nan"), 20]},
@@ -175,3 +175,117 @@ def test_missing_file_and_bad_bank_folders_raise_input_errors(tmp_path: Path) ->
     index.write_text(index.read_text().replace('"format": 1', '"format": 99'))
     with pytest.raises(InputError, match="format 99, expected 1"):
         Bank.load(tmp_path / "bank")
+
+
+def test_no_usable_box_is_an_error_naming_the_files(tmp_path: Path) -> None:
+    crowd = write_coco(
+        tmp_path / "crowd.json",
+        [],
+        extra_images=[{"id": 1, "width": 100, "height": 100}],
+        extra_annotations=[{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5], "iscrowd": 1}],
+    )
+    empty = write_coco(tmp_path / "empty.json", [])
+    with pytest.raises(InputError, match="no usable boxes found") as error:
+        Bank.from_coco([crowd, empty])
+    assert str(crowd) in str(error.value) and str(empty) in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def _two_banks(tmp_path: Path) -> tuple[Bank, Bank]:
+    a = write_coco(tmp_path / "a.json", [[("dog", [0.1, 0.1, 0.2, 0.2]), ("cat", [0.4, 0.1, 0.3, 0.5])]])
+    animals = [[("bird", [0.1, 0.1, 0.2, 0.2])], [("cow", [0.2, 0.2, 0.5, 0.5])]]
+    b = write_coco(tmp_path / "b.json", animals * 3)
+    return Bank.from_coco([a]), Bank.from_coco([b])
+
+
+def test_rebuilding_over_a_bank_replaces_the_folder_whole(tmp_path: Path) -> None:
+    old, new = _two_banks(tmp_path)
+    folder = tmp_path / "out" / "bank"
+    old.save(folder)
+    new.save(folder)
+    loaded = Bank.load(folder)
+    assert [c.key for c in loaded.categories] == ["bird", "cow"]
+    np.testing.assert_array_equal(loaded.boxes, new.boxes)
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["bank"]  # nothing left beside it
+
+
+def test_a_rebuild_that_dies_leaves_the_old_bank_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    import acp.score.bank as bank_module
+
+    old, new = _two_banks(tmp_path)
+    folder = tmp_path / "bank"
+    old.save(folder)
+
+    real_fsync, synced = os.fsync, []
+
+    def killed(fd: int) -> None:  # dies once the arrays are on disk, before the names are
+        synced.append(fd)
+        if len(synced) == 2:
+            raise KeyboardInterrupt
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", killed)
+    with pytest.raises(KeyboardInterrupt):
+        new.save(folder)
+    monkeypatch.undo()
+    assert [c.key for c in Bank.load(folder).categories] == ["cat", "dog"]
+    np.testing.assert_array_equal(Bank.load(folder).boxes, old.boxes)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".json")) == ["bank"]
+
+    # Killed between the two renames: the old bank is put back.
+    renames = []
+    real_rename = bank_module.os.rename
+
+    def rename(source: Path, target: Path) -> None:
+        renames.append(target)
+        if len(renames) == 2:
+            raise KeyboardInterrupt
+        real_rename(source, target)
+
+    monkeypatch.setattr(bank_module.os, "rename", rename)
+    with pytest.raises(KeyboardInterrupt):
+        new.save(folder)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(Bank.load(folder).boxes, old.boxes)
+
+
+def test_a_kill_between_the_renames_is_explained_on_load(tmp_path: Path) -> None:
+    old, _ = _two_banks(tmp_path)
+    old.save(tmp_path / "left")
+    (tmp_path / ".bank.old-x1y2").mkdir()
+    (tmp_path / "left").rename(tmp_path / ".bank.old-x1y2" / "bank")
+    with pytest.raises(InputError, match="rebuild was interrupted") as error:
+        Bank.load(tmp_path / "bank")
+    assert str(tmp_path / ".bank.old-x1y2" / "bank") in str(error.value)
+
+
+def test_save_refuses_a_folder_holding_other_files(tmp_path: Path) -> None:
+    bank, _ = _two_banks(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "precious.txt").write_text("keep me")
+    with pytest.raises(InputError, match="holds other files"):
+        bank.save(tmp_path / "data")
+    assert (tmp_path / "data" / "precious.txt").read_text() == "keep me"
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["precious.txt"]
+
+
+def test_saved_bank_modes_follow_the_umask(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import stat
+
+    import acp.score.bank as bank_module
+
+    bank, _ = _two_banks(tmp_path)
+    monkeypatch.setattr(bank_module, "_UMASK", 0o022)  # read once at import, as acp.atomic does
+    previous = os.umask(0o022)
+    try:
+        bank.save(tmp_path / "bank")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "bank").stat().st_mode) == 0o755  # mkdtemp alone gives 0700
+    for name in ("bank.npz", "index.json"):
+        assert stat.S_IMODE((tmp_path / "bank" / name).stat().st_mode) == 0o644

@@ -145,6 +145,7 @@ def test_scores_follow_the_documented_composition(scorer: ImageScorer) -> None:
         assert 0 <= instance.clis_i <= 100
     assert result.global_score == pytest.approx(float(cosine_to_score(result.global_cosine)))
     assert result.local_score == pytest.approx(np.mean([o.clis_i for o in result.objects]))
+    assert result.local_score is not None
     assert result.clis_i == pytest.approx(0.5 * result.global_score + 0.5 * result.local_score)
 
 
@@ -307,3 +308,71 @@ def test_judge_without_usable_answers_keeps_clip_scores_and_switches_off(chat_se
     assert judge.failures == 3 and judge.disabled and "in a row" in judge.disabled
     assert len(chat_server.requests) == 3  # the fourth is not sent once the judge is off
     assert json.dumps([o.__dict__ for o in score.objects]).count("sk-judge-secret") == 0
+
+
+@pytest.mark.parametrize("device", ["gpu", "CPU", "cuda:x", "", "meta"])
+def test_an_invalid_device_is_one_input_error_naming_the_option(tmp_path: Path, device: str) -> None:
+    from acp.score.image import resolve_device
+
+    with pytest.raises(InputError) as caught:
+        resolve_device(device)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith("--device")
+    assert "cpu" in message and "cuda:0" in message and "mps" in message
+    # Checked before anything is loaded: the missing model folder is not what is reported.
+    with pytest.raises(InputError, match=r"^--device"):
+        ImageScorer.from_pretrained(tmp_path / "missing", device=device)
+
+
+def test_an_unavailable_device_is_an_input_error(
+    monkeypatch: pytest.MonkeyPatch, scorer: ImageScorer
+) -> None:
+    import torch
+
+    from acp.score.image import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(InputError, match="--device cuda: torch sees no CUDA GPU"):
+        resolve_device("cuda")
+    with pytest.raises(InputError, match="--device cuda:0"):
+        ImageScorer(scorer.model, scorer.processor, device="cuda:0")
+    assert resolve_device(None) == resolve_device("auto") == "cpu"
+    assert resolve_device("cpu") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda:0") == "cuda:0" and resolve_device(None) == "cuda"
+    with pytest.raises(InputError, match=r"--device cuda:1: torch sees 1 cuda device\(s\)"):
+        resolve_device("cuda:1")
+
+
+def _candidate(index: int) -> Candidate:
+    return Candidate(
+        plan_id="p1", index=index, seed=index, path=f"p1/{index}.png", model="tiny", steps=2,
+        guidance=7.5, beta=0.3, width=64, height=48, prompt="x",
+    )
+
+
+def test_a_reference_free_layout_score_is_not_written_as_clis_l(tmp_path: Path) -> None:
+    from acp.score.bank import Bank
+    from acp.score.candidates import combine, layout_fields
+    from tests.test_bank import write_coco
+
+    image = _image_score([80.0, 70.0])
+    sanity = LayoutScorer(None).score(PLAN)
+    assert sanity.reference_free and sanity.score > 0
+    (record,) = combine("p1", [_candidate(0)], [image], sanity, Thresholds(None, None))
+    assert record.clis_l is None and record.clis == pytest.approx(image.clis_i, abs=1e-3)
+    assert record.detail["clis_l_sanity"] == pytest.approx(sanity.score, abs=1e-3)
+    assert record.detail["clis_l_method"] == "sanity" and record.detail["clis_l_reference_free"]
+    assert layout_fields(sanity) == {
+        "clis_l": None, "clis_l_sanity": round(sanity.score, 3), "clis_l_method": "sanity"
+    }
+    assert layout_fields(None) == {"clis_l": None, "clis_l_sanity": None, "clis_l_method": None}
+
+    pets = [("cat", [0.1, 0.1, 0.3, 0.4]), ("dog", [0.5, 0.4, 0.4, 0.5])]
+    coco = write_coco(tmp_path / "coco.json", [pets])
+    layout = LayoutScorer(Bank.from_coco([coco])).score(PLAN)
+    assert not layout.reference_free
+    (record,) = combine("p1", [_candidate(0)], [image], layout, Thresholds(None, None))
+    assert record.clis_l == pytest.approx(layout.score, abs=1e-3)
+    assert record.detail["clis_l_sanity"] is None and record.detail["clis_l_method"] == "pairs"

@@ -112,6 +112,36 @@ def test_bank_build_of_a_bad_file_is_one_line_naming_it(tmp_path: Path) -> None:
     assert not (tmp_path / "bank").exists()
 
 
+def test_bank_build_without_a_usable_box_is_an_error_naming_the_files(tmp_path: Path) -> None:
+    coco = write_coco(
+        tmp_path / "useless.json",
+        [],
+        extra_annotations=[{"id": 9, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5], "iscrowd": 1}],
+        extra_images=[{"id": 1, "width": 100, "height": 100}],
+    )
+    result = runner.invoke(app, ["bank", "build", str(coco), "-o", str(tmp_path / "bank")])
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("acp: error: ") and str(coco) in lines[0]
+    assert "no usable boxes" in lines[0]
+    assert not (tmp_path / "bank").exists()
+
+
+def test_bank_build_over_a_bank_replaces_it_and_refuses_other_folders(tmp_path: Path, bank_dir: Path) -> None:
+    coco = write_coco(tmp_path / "birds.json", [[("bird", BIRD)]])
+    result = runner.invoke(app, ["bank", "build", str(coco), "-o", str(bank_dir)])
+    assert result.exit_code == 0, result.output
+    assert [c.key for c in Bank.load(bank_dir).categories] == ["bird"]
+    assert sorted(p.name for p in bank_dir.iterdir()) == ["bank.npz", "index.json"]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    result = runner.invoke(app, ["bank", "build", str(coco), "-o", str(tmp_path / "mine")])
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "holds other files (notes.txt)" in lines[0]
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
+
+
 def test_score_layouts_adds_clis_l_and_reports_bad_lines(tmp_path: Path, bank_dir: Path) -> None:
     plans = write_plans(tmp_path / "plans.jsonl", extra_lines=('{"id": "broken"}',))
     out = tmp_path / "scored.jsonl"
@@ -124,6 +154,9 @@ def test_score_layouts_adds_clis_l_and_reports_bad_lines(tmp_path: Path, bank_di
     detail = records[0]["clis_l_detail"]
     assert detail["method"] == "pairs" and detail["pairs"][0]["predicate"] == "left of"
     assert records[1]["clis_l_detail"]["method"] == "sanity"  # no bird in the bank
+    assert records[0]["clis_l_method"] == "pairs" and records[0]["clis_l_sanity"] is None
+    assert records[1]["clis_l"] is None and records[1]["clis_l_method"] == "sanity"
+    assert records[1]["clis_l_sanity"] == pytest.approx(records[1]["clis_l_detail"]["score"], abs=1e-3)
 
 
 def test_score_layouts_without_a_bank_labels_the_sanity_score(tmp_path: Path) -> None:
@@ -134,6 +167,12 @@ def test_score_layouts_without_a_bank_labels_the_sanity_score(tmp_path: Path) ->
     assert "reference-free" in result.stderr
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert all(r["clis_l_detail"]["reference_free"] for r in records)
+    # A sanity check is not CLIS-L: clis_l stays empty, the value is labelled as what it is.
+    assert all(r["clis_l"] is None and r["clis_l_method"] == "sanity" for r in records)
+    assert [r["clis_l_sanity"] for r in records] == [
+        pytest.approx(r["clis_l_detail"]["score"], abs=1e-3) for r in records
+    ]
+    assert all(r["clis_l_sanity"] > 0 for r in records)
 
 
 def _scores(path: Path) -> list[CandidateScore]:
@@ -179,7 +218,7 @@ def test_score_candidates_writes_scores_marks_best_and_resumes(
         (best,) = [s for s in mine if s.best]
         assert best.clis == max(s.clis for s in mine)
     p1 = next(s for s in scores if s.plan_id == "p1")
-    assert p1.clis_l == pytest.approx(100, abs=1e-3)
+    assert p1.clis_l is not None and p1.clis_l == pytest.approx(100, abs=1e-3)
     assert p1.clis == pytest.approx(0.5 * p1.clis_l + 0.5 * p1.clis_i, abs=1e-2)
     assert [o.category for o in p1.objects] == ["cat", "dog"]
     assert p1.detail["settings"]["clip_model"] == str(tiny_clip_dir)
@@ -261,6 +300,51 @@ def test_unreadable_images_are_reported_and_the_run_goes_on(tmp_path: Path, tiny
     assert "p2/0.png: cannot decode the image" in result.output
     assert "manifest.jsonl:4: seed: Field required" in result.output
     assert [(s.plan_id, s.index) for s in _scores(out)] == [("p1", 0)]
+    (score,) = _scores(out)  # no bank: the sanity score is in detail, not in clis_l
+    assert score.clis_l is None and score.detail["clis_l_sanity"] > 0
+    assert score.clis == score.clis_i
+
+
+@pytest.mark.parametrize("command", ["candidates", "dataset"])
+@pytest.mark.parametrize("device", ["gpu", "cuda:x"])
+def test_a_bad_device_is_one_line_naming_the_option(
+    tmp_path: Path, tiny_clip_dir: Path, command: str, device: str
+) -> None:
+    plans = write_plans(tmp_path / "plans.jsonl")
+    renders = write_renders(tmp_path / "renders", {"p1": 1})
+    if command == "candidates":
+        args = ["score", "candidates", str(renders), "--plans", str(plans)]
+    else:
+        coco = write_coco(tmp_path / "coco.json", [[("cat", CAT)]])
+        args = ["score", "dataset", str(coco), "--images", str(renders)]
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app, [*args, "-o", str(out), "--clip-model", str(tiny_clip_dir), "--device", device, "--no-progress"]
+    )
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"acp: error: --device '{device}': not a torch device")
+    assert "cpu" in lines[-1] and "cuda:0" in lines[-1] and "mps" in lines[-1]
+    assert "Traceback" not in result.output and not out.exists()
+
+
+def test_a_device_this_machine_lacks_is_one_line(
+    tmp_path: Path, tiny_clip_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    plans = write_plans(tmp_path / "plans.jsonl")
+    renders = write_renders(tmp_path / "renders", {"p1": 1})
+    result = runner.invoke(
+        app,
+        ["score", "candidates", str(renders), "--plans", str(plans), "-o", str(tmp_path / "s.jsonl"),
+         "--clip-model", str(tiny_clip_dir), "--device", "cuda", "--no-progress"],
+    )
+    assert result.exit_code == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("acp: error: --device cuda: torch sees no CUDA GPU")
 
 
 def test_candidates_with_the_judge_never_write_the_key(

@@ -211,3 +211,79 @@ def test_cli_rejects_a_missing_images_folder_and_a_non_coco_file(tmp_path: Path,
         ],
     )
     assert result.exit_code == 1 and str(bad) in result.stderr and "COCO-format" in result.stderr
+
+
+def test_records_without_ids_or_keys_are_failures_and_the_run_goes_on(
+    tmp_path: Path, tiny_clip_dir: Path
+) -> None:
+    annotations, images = write_dataset(tmp_path)
+    coco = json.loads(annotations.read_text())
+    coco["images"] += [
+        {"file_name": "a.png", "width": 64, "height": 48},  # no id
+        "not an image",
+        {"id": [6], "file_name": "a.png", "width": 64, "height": 48},  # unusable id
+        {"id": 1, "file_name": "b.png", "width": 64, "height": 48},  # repeats image 1
+        {"id": 8, "width": 64, "height": 48},  # no file_name
+    ]
+    coco["annotations"] += [
+        {"id": 50, "category_id": 1, "bbox": [5, 5, 10, 10]},  # no image_id
+        {"id": 51, "image_id": 1, "bbox": [5, 5, 10, 10]},  # no category_id
+        {"id": 52, "image_id": 1, "category_id": 1},  # no bbox
+        {"image_id": 1, "category_id": 1, "bbox": [5, 5, 10, 10], "iscrowd": 0},  # no id: scored
+        {"image_id": 1, "category_id": 2},  # no id, no bbox
+        {"id": 53, "image_id": [1], "category_id": 1, "bbox": [5, 5, 10, 10]},
+        7,
+    ]
+    annotations.write_text(json.dumps(coco))
+    out = tmp_path / "report"
+    result = runner.invoke(
+        app,
+        ["score", "dataset", str(annotations), "--images", str(images), "-o", str(out),
+         "--clip-model", str(tiny_clip_dir), "--no-progress", "--keep-above", "0"],
+    )
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    failures = json.loads((out / "failures.json").read_text())
+    reasons = {f["item"]: f["reason"] for f in failures}
+    assert reasons["images[5]"] == "no 'id'"
+    assert reasons["images[6]"].startswith("not a JSON object")
+    assert reasons["images[7]"].startswith("id must be a number or a string")
+    assert reasons["image 1"] == "images[8] repeats the id of images[0]"
+    assert reasons["image 8"] == "no 'file_name'"
+    assert reasons["annotation 50"] == "no 'image_id'"
+    assert reasons["annotation 51"] == "no 'category_id'"
+    assert reasons["annotation 52"] == "no 'bbox'"
+    assert reasons["annotations[13]"] == "no 'bbox'"
+    assert reasons["annotation 53"].startswith("image_id must be a number or a string")
+    assert reasons["annotations[15]"].startswith("not a JSON object")
+    assert f"{annotations}: annotation 52: no 'bbox'" in result.output
+    report = json.loads((out / "images.json").read_text())
+    assert [i["id"] for i in report] == [1, 2]  # the rest is still scored
+    assert report[0]["boxes"] == 3  # the annotation without an id counts with its image
+    boxes = json.loads((out / "boxes.json").read_text())
+    assert [b["id"] for b in boxes] == [10, 11, None, 20, 24]
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["images"], summary["scored_images"], summary["failed_images"]) == (10, 2, 8)
+    assert (summary["boxes"], summary["scored_boxes"], summary["failed_boxes"]) == (16, 5, 10)
+    assert summary["boxes_of_failed_images"] == 1
+    filtered = json.loads((out / "filtered.json").read_text())
+    assert [i.get("file_name") for i in filtered["images"]] == ["a.png", "b.png"]  # not the duplicate
+
+
+def test_with_a_bank_a_reference_free_image_has_no_clis_l(tmp_path: Path, scorer: ImageScorer) -> None:
+    from acp.score.bank import Bank
+    from acp.score.layout import LayoutScorer
+    from tests.test_bank import write_coco
+
+    annotations, images = write_dataset(tmp_path)
+    bank = Bank.from_coco([write_coco(tmp_path / "bank.json", [[("cat", [0.1, 0.1, 0.3, 0.4])]])])
+    coco = json.loads(annotations.read_text())
+    coco["categories"][1]["name"] = "zebra"  # image 1: a cat and a zebra, scored by the cat's priors
+    coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] != 2 or a["category_id"] == 2]
+    annotations.write_text(json.dumps(coco))  # image 2: zebras only, unknown to the bank: sanity
+    report = score_dataset(annotations, images, image_scorer=scorer, layout_scorer=LayoutScorer(bank))
+    first, second = report.images
+    assert first["clis_l_method"] == "priors" and first["clis_l"] is not None
+    assert first["clis_l_sanity"] is None
+    assert second["clis_l_method"] == "sanity" and second["clis_l"] is None
+    assert second["clis_l_sanity"] is not None and second["clis"] == second["clis_i"]

@@ -1,4 +1,10 @@
-"""``acp bank build`` and ``acp score layouts | candidates | dataset``."""
+"""``acp bank build`` and ``acp score layouts | candidates | dataset``.
+
+Every output writes a layout score the same way (``acp.score.candidates.layout_fields``):
+``clis_l`` is CLIS-L against a bank and ``null`` when the score is reference-free (no
+``--bank``, or none of the plan's categories in it), ``clis_l_sanity`` then holds the sanity
+score, and ``clis_l_method`` says how the score was reached (``sanity`` for the check).
+"""
 
 from __future__ import annotations
 
@@ -38,7 +44,10 @@ EmbedOption = Annotated[
 ]
 ClipOption = Annotated[str, typer.Option("--clip-model", help="CLIP hub id or folder.")]
 DeviceOption = Annotated[
-    str | None, typer.Option("--device", help="torch device [default: cuda when available, else cpu].")
+    str | None,
+    typer.Option(
+        "--device", help="auto, cpu, cuda, cuda:N or mps [default: cuda when available, else cpu]."
+    ),
 ]
 ProgressOption = Annotated[bool, typer.Option(help="Show a progress bar.")]
 
@@ -62,8 +71,9 @@ def bank_build(
     seed: Annotated[int, typer.Option(help="Seed of the sampling under the caps.")] = 0,
 ) -> None:
     """Build a CLIS-L reference bank from real layouts: pairs per category pair, priors per category."""
-    from acp.score.bank import Bank, describe_summary
+    from acp.score.bank import Bank, check_output, describe_summary
 
+    check_output(output)  # before the build, which takes a minute on a full COCO split
     bank = Bank.from_coco(
         annotations,
         max_objects_per_image=max_objects_per_image,
@@ -80,7 +90,10 @@ def _layout_scorer(bank: Path | None, embed_model: str | None) -> LayoutScorer:
     from acp.score.layout import LayoutScorer, sentence_transformer_embedder
 
     if bank is None:
-        notice("no --bank given: CLIS-L is a reference-free sanity score (in frame, sizes, overlaps)")
+        notice(
+            "no --bank given: no CLIS-L (clis_l is null); a reference-free sanity score "
+            "(in frame, sizes, overlaps) is written as clis_l_sanity"
+        )
         if embed_model:
             raise fail("--embed-model needs --bank (it matches names against the bank's categories)", code=2)
     embedder = sentence_transformer_embedder(embed_model) if embed_model else None
@@ -95,13 +108,17 @@ def score_layouts(
     bank: BankOption = None,
     embed_model: EmbedOption = None,
 ) -> None:
-    """CLIS-L of every plan: each plan record plus clis_l and clis_l_detail (per pair).
+    """CLIS-L of every plan: each plan record plus clis_l, clis_l_sanity, clis_l_method and
+    clis_l_detail (per pair).
 
-    Invalid plan lines are reported (file:line: reason) and skipped; the exit code is 1 if any.
+    clis_l is null when the score is reference-free (no --bank, or no category of the plan in
+    it); the sanity score is then in clis_l_sanity, and clis_l_method says "sanity". Invalid
+    plan lines are reported (file:line: reason) and skipped; the exit code is 1 if any.
     """
     from acp.errors import InputError
     from acp.jsonl import dumps, write_atomic
     from acp.schema import read_plans
+    from acp.score.candidates import layout_fields
 
     if not plans.is_file():
         raise InputError(f"{plans}: no such file; expected a plans file (JSON Lines)")
@@ -115,7 +132,7 @@ def score_layouts(
             continue
         result = scorer.score(plan)
         record = plan.model_dump(mode="json")
-        record["clis_l"] = round(result.score, 3)
+        record.update(layout_fields(result))
         record["clis_l_detail"] = result.to_dict()
         lines.append(dumps(record))
     write_atomic(output, "".join(line + "\n" for line in lines))
@@ -183,7 +200,9 @@ def score_candidates(
     reason. A rerun skips plans already scored. The judge's key is read from OPENAI_API_KEY.
     """
     from acp.score.candidates import Thresholds, score_renders
+    from acp.score.image import resolve_device
 
+    device = resolve_device(device)  # a bad --device fails before any bank or model is loaded
     judge = _judge(judge_model, judge_base_url, judge_margin, judge_max_calls)
     layout_scorer = _layout_scorer(bank, embed_model)
     if bank is None:
@@ -243,9 +262,11 @@ def score_dataset(
     """
     from acp.errors import InputError
     from acp.score.dataset import score_dataset as run
+    from acp.score.image import resolve_device
 
     if not images.is_dir():
         raise InputError(f"--images {images}: not a folder; expected the folder of the dataset's images")
+    device = resolve_device(device)  # a bad --device fails before any bank or model is loaded
     layout_scorer = _layout_scorer(bank, embed_model) if bank or embed_model else None
     report = run(
         annotations,

@@ -17,6 +17,7 @@ from acp.score.candidates import (
     best_candidate,
     combine,
     compose_clis,
+    layout_fields,
     score_batch,
     score_candidates,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "best_candidate",
     "combine",
     "compose_clis",
+    "layout_fields",
     "score_batch",
     "score_candidates",
 ]

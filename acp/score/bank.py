@@ -27,11 +27,16 @@ second:
 
 On disk a bank is a folder with ``bank.npz`` (uncompressed numpy arrays, loaded in one read)
 and ``index.json`` (format version, categories with a summary of their priors, build summary).
+The folder is written as a whole (``Bank.save``): rebuilding over a bank replaces both files
+together or neither. Input that yields no usable box at all is an error, not an empty bank.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -42,7 +47,6 @@ from numpy.typing import NDArray
 
 from acp.boxes import coco_to_plan_sized, iou_aligned
 from acp.errors import InputError
-from acp.jsonl import write_atomic
 from acp.names import canonical_key, category_key
 
 BANK_FORMAT = 1
@@ -62,6 +66,11 @@ SKIP_REASONS = (
     "degenerate",
     "out_of_image",
 )
+
+# tempfile.mkdtemp makes folders only their owner can read; a bank must be readable by whoever
+# the umask allows, as a folder made with mkdir would be.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 Float32Array = NDArray[np.float32]
 Int32Array = NDArray[np.int32]
@@ -179,21 +188,49 @@ class Bank:
 
     # -- files ---------------------------------------------------------------------------
     def save(self, folder: Path) -> None:
-        """Write ``bank.npz`` and ``index.json`` under ``folder`` (each atomically)."""
-        import io
+        """Write ``bank.npz`` and ``index.json`` as the folder ``folder``, atomically as a whole.
 
-        folder = Path(folder)
-        buffer = io.BytesIO()
-        np.savez(
-            buffer,
-            boxes=self.boxes,
-            category_offsets=self.category_offsets,
-            pair_a=self.pair_a,
-            pair_b=self.pair_b,
-            pair_keys=self.pair_keys,
-            pair_offsets=self.pair_offsets,
-        )
-        write_atomic(folder / ARRAYS_FILE, buffer.getvalue())
+        Both files go to a temporary sibling folder, which then takes the place of ``folder``:
+        an existing bank is renamed away, the new one renamed in, the old one deleted. A reader
+        sees the old bank or the new one, never new arrays with old names; a kill between the
+        two renames leaves no ``folder`` and the old bank in ``.{name}.old-*`` beside it (which
+        ``load`` points to). A ``folder`` that holds anything but a bank is left alone and
+        refused, since replacing it would delete those files.
+        """
+        folder = check_output(folder)
+        try:
+            self._swap_in(folder)
+        except OSError as error:
+            raise InputError(f"bank {folder}: cannot write ({error.strerror or error})") from None
+
+    def _swap_in(self, folder: Path) -> None:
+        parent = folder.parent
+        parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=parent, prefix=f".{folder.name}.", suffix=".tmp"))
+        try:
+            os.chmod(staging, 0o777 & ~_UMASK)  # mkdtemp makes it 0700, unreadable to others
+            self._write_files(staging)
+            if folder.exists():
+                old = Path(tempfile.mkdtemp(dir=parent, prefix=f".{folder.name}.old-"))
+                try:
+                    os.rename(folder, old / "bank")
+                    try:
+                        os.rename(staging, folder)
+                    except BaseException:
+                        os.rename(old / "bank", folder)
+                        raise
+                finally:
+                    if folder.exists():  # else the old bank stays where ``load`` will point to it
+                        shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(staging, folder)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        _fsync_folder(parent)
+
+    def _write_files(self, folder: Path) -> None:
+        """``bank.npz`` and ``index.json`` into ``folder`` (a fresh one: plain writes, flushed)."""
         index = {
             "format": BANK_FORMAT,
             "max_boxes_per_category": self.max_boxes_per_category,
@@ -203,7 +240,24 @@ class Bank:
             ],
             "summary": self.summary,
         }
-        write_atomic(folder / INDEX_FILE, json.dumps(index, indent=1, ensure_ascii=False) + "\n")
+        text = json.dumps(index, indent=1, ensure_ascii=False) + "\n"
+        with open(folder / ARRAYS_FILE, "wb") as handle:
+            np.savez(
+                handle,
+                boxes=self.boxes,
+                category_offsets=self.category_offsets,
+                pair_a=self.pair_a,
+                pair_b=self.pair_b,
+                pair_keys=self.pair_keys,
+                pair_offsets=self.pair_offsets,
+            )
+            handle.flush()
+            os.fsync(handle.fileno())
+        with open(folder / INDEX_FILE, "w", encoding="utf-8", newline="\n") as text_handle:
+            text_handle.write(text)
+            text_handle.flush()
+            os.fsync(text_handle.fileno())
+        _fsync_folder(folder)
 
     def _prior_summary(self, category: int) -> dict[str, Any]:
         start, stop = self.category_offsets[category], self.category_offsets[category + 1]
@@ -222,6 +276,18 @@ class Bank:
         """Open a bank folder written by ``save`` (``acp bank build``)."""
         folder = Path(folder)
         expected = f"expected a folder with {ARRAYS_FILE} and {INDEX_FILE} written by `acp bank build`"
+        if not folder.exists() and folder.parent.is_dir():
+            prefix = f".{folder.name}.old-"
+            left = sorted(
+                p / "bank"
+                for p in folder.parent.iterdir()
+                if p.name.startswith(prefix) and (p / "bank").is_dir()
+            )
+            if left:
+                raise InputError(
+                    f"bank {folder}: no such folder; a rebuild was interrupted and the previous bank "
+                    f"is in {left[-1]}: move it back or run `acp bank build` again"
+                )
         if not (folder / ARRAYS_FILE).is_file() or not (folder / INDEX_FILE).is_file():
             raise InputError(f"bank {folder}: {expected}")
         try:
@@ -298,6 +364,13 @@ class Bank:
                     "boxes": int(cats.size),
                 }
             )
+        if not sum(int(p[1].size) for p in parts):
+            why = ", ".join(f"{k} {v}" for k, v in skipped.items() if v)
+            raise InputError(
+                f"{', '.join(str(p) for p in paths)}: no usable boxes found "
+                f"({'skipped: ' + why if why else 'no annotations'}); expected non-crowd annotations "
+                "with a bbox inside an image of known width and height and a known category_id"
+            )
         image = np.concatenate([p[0] for p in parts])
         category = np.concatenate([p[1] for p in parts])
         boxes = np.concatenate([p[2] for p in parts]).reshape(-1, 4)
@@ -352,6 +425,40 @@ class Bank:
             max_boxes_per_category=max_boxes_per_category,
             summary=summary,
         )
+
+
+def check_output(folder: Path) -> Path:
+    """``folder`` (a link resolved) if a bank may be saved there: it is missing, empty or a bank;
+    else an ``InputError``, since saving replaces the whole folder. Cheap: ``acp bank build``
+    calls it before the build."""
+    folder = Path(folder)
+    if folder.is_symlink():
+        folder = folder.resolve()
+    if folder.exists():
+        if not folder.is_dir():
+            raise InputError(f"bank {folder}: exists and is not a folder; give another --output")
+        foreign = sorted(p.name for p in folder.iterdir() if p.name not in (ARRAYS_FILE, INDEX_FILE))
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise InputError(
+                f"bank {folder}: the folder holds other files ({shown}), which replacing it would "
+                "delete; give another --output or empty it"
+            )
+    return folder
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Flush a folder's entries (the renames) to disk, where the platform allows it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems and Windows do not sync folders
+    finally:
+        os.close(fd)
 
 
 def _pair_geometry(a: NDArray[np.float64], b: NDArray[np.float64]) -> tuple[Any, ...]:

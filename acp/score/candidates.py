@@ -1,10 +1,17 @@
 """CLIS-L and CLIS-I combined into ``CandidateScore`` records, and the best candidate of a plan.
 
 - ``clis = 0.5 * clis_l + 0.5 * clis_i`` when CLIS-L comes from a bank; ``clis = clis_i`` when
-  the layout score is reference-free (no bank: the sanity check is reported in ``clis_l`` and
-  labelled in ``detail``, but a check of frame and overlaps should not move a quality score).
-  All candidates of a plan share its CLIS-L, so within a plan the ranking is CLIS-I's; the
-  composite makes scores comparable across plans.
+  the layout score is reference-free (no bank, or none of the plan's categories in it: a check
+  of frame and overlaps should not move a quality score). All candidates of a plan share its
+  CLIS-L, so within a plan the ranking is CLIS-I's; the composite makes scores comparable
+  across plans.
+- How a layout score is written, the same in every acp output (``layout_fields``; in a
+  ``CandidateScore`` the last two sit in ``detail``, in ``acp score layouts`` and ``acp score
+  dataset`` records at the top level): ``clis_l`` is CLIS-L proper, ``null`` when the score is
+  reference-free, so that nothing reading ``clis_l`` (COCO provenance, histograms) mistakes a
+  sanity check for CLIS-L; ``clis_l_sanity`` holds the reference-free score then (``null``
+  otherwise); ``clis_l_method`` says how it was reached (``pairs``, ``priors``, ``degenerate``;
+  ``sanity`` or ``empty`` for a reference-free one; see ``acp.score.layout``).
 - Thresholds, the paper's: a plan with ``clis_l < min_clis_l`` (50) is dropped with all its
   candidates (a bank's CLIS-L only: the reference-free sanity score is on another footing);
   an instance with ``clis_i < min_clis_i`` (60) is dropped (``ObjectScore.kept`` false); a
@@ -47,6 +54,19 @@ def compose_clis(layout: LayoutScore | None, clis_i: float) -> float:
     return LAYOUT_WEIGHT * layout.score + (1 - LAYOUT_WEIGHT) * clis_i
 
 
+def layout_fields(layout: LayoutScore | None) -> dict[str, Any]:
+    """``clis_l``, ``clis_l_sanity`` and ``clis_l_method`` of a layout score, rounded (see the
+    module docstring); all ``None`` without one."""
+    if layout is None:
+        return {"clis_l": None, "clis_l_sanity": None, "clis_l_method": None}
+    value = round(layout.score, 3)
+    return {
+        "clis_l": None if layout.reference_free else value,
+        "clis_l_sanity": value if layout.reference_free else None,
+        "clis_l_method": layout.method,
+    }
+
+
 def combine(
     plan_id: str,
     candidates: Sequence[Candidate],
@@ -83,9 +103,11 @@ def combine(
         elif objects and not any(o.kept for o in objects):
             reason = f"no instance reaches CLIS-I {thresholds.min_clis_i:g}"
         detail: dict[str, Any] = {"clis_i_global_cosine": round(image.global_cosine, 5)}
+        fields = layout_fields(layout)
         if layout is not None:
-            detail["clis_l_method"] = layout.method
+            detail["clis_l_method"] = fields["clis_l_method"]
             detail["clis_l_reference_free"] = layout.reference_free
+            detail["clis_l_sanity"] = fields["clis_l_sanity"]
             detail["clis_l_pairs"] = [p.to_dict() for p in layout.pairs]
         if settings:
             detail["settings"] = settings
@@ -95,7 +117,7 @@ def combine(
                 index=candidate.index,
                 path=candidate.path,
                 clis=round(compose_clis(layout, image.clis_i), 3),
-                clis_l=round(layout.score, 3) if layout is not None else None,
+                clis_l=fields["clis_l"],
                 clis_i=round(image.clis_i, 3),
                 clis_i_global=round(image.global_score, 3),
                 clis_i_local=round(image.local_score, 3) if image.local_score is not None else None,

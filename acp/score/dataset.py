@@ -6,11 +6,19 @@ instance CLIS-I and terms. The caption is acp's provenance (``image["acp"]["capt
 acp exported the set, otherwise built from the category names ("a photo of 2 dog and a cat");
 a box's description is ``annotation["acp"]["description"]`` when present, else "a {category}".
 
-What cannot be scored is reported item by item, with a reason, and the run goes on: a missing
-or undecodable image file, a decoded size that differs from the record's, an annotation of an
-unknown image, an unknown category id, a degenerate box or one reaching more than
-``OUT_OF_IMAGE_TOLERANCE`` pixels outside its image. A failed image is not scored, nor are
-its boxes; a failed box is left out of its image's score.
+What cannot be scored is reported item by item, with a reason, and the run goes on: an image
+record that is not an object, lacks ``id`` or ``file_name`` or repeats an earlier image's id
+(the annotations of that id belong to the first), a missing or undecodable image file, a
+decoded size that differs from the record's; an annotation that is not an object or lacks
+``image_id``, ``category_id`` or ``bbox``, of an unknown image, with an unknown category id, a
+degenerate box or one reaching more than ``OUT_OF_IMAGE_TOLERANCE`` pixels outside its image.
+An item is named by its id (``image 3``, ``annotation 12``), or by its position when it has
+none (``images[4]``, ``annotations[7]``). A failed image is not scored, nor are its boxes; a
+failed box is left out of its image's score.
+
+A layout score, when a bank is given, is written as in every acp output
+(``acp.score.candidates.layout_fields``): ``clis_l`` null when it is reference-free, the
+sanity score then in ``clis_l_sanity``, and ``clis_l_method``.
 
 ``DatasetReport.write(folder)`` writes, each file atomically: ``images.json``, ``boxes.json``,
 ``categories.json`` (per category: boxes, mean, median, 10th percentile, share below the
@@ -35,7 +43,7 @@ from acp.boxes import coco_to_plan
 from acp.errors import InputError
 from acp.jsonl import write_atomic
 from acp.score.bank import OUT_OF_IMAGE_TOLERANCE
-from acp.score.candidates import compose_clis
+from acp.score.candidates import compose_clis, layout_fields
 from acp.score.image import ImageScorer, Scene, SceneObject
 from acp.score.layout import LayoutScorer
 
@@ -101,6 +109,25 @@ def _read(path: Path) -> dict[str, Any]:
     return data
 
 
+def _usable_id(value: Any) -> bool:
+    """An id COCO records can refer to: a number or a string (not a bool, list or object)."""
+    return isinstance(value, int | float | str) and not isinstance(value, bool)
+
+
+def _record_problem(record: Any, keys: tuple[str, ...]) -> str | None:
+    """Why an image or annotation record cannot be used: not an object, or a key missing
+    (``bbox`` is only required to be there; ``_box_problem`` checks its value)."""
+    if not isinstance(record, dict):
+        return f"not a JSON object, got {type(record).__name__}"
+    missing = [key for key in keys if key not in record]
+    if missing:
+        return "no " + " and no ".join(repr(key) for key in missing)
+    for key in keys:
+        if key.endswith("id") and not _usable_id(record[key]):
+            return f"{key} must be a number or a string, got {record[key]!r}"
+    return None
+
+
 def _box_problem(bbox: Any, width: float, height: float) -> str | None:
     if not isinstance(bbox, list | tuple) or len(bbox) != 4:
         return f"bbox must be 4 numbers [x, y, w, h], got {bbox!r}"
@@ -156,23 +183,53 @@ def score_dataset(
 
     data = _read(annotations)
     report = DatasetReport()
-    categories = {c.get("id"): str(c.get("name")) for c in data["categories"] if isinstance(c, dict)}
-    records = {img.get("id"): img for img in data["images"] if isinstance(img, dict)}
-    by_image: dict[Any, list[dict[str, Any]]] = {key: [] for key in records}
+    failed_images, failed_boxes = 0, 0
+
+    def fail_image(item: str, reason: str) -> None:
+        nonlocal failed_images
+        failed_images += 1
+        report.failures.append({"item": item, "reason": reason})
+
+    def fail_box(item: str, reason: str) -> None:
+        nonlocal failed_boxes
+        failed_boxes += 1
+        report.failures.append({"item": item, "reason": reason})
+
+    categories = {
+        c["id"]: str(c.get("name"))
+        for c in data["categories"]
+        if isinstance(c, dict) and _usable_id(c.get("id"))
+    }
+    records: dict[Any, dict[str, Any]] = {}
+    first_row: dict[Any, int] = {}
+    for k, img in enumerate(data["images"]):
+        problem = _record_problem(img, ("id", "file_name"))
+        if problem is None and img["id"] in records:
+            problem = f"images[{k}] repeats the id of images[{first_row[img['id']]}]"
+        if problem is None and not (isinstance(img["file_name"], str) and img["file_name"].strip()):
+            problem = f"file_name must be a non-empty string, got {img['file_name']!r}"
+        if problem is not None:
+            known = isinstance(img, dict) and _usable_id(img.get("id"))
+            fail_image(f"image {img['id']}" if known else f"images[{k}]", problem)
+            continue
+        records[img["id"]] = img
+        first_row[img["id"]] = k
+    by_image: dict[Any, list[tuple[str, dict[str, Any]]]] = {key: [] for key in records}
     for k, ann in enumerate(data["annotations"]):
-        ann_id = ann.get("id", f"#{k}") if isinstance(ann, dict) else f"#{k}"
-        if not isinstance(ann, dict) or ann.get("image_id") not in records:
-            image_id = ann.get("image_id") if isinstance(ann, dict) else None
-            reason = f"unknown image id {image_id!r}"
-            report.failures.append({"item": f"annotation {ann_id}", "reason": reason})
-        elif ann.get("category_id") not in categories:
-            reason = f"unknown category id {ann.get('category_id')!r}"
-            report.failures.append({"item": f"annotation {ann_id}", "reason": reason})
+        label = f"annotation {ann['id']}" if isinstance(ann, dict) and "id" in ann else f"annotations[{k}]"
+        problem = _record_problem(ann, ("image_id", "category_id", "bbox"))
+        if problem is not None:
+            fail_box(label, problem)
+        elif ann["image_id"] not in records:
+            fail_box(label, f"unknown image id {ann['image_id']!r}")
+        elif ann["category_id"] not in categories:
+            fail_box(label, f"unknown category id {ann['category_id']!r}")
         else:
-            by_image[ann["image_id"]].append(ann)
+            by_image[ann["image_id"]].append((label, ann))
 
     kept_boxes: set[Any] = set()
-    kept_images: set[Any] = set()
+    kept_images: set[Any] = set()  # COCO ids
+    kept_records: set[int] = set()  # Python ids of their records (a duplicate id is not kept)
     batch: list[tuple[dict[str, Any], Scene, Image, list[dict[str, Any]]]] = []
 
     def flush() -> None:
@@ -202,8 +259,7 @@ def score_dataset(
                     "id": record["id"],
                     "file_name": record.get("file_name"),
                     "clis": round(clis, 3),
-                    "clis_l": round(layout.score, 3) if layout is not None else None,
-                    "clis_l_method": layout.method if layout is not None else None,
+                    **layout_fields(layout),
                     "clis_i": round(score.clis_i, 3),
                     "clis_i_global": round(score.global_score, 3),
                     "clis_i_local": round(score.local_score, 3) if score.local_score is not None else None,
@@ -215,20 +271,23 @@ def score_dataset(
                 not anns or any(id(a) in kept_boxes for a in anns)
             ):
                 kept_images.add(record["id"])
+                kept_records.add(id(record))
         batch.clear()
 
+    boxes_of_failed_images = 0
     for record in tqdm(records.values(), unit="image", disable=not progress):
-        path = Path(images_dir) / str(record.get("file_name", ""))
+        path = Path(images_dir) / record["file_name"]
         image, why = _open(path, record.get("width"), record.get("height"))
         if image is None:
-            report.failures.append({"item": f"image {record['id']}", "reason": why})
+            fail_image(f"image {record['id']}", why or "unreadable")
+            boxes_of_failed_images += len(by_image[record["id"]])
             continue
         objects: list[SceneObject] = []
         anns: list[dict[str, Any]] = []
-        for ann in by_image[record["id"]]:
-            problem = _box_problem(ann.get("bbox"), image.width, image.height)
+        for label, ann in by_image[record["id"]]:
+            problem = _box_problem(ann["bbox"], image.width, image.height)
             if problem:
-                report.failures.append({"item": f"annotation {ann.get('id')}", "reason": problem})
+                fail_box(label, problem)
                 continue
             name = categories[ann["category_id"]]
             provenance = ann["acp"] if isinstance(ann.get("acp"), dict) else {}
@@ -247,24 +306,20 @@ def score_dataset(
     report.categories = _category_summary(report.boxes)
     if keep_above is not None:
         filtered = copy.copy(data)
-        filtered["images"] = [
-            img for img in data["images"] if isinstance(img, dict) and img.get("id") in kept_images
-        ]
+        filtered["images"] = [img for img in data["images"] if id(img) in kept_records]
         filtered["annotations"] = [
-            a for a in data["annotations"] if id(a) in kept_boxes and a.get("image_id") in kept_images
+            a for a in data["annotations"] if id(a) in kept_boxes and a["image_id"] in kept_images
         ]
         report.filtered = filtered
-    failed_ids = {f["item"].removeprefix("image ") for f in report.failures if f["item"].startswith("image ")}
-    failed_images = len(failed_ids)
     report.summary = {
         "annotations": str(annotations),
-        "images": len(records),
+        "images": len(data["images"]),
         "scored_images": len(report.images),
         "failed_images": failed_images,
         "boxes": len(data["annotations"]),
         "scored_boxes": len(report.boxes),
-        "failed_boxes": len(report.failures) - failed_images,
-        "boxes_of_failed_images": sum(len(by_image[i]) for i in by_image if str(i) in failed_ids),
+        "failed_boxes": failed_boxes,
+        "boxes_of_failed_images": boxes_of_failed_images,
         "keep_above": keep_above,
         "kept_images": len(kept_images) if keep_above is not None else None,
         "kept_boxes": len(report.filtered["annotations"]) if report.filtered is not None else None,

@@ -141,6 +141,42 @@ def square_pad(image: Image) -> Image:
     return canvas
 
 
+DEVICE_KINDS = ("cpu", "cuda", "mps", "xpu")
+EXPECTED_DEVICES = "expected auto, cpu, cuda, cuda:N (a GPU index, e.g. cuda:0) or mps"
+
+
+def resolve_device(device: str | None) -> str:
+    """The torch device to run CLIP on, as a string: ``None`` or ``"auto"`` give ``cuda`` when
+    torch sees a CUDA GPU, else ``cpu``; any other value is checked, and a string torch does not
+    parse, a kind of device CLIP does not run on, or a device this machine lacks raises a
+    one-line ``InputError`` naming ``--device``."""
+    import torch
+
+    if device is None or device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise InputError(f"--device {device!r}: not a torch device; {EXPECTED_DEVICES}") from None
+    kind = parsed.type
+    if kind not in DEVICE_KINDS:
+        raise InputError(f"--device {device}: CLIP cannot run on a {kind} device; {EXPECTED_DEVICES}")
+    if kind == "cpu":
+        return device
+    backend: Any = torch.backends.mps if kind == "mps" else getattr(torch, kind, None)
+    if backend is None or not backend.is_available():
+        found = "torch sees no CUDA GPU" if kind == "cuda" else f"torch sees no {kind} device"
+        raise InputError(f"--device {device}: {found} on this machine; use --device cpu or leave it out")
+    if parsed.index is not None and hasattr(backend, "device_count"):
+        count = int(backend.device_count())
+        if parsed.index >= count:
+            raise InputError(
+                f"--device {device}: torch sees {count} {kind} device(s) here, "
+                f"expected {kind}:0 to {kind}:{count - 1}"
+            )
+    return device
+
+
 class ImageScorer:
     """CLIS-I with an already-loaded CLIP (``from_pretrained`` loads one)."""
 
@@ -158,7 +194,9 @@ class ImageScorer:
 
         self.model = model.eval()
         self.processor = processor
-        self.device = torch.device(device) if device else next(model.parameters()).device
+        self.device = (
+            torch.device(resolve_device(device)) if device is not None else next(model.parameters()).device
+        )
         self.model.to(self.device)
         self.dtype = next(model.parameters()).dtype
         self.cosine_range = cosine_range
@@ -167,15 +205,16 @@ class ImageScorer:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, *, device: str | None = None) -> ImageScorer:
-        """Load CLIP from a hub id or folder: float16 on CUDA, float32 on the CPU."""
-        import torch
+        """Load CLIP from a hub id or folder: float16 on CUDA, float32 on the CPU.
+
+        ``device`` is checked (``resolve_device``) before anything is loaded."""
         from transformers import CLIPModel, CLIPProcessor
 
+        device = resolve_device(device)  # before loading: a typo should not cost a model load
         name = str(name_or_path)
         local = name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
         if local and not Path(name).expanduser().is_dir():
             raise InputError(f"--clip-model {name}: no such folder; expected a CLIP hub id or model folder")
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
             processor = CLIPProcessor.from_pretrained(name)
             model = CLIPModel.from_pretrained(name)
