@@ -376,13 +376,15 @@ class _Stages:
         this one plan is recorded in it, not raised."""
         record: dict[str, Any] = {
             "plan_id": plan.id, "status": "dropped", "reason": None, "reason_kind": None,
-            "clis": None, "clis_l": None, "clis_i": None, "kept_categories": [],
+            "clis": None, "clis_i": None, "kept_categories": [],
             "dropped_categories": [o.category for o in plan.objects],
         }
+        from acp.score.candidates import layout_fields
+
         start = time.perf_counter()
         layout = self.layout_scorer.score(plan)
         self._timed("layout", start)
-        record["clis_l"] = round(layout.score, 3)
+        record.update(layout_fields(layout))  # a reference-free score is not a CLIS-L
         floor = self.thresholds.min_clis_l
         if not layout.reference_free and floor is not None and layout.score < floor:
             record.update(reason=f"CLIS-L {layout.score:.1f} < {floor:g}",

@@ -203,7 +203,11 @@ class CandidateScore(_Record):
     index: int = Field(ge=0)
     path: str | None = None
     clis: float = Field(description="Composite score, 0-100.")
-    clis_l: float | None = Field(default=None, description="Layout score, 0-100.")
+    clis_l: float | None = Field(
+        default=None,
+        description="Layout score (CLIS-L), 0-100; null when no bank was given (the "
+        "reference-free sanity score is then in detail.clis_l_sanity).",
+    )
     clis_i: float = Field(description="Image score, 0-100.")
     clis_i_global: float | None = None
     clis_i_local: float | None = None
