@@ -190,7 +190,7 @@ def validate(
     good = bad = warned = 0
     for number, record, reason in read_plans(plans):
         problems = [reason] if record is None else []
-        warnings = []
+        warnings: list[str] = []
         if record is not None:
             if record.id in seen:
                 problems.append(f"id: {record.id!r} repeats line {seen[record.id]}")
