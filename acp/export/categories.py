@@ -198,15 +198,20 @@ def parse_categories(value: Any, source: str) -> list[Category]:
     return categories
 
 
-def read_category_file(path: Path) -> list[Category]:
-    """Categories of a COCO/LVIS annotation file, or of a file holding just the categories list."""
+def load_json_file(path: Path, *, what: str = "file") -> Any:
+    """The JSON value in ``path``; a missing or unreadable file is one ``InputError`` line."""
     try:
         with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
+            return json.load(handle)
     except FileNotFoundError:
-        raise InputError(f"{path}: no such category file") from None
+        raise InputError(f"{path}: no such {what}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InputError(f"{path}: not a readable JSON file ({error})") from None
+
+
+def read_category_file(path: Path) -> list[Category]:
+    """Categories of a COCO/LVIS annotation file, or of a file holding just the categories list."""
+    data = load_json_file(path, what="category file")
     if isinstance(data, dict):
         if "categories" not in data:
             raise InputError(f"{path}: expected a COCO/LVIS file with a 'categories' list")

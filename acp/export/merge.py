@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 
 from acp.atomic import atomic_text_file, compact_json
 from acp.errors import InputError
-from acp.export.categories import CategoryMatcher, parse_categories
+from acp.export.categories import CategoryMatcher, load_json_file, parse_categories
 
 
 @dataclass(frozen=True)
@@ -57,13 +56,7 @@ def _is_id(value: Any) -> bool:
 
 def _read(path: Path) -> _Coco:
     """Load and check a COCO instances file; every problem is one ``InputError`` line."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(f"{path}: not a readable JSON file ({error})") from None
+    data = load_json_file(path)
     if not isinstance(data, dict) or not all(
         isinstance(data.get(k), list) for k in ("images", "annotations", "categories")
     ):

@@ -350,7 +350,7 @@ class Bank:
         sources: list[dict[str, Any]] = []
         image_offset = 0
         for path in paths:
-            data = _read_coco(Path(path))
+            data = read_coco_file(Path(path))
             images, cats, boxes, skip_counts, n_images = _usable_boxes(Path(path), data, merged)
             parts.append((images + image_offset, cats, boxes))
             image_offset += n_images
@@ -502,7 +502,9 @@ class _CategoryMerger:
         return index
 
 
-def _read_coco(path: Path) -> dict[str, Any]:
+def read_coco_file(path: Path) -> dict[str, Any]:
+    """A COCO-format file as a dict with 'images', 'annotations' and 'categories' lists; every
+    problem is one ``InputError`` line."""
     expected = "expected a COCO-format JSON object with 'images', 'annotations' and 'categories' lists"
     try:
         with open(path, "rb") as handle:

@@ -40,9 +40,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from acp.boxes import coco_to_plan
-from acp.errors import InputError
 from acp.jsonl import write_atomic
-from acp.score.bank import OUT_OF_IMAGE_TOLERANCE
+from acp.score.bank import OUT_OF_IMAGE_TOLERANCE, read_coco_file
 from acp.score.candidates import compose_clis, layout_fields
 from acp.score.image import ImageScorer, Scene, SceneObject
 from acp.score.layout import LayoutScorer
@@ -92,21 +91,6 @@ def build_caption(names: list[str]) -> str:
     if not parts:
         return "a photo"
     return "a photo of " + (parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1])
-
-
-def _read(path: Path) -> dict[str, Any]:
-    expected = "expected a COCO-format JSON object with 'images', 'annotations' and 'categories' lists"
-    try:
-        data = json.loads(Path(path).read_bytes())
-    except OSError as error:
-        raise InputError(f"{path}: cannot read ({error.strerror or error})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise InputError(f"{path}: not valid JSON ({error}); {expected}") from None
-    if not isinstance(data, dict) or not all(
-        isinstance(data.get(k), list) for k in ("images", "annotations", "categories")
-    ):
-        raise InputError(f"{path}: {expected}")
-    return data
 
 
 def _usable_id(value: Any) -> bool:
@@ -181,7 +165,7 @@ def score_dataset(
     """Score every image and box of a COCO file (see the module docstring)."""
     from tqdm import tqdm
 
-    data = _read(annotations)
+    data = read_coco_file(annotations)
     report = DatasetReport()
     failed_images, failed_boxes = 0, 0
 
