@@ -24,9 +24,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from acp.names import category_key
+from acp.paths import path_problem
 
 MAX_OBJECTS = 30
 MIN_BOX_SIDE = 1 / 64
@@ -34,6 +43,17 @@ FRAME_TOLERANCE = 1e-6
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 NonBlank = Annotated[str, Field(min_length=1, max_length=2000, pattern=r"\S")]
+
+
+def _relative_path(value: str) -> str:
+    problem = path_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+# A path a record names relative to its folder: never absolute, never climbing out with "..".
+RelativePath = Annotated[str, AfterValidator(_relative_path)]
 
 
 class _Record(BaseModel):
@@ -172,7 +192,7 @@ class Candidate(_Record):
     plan_id: str = Field(pattern=ID_PATTERN)
     index: int = Field(ge=0, description="Candidate number within the plan.")
     seed: int = Field(ge=0, description="Seed of this candidate's generator.")
-    path: str = Field(description="Image path relative to the render folder.")
+    path: RelativePath = Field(description="Image path relative to the render folder.")
     model: str = Field(description="Hub id or folder of the GLIGEN pipeline.")
     steps: int = Field(ge=1)
     guidance: float = Field(ge=0.0)
@@ -201,7 +221,7 @@ class CandidateScore(_Record):
 
     plan_id: str = Field(pattern=ID_PATTERN)
     index: int = Field(ge=0)
-    path: str | None = None
+    path: RelativePath | None = None
     clis: float = Field(description="Composite score, 0-100.")
     clis_l: float | None = Field(
         default=None,

@@ -138,7 +138,11 @@ def test_merged_file_loads_in_supervision(sets: tuple[Path, Path, Path]) -> None
 def test_paths_outside_the_merged_folder_stay_valid(sets: tuple[Path, Path, Path]) -> None:
     data, synthetic, real = sets
     output = data / "deep" / "er" / "merged.json"
-    summary = merge_coco(synthetic, real, output, real_images=data / "real" / "train")
+    with pytest.raises(InputError, match="leave the merged file's folder"):
+        merge_coco(synthetic, real, output, real_images=data / "real" / "train")
+    assert not output.exists()
+    summary = merge_coco(synthetic, real, output, real_images=data / "real" / "train",
+                         allow_outside_paths=True)
     merged = json.loads(output.read_text())
     assert summary.outside_paths == 7
     assert merged["images"][0]["file_name"] == "../../real/train/000001.jpg"
@@ -153,7 +157,9 @@ def test_default_image_roots_and_replacing_an_input(tmp_path: Path) -> None:
     merge_coco(synthetic, real, tmp_path / "a.json")
     merged = json.loads((tmp_path / "a.json").read_text())
     assert merged["images"][0]["file_name"] == "real/images/000001.jpg"
-    merge_coco(synthetic, flat, flat)  # output replaces the real input
+    with pytest.raises(InputError, match="is the REAL input"):
+        merge_coco(synthetic, flat, flat)
+    merge_coco(synthetic, flat, flat, overwrite=True, allow_outside_paths=True)  # replaces the input
     merged = json.loads(flat.read_text())
     assert merged["images"][0]["file_name"] == "000001.jpg"
     assert merged["images"][-1]["file_name"] == "../syn/images/plan-3.jpg"

@@ -33,13 +33,20 @@ def merge(
     real_images: Path | None = typer.Option(
         None, "--real-images", help="Images folder of REAL [default: its images/ or its folder]."
     ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Allow -o to replace an input file."),
+    allow_outside_paths: bool = typer.Option(
+        False, "--allow-outside-paths",
+        help="Accept file names that leave their images folder, and write ones that leave the "
+        "merged file's folder ('..').",
+    ),
 ) -> None:
     """Merge SYNTHETIC into REAL: categories unified by name (REAL's ids win), ids made unique,
     image paths rewritten to stay valid from the merged file's folder."""
     from acp.export.merge import merge_coco
 
     summary = merge_coco(
-        synthetic, real, output, synthetic_images=synthetic_images, real_images=real_images
+        synthetic, real, output, synthetic_images=synthetic_images, real_images=real_images,
+        overwrite=overwrite, allow_outside_paths=allow_outside_paths,
     )
     for name, target in summary.matched.items():
         if name != target:
@@ -48,8 +55,8 @@ def merge(
         notice(f"categories new to {real}: {', '.join(repr(n) for n in summary.added)}")
     if summary.outside_paths:
         notice(
-            f"{summary.outside_paths} image paths leave {output.parent} with '..'; some readers refuse "
-            "them: write the merged file in a folder that contains both image folders"
+            f"{summary.outside_paths} image paths leave {output.parent} (--allow-outside-paths); some "
+            "readers refuse them: write the merged file in a folder that contains both image folders"
         )
     typer.echo(
         f"{summary.output}: {summary.real_images} real + {summary.synthetic_images} synthetic images, "

@@ -11,10 +11,14 @@
   as the image root when training). Each input's images folder is ``--synthetic-images`` /
   ``--real-images`` when given, else the first of ``<json folder>/images`` and ``<json folder>``
   that holds the input's first image (acp writes ``OUT/images`` next to ``OUT/annotations.json``).
-  Every image must exist there, so a merged file never points at nothing. Put MERGED in a folder
-  that contains both image folders to get paths without ``..`` (supervision, for one, refuses
-  paths that leave the image root); ``MergeSummary.outside_paths`` counts the others.
-- MERGED is written atomically (temporary file and rename); it may replace an input.
+  Every image must exist there, so a merged file never points at nothing. Every path stays
+  inside its folder: an input ``file_name`` that leaves its images folder (absolute, ``..``, a
+  symbolic link out) is refused, and so is a MERGED that would need ``..`` to reach an image
+  (put MERGED in a folder that holds both image folders; supervision, for one, refuses such
+  paths too). ``allow_outside_paths`` (``--allow-outside-paths``) lifts both rules;
+  ``MergeSummary.outside_paths`` then counts the paths that leave MERGED's folder.
+- MERGED is written atomically (temporary file and rename); replacing an input needs
+  ``overwrite``.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any
 from acp.atomic import atomic_text_file, compact_json
 from acp.errors import InputError
 from acp.export.categories import CategoryMatcher, load_json_file, parse_categories
+from acp.paths import UnsafePathError, inside, path_problem
 
 
 @dataclass(frozen=True)
@@ -95,16 +100,28 @@ def _read(path: Path) -> _Coco:
     return _Coco(path, data, data["images"], data["annotations"], data["categories"])
 
 
-def _images_root(coco: _Coco, given: Path | None, option: str) -> Path:
-    """The folder the input's ``file_name`` values are relative to; every image must be there."""
+def _images_root(coco: _Coco, given: Path | None, option: str, allow_outside: bool) -> Path:
+    """The folder the input's ``file_name`` values are relative to; every image must be there.
+
+    Unless ``allow_outside``, a ``file_name`` that leaves that folder is refused before any
+    file is looked at, so the merge neither probes nor points at files outside it."""
     if not coco.images:
         return given or coco.path.parent
+    if not allow_outside:
+        for index, image in enumerate(coco.images):
+            problem = path_problem(image["file_name"])
+            if problem is not None:
+                raise UnsafePathError(f"{coco.path}: images[{index}].file_name: {problem}; "
+                                      "pass --allow-outside-paths to merge such paths")
     roots = [given] if given is not None else [coco.path.parent / "images", coco.path.parent]
     first = coco.images[0]["file_name"]
     root = next((r for r in roots if (r / first).is_file()), None)
     if root is None:
         where = " or ".join(str(r) for r in roots)
         raise InputError(f"{coco.path}: image {first!r} not found under {where}; pass {option} DIR")
+    if not allow_outside:  # links planted in the images folder
+        for index, image in enumerate(coco.images):
+            inside(root, image["file_name"], what=f"{coco.path}: images[{index}].file_name")
     missing = [i["file_name"] for i in coco.images if not (root / i["file_name"]).is_file()]
     if missing:
         raise InputError(
@@ -132,12 +149,22 @@ def merge_coco(
     *,
     synthetic_images: Path | None = None,
     real_images: Path | None = None,
+    overwrite: bool = False,
+    allow_outside_paths: bool = False,
 ) -> MergeSummary:
-    """Write ``output``: ``real`` plus ``synthetic`` with unified categories and unique ids."""
+    """Write ``output``: ``real`` plus ``synthetic`` with unified categories and unique ids.
+
+    ``output`` may be one of the inputs only with ``overwrite``; a ``file_name`` that leaves its
+    images folder (in an input) or the output's folder (in the output) needs
+    ``allow_outside_paths``."""
     synthetic, real, output = Path(synthetic), Path(real), Path(output)
+    for given, role in ((real, "REAL"), (synthetic, "SYNTHETIC")):
+        if not overwrite and output.exists() and given.exists() and output.samefile(given):
+            raise InputError(f"-o {output} is the {role} input; write the merge to a new file "
+                             "(or pass --overwrite to replace the input)")
     syn, ref = _read(synthetic), _read(real)
-    syn_root = _images_root(syn, synthetic_images, "--synthetic-images")
-    ref_root = _images_root(ref, real_images, "--real-images")
+    syn_root = _images_root(syn, synthetic_images, "--synthetic-images", allow_outside_paths)
+    ref_root = _images_root(ref, real_images, "--real-images", allow_outside_paths)
 
     # Categories: real ids win; synthetic-only categories are appended.
     matcher = CategoryMatcher(parse_categories(ref.categories, str(real)))
@@ -186,7 +213,14 @@ def merge_coco(
     def moved(image: dict[str, Any], root: Path) -> dict[str, Any]:
         nonlocal outside
         file_name = _relative_to(root / image["file_name"], folder)
-        outside += file_name.startswith("../") or Path(file_name).is_absolute()
+        if path_problem(file_name) is not None:
+            if not allow_outside_paths:
+                raise UnsafePathError(
+                    f"-o {output}: image {root / image['file_name']} is outside {folder}, so its "
+                    f"file_name would leave the merged file's folder ({file_name!r}); write the merge "
+                    "into a folder that holds both image folders, or pass --allow-outside-paths"
+                )
+            outside += 1
         return {**image, "file_name": file_name}
 
     def synthetic_image(image: dict[str, Any]) -> dict[str, Any]:

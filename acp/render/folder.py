@@ -17,6 +17,7 @@ Crash safety and resume:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import time
@@ -31,6 +32,8 @@ from pydantic import ValidationError
 
 from acp.errors import InputError, OutputMismatchError
 from acp.jsonl import JsonlWriter, dumps, read_records, write_atomic
+from acp.lock import OutputLock
+from acp.paths import UnsafePathError, inside
 from acp.schema import Candidate, ScenePlan, read_plans
 
 if TYPE_CHECKING:
@@ -82,24 +85,55 @@ def _png(image: Image.Image) -> bytes:
 
 
 class RenderFolder:
-    """The finished candidates of a render folder, and the one way to add to it."""
+    """The finished candidates of a render folder, and the one way to add to it.
+
+    Opening it writes nothing: an existing folder is locked (``OutputLock``), read back and
+    checked against ``settings``; the folder is created, ``--force``'s discarding done and
+    ``render.json`` written only by ``start()``, which ``render_to_folder`` calls once the model
+    has loaded, so a typo in ``--model`` leaves no debris and discards nothing.
+    """
 
     def __init__(self, root: Path, settings: RenderSettings, *, force: bool = False):
         self.root = Path(root)
         if self.root.exists() and not self.root.is_dir():
             raise InputError(f"output {self.root} exists and is not a folder")
-        self.root.mkdir(parents=True, exist_ok=True)
         self.manifest = self.root / MANIFEST
-        self.done: dict[tuple[str, int], Candidate] = self._finished()
-        wanted = settings.record()
-        if force:
+        self._wanted = settings.record()
+        self._force = force
+        self._lock = OutputLock(self.root)
+        self._previous: dict[tuple[str, int], Candidate] = {}  # what ``force`` discards
+        self.done: dict[tuple[str, int], Candidate] = {}
+        self._writer: JsonlWriter | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._queued: deque[Future[None]] = deque()
+        if self.root.is_dir():
+            self._open()
+
+    def _open(self) -> None:
+        """Lock the folder, then read it: nothing is read or removed before the lock is held."""
+        self._lock.acquire()
+        try:
+            self._previous = self._finished()
+            if self._previous and not self._force:
+                self._check(self._wanted)
+        except BaseException:
+            self._lock.release()
+            raise
+        self.done = {} if self._force else dict(self._previous)
+
+    def start(self) -> None:
+        """Make the folder ready for writing (idempotent): create and lock it, discard the old
+        renders under ``force``, record the settings."""
+        if self._writer is not None:
+            return
+        if not self._lock.held:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._open()  # another run may have created it since __init__
+        if self._force:
             self._discard()
-        elif self.done:
-            self._check(wanted)
-        write_atomic(self.root / SETTINGS, json.dumps(wanted, indent=2) + "\n")
+        write_atomic(self.root / SETTINGS, json.dumps(self._wanted, indent=2) + "\n")
         self._writer = JsonlWriter(self.manifest)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="acp-render-writer")
-        self._queued: deque[Future[None]] = deque()
 
     def _finished(self) -> dict[tuple[str, int], Candidate]:
         if not self.manifest.exists():
@@ -109,11 +143,12 @@ class RenderFolder:
         for _number, record, _text in read_records(self.manifest):
             try:
                 candidate = Candidate.model_validate(record)
-            except ValidationError:
+                image = inside(self.root, candidate.path, what=f"{self.manifest}: path")
+            except (ValidationError, UnsafePathError):  # a hostile or broken line is not ours
                 dropped += 1
                 continue
             key = (candidate.plan_id, candidate.index)
-            if key in kept or not (self.root / candidate.path).is_file():
+            if key in kept or not image.is_file():
                 dropped += 1
                 continue
             kept[key] = candidate
@@ -144,9 +179,11 @@ class RenderFolder:
             )
 
     def _discard(self) -> None:
-        for candidate in self.done.values():
-            (self.root / candidate.path).unlink(missing_ok=True)
-        self.done = {}
+        for candidate in self._previous.values():
+            with contextlib.suppress(UnsafePathError):  # checked on reading; a link may be new
+                inside(self.root, candidate.path, what="path").unlink(missing_ok=True)
+        self._previous = {}
+        self._force = False
         write_atomic(self.manifest, "")
 
     def pending(self, plan: ScenePlan, candidates: int) -> list[int]:
@@ -156,6 +193,8 @@ class RenderFolder:
     def add(self, candidate: Candidate, image: Image.Image) -> None:
         """Queue the image, then its manifest line, for the writer thread. A write that failed
         earlier raises here (or in ``flush``)."""
+        self.start()
+        assert self._pool is not None
         self._wait(MAX_QUEUED - 1)
         self._queued.append(self._pool.submit(self._write, candidate, image))
         self.done[(candidate.plan_id, candidate.index)] = candidate
@@ -163,6 +202,7 @@ class RenderFolder:
     def _write(self, candidate: Candidate, image: Image.Image) -> None:
         try:
             write_atomic(self.root / candidate.path, _png(image))
+            assert self._writer is not None
             self._writer.write(candidate)
         except OSError as error:  # a full disk or a read-only folder: the user's to fix
             raise InputError(f"cannot write to {self.root}: {error.strerror or error}") from None
@@ -180,8 +220,11 @@ class RenderFolder:
         try:
             self.flush()
         finally:
-            self._pool.shutdown(wait=True)
-            self._writer.close()
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+            if self._writer is not None:
+                self._writer.close()
+            self._lock.release()
 
     def __enter__(self) -> RenderFolder:
         return self
@@ -244,6 +287,7 @@ def render_to_folder(
             started = time.perf_counter()
             renderer = GligenRenderer(settings, device=device)
             summary.load_seconds = time.perf_counter() - started
+        folder.start()
         started = time.perf_counter()
         with tqdm(total=total, unit="img", desc="render", disable=not progress, dynamic_ncols=True) as bar:
             for plan, indices in work:

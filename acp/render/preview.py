@@ -27,6 +27,7 @@ from acp.boxes import normalized_to_pixels, xywh_to_xyxy
 from acp.errors import InputError
 from acp.jsonl import read_records, write_atomic
 from acp.names import category_key
+from acp.paths import UnsafePathError, inside
 from acp.render.folder import MANIFEST
 from acp.schema import Candidate, ScenePlan
 
@@ -131,9 +132,10 @@ def read_manifest(folder: Path) -> list[Candidate]:
     for _number, record, _text in read_records(path):
         try:
             candidate = Candidate.model_validate(record)
-        except ValidationError:
+            image = inside(Path(folder), candidate.path, what="path")
+        except (ValidationError, UnsafePathError):  # a path out of the folder is never read
             continue
-        if (Path(folder) / candidate.path).is_file():
+        if image.is_file():
             found.append(candidate)
     return found
 

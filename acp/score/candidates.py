@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from acp.errors import InputError, OutputMismatchError
+from acp.paths import UnsafePathError, inside
 from acp.schema import Candidate, CandidateScore, ObjectScore, ScenePlan
 from acp.score.image import ImageScore, ImageScorer, Scene
 from acp.score.layout import LayoutScore, LayoutScorer
@@ -240,9 +241,16 @@ def read_manifest(renders: Path) -> tuple[list[Candidate], list[tuple[str, str]]
             problems.append((where, "not a JSON object"))
             continue
         try:
-            candidates.append(Candidate.model_validate(record))
+            candidate = Candidate.model_validate(record)
         except ValidationError as error:
             problems.append((where, "; ".join(f"{f}: {r}" for f, r in error_problems(error))))
+            continue
+        try:  # before anything opens it: a path out of the folder is never read
+            inside(renders, candidate.path, what="path")
+        except UnsafePathError as error:
+            problems.append((where, str(error)))
+            continue
+        candidates.append(candidate)
     return candidates, problems
 
 

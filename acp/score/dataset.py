@@ -8,9 +8,11 @@ a box's description is ``annotation["acp"]["description"]`` when present, else "
 
 What cannot be scored is reported item by item, with a reason, and the run goes on: an image
 record that is not an object, lacks ``id`` or ``file_name`` or repeats an earlier image's id
-(the annotations of that id belong to the first), a missing or undecodable image file, a
-decoded size that differs from the record's; an annotation that is not an object or lacks
-``image_id``, ``category_id`` or ``bbox``, of an unknown image, with an unknown category id, a
+(the annotations of that id belong to the first), a ``file_name`` that leaves the images
+folder (absolute, ``..``, or through a symbolic link; refused before the file is touched, so
+no message tells whether it exists), a missing or undecodable image file, a decoded size
+that differs from the record's; an annotation that is not an object or lacks ``image_id``,
+``category_id`` or ``bbox``, of an unknown image, with an unknown category id, a
 degenerate box or one reaching more than ``OUT_OF_IMAGE_TOLERANCE`` pixels outside its image.
 An item is named by its id (``image 3``, ``annotation 12``), or by its position when it has
 none (``images[4]``, ``annotations[7]``). A failed image is not scored, nor are its boxes; a
@@ -41,6 +43,7 @@ import numpy as np
 
 from acp.boxes import coco_to_plan
 from acp.jsonl import write_atomic
+from acp.paths import UnsafePathError, inside
 from acp.score.bank import OUT_OF_IMAGE_TOLERANCE, read_coco_file
 from acp.score.candidates import compose_clis, layout_fields
 from acp.score.image import ImageScorer, Scene, SceneObject
@@ -260,7 +263,12 @@ def score_dataset(
 
     boxes_of_failed_images = 0
     for record in tqdm(records.values(), unit="image", disable=not progress):
-        path = Path(images_dir) / record["file_name"]
+        try:  # checked before the file is touched: no answer tells whether it exists
+            path = inside(Path(images_dir), record["file_name"], what="file_name")
+        except UnsafePathError as error:
+            fail_image(f"image {record['id']}", str(error))
+            boxes_of_failed_images += len(by_image[record["id"]])
+            continue
         image, why = _open(path, record.get("width"), record.get("height"))
         if image is None:
             fail_image(f"image {record['id']}", why or "unreadable")
