@@ -9,8 +9,11 @@ Structured output: a ``response_format`` the server rejects (a 400/422 that name
 ``response_format``, ``json_schema`` or ``json_object``) is stepped down once,
 ``json_schema`` -> ``json_object`` -> none, and the client remembers it for the rest of its life.
 
-The API key is never part of a repr, a log line or an exception message: every message built
-from a server reply passes through ``ChatClient.redact`` (a server may echo request headers).
+The API key is never part of a repr, a log line, an exception message or an output: every text
+from a server passes through ``ChatClient.redact`` (a server may echo request headers), and
+every value decoded from a reply's JSON through ``ChatClient.redact_value``. ``redact`` finds
+the key however a JSON writer may have spelled it (``\\uXXXX`` escapes, ``\\/`` for ``/``, split
+by white space or ``\\n``), so a key survives neither the raw text nor its decoding.
 
 ``as_completed_bounded`` runs coroutines drawn lazily from an iterable with at most N in flight.
 """
@@ -21,6 +24,7 @@ import asyncio
 import email.utils
 import logging
 import random
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -114,6 +118,7 @@ class ChatClient:
 
         self.settings = settings
         self._key = settings.api_key or ""
+        self._key_pattern = key_pattern(self._key) if len(self._key) >= 4 else None
         self._client = openai.AsyncOpenAI(
             api_key=settings.api_key or _NO_KEY,
             base_url=settings.base_url,
@@ -133,9 +138,22 @@ class ChatClient:
         return self.redact(str(self._client.base_url))
 
     def redact(self, text: str) -> str:
-        """``text`` with the API key replaced by ``***``. A key under 4 characters is a local
-        server's placeholder, not a secret; replacing it would garble the text."""
-        return text.replace(self._key, "***") if len(self._key) >= 4 else text
+        """``text`` with the API key replaced by ``***``, in any spelling ``key_pattern``
+        knows. A key under 4 characters is a local server's placeholder, not a secret;
+        replacing it would garble the text."""
+        if self._key_pattern is None:
+            return text
+        return self._key_pattern.sub("***", text)
+
+    def redact_value(self, value: Any) -> Any:
+        """``value`` (decoded JSON) with ``redact`` applied to every string in it, keys too."""
+        if isinstance(value, str):
+            return self.redact(value)
+        if isinstance(value, list):
+            return [self.redact_value(v) for v in value]
+        if isinstance(value, dict):
+            return {self.redact(str(k)): self.redact_value(v) for k, v in value.items()}
+        return value
 
     async def __aenter__(self) -> ChatClient:
         return self
@@ -253,6 +271,25 @@ class ChatClient:
         # clients hit by the same fault do not come back in step.
         delay = min(cap, self.settings.retry_backoff * 2**retries)
         return delay / 2 + self._random.uniform(0, delay / 2)
+
+
+# Between two characters of an echoed key: white space, or the escapes a JSON writer uses for it.
+_KEY_GAP = r"(?:\s|\\[nrt])*"
+
+
+def key_pattern(key: str) -> re.Pattern[str]:
+    """A regex matching ``key`` as written raw or by any JSON encoder: each character as itself
+    or as a ``\\uXXXX`` escape (any case), ``/`` also as ``\\/``, with white space or ``\\n``-style
+    escapes allowed between characters (a key wrapped across lines)."""
+    parts = []
+    for char in key:
+        spellings = [re.escape(char), f"\\\\u(?i:{ord(char):04x})"]
+        if char == "/":
+            spellings.append(r"\\/")
+        elif char == "\\":
+            spellings.append(r"\\\\")
+        parts.append("(?:" + "|".join(spellings) + ")")
+    return re.compile(_KEY_GAP.join(parts))
 
 
 def _names_format(detail: str) -> bool:

@@ -232,7 +232,8 @@ class LLMPlanner:
             raw = reply.text
             try:
                 plan = parse_plan(raw, request, self.plan_settings.rules, planner=PLANNER_NAME,
-                                  model=model, attempts=attempts, categories=categories)
+                                  model=model, attempts=attempts, categories=categories,
+                                  clean=client.redact_value)
             except MemoryError:
                 raise
             except PlanValidationError as invalid:

@@ -47,7 +47,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -351,15 +351,18 @@ def parse_draft(
     rules: LayoutRules | None = None,
     *,
     categories: Sequence[str] | None = None,
+    clean: Callable[[Any], Any] | None = None,
 ) -> tuple[SceneDraft, list[str], list[str]]:
     """Reply text -> ``(draft, repairs, warnings)``; raises ``PlanValidationError``.
 
     Checks everything a draft alone can be checked for: schema, geometry, overlaps and, when
-    ``categories`` is given, that every object is of one of those categories.
+    ``categories`` is given, that every object is of one of those categories. ``clean`` is
+    applied to the decoded JSON before anything reads it (the LLM planner redacts the API key
+    there: JSON escapes can hide it from a redaction of the raw text).
     """
     rules = rules or LayoutRules()
     extracted = extract_json(text)
-    value = _unwrap(extracted.value)
+    value = _unwrap(clean(extracted.value) if clean is not None else extracted.value)
     repairs = list(extracted.repairs)
     _rename_bbox_aliases(value)
     boxes = _numeric_boxes(value)
@@ -393,6 +396,7 @@ def parse_plan(
     model: str | None = None,
     attempts: int = 1,
     categories: Sequence[str] | None = None,
+    clean: Callable[[Any], Any] | None = None,
 ) -> ScenePlan:
     """Reply text -> the stored ``ScenePlan`` for ``request``; raises ``PlanValidationError``.
 
@@ -402,7 +406,7 @@ def parse_plan(
     if categories is not None:
         categories = allowed_names(categories, request.concepts)
     draft, repairs, warnings = parse_draft(text, request.width, request.height, rules,
-                                           categories=categories)
+                                           categories=categories, clean=clean)
     try:
         return ScenePlan(
             **draft.model_dump(),
