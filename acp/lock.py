@@ -41,6 +41,7 @@ class OutputLock:
         if self.path.is_dir():
             fd = os.open(self.path, os.O_RDONLY)
         else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -38,13 +38,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from acp.atomic import atomic_path, atomic_text_file, write_atomic
 from acp.concepts import ConceptInput, all_concepts, scene_concepts
 from acp.errors import AcpError, InputError, OutputMismatchError
 from acp.jsonl import JsonlWriter, drop_torn_tail, dumps, read_records
+from acp.lock import OutputLock
 from acp.plan.base import PlanSettings
 from acp.plan.run import PlanSummary, make_requests, run_planner
-from acp.schema import LayoutRules, ScenePlan, read_plans
+from acp.schema import LayoutRules, ScenePlan, error_problems
 
 SETTINGS_NAME = "settings.json"
 PROGRESS_NAME = "progress.jsonl"
@@ -129,6 +132,7 @@ class GenerateSummary:
     failed: int = 0
     annotations: int = 0
     this_run: int = 0
+    failed_this_run: int = 0
     planner: PlanSummary = field(default_factory=PlanSummary)
     seconds: float = 0.0
     times: StageTimes = field(default_factory=StageTimes)
@@ -141,25 +145,41 @@ class GenerateSummary:
                 f"planner: {self.planner.failed} failed)")
 
 
+def _grows(previous: dict[str, Any], record: dict[str, Any]) -> bool:
+    """Whether ``record`` only asks for more scenes of the same run. Scene ``i``'s concepts do
+    not depend on the number of scenes (``sample_scenes`` draws them in order), so the scenes
+    already made stay exactly what they are and the new ones follow them."""
+    old, new = previous.get("scenes"), record.get("scenes")
+    same_otherwise = {k: v for k, v in previous.items() if k != "scenes"} == {
+        k: v for k, v in record.items() if k != "scenes"}
+    return same_otherwise and isinstance(old, int) and isinstance(new, int) and new > old
+
+
+def _changes(previous: dict[str, Any], record: dict[str, Any]) -> str:
+    def short(value: Any) -> str:
+        text = json.dumps(value, sort_keys=True)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    keys = sorted(k for k in set(record) | set(previous) if previous.get(k) != record.get(k))
+    return "; ".join(f"{k} {short(previous.get(k))} -> {short(record.get(k))}" for k in keys)
+
+
 def check_settings(out: Path, record: dict[str, Any], force: bool) -> bool:
-    """Refuse to continue ``out`` with other settings. Returns whether ``out`` must be cleared
-    first (``force``); nothing is written here, so a run that fails before its models load
-    leaves ``out`` as it was."""
+    """Refuse to continue ``out`` with other settings (more ``scenes`` is fine: the run grows).
+    Returns whether ``out`` must be cleared first (``force``); nothing is written here, so a
+    run that fails before its models load leaves ``out`` as it was."""
     path = out / SETTINGS_NAME
     if path.exists():
         try:
             previous = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             previous = None
-        if previous == record:
+        if previous == record or (isinstance(previous, dict) and _grows(previous, record)):
             return False
         if not force:
-            changed = sorted(
-                k for k in set(record) | set(previous or {})
-                if (previous or {}).get(k) != record.get(k)
-            )
+            changed = _changes(previous, record) if isinstance(previous, dict) else "unreadable"
             raise OutputMismatchError(
-                f"{out} was generated with other settings (changed: {', '.join(changed) or 'all'}); "
+                f"{out} was generated with other settings ({changed}); "
                 "use another output folder, or --force to start over"
             )
         return True
@@ -251,9 +271,15 @@ class _PlanFeed:
              total: int | None) -> None:
         try:
             if plans_path.exists():
-                for _number, plan, _reason in read_plans(plans_path):
-                    if plan is not None and plan.id not in done:
-                        self._put(plan)
+                for number, record, _text in read_records(plans_path):
+                    plan_id = record.get("id") if record else None
+                    if not isinstance(plan_id, str) or plan_id in done:
+                        continue  # not even an id: the planner plans that scene again
+                    try:
+                        self._put(ScenePlan.model_validate(record))
+                    except ValidationError as error:
+                        problems = "; ".join(f"{f}: {r}" for f, r in error_problems(error))
+                        self._put(InvalidPlan(plan_id, f"{plans_path}:{number}: {problems}"))
             self.summary = run_planner(planner, requests, plans_path, total=total, progress=False,
                                        on_plan=self._put)
         except _Stopped:
@@ -265,7 +291,7 @@ class _PlanFeed:
         except _Stopped:
             return
 
-    def __iter__(self) -> Iterator[ScenePlan]:
+    def __iter__(self) -> Iterator[ScenePlan | InvalidPlan]:
         while True:
             item = self.queue.get()
             if item is _DONE:
@@ -281,6 +307,15 @@ class _PlanFeed:
 
 class _Stopped(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class InvalidPlan:
+    """A line of ``plans.jsonl`` that no longer validates (edited by hand, or rules that changed
+    between versions): its scene is recorded as failed, with the reason, instead of vanishing."""
+
+    id: str
+    reason: str
 
 
 def _histogram(values: list[float]) -> dict[str, int]:
@@ -334,7 +369,7 @@ def write_summary(out: Path, summary: GenerateSummary) -> dict[str, Any]:
 class _Stages:
     """The loaded models and open outputs; ``process`` takes one plan through every stage."""
 
-    def __init__(self, config: GenerateConfig, out: Path, writer: Any, device: str):
+    def __init__(self, config: GenerateConfig, out: Path, device: str):
         from acp.render.gligen import GligenRenderer, RenderSettings
         from acp.score.bank import Bank
         from acp.score.candidates import Thresholds
@@ -343,7 +378,8 @@ class _Stages:
 
         self.config = config
         self.out = out
-        self.writer = writer
+        self.writer: Any = None
+        self.candidates_log: JsonlWriter | None = None
         self.times = StageTimes()
         bank = Bank.load(Path(config.bank)) if config.bank is not None else None
         self.layout_scorer = LayoutScorer(bank)
@@ -360,9 +396,13 @@ class _Stages:
             from acp.segment import MaskSegmenter
 
             self.segmenter = MaskSegmenter(config.sam_model, device=self.renderer.device)
-        self.candidates_log = (JsonlWriter(out / CANDIDATES_DIR / "manifest.jsonl")
-                               if config.keep_candidates else None)
         self.failures_in_a_row = 0
+
+    def open(self, writer: Any) -> None:
+        """Attach the outputs, once the models have loaded and the folder is claimed."""
+        self.writer = writer
+        if self.config.keep_candidates:
+            self.candidates_log = JsonlWriter(self.out / CANDIDATES_DIR / "manifest.jsonl")
 
     def close(self) -> None:
         if self.candidates_log is not None:
@@ -483,6 +523,10 @@ class _Stages:
         return record
 
 
+class NothingMade(AcpError):
+    """A run that made no image and recorded failures: exit non-zero with the last reason."""
+
+
 def generate(
     config: GenerateConfig,
     out: Path,
@@ -492,10 +536,12 @@ def generate(
     force: bool = False,
     progress: bool = True,
 ) -> GenerateSummary:
-    """Run the whole job into ``out``; rerun with the same arguments to resume."""
-    from tqdm import tqdm
+    """Run the whole job into ``out``; rerun with the same arguments to resume.
 
-    from acp.export import CocoWriter, load_categories
+    ``out`` is locked before anything in it is read or cleared, and nothing is written there
+    before every input and model has loaded: a wrong model path leaves ``out`` as it was.
+    """
+    from acp.export import load_categories
 
     out = Path(out)
     started = time.perf_counter()
@@ -506,47 +552,88 @@ def generate(
         None if config.concepts.quotas else (config.scenes or len(config.concepts.vocabulary)))
     if config.bank is not None and not Path(config.bank).is_dir():
         raise InputError(f"--bank {config.bank}: no such folder (build one with `acp bank build`)")
-    record = config.record()
-    if check_settings(out, record, force):
-        clear_output(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: not a folder")
+    lock = OutputLock(out)
+    if out.is_dir():
+        lock.acquire()
+    try:
+        return _generate(config, out, lock, categories, sets, total, api_key=api_key, device=device,
+                         force=force, progress=progress, started=started)
+    finally:
+        lock.release()
 
-    done = finished_plans(out)
-    trim_to_finished(out / SCORES_NAME, done)
-    trim_to_finished(out / CANDIDATES_DIR / "manifest.jsonl", done)
-    if total is not None and len(done) >= total:  # a rerun of a finished job: nothing to load
+
+def _generate(config: GenerateConfig, out: Path, lock: OutputLock, categories: Any, sets: Any,
+              total: int | None, *, api_key: str | None, device: str, force: bool, progress: bool,
+              started: float) -> GenerateSummary:
+    from tqdm import tqdm
+
+    from acp.export import CocoWriter
+
+    record = config.record()
+    clear = check_settings(out, record, force) if out.exists() else False
+    done = set() if clear else finished_plans(out)
+    if not clear and out.exists():
+        trim_to_finished(out / SCORES_NAME, done)
+        trim_to_finished(out / CANDIDATES_DIR / "manifest.jsonl", done)
+    if not clear and total is not None and len(done) >= total:  # a finished job: nothing to load
         summary = GenerateSummary(seconds=time.perf_counter() - started)
         with CocoWriter(out, categories, image_format=config.image_format) as finished:  # type: ignore[arg-type]
             summary.annotations = finished.annotation_count
         write_summary(out, summary)
         return summary
     planner = _planner(config, api_key)
-    writer = CocoWriter(out, categories, image_format=config.image_format)  # type: ignore[arg-type]
     mark = time.perf_counter()
-    stages = _Stages(config, out, writer, device)
-    stages.times.load = time.perf_counter() - mark
-    # Only now that every model loaded is the folder claimed for these settings: a typo in a
-    # model path must not leave a folder that the corrected command then refuses.
-    write_atomic(out / SETTINGS_NAME, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    stages = _Stages(config, out, device)
+    load_seconds = time.perf_counter() - mark
+    # Only now that every model loaded is the folder claimed (and, with --force, cleared) for
+    # these settings: a typo in a model path must not leave debris, nor destroy the last run.
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if not lock.held:
+            lock.acquire()  # ``out`` did not exist when the run began
+            if check_settings(out, record, force):  # someone else's run appeared meanwhile
+                raise OutputMismatchError(f"{out}: another run started writing it; rerun")
+        if clear:
+            clear_output(out)
+        write_atomic(out / SETTINGS_NAME, json.dumps(record, indent=2, sort_keys=True) + "\n")
+        writer = CocoWriter(out, categories, image_format=config.image_format)  # type: ignore[arg-type]
+        stages.open(writer)
+    except BaseException:
+        stages.close()
+        raise
+    stages.times.load = load_seconds
     summary = GenerateSummary(times=stages.times)
     feed = _PlanFeed(planner, make_requests(sets, config.seed, *config.size),
                      out / "plans.jsonl", done, total)
     bar = tqdm(total=total, initial=len(done), desc="generating", unit="scene",
                disable=not progress, dynamic_ncols=True)
+    kept_before = 0
+    last_failure: str | None = None
     try:
         with writer, JsonlWriter(out / SCORES_NAME) as scores_log, \
                 JsonlWriter(out / PROGRESS_NAME) as progress_log:
+            kept_before = writer.image_count
             mark = time.perf_counter()
             for plan in feed:
                 stages.times.plan_wait += time.perf_counter() - mark
                 if plan.id not in done:
-                    progress_log.write(stages.process(plan, scores_log))
+                    if isinstance(plan, InvalidPlan):
+                        result = _failed(plan.id, f"invalid plan: {plan.reason}", "invalid plan")
+                    else:
+                        result = stages.process(plan, scores_log)
+                    if result["status"] == "failed":
+                        last_failure = result["reason"]
+                        summary.failed_this_run += 1
+                    progress_log.write(result)
                     done.add(plan.id)
                     summary.this_run += 1
                     bar.update(1)
                     bar.set_postfix(kept=writer.image_count, refresh=False)
                 mark = time.perf_counter()
             summary.annotations = writer.annotation_count
+            kept_now = writer.image_count - kept_before
     finally:
         feed.close()
         bar.close()
@@ -554,7 +641,20 @@ def generate(
     summary.planner = feed.summary
     summary.seconds = time.perf_counter() - started
     write_summary(out, summary)
+    failures = summary.planner.failed + summary.failed_this_run
+    if kept_now == 0 and failures:
+        last = last_failure or summary.planner.last_error or "unknown"
+        raise NothingMade(
+            f"{out}: no image made this run; {failures} scenes failed (last reason: "
+            f"{str(last).strip().splitlines()[0][:300] if str(last).strip() else 'unknown'})"
+        )
     return summary
+
+
+def _failed(plan_id: str, reason: str, kind: str) -> dict[str, Any]:
+    """The ``progress.jsonl`` record of a scene that failed before any stage ran."""
+    return {"plan_id": plan_id, "status": "failed", "reason": reason[:500], "reason_kind": kind,
+            "clis": None, "clis_i": None, "kept_categories": [], "dropped_categories": []}
 
 
 def _planner(config: GenerateConfig, api_key: str | None) -> Any:

@@ -85,7 +85,7 @@ def test_other_settings_are_refused_then_forced(tiny_models, tmp_path):
     assert runner.invoke(app, generate_args(tiny_models, out, "--scenes", "1")).exit_code == 0
     again = runner.invoke(app, generate_args(tiny_models, out, "--scenes", "1", "--steps", "3"))
     assert again.exit_code == 1
-    assert "other settings (changed: steps)" in again.output
+    assert "other settings (steps 2 -> 3)" in again.output
     forced = runner.invoke(app, generate_args(tiny_models, out, "--scenes", "2", "--force"))
     assert forced.exit_code == 0, forced.output
     assert json.loads((out / "summary.json").read_text())["scenes"] == 2

@@ -10,13 +10,15 @@ latest run only, since a rerun plans every failed scene again.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from acp.errors import AcpError, OutputMismatchError
-from acp.jsonl import JsonlWriter, read_records
+from acp.errors import AcpError, InputError, OutputMismatchError
+from acp.jsonl import JsonlWriter, iter_lines, read_records
+from acp.lock import OutputLock
 from acp.plan.base import PlanOutcome, SceneRequest, derive_seed
 from acp.schema import ScenePlan
 
@@ -31,6 +33,10 @@ class Planner(Protocol):
     def plan_many(self, requests: Iterable[SceneRequest]) -> Iterator[PlanOutcome]: ...
 
 
+class NothingPlanned(AcpError):
+    """Every scene this run tried failed: nothing was made, so the run must not look fine."""
+
+
 @dataclass
 class PlanSummary:
     planned: int = 0
@@ -38,6 +44,7 @@ class PlanSummary:
     retried: int = 0  # scenes that needed a re-ask or a transport retry
     failed: int = 0
     skipped: int = 0  # already in the output from an earlier run
+    last_error: str | None = None  # the reason of the last failed scene
 
     def line(self) -> str:
         return (f"planned {self.planned}, repaired {self.repaired}, retried {self.retried}, "
@@ -66,6 +73,24 @@ def _identity(concepts: object, seed: object, width: object, height: object) -> 
            f"seed {seed}, size {width}x{height}"
 
 
+def check_plans_file(output: Path) -> None:
+    """Refuse to append to a file that is not a plans file (a typo in ``-o`` must not grow a
+    dataset's annotations, say): its first complete line must be a plan record."""
+    if not output.exists():
+        return
+    if not output.is_file():
+        raise InputError(f"{output}: is a folder, not a plans file")
+    for number, text in iter_lines(output):
+        try:
+            record = json.loads(text)
+        except ValueError:
+            record = None
+        if not (isinstance(record, dict) and isinstance(record.get("id"), str) and "objects" in record):
+            raise InputError(f"{output}: exists and is not a plans file (line {number} is not a "
+                             "plan record); choose another output file")
+        return
+
+
 def finished_scenes(output: Path) -> dict[str, str]:
     """Ids already planned in ``output`` and what each was planned from (unreadable lines are
     ignored: they are planned again)."""
@@ -87,10 +112,41 @@ def run_planner(
     progress: bool = True,
     on_plan: Callable[[ScenePlan], None] | None = None,
 ) -> PlanSummary:
-    """Plan every request not yet in ``output``; ``on_plan`` sees each new plan once written."""
+    """Plan every request not yet in ``output``; ``on_plan`` sees each new plan once written.
+
+    ``output`` is locked for the whole run (a second run into it is refused) and must be a
+    plans file if it exists. Raises ``NothingPlanned`` when every scene tried failed.
+    """
+    output = Path(output)
+    check_plans_file(output)
+    existed = output.exists()
+    with OutputLock(output):
+        summary = _run(planner, requests, output, total=total, progress=progress, on_plan=on_plan)
+        if not existed and summary.planned == 0:
+            output.unlink(missing_ok=True)  # the lock's own empty file: leave nothing behind
+    if summary.planned == 0 and summary.failed:
+        raise NothingPlanned(
+            f"no scene could be planned: {summary.failed} failed, see {failures_path(output)} "
+            f"(last reason: {_first_line(summary.last_error)})"
+        )
+    return summary
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "").strip().splitlines()[0][:300] if (text or "").strip() else "unknown"
+
+
+def _run(
+    planner: Planner,
+    requests: Iterable[SceneRequest],
+    output: Path,
+    *,
+    total: int | None,
+    progress: bool,
+    on_plan: Callable[[ScenePlan], None] | None,
+) -> PlanSummary:
     from tqdm import tqdm
 
-    output = Path(output)
     done = finished_scenes(output)
     summary = PlanSummary()
 
@@ -125,13 +181,6 @@ def run_planner(
                         on_plan(outcome.plan)
                     summary.repaired += bool(outcome.plan.repairs)
                 else:
-                    if summary.planned == 0 and summary.failed + 1 >= GIVE_UP_AFTER:
-                        # Nothing has worked yet: an unreachable endpoint or a planner that
-                        # cannot satisfy the rules. Say so now rather than after every scene.
-                        raise PlannerGaveUp(
-                            f"the first {GIVE_UP_AFTER} scenes all failed; stopping "
-                            f"(last reason: {(outcome.error or '').splitlines()[0][:300]})"
-                        )
                     failure_log = failure_log or JsonlWriter(failures)
                     failure_log.write({
                         "id": outcome.request.id, "concepts": list(outcome.request.concepts),
@@ -139,6 +188,14 @@ def run_planner(
                         "attempts": outcome.attempts,
                     })
                     summary.failed += 1
+                    summary.last_error = outcome.error
+                    if summary.planned == 0 and summary.failed >= GIVE_UP_AFTER:
+                        # Nothing has worked yet: an unreachable endpoint or a planner that
+                        # cannot satisfy the rules. Say so now rather than after every scene.
+                        raise PlannerGaveUp(
+                            f"the first {GIVE_UP_AFTER} scenes all failed; stopping "
+                            f"(last reason: {_first_line(outcome.error)})"
+                        )
                 bar.update(1)
                 bar.set_postfix(failed=summary.failed, refresh=False)
         finally:
