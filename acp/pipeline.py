@@ -496,6 +496,9 @@ class _Stages:
                         f"object {instance.id} ({instance.category}): {result.problem}")
                 else:
                     masks[instance.id] = result
+                    if result.warning:  # kept, but implausible for its box: said so
+                        mask_problems.append(
+                            f"object {instance.id} ({instance.category}): {result.warning}")
             self._timed("segment", start)
 
         start = time.perf_counter()

@@ -5,8 +5,12 @@ RLE masks: all boxes of an image go through one forward pass (the image embeddin
 once), SAM's three candidate masks per box are reduced to the one with the highest predicted
 IoU, and the mask is encoded with pycocotools together with its pixel area.
 
-A box whose mask comes out empty is not dropped here and not silently kept: its
-``MaskResult.problem`` says so and the caller decides (the pipeline drops the mask and counts it).
+Each mask is cut to its box: GLIGEN placed the object there, and SAM, prompted with a box,
+sometimes spills onto a neighbour or the background (a mask many times its box's area). A box
+whose mask comes out empty is not dropped here and not silently kept: its
+``MaskResult.problem`` says so and the caller decides (the pipeline drops the instance and
+counts it). A mask that fills under ``MIN_BOX_FILL`` of its box is kept but flagged in
+``MaskResult.warning``: SAM found little of an object there, and the summary says so.
 
 Default checkpoint: ``facebook/sam-vit-huge``. Masks are computed once per *kept* image, after
 K candidates were each rendered with tens of diffusion steps, so SAM's share of the run time is
@@ -29,6 +33,9 @@ if TYPE_CHECKING:
     from PIL import Image
 
 DEFAULT_SAM_MODEL = "facebook/sam-vit-huge"
+# Share of its box under which a mask is implausible (a thin pole fills ~0.1 of its box; a mask
+# of a few stray pixels fills far less).
+MIN_BOX_FILL = 0.05
 
 
 @dataclass(frozen=True)
@@ -40,12 +47,15 @@ class MaskResult:
     score: float  # SAM's predicted IoU of the chosen mask
     box: tuple[float, float, float, float]  # the prompt, pixel [x0, y0, x1, y1]
     problem: str | None = None  # set when the mask must not be used (e.g. it is empty)
+    warning: str | None = None  # set when the mask is usable but implausible for its box
 
 
 def encode_masks(
     masks: ArrayLike, scores: ArrayLike, boxes: ArrayLike
 ) -> list[MaskResult]:
-    """Encode ``(N, H, W)`` binary masks as ``MaskResult``; an empty mask gets a ``problem``."""
+    """Encode ``(N, H, W)`` binary masks as ``MaskResult``, each cut to its pixel
+    ``[x0, y0, x1, y1]`` box first; an empty mask gets a ``problem``, one that fills under
+    ``MIN_BOX_FILL`` of its box a ``warning``."""
     from pycocotools import mask as mask_utils
 
     masks = np.asarray(masks, dtype=bool)
@@ -58,15 +68,28 @@ def encode_masks(
         )
     if len(masks) == 0:
         return []
+    height, width = masks.shape[1:]
+    inside_box = np.zeros_like(masks)
+    for k, (x0, y0, x1, y1) in enumerate(boxes):
+        # Every pixel the box touches: a box edge at 10.5 keeps pixel 10.
+        left, top = max(0, int(np.floor(x0))), max(0, int(np.floor(y0)))
+        right, bottom = min(width, int(np.ceil(x1))), min(height, int(np.ceil(y1)))
+        inside_box[k, top:bottom, left:right] = True
+    masks = masks & inside_box
     # pycocotools wants (H, W, N) uint8 in Fortran order.
     encoded = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
     areas = mask_utils.area(encoded)
     results = []
     for rle, area, score, box in zip(encoded, areas, scores, boxes, strict=True):
         box_tuple = (float(box[0]), float(box[1]), float(box[2]), float(box[3]))
-        problem = None
+        problem = warning = None
+        where = f"box [{', '.join(f'{v:.1f}' for v in box_tuple)}]"
+        box_area = max(box_tuple[2] - box_tuple[0], 0.0) * max(box_tuple[3] - box_tuple[1], 0.0)
         if int(area) == 0:
-            problem = f"empty mask for box [{', '.join(f'{v:.1f}' for v in box_tuple)}]"
+            problem = f"empty mask for {where}"
+        elif box_area > 0 and int(area) < MIN_BOX_FILL * box_area:
+            warning = (f"mask of {int(area)} px fills {int(area) / box_area:.1%} of {where} "
+                       f"(under {MIN_BOX_FILL:.0%})")
         results.append(
             MaskResult(
                 rle={"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
@@ -74,6 +97,7 @@ def encode_masks(
                 score=float(score),
                 box=box_tuple,
                 problem=problem,
+                warning=warning,
             )
         )
     return results

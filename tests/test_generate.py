@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -57,6 +58,13 @@ def test_generate_makes_a_trainable_coco_dataset(tiny_models, tmp_path):
         x, _y, w, h = annotation["bbox"]
         assert annotation["iscrowd"] == 0 and w > 0 and h > 0 and x + w <= 64.001
         assert annotation["segmentation"]["counts"] and annotation["area"] > 0
+        # A mask never spills out of its box (SAM's do, before acp cuts them).
+        from acp.segment import decode_mask
+
+        mask = decode_mask(annotation["segmentation"])
+        x, y, w, h = annotation["bbox"]
+        mask[int(y):int(np.ceil(y + h)), int(x):int(np.ceil(x + w))] = False
+        assert not mask.any()
 
     coco = COCO(str(out / "annotations.json"))
     for kind in ("bbox", "segm"):

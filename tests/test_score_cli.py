@@ -45,6 +45,9 @@ PLANS = [
 ]
 
 
+CAPTIONS = {str(p["id"]): str(p["caption"]) for p in PLANS}
+
+
 def write_plans(path: Path, extra_lines: tuple[str, ...] = ()) -> Path:
     path.write_text(
         "".join(json.dumps(p) + "\n" for p in PLANS) + "".join(line + "\n" for line in extra_lines)
@@ -72,7 +75,7 @@ def write_renders(folder: Path, counts: dict[str, int]) -> Path:
                     "beta": 0.3,
                     "width": 64,
                     "height": 64,
-                    "prompt": "x",
+                    "prompt": CAPTIONS.get(plan_id, "x"),  # what `acp render` records
                 }
             )
     (folder / "manifest.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))

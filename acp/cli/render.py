@@ -10,6 +10,7 @@ import typer
 
 from acp.cli import app
 from acp.cli._common import fail, handle_errors, notice
+from acp.defaults import MAX_CANDIDATES
 
 if TYPE_CHECKING:
     from acp.schema import ScenePlan
@@ -35,7 +36,9 @@ LimitOption = Annotated[int | None, typer.Option(min=1, help="Use only the first
 # Options shared with `acp generate` (same names, same defaults).
 ModelOption = Annotated[str, typer.Option(help="GLIGEN text-box pipeline: hub id or local folder.")]
 CandidatesOption = Annotated[
-    int, typer.Option("--candidates", "-k", min=1, help="Candidates per plan, rendered in one batch.")
+    int,
+    typer.Option("--candidates", "-k", min=1, max=MAX_CANDIDATES,
+                 help=f"Candidates per plan, rendered in one batch (at most {MAX_CANDIDATES})."),
 ]
 StepsOption = Annotated[int, typer.Option(min=1, help="Denoising steps.")]
 GuidanceOption = Annotated[float, typer.Option(min=0.0, help="Classifier-free guidance scale.")]

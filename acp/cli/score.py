@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from acp.score.layout import LayoutScorer
 
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
+MAX_BATCH = 256  # images per CLIP pass: past this, memory grows with nothing gained
 
 bank_app = typer.Typer(help="Reference banks of real layouts, for CLIS-L.", no_args_is_help=True)
 score_app = typer.Typer(
@@ -173,13 +174,14 @@ def score_candidates(
     clip_model: ClipOption = DEFAULT_CLIP_MODEL,
     device: DeviceOption = None,
     min_clis_l: Annotated[
-        float, typer.Option(help="Drop plans whose CLIS-L is lower (0 keeps all).")
+        float, typer.Option(min=0.0, max=100.0, help="Drop plans whose CLIS-L is lower (0 keeps all).")
     ] = 50.0,
     min_clis_i: Annotated[
-        float, typer.Option(help="Drop instances whose CLIS-I is lower (0 keeps all).")
+        float, typer.Option(min=0.0, max=100.0, help="Drop instances whose CLIS-I is lower (0 keeps all).")
     ] = 60.0,
     batch_size: Annotated[
-        int, typer.Option(min=1, help="Candidates per CLIP forward pass (with all their crops).")
+        int,
+        typer.Option(min=1, max=MAX_BATCH, help="Candidates per CLIP forward pass (with all their crops)."),
     ] = 8,
     judge_model: Annotated[
         str | None,
@@ -189,7 +191,7 @@ def score_candidates(
         str | None, typer.Option(help="OpenAI-compatible endpoint of the judge [default: OpenAI].")
     ] = None,
     judge_margin: Annotated[
-        float, typer.Option(min=0.0, help="CLIP is unsure within this distance of --min-clis-i.")
+        float, typer.Option(min=0.0, max=100.0, help="CLIP is unsure within this distance of --min-clis-i.")
     ] = 10.0,
     judge_max_calls: Annotated[int, typer.Option(min=0, help="Judge requests per run at most.")] = 100,
     progress: ProgressOption = True,
@@ -246,13 +248,14 @@ def score_dataset(
     output: Annotated[Path, typer.Option("--output", "-o", help="Report folder to write.")],
     keep_above: Annotated[
         float | None,
-        typer.Option(help="Also write filtered.json without the boxes and images scoring lower."),
+        typer.Option(min=0.0, max=100.0,
+                     help="Also write filtered.json without the boxes and images scoring lower."),
     ] = None,
     bank: BankOption = None,
     embed_model: EmbedOption = None,
     clip_model: ClipOption = DEFAULT_CLIP_MODEL,
     device: DeviceOption = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per CLIP forward pass.")] = 8,
+    batch_size: Annotated[int, typer.Option(min=1, max=MAX_BATCH, help="Images per CLIP forward pass.")] = 8,
     progress: ProgressOption = True,
 ) -> None:
     """Score every image and box of a COCO dataset; report per image, per box, per category.

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from acp.boxes import plan_to_gligen
+from acp.defaults import MAX_CANDIDATES
 from acp.errors import InputError, MissingDependencyError
 from acp.plan.base import derive_seed
 from acp.schema import Candidate, ScenePlan
@@ -285,8 +286,8 @@ class GligenRenderer:
 
     def render_plan(self, plan: ScenePlan, candidates: int = DEFAULT_CANDIDATES) -> list[Rendered]:
         """Candidates ``0 .. candidates-1`` of ``plan``, in one batched pipeline call."""
-        if candidates < 1:
-            raise InputError(f"candidates must be >= 1, got {candidates}")
+        if not 1 <= candidates <= MAX_CANDIDATES:
+            raise InputError(f"candidates must be 1..{MAX_CANDIDATES}, got {candidates}")
         return self.render_seeds(plan, {i: self.seed_for(plan.id, i) for i in range(candidates)})
 
     def render_seeds(self, plan: ScenePlan, seeds: Mapping[int, int]) -> list[Rendered]:

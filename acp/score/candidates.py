@@ -254,6 +254,43 @@ def read_manifest(renders: Path) -> tuple[list[Candidate], list[tuple[str, str]]
     return candidates, problems
 
 
+def render_mismatch(plan: ScenePlan, candidate: Candidate) -> str | None:
+    """Why ``candidate`` was not rendered from ``plan`` (its prompt and phrases are the plan's
+    caption and descriptions, cut to the text encoder's limit), or ``None``."""
+    from acp.render.gligen import global_prompt
+
+    def fits(given: str, source: str) -> bool:  # given is source, or source cut at its end
+        source = " ".join(source.split())
+        return given == source or (bool(given) and source.startswith(given))
+
+    if not fits(candidate.prompt, global_prompt(plan)):
+        return f"its prompt {candidate.prompt[:60]!r} is not plan {plan.id}'s caption"
+    if candidate.phrases and (len(candidate.phrases) != len(plan.objects) or not all(
+            fits(phrase, obj.description)
+            for phrase, obj in zip(candidate.phrases, plan.objects, strict=False))):
+        return f"its box phrases are not the descriptions of plan {plan.id}'s objects"
+    return None
+
+
+def _check_plans_match(by_plan: dict[str, list[Candidate]], plans: dict[str, ScenePlan],
+                       renders: Path, plans_path: Path, unmatched: int) -> None:
+    """Refuse to score renders against plans they were not made from: the scores would be
+    silently meaningless (boxes and captions of other scenes)."""
+    mismatched = [(c, why) for plan_id, cs in by_plan.items() for c in cs
+                  if (why := render_mismatch(plans[plan_id], c)) is not None]
+    if mismatched:
+        candidate, why = mismatched[0]
+        raise InputError(
+            f"{plans_path} does not match the renders in {renders}: {len(mismatched)} candidates were "
+            f"rendered from other plans (first: {candidate.path}: {why}); pass the plans file "
+            "given to `acp render`"
+        )
+    if unmatched and not by_plan:
+        raise InputError(f"{plans_path} does not match the renders in {renders}: none of their "
+                         f"{unmatched} candidates has its plan there; pass the plans file given to "
+                         "`acp render`")
+
+
 def _resume(output: Path, wanted: dict[str, set[int]], settings: dict[str, Any]) -> set[str]:
     """Plans of ``wanted`` already complete in ``output``; lines of its incomplete plans are
     removed from it (lines of other plans stay)."""
@@ -325,6 +362,8 @@ def score_renders(
             summary.failures.append((str(renders / candidate.path), reason))
             continue
         by_plan.setdefault(candidate.plan_id, []).append(candidate)
+    _check_plans_match(by_plan, plans, renders, plans_path, unmatched=len(candidates) - sum(
+        len(c) for c in by_plan.values()))
     summary.failures.extend(bad_plans.items())
     complete = _resume(output, {p: {c.index for c in cs} for p, cs in by_plan.items()}, settings)
     pending = [p for p in by_plan if p not in complete]
