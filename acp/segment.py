@@ -75,9 +75,9 @@ def encode_masks(
         left, top = max(0, int(np.floor(x0))), max(0, int(np.floor(y0)))
         right, bottom = min(width, int(np.ceil(x1))), min(height, int(np.ceil(y1)))
         inside_box[k, top:bottom, left:right] = True
-    masks = masks & inside_box
+    clipped = masks & inside_box
     # pycocotools wants (H, W, N) uint8 in Fortran order.
-    encoded = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    encoded = mask_utils.encode(np.asfortranarray(clipped.transpose(1, 2, 0).astype(np.uint8)))
     areas = mask_utils.area(encoded)
     results = []
     for rle, area, score, box in zip(encoded, areas, scores, boxes, strict=True):

@@ -63,7 +63,8 @@ def test_generate_makes_a_trainable_coco_dataset(tiny_models, tmp_path):
 
         mask = decode_mask(annotation["segmentation"])
         x, y, w, h = annotation["bbox"]
-        mask[int(y):int(np.ceil(y + h)), int(x):int(np.ceil(x + w))] = False
+        top, left = int(np.floor(y - 0.01)), int(np.floor(x - 0.01))  # the bbox is rounded to 0.01
+        mask[max(top, 0):int(np.ceil(y + h + 0.01)), max(left, 0):int(np.ceil(x + w + 0.01))] = False
         assert not mask.any()
 
     coco = COCO(str(out / "annotations.json"))
