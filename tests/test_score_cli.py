@@ -252,6 +252,9 @@ def test_thresholds_drop_weak_plans_and_instances_with_a_reason(
     plans = write_plans(tmp_path / "plans.jsonl")
     renders = write_renders(tmp_path / "renders", {"p1": 2})
     out = tmp_path / "scores.jsonl"
+    # A bank whose dogs sit elsewhere, so that p1's layout scores under 100.
+    coco = write_coco(tmp_path / "elsewhere.json", [[("cat", CAT), ("dog", [0.05, 0.6, 0.2, 0.3])]] * 5)
+    assert runner.invoke(app, ["bank", "build", str(coco), "-o", str(tmp_path / "b")]).exit_code == 0
     base = [
         "score",
         "candidates",
@@ -259,15 +262,18 @@ def test_thresholds_drop_weak_plans_and_instances_with_a_reason(
         "--plans",
         str(plans),
         "--bank",
-        str(bank_dir),
+        str(tmp_path / "b"),
         "--clip-model",
         str(tiny_clip_dir),
         "--no-progress",
     ]
     result = runner.invoke(app, [*base, "-o", str(out), "--min-clis-l", "100.5"])
+    assert result.exit_code == 2 and "--min-clis-l" in result.output  # thresholds are 0..100
+    result = runner.invoke(app, [*base, "-o", str(out), "--min-clis-l", "100"])
     assert result.exit_code == 0, result.output
     scores = _scores(out)
-    assert all(not s.kept and not s.best and s.reason == "plan CLIS-L 100.0 < 100.5" for s in scores)
+    assert scores and all(s.clis_l is not None and s.clis_l < 100 for s in scores)
+    assert all(not s.kept and not s.best and s.reason == f"plan CLIS-L {s.clis_l:.1f} < 100" for s in scores)
     strict = tmp_path / "strict.jsonl"
     result = runner.invoke(app, [*base, "-o", str(strict), "--min-clis-l", "0", "--min-clis-i", "100"])
     scores = _scores(strict)
