@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from acp.errors import InputError
+from acp.jsonl import loads
 from acp.names import category_key
 
 MAX_SCENES = 10_000_000
@@ -139,7 +140,7 @@ def parse_jsonl(text: str, source: str) -> ConceptInput:
             continue
         where = f"{source}:{number}"
         try:
-            value = json.loads(line)
+            value = loads(line)
         except json.JSONDecodeError as error:
             raise InputError(f"{where}: not valid JSON ({error.msg})") from None
         scenes.append(_scene(value, where))
@@ -161,7 +162,7 @@ def load_concepts(path: Path) -> ConceptInput:
         return parse_jsonl(text, str(path))
     if suffix == ".json":
         try:
-            value = json.loads(text)
+            value = loads(text)
         except json.JSONDecodeError as error:
             raise InputError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
         return parse_structured(value, str(path))
@@ -174,6 +175,8 @@ def load_concepts(path: Path) -> ConceptInput:
             mark = getattr(error, "problem_mark", None)
             line = f":{mark.line + 1}" if mark is not None else ""
             raise InputError(f"{path}{line}: not valid YAML") from None
+        except RecursionError:  # PyYAML composes nested values recursively
+            raise InputError(f"{path}: not valid YAML (nested too deeply)") from None
         return parse_structured(value, str(path))
     return parse_text(text, str(path))
 

@@ -41,7 +41,7 @@ from typing import Any
 from acp.atomic import atomic_path, atomic_text_file, write_atomic
 from acp.concepts import ConceptInput, all_concepts, scene_concepts
 from acp.errors import AcpError, InputError, OutputMismatchError
-from acp.jsonl import JsonlWriter, drop_torn_tail, dumps, read_records
+from acp.jsonl import JsonlWriter, drop_torn_tail, dumps, loads, read_records
 from acp.plan.base import PlanSettings
 from acp.plan.run import PlanSummary, make_requests, run_planner
 from acp.schema import LayoutRules, ScenePlan, read_plans
@@ -148,7 +148,7 @@ def check_settings(out: Path, record: dict[str, Any], force: bool) -> bool:
     path = out / SETTINGS_NAME
     if path.exists():
         try:
-            previous = json.loads(path.read_text())
+            previous = loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             previous = None
         if previous == record:

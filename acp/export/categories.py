@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from acp.errors import InputError
+from acp.jsonl import loads
 from acp.names import canonical_key, category_key
 
 _QUALIFIER = re.compile(r"\s*\([^)]*\)\s*$")
@@ -202,7 +203,7 @@ def load_json_file(path: Path, *, what: str = "file") -> Any:
     """The JSON value in ``path``; a missing or unreadable file is one ``InputError`` line."""
     try:
         with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
+            return loads(handle.read())
     except FileNotFoundError:
         raise InputError(f"{path}: no such {what}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:

@@ -47,6 +47,7 @@ from numpy.typing import NDArray
 
 from acp.boxes import coco_to_plan_sized, iou_aligned
 from acp.errors import InputError
+from acp.jsonl import loads
 from acp.names import canonical_key, category_key
 
 BANK_FORMAT = 1
@@ -291,7 +292,7 @@ class Bank:
         if not (folder / ARRAYS_FILE).is_file() or not (folder / INDEX_FILE).is_file():
             raise InputError(f"bank {folder}: {expected}")
         try:
-            index = json.loads((folder / INDEX_FILE).read_text(encoding="utf-8"))
+            index = loads((folder / INDEX_FILE).read_text(encoding="utf-8"))
             with np.load(folder / ARRAYS_FILE, allow_pickle=False) as arrays:
                 data = {name: arrays[name] for name in arrays.files}
         except (OSError, ValueError, json.JSONDecodeError) as error:
@@ -508,7 +509,7 @@ def read_coco_file(path: Path) -> dict[str, Any]:
     expected = "expected a COCO-format JSON object with 'images', 'annotations' and 'categories' lists"
     try:
         with open(path, "rb") as handle:
-            data = json.load(handle)
+            data = loads(handle.read())
     except OSError as error:
         raise InputError(f"{path}: cannot read ({error.strerror or error})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
