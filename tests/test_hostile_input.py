@@ -1,15 +1,20 @@
 """Hostile input files: each is one line naming the file, or a reported item, never a traceback.
 
-JSON nested thousands deep (Python's decoder raises RecursionError).
+JSON nested thousands deep (Python's decoder raises RecursionError), image headers that claim
+billions of pixels.
 """
 
 from __future__ import annotations
 
 import json
+import struct
+import warnings
+import zlib
 from pathlib import Path
 
 import pytest
 from click.testing import Result
+from PIL import Image
 from typer.testing import CliRunner
 
 from acp.cli import app
@@ -139,3 +144,105 @@ def test_deep_judge_reply_has_no_rating() -> None:
 
     assert parse_rating(DEEP_ARRAY) is None
     assert parse_rating('{"rating": ' + DEEP_ARRAY + "}") is None
+
+
+# -- image headers claiming huge sizes ------------------------------------------------------------
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG of a few dozen bytes whose header claims ``width`` x ``height`` 1-bit grey pixels
+    (valid chunks and CRCs, one almost empty IDAT)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00"))
+            + chunk(b"IEND", b""))
+
+
+BOMB = png_claiming(100_000, 100_000)  # PIL itself refuses this one (DecompressionBombError)
+BIG = png_claiming(10_000, 10_000)  # PIL only warns, then would allocate 100 MB to decode it
+
+
+def test_bomb_png_is_tiny_and_claims_its_size(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.png"
+    path.write_bytes(BOMB)
+    assert len(BOMB) < 80
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(Image.DecompressionBombError):
+            Image.open(path)
+
+
+@pytest.mark.parametrize("content", [BOMB, BIG], ids=["bomb", "big"])
+def test_read_rgb_refuses_images_over_the_pixel_limit(tmp_path: Path, content: bytes) -> None:
+    from acp.images import read_rgb
+
+    path = tmp_path / "x.png"
+    path.write_bytes(content)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no DecompressionBombWarning either
+        image, reason = read_rgb(path)
+    assert image is None and reason is not None and "too large" in reason
+
+
+def test_score_dataset_lists_a_bomb_image_and_goes_on(tmp_path: Path, tiny_clip_dir: Path) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (64, 48), (200, 10, 10)).save(images / "good.png")
+    (images / "bomb.png").write_bytes(BOMB)
+    (images / "big.png").write_bytes(BIG)
+    coco = {
+        "images": [{"id": 1, "file_name": "good.png", "width": 64, "height": 48},
+                   {"id": 2, "file_name": "bomb.png", "width": 100_000, "height": 100_000},
+                   {"id": 3, "file_name": "big.png", "width": 10_000, "height": 10_000}],
+        "annotations": [{"id": k, "image_id": k, "category_id": 1, "bbox": [1, 1, 20, 20]}
+                        for k in (1, 2, 3)],
+        "categories": [{"id": 1, "name": "dog"}],
+    }
+    annotations = tmp_path / "instances.json"
+    annotations.write_text(json.dumps(coco))
+    out = tmp_path / "report"
+    result = invoke("score", "dataset", annotations, "--images", images, "-o", out,
+                    "--clip-model", tiny_clip_dir, "--no-progress")
+    assert result.exit_code == 1, result.output  # failed items: exit 1, after the report
+    failures = {f["item"]: f["reason"] for f in json.loads((out / "failures.json").read_text())}
+    assert set(failures) == {"image 2", "image 3"}
+    assert all("too large" in reason for reason in failures.values())
+    assert [i["id"] for i in json.loads((out / "images.json").read_text())] == [1]
+
+
+def test_score_candidates_lists_a_bomb_candidate_and_goes_on(tmp_path: Path, tiny_clip_dir: Path) -> None:
+    from tests.test_score_cli import write_plans, write_renders
+
+    plans = write_plans(tmp_path / "plans.jsonl")
+    renders = write_renders(tmp_path / "renders", {"p1": 2, "p2": 1})
+    (renders / "p2" / "0.png").write_bytes(BOMB)
+    out = tmp_path / "scores.jsonl"
+    result = invoke("score", "candidates", renders, "--plans", plans, "-o", out,
+                    "--clip-model", tiny_clip_dir, "--no-progress")
+    assert result.exit_code == 1, result.output
+    assert "p2/0.png: the image is too large" in result.stdout
+    assert [json.loads(line)["plan_id"] for line in out.read_text().splitlines()] == ["p1", "p1"]
+
+
+def test_preview_overlay_skips_a_bomb_candidate(tmp_path: Path) -> None:
+    from acp.jsonl import dumps
+    from acp.schema import Candidate
+    from tests.test_preview import plan_record
+
+    plans = tmp_path / "plans.jsonl"
+    plans.write_text(json.dumps(plan_record("p1", "dog")) + "\n")
+    renders = tmp_path / "renders"
+    (renders / "p1").mkdir(parents=True)
+    Image.new("RGB", (64, 64)).save(renders / "p1" / "0.png")
+    (renders / "p1" / "1.png").write_bytes(BOMB)
+    (renders / "manifest.jsonl").write_text("".join(dumps(Candidate(
+        plan_id="p1", index=i, seed=i, path=f"p1/{i}.png", model="m", steps=2, guidance=7.5,
+        beta=0.3, width=64, height=64, prompt="x")) + "\n" for i in (0, 1)))
+    result = invoke("preview", plans, "-o", tmp_path / "out", "--overlay", renders)
+    assert result.exit_code == 0, result.output
+    assert f"acp: {renders / 'p1' / '1.png'}: skipped: the image is too large" in result.stderr
+    assert "1 drawings in 1 files" in result.stdout
+    assert (tmp_path / "out" / "p1" / "0.png").is_file() and not (tmp_path / "out" / "p1" / "1.png").exists()

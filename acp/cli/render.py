@@ -135,5 +135,7 @@ def preview(
 
     chosen, problems = _load_plans(plans, limit)
     summary = write_previews(chosen, output, overlay=overlay, grid=grid)
+    for path, reason in summary.unreadable:
+        notice(f"{path}: skipped: {reason}")
     skipped = f"; {len(problems)} plans lines skipped" if problems else ""
     print(f"{output}: {summary.line()}{skipped}")

@@ -8,8 +8,9 @@ a box's description is ``annotation["acp"]["description"]`` when present, else "
 
 What cannot be scored is reported item by item, with a reason, and the run goes on: an image
 record that is not an object, lacks ``id`` or ``file_name`` or repeats an earlier image's id
-(the annotations of that id belong to the first), a missing or undecodable image file, a
-decoded size that differs from the record's; an annotation that is not an object or lacks
+(the annotations of that id belong to the first), a missing or undecodable image file or one
+whose header claims more than ``acp.images.MAX_PIXELS`` pixels, a decoded size that differs
+from the record's; an annotation that is not an object or lacks
 ``image_id``, ``category_id`` or ``bbox``, of an unknown image, with an unknown category id, a
 degenerate box or one reaching more than ``OUT_OF_IMAGE_TOLERANCE`` pixels outside its image.
 An item is named by its id (``image 3``, ``annotation 12``), or by its position when it has
@@ -40,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from acp.boxes import coco_to_plan
+from acp.images import read_rgb
 from acp.jsonl import write_atomic
 from acp.score.bank import OUT_OF_IMAGE_TOLERANCE, read_coco_file
 from acp.score.candidates import compose_clis, layout_fields
@@ -136,17 +138,9 @@ def _clipped(bbox: list[float], width: float, height: float) -> tuple[float, flo
 
 
 def _open(path: Path, width: Any, height: Any) -> tuple[Image | None, str | None]:
-    from PIL import Image as PILImage
-    from PIL import UnidentifiedImageError
-
-    try:
-        with PILImage.open(path) as handle:
-            handle.load()
-            image = handle.convert("RGB")
-    except FileNotFoundError:
-        return None, f"image file {path} not found"
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        return None, f"cannot decode {path} ({error})"
+    image, reason = read_rgb(path)
+    if image is None:
+        return None, f"{path}: {reason}"
     if width is not None and height is not None and (width, height) != image.size:
         return None, f"{path} is {image.width}x{image.height} but the record says {width}x{height}"
     return image, None
