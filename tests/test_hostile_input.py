@@ -11,6 +11,7 @@ import struct
 import warnings
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import Result
@@ -246,3 +247,47 @@ def test_preview_overlay_skips_a_bomb_candidate(tmp_path: Path) -> None:
     assert f"acp: {renders / 'p1' / '1.png'}: skipped: the image is too large" in result.stderr
     assert "1 drawings in 1 files" in result.stdout
     assert (tmp_path / "out" / "p1" / "0.png").is_file() and not (tmp_path / "out" / "p1" / "1.png").exists()
+
+
+# -- ids that are not numbers or strings -----------------------------------------------------------
+
+
+def coco_with(images: list[Any], categories: list[Any], annotations: list[Any]) -> str:
+    return json.dumps({"images": images, "annotations": annotations, "categories": categories})
+
+
+GOOD_IMAGE = {"id": 1, "width": 100, "height": 100}
+GOOD_CATEGORY = {"id": 1, "name": "dog"}
+GOOD_BOX = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20]}
+
+
+@pytest.mark.parametrize(
+    ("content", "where"),
+    [
+        (coco_with([GOOD_IMAGE, {"id": [2], "width": 100, "height": 100}], [GOOD_CATEGORY], [GOOD_BOX]),
+         "images[1]"),
+        (coco_with([GOOD_IMAGE], [GOOD_CATEGORY, {"id": {"a": 2}, "name": "cat"}], [GOOD_BOX]),
+         "categories[1]"),
+        (coco_with([GOOD_IMAGE], [{"id": True, "name": "cat"}], [GOOD_BOX]), "categories[0]"),
+    ],
+)
+def test_bank_build_with_an_unusable_image_or_category_id_is_one_line(
+    tmp_path: Path, content: str, where: str
+) -> None:
+    path = tmp_path / "coco.json"
+    path.write_text(content)
+    result = invoke("bank", "build", path, "-o", tmp_path / "bank")
+    line = assert_one_line_error(result, str(path), where, "a number or a string")
+    assert len(line) < 300
+
+
+def test_bank_build_skips_annotations_with_unusable_ids_as_malformed(tmp_path: Path) -> None:
+    path = tmp_path / "coco.json"
+    path.write_text(coco_with([GOOD_IMAGE], [GOOD_CATEGORY], [
+        GOOD_BOX,
+        {**GOOD_BOX, "id": 2, "image_id": [1]},
+        {**GOOD_BOX, "id": 3, "category_id": {"x": 1}},
+    ]))
+    result = invoke("bank", "build", path, "-o", tmp_path / "bank")
+    assert result.exit_code == 0, result.output
+    assert "skipped: malformed 2" in result.stdout

@@ -46,7 +46,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from acp.boxes import coco_to_plan_sized, iou_aligned
-from acp.errors import InputError
+from acp.errors import InputError, quoted
 from acp.jsonl import loads
 from acp.names import canonical_key, category_key
 
@@ -521,6 +521,11 @@ def read_coco_file(path: Path) -> dict[str, Any]:
     return data
 
 
+def usable_id(value: Any) -> bool:
+    """An id COCO records can refer to: a number or a string (not a bool, list or object)."""
+    return isinstance(value, int | float | str) and not isinstance(value, bool)
+
+
 def _usable_boxes(
     path: Path, data: dict[str, Any], merged: _CategoryMerger
 ) -> tuple[Int64Array, Int64Array, NDArray[np.float64], dict[str, int], int]:
@@ -530,6 +535,10 @@ def _usable_boxes(
     for k, item in enumerate(data["categories"]):
         if not isinstance(item, dict) or "id" not in item or not isinstance(item.get("name"), str):
             raise InputError(f"{path}: categories[{k}] has no 'id' and 'name'; expected COCO categories")
+        if not usable_id(item["id"]):
+            raise InputError(
+                f"{path}: categories[{k}] has id {quoted(item['id'])}; expected a number or a string"
+            )
         if category_key(item["name"]):
             categories[item["id"]] = merged.add(item["name"])
     image_rows: dict[Any, int] = {}
@@ -537,6 +546,10 @@ def _usable_boxes(
     for k, item in enumerate(data["images"]):
         if not isinstance(item, dict) or "id" not in item:
             raise InputError(f"{path}: images[{k}] has no 'id'; expected COCO images")
+        if not usable_id(item["id"]):
+            raise InputError(
+                f"{path}: images[{k}] has id {quoted(item['id'])}; expected a number or a string"
+            )
         image_rows[item["id"]] = k
         try:
             sizes[k] = float(item["width"]), float(item["height"])

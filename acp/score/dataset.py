@@ -43,7 +43,7 @@ import numpy as np
 from acp.boxes import coco_to_plan
 from acp.images import read_rgb
 from acp.jsonl import write_atomic
-from acp.score.bank import OUT_OF_IMAGE_TOLERANCE, read_coco_file
+from acp.score.bank import OUT_OF_IMAGE_TOLERANCE, read_coco_file, usable_id
 from acp.score.candidates import compose_clis, layout_fields
 from acp.score.image import ImageScorer, Scene, SceneObject
 from acp.score.layout import LayoutScorer
@@ -95,11 +95,6 @@ def build_caption(names: list[str]) -> str:
     return "a photo of " + (parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1])
 
 
-def _usable_id(value: Any) -> bool:
-    """An id COCO records can refer to: a number or a string (not a bool, list or object)."""
-    return isinstance(value, int | float | str) and not isinstance(value, bool)
-
-
 def _record_problem(record: Any, keys: tuple[str, ...]) -> str | None:
     """Why an image or annotation record cannot be used: not an object, or a key missing
     (``bbox`` is only required to be there; ``_box_problem`` checks its value)."""
@@ -109,7 +104,7 @@ def _record_problem(record: Any, keys: tuple[str, ...]) -> str | None:
     if missing:
         return "no " + " and no ".join(repr(key) for key in missing)
     for key in keys:
-        if key.endswith("id") and not _usable_id(record[key]):
+        if key.endswith("id") and not usable_id(record[key]):
             return f"{key} must be a number or a string, got {record[key]!r}"
     return None
 
@@ -176,7 +171,7 @@ def score_dataset(
     categories = {
         c["id"]: str(c.get("name"))
         for c in data["categories"]
-        if isinstance(c, dict) and _usable_id(c.get("id"))
+        if isinstance(c, dict) and usable_id(c.get("id"))
     }
     records: dict[Any, dict[str, Any]] = {}
     first_row: dict[Any, int] = {}
@@ -187,7 +182,7 @@ def score_dataset(
         if problem is None and not (isinstance(img["file_name"], str) and img["file_name"].strip()):
             problem = f"file_name must be a non-empty string, got {img['file_name']!r}"
         if problem is not None:
-            known = isinstance(img, dict) and _usable_id(img.get("id"))
+            known = isinstance(img, dict) and usable_id(img.get("id"))
             fail_image(f"image {img['id']}" if known else f"images[{k}]", problem)
             continue
         records[img["id"]] = img
