@@ -21,6 +21,7 @@ DEFAULT_STEPS = 25
 DEFAULT_GUIDANCE = 7.5
 DEFAULT_BETA = 0.3
 DEFAULT_CANDIDATES = 4
+MAX_STEPS = 999
 
 
 class Device(str, Enum):
@@ -37,7 +38,7 @@ ModelOption = Annotated[str, typer.Option(help="GLIGEN text-box pipeline: hub id
 CandidatesOption = Annotated[
     int, typer.Option("--candidates", "-k", min=1, help="Candidates per plan, rendered in one batch.")
 ]
-StepsOption = Annotated[int, typer.Option(min=1, help="Denoising steps.")]
+StepsOption = Annotated[int, typer.Option(min=1, max=MAX_STEPS, help="Denoising steps.")]
 GuidanceOption = Annotated[float, typer.Option(min=0.0, help="Classifier-free guidance scale.")]
 BetaOption = Annotated[
     float,
