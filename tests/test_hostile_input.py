@@ -1,13 +1,18 @@
 """Hostile input files: each is one line naming the file, or a reported item, never a traceback.
 
 JSON nested thousands deep (Python's decoder raises RecursionError), image headers that claim
-billions of pixels.
+billions of pixels, unhashable ids, a YAML alias bomb.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import resource
 import struct
+import subprocess
+import sys
+import time
 import warnings
 import zlib
 from pathlib import Path
@@ -291,3 +296,72 @@ def test_bank_build_skips_annotations_with_unusable_ids_as_malformed(tmp_path: P
     result = invoke("bank", "build", path, "-o", tmp_path / "bank")
     assert result.exit_code == 0, result.output
     assert "skipped: malformed 2" in result.stdout
+
+
+# -- YAML anchors and aliases ---------------------------------------------------------------------
+
+
+def yaml_bomb() -> str:
+    """294 bytes: nine levels of nine aliases each, 9**9 (387 million) strings once expanded."""
+    levels = ["&a [x,x,x,x,x,x,x,x,x]"]
+    for before, name in zip("abcdefgh", "bcdefghi", strict=True):
+        levels.append(f"&{name} [" + ",".join([f"*{before}"] * 9) + "]")
+    return "dog: [" + ", ".join(levels) + "]\n"
+
+
+MEMORY_LIMIT = 512 << 20  # address space; `acp plan` runs in half of it
+
+
+def _limit_memory() -> None:  # in the child: an expanding bomb ends in MemoryError, not swap
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+
+def test_yaml_alias_bomb_is_refused_at_once_in_little_memory(tmp_path: Path) -> None:
+    bomb = tmp_path / "concepts.yaml"
+    bomb.write_text(yaml_bomb())
+    assert bomb.stat().st_size == 294
+    env = {**os.environ, "OPENAI_API_KEY": "", "OPENAI_BASE_URL": ""}
+    started = time.monotonic()
+    # Unfixed, this takes 4.5 GB and 71 s: here a MemoryError traceback, or the timeout.
+    result = subprocess.run(
+        [sys.executable, "-m", "acp", "plan", str(bomb), "-o", str(tmp_path / "plans.jsonl"),
+         "--planner", "heuristic"],
+        capture_output=True, text=True, env=env, preexec_fn=_limit_memory, timeout=60,
+    )
+    seconds = time.monotonic() - started
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [
+        f"acp: error: {bomb}:1: YAML anchors and aliases (& and *) are not allowed in a concept list"
+    ]
+    assert seconds < 10
+
+
+@pytest.mark.parametrize(
+    ("content", "line"),
+    [("- dog\n- &pet cat\n", 2), ("- dog\n- *pet\n", 2), ("dog: &n 3\ncat: *n\n", 1)],
+)
+def test_any_yaml_anchor_or_alias_is_refused(tmp_path: Path, content: str, line: int) -> None:
+    from acp.concepts import load_concepts
+    from acp.errors import InputError
+
+    path = tmp_path / "c.yaml"
+    path.write_text(content)
+    with pytest.raises(InputError, match=f"^{path}:{line}: YAML anchors and aliases"):
+        load_concepts(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [("c.json", json.dumps({"dog": ["x"] * 100_000})),
+     ("c.json", json.dumps({"x" * 100_000: 3})),
+     ("c.yaml", "dog: [" + "x," * 100_000 + "]\n")],
+)
+def test_messages_quote_values_cut_short(tmp_path: Path, name: str, content: str) -> None:
+    from acp.concepts import load_concepts
+    from acp.errors import InputError
+
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(InputError) as caught:
+        load_concepts(path)
+    assert len(str(caught.value)) < len(str(path)) + 200, str(caught.value)
