@@ -27,7 +27,7 @@ from typing import Any
 
 from acp.errors import InputError, quoted
 from acp.jsonl import loads
-from acp.names import category_key
+from acp.names import category_key, name_problem
 
 MAX_SCENES = 10_000_000
 MAX_QUOTA = 10_000_000
@@ -52,6 +52,9 @@ def _check_name(name: Any, where: str) -> str:
         raise InputError(f"{where}: blank concept name")
     if len(name) > MAX_NAME_LENGTH:
         raise InputError(f"{where}: concept name longer than {MAX_NAME_LENGTH} characters")
+    problem = name_problem(name)
+    if problem:
+        raise InputError(f"{where}: concept name {problem}")
     return name
 
 

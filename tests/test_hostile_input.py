@@ -1,7 +1,7 @@
 """Hostile input files: each is one line naming the file, or a reported item, never a traceback.
 
 JSON nested thousands deep (Python's decoder raises RecursionError), image headers that claim
-billions of pixels, unhashable ids, a YAML alias bomb.
+billions of pixels, unhashable ids, a YAML alias bomb, names holding control characters.
 """
 
 from __future__ import annotations
@@ -365,3 +365,80 @@ def test_messages_quote_values_cut_short(tmp_path: Path, name: str, content: str
     with pytest.raises(InputError) as caught:
         load_concepts(path)
     assert len(str(caught.value)) < len(str(path)) + 200, str(caught.value)
+
+
+# -- control and bidirectional characters in names ------------------------------------------------
+
+BAD_CHARACTERS = {
+    "U+0000": "\x00", "U+0007": "\x07", "U+202E": "\u202e", "U+200E": "\u200e", "U+200F": "\u200f",
+    "U+2066": "\u2066", "U+2069": "\u2069", "U+202A": "\u202a", "U+FEFF": "\ufeff", "U+200B": "\u200b",
+}
+
+
+def concept_input(form: str, name: str, tmp_path: Path) -> tuple[list[str], str]:
+    """Arguments of `acp plan` giving the concepts dog and ``name`` in ``form``, and where an
+    error must point."""
+    if form == "inline":
+        return ["--concepts", f"dog,{name}"], "--concepts"
+    path = tmp_path / f"concepts.{form}"
+    content = {
+        "txt": f"dog\n{name}\n",
+        "json": json.dumps(["dog", name]),
+        "yaml": "- dog\n- " + json.dumps(name) + "\n",  # a JSON string is a YAML string, escapes too
+        "jsonl": json.dumps({"concepts": ["dog"]}) + "\n" + json.dumps({"concepts": [name]}) + "\n",
+    }[form]
+    path.write_text(content, encoding="utf-8")
+    return [str(path)], str(path)
+
+
+@pytest.mark.parametrize("code", sorted(BAD_CHARACTERS))
+@pytest.mark.parametrize("form", ["inline", "txt", "json", "yaml", "jsonl"])
+def test_a_concept_name_with_a_control_character_is_one_line(tmp_path: Path, form: str, code: str) -> None:
+    args, where = concept_input(form, f"ca{BAD_CHARACTERS[code]}t", tmp_path)
+    result = invoke("plan", *args, "-o", tmp_path / "plans.jsonl", "--planner", "heuristic")
+    assert_one_line_error(result, where, code)
+    assert not (tmp_path / "plans.jsonl").exists()
+
+
+@pytest.mark.parametrize("name", ["\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",  # Persian, with ZWNJ
+                                  "\U0001f468\u200d\U0001f469\u200d\U0001f467"])  # emoji joined by ZWJ
+def test_joiners_that_spell_words_are_allowed(tmp_path: Path, name: str) -> None:
+    result = invoke("plan", "--concepts", f"dog,{name}", "-o", tmp_path / "plans.jsonl",
+                    "--planner", "heuristic")
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("field", ["name", "supercategory"])
+def test_a_category_file_with_a_control_character_is_one_line(tmp_path: Path, field: str) -> None:
+    category = {"id": 1, "name": "dog", "supercategory": "animal"}
+    category[field] += "\u202e"
+    path = tmp_path / "categories.json"
+    path.write_text(json.dumps({"categories": [category]}))
+    result = invoke("generate", "--concepts", "dog", "--categories", path, "-o", tmp_path / "out",
+                    "--planner", "heuristic", "--no-progress")
+    assert_one_line_error(result, str(path), "categories[0]", "U+202E")
+
+
+def test_a_merge_input_with_a_control_character_in_a_category_is_one_line(tmp_path: Path) -> None:
+    fine, bad = tmp_path / "fine.json", tmp_path / "bad.json"
+    fine.write_text(json.dumps({"images": [], "annotations": [], "categories": [{"id": 1, "name": "dog"}]}))
+    bad.write_text(json.dumps({"images": [], "annotations": [],
+                               "categories": [{"id": 1, "name": "d\x00og"}]}))
+    result = invoke("export", "merge", fine, bad, "-o", tmp_path / "merged.json")
+    assert_one_line_error(result, str(bad), "U+0000")
+
+
+def test_control_characters_in_an_llm_reply_are_stripped_and_recorded() -> None:
+    from acp.plan.base import SceneRequest
+    from acp.plan.parse import parse_plan
+    from tests.chat_server import layout
+
+    draft = layout(["dog"])
+    draft["caption"] = "A dog\u202e in a park.\x00"
+    draft["objects"][0]["description"] = "a \u2066brown\u2069 dog"
+    draft["objects"][0]["category"] = "d\u200bog"
+    plan = parse_plan(json.dumps(draft), SceneRequest(id="s1", concepts=("dog",), seed=1),
+                      categories=("dog",))
+    assert plan.caption == "A dog in a park."
+    assert plan.objects[0].description == "a brown dog" and plan.objects[0].category == "dog"
+    assert any("5 control or formatting characters" in repair for repair in plan.repairs), plan.repairs
