@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from acp.atomic import sweep_stale_temps, temp_prefix
 from acp.boxes import coco_to_plan_sized, iou_aligned
 from acp.errors import InputError, quoted
 from acp.jsonl import loads
@@ -195,7 +196,8 @@ class Bank:
         an existing bank is renamed away, the new one renamed in, the old one deleted. A reader
         sees the old bank or the new one, never new arrays with old names; a kill between the
         two renames leaves no ``folder`` and the old bank in ``.{name}.old-*`` beside it (which
-        ``load`` points to). A ``folder`` that holds anything but a bank is left alone and
+        ``load`` points to), a kill before them a staging folder that the next save removes
+        (``acp.atomic.sweep_stale_temps``). A ``folder`` that holds anything but a bank is left alone and
         refused, since replacing it would delete those files.
         """
         folder = check_output(folder)
@@ -207,7 +209,8 @@ class Bank:
     def _swap_in(self, folder: Path) -> None:
         parent = folder.parent
         parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=parent, prefix=f".{folder.name}.", suffix=".tmp"))
+        sweep_stale_temps(parent)  # staging folders of builds that were killed
+        staging = Path(tempfile.mkdtemp(dir=parent, prefix=temp_prefix(folder.name), suffix=".tmp"))
         try:
             os.chmod(staging, 0o777 & ~_UMASK)  # mkdtemp makes it 0700, unreadable to others
             self._write_files(staging)
