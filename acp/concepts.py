@@ -208,7 +208,8 @@ def _load_yaml(text: str, path: Path) -> Any:
         problem = getattr(error, "problem", None)
         if problem == _NO_ALIASES:
             raise InputError(f"{path}{line}: {_NO_ALIASES}") from None
-        raise InputError(f"{path}{line}: not valid YAML" + (f" ({problem})" if problem else "")) from None
+        detail = f" ({' '.join(str(problem).split())[:120]})" if problem else ""
+        raise InputError(f"{path}{line}: not valid YAML{detail}") from None
     except RecursionError:  # PyYAML composes nested values recursively
         raise InputError(f"{path}: not valid YAML (nested too deeply)") from None
 

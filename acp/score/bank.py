@@ -197,8 +197,8 @@ class Bank:
         sees the old bank or the new one, never new arrays with old names; a kill between the
         two renames leaves no ``folder`` and the old bank in ``.{name}.old-*`` beside it (which
         ``load`` points to), a kill before them a staging folder that the next save removes
-        (``acp.atomic.sweep_stale_temps``). A ``folder`` that holds anything but a bank is left alone and
-        refused, since replacing it would delete those files.
+        (``acp.atomic.sweep_stale_temps``). A ``folder`` that holds anything but a bank is left
+        alone and refused, since replacing it would delete those files.
         """
         folder = check_output(folder)
         try:
