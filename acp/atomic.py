@@ -2,14 +2,23 @@
 
 Every whole-file output of acp (COCO json, images, settings, reports) goes through here: the
 content is written to a temporary sibling, flushed to disk and renamed over the target.
+
+A writer killed mid-write (SIGKILL, out of memory, power) leaves its temporary behind. Its name
+says who made it, ``.{name}.acp-{host}-{pid}-{random}.tmp``, and the first write of an acp
+process into a folder removes the temporaries there whose process on this host no longer runs
+(``sweep_stale_temps``). A live writer's temporary is never touched, nor one made on another
+host sharing the folder, nor any file whose name acp would not make.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,10 +29,60 @@ from typing import Any, TextIO
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
+_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:16] or "host"
+# tempfile's random part is 8 of [a-z0-9_]; the name before it may hold anything.
+_TEMP_NAME = re.compile(r"\..+\.acp-(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)-[a-z0-9_]+\.tmp")
+_swept: set[str] = set()
+_swept_lock = threading.Lock()
+
+
+def temp_prefix(name: str) -> str:
+    """The start of the name of a temporary sibling of ``name`` made by this process."""
+    return f".{name}.acp-{_HOST}-{os.getpid()}-"
+
+
+def sweep_stale_temps(folder: Path) -> None:
+    """Remove the temporaries (files or folders) in ``folder`` that acp processes of this host
+    left when they were killed; once per folder and process, so that writing many files into
+    one folder lists it once."""
+    key = os.path.abspath(folder)
+    with _swept_lock:
+        if key in _swept:
+            return
+        _swept.add(key)
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        match = _TEMP_NAME.fullmatch(entry.name)
+        if match is None or match["host"] != _HOST or _running(int(match["pid"])):
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+        except OSError:
+            pass  # removed by another process meanwhile, or not ours to remove
+
+
+def _running(pid: int) -> bool:
+    if os.name != "posix":
+        return True  # Windows' os.kill would end the process: never sweep there
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's process; or no valid pid
+        return True
+    return True
+
 
 def _temporary(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    sweep_stale_temps(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.name), suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)
     finally:

@@ -17,6 +17,7 @@ appears about equally often. With quotas, each concept appears in exactly its qu
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from collections.abc import Iterable, Sequence
@@ -24,8 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from acp.errors import InputError
-from acp.names import category_key
+from acp.errors import InputError, quoted
+from acp.jsonl import loads
+from acp.names import category_key, name_problem
 
 MAX_SCENES = 10_000_000
 MAX_QUOTA = 10_000_000
@@ -50,12 +52,15 @@ def _check_name(name: Any, where: str) -> str:
         raise InputError(f"{where}: blank concept name")
     if len(name) > MAX_NAME_LENGTH:
         raise InputError(f"{where}: concept name longer than {MAX_NAME_LENGTH} characters")
+    problem = name_problem(name)
+    if problem:
+        raise InputError(f"{where}: concept name {problem}")
     return name
 
 
 def _check_quota(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_QUOTA:
-        raise InputError(f"{where}: quota must be an integer in 1..{MAX_QUOTA}, got {value!r}")
+        raise InputError(f"{where}: quota must be an integer in 1..{MAX_QUOTA}, got {quoted(value)}")
     return value
 
 
@@ -65,7 +70,7 @@ def _unique(names: list[tuple[str, str]]) -> None:
     for name, where in names:
         key = category_key(name)
         if key in seen:
-            raise InputError(f"{where}: duplicate concept {name!r} (already at {seen[key]})")
+            raise InputError(f"{where}: duplicate concept {quoted(name)} (already at {seen[key]})")
         seen[key] = where
 
 
@@ -73,7 +78,8 @@ def _scene(value: Any, where: str) -> tuple[str, ...]:
     if isinstance(value, dict):
         extra = set(value) - {"concepts"}
         if extra:
-            raise InputError(f"{where}: unknown keys {sorted(extra)}; expected only 'concepts'")
+            shown = quoted(sorted(map(str, extra)))
+            raise InputError(f"{where}: unknown keys {shown}; expected only 'concepts'")
         value = value.get("concepts")
     if not isinstance(value, list) or not value:
         raise InputError(f"{where}: expected a non-empty list of concepts")
@@ -113,10 +119,10 @@ def parse_structured(value: Any, source: str) -> ConceptInput:
         if not value:
             raise InputError(f"{source}: empty mapping; expected {{concept: quota}}")
         quotas = tuple(
-            (_check_name(k, f"{source}: {k!r}"), _check_quota(v, f"{source}: {k!r}"))
+            (_check_name(k, f"{source}: {quoted(k)}"), _check_quota(v, f"{source}: {quoted(k)}"))
             for k, v in value.items()
         )
-        _unique([(n, f"{source}: {n!r}") for n, _ in quotas])
+        _unique([(n, f"{source}: {quoted(n)}") for n, _ in quotas])
         return ConceptInput(quotas=quotas)
     if isinstance(value, list):
         if not value:
@@ -139,7 +145,7 @@ def parse_jsonl(text: str, source: str) -> ConceptInput:
             continue
         where = f"{source}:{number}"
         try:
-            value = json.loads(line)
+            value = loads(line)
         except json.JSONDecodeError as error:
             raise InputError(f"{where}: not valid JSON ({error.msg})") from None
         scenes.append(_scene(value, where))
@@ -161,21 +167,51 @@ def load_concepts(path: Path) -> ConceptInput:
         return parse_jsonl(text, str(path))
     if suffix == ".json":
         try:
-            value = json.loads(text)
+            value = loads(text)
         except json.JSONDecodeError as error:
             raise InputError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
         return parse_structured(value, str(path))
     if suffix in (".yaml", ".yml"):
-        import yaml
-
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            line = f":{mark.line + 1}" if mark is not None else ""
-            raise InputError(f"{path}{line}: not valid YAML") from None
-        return parse_structured(value, str(path))
+        return parse_structured(_load_yaml(text, path), str(path))
     return parse_text(text, str(path))
+
+
+_NO_ALIASES = "YAML anchors and aliases (& and *) are not allowed in a concept list"
+
+
+@functools.cache
+def _yaml_loader() -> type:
+    import yaml
+
+    class ConceptLoader(yaml.SafeLoader):
+        """A safe loader that refuses anchors and aliases as it meets them, before anything is
+        built: a concept list never needs them, and a few hundred bytes of nested aliases
+        expand to hundreds of millions of items (an alias bomb)."""
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            event = self.peek_event()
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+                raise yaml.composer.ComposerError(problem=_NO_ALIASES, problem_mark=event.start_mark)
+            return super().compose_node(parent, index)
+
+    return ConceptLoader
+
+
+def _load_yaml(text: str, path: Path) -> Any:
+    import yaml
+
+    try:
+        return yaml.load(text, Loader=_yaml_loader())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None)
+        if problem == _NO_ALIASES:
+            raise InputError(f"{path}{line}: {_NO_ALIASES}") from None
+        detail = f" ({' '.join(str(problem).split())[:120]})" if problem else ""
+        raise InputError(f"{path}{line}: not valid YAML{detail}") from None
+    except RecursionError:  # PyYAML composes nested values recursively
+        raise InputError(f"{path}: not valid YAML (nested too deeply)") from None
 
 
 def parse_inline(concepts: str) -> ConceptInput:
@@ -191,10 +227,10 @@ def parse_object_range(text: str) -> tuple[int, int]:
     try:
         low, high = int(lo), int(hi or lo)
     except ValueError:
-        raise InputError(f"--objects-per-scene: expected N or MIN-MAX, got {text!r}") from None
+        raise InputError(f"--objects-per-scene: expected N or MIN-MAX, got {quoted(text)}") from None
     if not 1 <= low <= high <= MAX_OBJECTS_PER_SCENE:
         raise InputError(
-            f"--objects-per-scene: expected 1 <= MIN <= MAX <= {MAX_OBJECTS_PER_SCENE}, got {text!r}"
+            f"--objects-per-scene: expected 1 <= MIN <= MAX <= {MAX_OBJECTS_PER_SCENE}, got {quoted(text)}"
         )
     return low, high
 

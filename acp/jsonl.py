@@ -22,7 +22,28 @@ from pydantic import BaseModel
 
 from acp.atomic import write_atomic
 
-__all__ = ["JsonlWriter", "drop_torn_tail", "dumps", "iter_lines", "read_records", "write_atomic"]
+__all__ = [
+    "JsonlWriter", "NestingError", "drop_torn_tail", "dumps", "iter_lines", "loads", "read_records",
+    "write_atomic",
+]
+
+
+class NestingError(json.JSONDecodeError):
+    """JSON nested deeper than Python's decoder can follow (it raises ``RecursionError``)."""
+
+    def __init__(self, doc: str):
+        super().__init__("nested too deeply", doc, 0)
+        self.args = (self.msg,)  # no "line 1 column 1": the depth, not a position, is the fault
+
+
+def loads(text: str | bytes) -> Any:
+    """``json.loads`` for input acp did not write: JSON nested too deeply is a
+    ``JSONDecodeError`` (``NestingError``), so every reader that reports malformed JSON as a
+    one-line error or a bad line reports this the same way, instead of a ``RecursionError``."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise NestingError(text if isinstance(text, str) else "") from None
 
 
 def dumps(record: BaseModel | dict[str, Any]) -> str:
@@ -33,7 +54,7 @@ def dumps(record: BaseModel | dict[str, Any]) -> str:
 
 def _is_json(text: bytes) -> bool:
     try:
-        json.loads(text)
+        loads(text)
     except ValueError:  # JSONDecodeError and undecodable bytes alike
         return False
     return True
@@ -57,7 +78,7 @@ def read_records(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str]]
     """``(line_number, record or None, text)``; ``None`` where the line is not a JSON object."""
     for number, text in iter_lines(path):
         try:
-            value = json.loads(text)
+            value = loads(text)
         except json.JSONDecodeError:
             yield number, None, text
             continue

@@ -177,9 +177,14 @@ class ChatClient:
         *,
         seed: int | None = None,
     ) -> ChatReply:
-        """One completion with retries; raises ``LLMTransportError`` or ``LLMError``."""
+        """One completion with retries; raises ``LLMTransportError`` or ``LLMError``.
+
+        A 200 whose body is no completion (a proxy's or login page, a server restarting) is
+        retried like a 5xx. Its body is never quoted: it may echo the key.
+        """
         import openai
 
+        not_a_completion = "HTTP 200 but the body is not a chat completion (a proxy or login page?)"
         retries = 0
         while True:
             sent = self._effective_format(response_format)
@@ -204,10 +209,17 @@ class ChatClient:
                 retry_after = _retry_after(error.response.headers)
             except openai.APIConnectionError as error:
                 what = "timed out" if isinstance(error, openai.APITimeoutError) else "connection failed"
-            except openai.OpenAIError as error:  # e.g. a reply body that is not a completion
+            except openai.APIResponseValidationError:
+                what = not_a_completion
+            except openai.OpenAIError as error:
                 what, unexpected = self.redact(f"{type(error).__name__}: {error}"), True
+            except (ValueError, RecursionError):  # the client failed to decode a 200's body
+                what = not_a_completion
             else:
-                return self._reply(response, retries, sent)
+                reply = self._reply(response, retries, sent)
+                if reply is not None:
+                    return reply
+                what = not_a_completion
             if unexpected:
                 raise LLMError(f"{self.settings.model} at {self._safe_url}: {what}")
             if sent is not None and status in (400, 422) and _names_format(what):
@@ -229,14 +241,18 @@ class ChatClient:
             retries += 1
             await asyncio.sleep(wait)
 
-    def _reply(self, response: Any, retries: int, sent: dict[str, Any] | None) -> ChatReply:
-        choices = getattr(response, "choices", None) or []
-        message = getattr(choices[0], "message", None) if choices else None
-        text = getattr(message, "content", None) or ""
+    def _reply(self, response: Any, retries: int, sent: dict[str, Any] | None) -> ChatReply | None:
+        """The reply, or None when ``response`` is no completion (the openai client hands back
+        a non-JSON body as a str, and does not check a JSON one): no list of choices with a
+        message. A message whose content is null is a completion, with an empty text."""
+        choices = getattr(response, "choices", None)
+        if not isinstance(choices, list) or not choices or not hasattr(choices[0], "message"):
+            return None
+        text = getattr(choices[0].message, "content", None) or ""
         return ChatReply(
             text=self.redact(text) if isinstance(text, str) else "",
             retries=retries,
-            finish_reason=getattr(choices[0], "finish_reason", None) if choices else None,
+            finish_reason=getattr(choices[0], "finish_reason", None),
             model=getattr(response, "model", None),
             response_format=sent["type"] if sent else None,
         )

@@ -4,11 +4,18 @@
 ``"fire hydrant"``: lower case, single spaces, underscores and hyphens read as spaces, and
 the last word put in the singular by a few English rules. The key is only ever compared with
 other keys; it is never shown to the user.
+
+``name_problem`` says why a name cannot become a COCO category name: it holds a character that
+is invisible or changes how the text around it is shown (see ``is_hidden``), so two categories
+could look alike, or a name could display reversed (U+202E) or be cut at a NUL.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
+
+from acp.errors import quoted
 
 _SEPARATORS = re.compile(r"[\s_\-]+")
 # Words whose trailing "s" is not a plural ending (or whose plural is irregular).
@@ -77,3 +84,31 @@ def canonical_key(name: str) -> str:
     key = category_key(name)
     target = SYNONYMS.get(key)
     return category_key(target) if target else key
+
+
+# Format characters that are part of correct spelling: the zero-width non-joiner and joiner
+# (Persian, Indic scripts, emoji sequences). They change how letters join, never the order.
+_SPELLING_JOINERS = frozenset("\u200c\u200d")
+
+
+def is_hidden(character: str) -> bool:
+    """A control character other than whitespace (NUL, BEL, ...: category Cc), a format
+    character (bidirectional controls U+202A-U+202E, U+2066-U+2069, U+200E/U+200F, zero-width
+    space, BOM, soft hyphen, ...: Cf) other than the spelling joiners, or a lone surrogate (Cs,
+    not even writable as UTF-8). Whitespace is left to the callers, which collapse it."""
+    category = unicodedata.category(character)
+    if category == "Cc":
+        return not character.isspace()
+    if category == "Cf":
+        return character not in _SPELLING_JOINERS
+    return category == "Cs"
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a category name, as a message fragment, or None."""
+    for character in name:
+        if is_hidden(character):
+            what = unicodedata.name(character, "a control character")
+            return (f"{quoted(name)} holds U+{ord(character):04X} ({what}), a control or formatting "
+                    "character; remove it")
+    return None

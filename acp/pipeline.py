@@ -43,7 +43,7 @@ from pydantic import ValidationError
 from acp.atomic import atomic_path, atomic_text_file, write_atomic
 from acp.concepts import ConceptInput, all_concepts, scene_concepts
 from acp.errors import AcpError, InputError, OutputMismatchError
-from acp.jsonl import JsonlWriter, drop_torn_tail, dumps, read_records
+from acp.jsonl import JsonlWriter, drop_torn_tail, dumps, loads, read_records
 from acp.lock import OutputLock
 from acp.plan.base import PlanSettings
 from acp.plan.run import PlanSummary, make_requests, run_planner
@@ -171,7 +171,7 @@ def check_settings(out: Path, record: dict[str, Any], force: bool) -> bool:
     path = out / SETTINGS_NAME
     if path.exists():
         try:
-            previous = json.loads(path.read_text())
+            previous = loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             previous = None
         if previous == record or (isinstance(previous, dict) and _grows(previous, record)):

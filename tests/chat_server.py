@@ -4,7 +4,8 @@ It speaks enough of the OpenAI protocol for the ``openai`` client (``POST /v1/ch
 a JSON ``chat.completion`` with ``choices[0].message.content``, ``usage`` and ids, OpenAI-style
 error bodies) and is scripted per test: ``server.script(reply, ...)`` queues replies that are
 served in arrival order; when the queue is empty, ``server.responder(body)`` is asked, if set.
-Every request is recorded in ``server.requests``.
+Every request is recorded in ``server.requests``. ``raw_body`` answers 200 with a body that is
+no completion, as a proxy or login page in front of the endpoint does.
 
 The ``*_text`` functions write the kinds of replies real models send: valid, fenced,
 prose-wrapped, pixel coordinates, corners instead of sizes, truncated, schema-violating.
@@ -39,10 +40,17 @@ class Reply:
     echo_headers: bool = False  # put the request headers into the error message (leak tests)
     drop: bool = False  # close the connection without answering
     finish_reason: str = "stop"
+    body: str | None = None  # sent as is instead of a completion (a proxy's page, say)
+    content_type: str = "application/json"  # of ``body``
 
 
 def ok(content: str | None, delay: float = 0.0, finish_reason: str = "stop") -> Reply:
     return Reply(content=content, delay=delay, finish_reason=finish_reason)
+
+
+def raw_body(body: str = "<html>oops</html>", content_type: str = "text/html") -> Reply:
+    """HTTP 200 whose body is not a chat completion (a login page, a misrouted proxy)."""
+    return Reply(body=body, content_type=content_type)
 
 
 def error(status: int, message: str = "server error", retry_after: str | None = None,
@@ -157,6 +165,9 @@ class ChatServer:
                 if reply.drop:
                     self.close_connection = True
                     return
+                if reply.body is not None:
+                    self._send_bytes(200, reply.body.encode(), reply.content_type, reply.headers)
+                    return
                 if reply.status >= 400:
                     message = reply.message
                     if reply.echo_headers:
@@ -184,10 +195,13 @@ class ChatServer:
 
             def _send(self, status: int, payload: dict[str, Any],
                       headers: dict[str, str] | None = None) -> None:
-                data = json.dumps(payload).encode()
+                self._send_bytes(status, json.dumps(payload).encode(), "application/json", headers)
+
+            def _send_bytes(self, status: int, data: bytes, content_type: str,
+                            headers: dict[str, str] | None = None) -> None:
                 try:
                     self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Type", content_type)
                     self.send_header("Content-Length", str(len(data)))
                     for name, value in (headers or {}).items():
                         self.send_header(name, value)

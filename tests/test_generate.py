@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from acp.cli import app
 from acp.jsonl import read_records
+from tests.chat_server import ChatServer, always, chat_server_fixture, raw_body, valid_text  # noqa: F401
 
 runner = CliRunner()
 
@@ -234,3 +235,19 @@ def test_scene_failures_versus_failures_that_stop_the_run(tiny_models, tmp_path,
         assert again.exit_code == 0, again.output
         records = [r for _, r, _ in read_records(out / "progress.jsonl")]
         assert sorted(r["plan_id"] for r in records) == [f"{i:06d}" for i in range(6)]
+
+
+def test_an_endpoint_answering_a_web_page_is_retried_not_a_traceback(tiny_models, tmp_path,
+                                                                     chat_server: ChatServer):
+    # HTTP 200 with a non-JSON body labelled JSON: the openai client raises while decoding it.
+    chat_server.script(raw_body("<html>oops</html>", "application/json"))
+    chat_server.responder = always(lambda concepts, width, height: valid_text(concepts))
+    out = tmp_path / "out"
+    args = generate_args(tiny_models, out, "--scenes", "1", "--llm-base-url", chat_server.url,
+                         "--llm-model", "test-model")
+    args[args.index("heuristic")] = "openai"
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert len(chat_server.requests) == 2  # the page, then the retry
+    records = [r for _, r, _ in read_records(out / "progress.jsonl")]
+    assert [r["status"] for r in records] in (["kept"], ["dropped"])  # planned, not failed

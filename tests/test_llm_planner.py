@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from acp.errors import InputError, LLMError
-from acp.llm import ChatClient, ChatSettings, LLMConfigError, as_completed_bounded
+from acp.llm import ChatClient, ChatSettings, LLMConfigError, LLMTransportError, as_completed_bounded
 from acp.plan.base import PlanOutcome, PlanSettings, SceneRequest
 from acp.plan.llm import LLMPlanner, example_messages, scene_prompt, system_prompt
 from acp.plan.parse import parse_plan
@@ -34,6 +34,7 @@ from tests.chat_server import (  # noqa: F401  (chat_server_fixture provides cha
     first_bad_then_valid,
     long_integer,
     ok,
+    raw_body,
     refused_url,
     schema_violation_text,
     valid_text,
@@ -368,6 +369,53 @@ def test_retries_run_out_and_the_scene_fails(chat_server: ChatServer) -> None:
     assert not outcome.ok and outcome.transport_retries == 2
     assert "HTTP 502" in (outcome.error or "") and "after 2 retries" in (outcome.error or "")
     assert len(chat_server.requests) == 3
+
+
+# HTTP 200 bodies that are no chat completion: the openai client raises on some, returns a str,
+# None or an object without choices on others.
+NOT_COMPLETIONS = {
+    "html": ("<html>oops</html>", "text/html"),
+    "html-as-json": ("<html>oops</html>", "application/json"),
+    "empty": ("", "application/json"),
+    "no-choices": ('{"id": "chatcmpl-1", "object": "chat.completion"}', "application/json"),
+    "empty-choices": ('{"choices": []}', "application/json"),
+    "string": ('"a string"', "application/json"),
+    "null": ("null", "text/plain"),
+    "too-deep": ("[" * 5000 + "]" * 5000, "application/json"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(NOT_COMPLETIONS))
+def test_a_200_that_is_not_a_completion_is_retried(chat_server: ChatServer, kind: str) -> None:
+    chat_server.script(raw_body(*NOT_COMPLETIONS[kind]), ok(valid_text(list(CONCEPTS))))
+    outcome = plan_one(chat_server.url)
+    assert outcome.ok and outcome.transport_retries == 1 and outcome.attempts == 1
+    assert len(chat_server.requests) == 2
+
+
+@pytest.mark.parametrize("kind", ["html", "html-as-json", "no-choices"])
+def test_a_200_that_is_never_a_completion_fails_the_scene(chat_server: ChatServer, kind: str) -> None:
+    body, content_type = NOT_COMPLETIONS[kind]
+    # The page echoes the key, as a misconfigured proxy might: it must not reach any message.
+    chat_server.responder = lambda _: raw_body(body.replace("oops", KEY), content_type)
+    outcome = plan_one(chat_server.url, max_retries=2)
+    assert not outcome.ok and outcome.transport_retries == 2 and len(chat_server.requests) == 3
+    assert "not a chat completion" in (outcome.error or "") and "after 2 retries" in (outcome.error or "")
+    assert KEY not in (outcome.error or "") and KEY not in (outcome.raw or "")
+
+
+def test_a_200_that_is_not_a_completion_is_a_counted_transport_error(chat_server: ChatServer) -> None:
+    chat_server.responder = lambda _: raw_body()
+
+    async def ask() -> ChatClient:
+        async with ChatClient(settings_for(chat_server.url, max_retries=1)) as client:
+            with pytest.raises(LLMTransportError) as caught:
+                await client.chat([{"role": "user", "content": "hi"}])
+            assert caught.value.retries == 1 and caught.value.__cause__ is None
+            return client
+
+    client = asyncio.run(ask())
+    assert (client.requests, client.retries) == (2, 1)
 
 
 def test_timeout_is_retried(chat_server: ChatServer) -> None:

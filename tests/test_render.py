@@ -296,6 +296,31 @@ def test_not_a_gligen_model_is_one_line_error(plans_file: Path, model: Path, tmp
     assert result.stderr.count("\n") == 1
 
 
+@pytest.mark.parametrize("command", ["render", "generate"])
+def test_steps_beyond_the_scheduler_are_refused_at_parsing(
+    command: str, plans_file: Path, model: Path, tmp_path: Path
+) -> None:
+    # SD schedulers train 1000 steps and skip the first (steps_offset 1): 1000 already fails.
+    args = [plans_file] if command == "render" else ["--concepts", "dog", "--planner", "heuristic"]
+    for steps in (1000, 1001):
+        result = invoke(command, *args, "-o", tmp_path / "out", "--model", model, "--steps", steps,
+                        "--size", 64, "--no-progress")
+        assert result.exit_code == 2, result.output
+        assert "Invalid value for '--steps'" in result.stderr and "999" in result.stderr
+        assert not (tmp_path / "out").exists()
+
+
+def test_steps_beyond_a_models_own_scheduler_are_one_line(model: Path, tmp_path: Path) -> None:
+    short = Path(shutil.copytree(model, tmp_path / "short"))
+    config_path = short / "scheduler" / "scheduler_config.json"
+    config = json.loads(config_path.read_text())
+    config.update(num_train_timesteps=50, steps_offset=1)
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(InputError, match=r"steps must be in 1\.\.49 for the scheduler of .*, got 50"):
+        GligenRenderer(RenderSettings(model=str(short), steps=50), device="cpu")
+    assert GligenRenderer(RenderSettings(model=str(short), steps=49), device="cpu").settings.steps == 49
+
+
 def test_missing_plans_file(model: Path, tmp_path: Path) -> None:
     result = render(tmp_path / "nope.jsonl", tmp_path / "out", model)
     assert result.exit_code == 1 and "plans file not found" in result.stderr
@@ -333,7 +358,7 @@ def test_global_prompt(caption: str, background: str, expected: str) -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [({"steps": 0}, "steps"), ({"beta": 1.5}, "beta"), ({"size": (64, 60)}, "multiple of 8"),
-     ({"guidance": -1.0}, "guidance")],
+     ({"guidance": -1.0}, "guidance"), ({"steps": 1000}, r"steps must be in 1\.\.999")],
 )
 def test_settings_are_checked(change: dict[str, object], message: str) -> None:
     with pytest.raises(InputError, match=message):
@@ -346,3 +371,4 @@ def test_cli_defaults_match_the_library() -> None:
         gligen.DEFAULT_STEPS, gligen.DEFAULT_GUIDANCE, gligen.DEFAULT_BETA
     )
     assert render_cli.DEFAULT_CANDIDATES == gligen.DEFAULT_CANDIDATES
+    assert render_cli.MAX_STEPS == gligen.MAX_STEPS

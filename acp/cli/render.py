@@ -22,6 +22,7 @@ DEFAULT_STEPS = 25
 DEFAULT_GUIDANCE = 7.5
 DEFAULT_BETA = 0.3
 DEFAULT_CANDIDATES = 4
+MAX_STEPS = 999
 
 
 class Device(str, Enum):
@@ -40,7 +41,7 @@ CandidatesOption = Annotated[
     typer.Option("--candidates", "-k", min=1, max=MAX_CANDIDATES,
                  help=f"Candidates per plan, rendered in one batch (at most {MAX_CANDIDATES})."),
 ]
-StepsOption = Annotated[int, typer.Option(min=1, help="Denoising steps.")]
+StepsOption = Annotated[int, typer.Option(min=1, max=MAX_STEPS, help="Denoising steps.")]
 GuidanceOption = Annotated[float, typer.Option(min=0.0, help="Classifier-free guidance scale.")]
 BetaOption = Annotated[
     float,
@@ -138,5 +139,7 @@ def preview(
 
     chosen, problems = _load_plans(plans, limit)
     summary = write_previews(chosen, output, overlay=overlay, grid=grid)
+    for path, reason in summary.unreadable:
+        notice(f"{path}: skipped: {reason}")
     skipped = f"; {len(problems)} plans lines skipped" if problems else ""
     print(f"{output}: {summary.line()}{skipped}")

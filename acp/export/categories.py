@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from acp.errors import InputError
-from acp.names import canonical_key, category_key
+from acp.jsonl import loads
+from acp.names import canonical_key, category_key, name_problem
 
 _QUALIFIER = re.compile(r"\s*\([^)]*\)\s*$")
 
@@ -183,6 +184,10 @@ def parse_categories(value: Any, source: str) -> list[Category]:
         if cid in seen:
             raise InputError(f"{source}: category id {cid} appears twice")
         seen.add(cid)
+        for key in ("name", "supercategory"):
+            problem = name_problem(item[key]) if isinstance(item.get(key), str) else None
+            if problem:
+                raise InputError(f"{source}: categories[{index}].{key} {problem}")
         synonyms = item.get("synonyms") or []
         if not isinstance(synonyms, list) or not all(isinstance(s, str) for s in synonyms):
             raise InputError(f"{source}: categories[{index}].synonyms must be a list of names")
@@ -202,7 +207,7 @@ def load_json_file(path: Path, *, what: str = "file") -> Any:
     """The JSON value in ``path``; a missing or unreadable file is one ``InputError`` line."""
     try:
         with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
+            return loads(handle.read())
     except FileNotFoundError:
         raise InputError(f"{path}: no such {what}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:

@@ -49,7 +49,7 @@ from acp.atomic import atomic_path, atomic_text_file, compact_json, copy_atomic
 from acp.errors import OutputMismatchError
 from acp.export.categories import CategorySet
 from acp.export.filenames import safe_filename
-from acp.jsonl import JsonlWriter, iter_lines
+from acp.jsonl import JsonlWriter, iter_lines, loads
 from acp.schema import Candidate, CandidateScore, ScenePlan
 from acp.segment import MaskResult
 
@@ -463,7 +463,7 @@ class CocoWriter:
             return
         for number, text in iter_lines(self.records_path):
             try:
-                record = json.loads(text)
+                record = loads(text)
             except json.JSONDecodeError:
                 record = None
             if not isinstance(record, dict) or record.get("kind") not in ("header", "image"):

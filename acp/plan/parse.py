@@ -28,6 +28,11 @@ the reading is unambiguous:
 3. **Slight overshoot**: a box that leaves the frame by at most ``CLIP_TOLERANCE`` (0.02 of the
    frame, about 10 px at 512) is clipped to it.
 
+Control and formatting characters (NUL, bidirectional controls, zero-width spaces:
+``acp.names.is_hidden``) are removed from the caption, background, categories, descriptions
+and predicates, also recorded as a repair: they mean nothing there, and a category must read
+as the concept it names.
+
 Then ``SceneDraft`` validates the result, ``layout_problems`` checks overlaps (rejected or
 flagged as ``LayoutRules.on_overlap`` says; flagged ones become ``ScenePlan.warnings``), and
 ``ScenePlan`` checks that every requested concept is present with its count. When the caller
@@ -55,7 +60,7 @@ from pydantic import ValidationError
 
 from acp.boxes import pixels_to_normalized, xyxy_to_xywh
 from acp.errors import PlanValidationError
-from acp.names import canonical_key
+from acp.names import canonical_key, is_hidden
 from acp.plan.base import SceneRequest
 from acp.schema import (
     MIN_BOX_SIDE,
@@ -244,6 +249,31 @@ def _rename_bbox_aliases(value: dict[str, Any]) -> None:
             item["bbox"] = item.pop(aliases[0])
 
 
+def _strip_hidden(value: dict[str, Any]) -> int:
+    """Remove control and formatting characters (``acp.names.is_hidden``) from the texts of a
+    reply in place; returns how many. They carry no meaning in a caption or a category, and a
+    bidirectional control would make a category differ from the concept it looks like."""
+    removed = 0
+
+    def clean(holder: Any, key: str) -> None:
+        nonlocal removed
+        text = holder.get(key) if isinstance(holder, dict) else None
+        if isinstance(text, str):
+            kept = "".join(c for c in text if not is_hidden(c))
+            removed += len(text) - len(kept)
+            holder[key] = kept
+
+    for key in ("caption", "background"):
+        clean(value, key)
+    objects, relations = value.get("objects"), value.get("relations")
+    for item in objects if isinstance(objects, list) else []:
+        clean(item, "category")
+        clean(item, "description")
+    for item in relations if isinstance(relations, list) else []:
+        clean(item, "predicate")
+    return removed
+
+
 def _number(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
@@ -364,6 +394,9 @@ def parse_draft(
     extracted = extract_json(text)
     value = _unwrap(clean(extracted.value) if clean is not None else extracted.value)
     repairs = list(extracted.repairs)
+    hidden = _strip_hidden(value)
+    if hidden:
+        repairs.append(f"removed {hidden} control or formatting characters from the texts")
     _rename_bbox_aliases(value)
     boxes = _numeric_boxes(value)
     if boxes is not None:

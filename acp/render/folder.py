@@ -32,7 +32,7 @@ from pydantic import ValidationError
 
 from acp.defaults import MAX_CANDIDATES
 from acp.errors import InputError, OutputMismatchError
-from acp.jsonl import JsonlWriter, dumps, read_records, write_atomic
+from acp.jsonl import JsonlWriter, dumps, loads, read_records, write_atomic
 from acp.lock import OutputLock
 from acp.paths import UnsafePathError, inside
 from acp.schema import Candidate, ScenePlan, read_plans
@@ -160,7 +160,7 @@ class RenderFolder:
     def _check(self, wanted: dict[str, object]) -> None:
         path = self.root / SETTINGS
         try:
-            recorded = json.loads(path.read_text(encoding="utf-8"))
+            recorded = loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             recorded = None
         if not isinstance(recorded, dict):

@@ -50,6 +50,10 @@ DEFAULT_STEPS = 25
 DEFAULT_GUIDANCE = 7.5
 DEFAULT_BETA = 0.3
 DEFAULT_CANDIDATES = 4
+# Stable Diffusion's schedulers are trained on 1000 steps and skip the first (steps_offset 1),
+# so 1000 inference steps would index step 1000 of 0..999; a loaded model's own scheduler is
+# checked too (GligenRenderer).
+MAX_STEPS = 999
 DEVICES = ("auto", "cpu", "cuda", "mps")
 _TOKEN_LIMIT_FALLBACK = 77  # CLIP's context, for tokenizers saved without model_max_length
 
@@ -71,8 +75,8 @@ class RenderSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise InputError(f"steps must be >= 1, got {self.steps}")
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise InputError(f"steps must be in 1..{MAX_STEPS}, got {self.steps}")
         if not (math.isfinite(self.guidance) and self.guidance >= 0):
             raise InputError(f"guidance must be >= 0, got {self.guidance:g}")
         if not 0.0 <= self.beta <= 1.0:
@@ -253,6 +257,13 @@ class GligenRenderer:
         # Half precision only where it is the well-trodden path for SD 1.x: CUDA.
         self.dtype = torch.float16 if self.device == "cuda" else torch.float32
         self.pipeline = load_pipeline(self.settings.model, self.device, self.dtype)
+        scheduler = self.pipeline.scheduler.config
+        most = int(scheduler.get("num_train_timesteps", 1000)) - int(scheduler.get("steps_offset", 0) or 0)
+        if self.settings.steps > most:
+            raise InputError(
+                f"steps must be in 1..{most} for the scheduler of {self.settings.model!r}, "
+                f"got {self.settings.steps}"
+            )
         if self.device == "cuda":
             from diffusers.models.attention_processor import AttnProcessor2_0
 

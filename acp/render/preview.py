@@ -17,7 +17,7 @@ import io
 import textwrap
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from acp.boxes import normalized_to_pixels, xywh_to_xyxy
 from acp.errors import InputError
+from acp.images import read_rgb
 from acp.jsonl import read_records, write_atomic
 from acp.names import category_key
 from acp.paths import UnsafePathError, inside
@@ -145,11 +146,14 @@ class PreviewSummary:
     written: int = 0  # files: drawings, or sheets with ``grid``
     drawings: int = 0
     unmatched: int = 0  # overlay candidates whose plan is not in the plans file
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)  # (image, reason), not drawn
 
     def line(self) -> str:
         text = f"{self.drawings} drawings in {self.written} files"
         if self.unmatched:
             text += f"; {self.unmatched} rendered candidates have no plan in the plans file"
+        if self.unreadable:
+            text += f"; {len(self.unreadable)} rendered candidates unreadable"
         return text
 
 
@@ -211,8 +215,12 @@ def write_previews(
         found = sorted(by_plan.get(plan.id, []), key=lambda c: c.index)
         row = [draw_layout(plan)] if grid and found else []
         for candidate in found:
-            with Image.open(Path(overlay) / candidate.path) as rendered:
-                drawing = draw_layout(plan, rendered)
+            path = Path(overlay) / candidate.path
+            rendered, reason = read_rgb(path)
+            if rendered is None:
+                summary.unreadable.append((path, str(reason)))
+                continue
+            drawing = draw_layout(plan, rendered)
             summary.drawings += 1
             if grid:
                 row.append(drawing)

@@ -45,8 +45,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from acp.atomic import sweep_stale_temps, temp_prefix
 from acp.boxes import coco_to_plan_sized, iou_aligned
-from acp.errors import InputError
+from acp.errors import InputError, quoted
+from acp.jsonl import loads
 from acp.names import canonical_key, category_key
 
 BANK_FORMAT = 1
@@ -194,8 +196,9 @@ class Bank:
         an existing bank is renamed away, the new one renamed in, the old one deleted. A reader
         sees the old bank or the new one, never new arrays with old names; a kill between the
         two renames leaves no ``folder`` and the old bank in ``.{name}.old-*`` beside it (which
-        ``load`` points to). A ``folder`` that holds anything but a bank is left alone and
-        refused, since replacing it would delete those files.
+        ``load`` points to), a kill before them a staging folder that the next save removes
+        (``acp.atomic.sweep_stale_temps``). A ``folder`` that holds anything but a bank is left
+        alone and refused, since replacing it would delete those files.
         """
         folder = check_output(folder)
         try:
@@ -206,7 +209,8 @@ class Bank:
     def _swap_in(self, folder: Path) -> None:
         parent = folder.parent
         parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=parent, prefix=f".{folder.name}.", suffix=".tmp"))
+        sweep_stale_temps(parent)  # staging folders of builds that were killed
+        staging = Path(tempfile.mkdtemp(dir=parent, prefix=temp_prefix(folder.name), suffix=".tmp"))
         try:
             os.chmod(staging, 0o777 & ~_UMASK)  # mkdtemp makes it 0700, unreadable to others
             self._write_files(staging)
@@ -291,7 +295,7 @@ class Bank:
         if not (folder / ARRAYS_FILE).is_file() or not (folder / INDEX_FILE).is_file():
             raise InputError(f"bank {folder}: {expected}")
         try:
-            index = json.loads((folder / INDEX_FILE).read_text(encoding="utf-8"))
+            index = loads((folder / INDEX_FILE).read_text(encoding="utf-8"))
             with np.load(folder / ARRAYS_FILE, allow_pickle=False) as arrays:
                 data = {name: arrays[name] for name in arrays.files}
         except (OSError, ValueError, json.JSONDecodeError) as error:
@@ -508,7 +512,7 @@ def read_coco_file(path: Path) -> dict[str, Any]:
     expected = "expected a COCO-format JSON object with 'images', 'annotations' and 'categories' lists"
     try:
         with open(path, "rb") as handle:
-            data = json.load(handle)
+            data = loads(handle.read())
     except OSError as error:
         raise InputError(f"{path}: cannot read ({error.strerror or error})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -520,6 +524,11 @@ def read_coco_file(path: Path) -> dict[str, Any]:
     return data
 
 
+def usable_id(value: Any) -> bool:
+    """An id COCO records can refer to: a number or a string (not a bool, list or object)."""
+    return isinstance(value, int | float | str) and not isinstance(value, bool)
+
+
 def _usable_boxes(
     path: Path, data: dict[str, Any], merged: _CategoryMerger
 ) -> tuple[Int64Array, Int64Array, NDArray[np.float64], dict[str, int], int]:
@@ -529,6 +538,10 @@ def _usable_boxes(
     for k, item in enumerate(data["categories"]):
         if not isinstance(item, dict) or "id" not in item or not isinstance(item.get("name"), str):
             raise InputError(f"{path}: categories[{k}] has no 'id' and 'name'; expected COCO categories")
+        if not usable_id(item["id"]):
+            raise InputError(
+                f"{path}: categories[{k}] has id {quoted(item['id'])}; expected a number or a string"
+            )
         if category_key(item["name"]):
             categories[item["id"]] = merged.add(item["name"])
     image_rows: dict[Any, int] = {}
@@ -536,6 +549,10 @@ def _usable_boxes(
     for k, item in enumerate(data["images"]):
         if not isinstance(item, dict) or "id" not in item:
             raise InputError(f"{path}: images[{k}] has no 'id'; expected COCO images")
+        if not usable_id(item["id"]):
+            raise InputError(
+                f"{path}: images[{k}] has id {quoted(item['id'])}; expected a number or a string"
+            )
         image_rows[item["id"]] = k
         try:
             sizes[k] = float(item["width"]), float(item["height"])

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from acp.errors import InputError, OutputMismatchError
+from acp.images import read_rgb
 from acp.paths import UnsafePathError, inside
 from acp.schema import Candidate, CandidateScore, ObjectScore, ScenePlan
 from acp.score.image import ImageScore, ImageScorer, Scene
@@ -210,20 +211,6 @@ class RunSummary:
         )
 
 
-def _open_image(path: Path) -> tuple[Image | None, str | None]:
-    from PIL import Image as PILImage
-    from PIL import UnidentifiedImageError
-
-    try:
-        with PILImage.open(path) as handle:
-            handle.load()
-            return handle.convert("RGB"), None
-    except FileNotFoundError:
-        return None, "image file not found"
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        return None, f"cannot decode the image ({error})"
-
-
 def read_manifest(renders: Path) -> tuple[list[Candidate], list[tuple[str, str]]]:
     """Valid candidates of ``renders/manifest.jsonl`` and ``(file:line, reason)`` for the rest."""
     from pydantic import ValidationError
@@ -376,7 +363,7 @@ def score_renders(
         for position, plan_id in enumerate(pending):
             readable, images = [], []
             for candidate in by_plan[plan_id]:
-                image, reason = _open_image(renders / candidate.path)
+                image, reason = read_rgb(renders / candidate.path)
                 if image is None:
                     summary.failures.append((str(renders / candidate.path), reason or "unreadable"))
                     bar.update(1)

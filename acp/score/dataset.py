@@ -10,8 +10,9 @@ What cannot be scored is reported item by item, with a reason, and the run goes 
 record that is not an object, lacks ``id`` or ``file_name`` or repeats an earlier image's id
 (the annotations of that id belong to the first), a ``file_name`` that leaves the images
 folder (absolute, ``..``, or through a symbolic link; refused before the file is touched, so
-no message tells whether it exists), a missing or undecodable image file, a decoded size
-that differs from the record's; an annotation that is not an object or lacks ``image_id``,
+no message tells whether it exists), a missing or undecodable image file or one whose header
+claims more than ``acp.images.MAX_PIXELS`` pixels, a decoded size that differs from the
+record's; an annotation that is not an object or lacks ``image_id``,
 ``category_id`` or ``bbox``, of an unknown image, with an unknown category id, a
 degenerate box or one reaching more than ``OUT_OF_IMAGE_TOLERANCE`` pixels outside its image.
 An item is named by its id (``image 3``, ``annotation 12``), or by its position when it has
@@ -42,9 +43,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from acp.boxes import coco_to_plan
+from acp.images import read_rgb
 from acp.jsonl import write_atomic
 from acp.paths import UnsafePathError, inside
-from acp.score.bank import OUT_OF_IMAGE_TOLERANCE, read_coco_file
+from acp.score.bank import OUT_OF_IMAGE_TOLERANCE, read_coco_file, usable_id
 from acp.score.candidates import compose_clis, layout_fields
 from acp.score.image import ImageScorer, Scene, SceneObject
 from acp.score.layout import LayoutScorer
@@ -96,11 +98,6 @@ def build_caption(names: list[str]) -> str:
     return "a photo of " + (parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1])
 
 
-def _usable_id(value: Any) -> bool:
-    """An id COCO records can refer to: a number or a string (not a bool, list or object)."""
-    return isinstance(value, int | float | str) and not isinstance(value, bool)
-
-
 def _record_problem(record: Any, keys: tuple[str, ...]) -> str | None:
     """Why an image or annotation record cannot be used: not an object, or a key missing
     (``bbox`` is only required to be there; ``_box_problem`` checks its value)."""
@@ -110,7 +107,7 @@ def _record_problem(record: Any, keys: tuple[str, ...]) -> str | None:
     if missing:
         return "no " + " and no ".join(repr(key) for key in missing)
     for key in keys:
-        if key.endswith("id") and not _usable_id(record[key]):
+        if key.endswith("id") and not usable_id(record[key]):
             return f"{key} must be a number or a string, got {record[key]!r}"
     return None
 
@@ -139,17 +136,9 @@ def _clipped(bbox: list[float], width: float, height: float) -> tuple[float, flo
 
 
 def _open(path: Path, width: Any, height: Any) -> tuple[Image | None, str | None]:
-    from PIL import Image as PILImage
-    from PIL import UnidentifiedImageError
-
-    try:
-        with PILImage.open(path) as handle:
-            handle.load()
-            image = handle.convert("RGB")
-    except FileNotFoundError:
-        return None, f"image file {path} not found"
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        return None, f"cannot decode {path} ({error})"
+    image, reason = read_rgb(path)
+    if image is None:
+        return None, f"{path}: {reason}"
     if width is not None and height is not None and (width, height) != image.size:
         return None, f"{path} is {image.width}x{image.height} but the record says {width}x{height}"
     return image, None
@@ -185,7 +174,7 @@ def score_dataset(
     categories = {
         c["id"]: str(c.get("name"))
         for c in data["categories"]
-        if isinstance(c, dict) and _usable_id(c.get("id"))
+        if isinstance(c, dict) and usable_id(c.get("id"))
     }
     records: dict[Any, dict[str, Any]] = {}
     first_row: dict[Any, int] = {}
@@ -196,7 +185,7 @@ def score_dataset(
         if problem is None and not (isinstance(img["file_name"], str) and img["file_name"].strip()):
             problem = f"file_name must be a non-empty string, got {img['file_name']!r}"
         if problem is not None:
-            known = isinstance(img, dict) and _usable_id(img.get("id"))
+            known = isinstance(img, dict) and usable_id(img.get("id"))
             fail_image(f"image {img['id']}" if known else f"images[{k}]", problem)
             continue
         records[img["id"]] = img

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from acp.errors import LLMError
+from acp.jsonl import loads
 from acp.llm import ChatClient, ChatSettings, as_completed_bounded
 from acp.score.image import ImageScore, Scene, crop_box, square_pad
 
@@ -54,7 +55,7 @@ def parse_rating(text: str) -> float | None:
         body = fenced.group(1).strip()
     value: Any = None
     try:
-        parsed = json.loads(body)
+        parsed = loads(body)
     except json.JSONDecodeError:
         match = re.search(r"rating\D{0,12}?(\d+(?:\.\d+)?)", body, re.IGNORECASE) or _NUMBER.search(body)
         value = match.group(1) if match else None
