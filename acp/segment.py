@@ -24,6 +24,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from acp.errors import InputError, MissingDependencyError
+from acp.pretrained import load_pretrained
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -104,8 +105,12 @@ class MaskSegmenter:
         self.model_id = str(model)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
-            self.processor = SamProcessor.from_pretrained(self.model_id)
-            loaded = SamModel.from_pretrained(self.model_id)
+            self.processor, loaded = load_pretrained(
+                lambda source, **kwargs: (
+                    SamProcessor.from_pretrained(source, **kwargs), SamModel.from_pretrained(source, **kwargs)
+                ),
+                self.model_id, option="--sam-model",
+            )
             self.model = loaded.to(self.device).eval()  # type: ignore[arg-type]
         except (OSError, ValueError) as error:
             raise InputError(

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from acp.boxes import plan_to_gligen
 from acp.errors import InputError, MissingDependencyError
 from acp.plan.base import derive_seed
+from acp.pretrained import load_pretrained
 from acp.schema import Candidate, ScenePlan
 
 if TYPE_CHECKING:
@@ -196,7 +197,8 @@ def one_sample_at_a_time(call: Callable[..., Any]) -> Callable[..., Any]:
 
 def load_pipeline(model: str, device: str, dtype: torch.dtype) -> Any:
     """``StableDiffusionGLIGENPipeline.from_pretrained(model)`` on ``device``, checked to be a
-    GLIGEN (gated attention) model; load failures become one-line ``InputError``s."""
+    GLIGEN (gated attention) model; load failures become one-line ``InputError``s. A hub id is
+    read from the cache first (``acp.pretrained``)."""
     try:
         from diffusers.utils import logging as diffusers_logging
         from transformers.utils import logging as transformers_logging
@@ -220,7 +222,10 @@ def load_pipeline(model: str, device: str, dtype: torch.dtype) -> Any:
         with warnings.catch_warnings():
             # Newer diffusers call it ``dtype``; ``torch_dtype`` works on every supported version.
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-            pipeline = StableDiffusionGLIGENPipeline.from_pretrained(model, torch_dtype=dtype)
+            pipeline = load_pretrained(
+                functools.partial(StableDiffusionGLIGENPipeline.from_pretrained, torch_dtype=dtype),
+                model, option="--model",
+            )
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         reason = " ".join(str(error).split())[:300]
         raise InputError(f"cannot load a GLIGEN pipeline from {model!r}: {reason}") from None
