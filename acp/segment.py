@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from acp.errors import InputError, MissingDependencyError
+from acp.errors import InputError, MissingDependencyError, one_line
 from acp.pretrained import load_pretrained
 
 if TYPE_CHECKING:
@@ -115,7 +115,7 @@ class MaskSegmenter:
         except (OSError, ValueError) as error:
             raise InputError(
                 f"--sam-model {self.model_id}: cannot load a SAM checkpoint (expected a hub id such as "
-                f"{DEFAULT_SAM_MODEL} or a folder saved with save_pretrained): {str(error).splitlines()[0]}"
+                f"{DEFAULT_SAM_MODEL} or a folder saved with save_pretrained): {one_line(str(error))}"
             ) from None
 
     def segment(self, image: Image.Image, boxes: ArrayLike) -> list[MaskResult]:

@@ -39,7 +39,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from acp.boxes import plan_to_sam
-from acp.errors import InputError
+from acp.errors import InputError, one_line
 from acp.names import category_key
 from acp.pretrained import load_pretrained
 from acp.schema import ScenePlan
@@ -221,8 +221,8 @@ class ImageScorer:
         try:
             processor, model = load_pretrained(load, name, option="--clip-model")
         except (OSError, ValueError) as error:
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise InputError(f"--clip-model {name}: cannot load a CLIP model ({first})") from None
+            reason = one_line(str(error)) or type(error).__name__
+            raise InputError(f"--clip-model {name}: cannot load a CLIP model ({reason})") from None
         if device.startswith("cuda"):  # after loading: the dtype keyword differs across versions
             model = model.half()
         return cls(model, processor, device=device, name=name)
