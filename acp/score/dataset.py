@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from acp.boxes import coco_to_plan
+from acp.errors import InputError
 from acp.jsonl import write_atomic
 from acp.score.bank import OUT_OF_IMAGE_TOLERANCE, read_coco_file
 from acp.score.candidates import compose_clis, layout_fields
@@ -50,6 +51,8 @@ if TYPE_CHECKING:
     from PIL.Image import Image
 
 SUMMARY_THRESHOLD = 60.0  # the paper's instance threshold, for the per-category share
+REPORT_FILES = ("images.json", "boxes.json", "categories.json", "failures.json", "summary.json",
+                "filtered.json")  # what DatasetReport.write may write
 
 
 @dataclass
@@ -331,3 +334,51 @@ def _category_summary(boxes: list[dict[str, Any]]) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def check_paths(annotations: Path, images_dir: Path, output: Path, *, probe: int = 10) -> None:
+    """``InputError`` for what would otherwise fail only once every image is scored (``output``
+    cannot take a report) or fail image by image (``images_dir`` is not the folder the first
+    ``probe`` file names are relative to). Cheap next to a model load: call it before one."""
+    _check_output(Path(output))
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise InputError(f"--images {images_dir}: not a folder; expected the folder of the dataset's images")
+    data = read_coco_file(annotations)
+    names = [
+        img["file_name"]
+        for img in data["images"]
+        if isinstance(img, dict) and isinstance(img.get("file_name"), str) and img["file_name"].strip()
+    ][:probe]
+    if names and not any((images_dir / name).is_file() for name in names):
+        raise InputError(
+            f"--images {images_dir}: none of the first {len(names)} images of {annotations} is there "
+            f"(no {images_dir / names[0]}); expected the folder their file_name values are relative to"
+        )
+
+
+def _check_output(output: Path) -> None:
+    """A report may be written to a new folder, or over an earlier report: its files are
+    replaced whole, so rerunning refreshes it. Files of the same names from elsewhere (a
+    category file called categories.json) are not replaced."""
+    if output.exists() and not output.is_dir():
+        raise InputError(f"-o {output}: exists and is not a folder; give another --output")
+    if not output.exists():
+        existing = next(p for p in output.absolute().parents if p.exists())
+        if not existing.is_dir():
+            raise InputError(f"-o {output}: {existing} is not a folder")
+        return
+    clashing = sorted(p.name for p in output.iterdir() if p.name in REPORT_FILES)
+    if clashing and not _is_report(output):
+        raise InputError(
+            f"-o {output}: the folder holds files of no earlier report ({', '.join(clashing)}), "
+            "which the report would replace; give another --output"
+        )
+
+
+def _is_report(folder: Path) -> bool:
+    try:
+        summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(summary, dict) and {"scored_images", "clip_model"} <= summary.keys()
