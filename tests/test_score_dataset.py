@@ -130,9 +130,12 @@ def test_provenance_description_is_what_the_crop_is_compared_with(
     ("names", "caption"),
     [
         (["dog"], "a photo of a dog"),
-        (["dog", "cat", "dog"], "a photo of 2 dog and a cat"),
+        (["dog", "cat", "dog"], "a photo of two dogs and a cat"),
         ([], "a photo"),
-        (["a", "b", "c"], "a photo of a a, a b and a c"),
+        (["apple", "orange", "umbrella"], "a photo of an apple, an orange and an umbrella"),
+        (["fire hydrant", "fire hydrant"], "a photo of two fire hydrants"),
+        (["frisbees"], "a photo of a frisbee"),
+        (["person"] * 12 + ["skis"], "a photo of 12 people and a pair of skis"),
     ],
 )
 def test_captions_are_built_from_category_names(names: list[str], caption: str) -> None:

@@ -3,8 +3,9 @@
 Per image: CLIS-I (caption vs image, and every box), CLIS-L when a bank is given, and the
 composite ``clis`` (as for candidates, ``acp.score.candidates.compose_clis``). Per box: its
 instance CLIS-I and terms. The caption is acp's provenance (``image["acp"]["caption"]``) when
-acp exported the set, otherwise built from the category names ("a photo of 2 dog and a cat");
-a box's description is ``annotation["acp"]["description"]`` when present, else "a {category}".
+acp exported the set, otherwise built from the category names ("a photo of two dogs and a
+cat"); a box's description is ``annotation["acp"]["description"]`` when present, else "a
+{category}" ("an apple").
 
 What cannot be scored is reported item by item, with a reason, and the run goes on: an image
 record that is not an object, lacks ``id`` or ``file_name`` or repeats an earlier image's id
@@ -40,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from acp.boxes import coco_to_plan
+from acp.english import count_phrase, listing
 from acp.errors import InputError
 from acp.jsonl import write_atomic
 from acp.score.bank import OUT_OF_IMAGE_TOLERANCE, read_coco_file
@@ -88,12 +90,10 @@ class DatasetReport:
 
 
 def build_caption(names: list[str]) -> str:
-    """"a photo of 2 dog and a cat" from category names, in order of first appearance."""
+    """"a photo of two dogs and a cat" from category names, in order of first appearance."""
     counts = Counter(names)
-    parts = [f"a {name}" if n == 1 else f"{n} {name}" for name, n in counts.items()]
-    if not parts:
-        return "a photo"
-    return "a photo of " + (parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1])
+    parts = [count_phrase(name, n) for name, n in counts.items()]
+    return "a photo of " + listing(parts) if parts else "a photo"
 
 
 def _usable_id(value: Any) -> bool:
@@ -278,7 +278,7 @@ def score_dataset(
                 continue
             name = categories[ann["category_id"]]
             provenance = ann["acp"] if isinstance(ann.get("acp"), dict) else {}
-            description = provenance.get("description") or f"a {name}"
+            description = provenance.get("description") or count_phrase(name, 1)
             bbox = _clipped(ann["bbox"], image.width, image.height)
             objects.append(SceneObject(len(objects), name, str(description), bbox))
             anns.append(ann)
