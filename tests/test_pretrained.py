@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -191,13 +192,19 @@ def test_the_probe(monkeypatch: pytest.MonkeyPatch, closed_port: int) -> None:
     monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", f"http://127.0.0.1:{closed_port}")
     assert f"127.0.0.1:{closed_port}: " in (hub_unreachable() or "")
 
-    def hang(*args: Any, **kwargs: Any) -> None:  # a resolver or connect that never answers
-        time.sleep(30)
+    released = threading.Event()
+
+    def hang(*args: Any, **kwargs: Any) -> None:  # a resolver or connect that does not answer
+        released.wait(30)
+        raise OSError("released")
 
     monkeypatch.setattr(socket, "create_connection", hang)
     start = time.monotonic()
-    assert "no answer within 0.2 s" in (hub_unreachable(timeout=0.2) or "")
-    assert time.monotonic() - start < 2
+    try:
+        assert "no answer within 0.2 s" in (hub_unreachable(timeout=0.2) or "")
+        assert time.monotonic() - start < 2
+    finally:
+        released.set()  # let the probe's thread end
 
 
 def _gligen(name: str) -> object:
