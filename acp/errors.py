@@ -1,4 +1,5 @@
-"""Typed exceptions of the library. Only ``acp.cli`` turns them into messages and exit codes."""
+"""Typed exceptions of the library, and the shortening of their messages. Only ``acp.cli`` turns
+them into output and exit codes."""
 
 import reprlib
 from typing import Any
@@ -40,3 +41,18 @@ class OutputMismatchError(AcpError):
 
 class MissingDependencyError(AcpError):
     """An optional heavy dependency is not installed."""
+
+
+def one_line(text: str, head: int = 150, tail: int = 120) -> str:
+    """``text`` on one line; beyond ``head + tail`` characters, its start and its end around
+    " … ", each cut between words. A library's error says what failed first and, often, what
+    to do last ("... pass `trust_remote_code=True`"), so both ends are kept."""
+    text = " ".join(str(text).split())
+    if len(text) <= head + tail + 3:
+        return text
+    start, end = text[:head], text[-tail:]
+    if text[head] != " " and " " in start:  # do not end inside a word
+        start = start.rsplit(" ", 1)[0]
+    if text[-tail - 1] != " " and " " in end:  # nor begin inside one
+        end = end.split(" ", 1)[1]
+    return f"{start.rstrip(' ,;:')} … {end.lstrip()}"

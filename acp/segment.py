@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from acp.errors import InputError, MissingDependencyError
+from acp.errors import InputError, MissingDependencyError, one_line
+from acp.pretrained import load_pretrained
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -128,13 +129,17 @@ class MaskSegmenter:
         self.model_id = str(model)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
-            self.processor = SamProcessor.from_pretrained(self.model_id)
-            loaded = SamModel.from_pretrained(self.model_id)
+            self.processor, loaded = load_pretrained(
+                lambda source, **kwargs: (
+                    SamProcessor.from_pretrained(source, **kwargs), SamModel.from_pretrained(source, **kwargs)
+                ),
+                self.model_id, option="--sam-model",
+            )
             self.model = loaded.to(self.device).eval()  # type: ignore[arg-type]
         except (OSError, ValueError) as error:
             raise InputError(
                 f"--sam-model {self.model_id}: cannot load a SAM checkpoint (expected a hub id such as "
-                f"{DEFAULT_SAM_MODEL} or a folder saved with save_pretrained): {str(error).splitlines()[0]}"
+                f"{DEFAULT_SAM_MODEL} or a folder saved with save_pretrained): {one_line(str(error))}"
             ) from None
 
     def segment(self, image: Image.Image, boxes: ArrayLike) -> list[MaskResult]:

@@ -219,18 +219,31 @@ def save_tiny_models(directory: Path | str, seed: int = 0) -> dict[str, Path]:
     return folders
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> None:
+    """``python -m acp.testing DIRECTORY``: write the tiny models, print ``name<TAB>folder``."""
+    import argparse
     import os
-    import sys
     import warnings
 
+    parser = argparse.ArgumentParser(
+        prog="python -m acp.testing",
+        description="Write tiny random GLIGEN, CLIP and SAM models (save_pretrained folders) for "
+        "tests and examples; print each one's folder.",
+    )
+    parser.add_argument(
+        "directory", type=Path, metavar="DIRECTORY", help="folder to write gligen/, clip/ and sam/ into"
+    )
+    args = parser.parse_args(argv)
+    if str(args.directory).startswith("-"):  # `-- -x`: surely a mistyped option, not a folder
+        parser.error(f"DIRECTORY cannot start with '-', got {str(args.directory)!r}")
     # Quiet the libraries' save bars and advisories: this prints the folders, nothing else.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     warnings.filterwarnings("ignore")
-    if len(sys.argv) != 2:
-        print("usage: python -m acp.testing DIRECTORY", file=sys.stderr)
-        raise SystemExit(2)
-    for name, folder in save_tiny_models(sys.argv[1]).items():
+    for name, folder in save_tiny_models(args.directory).items():
         print(f"{name}\t{folder}")
+
+
+if __name__ == "__main__":
+    main()

@@ -7,8 +7,9 @@ import random
 import pytest
 
 from acp.boxes import iou_matrix
+from acp.english import with_article
 from acp.plan.base import PlanSettings, SceneRequest
-from acp.plan.heuristic import HeuristicPlanner, caption_for
+from acp.plan.heuristic import HeuristicPlanner, caption_for, describe
 from acp.plan.priors import DEFAULT_PRIOR, PRIORS, prior_for
 from acp.schema import LayoutRules, ScenePlan
 
@@ -70,7 +71,67 @@ def test_overlap_rule_rejects_or_flags():
     assert flagged.ok and flagged.plan.warnings
 
 
-def test_captions():
-    assert caption_for(["dog", "person", "person"], "a park") == (
-        "A photo of a dog and two people in a park.")
-    assert caption_for(["bus", "apple"], "a street") == "A photo of a bus and an apple in a street."
+@pytest.mark.parametrize(
+    ("concepts", "caption"),
+    [
+        (["dog", "person", "person"], "A photo of a dog and two people in a city park."),
+        (["bus", "apple"], "A photo of a bus and an apple on a city street."),
+        (["fire hydrant"], "A photo of a fire hydrant on a sidewalk."),
+        (["fire hydrant", "fire hydrant"], "A photo of two fire hydrants on a sidewalk."),
+        (["frisbees"], "A photo of a frisbee in a park."),
+        (["frisbee", "frisbee", "dog"], "A photo of two frisbees and a dog in a park."),
+        (["train"], "A photo of a train at a railway station."),
+        (["skis"], "A photo of a pair of skis on a snowy slope."),
+        (["cup", "laptop"], "A photo of a cup and a laptop on an office desk."),  # the larger one's place
+        (["umbrella"], "A photo of an umbrella on a rainy street."),
+        (["airplane"], "A photo of an airplane in a clear sky above an airport."),
+        (["zorblax"], "A photo of a zorblax in an indoor scene."),  # no prior: the default
+    ],
+)
+def test_captions(concepts, caption):
+    anchor = max(concepts, key=lambda c: prior_for(c).side)
+    assert caption_for(concepts, prior_for(anchor).place) == caption
+
+
+def test_planned_captions_read_well():
+    plan = HeuristicPlanner().plan(SceneRequest("000001", ("fire hydrant", "fire hydrant"), seed=1))
+    assert plan.caption == "A photo of two fire hydrants on a sidewalk."
+    assert plan.background == "a sidewalk"
+
+
+def test_every_setting_has_its_article_and_a_preposition():
+    for prior in [*PRIORS.values(), DEFAULT_PRIOR]:
+        assert prior.preposition in ("in", "on", "at")
+        rest = prior.setting.split(" ", 1)[1]
+        assert with_article(rest) == prior.setting, prior.setting
+
+
+class _Pick(random.Random):
+    """Always picks ``value`` (a colour or coat)."""
+
+    def __init__(self, value):
+        super().__init__(0)
+        self.value = value
+
+    def choice(self, seq):
+        assert self.value in seq
+        return self.value
+
+
+@pytest.mark.parametrize(
+    ("category", "pick", "description"),
+    [
+        ("person", "orange", "a person wearing an orange jacket"),
+        ("person", "red", "a person wearing a red jacket"),
+        ("umbrella", "orange", "an orange umbrella"),
+        ("dog", "spotted", "a spotted dog"),
+        ("Dogs", "golden", "a golden Dog"),
+        ("frisbees", "orange", "an orange frisbee"),
+        ("skis", "silver", "a pair of silver skis"),
+        ("apple", None, "an apple"),
+        ("orange", None, "an orange"),
+    ],
+)
+def test_descriptions(category, pick, description):
+    rng = _Pick(pick) if pick else random.Random(0)
+    assert describe(category, rng) == description

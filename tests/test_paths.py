@@ -175,3 +175,19 @@ def test_merge_refuses_to_replace_an_input_without_overwrite(tmp_path: Path) -> 
     os.symlink(real, link)
     with pytest.raises(InputError, match="REAL input"):
         merge_coco(synthetic, real, link)
+
+
+def test_score_dataset_cli_answers_alike_for_existing_and_missing_outside_files(
+    tmp_path: Path, tiny_clip_dir: Path
+) -> None:
+    images = tmp_path / "data" / "images"
+    _png(images / "ok.png")
+    _png(tmp_path / "exists.png")
+    outputs = []
+    for name in ("exists", "absent"):
+        coco = _coco(tmp_path / "data" / f"{name}.json", [f"../../{name}.png"])
+        result = runner.invoke(app, ["score", "dataset", str(coco), "--images", str(images), "-o",
+                                     str(tmp_path / f"report-{name}"), "--clip-model", str(tiny_clip_dir),
+                                     "--no-progress"])
+        outputs.append(result.output.replace(name, "X"))
+    assert outputs[0] == outputs[1] and "climbs out of its folder" in outputs[0]

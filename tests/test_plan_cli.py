@@ -111,6 +111,47 @@ def test_validate_reports_each_bad_record(tmp_path):
     assert lines[-1] == f"{path}: 1 valid, 3 invalid"
 
 
+def test_validate_shows_the_first_problems_and_counts_the_rest(tmp_path):
+    path = tmp_path / "binary.jsonl"
+    path.write_bytes(b"\x00\xff\xfe binary\n" * 500)
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert lines[:20] == [f"{path}:{n}: not a JSON object" for n in range(1, 21)]
+    assert lines[20:] == [f"{path}: ... and 480 more problems", f"{path}: 0 valid, 500 invalid"]
+
+
+@pytest.mark.parametrize("content", ["", "\n  \n\n"])
+def test_validate_an_empty_file_is_an_error(tmp_path, content):
+    path = tmp_path / "empty.jsonl"
+    path.write_text(content)
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 1
+    assert result.stdout == "" and result.stderr == f"acp: error: {path}: 0 plans (the file is empty)\n"
+
+
+def _pipe_to_head(args, cwd):
+    """``acp ARGS | head -1`` as two real processes; acp's exit code and stderr."""
+    acp = subprocess.Popen([sys.executable, "-m", "acp", *args], cwd=cwd, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE)
+    head = subprocess.Popen(["head", "-1"], stdin=acp.stdout, stdout=subprocess.PIPE)
+    acp.stdout.close()  # head alone reads it now: its exit closes the pipe
+    first, _ = head.communicate(timeout=120)
+    _, errors = acp.communicate(timeout=120)
+    return first.decode(), acp.returncode, errors.decode()
+
+
+def test_a_reader_that_leaves_early_is_no_error(tmp_path):
+    bad = "".join(f'{{"id": "p{n}"}}\n' for n in range(20_000))  # 20 000 invalid plans
+    (tmp_path / "big.jsonl").write_text(bad)
+    first, code, errors = _pipe_to_head(["validate", "big.jsonl"], tmp_path)
+    assert first.startswith("big.jsonl:1: ") and errors == "" and code in (1, 141)
+    # Output far beyond the pipe's buffer: acp writes while head has gone.
+    first, code, errors = _pipe_to_head(["score", "layouts", "big.jsonl", "-o", "scored.jsonl"], tmp_path)
+    assert first.startswith("big.jsonl:1: ") and code == 141
+    assert [line for line in errors.splitlines() if not line.startswith("acp: no --bank")] == []
+
+
 def _run_cli(args, cwd, **kwargs):
     env = {**os.environ, "OPENAI_API_KEY": "", "OPENAI_BASE_URL": ""}
     return subprocess.run([sys.executable, "-m", "acp", *args], cwd=cwd, env=env,

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"```bash\n(.*?)```", README, flags=re.S)
@@ -19,6 +21,20 @@ def _after_install(block: str) -> str:
     command = block.strip()
     assert command.startswith("pip install") and " && " in command, command
     return command.split(" && ", 1)[1]
+
+
+def test_readme_example_outputs_are_ignored_by_git():
+    """Run from a checkout, the folders the example writes must not show up as changes."""
+    commands = [shlex.split(command) for command in _after_install(BLOCKS[0]).split(" && ")]
+    written = {args[-1] for args in commands if args[:3] == ["python", "-m", "acp.testing"]}
+    written |= {args[args.index("-o") + 1] for args in commands if "-o" in args}
+    folders = sorted({Path(path).parts[0] for path in written})
+    assert folders == ["models", "out"]
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    paths = [f"{folder}/any/file" for folder in folders]
+    result = subprocess.run(["git", "check-ignore", *paths], cwd=ROOT, capture_output=True, text=True)
+    assert result.stdout.split() == paths, result.stderr
 
 
 def test_readme_example_runs(tmp_path):

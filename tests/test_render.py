@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -319,6 +321,35 @@ def test_steps_beyond_a_models_own_scheduler_are_one_line(model: Path, tmp_path:
     with pytest.raises(InputError, match=r"steps must be in 1\.\.49 for the scheduler of .*, got 50"):
         GligenRenderer(RenderSettings(model=str(short), steps=50), device="cpu")
     assert GligenRenderer(RenderSettings(model=str(short), steps=49), device="cpu").settings.steps == 49
+
+
+def test_a_long_load_error_keeps_its_start_and_its_end(plans_file: Path, model: Path, tmp_path: Path) -> None:
+    """diffusers' ~400-character error for a component of an unknown library: the line keeps
+    what failed and the advice at the end, and cuts neither inside a word."""
+    broken = shutil.copytree(model, tmp_path / "broken")
+    index = json.loads((broken / "model_index.json").read_text())
+    index["unet"] = ["nosuchlib", "UNet"]
+    (broken / "model_index.json").write_text(json.dumps(index))
+    result = render(plans_file, tmp_path / "out", broken)
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.stderr
+    line = result.stderr.strip()
+    assert line.startswith(f"acp: error: cannot load a GLIGEN pipeline from '{broken}': nosuchlib is not one")
+    assert " … " in line and line.endswith("import nosuchlib before calling `from_pretrained`.")
+    assert len(line) < 400
+
+
+def test_missing_weights_are_one_line(plans_file: Path, model: Path, tmp_path: Path) -> None:
+    broken = shutil.copytree(model, tmp_path / "broken")
+    for weights in (broken / "vae").glob("diffusion_pytorch_model.*"):
+        weights.unlink()
+    # A real process: diffusers' log handler holds the stderr of its first use, not CliRunner's.
+    result = subprocess.run(
+        [sys.executable, "-m", "acp", "render", str(plans_file), "-o", str(tmp_path / "out"),
+         "--model", str(broken), "--device", "cpu"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "cannot load a GLIGEN pipeline" in result.stderr and "vae" in result.stderr
 
 
 def test_missing_plans_file(model: Path, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from acp.cli import app
-from acp.score.dataset import build_caption, score_dataset
+from acp.score.dataset import REPORT_FILES, build_caption, score_dataset
 from acp.score.image import ImageScorer
 from tests.test_clis_image import tiny_clip_dir_fixture  # noqa: F401  (provides tiny_clip_dir)
 
@@ -130,9 +130,12 @@ def test_provenance_description_is_what_the_crop_is_compared_with(
     ("names", "caption"),
     [
         (["dog"], "a photo of a dog"),
-        (["dog", "cat", "dog"], "a photo of 2 dog and a cat"),
+        (["dog", "cat", "dog"], "a photo of two dogs and a cat"),
         ([], "a photo"),
-        (["a", "b", "c"], "a photo of a a, a b and a c"),
+        (["apple", "orange", "umbrella"], "a photo of an apple, an orange and an umbrella"),
+        (["fire hydrant", "fire hydrant"], "a photo of two fire hydrants"),
+        (["frisbees"], "a photo of a frisbee"),
+        (["person"] * 12 + ["skis"], "a photo of 12 people and a pair of skis"),
     ],
 )
 def test_captions_are_built_from_category_names(names: list[str], caption: str) -> None:
@@ -287,3 +290,54 @@ def test_with_a_bank_a_reference_free_image_has_no_clis_l(tmp_path: Path, scorer
     assert first["clis_l_sanity"] is None
     assert second["clis_l_method"] == "sanity" and second["clis_l"] is None
     assert second["clis_l_sanity"] is not None and second["clis"] == second["clis_i"]
+
+
+# -- checks before any model is loaded: a missing CLIP folder shows which error came first ------
+
+
+def _score(annotations: Path, images: Path, out: Path, clip: Path) -> Any:
+    return runner.invoke(
+        app,
+        ["score", "dataset", str(annotations), "--images", str(images), "-o", str(out),
+         "--clip-model", str(clip), "--no-progress"],
+    )
+
+
+def test_an_output_that_cannot_take_a_report_fails_before_scoring(tmp_path: Path) -> None:
+    annotations, images = write_dataset(tmp_path)
+    no_clip = tmp_path / "no-clip"
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "categories.json").write_text("[]")  # e.g. a category file, not a report
+    for out, said in [
+        (tmp_path / "a-file", "exists and is not a folder"),
+        (tmp_path / "a-file" / "report", f"{tmp_path / 'a-file'} is not a folder"),
+        (tmp_path / "theirs", "the folder holds files of no earlier report (categories.json)"),
+    ]:
+        result = _score(annotations, images, out, no_clip)
+        assert result.exit_code == 1, result.output
+        assert result.stderr.startswith(f"acp: error: -o {out}: {said}"), result.stderr
+        assert result.stderr.count("\n") == 1
+    assert (tmp_path / "theirs" / "categories.json").read_text() == "[]"
+
+
+def test_a_previous_report_is_replaced(tmp_path: Path, tiny_clip_dir: Path) -> None:
+    annotations, images = write_dataset(tmp_path)
+    out = tmp_path / "report"
+    assert _score(annotations, images, out, tiny_clip_dir).exit_code == 1  # some items fail
+    result = _score(annotations, images, out, tiny_clip_dir)
+    assert result.exit_code == 1 and "2 of 5 images" in result.stdout, result.output
+    assert {p.name for p in out.iterdir()} <= set(REPORT_FILES)
+
+
+def test_a_wrong_images_folder_fails_before_any_model_load(tmp_path: Path) -> None:
+    annotations, _ = write_dataset(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = _score(annotations, elsewhere, tmp_path / "report", tmp_path / "no-clip")
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.output
+    assert result.stderr.startswith(
+        f"acp: error: --images {elsewhere}: none of the first 5 images of {annotations} is there "
+        f"(no {elsewhere / 'a.png'})"
+    )
+    assert not (tmp_path / "report").exists()

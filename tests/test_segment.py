@@ -127,8 +127,11 @@ def test_encode_masks_flags_only_empty_masks() -> None:
 
 
 def test_bad_model_folder_is_one_line(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match=r"--sam-model .*cannot load a SAM checkpoint") as error:
+    with pytest.raises(InputError, match=r"--sam-model .*missing: no such folder") as error:
         MaskSegmenter(tmp_path / "missing", device="cpu")
+    assert "\n" not in str(error.value)
+    with pytest.raises(InputError, match=r"--sam-model .*cannot load a SAM checkpoint") as error:
+        MaskSegmenter(tmp_path, device="cpu")  # a folder, but no model in it
     assert "\n" not in str(error.value)
 
 

@@ -140,3 +140,21 @@ def test_module_entry_point_prints_folders(tmp_path: Path, monkeypatch, capsys) 
     assert set(printed) == {"gligen", "clip", "sam"}
     assert (Path(printed["gligen"]) / "model_index.json").is_file()
     assert (Path(printed["sam"]) / "config.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "said"),
+    [(["--help"], 0, "usage: python -m acp.testing"), (["-h"], 0, "usage:"), (["-x"], 2, "usage:"),
+     (["--", "-x"], 2, "cannot start with '-'"), ([], 2, "required"), (["a", "b"], 2, "unrecognized")],
+)
+def test_module_entry_point_arguments(argv, code, said, tmp_path: Path, monkeypatch, capsys) -> None:
+    """``--help`` is help, not the name of a folder to fill with models."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["acp.testing", *argv])
+    monkeypatch.delitem(sys.modules, "acp.testing")
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_module("acp.testing", run_name="__main__")
+    assert exit_.value.code == code
+    captured = capsys.readouterr()
+    assert said in captured.out + captured.err
+    assert list(tmp_path.iterdir()) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -24,14 +25,33 @@ def notice(message: str) -> None:
     print(f"acp: {message}", file=sys.stderr)
 
 
+def _reader_left() -> typer.Exit:
+    """stdout's reader has gone (``acp validate ... | head``): stop quietly with 141, the status
+    of a process ended by SIGPIPE, as ``cat`` would. stdout now points at /dev/null, so that
+    the interpreter's final flush does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # a stdout without a file descriptor (a test's buffer)
+        pass
+    finally:
+        os.close(devnull)
+    return typer.Exit(code=141)
+
+
 def handle_errors(function: F) -> F:
-    """Library errors become ``acp: error: ...`` and exit 1; Ctrl-C exits 130. Locals (an API
-    key is a local) are never printed."""
+    """Library errors become ``acp: error: ...`` and exit 1; Ctrl-C exits 130; a closed stdout
+    pipe exits 141 without a message. Locals (an API key is a local) are never printed."""
 
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return function(*args, **kwargs)
+            try:
+                return function(*args, **kwargs)
+            finally:
+                sys.stdout.flush()  # a reader that left shows here, not at the interpreter's exit
+        except BrokenPipeError:
+            raise _reader_left() from None
         except AcpError as error:
             raise fail(str(error)) from None
         except OSError as error:  # a path that is a folder, a full disk, no permission, ...

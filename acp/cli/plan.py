@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from acp.concepts import ConceptInput
 
 DEFAULT_LLM_MODEL = "gpt-4o-mini"
+MAX_PROBLEM_LINES = 20  # `acp validate` on a binary or wrong file should not scroll for pages
 
 
 class PlannerName(str, Enum):
@@ -179,7 +180,8 @@ def validate(
         OverlapAction, typer.Option(help="reject: a larger overlap is an error; flag: a warning.")
     ] = OverlapAction.reject,
 ) -> None:
-    """Check every record of a plans file; one line per problem, exit 1 if any."""
+    """Check every record of a plans file; one line per problem (the first 20), exit 1 if any
+    or if the file holds no plan at all."""
     from acp.errors import InputError
     from acp.schema import LayoutRules, layout_problems, read_plans
 
@@ -188,6 +190,8 @@ def validate(
     rules = LayoutRules(max_overlap=max_overlap)
     seen: dict[str, int] = {}
     good = bad = warned = 0
+    hidden = {"problems": 0, "warnings": 0}  # past MAX_PROBLEM_LINES: counted, not printed
+    shown = 0
     for number, record, reason in read_plans(plans):
         problems = [reason] if record is None else []
         warnings: list[str] = []
@@ -197,13 +201,21 @@ def validate(
             seen.setdefault(record.id, number)
             overlaps = [f"{field}: {why}" for field, why in layout_problems(record, rules)]
             (warnings if on_overlap is OverlapAction.flag else problems).extend(overlaps)
-        for warning in warnings:
-            print(f"{plans}:{number}: warning: {warning}")
+        for kind, lines in (("warnings", [f"warning: {w}" for w in warnings]), ("problems", problems)):
+            for line in lines:
+                if shown < MAX_PROBLEM_LINES:
+                    print(f"{plans}:{number}: {line}")
+                    shown += 1
+                else:
+                    hidden[kind] += 1
         warned += bool(warnings)
-        for problem in problems:
-            print(f"{plans}:{number}: {problem}")
         bad += bool(problems)
         good += not problems
+    if not good and not bad:
+        raise fail(f"{plans}: 0 plans (the file is empty)")
+    if any(hidden.values()):
+        more = " and ".join(f"{n} more {kind}" for kind, n in hidden.items() if n)
+        print(f"{plans}: ... and {more}")
     flagged = f", {warned} with warnings" if warned else ""
     print(f"{plans}: {good} valid, {bad} invalid{flagged}")
     if bad:

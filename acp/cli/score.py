@@ -245,7 +245,9 @@ def score_candidates(
 def score_dataset(
     annotations: Annotated[Path, typer.Argument(help="COCO-format annotation file.")],
     images: Annotated[Path, typer.Option("--images", help="Folder the images' file_name are relative to.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Report folder to write.")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Report folder to write: a new one, or an earlier report.")
+    ],
     keep_above: Annotated[
         float | None,
         typer.Option(min=0.0, max=100.0,
@@ -263,12 +265,11 @@ def score_dataset(
     Items that cannot be scored (missing or undecodable image, box outside its image, unknown
     category id) are listed in failures.json and printed; the exit code is then 1.
     """
-    from acp.errors import InputError
+    from acp.score.dataset import check_paths
     from acp.score.dataset import score_dataset as run
     from acp.score.image import resolve_device
 
-    if not images.is_dir():
-        raise InputError(f"--images {images}: not a folder; expected the folder of the dataset's images")
+    check_paths(annotations, images, output)  # before any model: these would fail late, or per image
     device = resolve_device(device)  # a bad --device fails before any bank or model is loaded
     layout_scorer = _layout_scorer(bank, embed_model) if bank or embed_model else None
     report = run(

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Iterator
 from pydantic import ValidationError
 
 from acp.boxes import iou_matrix
+from acp.english import count_phrase, listing, with_article
+from acp.names import category_key
 from acp.plan.base import PlanOutcome, PlanSettings, SceneRequest
 from acp.plan.priors import Prior, prior_for
 from acp.schema import MIN_BOX_SIDE, ScenePlan, error_problems, layout_problems
@@ -31,50 +33,24 @@ _ANIMALS = {"bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "
             "giraffe", "teddy bear"}
 _PLAIN = {"elephant", "zebra", "giraffe", "broccoli", "banana", "orange", "apple", "carrot",
           "pizza", "hot dog", "sandwich", "donut", "cake"}
-_NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
-
-
-def _article(phrase: str) -> str:
-    return ("an " if phrase[:1].lower() in "aeiou" else "a ") + phrase
 
 
 def describe(category: str, rng: random.Random) -> str:
     """A short visual phrase for GLIGEN, e.g. "a brown dog"."""
-    key = category.lower()
+    key = category_key(category)  # "Dogs" is a dog too
     if key == "person":
-        return f"a person wearing a {rng.choice(_COLOURS)} jacket"
+        return f"a person wearing {with_article(rng.choice(_COLOURS) + ' jacket')}"
     if key in _PLAIN:
-        return _article(category)
+        return count_phrase(category, 1)
     if key in _ANIMALS:
-        return _article(f"{rng.choice(_COATS)} {category}")
-    return _article(f"{rng.choice(_COLOURS)} {category}")
+        return count_phrase(f"{rng.choice(_COATS)} {category}", 1)
+    return count_phrase(f"{rng.choice(_COLOURS)} {category}", 1)
 
 
-def plural(name: str) -> str:
-    head, _, last = name.rpartition(" ")
-    if last == "person":
-        last = "people"
-    elif last.endswith(("s", "sh", "ch", "x")):
-        last += "es" if not last.endswith("s") else ""
-    elif last.endswith("y") and last[-2:-1] not in "aeiou":
-        last = last[:-1] + "ies"
-    else:
-        last += "s"
-    return f"{head} {last}" if head else last
-
-
-def _count_phrase(category: str, count: int) -> str:
-    if count == 1:
-        return _article(category)
-    number = _NUMBERS[count] if count < len(_NUMBERS) else str(count)
-    return f"{number} {plural(category)}"
-
-
-def caption_for(categories: list[str], setting: str) -> str:
+def caption_for(categories: list[str], place: str) -> str:
+    """ "A photo of a dog and two people in a park." (``place``: ``Prior.place``)."""
     counts = Counter(categories)
-    parts = [_count_phrase(name, n) for name, n in counts.items()]
-    listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-    return f"A photo of {listed} in {setting}."
+    return f"A photo of {listing([count_phrase(name, n) for name, n in counts.items()])} {place}."
 
 
 def _box_size(
@@ -165,10 +141,11 @@ class HeuristicPlanner:
             for i in range(1, len(objects))
         ]
         anchor = max(range(len(categories)), key=lambda i: boxes[i][2] * boxes[i][3], default=None)
-        setting = prior_for(categories[anchor]).setting if anchor is not None else "an empty room"
+        prior = prior_for(categories[anchor]) if anchor is not None else None
+        setting = prior.setting if prior else "an empty room"
         plan = ScenePlan(
             id=request.id, concepts=list(request.concepts),
-            caption=caption_for(categories, setting) if categories else f"A photo of {setting}.",
+            caption=caption_for(categories, prior.place) if prior else f"A photo of {setting}.",
             background=setting, width=request.width, height=request.height,
             objects=objects, relations=relations,  # type: ignore[arg-type]
             planner=self.name, model=None, seed=request.seed,

@@ -28,6 +28,7 @@ Choices worth knowing:
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import warnings
 from collections.abc import Callable, Mapping
@@ -37,8 +38,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from acp.boxes import plan_to_gligen
 from acp.defaults import MAX_CANDIDATES
-from acp.errors import InputError, MissingDependencyError
+from acp.errors import InputError, MissingDependencyError, one_line
 from acp.plan.base import derive_seed
+from acp.pretrained import load_pretrained
 from acp.schema import Candidate, ScenePlan
 
 if TYPE_CHECKING:
@@ -201,7 +203,8 @@ def one_sample_at_a_time(call: Callable[..., Any]) -> Callable[..., Any]:
 
 def load_pipeline(model: str, device: str, dtype: torch.dtype) -> Any:
     """``StableDiffusionGLIGENPipeline.from_pretrained(model)`` on ``device``, checked to be a
-    GLIGEN (gated attention) model; load failures become one-line ``InputError``s."""
+    GLIGEN (gated attention) model; load failures become one-line ``InputError``s. A hub id is
+    read from the cache first (``acp.pretrained``)."""
     try:
         from diffusers.utils import logging as diffusers_logging
         from transformers.utils import logging as transformers_logging
@@ -213,11 +216,12 @@ def load_pipeline(model: str, device: str, dtype: torch.dtype) -> Any:
     # Quiet during import and load: diffusers warns that the GLIGEN pipeline is deprecated
     # (it still works through 0.42, which acp is tested with), transformers about optional
     # torchvision, and both draw per-component loading bars; acp reports the load time in its
-    # summary instead.
+    # summary instead. diffusers also logs, as an error, each weight file it falls back from
+    # (safetensors -> bin): only the exception that ends a failed load is news to the user.
     libraries = (diffusers_logging, transformers_logging)
     saved = [(lib.get_verbosity(), lib.is_progress_bar_enabled()) for lib in libraries]
     for lib in libraries:
-        lib.set_verbosity_error()
+        lib.set_verbosity(logging.CRITICAL)
         lib.disable_progress_bar()
     try:
         from diffusers import StableDiffusionGLIGENPipeline
@@ -225,10 +229,12 @@ def load_pipeline(model: str, device: str, dtype: torch.dtype) -> Any:
         with warnings.catch_warnings():
             # Newer diffusers call it ``dtype``; ``torch_dtype`` works on every supported version.
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-            pipeline = StableDiffusionGLIGENPipeline.from_pretrained(model, torch_dtype=dtype)
+            pipeline = load_pretrained(
+                functools.partial(StableDiffusionGLIGENPipeline.from_pretrained, torch_dtype=dtype),
+                model, option="--model",
+            )
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-        reason = " ".join(str(error).split())[:300]
-        raise InputError(f"cannot load a GLIGEN pipeline from {model!r}: {reason}") from None
+        raise InputError(f"cannot load a GLIGEN pipeline from {model!r}: {one_line(str(error))}") from None
     finally:
         for lib, (verbosity, bars) in zip(libraries, saved, strict=True):
             lib.set_verbosity(verbosity)

@@ -3,8 +3,9 @@
 Per image: CLIS-I (caption vs image, and every box), CLIS-L when a bank is given, and the
 composite ``clis`` (as for candidates, ``acp.score.candidates.compose_clis``). Per box: its
 instance CLIS-I and terms. The caption is acp's provenance (``image["acp"]["caption"]``) when
-acp exported the set, otherwise built from the category names ("a photo of 2 dog and a cat");
-a box's description is ``annotation["acp"]["description"]`` when present, else "a {category}".
+acp exported the set, otherwise built from the category names ("a photo of two dogs and a
+cat"); a box's description is ``annotation["acp"]["description"]`` when present, else "a
+{category}" ("an apple").
 
 What cannot be scored is reported item by item, with a reason, and the run goes on: an image
 record that is not an object, lacks ``id`` or ``file_name`` or repeats an earlier image's id
@@ -43,9 +44,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from acp.boxes import coco_to_plan
+from acp.english import count_phrase, listing
+from acp.errors import InputError
 from acp.images import read_rgb
 from acp.jsonl import write_atomic
-from acp.paths import UnsafePathError, inside
+from acp.paths import UnsafePathError, inside, path_problem
 from acp.score.bank import OUT_OF_IMAGE_TOLERANCE, read_coco_file, usable_id
 from acp.score.candidates import compose_clis, layout_fields
 from acp.score.image import ImageScorer, Scene, SceneObject
@@ -55,6 +58,8 @@ if TYPE_CHECKING:
     from PIL.Image import Image
 
 SUMMARY_THRESHOLD = 60.0  # the paper's instance threshold, for the per-category share
+REPORT_FILES = ("images.json", "boxes.json", "categories.json", "failures.json", "summary.json",
+                "filtered.json")  # what DatasetReport.write may write
 
 
 @dataclass
@@ -90,12 +95,10 @@ class DatasetReport:
 
 
 def build_caption(names: list[str]) -> str:
-    """"a photo of 2 dog and a cat" from category names, in order of first appearance."""
+    """"a photo of two dogs and a cat" from category names, in order of first appearance."""
     counts = Counter(names)
-    parts = [f"a {name}" if n == 1 else f"{n} {name}" for name, n in counts.items()]
-    if not parts:
-        return "a photo"
-    return "a photo of " + (parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1])
+    parts = [count_phrase(name, n) for name, n in counts.items()]
+    return "a photo of " + listing(parts) if parts else "a photo"
 
 
 def _record_problem(record: Any, keys: tuple[str, ...]) -> str | None:
@@ -272,7 +275,7 @@ def score_dataset(
                 continue
             name = categories[ann["category_id"]]
             provenance = ann["acp"] if isinstance(ann.get("acp"), dict) else {}
-            description = provenance.get("description") or f"a {name}"
+            description = provenance.get("description") or count_phrase(name, 1)
             bbox = _clipped(ann["bbox"], image.width, image.height)
             objects.append(SceneObject(len(objects), name, str(description), bbox))
             anns.append(ann)
@@ -328,3 +331,58 @@ def _category_summary(boxes: list[dict[str, Any]]) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def check_paths(annotations: Path, images_dir: Path, output: Path, *, probe: int = 10) -> None:
+    """``InputError`` for what would otherwise fail only once every image is scored (``output``
+    cannot take a report) or fail image by image (``images_dir`` is not the folder the first
+    ``probe`` file names are relative to). Cheap next to a model load: call it before one."""
+    _check_output(Path(output))
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise InputError(f"--images {images_dir}: not a folder; expected the folder of the dataset's images")
+    data = read_coco_file(annotations)
+    names = [  # only names that stay inside the folder are probed: no check tells what exists outside
+        img["file_name"]
+        for img in data["images"]
+        if isinstance(img, dict) and path_problem(img.get("file_name")) is None
+    ][:probe]
+    if names and not any(_is_file_inside(images_dir, name) for name in names):
+        raise InputError(
+            f"--images {images_dir}: none of the first {len(names)} images of {annotations} is there "
+            f"(no {images_dir / names[0]}); expected the folder their file_name values are relative to"
+        )
+
+
+def _is_file_inside(folder: Path, name: str) -> bool:
+    try:
+        return inside(folder, name).is_file()
+    except UnsafePathError:
+        return False
+
+
+def _check_output(output: Path) -> None:
+    """A report may be written to a new folder, or over an earlier report: its files are
+    replaced whole, so rerunning refreshes it. Files of the same names from elsewhere (a
+    category file called categories.json) are not replaced."""
+    if output.exists() and not output.is_dir():
+        raise InputError(f"-o {output}: exists and is not a folder; give another --output")
+    if not output.exists():
+        existing = next(p for p in output.absolute().parents if p.exists())
+        if not existing.is_dir():
+            raise InputError(f"-o {output}: {existing} is not a folder")
+        return
+    clashing = sorted(p.name for p in output.iterdir() if p.name in REPORT_FILES)
+    if clashing and not _is_report(output):
+        raise InputError(
+            f"-o {output}: the folder holds files of no earlier report ({', '.join(clashing)}), "
+            "which the report would replace; give another --output"
+        )
+
+
+def _is_report(folder: Path) -> bool:
+    try:
+        summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(summary, dict) and {"scored_images", "clip_model"} <= summary.keys()

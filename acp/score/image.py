@@ -39,8 +39,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from acp.boxes import plan_to_sam
-from acp.errors import InputError
+from acp.errors import InputError, one_line
 from acp.names import category_key
+from acp.pretrained import load_pretrained
 from acp.schema import ScenePlan
 
 if TYPE_CHECKING:
@@ -212,15 +213,16 @@ class ImageScorer:
 
         device = resolve_device(device)  # before loading: a typo should not cost a model load
         name = str(name_or_path)
-        local = name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
-        if local and not Path(name).expanduser().is_dir():
-            raise InputError(f"--clip-model {name}: no such folder; expected a CLIP hub id or model folder")
+
+        def load(source: str, **kwargs: Any) -> tuple[Any, Any]:
+            processor = CLIPProcessor.from_pretrained(source, **kwargs)
+            return processor, CLIPModel.from_pretrained(source, **kwargs)
+
         try:
-            processor = CLIPProcessor.from_pretrained(name)
-            model = CLIPModel.from_pretrained(name)
+            processor, model = load_pretrained(load, name, option="--clip-model")
         except (OSError, ValueError) as error:
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise InputError(f"--clip-model {name}: cannot load a CLIP model ({first})") from None
+            reason = one_line(str(error)) or type(error).__name__
+            raise InputError(f"--clip-model {name}: cannot load a CLIP model ({reason})") from None
         if device.startswith("cuda"):  # after loading: the dtype keyword differs across versions
             model = model.half()
         return cls(model, processor, device=device, name=name)

@@ -71,8 +71,9 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from acp.boxes import iou_aligned
-from acp.errors import InputError, MissingDependencyError
+from acp.errors import InputError, MissingDependencyError, one_line
 from acp.names import canonical_key, category_key
+from acp.pretrained import load_pretrained
 from acp.schema import ScenePlan
 from acp.score.bank import ZERO, Bank
 
@@ -346,9 +347,9 @@ def sentence_transformer_embedder(model: str) -> Embedder:
             "`pip install sentence-transformers`"
         ) from None
     try:
-        encoder = SentenceTransformer(model)
+        encoder = load_pretrained(SentenceTransformer, model, option="--embed-model")
     except (OSError, ValueError) as error:
-        raise InputError(f"--embed-model {model}: cannot load ({error})") from None
+        raise InputError(f"--embed-model {model}: cannot load ({one_line(str(error))})") from None
 
     def embed(texts: list[str]) -> NDArray[np.floating[Any]]:
         return np.asarray(encoder.encode(texts, normalize_embeddings=True))
