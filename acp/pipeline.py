@@ -25,6 +25,7 @@ Files in ``OUT/`` and how a kill at any moment is survived:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -47,7 +48,7 @@ from acp.jsonl import JsonlWriter, drop_torn_tail, dumps, loads, read_records
 from acp.lock import OutputLock
 from acp.plan.base import PlanSettings
 from acp.plan.run import PlanSummary, make_requests, run_planner
-from acp.schema import LayoutRules, ScenePlan, error_problems
+from acp.schema import LayoutRules, PlanResult, ScenePlan, error_problems
 
 SETTINGS_NAME = "settings.json"
 PROGRESS_NAME = "progress.jsonl"
@@ -55,6 +56,9 @@ SCORES_NAME = "scores.jsonl"
 SUMMARY_NAME = "summary.json"
 CANDIDATES_DIR = "candidates"
 QUEUE_SIZE = 16
+# Finished plans waiting for the export thread: two keep the device busy while one is encoded
+# and written; each holds one kept image (and its K candidates with --keep-candidates).
+EXPORT_QUEUE = 2
 
 
 @dataclass(frozen=True)
@@ -118,7 +122,8 @@ class StageTimes:
     render: float = 0.0
     score: float = 0.0
     segment: float = 0.0
-    export: float = 0.0
+    export: float = 0.0  # the export thread's busy time (encoding, writing): overlaps the rest
+    export_wait: float = 0.0  # the device thread waiting for room in the export queue
 
     def shares(self, total: float) -> dict[str, float]:
         return {k: round(v / total, 4) if total > 0 else 0.0 for k, v in asdict(self).items()}
@@ -318,8 +323,14 @@ class InvalidPlan:
     reason: str
 
 
-def _histogram(values: list[float]) -> dict[str, int]:
-    bins = Counter(min(int(v // 10), 9) for v in values if math.isfinite(v))
+def _bin(value: Any) -> int | None:
+    """The 10-point histogram bin of a 0-100 score (100 goes in the last), None if not one."""
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return min(max(int(value // 10), 0), 9)
+
+
+def _histogram(bins: Counter[int]) -> dict[str, int]:
     return {f"{10 * b}-{10 * b + 10}": bins.get(b, 0) for b in range(10)}
 
 
@@ -329,7 +340,7 @@ def write_summary(out: Path, summary: GenerateSummary) -> dict[str, Any]:
     dropped_by_category: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
     status: Counter[str] = Counter()
-    scores: dict[str, list[float]] = {"clis": [], "clis_l": [], "clis_i": []}
+    scores: dict[str, Counter[int]] = {"clis": Counter(), "clis_l": Counter(), "clis_i": Counter()}
     for _, record, _ in read_records(out / PROGRESS_NAME) if (out / PROGRESS_NAME).exists() else []:
         if not record:
             continue
@@ -338,9 +349,9 @@ def write_summary(out: Path, summary: GenerateSummary) -> dict[str, Any]:
             reasons[record["reason_kind"]] += 1
         kept_by_category.update(record.get("kept_categories", []))
         dropped_by_category.update(record.get("dropped_categories", []))
-        for key, values in scores.items():
-            if record.get(key) is not None:
-                values.append(record[key])
+        for key, bins in scores.items():  # counted as read: memory does not grow with the scenes
+            if (found := _bin(record.get(key))) is not None:
+                bins[found] += 1
     summary.scenes = sum(status.values())
     summary.kept, summary.dropped, summary.failed = status["kept"], status["dropped"], status["failed"]
     summary.reasons = reasons
@@ -366,10 +377,102 @@ def write_summary(out: Path, summary: GenerateSummary) -> dict[str, Any]:
     return report
 
 
-class _Stages:
-    """The loaded models and open outputs; ``process`` takes one plan through every stage."""
+@dataclass
+class _Work:
+    """What the device thread leaves for the export thread of one plan, in writing order:
+    the candidates (``--keep-candidates``), the kept image with its instances, the scores, and
+    last the ledger line."""
 
-    def __init__(self, config: GenerateConfig, out: Path, device: str):
+    result: PlanResult
+    scores: list[Any] = field(default_factory=list)
+    candidates: list[Any] = field(default_factory=list)
+    image: Any = None
+    instances: list[Any] = field(default_factory=list)
+    provenance: Any = None
+
+
+class _Exporter:
+    """Writes ``_Work`` on one background thread, in the order it is put, through a queue of
+    ``depth`` items, so that JPEG encoding and disk writes overlap the next plan's rendering
+    and memory stays bounded. ``depth`` 0 writes inline (the sequential engine, kept for the
+    benchmark that compares the two). An error stops the run: it is raised by the next
+    ``put`` or by ``close``. Each plan's ledger line is written after everything else of it,
+    so a kill at any moment leaves the plan unfinished or finished, never half."""
+
+    def __init__(self, out: Path, writer: Any, scores_log: JsonlWriter, progress_log: JsonlWriter,
+                 candidates_log: JsonlWriter | None, times: StageTimes, depth: int):
+        self.out, self.writer, self.times = out, writer, times
+        self._scores, self._progress, self._candidates = scores_log, progress_log, candidates_log
+        self._queue: queue.Queue[_Work | None] = queue.Queue(maxsize=max(depth, 1))
+        self._error: BaseException | None = None
+        self._thread = None
+        if depth > 0:
+            self._thread = threading.Thread(target=self._run, name="acp-export", daemon=True)
+            self._thread.start()
+
+    def put(self, work: _Work) -> None:
+        if self._thread is None:
+            self._write(work)
+            return
+        start = time.perf_counter()
+        while True:
+            self._raise()
+            try:
+                self._queue.put(work, timeout=0.1)
+                break
+            except queue.Full:
+                continue
+        self.times.export_wait += time.perf_counter() - start
+
+    def close(self) -> None:
+        """Write what is queued, stop the thread, raise its error if it had one."""
+        if self._thread is not None:
+            while self._thread.is_alive():
+                try:
+                    self._queue.put(None, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            self._thread.join()
+            self._thread = None
+        self._raise()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _run(self) -> None:
+        while True:
+            work = self._queue.get()
+            if work is None:
+                return
+            try:
+                self._write(work)
+            except BaseException as error:  # handed to the device thread, which stops the run
+                self._error = error
+                return
+
+    def _write(self, work: _Work) -> None:
+        start = time.perf_counter()
+        if self._candidates is not None:
+            for item in work.candidates:
+                with atomic_path(self.out / CANDIDATES_DIR / item.candidate.path) as tmp:
+                    item.image.save(tmp, format="PNG")
+                self._candidates.write(item.candidate)
+        if work.image is not None:
+            self.writer.add_image(work.result.plan_id, work.image, work.instances, work.provenance)
+        for score in work.scores:
+            self._scores.write(score)
+        self._progress.write(work.result)
+        self.times.export += time.perf_counter() - start
+
+
+class _Stages:
+    """The loaded models; ``process`` takes one plan through the device stages (layout score,
+    render, image score, masks) and returns what the export thread is to write."""
+
+    def __init__(self, config: GenerateConfig, out: Path, device: str, renderer: Any = None):
         from acp.render.gligen import GligenRenderer, RenderSettings
         from acp.score.bank import Bank
         from acp.score.candidates import Thresholds
@@ -378,13 +481,12 @@ class _Stages:
 
         self.config = config
         self.out = out
-        self.writer: Any = None
-        self.candidates_log: JsonlWriter | None = None
+        self.categories: Any = None
         self.times = StageTimes()
         bank = Bank.load(Path(config.bank)) if config.bank is not None else None
         self.layout_scorer = LayoutScorer(bank)
         self.thresholds = Thresholds(config.min_clis_l, config.min_clis_i)
-        self.renderer = GligenRenderer(
+        self.renderer = renderer or GligenRenderer(
             RenderSettings(model=config.model, steps=config.steps, guidance=config.guidance,
                            beta=config.beta, size=config.size,
                            negative_prompt=config.negative_prompt, seed=config.seed),
@@ -398,58 +500,46 @@ class _Stages:
             self.segmenter = MaskSegmenter(config.sam_model, device=self.renderer.device)
         self.failures_in_a_row = 0
 
-    def open(self, writer: Any) -> None:
-        """Attach the outputs, once the models have loaded and the folder is claimed."""
-        self.writer = writer
-        if self.config.keep_candidates:
-            self.candidates_log = JsonlWriter(self.out / CANDIDATES_DIR / "manifest.jsonl")
-
-    def close(self) -> None:
-        if self.candidates_log is not None:
-            self.candidates_log.close()
-
     def _timed(self, stage: str, start: float) -> None:
         setattr(self.times, stage, getattr(self.times, stage) + time.perf_counter() - start)
 
-    def process(self, plan: ScenePlan, scores_log: JsonlWriter) -> dict[str, Any]:
-        """One plan through every stage; returns its ``progress.jsonl`` record. A failure of
-        this one plan is recorded in it, not raised."""
-        record: dict[str, Any] = {
-            "plan_id": plan.id, "status": "dropped", "reason": None, "reason_kind": None,
-            "clis": None, "clis_i": None, "kept_categories": [],
-            "dropped_categories": [o.category for o in plan.objects],
-        }
+    def process(self, plan: ScenePlan) -> _Work:
+        """One plan through the device stages. A failure of this one plan is recorded in its
+        result, not raised; errors that would hit every plan are raised (``_stops_the_run``)."""
         from acp.score.candidates import layout_fields
 
+        result = PlanResult(plan_id=plan.id, status="dropped",
+                            dropped_categories=[o.category for o in plan.objects])
         start = time.perf_counter()
         layout = self.layout_scorer.score(plan)
         self._timed("layout", start)
-        record.update(layout_fields(layout))  # a reference-free score is not a CLIS-L
+        for key, value in layout_fields(layout).items():  # a reference-free score is not a CLIS-L
+            setattr(result, key, value)
         floor = self.thresholds.min_clis_l
         if not layout.reference_free and floor is not None and layout.score < floor:
-            record.update(reason=f"CLIS-L {layout.score:.1f} < {floor:g}",
-                          reason_kind="layout under the CLIS-L threshold")
-            return record
+            result.reason = f"CLIS-L {layout.score:.1f} < {floor:g}"
+            result.reason_kind = "layout under the CLIS-L threshold"
+            return _Work(result)
         try:
-            record = self._render_and_export(plan, record, scores_log)
+            work = self._render_and_score(plan, result)
         except Exception as error:
             if _stops_the_run(error):
                 raise
             # One scene's failure is recorded and the run goes on, unless failures keep coming.
             first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            record.update(status="failed", reason=f"{type(error).__name__}: {first}"[:500],
-                          reason_kind=f"error: {type(error).__name__}")
+            result.status = "failed"
+            result.reason = f"{type(error).__name__}: {first}"[:500]
+            result.reason_kind = f"error: {type(error).__name__}"
             self.failures_in_a_row += 1
             if self.failures_in_a_row >= FAILURES_IN_A_ROW:
                 raise SceneFailuresError(
-                    f"{FAILURES_IN_A_ROW} scenes in a row failed; stopping (last: {record['reason']})"
+                    f"{FAILURES_IN_A_ROW} scenes in a row failed; stopping (last: {result.reason})"
                 ) from None
-            return record
+            return _Work(result)
         self.failures_in_a_row = 0
-        return record
+        return work
 
-    def _render_and_export(self, plan: ScenePlan, record: dict[str, Any],
-                           scores_log: JsonlWriter) -> dict[str, Any]:
+    def _render_and_score(self, plan: ScenePlan, result: PlanResult) -> _Work:
         from acp.boxes import plan_to_sam
         from acp.export import ImageProvenance, plan_instances
         from acp.score.candidates import score_batch
@@ -457,11 +547,7 @@ class _Stages:
         start = time.perf_counter()
         rendered = self.renderer.render_plan(plan, self.config.candidates)
         self._timed("render", start)
-        if self.candidates_log is not None:
-            for item in rendered:
-                with atomic_path(self.out / CANDIDATES_DIR / item.candidate.path) as tmp:
-                    item.image.save(tmp, format="PNG")
-                self.candidates_log.write(item.candidate)
+        kept_candidates = rendered if self.config.keep_candidates else []
 
         start = time.perf_counter()
         (scores,) = score_batch(
@@ -472,58 +558,42 @@ class _Stages:
         self._timed("score", start)
         best = next((s for s in scores if s.best), None)
         if best is None:
-            record.update(reason=scores[0].reason if scores else "no candidate",
-                          reason_kind="no candidate passes the CLIS-I threshold",
-                          clis_i=max((s.clis_i for s in scores), default=None))
-            for score in scores:
-                scores_log.write(score)
-            return record
+            result.reason = scores[0].reason if scores else "no candidate"
+            result.reason_kind = "no candidate passes the CLIS-I threshold"
+            result.clis_i = max((s.clis_i for s in scores), default=None)
+            return _Work(result, scores, kept_candidates)
         chosen = rendered[best.index]
-        mask_problems: list[str] = []
         masks = None
         if self.segmenter is not None:
             start = time.perf_counter()
             objects = {o.id: o for o in plan.objects}
             kept = [s for s in best.objects if s.kept]
             width, height = chosen.image.size
-            results = self.segmenter.segment(
+            found = self.segmenter.segment(
                 chosen.image, plan_to_sam([objects[s.id].bbox for s in kept], width, height))
             masks = {}
-            for instance, result in zip(kept, results, strict=True):
-                if result.problem:  # no usable mask: the instance is dropped, and said so
+            for instance, mask in zip(kept, found, strict=True):
+                if mask.problem:  # no usable mask: the instance is dropped, and said so
                     instance.kept = False
-                    mask_problems.append(
-                        f"object {instance.id} ({instance.category}): {result.problem}")
+                    result.mask_problems.append(f"object {instance.id} ({instance.category}): {mask.problem}")
                 else:
-                    masks[instance.id] = result
-                    if result.warning:  # kept, but implausible for its box: said so
-                        mask_problems.append(
-                            f"object {instance.id} ({instance.category}): {result.warning}")
+                    masks[instance.id] = mask
+                    if mask.warning:  # kept, but implausible for its box: said so
+                        result.mask_problems.append(
+                            f"object {instance.id} ({instance.category}): {mask.warning}")
             self._timed("segment", start)
-
-        start = time.perf_counter()
         if not any(s.kept for s in best.objects) and best.objects:
-            record.update(reason="every mask came out empty", reason_kind="no usable mask",
-                          mask_problems=mask_problems)
-            for score in scores:
-                scores_log.write(score)
-            return record
-        instances = plan_instances(plan, self.writer.categories, score=best, masks=masks,
-                                   size=chosen.image.size)
+            result.reason, result.reason_kind = "every mask came out empty", "no usable mask"
+            return _Work(result, scores, kept_candidates)
+        instances = plan_instances(plan, self.categories, score=best, masks=masks, size=chosen.image.size)
         provenance = ImageProvenance.from_records(
             plan, chosen.candidate, best,
             sam_model=self.config.sam_model if self.segmenter is not None else None)
-        self.writer.add_image(plan.id, chosen.image, instances, provenance)
-        for score in scores:
-            scores_log.write(score)
-        self._timed("export", start)
-        record.update(
-            status="kept", clis=best.clis, clis_i=best.clis_i, candidate=best.index,
-            kept_categories=[o.category for o in best.objects if o.kept],
-            dropped_categories=[o.category for o in best.objects if not o.kept],
-            mask_problems=mask_problems,
-        )
-        return record
+        result.status, result.candidate = "kept", best.index
+        result.clis, result.clis_i = best.clis, best.clis_i
+        result.kept_categories = [o.category for o in best.objects if o.kept]
+        result.dropped_categories = [o.category for o in best.objects if not o.kept]
+        return _Work(result, scores, kept_candidates, chosen.image, instances, provenance)
 
 
 class NothingMade(AcpError):
@@ -538,11 +608,16 @@ def generate(
     device: str = "auto",
     force: bool = False,
     progress: bool = True,
+    renderer: Any = None,
+    export_queue: int = EXPORT_QUEUE,
 ) -> GenerateSummary:
     """Run the whole job into ``out``; rerun with the same arguments to resume.
 
     ``out`` is locked before anything in it is read or cleared, and nothing is written there
     before every input and model has loaded: a wrong model path leaves ``out`` as it was.
+    ``renderer`` replaces the GLIGEN renderer built from ``config`` (benchmarks pass a stand-in
+    with its ``render_plan``/``device``); ``export_queue`` is how many finished plans may wait
+    for the export thread (0: export inline, the sequential engine).
     """
     from acp.export import load_categories
 
@@ -562,14 +637,15 @@ def generate(
         lock.acquire()
     try:
         return _generate(config, out, lock, categories, sets, total, api_key=api_key, device=device,
-                         force=force, progress=progress, started=started)
+                         force=force, progress=progress, started=started, renderer=renderer,
+                         export_queue=export_queue)
     finally:
         lock.release()
 
 
 def _generate(config: GenerateConfig, out: Path, lock: OutputLock, categories: Any, sets: Any,
               total: int | None, *, api_key: str | None, device: str, force: bool, progress: bool,
-              started: float) -> GenerateSummary:
+              started: float, renderer: Any, export_queue: int) -> GenerateSummary:
     from tqdm import tqdm
 
     from acp.export import CocoWriter
@@ -588,59 +664,64 @@ def _generate(config: GenerateConfig, out: Path, lock: OutputLock, categories: A
         return summary
     planner = _planner(config, api_key)
     mark = time.perf_counter()
-    stages = _Stages(config, out, device)
+    stages = _Stages(config, out, device, renderer)
     load_seconds = time.perf_counter() - mark
     # Only now that every model loaded is the folder claimed (and, with --force, cleared) for
     # these settings: a typo in a model path must not leave debris, nor destroy the last run.
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        if not lock.held:
-            lock.acquire()  # ``out`` did not exist when the run began
-            if check_settings(out, record, force):  # someone else's run appeared meanwhile
-                raise OutputMismatchError(f"{out}: another run started writing it; rerun")
-        if clear:
-            clear_output(out)
-        write_atomic(out / SETTINGS_NAME, json.dumps(record, indent=2, sort_keys=True) + "\n")
-        writer = CocoWriter(out, categories, image_format=config.image_format)  # type: ignore[arg-type]
-        stages.open(writer)
-    except BaseException:
-        stages.close()
-        raise
+    out.mkdir(parents=True, exist_ok=True)
+    if not lock.held:
+        lock.acquire()  # ``out`` did not exist when the run began
+        if check_settings(out, record, force):  # someone else's run appeared meanwhile
+            raise OutputMismatchError(f"{out}: another run started writing it; rerun")
+    if clear:
+        clear_output(out)
+    write_atomic(out / SETTINGS_NAME, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    writer = CocoWriter(out, categories, image_format=config.image_format)  # type: ignore[arg-type]
+    stages.categories = categories
     stages.times.load = load_seconds
     summary = GenerateSummary(times=stages.times)
     feed = _PlanFeed(planner, make_requests(sets, config.seed, *config.size),
                      out / "plans.jsonl", done, total)
     bar = tqdm(total=total, initial=len(done), desc="generating", unit="scene",
                disable=not progress, dynamic_ncols=True)
-    kept_before = 0
     last_failure: str | None = None
     try:
-        with writer, JsonlWriter(out / SCORES_NAME) as scores_log, \
-                JsonlWriter(out / PROGRESS_NAME) as progress_log:
+        with contextlib.ExitStack() as files:
+            files.enter_context(writer)
             kept_before = writer.image_count
-            mark = time.perf_counter()
-            for plan in feed:
-                stages.times.plan_wait += time.perf_counter() - mark
-                if plan.id not in done:
-                    if isinstance(plan, InvalidPlan):
-                        result = _failed(plan.id, f"invalid plan: {plan.reason}", "invalid plan")
-                    else:
-                        result = stages.process(plan, scores_log)
-                    if result["status"] == "failed":
-                        last_failure = result["reason"]
-                        summary.failed_this_run += 1
-                    progress_log.write(result)
-                    done.add(plan.id)
-                    summary.this_run += 1
-                    bar.update(1)
-                    bar.set_postfix(kept=writer.image_count, refresh=False)
+            scores_log = files.enter_context(JsonlWriter(out / SCORES_NAME))
+            progress_log = files.enter_context(JsonlWriter(out / PROGRESS_NAME))
+            candidates_log = (files.enter_context(JsonlWriter(out / CANDIDATES_DIR / "manifest.jsonl"))
+                              if config.keep_candidates else None)
+            exporter = _Exporter(out, writer, scores_log, progress_log, candidates_log, stages.times,
+                                 export_queue)
+            try:
                 mark = time.perf_counter()
+                for plan in feed:
+                    stages.times.plan_wait += time.perf_counter() - mark
+                    if plan.id not in done:
+                        if isinstance(plan, InvalidPlan):
+                            work = _Work(PlanResult(plan_id=plan.id, status="failed",
+                                                    reason=f"invalid plan: {plan.reason}"[:500],
+                                                    reason_kind="invalid plan"))
+                        else:
+                            work = stages.process(plan)
+                        if work.result.status == "failed":
+                            last_failure = work.result.reason
+                            summary.failed_this_run += 1
+                        exporter.put(work)
+                        done.add(plan.id)
+                        summary.this_run += 1
+                        bar.update(1)
+                        bar.set_postfix(kept=writer.image_count, refresh=False)
+                    mark = time.perf_counter()
+            finally:
+                exporter.close()  # what was queued is written, so a finished plan is never lost
             summary.annotations = writer.annotation_count
             kept_now = writer.image_count - kept_before
     finally:
         feed.close()
         bar.close()
-        stages.close()
     summary.planner = feed.summary
     summary.seconds = time.perf_counter() - started
     write_summary(out, summary)
@@ -652,12 +733,6 @@ def _generate(config: GenerateConfig, out: Path, lock: OutputLock, categories: A
             f"{str(last).strip().splitlines()[0][:300] if str(last).strip() else 'unknown'})"
         )
     return summary
-
-
-def _failed(plan_id: str, reason: str, kind: str) -> dict[str, Any]:
-    """The ``progress.jsonl`` record of a scene that failed before any stage ran."""
-    return {"plan_id": plan_id, "status": "failed", "reason": reason[:500], "reason_kind": kind,
-            "clis": None, "clis_i": None, "kept_categories": [], "dropped_categories": []}
 
 
 def _planner(config: GenerateConfig, api_key: str | None) -> Any:

@@ -238,11 +238,31 @@ class CandidateScore(_Record):
     detail: dict[str, Any] = Field(default_factory=dict, description="Scorer-specific detail.")
 
 
+class PlanResult(_Record):
+    """What became of one plan in ``acp generate`` (one line of ``progress.jsonl``, written
+    last for its plan: a plan is finished exactly when its line is there)."""
+
+    plan_id: str = Field(pattern=ID_PATTERN)
+    status: Literal["kept", "dropped", "failed"]
+    reason: str | None = Field(default=None, description="Why the plan was dropped or failed.")
+    reason_kind: str | None = Field(default=None, description="The reason's kind, for counting.")
+    clis: float | None = Field(default=None, description="The kept candidate's composite score.")
+    clis_l: float | None = Field(default=None, description="Layout score; null without a bank.")
+    clis_l_sanity: float | None = Field(default=None, description="Reference-free layout check.")
+    clis_l_method: str | None = None
+    clis_i: float | None = Field(default=None, description="The kept (or best) candidate's CLIS-I.")
+    candidate: int | None = Field(default=None, ge=0, description="Index of the kept candidate.")
+    kept_categories: list[str] = Field(default_factory=list, description="Categories exported.")
+    dropped_categories: list[str] = Field(default_factory=list, description="Categories not exported.")
+    mask_problems: list[str] = Field(default_factory=list, description="Masks dropped or flagged.")
+
+
 SCHEMA_MODELS: dict[str, type[BaseModel]] = {
     "scene_draft": SceneDraft,
     "scene_plan": ScenePlan,
     "candidate": Candidate,
     "candidate_score": CandidateScore,
+    "plan_result": PlanResult,
 }
 
 

@@ -1,0 +1,70 @@
+"""The generate engine: exporting on its own thread changes nothing in the output, and an
+export error stops the run with every finished plan kept."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from acp.concepts import ConceptInput
+from acp.jsonl import JsonlWriter, read_records
+from acp.pipeline import GenerateConfig, StageTimes, _Exporter, _Work, generate
+from acp.schema import PlanResult
+from tests.test_generate import _dataset
+
+
+def config(models: dict[str, Path], **overrides: Any) -> GenerateConfig:
+    values: dict[str, Any] = dict(
+        concepts=ConceptInput(vocabulary=("dog", "cat", "bus")), scenes=6, size=(64, 64),
+        model=str(models["gligen"]), clip_model=str(models["clip"]), steps=1, candidates=2,
+        min_clis_i=0.0, keep_candidates=True,
+    )
+    values.update(overrides)
+    return GenerateConfig(**values)
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines()
+
+
+def test_threaded_and_inline_export_write_the_same_dataset(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    threaded, inline = tmp_path / "threaded", tmp_path / "inline"
+    generate(config(tiny_models), threaded, device="cpu", progress=False)
+    generate(config(tiny_models), inline, device="cpu", progress=False, export_queue=0)
+    assert _dataset(threaded) == _dataset(inline)
+    for name in ("progress.jsonl", "scores.jsonl", "plans.jsonl", "candidates/manifest.jsonl"):
+        assert lines(threaded / name) == lines(inline / name), name
+    results = [PlanResult.model_validate(r) for _, r, _ in read_records(threaded / "progress.jsonl")]
+    assert [r.plan_id for r in results] == [f"{i:06d}" for i in range(6)]  # the ledger keeps plan order
+    summary = json.loads((threaded / "summary.json").read_text())
+    assert summary["last_run"]["stage_seconds"]["export"] > 0
+
+
+class FailingWriter:
+    """A COCO writer whose disk fills up at the second image."""
+
+    def __init__(self) -> None:
+        self.images: list[str] = []
+
+    def add_image(self, key: str, *_: Any) -> None:
+        if len(self.images) == 1:
+            raise OSError(28, "No space left on device")
+        self.images.append(key)
+
+
+@pytest.mark.parametrize("depth", [0, 2])
+def test_an_export_error_stops_the_run_and_keeps_what_was_finished(tmp_path: Path, depth: int) -> None:
+    writer = FailingWriter()
+    with JsonlWriter(tmp_path / "scores.jsonl") as scores, JsonlWriter(tmp_path / "progress.jsonl") as ledger:
+        exporter = _Exporter(tmp_path, writer, scores, ledger, None, StageTimes(), depth)
+        with pytest.raises(OSError, match="No space left"):
+            for k in range(6):
+                exporter.put(_Work(PlanResult(plan_id=f"p{k}", status="kept"), image=object()))
+            exporter.close()
+    finished = [r["plan_id"] for _, r, _ in read_records(tmp_path / "progress.jsonl")]
+    assert writer.images == ["p0"] and finished == ["p0"]  # p1's ledger line never came before its image
