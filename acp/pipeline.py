@@ -1,12 +1,14 @@
 """``acp generate``: concepts to a COCO dataset, every stage wired together, resumable.
 
-Planning runs in a background thread and feeds plans through a bounded queue, so an LLM's
-latency overlaps rendering; everything else runs in the calling thread, one plan at a time,
-so memory does not grow with the number of scenes (only the set of finished ids does).
+Three threads, joined by bounded queues, so memory does not grow with the number of scenes
+(only the set of finished ids does):
 
-Per plan: CLIS-L (a plan under ``min_clis_l`` is dropped before any GPU time is spent) ->
-render K candidates in one batch -> CLIS-I on all of them in one CLIP pass -> keep the best
-(instances under ``min_clis_i`` lose their annotation) -> optional SAM masks -> COCO export.
+1. planning (``_PlanFeed``): plans are made ahead, so an LLM's latency overlaps rendering;
+2. the device thread (the caller): CLIS-L (a plan under ``min_clis_l`` is dropped before any
+   GPU time is spent), then K candidates rendered in one batch (``_Stages.render``);
+3. finishing (``_Finisher`` running ``_Stages.finish``), one plan behind: CLIS-I on all
+   candidates in one CLIP pass, keep the best (instances under ``min_clis_i`` lose their
+   annotation), optional SAM masks, then JPEG encoding and every write of the plan, in order.
 
 Files in ``OUT/`` and how a kill at any moment is survived:
 
@@ -34,7 +36,7 @@ import shutil
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,9 +58,9 @@ SCORES_NAME = "scores.jsonl"
 SUMMARY_NAME = "summary.json"
 CANDIDATES_DIR = "candidates"
 QUEUE_SIZE = 16
-# Finished plans waiting for the export thread: two keep the device busy while one is encoded
-# and written; each holds one kept image (and its K candidates with --keep-candidates).
-EXPORT_QUEUE = 2
+# Rendered plans waiting for the finishing thread (CLIP-I, masks, export): two keep the device
+# busy while one is finished; each holds its K candidate images.
+FINISH_QUEUE = 2
 
 
 @dataclass(frozen=True)
@@ -116,14 +118,18 @@ class GenerateConfig:
 
 @dataclass
 class StageTimes:
+    """Seconds per stage. ``plan_wait``, ``layout``, ``render`` and ``finish_wait`` are spent on
+    the device thread; ``score``, ``segment`` and ``export`` on the finishing thread, alongside
+    it, so the shares of a run can add up to more than 1."""
+
     load: float = 0.0  # loading the models
     plan_wait: float = 0.0  # the renderer waiting for the planner
     layout: float = 0.0
     render: float = 0.0
     score: float = 0.0
     segment: float = 0.0
-    export: float = 0.0  # the export thread's busy time (encoding, writing): overlaps the rest
-    export_wait: float = 0.0  # the device thread waiting for room in the export queue
+    export: float = 0.0  # encoding and writing
+    finish_wait: float = 0.0  # the device thread waiting for room in the finishing queue
 
     def shares(self, total: float) -> dict[str, float]:
         return {k: round(v / total, 4) if total > 0 else 0.0 for k, v in asdict(self).items()}
@@ -137,7 +143,6 @@ class GenerateSummary:
     failed: int = 0
     annotations: int = 0
     this_run: int = 0
-    failed_this_run: int = 0
     planner: PlanSummary = field(default_factory=PlanSummary)
     seconds: float = 0.0
     times: StageTimes = field(default_factory=StageTimes)
@@ -379,40 +384,38 @@ def write_summary(out: Path, summary: GenerateSummary) -> dict[str, Any]:
 
 @dataclass
 class _Work:
-    """What the device thread leaves for the export thread of one plan, in writing order:
-    the candidates (``--keep-candidates``), the kept image with its instances, the scores, and
-    last the ledger line."""
+    """One plan on its way through the stages. The device thread fills ``rendered`` (or a
+    final ``result`` when the plan ends there); the finishing thread scores it, adds the kept
+    image and writes it all, the ledger line last."""
 
+    plan: ScenePlan | None
     result: PlanResult
+    rendered: list[Any] = field(default_factory=list)
     scores: list[Any] = field(default_factory=list)
-    candidates: list[Any] = field(default_factory=list)
     image: Any = None
     instances: list[Any] = field(default_factory=list)
     provenance: Any = None
 
 
-class _Exporter:
-    """Writes ``_Work`` on one background thread, in the order it is put, through a queue of
-    ``depth`` items, so that JPEG encoding and disk writes overlap the next plan's rendering
-    and memory stays bounded. ``depth`` 0 writes inline (the sequential engine, kept for the
-    benchmark that compares the two). An error stops the run: it is raised by the next
-    ``put`` or by ``close``. Each plan's ledger line is written after everything else of it,
-    so a kill at any moment leaves the plan unfinished or finished, never half."""
+class _Finisher:
+    """Runs ``finish`` on each ``_Work`` on one background thread, in the order put, through a
+    queue of ``depth`` plans, so that CLIP-I, masks, JPEG encoding and disk writes overlap the
+    next plan's rendering and memory stays bounded. ``depth`` 0 runs inline (the sequential
+    engine, kept for the benchmark that compares the two). An error that stops the run is
+    raised by the next ``put`` or by ``close``."""
 
-    def __init__(self, out: Path, writer: Any, scores_log: JsonlWriter, progress_log: JsonlWriter,
-                 candidates_log: JsonlWriter | None, times: StageTimes, depth: int):
-        self.out, self.writer, self.times = out, writer, times
-        self._scores, self._progress, self._candidates = scores_log, progress_log, candidates_log
+    def __init__(self, finish: Callable[[_Work], None], times: StageTimes, depth: int):
+        self._finish, self.times = finish, times
         self._queue: queue.Queue[_Work | None] = queue.Queue(maxsize=max(depth, 1))
         self._error: BaseException | None = None
         self._thread = None
         if depth > 0:
-            self._thread = threading.Thread(target=self._run, name="acp-export", daemon=True)
+            self._thread = threading.Thread(target=self._run, name="acp-finish", daemon=True)
             self._thread.start()
 
     def put(self, work: _Work) -> None:
         if self._thread is None:
-            self._write(work)
+            self._finish(work)
             return
         start = time.perf_counter()
         while True:
@@ -422,10 +425,10 @@ class _Exporter:
                 break
             except queue.Full:
                 continue
-        self.times.export_wait += time.perf_counter() - start
+        self.times.finish_wait += time.perf_counter() - start
 
     def close(self) -> None:
-        """Write what is queued, stop the thread, raise its error if it had one."""
+        """Finish what is queued, stop the thread, raise its error if it had one."""
         if self._thread is not None:
             while self._thread.is_alive():
                 try:
@@ -448,29 +451,38 @@ class _Exporter:
             if work is None:
                 return
             try:
-                self._write(work)
+                self._finish(work)
             except BaseException as error:  # handed to the device thread, which stops the run
                 self._error = error
                 return
 
-    def _write(self, work: _Work) -> None:
-        start = time.perf_counter()
-        if self._candidates is not None:
-            for item in work.candidates:
+
+class _Outputs:
+    """The open output files of a run, written by the finishing thread only."""
+
+    def __init__(self, out: Path, writer: Any, scores: JsonlWriter, progress: JsonlWriter,
+                 candidates: JsonlWriter | None):
+        self.out, self.writer = out, writer
+        self.scores, self.progress, self.candidates = scores, progress, candidates
+
+    def write(self, work: _Work) -> None:
+        """Candidates (``--keep-candidates``), the kept image, the scores, and last the ledger
+        line: a kill at any moment leaves the plan unfinished or finished, never half."""
+        if self.candidates is not None:
+            for item in work.rendered:
                 with atomic_path(self.out / CANDIDATES_DIR / item.candidate.path) as tmp:
                     item.image.save(tmp, format="PNG")
-                self._candidates.write(item.candidate)
+                self.candidates.write(item.candidate)
         if work.image is not None:
             self.writer.add_image(work.result.plan_id, work.image, work.instances, work.provenance)
         for score in work.scores:
-            self._scores.write(score)
-        self._progress.write(work.result)
-        self.times.export += time.perf_counter() - start
+            self.scores.write(score)
+        self.progress.write(work.result)
 
 
 class _Stages:
-    """The loaded models; ``process`` takes one plan through the device stages (layout score,
-    render, image score, masks) and returns what the export thread is to write."""
+    """The loaded models. ``render`` is the device thread's part of a plan (CLIS-L, GLIGEN);
+    ``finish`` the rest (CLIP-I, masks, export), run behind it by a ``_Finisher``."""
 
     def __init__(self, config: GenerateConfig, out: Path, device: str, renderer: Any = None):
         from acp.render.gligen import GligenRenderer, RenderSettings
@@ -482,6 +494,7 @@ class _Stages:
         self.config = config
         self.out = out
         self.categories: Any = None
+        self.outputs: _Outputs | None = None
         self.times = StageTimes()
         bank = Bank.load(Path(config.bank)) if config.bank is not None else None
         self.layout_scorer = LayoutScorer(bank)
@@ -499,13 +512,17 @@ class _Stages:
 
             self.segmenter = MaskSegmenter(config.sam_model, device=self.renderer.device)
         self.failures_in_a_row = 0
+        self.failed = 0  # scenes of this run recorded as failed
+        self.last_failure: str | None = None
 
     def _timed(self, stage: str, start: float) -> None:
         setattr(self.times, stage, getattr(self.times, stage) + time.perf_counter() - start)
 
-    def process(self, plan: ScenePlan) -> _Work:
-        """One plan through the device stages. A failure of this one plan is recorded in its
-        result, not raised; errors that would hit every plan are raised (``_stops_the_run``)."""
+    # -- the device thread ------------------------------------------------------------------
+
+    def render(self, plan: ScenePlan) -> _Work:
+        """CLIS-L, then the candidates. A plan under the CLIS-L threshold, or whose rendering
+        failed on its own, comes back with its final result and nothing rendered."""
         from acp.score.candidates import layout_fields
 
         result = PlanResult(plan_id=plan.id, status="dropped",
@@ -519,49 +536,66 @@ class _Stages:
         if not layout.reference_free and floor is not None and layout.score < floor:
             result.reason = f"CLIS-L {layout.score:.1f} < {floor:g}"
             result.reason_kind = "layout under the CLIS-L threshold"
-            return _Work(result)
+            return _Work(None, result)
+        start = time.perf_counter()
         try:
-            work = self._render_and_score(plan, result)
+            rendered = self.renderer.render_plan(plan, self.config.candidates)
         except Exception as error:
             if _stops_the_run(error):
                 raise
-            # One scene's failure is recorded and the run goes on, unless failures keep coming.
-            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            result.status = "failed"
-            result.reason = f"{type(error).__name__}: {first}"[:500]
-            result.reason_kind = f"error: {type(error).__name__}"
+            _fail(result, error)
+            return _Work(None, result)
+        finally:
+            self._timed("render", start)
+        return _Work(plan, result, rendered)
+
+    # -- the finishing thread ---------------------------------------------------------------
+
+    def finish(self, work: _Work) -> None:
+        """Score and export ``work`` (a scene's own error is recorded in its result), then
+        count failures in a row: several in a row stop the run, the scene staying unfinished."""
+        if work.plan is not None:
+            try:
+                self._score(work)
+            except Exception as error:
+                if _stops_the_run(error):
+                    raise
+                work.scores, work.image = [], None
+                _fail(work.result, error)
+        if work.result.status == "failed":
+            self.failed += 1
+            self.last_failure = work.result.reason
             self.failures_in_a_row += 1
             if self.failures_in_a_row >= FAILURES_IN_A_ROW:
                 raise SceneFailuresError(
-                    f"{FAILURES_IN_A_ROW} scenes in a row failed; stopping (last: {result.reason})"
-                ) from None
-            return _Work(result)
-        self.failures_in_a_row = 0
-        return work
+                    f"{FAILURES_IN_A_ROW} scenes in a row failed; stopping (last: {work.result.reason})")
+        else:
+            self.failures_in_a_row = 0
+        start = time.perf_counter()
+        assert self.outputs is not None
+        self.outputs.write(work)
+        self._timed("export", start)
 
-    def _render_and_score(self, plan: ScenePlan, result: PlanResult) -> _Work:
+    def _score(self, work: _Work) -> None:
         from acp.boxes import plan_to_sam
         from acp.export import ImageProvenance, plan_instances
         from acp.score.candidates import score_batch
 
+        plan, result, rendered = work.plan, work.result, work.rendered
+        assert plan is not None
         start = time.perf_counter()
-        rendered = self.renderer.render_plan(plan, self.config.candidates)
-        self._timed("render", start)
-        kept_candidates = rendered if self.config.keep_candidates else []
-
-        start = time.perf_counter()
-        (scores,) = score_batch(
+        (work.scores,) = score_batch(
             [(plan, [r.candidate for r in rendered], [r.image for r in rendered])],
             image_scorer=self.image_scorer, layout_scorer=self.layout_scorer,
             thresholds=self.thresholds,
         )
         self._timed("score", start)
-        best = next((s for s in scores if s.best), None)
+        best = next((s for s in work.scores if s.best), None)
         if best is None:
-            result.reason = scores[0].reason if scores else "no candidate"
+            result.reason = work.scores[0].reason if work.scores else "no candidate"
             result.reason_kind = "no candidate passes the CLIS-I threshold"
-            result.clis_i = max((s.clis_i for s in scores), default=None)
-            return _Work(result, scores, kept_candidates)
+            result.clis_i = max((s.clis_i for s in work.scores), default=None)
+            return
         chosen = rendered[best.index]
         masks = None
         if self.segmenter is not None:
@@ -573,27 +607,36 @@ class _Stages:
                 chosen.image, plan_to_sam([objects[s.id].bbox for s in kept], width, height))
             masks = {}
             for instance, mask in zip(kept, found, strict=True):
+                what = f"object {instance.id} ({instance.category})"
                 if mask.problem:  # no usable mask: the instance is dropped, and said so
                     instance.kept = False
-                    result.mask_problems.append(f"object {instance.id} ({instance.category}): {mask.problem}")
+                    result.mask_problems.append(f"{what}: {mask.problem}")
                 else:
                     masks[instance.id] = mask
                     if mask.warning:  # kept, but implausible for its box: said so
-                        result.mask_problems.append(
-                            f"object {instance.id} ({instance.category}): {mask.warning}")
+                        result.mask_problems.append(f"{what}: {mask.warning}")
             self._timed("segment", start)
         if not any(s.kept for s in best.objects) and best.objects:
             result.reason, result.reason_kind = "every mask came out empty", "no usable mask"
-            return _Work(result, scores, kept_candidates)
-        instances = plan_instances(plan, self.categories, score=best, masks=masks, size=chosen.image.size)
-        provenance = ImageProvenance.from_records(
+            return
+        work.instances = plan_instances(plan, self.categories, score=best, masks=masks,
+                                        size=chosen.image.size)
+        work.provenance = ImageProvenance.from_records(
             plan, chosen.candidate, best,
             sam_model=self.config.sam_model if self.segmenter is not None else None)
+        work.image = chosen.image
         result.status, result.candidate = "kept", best.index
         result.clis, result.clis_i = best.clis, best.clis_i
         result.kept_categories = [o.category for o in best.objects if o.kept]
         result.dropped_categories = [o.category for o in best.objects if not o.kept]
-        return _Work(result, scores, kept_candidates, chosen.image, instances, provenance)
+
+
+def _fail(result: PlanResult, error: Exception) -> None:
+    """Record a scene's own error in its result."""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    result.status = "failed"
+    result.reason = f"{type(error).__name__}: {first}"[:500]
+    result.reason_kind = f"error: {type(error).__name__}"
 
 
 class NothingMade(AcpError):
@@ -609,15 +652,15 @@ def generate(
     force: bool = False,
     progress: bool = True,
     renderer: Any = None,
-    export_queue: int = EXPORT_QUEUE,
+    finish_queue: int = FINISH_QUEUE,
 ) -> GenerateSummary:
     """Run the whole job into ``out``; rerun with the same arguments to resume.
 
     ``out`` is locked before anything in it is read or cleared, and nothing is written there
     before every input and model has loaded: a wrong model path leaves ``out`` as it was.
     ``renderer`` replaces the GLIGEN renderer built from ``config`` (benchmarks pass a stand-in
-    with its ``render_plan``/``device``); ``export_queue`` is how many finished plans may wait
-    for the export thread (0: export inline, the sequential engine).
+    with its ``render_plan``/``device``); ``finish_queue`` is how many rendered plans may wait
+    for the finishing thread (0: finish inline, the sequential engine).
     """
     from acp.export import load_categories
 
@@ -638,14 +681,14 @@ def generate(
     try:
         return _generate(config, out, lock, categories, sets, total, api_key=api_key, device=device,
                          force=force, progress=progress, started=started, renderer=renderer,
-                         export_queue=export_queue)
+                         finish_queue=finish_queue)
     finally:
         lock.release()
 
 
 def _generate(config: GenerateConfig, out: Path, lock: OutputLock, categories: Any, sets: Any,
               total: int | None, *, api_key: str | None, device: str, force: bool, progress: bool,
-              started: float, renderer: Any, export_queue: int) -> GenerateSummary:
+              started: float, renderer: Any, finish_queue: int) -> GenerateSummary:
     from tqdm import tqdm
 
     from acp.export import CocoWriter
@@ -684,7 +727,6 @@ def _generate(config: GenerateConfig, out: Path, lock: OutputLock, categories: A
                      out / "plans.jsonl", done, total)
     bar = tqdm(total=total, initial=len(done), desc="generating", unit="scene",
                disable=not progress, dynamic_ncols=True)
-    last_failure: str | None = None
     try:
         with contextlib.ExitStack() as files:
             files.enter_context(writer)
@@ -693,30 +735,27 @@ def _generate(config: GenerateConfig, out: Path, lock: OutputLock, categories: A
             progress_log = files.enter_context(JsonlWriter(out / PROGRESS_NAME))
             candidates_log = (files.enter_context(JsonlWriter(out / CANDIDATES_DIR / "manifest.jsonl"))
                               if config.keep_candidates else None)
-            exporter = _Exporter(out, writer, scores_log, progress_log, candidates_log, stages.times,
-                                 export_queue)
+            stages.outputs = _Outputs(out, writer, scores_log, progress_log, candidates_log)
+            finisher = _Finisher(stages.finish, stages.times, finish_queue)
             try:
                 mark = time.perf_counter()
                 for plan in feed:
                     stages.times.plan_wait += time.perf_counter() - mark
                     if plan.id not in done:
                         if isinstance(plan, InvalidPlan):
-                            work = _Work(PlanResult(plan_id=plan.id, status="failed",
-                                                    reason=f"invalid plan: {plan.reason}"[:500],
-                                                    reason_kind="invalid plan"))
+                            work = _Work(None, PlanResult(plan_id=plan.id, status="failed",
+                                                          reason=f"invalid plan: {plan.reason}"[:500],
+                                                          reason_kind="invalid plan"))
                         else:
-                            work = stages.process(plan)
-                        if work.result.status == "failed":
-                            last_failure = work.result.reason
-                            summary.failed_this_run += 1
-                        exporter.put(work)
+                            work = stages.render(plan)
+                        finisher.put(work)
                         done.add(plan.id)
                         summary.this_run += 1
                         bar.update(1)
                         bar.set_postfix(kept=writer.image_count, refresh=False)
                     mark = time.perf_counter()
             finally:
-                exporter.close()  # what was queued is written, so a finished plan is never lost
+                finisher.close()  # what was queued is finished, so a rendered plan is never lost
             summary.annotations = writer.annotation_count
             kept_now = writer.image_count - kept_before
     finally:
@@ -725,9 +764,9 @@ def _generate(config: GenerateConfig, out: Path, lock: OutputLock, categories: A
     summary.planner = feed.summary
     summary.seconds = time.perf_counter() - started
     write_summary(out, summary)
-    failures = summary.planner.failed + summary.failed_this_run
+    failures = summary.planner.failed + stages.failed
     if kept_now == 0 and failures:
-        last = last_failure or summary.planner.last_error or "unknown"
+        last = stages.last_failure or summary.planner.last_error or "unknown"
         raise NothingMade(
             f"{out}: no image made this run; {failures} scenes failed (last reason: "
             f"{str(last).strip().splitlines()[0][:300] if str(last).strip() else 'unknown'})"

@@ -11,7 +11,7 @@ import pytest
 
 from acp.concepts import ConceptInput
 from acp.jsonl import JsonlWriter, read_records
-from acp.pipeline import GenerateConfig, StageTimes, _Exporter, _Work, generate
+from acp.pipeline import GenerateConfig, StageTimes, _Finisher, _Outputs, _Work, generate
 from acp.schema import PlanResult
 from tests.test_generate import _dataset
 
@@ -35,7 +35,7 @@ def test_threaded_and_inline_export_write_the_same_dataset(
 ) -> None:
     threaded, inline = tmp_path / "threaded", tmp_path / "inline"
     generate(config(tiny_models), threaded, device="cpu", progress=False)
-    generate(config(tiny_models), inline, device="cpu", progress=False, export_queue=0)
+    generate(config(tiny_models), inline, device="cpu", progress=False, finish_queue=0)
     assert _dataset(threaded) == _dataset(inline)
     for name in ("progress.jsonl", "scores.jsonl", "plans.jsonl", "candidates/manifest.jsonl"):
         assert lines(threaded / name) == lines(inline / name), name
@@ -61,10 +61,10 @@ class FailingWriter:
 def test_an_export_error_stops_the_run_and_keeps_what_was_finished(tmp_path: Path, depth: int) -> None:
     writer = FailingWriter()
     with JsonlWriter(tmp_path / "scores.jsonl") as scores, JsonlWriter(tmp_path / "progress.jsonl") as ledger:
-        exporter = _Exporter(tmp_path, writer, scores, ledger, None, StageTimes(), depth)
+        finisher = _Finisher(_Outputs(tmp_path, writer, scores, ledger, None).write, StageTimes(), depth)
         with pytest.raises(OSError, match="No space left"):
             for k in range(6):
-                exporter.put(_Work(PlanResult(plan_id=f"p{k}", status="kept"), image=object()))
-            exporter.close()
+                finisher.put(_Work(None, PlanResult(plan_id=f"p{k}", status="kept"), image=object()))
+            finisher.close()
     finished = [r["plan_id"] for _, r, _ in read_records(tmp_path / "progress.jsonl")]
     assert writer.images == ["p0"] and finished == ["p0"]  # p1's ledger line never came before its image
