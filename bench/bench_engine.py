@@ -105,7 +105,8 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- |")
     for name, row in rows.items():
         print(f"| {name} | {row['wall']:.2f} | {row['device']:.2f} | {row['wall'] / row['device']:.3f} | "
-              f"{row['finishing']:.2f} ({row['score']:.2f} + {row['export']:.2f}) | {row['finish_wait']:.2f} |")
+              f"{row['finishing']:.2f} ({row['score']:.2f} + {row['export']:.2f}) | "
+              f"{row['finish_wait']:.2f} |")
     print()
     print(json.dumps(rows, indent=1))
 
