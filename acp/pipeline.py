@@ -662,11 +662,13 @@ def generate(
     with its ``render_plan``/``device``); ``finish_queue`` is how many rendered plans may wait
     for the finishing thread (0: finish inline, the sequential engine).
     """
+    from acp.device import resolve_device
     from acp.export import load_categories
 
     out = Path(out)
     started = time.perf_counter()
     # Everything that can fail on the user's input fails here, before any model is loaded.
+    device = resolve_device(device)
     categories = load_categories(all_concepts(config.concepts), config.categories)
     sets = scene_concepts(config.concepts, config.scenes, config.objects, config.seed)
     total = len(sets) if isinstance(sets, tuple) else (

@@ -97,3 +97,19 @@ def test_a_mask_is_cut_to_its_box_and_a_thin_one_is_flagged() -> None:
     assert results[0].problem is None and results[0].warning is None
     assert results[1].problem is None and results[1].area == 2
     assert results[1].warning is not None and "under 5%" in results[1].warning
+
+
+@pytest.mark.parametrize("device", ["cuda:1", "cuda", "gpu"])
+@pytest.mark.parametrize("command", [["render", "plans.jsonl"], ["generate", "--concepts", "dog"]])
+def test_every_command_takes_the_same_device_and_refuses_a_missing_one_in_one_line(
+    tmp_path: Path, command: list[str], device: str
+) -> None:
+    plans = tmp_path / "plans.jsonl"
+    plans.write_text(json.dumps(PLANS[0]) + "\n")
+    args = [str(plans)] if command[0] == "render" else command[1:]
+    result = runner.invoke(app, [command[0], *args, "-o", str(tmp_path / "out"), "--device", device,
+                                 "--model", str(tmp_path / "no-model")])
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("acp: error: ")]
+    assert len(errors) == 1 and errors[0].startswith("acp: error: --device ") and device in errors[0]
+    assert not (tmp_path / "out").exists()

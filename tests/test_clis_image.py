@@ -312,7 +312,7 @@ def test_judge_without_usable_answers_keeps_clip_scores_and_switches_off(chat_se
 
 @pytest.mark.parametrize("device", ["gpu", "CPU", "cuda:x", "", "meta"])
 def test_an_invalid_device_is_one_input_error_naming_the_option(tmp_path: Path, device: str) -> None:
-    from acp.score.image import resolve_device
+    from acp.device import resolve_device
 
     with pytest.raises(InputError) as caught:
         resolve_device(device)
@@ -329,7 +329,7 @@ def test_an_unavailable_device_is_an_input_error(
 ) -> None:
     import torch
 
-    from acp.score.image import resolve_device
+    from acp.device import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(InputError, match="--device cuda: torch sees no CUDA GPU"):

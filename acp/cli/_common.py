@@ -6,13 +6,20 @@ import functools
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 from acp.errors import AcpError
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# Every command that loads a model takes the same --device (acp.device.resolve_device).
+DeviceOption = Annotated[
+    str,
+    typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps; auto: cuda, else mps, else cpu. "
+                 "float16 on cuda, float32 elsewhere."),
+]
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

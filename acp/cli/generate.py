@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from acp.cli import app
-from acp.cli._common import handle_errors
+from acp.cli._common import DeviceOption, handle_errors
 from acp.cli.plan import (
     DEFAULT_LLM_MODEL,
     BaseUrlOption,
@@ -40,8 +40,6 @@ from acp.cli.render import (
     DEFAULT_STEPS,
     BetaOption,
     CandidatesOption,
-    Device,
-    DeviceOption,
     GuidanceOption,
     ModelOption,
     NegativePromptOption,
@@ -76,7 +74,7 @@ def generate(
     guidance: GuidanceOption = DEFAULT_GUIDANCE,
     beta: BetaOption = DEFAULT_BETA,
     negative_prompt: NegativePromptOption = "",
-    device: DeviceOption = Device.auto,
+    device: DeviceOption = "auto",
     clip_model: ClipOption = DEFAULT_CLIP_MODEL,
     bank: BankOption = None,
     min_clis_l: Annotated[
@@ -128,7 +126,7 @@ def generate(
         min_clis_l=min_clis_l, min_clis_i=min_clis_i, masks=masks, sam_model=sam_model,
         categories=categories, keep_candidates=keep_candidates, image_format=image_format,
     )
-    summary = generate(config, output, api_key=api_key, device=device.value, force=force,
+    summary = generate(config, output, api_key=api_key, device=device, force=force,
                        progress=progress)
     print(f"{output}: {summary.line()}")
     print(f"{output / 'annotations.json'}: {summary.annotations} annotations; "

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from acp.cli import app
-from acp.cli._common import fail, handle_errors, notice
+from acp.cli._common import DeviceOption, fail, handle_errors, notice
 from acp.defaults import MAX_CANDIDATES
 
 if TYPE_CHECKING:
@@ -23,13 +22,6 @@ DEFAULT_GUIDANCE = 7.5
 DEFAULT_BETA = 0.3
 DEFAULT_CANDIDATES = 4
 MAX_STEPS = 999
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-    mps = "mps"
 
 
 PlansArgument = Annotated[Path, typer.Argument(help="Plans file (JSON Lines) from `acp plan`.")]
@@ -53,9 +45,6 @@ BetaOption = Annotated[
     ),
 ]
 NegativePromptOption = Annotated[str, typer.Option(help="What the images should not show.")]
-DeviceOption = Annotated[
-    Device, typer.Option(help="auto: cuda, else mps, else cpu. float16 on cuda, float32 elsewhere.")
-]
 
 
 def _load_plans(path: Path, limit: int | None) -> tuple[list[ScenePlan], list[tuple[int, str]]]:
@@ -91,7 +80,7 @@ def render(
     seed: Annotated[
         int, typer.Option(min=0, help="Run seed; a candidate's seed derives from it, its plan id and index.")
     ] = 0,
-    device: DeviceOption = Device.auto,
+    device: DeviceOption = "auto",
     force: Annotated[
         bool,
         typer.Option(help="Discard the renders in --output and start over (needed when they were "
@@ -101,6 +90,7 @@ def render(
 ) -> None:
     """Render candidate images of each plan with GLIGEN (resumable: a rerun skips finished ones)."""
     from acp.cli.plan import parse_size
+    from acp.device import resolve_device
     from acp.render.folder import render_to_folder
     from acp.render.gligen import RenderSettings
 
@@ -111,7 +101,7 @@ def render(
     )
     chosen, problems = _load_plans(plans, limit)
     summary = render_to_folder(
-        chosen, output, settings, candidates=candidates, device=device.value, force=force,
+        chosen, output, settings, candidates=candidates, device=resolve_device(device), force=force,
         progress=progress,
     )
     skipped = f"; {len(problems)} plans lines skipped" if problems else ""

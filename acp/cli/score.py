@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from acp.cli import app
-from acp.cli._common import fail, handle_errors, notice
+from acp.cli._common import DeviceOption, fail, handle_errors, notice
 
 if TYPE_CHECKING:
     from acp.score.image import ImageScorer
@@ -44,12 +44,6 @@ EmbedOption = Annotated[
     ),
 ]
 ClipOption = Annotated[str, typer.Option("--clip-model", help="CLIP hub id or folder.")]
-DeviceOption = Annotated[
-    str | None,
-    typer.Option(
-        "--device", help="auto, cpu, cuda, cuda:N or mps [default: cuda when available, else cpu]."
-    ),
-]
 ProgressOption = Annotated[bool, typer.Option(help="Show a progress bar.")]
 
 
@@ -172,7 +166,7 @@ def score_candidates(
     bank: BankOption = None,
     embed_model: EmbedOption = None,
     clip_model: ClipOption = DEFAULT_CLIP_MODEL,
-    device: DeviceOption = None,
+    device: DeviceOption = "auto",
     min_clis_l: Annotated[
         float, typer.Option(min=0.0, max=100.0, help="Drop plans whose CLIS-L is lower (0 keeps all).")
     ] = 50.0,
@@ -201,8 +195,8 @@ def score_candidates(
     Plans below --min-clis-l and instances below --min-clis-i are marked dropped, with the
     reason. A rerun skips plans already scored. The judge's key is read from OPENAI_API_KEY.
     """
+    from acp.device import resolve_device
     from acp.score.candidates import Thresholds, score_renders
-    from acp.score.image import resolve_device
 
     device = resolve_device(device)  # a bad --device fails before any bank or model is loaded
     judge = _judge(judge_model, judge_base_url, judge_margin, judge_max_calls)
@@ -256,7 +250,7 @@ def score_dataset(
     bank: BankOption = None,
     embed_model: EmbedOption = None,
     clip_model: ClipOption = DEFAULT_CLIP_MODEL,
-    device: DeviceOption = None,
+    device: DeviceOption = "auto",
     batch_size: Annotated[int, typer.Option(min=1, max=MAX_BATCH, help="Images per CLIP forward pass.")] = 8,
     progress: ProgressOption = True,
 ) -> None:
@@ -265,9 +259,9 @@ def score_dataset(
     Items that cannot be scored (missing or undecodable image, box outside its image, unknown
     category id) are listed in failures.json and printed; the exit code is then 1.
     """
+    from acp.device import resolve_device
     from acp.score.dataset import check_paths
     from acp.score.dataset import score_dataset as run
-    from acp.score.image import resolve_device
 
     check_paths(annotations, images, output)  # before any model: these would fail late, or per image
     device = resolve_device(device)  # a bad --device fails before any bank or model is loaded

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from acp.boxes import plan_to_gligen
 from acp.defaults import MAX_CANDIDATES
+from acp.device import resolve_device
 from acp.errors import InputError, MissingDependencyError, one_line
 from acp.plan.base import derive_seed
 from acp.pretrained import load_pretrained
@@ -56,7 +57,6 @@ DEFAULT_CANDIDATES = 4
 # so 1000 inference steps would index step 1000 of 0..999; a loaded model's own scheduler is
 # checked too (GligenRenderer).
 MAX_STEPS = 999
-DEVICES = ("auto", "cpu", "cuda", "mps")
 _TOKEN_LIMIT_FALLBACK = 77  # CLIP's context, for tokenizers saved without model_max_length
 
 
@@ -107,22 +107,6 @@ class Rendered(NamedTuple):
 
     candidate: Candidate
     image: Image.Image
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda``, else ``mps``, else ``cpu``; an unavailable device is an error."""
-    import torch
-
-    if device not in DEVICES:
-        raise InputError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
-    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else ("mps" if has_mps else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise InputError("device cuda requested, but torch sees no CUDA GPU")
-    if device == "mps" and not has_mps:
-        raise InputError("device mps requested, but torch sees no Apple GPU (MPS)")
-    return device
 
 
 def global_prompt(plan: ScenePlan) -> str:
@@ -261,7 +245,7 @@ class GligenRenderer:
         self.settings = settings or RenderSettings()
         self.device = resolve_device(device)
         # Half precision only where it is the well-trodden path for SD 1.x: CUDA.
-        self.dtype = torch.float16 if self.device == "cuda" else torch.float32
+        self.dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
         self.pipeline = load_pipeline(self.settings.model, self.device, self.dtype)
         scheduler = self.pipeline.scheduler.config
         most = int(scheduler.get("num_train_timesteps", 1000)) - int(scheduler.get("steps_offset", 0) or 0)
@@ -270,7 +254,7 @@ class GligenRenderer:
                 f"steps must be in 1..{most} for the scheduler of {self.settings.model!r}, "
                 f"got {self.settings.steps}"
             )
-        if self.device == "cuda":
+        if self.device.startswith("cuda"):
             from diffusers.models.attention_processor import AttnProcessor2_0
 
             # PyTorch's fused scaled-dot-product attention (flash / memory-efficient kernels).

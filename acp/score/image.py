@@ -39,6 +39,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from acp.boxes import plan_to_sam
+from acp.device import resolve_device
 from acp.errors import InputError, one_line
 from acp.names import category_key
 from acp.pretrained import load_pretrained
@@ -140,42 +141,6 @@ def square_pad(image: Image) -> Image:
     canvas = PILImage.new("RGB", (side, side), CLIP_MEAN_RGB)
     canvas.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
     return canvas
-
-
-DEVICE_KINDS = ("cpu", "cuda", "mps", "xpu")
-EXPECTED_DEVICES = "expected auto, cpu, cuda, cuda:N (a GPU index, e.g. cuda:0) or mps"
-
-
-def resolve_device(device: str | None) -> str:
-    """The torch device to run CLIP on, as a string: ``None`` or ``"auto"`` give ``cuda`` when
-    torch sees a CUDA GPU, else ``cpu``; any other value is checked, and a string torch does not
-    parse, a kind of device CLIP does not run on, or a device this machine lacks raises a
-    one-line ``InputError`` naming ``--device``."""
-    import torch
-
-    if device is None or device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise InputError(f"--device {device!r}: not a torch device; {EXPECTED_DEVICES}") from None
-    kind = parsed.type
-    if kind not in DEVICE_KINDS:
-        raise InputError(f"--device {device}: CLIP cannot run on a {kind} device; {EXPECTED_DEVICES}")
-    if kind == "cpu":
-        return device
-    backend: Any = torch.backends.mps if kind == "mps" else getattr(torch, kind, None)
-    if backend is None or not backend.is_available():
-        found = "torch sees no CUDA GPU" if kind == "cuda" else f"torch sees no {kind} device"
-        raise InputError(f"--device {device}: {found} on this machine; use --device cpu or leave it out")
-    if parsed.index is not None and hasattr(backend, "device_count"):
-        count = int(backend.device_count())
-        if parsed.index >= count:
-            raise InputError(
-                f"--device {device}: torch sees {count} {kind} device(s) here, "
-                f"expected {kind}:0 to {kind}:{count - 1}"
-            )
-    return device
 
 
 class ImageScorer:
