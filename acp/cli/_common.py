@@ -14,6 +14,14 @@ from acp.errors import AcpError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# The key of an OpenAI-compatible endpoint, read from the environment by the option itself (a
+# flag would show in the process list, so the variable is the way to give it). Never printed.
+ApiKeyOption = Annotated[
+    str | None,
+    typer.Option("--api-key", envvar="OPENAI_API_KEY", show_default=False,
+                 help="Key of the LLM endpoint; set OPENAI_API_KEY instead of passing it here."),
+]
+
 # Every command that loads a model takes the same --device (acp.device.resolve_device).
 DeviceOption = Annotated[
     str,

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from acp.cli import app
-from acp.cli._common import DeviceOption, handle_errors
+from acp.cli._common import ApiKeyOption, DeviceOption, handle_errors
 from acp.cli.plan import (
     DEFAULT_LLM_MODEL,
     BaseUrlOption,
@@ -68,6 +67,7 @@ def generate(
     llm_timeout: TimeoutOption = 120.0,
     max_overlap: MaxOverlapOption = 0.7,
     on_overlap: OnOverlapOption = OverlapAction.reject,
+    api_key: ApiKeyOption = None,
     model: ModelOption = DEFAULT_GLIGEN_MODEL,
     candidates: CandidatesOption = DEFAULT_CANDIDATES,
     steps: StepsOption = DEFAULT_STEPS,
@@ -113,7 +113,7 @@ def generate(
     source = read_input(input, concepts)
     if image_format not in ("jpeg", "png"):
         raise InputError(f"--image-format: expected jpeg or png, got {image_format!r}")
-    api_key = os.environ.get("OPENAI_API_KEY") or None
+    api_key = api_key or None
     chosen = choose_planner(planner, api_key, llm_base_url)
     config = GenerateConfig(
         concepts=source, scenes=scenes, objects=parse_object_range(objects_per_scene), seed=seed,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -10,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from acp.cli import app
-from acp.cli._common import fail, handle_errors, notice
+from acp.cli._common import ApiKeyOption, fail, handle_errors, notice
 
 if TYPE_CHECKING:
     from acp.concepts import ConceptInput
@@ -128,6 +127,7 @@ def plan(
     llm_timeout: TimeoutOption = 120.0,
     max_overlap: MaxOverlapOption = 0.7,
     on_overlap: OnOverlapOption = OverlapAction.reject,
+    api_key: ApiKeyOption = None,
     progress: ProgressOption = True,
 ) -> None:
     """Plan scenes (caption, objects, boxes, relations) from a concept list.
@@ -151,7 +151,7 @@ def plan(
         rules=LayoutRules(max_overlap=max_overlap, on_overlap=on_overlap.value),
         categories=tuple(all_concepts(source)),
     )
-    api_key = os.environ.get("OPENAI_API_KEY") or None
+    api_key = api_key or None
     chosen: Any
     if choose_planner(planner, api_key, llm_base_url) == "openai":
         from acp.plan.llm import LLMPlanner

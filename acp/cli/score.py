@@ -8,14 +8,13 @@ score, and ``clis_l_method`` says how the score was reached (``sanity`` for the 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from acp.cli import app
-from acp.cli._common import DeviceOption, fail, handle_errors, notice
+from acp.cli._common import ApiKeyOption, DeviceOption, fail, handle_errors, notice
 
 if TYPE_CHECKING:
     from acp.score.image import ImageScorer
@@ -142,7 +141,8 @@ def _image_scorer(clip_model: str, device: str | None) -> ImageScorer:
     return ImageScorer.from_pretrained(clip_model, device=device)
 
 
-def _judge(model: str | None, base_url: str | None, margin: float, max_calls: int) -> Judge | None:
+def _judge(model: str | None, base_url: str | None, margin: float, max_calls: int,
+           api_key: str | None) -> Judge | None:
     if model is None:
         if base_url:
             raise fail("--judge-base-url needs --judge-model", code=2)
@@ -150,7 +150,7 @@ def _judge(model: str | None, base_url: str | None, margin: float, max_calls: in
     from acp.llm import ChatSettings
     from acp.score.judge import Judge
 
-    api_key = os.environ.get("OPENAI_API_KEY") or None  # never echoed nor stored
+    api_key = api_key or None  # never echoed nor stored
     if not (api_key or base_url):
         raise fail("--judge-model needs OPENAI_API_KEY or --judge-base-url", code=2)
     settings = ChatSettings(model=model, base_url=base_url, api_key=api_key, temperature=0.0)
@@ -188,6 +188,7 @@ def score_candidates(
         float, typer.Option(min=0.0, max=100.0, help="CLIP is unsure within this distance of --min-clis-i.")
     ] = 10.0,
     judge_max_calls: Annotated[int, typer.Option(min=0, help="Judge requests per run at most.")] = 100,
+    api_key: ApiKeyOption = None,
     progress: ProgressOption = True,
 ) -> None:
     """Score rendered candidates: clis, clis_l, clis_i, per-object scores, best per plan.
@@ -199,7 +200,7 @@ def score_candidates(
     from acp.score.candidates import Thresholds, score_renders
 
     device = resolve_device(device)  # a bad --device fails before any bank or model is loaded
-    judge = _judge(judge_model, judge_base_url, judge_margin, judge_max_calls)
+    judge = _judge(judge_model, judge_base_url, judge_margin, judge_max_calls, api_key)
     layout_scorer = _layout_scorer(bank, embed_model)
     if bank is None:
         notice("without --bank, --min-clis-l does not apply and clis is CLIS-I alone")
