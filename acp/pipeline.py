@@ -43,6 +43,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from acp import defaults
 from acp.atomic import atomic_path, atomic_text_file, write_atomic
 from acp.concepts import ConceptInput, all_concepts, scene_concepts
 from acp.errors import AcpError, InputError, OutputMismatchError
@@ -84,18 +85,18 @@ class GenerateConfig:
     planner: str = "heuristic"
     llm: LLMOptions | None = None
     rules: LayoutRules = field(default_factory=LayoutRules)
-    model: str = "masterful/gligen-1-4-generation-text-box"
-    candidates: int = 4
-    steps: int = 25
-    guidance: float = 7.5
-    beta: float = 0.3
+    model: str = defaults.GLIGEN_MODEL
+    candidates: int = defaults.CANDIDATES
+    steps: int = defaults.STEPS
+    guidance: float = defaults.GUIDANCE
+    beta: float = defaults.BETA
     negative_prompt: str = ""
-    clip_model: str = "openai/clip-vit-large-patch14"
+    clip_model: str = defaults.CLIP_MODEL
     bank: Path | None = None
-    min_clis_l: float | None = 50.0
-    min_clis_i: float | None = 60.0
+    min_clis_l: float | None = defaults.MIN_CLIS_L
+    min_clis_i: float | None = defaults.MIN_CLIS_I
     masks: bool = False
-    sam_model: str = "facebook/sam-vit-huge"
+    sam_model: str = defaults.SAM_MODEL
     categories: Path | None = None
     keep_candidates: bool = False
     image_format: str = "jpeg"

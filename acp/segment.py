@@ -27,13 +27,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from acp import defaults
 from acp.errors import InputError, MissingDependencyError, one_line
 from acp.pretrained import load_pretrained
 
 if TYPE_CHECKING:
     from PIL import Image
 
-DEFAULT_SAM_MODEL = "facebook/sam-vit-huge"
 # Share of its box under which a mask is implausible (a thin pole fills ~0.1 of its box; a mask
 # of a few stray pixels fills far less).
 MIN_BOX_FILL = 0.05
@@ -118,7 +118,7 @@ def decode_mask(rle: dict[str, Any]) -> np.ndarray:
 class MaskSegmenter:
     """SAM loaded once; ``segment(image, boxes)`` per image."""
 
-    def __init__(self, model: str | Path = DEFAULT_SAM_MODEL, device: str | None = None):
+    def __init__(self, model: str | Path = defaults.SAM_MODEL, device: str | None = None):
         try:
             import torch
             from transformers import SamModel, SamProcessor
@@ -139,7 +139,7 @@ class MaskSegmenter:
         except (OSError, ValueError) as error:
             raise InputError(
                 f"--sam-model {self.model_id}: cannot load a SAM checkpoint (expected a hub id such as "
-                f"{DEFAULT_SAM_MODEL} or a folder saved with save_pretrained): {one_line(str(error))}"
+                f"{defaults.SAM_MODEL} or a folder saved with save_pretrained): {one_line(str(error))}"
             ) from None
 
     def segment(self, image: Image.Image, boxes: ArrayLike) -> list[MaskResult]:

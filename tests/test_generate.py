@@ -114,13 +114,6 @@ def test_unmappable_concept_fails_before_any_model_loads(tmp_path):
     assert not out.exists()
 
 
-def test_sam_default_matches_the_library():
-    from acp.cli.generate import DEFAULT_SAM_MODEL
-    from acp.segment import DEFAULT_SAM_MODEL as LIBRARY_DEFAULT
-
-    assert DEFAULT_SAM_MODEL == LIBRARY_DEFAULT
-
-
 def _dataset(out: Path) -> dict:
     data = json.loads((out / "annotations.json").read_text())
     files = {i["id"]: i["file_name"] for i in data["images"]}

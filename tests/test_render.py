@@ -16,7 +16,6 @@ from typer.testing import CliRunner
 
 from acp import testing
 from acp.cli import app
-from acp.cli import render as render_cli
 from acp.errors import InputError
 from acp.plan.base import derive_seed
 from acp.render import folder as folder_module
@@ -396,10 +395,3 @@ def test_settings_are_checked(change: dict[str, object], message: str) -> None:
         RenderSettings(**change)  # type: ignore[arg-type]
 
 
-def test_cli_defaults_match_the_library() -> None:
-    assert render_cli.DEFAULT_GLIGEN_MODEL == gligen.DEFAULT_MODEL
-    assert (render_cli.DEFAULT_STEPS, render_cli.DEFAULT_GUIDANCE, render_cli.DEFAULT_BETA) == (
-        gligen.DEFAULT_STEPS, gligen.DEFAULT_GUIDANCE, gligen.DEFAULT_BETA
-    )
-    assert render_cli.DEFAULT_CANDIDATES == gligen.DEFAULT_CANDIDATES
-    assert render_cli.MAX_STEPS == gligen.MAX_STEPS

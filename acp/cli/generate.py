@@ -7,10 +7,10 @@ from typing import Annotated
 
 import typer
 
+from acp import defaults
 from acp.cli import app
 from acp.cli._common import ApiKeyOption, DeviceOption, handle_errors
 from acp.cli.plan import (
-    DEFAULT_LLM_MODEL,
     BaseUrlOption,
     ConceptsOption,
     ConcurrencyOption,
@@ -32,11 +32,6 @@ from acp.cli.plan import (
     read_input,
 )
 from acp.cli.render import (
-    DEFAULT_BETA,
-    DEFAULT_CANDIDATES,
-    DEFAULT_GLIGEN_MODEL,
-    DEFAULT_GUIDANCE,
-    DEFAULT_STEPS,
     BetaOption,
     CandidatesOption,
     GuidanceOption,
@@ -44,9 +39,7 @@ from acp.cli.render import (
     NegativePromptOption,
     StepsOption,
 )
-from acp.cli.score import DEFAULT_CLIP_MODEL, BankOption, ClipOption
-
-DEFAULT_SAM_MODEL = "facebook/sam-vit-huge"  # acp.segment.DEFAULT_SAM_MODEL (a test keeps them equal)
+from acp.cli.score import BankOption, ClipOption
 
 
 @app.command()
@@ -61,31 +54,31 @@ def generate(
     size: SizeOption = "512",
     planner: PlannerOption = None,
     llm_base_url: BaseUrlOption = None,
-    llm_model: LLMModelOption = DEFAULT_LLM_MODEL,
+    llm_model: LLMModelOption = defaults.LLM_MODEL,
     concurrency: ConcurrencyOption = 8,
     max_reasks: MaxReasksOption = 2,
     llm_timeout: TimeoutOption = 120.0,
     max_overlap: MaxOverlapOption = 0.7,
     on_overlap: OnOverlapOption = OverlapAction.reject,
     api_key: ApiKeyOption = None,
-    model: ModelOption = DEFAULT_GLIGEN_MODEL,
-    candidates: CandidatesOption = DEFAULT_CANDIDATES,
-    steps: StepsOption = DEFAULT_STEPS,
-    guidance: GuidanceOption = DEFAULT_GUIDANCE,
-    beta: BetaOption = DEFAULT_BETA,
+    model: ModelOption = defaults.GLIGEN_MODEL,
+    candidates: CandidatesOption = defaults.CANDIDATES,
+    steps: StepsOption = defaults.STEPS,
+    guidance: GuidanceOption = defaults.GUIDANCE,
+    beta: BetaOption = defaults.BETA,
     negative_prompt: NegativePromptOption = "",
     device: DeviceOption = "auto",
-    clip_model: ClipOption = DEFAULT_CLIP_MODEL,
+    clip_model: ClipOption = defaults.CLIP_MODEL,
     bank: BankOption = None,
     min_clis_l: Annotated[
         float, typer.Option(min=0.0, max=100.0, help="Drop plans under this CLIS-L (needs --bank).")
-    ] = 50.0,
+    ] = defaults.MIN_CLIS_L,
     min_clis_i: Annotated[
         float, typer.Option(min=0.0, max=100.0, help="Drop instances under this CLIS-I.")
-    ] = 60.0,
+    ] = defaults.MIN_CLIS_I,
     masks: Annotated[bool, typer.Option("--masks", help="Add SAM instance masks (COCO RLE).")] = False,
     sam_model: Annotated[str, typer.Option(help="SAM hub id or folder, with --masks.")] = (
-        DEFAULT_SAM_MODEL
+        defaults.SAM_MODEL
     ),
     categories: Annotated[
         Path | None,

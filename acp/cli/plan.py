@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from acp import defaults
 from acp.cli import app
 from acp.cli._common import ApiKeyOption, fail, handle_errors, notice
 
 if TYPE_CHECKING:
     from acp.concepts import ConceptInput
 
-DEFAULT_LLM_MODEL = "gpt-4o-mini"
 MAX_PROBLEM_LINES = 20  # `acp validate` on a binary or wrong file should not scroll for pages
 
 
@@ -121,7 +121,7 @@ def plan(
     size: SizeOption = "512",
     planner: PlannerOption = None,
     llm_base_url: BaseUrlOption = None,
-    llm_model: LLMModelOption = DEFAULT_LLM_MODEL,
+    llm_model: LLMModelOption = defaults.LLM_MODEL,
     concurrency: ConcurrencyOption = 8,
     max_reasks: MaxReasksOption = 2,
     llm_timeout: TimeoutOption = 120.0,

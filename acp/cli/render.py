@@ -7,21 +7,15 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from acp import defaults
 from acp.cli import app
 from acp.cli._common import DeviceOption, fail, handle_errors, notice
-from acp.defaults import MAX_CANDIDATES
 
 if TYPE_CHECKING:
     from acp.schema import ScenePlan
 
 # The same values as acp.render.gligen's DEFAULT_* (a test keeps them equal); importing that
 # module here would pull numpy and pydantic into `acp --help`.
-DEFAULT_GLIGEN_MODEL = "masterful/gligen-1-4-generation-text-box"
-DEFAULT_STEPS = 25
-DEFAULT_GUIDANCE = 7.5
-DEFAULT_BETA = 0.3
-DEFAULT_CANDIDATES = 4
-MAX_STEPS = 999
 
 
 PlansArgument = Annotated[Path, typer.Argument(help="Plans file (JSON Lines) from `acp plan`.")]
@@ -30,10 +24,10 @@ LimitOption = Annotated[int | None, typer.Option(min=1, help="Use only the first
 ModelOption = Annotated[str, typer.Option(help="GLIGEN text-box pipeline: hub id or local folder.")]
 CandidatesOption = Annotated[
     int,
-    typer.Option("--candidates", "-k", min=1, max=MAX_CANDIDATES,
-                 help=f"Candidates per plan, rendered in one batch (at most {MAX_CANDIDATES})."),
+    typer.Option("--candidates", "-k", min=1, max=defaults.MAX_CANDIDATES,
+                 help=f"Candidates per plan, rendered in one batch (at most {defaults.MAX_CANDIDATES})."),
 ]
-StepsOption = Annotated[int, typer.Option(min=1, max=MAX_STEPS, help="Denoising steps.")]
+StepsOption = Annotated[int, typer.Option(min=1, max=defaults.MAX_STEPS, help="Denoising steps.")]
 GuidanceOption = Annotated[float, typer.Option(min=0.0, help="Classifier-free guidance scale.")]
 BetaOption = Annotated[
     float,
@@ -66,15 +60,15 @@ def render(
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Render folder: <plan_id>/<index>.png, manifest.jsonl.")
     ] = Path("renders"),
-    model: ModelOption = DEFAULT_GLIGEN_MODEL,
-    candidates: CandidatesOption = DEFAULT_CANDIDATES,
-    steps: StepsOption = DEFAULT_STEPS,
-    guidance: GuidanceOption = DEFAULT_GUIDANCE,
+    model: ModelOption = defaults.GLIGEN_MODEL,
+    candidates: CandidatesOption = defaults.CANDIDATES,
+    steps: StepsOption = defaults.STEPS,
+    guidance: GuidanceOption = defaults.GUIDANCE,
     size: Annotated[
         str | None,
         typer.Option(help="N or WIDTHxHEIGHT, multiples of 8 [default: each plan's own size, 512]."),
     ] = None,
-    beta: BetaOption = DEFAULT_BETA,
+    beta: BetaOption = defaults.BETA,
     negative_prompt: NegativePromptOption = "",
     limit: LimitOption = None,
     seed: Annotated[

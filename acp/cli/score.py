@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from acp import defaults
 from acp.cli import app
 from acp.cli._common import ApiKeyOption, DeviceOption, fail, handle_errors, notice
 
@@ -21,7 +22,6 @@ if TYPE_CHECKING:
     from acp.score.judge import Judge
     from acp.score.layout import LayoutScorer
 
-DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
 MAX_BATCH = 256  # images per CLIP pass: past this, memory grows with nothing gained
 
 bank_app = typer.Typer(help="Reference banks of real layouts, for CLIS-L.", no_args_is_help=True)
@@ -165,14 +165,14 @@ def score_candidates(
     output: Annotated[Path, typer.Option("--output", "-o", help="Scores (JSON Lines; resumable).")],
     bank: BankOption = None,
     embed_model: EmbedOption = None,
-    clip_model: ClipOption = DEFAULT_CLIP_MODEL,
+    clip_model: ClipOption = defaults.CLIP_MODEL,
     device: DeviceOption = "auto",
     min_clis_l: Annotated[
         float, typer.Option(min=0.0, max=100.0, help="Drop plans whose CLIS-L is lower (0 keeps all).")
-    ] = 50.0,
+    ] = defaults.MIN_CLIS_L,
     min_clis_i: Annotated[
         float, typer.Option(min=0.0, max=100.0, help="Drop instances whose CLIS-I is lower (0 keeps all).")
-    ] = 60.0,
+    ] = defaults.MIN_CLIS_I,
     batch_size: Annotated[
         int,
         typer.Option(min=1, max=MAX_BATCH, help="Candidates per CLIP forward pass (with all their crops)."),
@@ -250,7 +250,7 @@ def score_dataset(
     ] = None,
     bank: BankOption = None,
     embed_model: EmbedOption = None,
-    clip_model: ClipOption = DEFAULT_CLIP_MODEL,
+    clip_model: ClipOption = defaults.CLIP_MODEL,
     device: DeviceOption = "auto",
     batch_size: Annotated[int, typer.Option(min=1, max=MAX_BATCH, help="Images per CLIP forward pass.")] = 8,
     progress: ProgressOption = True,

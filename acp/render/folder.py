@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from acp.defaults import MAX_CANDIDATES
+from acp import defaults
 from acp.errors import InputError, OutputMismatchError
 from acp.jsonl import JsonlWriter, dumps, loads, read_records, write_atomic
 from acp.lock import OutputLock
@@ -271,8 +271,8 @@ def render_to_folder(
     checked before the model is loaded, and the model is not loaded when nothing is left."""
     from tqdm.auto import tqdm
 
-    if not 1 <= candidates <= MAX_CANDIDATES:
-        raise InputError(f"candidates must be 1..{MAX_CANDIDATES}, got {candidates}")
+    if not 1 <= candidates <= defaults.MAX_CANDIDATES:
+        raise InputError(f"candidates must be 1..{defaults.MAX_CANDIDATES}, got {candidates}")
     if renderer is not None and renderer.settings != settings:
         raise ValueError("renderer.settings differ from settings")
     summary = RenderSummary(plans=len(plans))

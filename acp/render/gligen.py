@@ -36,8 +36,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from acp import defaults
 from acp.boxes import plan_to_gligen
-from acp.defaults import MAX_CANDIDATES
 from acp.device import resolve_device
 from acp.errors import InputError, MissingDependencyError, one_line
 from acp.plan.base import derive_seed
@@ -48,15 +48,9 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-DEFAULT_MODEL = "masterful/gligen-1-4-generation-text-box"
-DEFAULT_STEPS = 25
-DEFAULT_GUIDANCE = 7.5
-DEFAULT_BETA = 0.3
-DEFAULT_CANDIDATES = 4
 # Stable Diffusion's schedulers are trained on 1000 steps and skip the first (steps_offset 1),
 # so 1000 inference steps would index step 1000 of 0..999; a loaded model's own scheduler is
 # checked too (GligenRenderer).
-MAX_STEPS = 999
 _TOKEN_LIMIT_FALLBACK = 77  # CLIP's context, for tokenizers saved without model_max_length
 
 
@@ -68,17 +62,17 @@ class RenderSettings:
     A local folder given as ``model`` is stored as its absolute path.
     """
 
-    model: str = DEFAULT_MODEL
-    steps: int = DEFAULT_STEPS
-    guidance: float = DEFAULT_GUIDANCE
-    beta: float = DEFAULT_BETA
+    model: str = defaults.GLIGEN_MODEL
+    steps: int = defaults.STEPS
+    guidance: float = defaults.GUIDANCE
+    beta: float = defaults.BETA
     size: tuple[int, int] | None = None
     negative_prompt: str = ""
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not 1 <= self.steps <= MAX_STEPS:
-            raise InputError(f"steps must be in 1..{MAX_STEPS}, got {self.steps}")
+        if not 1 <= self.steps <= defaults.MAX_STEPS:
+            raise InputError(f"steps must be in 1..{defaults.MAX_STEPS}, got {self.steps}")
         if not (math.isfinite(self.guidance) and self.guidance >= 0):
             raise InputError(f"guidance must be >= 0, got {self.guidance:g}")
         if not 0.0 <= self.beta <= 1.0:
@@ -285,10 +279,10 @@ class GligenRenderer:
     def size_for(self, plan: ScenePlan) -> tuple[int, int]:
         return self.settings.size or (plan.width, plan.height)
 
-    def render_plan(self, plan: ScenePlan, candidates: int = DEFAULT_CANDIDATES) -> list[Rendered]:
+    def render_plan(self, plan: ScenePlan, candidates: int = defaults.CANDIDATES) -> list[Rendered]:
         """Candidates ``0 .. candidates-1`` of ``plan``, in one batched pipeline call."""
-        if not 1 <= candidates <= MAX_CANDIDATES:
-            raise InputError(f"candidates must be 1..{MAX_CANDIDATES}, got {candidates}")
+        if not 1 <= candidates <= defaults.MAX_CANDIDATES:
+            raise InputError(f"candidates must be 1..{defaults.MAX_CANDIDATES}, got {candidates}")
         return self.render_seeds(plan, {i: self.seed_for(plan.id, i) for i in range(candidates)})
 
     def render_seeds(self, plan: ScenePlan, seeds: Mapping[int, int]) -> list[Rendered]:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from acp import defaults
 from acp.errors import InputError, OutputMismatchError
 from acp.images import read_rgb
 from acp.paths import UnsafePathError, inside
@@ -40,13 +41,13 @@ if TYPE_CHECKING:
     from acp.score.judge import Judge
 
 LAYOUT_WEIGHT = 0.5
-DEFAULT_INSTANCE_THRESHOLD = 60.0  # where the judge looks when no threshold is set
+DEFAULT_INSTANCE_THRESHOLD = defaults.MIN_CLIS_I  # where the judge looks when no threshold is set
 
 
 @dataclass(frozen=True)
 class Thresholds:
-    min_clis_l: float | None = 50.0
-    min_clis_i: float | None = 60.0
+    min_clis_l: float | None = defaults.MIN_CLIS_L
+    min_clis_i: float | None = defaults.MIN_CLIS_I
 
 
 def compose_clis(layout: LayoutScore | None, clis_i: float) -> float:
