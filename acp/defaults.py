@@ -23,3 +23,7 @@ MAX_CANDIDATES = 32
 # CLIS thresholds, on the paper's 0-100 scale.
 MIN_CLIS_L = 50.0
 MIN_CLIS_I = 60.0
+# The VLM judge is asked where CLIP-I is within this of the instance threshold, so many times
+# a run at most.
+JUDGE_MARGIN = 10.0
+JUDGE_MAX_CALLS = 100

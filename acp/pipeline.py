@@ -93,6 +93,11 @@ class GenerateConfig:
     negative_prompt: str = ""
     clip_model: str = defaults.CLIP_MODEL
     bank: Path | None = None
+    embed_model: str | None = None
+    judge_model: str | None = None
+    judge_base_url: str | None = None
+    judge_margin: float = defaults.JUDGE_MARGIN
+    judge_max_calls: int = defaults.JUDGE_MAX_CALLS
     min_clis_l: float | None = defaults.MIN_CLIS_L
     min_clis_i: float | None = defaults.MIN_CLIS_I
     masks: bool = False
@@ -114,6 +119,9 @@ class GenerateConfig:
             data.pop("sam_model")
         if self.llm is not None:
             data["llm"] = {"base_url": self.llm.base_url, "model": self.llm.model}
+        for key in ("embed_model", "judge_model", "judge_base_url", "judge_margin", "judge_max_calls"):
+            if not data[key] or (key.startswith("judge_") and not self.judge_model):
+                data.pop(key)  # unused: a settings.json from before these options still matches
         return json.loads(json.dumps(data))
 
 
@@ -485,7 +493,8 @@ class _Stages:
     """The loaded models. ``render`` is the device thread's part of a plan (CLIS-L, GLIGEN);
     ``finish`` the rest (CLIP-I, masks, export), run behind it by a ``_Finisher``."""
 
-    def __init__(self, config: GenerateConfig, out: Path, device: str, renderer: Any = None):
+    def __init__(self, config: GenerateConfig, out: Path, device: str, renderer: Any = None,
+                 judge: Any = None):
         from acp.render.gligen import GligenRenderer, RenderSettings
         from acp.score.bank import Bank
         from acp.score.candidates import Thresholds
@@ -498,7 +507,11 @@ class _Stages:
         self.outputs: _Outputs | None = None
         self.times = StageTimes()
         bank = Bank.load(Path(config.bank)) if config.bank is not None else None
-        self.layout_scorer = LayoutScorer(bank)
+        from acp.score.layout import sentence_transformer_embedder
+
+        embedder = sentence_transformer_embedder(config.embed_model) if config.embed_model else None
+        self.layout_scorer = LayoutScorer(bank, embedder=embedder)
+        self.judge = judge
         self.thresholds = Thresholds(config.min_clis_l, config.min_clis_i)
         self.renderer = renderer or GligenRenderer(
             RenderSettings(model=config.model, steps=config.steps, guidance=config.guidance,
@@ -587,7 +600,7 @@ class _Stages:
         start = time.perf_counter()
         (work.scores,) = score_batch(
             [(plan, [r.candidate for r in rendered], [r.image for r in rendered])],
-            image_scorer=self.image_scorer, layout_scorer=self.layout_scorer,
+            image_scorer=self.image_scorer, layout_scorer=self.layout_scorer, judge=self.judge,
             thresholds=self.thresholds,
         )
         self._timed("score", start)
@@ -653,15 +666,18 @@ def generate(
     force: bool = False,
     progress: bool = True,
     renderer: Any = None,
+    judge: Any = None,
     finish_queue: int = FINISH_QUEUE,
 ) -> GenerateSummary:
     """Run the whole job into ``out``; rerun with the same arguments to resume.
 
     ``out`` is locked before anything in it is read or cleared, and nothing is written there
     before every input and model has loaded: a wrong model path leaves ``out`` as it was.
-    ``renderer`` replaces the GLIGEN renderer built from ``config`` (benchmarks pass a stand-in
-    with its ``render_plan``/``device``); ``finish_queue`` is how many rendered plans may wait
-    for the finishing thread (0: finish inline, the sequential engine).
+    ``judge`` is the VLM judge (``acp.score.judge.Judge``) made from ``config.judge_*``, asked
+    where CLIP-I is unsure, as in ``acp score candidates``. ``renderer`` replaces the GLIGEN
+    renderer built from ``config`` (benchmarks pass a stand-in with its ``render_plan`` and
+    ``device``); ``finish_queue`` is how many rendered plans may wait for the finishing thread
+    (0: finish inline, the sequential engine).
     """
     from acp.device import resolve_device
     from acp.export import load_categories
@@ -684,14 +700,14 @@ def generate(
     try:
         return _generate(config, out, lock, categories, sets, total, api_key=api_key, device=device,
                          force=force, progress=progress, started=started, renderer=renderer,
-                         finish_queue=finish_queue)
+                         judge=judge, finish_queue=finish_queue)
     finally:
         lock.release()
 
 
 def _generate(config: GenerateConfig, out: Path, lock: OutputLock, categories: Any, sets: Any,
               total: int | None, *, api_key: str | None, device: str, force: bool, progress: bool,
-              started: float, renderer: Any, finish_queue: int) -> GenerateSummary:
+              started: float, renderer: Any, judge: Any, finish_queue: int) -> GenerateSummary:
     from tqdm import tqdm
 
     from acp.export import CocoWriter
@@ -710,7 +726,7 @@ def _generate(config: GenerateConfig, out: Path, lock: OutputLock, categories: A
         return summary
     planner = _planner(config, api_key)
     mark = time.perf_counter()
-    stages = _Stages(config, out, device, renderer)
+    stages = _Stages(config, out, device, renderer, judge)
     load_seconds = time.perf_counter() - mark
     # Only now that every model loaded is the folder claimed (and, with --force, cleared) for
     # these settings: a typo in a model path must not leave debris, nor destroy the last run.

@@ -8,12 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
+from acp.cli import app
 from acp.concepts import ConceptInput
 from acp.jsonl import JsonlWriter, read_records
 from acp.pipeline import GenerateConfig, StageTimes, _Finisher, _Outputs, _Work, generate
 from acp.schema import PlanResult
-from tests.test_generate import _dataset
+from tests.chat_server import ChatServer, chat_server_fixture, ok  # noqa: F401
+from tests.test_generate import _dataset, generate_args
 
 
 def config(models: dict[str, Path], **overrides: Any) -> GenerateConfig:
@@ -68,3 +71,20 @@ def test_an_export_error_stops_the_run_and_keeps_what_was_finished(tmp_path: Pat
             finisher.close()
     finished = [r["plan_id"] for _, r, _ in read_records(tmp_path / "progress.jsonl")]
     assert writer.images == ["p0"] and finished == ["p0"]  # p1's ledger line never came before its image
+
+
+def test_generate_asks_the_same_judge_as_score_candidates(
+    chat_server: ChatServer, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    chat_server.responder = lambda body: ok('{"rating": 4}')
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, [
+        *generate_args(tiny_models, out, "--scenes", "2"), "--judge-model", "vlm",
+        "--judge-base-url", chat_server.url, "--judge-margin", "100", "--judge-max-calls", "50",
+    ])
+    assert result.exit_code == 0, result.output
+    assert chat_server.requests, "the judge was never asked"
+    judged = [o["judge"] for _, r, _ in read_records(out / "scores.jsonl") for o in r["objects"]]
+    assert judged and all(j == 80.0 for j in judged)  # a rating of 4 of 5
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["judge_model"] == "vlm" and settings["judge_margin"] == 100

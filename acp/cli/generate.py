@@ -39,7 +39,16 @@ from acp.cli.render import (
     NegativePromptOption,
     StepsOption,
 )
-from acp.cli.score import BankOption, ClipOption
+from acp.cli.score import (
+    BankOption,
+    ClipOption,
+    EmbedOption,
+    JudgeBaseUrlOption,
+    JudgeMarginOption,
+    JudgeMaxCallsOption,
+    JudgeModelOption,
+    make_judge,
+)
 
 
 @app.command()
@@ -70,6 +79,11 @@ def generate(
     device: DeviceOption = "auto",
     clip_model: ClipOption = defaults.CLIP_MODEL,
     bank: BankOption = None,
+    embed_model: EmbedOption = None,
+    judge_model: JudgeModelOption = None,
+    judge_base_url: JudgeBaseUrlOption = None,
+    judge_margin: JudgeMarginOption = defaults.JUDGE_MARGIN,
+    judge_max_calls: JudgeMaxCallsOption = defaults.JUDGE_MAX_CALLS,
     min_clis_l: Annotated[
         float, typer.Option(min=0.0, max=100.0, help="Drop plans under this CLIS-L (needs --bank).")
     ] = defaults.MIN_CLIS_L,
@@ -118,8 +132,13 @@ def generate(
         negative_prompt=negative_prompt, clip_model=clip_model, bank=bank,
         min_clis_l=min_clis_l, min_clis_i=min_clis_i, masks=masks, sam_model=sam_model,
         categories=categories, keep_candidates=keep_candidates, image_format=image_format,
+        embed_model=embed_model, judge_model=judge_model, judge_base_url=judge_base_url,
+        judge_margin=judge_margin, judge_max_calls=judge_max_calls,
     )
-    summary = generate(config, output, api_key=api_key, device=device, force=force,
+    if embed_model and bank is None:
+        raise InputError("--embed-model needs --bank (it matches names against the bank's categories)")
+    judge = make_judge(judge_model, judge_base_url, judge_margin, judge_max_calls, api_key)
+    summary = generate(config, output, api_key=api_key, device=device, force=force, judge=judge,
                        progress=progress)
     print(f"{output}: {summary.line()}")
     print(f"{output / 'annotations.json'}: {summary.annotations} annotations; "

@@ -43,6 +43,18 @@ EmbedOption = Annotated[
     ),
 ]
 ClipOption = Annotated[str, typer.Option("--clip-model", help="CLIP hub id or folder.")]
+# The VLM judge cascade, shared with `acp generate`.
+JudgeModelOption = Annotated[
+    str | None,
+    typer.Option(help="Vision LLM that rates instances CLIP is unsure about (OpenAI-compatible)."),
+]
+JudgeBaseUrlOption = Annotated[
+    str | None, typer.Option(help="OpenAI-compatible endpoint of the judge [default: OpenAI].")
+]
+JudgeMarginOption = Annotated[
+    float, typer.Option(min=0.0, max=100.0, help="CLIP is unsure within this distance of --min-clis-i.")
+]
+JudgeMaxCallsOption = Annotated[int, typer.Option(min=0, help="Judge requests per run at most.")]
 ProgressOption = Annotated[bool, typer.Option(help="Show a progress bar.")]
 
 
@@ -79,7 +91,7 @@ def bank_build(
     print(f"{output}: " + describe_summary(bank.summary).replace("\n", f"\n{output}: "))
 
 
-def _layout_scorer(bank: Path | None, embed_model: str | None) -> LayoutScorer:
+def make_layout_scorer(bank: Path | None, embed_model: str | None) -> LayoutScorer:
     from acp.score.bank import Bank
     from acp.score.layout import LayoutScorer, sentence_transformer_embedder
 
@@ -116,7 +128,7 @@ def score_layouts(
 
     if not plans.is_file():
         raise InputError(f"{plans}: no such file; expected a plans file (JSON Lines)")
-    scorer = _layout_scorer(bank, embed_model)
+    scorer = make_layout_scorer(bank, embed_model)
     lines: list[str] = []
     bad = 0
     for number, plan, reason in read_plans(plans):
@@ -141,8 +153,8 @@ def _image_scorer(clip_model: str, device: str | None) -> ImageScorer:
     return ImageScorer.from_pretrained(clip_model, device=device)
 
 
-def _judge(model: str | None, base_url: str | None, margin: float, max_calls: int,
-           api_key: str | None) -> Judge | None:
+def make_judge(model: str | None, base_url: str | None, margin: float, max_calls: int,
+               api_key: str | None) -> Judge | None:
     if model is None:
         if base_url:
             raise fail("--judge-base-url needs --judge-model", code=2)
@@ -177,17 +189,10 @@ def score_candidates(
         int,
         typer.Option(min=1, max=MAX_BATCH, help="Candidates per CLIP forward pass (with all their crops)."),
     ] = 8,
-    judge_model: Annotated[
-        str | None,
-        typer.Option(help="Vision LLM that rates instances CLIP is unsure about (OpenAI-compatible)."),
-    ] = None,
-    judge_base_url: Annotated[
-        str | None, typer.Option(help="OpenAI-compatible endpoint of the judge [default: OpenAI].")
-    ] = None,
-    judge_margin: Annotated[
-        float, typer.Option(min=0.0, max=100.0, help="CLIP is unsure within this distance of --min-clis-i.")
-    ] = 10.0,
-    judge_max_calls: Annotated[int, typer.Option(min=0, help="Judge requests per run at most.")] = 100,
+    judge_model: JudgeModelOption = None,
+    judge_base_url: JudgeBaseUrlOption = None,
+    judge_margin: JudgeMarginOption = defaults.JUDGE_MARGIN,
+    judge_max_calls: JudgeMaxCallsOption = defaults.JUDGE_MAX_CALLS,
     api_key: ApiKeyOption = None,
     progress: ProgressOption = True,
 ) -> None:
@@ -200,8 +205,8 @@ def score_candidates(
     from acp.score.candidates import Thresholds, score_renders
 
     device = resolve_device(device)  # a bad --device fails before any bank or model is loaded
-    judge = _judge(judge_model, judge_base_url, judge_margin, judge_max_calls, api_key)
-    layout_scorer = _layout_scorer(bank, embed_model)
+    judge = make_judge(judge_model, judge_base_url, judge_margin, judge_max_calls, api_key)
+    layout_scorer = make_layout_scorer(bank, embed_model)
     if bank is None:
         notice("without --bank, --min-clis-l does not apply and clis is CLIS-I alone")
     settings = {
@@ -266,7 +271,7 @@ def score_dataset(
 
     check_paths(annotations, images, output)  # before any model: these would fail late, or per image
     device = resolve_device(device)  # a bad --device fails before any bank or model is loaded
-    layout_scorer = _layout_scorer(bank, embed_model) if bank or embed_model else None
+    layout_scorer = make_layout_scorer(bank, embed_model) if bank or embed_model else None
     report = run(
         annotations,
         images,

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from acp import defaults
 from acp.errors import LLMError
 from acp.jsonl import loads
 from acp.llm import ChatClient, ChatSettings, as_completed_bounded
@@ -33,8 +34,8 @@ from acp.score.image import ImageScore, Scene, crop_box, square_pad
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-MARGIN = 10.0
-MAX_CALLS = 100
+MARGIN = defaults.JUDGE_MARGIN
+MAX_CALLS = defaults.JUDGE_MAX_CALLS
 MAX_FAILURES_IN_A_ROW = 3
 MAX_SIDE = 384  # pixels sent per crop; a rating needs no more
 PROMPT = (
