@@ -121,28 +121,29 @@ def score_layouts(
     it); the sanity score is then in clis_l_sanity, and clis_l_method says "sanity". Invalid
     plan lines are reported (file:line: reason) and skipped; the exit code is 1 if any.
     """
+    from acp.atomic import atomic_text_file
     from acp.errors import InputError
-    from acp.jsonl import dumps, write_atomic
+    from acp.jsonl import dumps
     from acp.schema import read_plans
     from acp.score.candidates import layout_fields
 
     if not plans.is_file():
         raise InputError(f"{plans}: no such file; expected a plans file (JSON Lines)")
     scorer = make_layout_scorer(bank, embed_model)
-    lines: list[str] = []
-    bad = 0
-    for number, plan, reason in read_plans(plans):
-        if plan is None:
-            bad += 1
-            print(f"{plans}:{number}: {reason}")
-            continue
-        result = scorer.score(plan)
-        record = plan.model_dump(mode="json")
-        record.update(layout_fields(result))
-        record["clis_l_detail"] = result.to_dict()
-        lines.append(dumps(record))
-    write_atomic(output, "".join(line + "\n" for line in lines))
-    print(f"{output}: {len(lines)} plans scored, {bad} invalid lines skipped")
+    scored = bad = 0
+    with atomic_text_file(output) as out:  # streamed: memory does not grow with the plans
+        for number, plan, reason in read_plans(plans):
+            if plan is None:
+                bad += 1
+                print(f"{plans}:{number}: {reason}")
+                continue
+            result = scorer.score(plan)
+            record = plan.model_dump(mode="json")
+            record.update(layout_fields(result))
+            record["clis_l_detail"] = result.to_dict()
+            out.write(dumps(record) + "\n")
+            scored += 1
+    print(f"{output}: {scored} plans scored, {bad} invalid lines skipped")
     if bad:
         raise typer.Exit(code=1)
 
