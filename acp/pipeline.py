@@ -400,6 +400,7 @@ class _Work:
     plan: ScenePlan | None
     result: PlanResult
     rendered: list[Any] = field(default_factory=list)
+    layout: Any = None  # the plan's CLIS-L, computed once, before rendering
     scores: list[Any] = field(default_factory=list)
     image: Any = None
     instances: list[Any] = field(default_factory=list)
@@ -561,7 +562,7 @@ class _Stages:
             return _Work(None, result)
         finally:
             self._timed("render", start)
-        return _Work(plan, result, rendered)
+        return _Work(plan, result, rendered, layout)
 
     # -- the finishing thread ---------------------------------------------------------------
 
@@ -600,8 +601,8 @@ class _Stages:
         start = time.perf_counter()
         (work.scores,) = score_batch(
             [(plan, [r.candidate for r in rendered], [r.image for r in rendered])],
-            image_scorer=self.image_scorer, layout_scorer=self.layout_scorer, judge=self.judge,
-            thresholds=self.thresholds,
+            image_scorer=self.image_scorer, judge=self.judge, thresholds=self.thresholds,
+            layouts=[work.layout],
         )
         self._timed("score", start)
         best = next((s for s in work.scores if s.best), None)

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -44,8 +45,18 @@ def wait_for(condition: Any, seconds: float = 120) -> None:
         time.sleep(0.05)
 
 
-def slow_llm(server: ChatServer, delay: float) -> None:
-    server.responder = lambda body: ok(valid_text(concepts_of(body)), delay=delay)
+def hold_llm(server: ChatServer, answered: int = 2) -> threading.Event:
+    """The LLM answers ``answered`` scenes, then holds its replies until the event is set: a
+    run using it is then certainly still writing while the test starts a second one."""
+    release = threading.Event()
+
+    def respond(body: dict[str, Any]) -> Reply:
+        if len(server.requests) > answered:
+            release.wait(timeout=120)
+        return ok(valid_text(concepts_of(body)))
+
+    server.responder = respond
+    return release
 
 
 def llm_args(server: ChatServer) -> list[str]:
@@ -65,12 +76,16 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
 def test_a_forced_generate_cannot_destroy_a_run_still_writing(
     chat_server: ChatServer, tiny_models: dict[str, Path], tmp_path: Path
 ) -> None:
-    slow_llm(chat_server, 0.4)
+    second_done = hold_llm(chat_server)
     out = tmp_path / "out"
     first = start(*generate_args(tiny_models, out, "--scenes", "6"), *llm_args(chat_server))
     wait_for(lambda: (out / "progress.jsonl").exists() and (out / "progress.jsonl").read_text())
     settings = (out / "settings.json").read_text()
-    second = acp(*generate_args(tiny_models, out, "--scenes", "3", "--steps", "3", "--force"))
+    try:
+        second = acp(*generate_args(tiny_models, out, "--scenes", "3", "--steps", "3", "--force"))
+        assert first.poll() is None, "the first run ended before the second began"
+    finally:
+        second_done.set()
     assert "another acp process is writing it" in one_line_error(second)
     assert (out / "settings.json").read_text() == settings
     assert first.wait(timeout=120) == 0, first.stderr
@@ -82,12 +97,16 @@ def test_a_forced_generate_cannot_destroy_a_run_still_writing(
 
 
 def test_two_plan_runs_into_one_file_are_refused(chat_server: ChatServer, tmp_path: Path) -> None:
-    slow_llm(chat_server, 0.3)
+    release = hold_llm(chat_server)
     plans = tmp_path / "plans.jsonl"
     first = start("plan", "--concepts", "dog,cat", "--scenes", "8", "-o", plans, "--no-progress",
                   *llm_args(chat_server))
     wait_for(lambda: plans.exists() and plans.read_text())
-    second = acp("plan", "--concepts", "dog,cat", "--scenes", "8", "-o", plans, "--no-progress")
+    try:
+        second = acp("plan", "--concepts", "dog,cat", "--scenes", "8", "-o", plans, "--no-progress")
+        assert first.poll() is None, "the first run ended before the second began"
+    finally:
+        release.set()
     assert "another acp process is writing it" in one_line_error(second)
     assert first.wait(timeout=60) == 0, first.stderr
     ids = [r["id"] for _, r, _ in read_records(plans) if r]

@@ -173,8 +173,11 @@ def score_batch(
     judge: Judge | None = None,
     thresholds: Thresholds = Thresholds(),
     settings: dict[str, Any] | None = None,
+    layouts: Sequence[LayoutScore | None] | None = None,
 ) -> list[list[CandidateScore]]:
-    """``score_candidates`` for several plans, all their images and crops in one CLIP pass."""
+    """``score_candidates`` for several plans, all their images and crops in one CLIP pass.
+    ``layouts`` are the plans' CLIS-L when the caller has them already (``generate`` scores the
+    layout before rendering); otherwise ``layout_scorer`` computes them."""
     items = [(Scene.from_plan(plan), image) for plan, _, images in batch for image in images]
     image_scores = image_scorer.score_scenes(items)
     if judge is not None:
@@ -183,8 +186,11 @@ def score_batch(
                      threshold)
     results = []
     start = 0
-    for plan, candidates, images in batch:
-        layout = layout_scorer.score(plan) if layout_scorer is not None else None
+    for k, (plan, candidates, images) in enumerate(batch):
+        if layouts is not None:
+            layout = layouts[k]
+        else:
+            layout = layout_scorer.score(plan) if layout_scorer is not None else None
         scores = image_scores[start : start + len(images)]
         start += len(images)
         results.append(combine(plan.id, candidates, scores, layout, thresholds, settings))
