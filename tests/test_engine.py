@@ -88,3 +88,52 @@ def test_generate_asks_the_same_judge_as_score_candidates(
     assert judged and all(j == 80.0 for j in judged)  # a rating of 4 of 5
     settings = json.loads((out / "settings.json").read_text())
     assert settings["judge_model"] == "vlm" and settings["judge_margin"] == 100
+
+
+def test_the_stage_commands_and_generate_make_the_same_images_and_scores(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    import numpy as np
+    from PIL import Image
+
+    runner = CliRunner()
+    out = tmp_path / "out"
+    common = ["--model", str(tiny_models["gligen"]), "--steps", "2", "--size", "64", "-k", "2"]
+    result = runner.invoke(app, [
+        "generate", "--concepts", "dog,frisbee,cat", "--scenes", "3", "-o", str(out), *common,
+        "--clip-model", str(tiny_models["clip"]), "--min-clis-i", "0", "--planner", "heuristic",
+        "--keep-candidates", "--image-format", "png", "--no-progress",
+    ])
+    assert result.exit_code == 0, result.output
+    renders = tmp_path / "renders"
+    result = runner.invoke(app, ["render", str(out / "plans.jsonl"), "-o", str(renders), *common,
+                                 "--no-progress"])
+    assert result.exit_code == 0, result.output
+    scores = tmp_path / "scores.jsonl"
+    result = runner.invoke(app, ["score", "candidates", str(renders), "--plans", str(out / "plans.jsonl"),
+                                 "-o", str(scores), "--clip-model", str(tiny_models["clip"]),
+                                 "--min-clis-i", "0", "--no-progress"])
+    assert result.exit_code == 0, result.output
+
+    def pixels(path: Path) -> np.ndarray:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+
+    rendered = {(c["plan_id"], c["index"]): c for _, c, _ in read_records(renders / "manifest.jsonl")}
+    kept = {(c["plan_id"], c["index"]): c for _, c, _ in read_records(out / "candidates" / "manifest.jsonl")}
+    assert rendered.keys() == kept.keys() and len(rendered) == 6
+    for key, candidate in rendered.items():
+        assert candidate["seed"] == kept[key]["seed"]
+        np.testing.assert_array_equal(pixels(renders / candidate["path"]),
+                                      pixels(out / "candidates" / kept[key]["path"]))
+
+    def by_candidate(path: Path) -> dict[tuple[str, int], tuple[float, float, bool]]:
+        return {(r["plan_id"], r["index"]): (r["clis"], r["clis_i"], r["best"])
+                for _, r, _ in read_records(path)}
+
+    assert by_candidate(scores) == by_candidate(out / "scores.jsonl")
+    data = json.loads((out / "annotations.json").read_text())
+    for image in data["images"]:
+        best = (image["acp"]["plan_id"], image["acp"]["candidate"])
+        np.testing.assert_array_equal(pixels(out / "images" / image["file_name"]),
+                                      pixels(renders / rendered[best]["path"]))
