@@ -621,15 +621,20 @@ class _Stages:
             found = self.segmenter.segment(
                 chosen.image, plan_to_sam([objects[s.id].bbox for s in kept], width, height))
             masks = {}
+            unmasked = set()
             for instance, mask in zip(kept, found, strict=True):
                 what = f"object {instance.id} ({instance.category})"
-                if mask.problem:  # no usable mask: the instance is dropped, and said so
-                    instance.kept = False
+                if mask.problem:  # no usable mask: the instance is not exported, and said so
+                    unmasked.add(instance.id)
                     result.mask_problems.append(f"{what}: {mask.problem}")
                 else:
                     masks[instance.id] = mask
                     if mask.warning:  # kept, but implausible for its box: said so
                         result.mask_problems.append(f"{what}: {mask.warning}")
+            # The scores stay what the scorer said (as `acp score candidates` writes them); what
+            # is exported is a new score without the unmasked instances.
+            best = best.model_copy(update={"objects": [
+                o.model_copy(update={"kept": False}) if o.id in unmasked else o for o in best.objects]})
             self._timed("segment", start)
         if not any(s.kept for s in best.objects) and best.objects:
             result.reason, result.reason_kind = "every mask came out empty", "no usable mask"
