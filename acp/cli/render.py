@@ -22,6 +22,7 @@ DEFAULT_STEPS = 25
 DEFAULT_GUIDANCE = 7.5
 DEFAULT_BETA = 0.3
 DEFAULT_CANDIDATES = 4
+DEFAULT_SAFETY_CHECKER = False
 MAX_STEPS = 999
 
 
@@ -53,6 +54,14 @@ BetaOption = Annotated[
     ),
 ]
 NegativePromptOption = Annotated[str, typer.Option(help="What the images should not show.")]
+SafetyCheckerOption = Annotated[
+    bool,
+    typer.Option(
+        "--safety-checker/--no-safety-checker",
+        help="Run the model's NSFW safety checker (a CLIP ViT-L/14 pass per image) and drop the "
+        "images it flags, unscored. Off: CLIS already filters bad candidates.",
+    ),
+]
 DeviceOption = Annotated[
     Device, typer.Option(help="auto: cuda, else mps, else cpu. float16 on cuda, float32 elsewhere.")
 ]
@@ -87,6 +96,7 @@ def render(
     ] = None,
     beta: BetaOption = DEFAULT_BETA,
     negative_prompt: NegativePromptOption = "",
+    safety_checker: SafetyCheckerOption = DEFAULT_SAFETY_CHECKER,
     limit: LimitOption = None,
     seed: Annotated[
         int, typer.Option(min=0, help="Run seed; a candidate's seed derives from it, its plan id and index.")
@@ -107,7 +117,7 @@ def render(
     width_height = parse_size(size) if size is not None else None
     settings = RenderSettings(
         model=model, steps=steps, guidance=guidance, beta=beta, size=width_height,
-        negative_prompt=negative_prompt, seed=seed,
+        negative_prompt=negative_prompt, seed=seed, safety_checker=safety_checker,
     )
     chosen, problems = _load_plans(plans, limit)
     summary = render_to_folder(
