@@ -14,6 +14,9 @@ STEPS = 25
 GUIDANCE = 7.5
 BETA = 0.3  # GLIGEN's scheduled sampling: the share of steps that follow the boxes (its paper's)
 CANDIDATES = 4
+# The NSFW safety checker that GLIGEN checkpoints ship: off, for the reasons in
+# docs/architecture.md (CLIS filters candidates anyway; not every model folder has one).
+SAFETY_CHECKER = False
 # SD schedulers train 1000 steps and skip the first (steps_offset 1): 1000 already fails.
 MAX_STEPS = 999
 # One plan's candidates are denoised in one batch (twice over with guidance): past this the

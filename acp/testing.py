@@ -7,6 +7,10 @@ second. The tokenizer is a byte-level BPE built in memory (the 256 byte symbols,
 word end, no merges): no file, no hub. The outputs are noise; only shapes, dtypes, loading paths
 and determinism are meaningful.
 
+``tiny_gligen_pipeline(safety_checker=True)`` adds a tiny ``StableDiffusionSafetyChecker`` (a
+CLIP vision tower on 32 px inputs) and its feature extractor; it flags nothing until its concept
+thresholds are lowered (``flag_everything``).
+
 ``save_tiny_models(directory)`` writes all of them with ``save_pretrained`` so callers exercise
 the same ``from_pretrained(folder)`` path as with a real checkpoint. From a shell:
 ``python -m acp.testing DIRECTORY``.
@@ -71,8 +75,59 @@ def _text_config_kwargs(tokenizer: CLIPTokenizer) -> dict[str, Any]:
     }
 
 
-def tiny_gligen_pipeline(seed: int = 0) -> StableDiffusionGLIGENPipeline:
-    """A GLIGEN text-box pipeline (gated UNet, VAE with factor 8, CLIP text encoder), 64 px."""
+def _tiny_vision_config() -> Any:
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(
+        hidden_size=_HIDDEN,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=CLIP_IMAGE_SIZE,
+        patch_size=8,
+        layer_norm_eps=1e-5,
+    )
+
+
+def _tiny_clip_image_processor() -> Any:
+    # The PIL backend needs no torchvision; it is what CLIPImageProcessor falls back to anyway.
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    return CLIPImageProcessorPil(
+        size={"shortest_edge": CLIP_IMAGE_SIZE},
+        crop_size={"height": CLIP_IMAGE_SIZE, "width": CLIP_IMAGE_SIZE},
+    )
+
+
+def tiny_safety_checker(seed: int = 0) -> tuple[Any, Any]:
+    """Stable Diffusion's safety checker on a tiny CLIP vision tower, and its feature extractor.
+    Its 17 + 3 concept embeddings and thresholds are diffusers' initial ones (all ones): no cosine
+    exceeds a threshold of 1, so it flags nothing."""
+    import torch
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig
+
+    tokenizer = tiny_tokenizer()
+    config = CLIPConfig(
+        text_config=_text_config_kwargs(tokenizer),
+        vision_config=_tiny_vision_config().to_dict(),
+        projection_dim=_HIDDEN,
+    )
+    torch.manual_seed(seed)
+    return StableDiffusionSafetyChecker(config).eval(), _tiny_clip_image_processor()
+
+
+def flag_everything(safety_checker: Any) -> None:
+    """Lower every concept threshold below any cosine, so the checker flags every image."""
+    import torch
+
+    with torch.no_grad():
+        safety_checker.concept_embeds_weights.fill_(-2.0)
+
+
+def tiny_gligen_pipeline(seed: int = 0, *, safety_checker: bool = False) -> StableDiffusionGLIGENPipeline:
+    """A GLIGEN text-box pipeline (gated UNet, VAE with factor 8, CLIP text encoder), 64 px,
+    with a tiny safety checker when asked for."""
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from diffusers import StableDiffusionGLIGENPipeline as Pipeline
@@ -114,15 +169,16 @@ def tiny_gligen_pipeline(seed: int = 0) -> StableDiffusionGLIGENPipeline:
         clip_sample=False,
         set_alpha_to_one=False,
     )
+    checker, feature_extractor = tiny_safety_checker(seed + 3) if safety_checker else (None, None)
     pipeline = Pipeline(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
         scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+        safety_checker=checker,
+        feature_extractor=feature_extractor,
+        requires_safety_checker=safety_checker,
     )
     # mypy sees diffusers' import-time dummy class; the real one is the deprecated module's.
     return cast("StableDiffusionGLIGENPipeline", pipeline)
@@ -131,31 +187,16 @@ def tiny_gligen_pipeline(seed: int = 0) -> StableDiffusionGLIGENPipeline:
 def tiny_clip(seed: int = 0) -> tuple[CLIPModel, CLIPProcessor]:
     """A CLIPModel (text and 32 px vision towers, projection 32) and its processor."""
     import torch
-    from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPVisionConfig
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    from transformers import CLIPConfig, CLIPModel, CLIPProcessor
 
     tokenizer = tiny_tokenizer()
     text_config = _text_config_kwargs(tokenizer)
-    vision_config = CLIPVisionConfig(
-        hidden_size=_HIDDEN,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=CLIP_IMAGE_SIZE,
-        patch_size=8,
-        layer_norm_eps=1e-5,
-    )
     config = CLIPConfig(
-        text_config=text_config, vision_config=vision_config.to_dict(), projection_dim=_HIDDEN
+        text_config=text_config, vision_config=_tiny_vision_config().to_dict(), projection_dim=_HIDDEN
     )
     torch.manual_seed(seed)
     model = CLIPModel(config).eval()
-    # The PIL backend needs no torchvision; it is what CLIPImageProcessor falls back to anyway.
-    image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": CLIP_IMAGE_SIZE},
-        crop_size={"height": CLIP_IMAGE_SIZE, "width": CLIP_IMAGE_SIZE},
-    )
-    return model, CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    return model, CLIPProcessor(image_processor=_tiny_clip_image_processor(), tokenizer=tokenizer)
 
 
 def tiny_sam(seed: int = 0) -> tuple[SamModel, SamProcessor]:

@@ -24,6 +24,7 @@ from acp.score.image import (
     InstanceScore,
     Scene,
     SceneObject,
+    TextEmbeddingCache,
     cosine_to_score,
     crop_box,
 )
@@ -96,9 +97,96 @@ def test_all_images_and_crops_of_a_batch_go_through_one_forward_pass(
     other = make_plan([("bird", "a small bird", [0.2, 0.2, 0.2, 0.2])], caption="a bird")
     items = [(Scene.from_plan(PLAN), image) for image in random_images(3)]
     items += [(Scene.from_plan(other), image) for image in random_images(2, seed=1)]
+    scorer.text_cache.clear()
     results = scorer.score_scenes(items)
-    assert forward_calls == {"vision": 1, "text": 1}
+    # Each distinct text once, alone (on a CPU): 2 captions, 4 prompts (cat, dog, bird,
+    # background), 3 descriptions.
+    assert forward_calls == {"vision": 1, "text": 9}
     assert [len(r.objects) for r in results] == [2, 2, 2, 1, 1]
+
+
+SCENES = [
+    Scene.from_plan(PLAN),
+    Scene.from_plan(make_plan([("dog", "a brown dog", [0.1, 0.2, 0.5, 0.5]),
+                               ("bird", "a small bird", [0.6, 0.1, 0.2, 0.2])], caption="a dog and a bird")),
+    Scene.from_plan(make_plan([("cat", "a black cat", [0.3, 0.3, 0.4, 0.4])], caption="a cat")),
+]
+
+
+def score_all(scorer: ImageScorer, seed: int = 0) -> list[ImageScore]:
+    items = [(scene, image) for scene in SCENES for image in random_images(2, seed=seed)]
+    return scorer.score_scenes(items)
+
+
+def test_cached_text_embeddings_give_bit_identical_scores(tiny_clip_dir: Path) -> None:
+    cold = ImageScorer.from_pretrained(tiny_clip_dir, device="cpu")
+    uncached = ImageScorer.from_pretrained(tiny_clip_dir, device="cpu")
+    uncached.text_cache = TextEmbeddingCache(0)
+    warm = ImageScorer.from_pretrained(tiny_clip_dir, device="cpu")
+    # Warm up on other scenes that share some texts, in other company and another order.
+    warm.score(make_plan([("dog", "a brown dog", [0.1, 0.1, 0.3, 0.3]),
+                          ("cat", "a fluffy cat", [0.5, 0.5, 0.3, 0.3])], caption="a cat"), random_images(1))
+    assert warm.text_cache.hits == 0 and len(warm.text_cache) == 6  # caption, 3 prompts, 2 descriptions
+    expected = score_all(cold)
+    assert score_all(warm) == expected  # dataclass equality: every float, bit for bit
+    assert score_all(uncached) == expected and len(uncached.text_cache) == 0
+    assert score_all(cold) == expected  # all hits now
+
+
+@pytest.mark.parametrize("text_batch", [1, 4])
+def test_a_text_embedding_does_not_depend_on_its_company(scorer: ImageScorer, text_batch: int) -> None:
+    texts = ["a cat", "a photo of a very fluffy ginger cat on a sofa", "dog", "a photo of a background.",
+             "a red frisbee in the air", "b"]
+    scorer.text_batch = text_batch
+    try:
+        scorer.text_cache.clear()
+        together = scorer.embed_texts(texts)
+        for n, text in enumerate(texts):
+            scorer.text_cache.clear()
+            assert np.array_equal(scorer.embed_texts([text])[0], together[n])
+            scorer.text_cache.clear()
+            assert np.array_equal(scorer.embed_texts([*reversed(texts), text])[-1], together[n])
+    finally:
+        scorer.text_batch = 1
+
+
+def test_a_second_scoring_runs_the_text_encoder_on_no_text(
+    scorer: ImageScorer, forward_calls: dict[str, int]
+) -> None:
+    texts: list[int] = []
+    hook = scorer.model.text_model.register_forward_hook(
+        lambda _module, args, kwargs, _out: texts.append(len(kwargs["input_ids"])), with_kwargs=True
+    )
+    try:
+        scorer.text_cache.clear()
+        first = score_all(scorer)
+        distinct = {s.caption for s in SCENES} | {o.description for s in SCENES for o in s.objects}
+        distinct |= {PROMPT.format(name) for name in ("cat", "dog", "bird", "background")}
+        assert sum(texts) == forward_calls["text"] == len(distinct) == len(scorer.text_cache)
+        texts.clear()
+        forward_calls.update(vision=0, text=0)
+        again = score_all(scorer, seed=1)  # the same captions and descriptions, other images
+    finally:
+        hook.remove()
+    assert texts == [] and forward_calls == {"vision": 1, "text": 0}
+    assert scorer.text_cache.hits >= len(distinct)
+    assert [r.clis_i for r in again] != [r.clis_i for r in first]  # the images did change
+
+
+def test_text_cache_drops_the_least_recently_used() -> None:
+    cache = TextEmbeddingCache(2)
+    rows = {t: np.full(3, i, dtype=np.float32) for i, t in enumerate("abc")}
+    cache.put("a", rows["a"])
+    cache.put("b", rows["b"])
+    assert cache.get("a") is rows["a"]  # now "b" is the least recently used
+    cache.put("c", rows["c"])
+    assert len(cache) == 2 and cache.get("b") is None and cache.get("a") is rows["a"]
+    assert (cache.hits, cache.misses) == (2, 1)
+    empty = TextEmbeddingCache(0)
+    empty.put("a", rows["a"])
+    assert len(empty) == 0 and empty.get("a") is None
+    with pytest.raises(ValueError, match="size"):
+        TextEmbeddingCache(-1)
 
 
 def test_score_candidates_uses_one_pass_and_marks_one_best(

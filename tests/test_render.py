@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import Result
 from PIL import Image
 from typer.testing import CliRunner
@@ -146,8 +147,10 @@ def test_single_candidate_rerender_is_bit_exact(rendered: Path, plans_file: Path
     renderer = GligenRenderer(settings, device="cpu")
     plans = {p.id: p for p in (ScenePlan.model_validate_json(x) for x in plans_file.read_text().splitlines())}
     for record in (manifest(rendered)[2], manifest(rendered)[7]):  # "two" #2, "long" #1
-        ((candidate, image),) = renderer.render_seeds(plans[record.plan_id], {record.index: record.seed})
-        assert candidate == record
+        ((candidate, image, flagged),) = renderer.render_seeds(
+            plans[record.plan_id], {record.index: record.seed}
+        )
+        assert candidate == record and not flagged
         assert np.array_equal(np.asarray(image), pixels(rendered / record.path))
 
 
@@ -155,8 +158,8 @@ def test_render_plan_entry_point_batches_k(model: Path) -> None:
     renderer = GligenRenderer(RenderSettings(model=str(model), steps=2), device="cpu")
     plan = ScenePlan.model_validate(plan_record("lib", width=64, height=64))
     out = renderer.render_plan(plan, candidates=2)
-    assert [c.index for c, _image in out] == [0, 1]
-    assert all(image.size == (64, 64) for _c, image in out)  # plan size when no size is set
+    assert [r.candidate.index for r in out] == [0, 1]
+    assert all(r.image.size == (64, 64) for r in out)  # plan size when no size is set
     with pytest.raises(InputError, match="candidates"):
         renderer.render_plan(plan, candidates=0)
 
@@ -395,3 +398,99 @@ def test_settings_are_checked(change: dict[str, object], message: str) -> None:
         RenderSettings(**change)  # type: ignore[arg-type]
 
 
+@pytest.fixture(scope="module")
+def checked_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny GLIGEN pipeline with a tiny safety checker (which flags nothing yet)."""
+    folder = tmp_path_factory.mktemp("checked") / "gligen"
+    testing.tiny_gligen_pipeline(safety_checker=True).save_pretrained(folder)
+    return folder
+
+
+def checker_cosines(pipeline: object, images: list[Image.Image]) -> np.ndarray:
+    """Cosine of each image with the checker's first concept, the way the checker computes it."""
+    checker, extractor = pipeline.safety_checker, pipeline.feature_extractor  # type: ignore[attr-defined]
+    with torch.no_grad():
+        pixels = extractor(images, return_tensors="pt").pixel_values
+        embeds = checker.visual_projection(checker.vision_model(pixels)[1])
+        return torch.nn.functional.cosine_similarity(embeds, checker.concept_embeds[:1]).numpy()
+
+
+def test_safety_checker_is_not_loaded_unless_asked_for(checked_model: Path) -> None:
+    off = GligenRenderer(RenderSettings(model=str(checked_model), steps=2), device="cpu")
+    assert off.pipeline.safety_checker is None and off.pipeline.feature_extractor is None
+    on = GligenRenderer(RenderSettings(model=str(checked_model), steps=2, safety_checker=True), device="cpu")
+    assert on.pipeline.safety_checker is not None
+    plan = ScenePlan.model_validate(plan_record("lib", width=64, height=64))
+    plain, checked = off.render_plan(plan, candidates=2), on.render_plan(plan, candidates=2)
+    assert [r.flagged for r in checked] == [False, False]  # diffusers' initial thresholds flag nothing
+    for a, b in zip(plain, checked, strict=True):
+        assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+
+
+def test_flagged_candidates_are_marked_and_blacked_out(checked_model: Path) -> None:
+    settings = RenderSettings(model=str(checked_model), steps=2, safety_checker=True)
+    renderer = GligenRenderer(settings, device="cpu")
+    plan = ScenePlan.model_validate(plan_record("lib", width=64, height=64))
+    clean = renderer.render_plan(plan, candidates=4)
+    cosines = checker_cosines(renderer.pipeline, [r.image for r in clean])
+    # A threshold in the widest gap between the candidates' cosines flags those above it (the
+    # checker rounds to 3 decimals); the other 16 concepts and 3 special ones never fire.
+    ordered = np.sort(cosines)
+    gap = int(np.argmax(np.diff(ordered)))
+    assert ordered[gap + 1] - ordered[gap] > 0.005, cosines
+    checker = renderer.pipeline.safety_checker
+    with torch.no_grad():
+        checker.concept_embeds_weights.fill_(2.0)
+        checker.special_care_embeds_weights.fill_(2.0)
+        checker.concept_embeds_weights[0] = float(ordered[gap] + ordered[gap + 1]) / 2
+    out = renderer.render_plan(plan, candidates=4)
+    expected = [bool(c > ordered[gap]) for c in cosines]
+    assert [r.flagged for r in out] == expected and 0 < sum(expected) < 4
+    assert [r.candidate for r in out] == [r.candidate for r in clean]  # all returned, in order
+    for before, after in zip(clean, out, strict=True):
+        if after.flagged:
+            assert not np.asarray(after.image).any()  # diffusers' black image
+        else:
+            assert np.array_equal(np.asarray(after.image), np.asarray(before.image))
+
+
+def test_flagged_images_are_not_written_but_counted(
+    checked_model: Path, plans_file: Path, tmp_path: Path
+) -> None:
+    flagging = tmp_path / "flagging"
+    pipeline = testing.tiny_gligen_pipeline(safety_checker=True)
+    testing.flag_everything(pipeline.safety_checker)
+    pipeline.save_pretrained(flagging)
+    output = tmp_path / "renders"
+    result = render(plans_file, output, flagging, "-k", 2, "--safety-checker", "--limit", 2)
+    assert result.exit_code == 0, result.output
+    assert "rendered 4 candidates of 2 plans" in result.stdout
+    assert "4 flagged by the safety checker, not written" in result.stdout
+    assert (output / "manifest.jsonl").read_text() == "" and not list(output.rglob("*.png"))
+    assert json.loads((output / "render.json").read_text())["safety_checker"] is True
+    # Nothing finished, so a rerun renders them again (same seeds, same verdict).
+    result = render(plans_file, output, flagging, "-k", 2, "--safety-checker", "--limit", 2)
+    assert result.exit_code == 0 and "4 flagged" in result.stdout and "already done" not in result.stdout
+    result = render(plans_file, tmp_path / "kept", checked_model, "-k", 2, "--safety-checker", "--limit", 2)
+    assert result.exit_code == 0 and "flagged by" not in result.stdout
+    assert len(manifest(tmp_path / "kept")) == 4
+
+
+def test_safety_checker_setting_is_recorded_and_a_change_refused(
+    rendered: Path, plans_file: Path, model: Path, tmp_path: Path
+) -> None:
+    assert json.loads((rendered / "render.json").read_text())["safety_checker"] is False
+    output = copy_of(rendered, tmp_path)
+    result = render(plans_file, output, model, "-k", 3, "--safety-checker")
+    assert result.exit_code == 1
+    assert "safety_checker False -> True" in result.stderr and "--force" in result.stderr
+    assert manifest(output) == manifest(rendered)
+
+
+def test_safety_checker_on_a_model_without_one_is_one_line(
+    plans_file: Path, model: Path, tmp_path: Path
+) -> None:
+    result = render(plans_file, tmp_path / "out", model, "--safety-checker")
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "has no safety checker" in result.stderr and "--no-safety-checker" in result.stderr
+    assert not (tmp_path / "out").exists()

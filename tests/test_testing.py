@@ -108,6 +108,22 @@ def test_clip_round_trip_and_seed(saved: dict[str, Path]) -> None:
     assert not torch.allclose(_clip_logits(*testing.tiny_clip(seed=1)), logits)
 
 
+def test_safety_checker_flags_nothing_until_told_to(tmp_path: Path) -> None:
+    checker, extractor = testing.tiny_safety_checker()
+    images = np.stack([np.asarray(_photo(64, 64), dtype=np.float32) / 255] * 2)
+    clip_input = extractor([_photo(64, 64)] * 2, return_tensors="pt").pixel_values
+    _, flags = checker(clip_input=clip_input, images=images.copy())
+    assert flags == [False, False]
+    testing.flag_everything(checker)
+    blacked, flags = checker(clip_input=clip_input, images=images.copy())
+    assert flags == [True, True] and not np.asarray(blacked).any()
+    pipeline = testing.tiny_gligen_pipeline(safety_checker=True)  # saved and loaded back whole
+    pipeline.save_pretrained(tmp_path)
+    loaded = type(pipeline).from_pretrained(tmp_path)
+    assert type(loaded.safety_checker).__name__ == "StableDiffusionSafetyChecker"
+    assert loaded.feature_extractor.crop_size["height"] == testing.CLIP_IMAGE_SIZE
+
+
 def _sam_masks(model, processor) -> torch.Tensor:
     image = _photo()
     inputs = processor(images=image, input_boxes=[[[5.0, 5.0, 40.0, 45.0]]], return_tensors="pt")

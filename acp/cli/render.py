@@ -14,10 +14,6 @@ from acp.cli._common import DeviceOption, fail, handle_errors, notice
 if TYPE_CHECKING:
     from acp.schema import ScenePlan
 
-# The same values as acp.render.gligen's DEFAULT_* (a test keeps them equal); importing that
-# module here would pull numpy and pydantic into `acp --help`.
-
-
 PlansArgument = Annotated[Path, typer.Argument(help="Plans file (JSON Lines) from `acp plan`.")]
 LimitOption = Annotated[int | None, typer.Option(min=1, help="Use only the first N valid plans.")]
 # Options shared with `acp generate` (same names, same defaults).
@@ -39,6 +35,14 @@ BetaOption = Annotated[
     ),
 ]
 NegativePromptOption = Annotated[str, typer.Option(help="What the images should not show.")]
+SafetyCheckerOption = Annotated[
+    bool,
+    typer.Option(
+        "--safety-checker/--no-safety-checker",
+        help="Run the model's NSFW safety checker (a CLIP ViT-L/14 pass per image) and drop the "
+        "images it flags, unscored. Off: CLIS already filters bad candidates.",
+    ),
+]
 
 
 def _load_plans(path: Path, limit: int | None) -> tuple[list[ScenePlan], list[tuple[int, str]]]:
@@ -70,6 +74,7 @@ def render(
     ] = None,
     beta: BetaOption = defaults.BETA,
     negative_prompt: NegativePromptOption = "",
+    safety_checker: SafetyCheckerOption = defaults.SAFETY_CHECKER,
     limit: LimitOption = None,
     seed: Annotated[
         int, typer.Option(min=0, help="Run seed; a candidate's seed derives from it, its plan id and index.")
@@ -91,7 +96,7 @@ def render(
     width_height = parse_size(size) if size is not None else None
     settings = RenderSettings(
         model=model, steps=steps, guidance=guidance, beta=beta, size=width_height,
-        negative_prompt=negative_prompt, seed=seed,
+        negative_prompt=negative_prompt, seed=seed, safety_checker=safety_checker,
     )
     chosen, problems = _load_plans(plans, limit)
     summary = render_to_folder(

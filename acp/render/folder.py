@@ -10,9 +10,13 @@ Crash safety and resume:
   image is gone are dropped (the manifest is rewritten atomically when there are any); the
   candidates still listed are the finished ones, which a rerun skips;
 - ``render.json`` holds the settings that decide the pixels (model, steps, guidance, beta,
-  size, negative prompt, seed). A folder with finished candidates refuses other settings, so
-  one manifest never mixes two configurations; ``force`` discards its renders instead.
+  size, negative prompt, seed) and which candidates exist (safety checker). A folder with
+  finished candidates refuses other settings, so one manifest never mixes two
+  configurations; ``force`` discards its renders instead.
   ``--candidates`` is not a setting: a rerun with more adds the missing indices.
+- a candidate flagged by the safety checker (on only when asked for) is counted and dropped:
+  no image, no manifest line. A rerun therefore renders it again, with the same seed and the
+  same outcome.
 """
 
 from __future__ import annotations
@@ -239,6 +243,7 @@ class RenderSummary:
     plans: int = 0
     rendered: int = 0
     skipped: int = 0  # already finished by an earlier run
+    flagged: int = 0  # rendered, flagged by the safety checker, not written
     seconds: float = 0.0  # rendering and writing, model load excluded
     load_seconds: float = 0.0
 
@@ -251,6 +256,8 @@ class RenderSummary:
             f"rendered {self.rendered} candidates of {self.plans} plans in {self.seconds:.1f} s "
             f"({self.images_per_second:.2f} images/s, model load {self.load_seconds:.1f} s)"
         )
+        if self.flagged:
+            text += f"; {self.flagged} flagged by the safety checker, not written"
         if self.skipped:
             text += f"; {self.skipped} already done"
         return text
@@ -295,9 +302,12 @@ def render_to_folder(
                 if not indices:
                     continue
                 seeds = {i: renderer.seed_for(plan.id, i) for i in indices}
-                for candidate, image in renderer.render_seeds(plan, seeds):
-                    folder.add(candidate, image)
+                for rendered in renderer.render_seeds(plan, seeds):
                     summary.rendered += 1
+                    if rendered.flagged:
+                        summary.flagged += 1
+                    else:
+                        folder.add(rendered.candidate, rendered.image)
                 bar.update(len(indices))
             folder.flush()
         summary.seconds = time.perf_counter() - started

@@ -23,6 +23,10 @@ Choices worth knowing:
   (beta 0), which leaves the gated layers out of every UNet call. Its candidates record beta 0.
 - Phrases and prompts are cut, at a word boundary where possible, to the pipeline tokenizer's
   limit (77 tokens for CLIP): GLIGEN's phrase encoder does not truncate and would crash.
+- The safety checker (``RenderSettings.safety_checker``, off by default) is not even loaded when
+  off. When on, diffusers blacks out each image it flags; such a candidate comes back with
+  ``flagged=True`` and must be dropped, not scored (``render_to_folder`` writes no manifest
+  line for it and counts it).
 """
 
 from __future__ import annotations
@@ -48,9 +52,6 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-# Stable Diffusion's schedulers are trained on 1000 steps and skip the first (steps_offset 1),
-# so 1000 inference steps would index step 1000 of 0..999; a loaded model's own scheduler is
-# checked too (GligenRenderer).
 _TOKEN_LIMIT_FALLBACK = 77  # CLIP's context, for tokenizers saved without model_max_length
 
 
@@ -59,7 +60,9 @@ class RenderSettings:
     """Everything that decides the pixels of a candidate, apart from its plan and index.
 
     ``size`` is ``(width, height)``; ``None`` renders each plan at its own width and height.
-    A local folder given as ``model`` is stored as its absolute path.
+    A local folder given as ``model`` is stored as its absolute path. ``safety_checker`` runs the
+    model's NSFW classifier after every decode: it leaves an unflagged image as it is, but it
+    decides which candidates exist.
     """
 
     model: str = defaults.GLIGEN_MODEL
@@ -69,6 +72,7 @@ class RenderSettings:
     size: tuple[int, int] | None = None
     negative_prompt: str = ""
     seed: int = 0
+    safety_checker: bool = defaults.SAFETY_CHECKER
 
     def __post_init__(self) -> None:
         if not 1 <= self.steps <= defaults.MAX_STEPS:
@@ -97,10 +101,14 @@ class RenderSettings:
 
 
 class Rendered(NamedTuple):
-    """One candidate: its manifest record and its image (not yet written anywhere)."""
+    """One candidate: its manifest record and its image (not yet written anywhere).
+
+    ``flagged``: the safety checker flagged it and diffusers returned a black image in its
+    place. Drop it: do not write, score or export it."""
 
     candidate: Candidate
     image: Image.Image
+    flagged: bool = False
 
 
 def global_prompt(plan: ScenePlan) -> str:
@@ -179,10 +187,11 @@ def one_sample_at_a_time(call: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
-def load_pipeline(model: str, device: str, dtype: torch.dtype) -> Any:
+def load_pipeline(model: str, device: str, dtype: torch.dtype, *, safety_checker: bool = False) -> Any:
     """``StableDiffusionGLIGENPipeline.from_pretrained(model)`` on ``device``, checked to be a
     GLIGEN (gated attention) model; load failures become one-line ``InputError``s. A hub id is
-    read from the cache first (``acp.pretrained``)."""
+    read from the cache first (``acp.pretrained``). Without ``safety_checker`` the checker and
+    its feature extractor are not loaded at all; with it, a model that has none is an error."""
     try:
         from diffusers.utils import logging as diffusers_logging
         from transformers.utils import logging as transformers_logging
@@ -207,8 +216,12 @@ def load_pipeline(model: str, device: str, dtype: torch.dtype) -> Any:
         with warnings.catch_warnings():
             # Newer diffusers call it ``dtype``; ``torch_dtype`` works on every supported version.
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+            # ``None`` overrides the model_index entry, so the checker's weights are not read.
+            skip: dict[str, Any] = (
+                {} if safety_checker else {"safety_checker": None, "feature_extractor": None}
+            )
             pipeline = load_pretrained(
-                functools.partial(StableDiffusionGLIGENPipeline.from_pretrained, torch_dtype=dtype),
+                functools.partial(StableDiffusionGLIGENPipeline.from_pretrained, torch_dtype=dtype, **skip),
                 model, option="--model",
             )
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
@@ -223,6 +236,11 @@ def load_pipeline(model: str, device: str, dtype: torch.dtype) -> Any:
         raise InputError(
             f"{model!r} is not a GLIGEN text-box model: its UNet has attention_type "
             f"{attention!r}, expected 'gated'"
+        )
+    if safety_checker and (pipeline.safety_checker is None or pipeline.feature_extractor is None):
+        raise InputError(
+            f"--safety-checker: {model!r} has no safety checker (or no feature extractor for it); "
+            "use --no-safety-checker"
         )
     pipeline = pipeline.to(device)
     pipeline.set_progress_bar_config(disable=True)
@@ -240,7 +258,9 @@ class GligenRenderer:
         self.device = resolve_device(device)
         # Half precision only where it is the well-trodden path for SD 1.x: CUDA.
         self.dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
-        self.pipeline = load_pipeline(self.settings.model, self.device, self.dtype)
+        self.pipeline = load_pipeline(
+            self.settings.model, self.device, self.dtype, safety_checker=self.settings.safety_checker
+        )
         scheduler = self.pipeline.scheduler.config
         most = int(scheduler.get("num_train_timesteps", 1000)) - int(scheduler.get("steps_offset", 0) or 0)
         if self.settings.steps > most:
@@ -287,7 +307,8 @@ class GligenRenderer:
 
     def render_seeds(self, plan: ScenePlan, seeds: Mapping[int, int]) -> list[Rendered]:
         """The candidates ``{index: seed}`` of ``plan`` in one batched call, in that order.
-        Pass a manifest record's ``{index: seed}`` to rebuild its image."""
+        Pass a manifest record's ``{index: seed}`` to rebuild its image. Every candidate is
+        returned, flagged ones too (``Rendered.flagged``): callers index them by position."""
         import torch
 
         if not seeds:
@@ -316,6 +337,8 @@ class GligenRenderer:
             generator=generators,
             output_type="pil",
         )
+        # diffusers gives None when no checker ran, else one bool per image.
+        flags = output.nsfw_content_detected or [False] * len(output.images)
         return [
             Rendered(
                 Candidate(
@@ -334,6 +357,7 @@ class GligenRenderer:
                     phrases=phrases,
                 ),
                 image,
+                bool(flagged),
             )
-            for (index, seed), image in zip(seeds.items(), output.images, strict=True)
+            for (index, seed), image, flagged in zip(seeds.items(), output.images, flags, strict=True)
         ]

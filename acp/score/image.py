@@ -25,11 +25,21 @@ under a typical good match. It is a hand calibration from those published ranges
 with another CLIP, check the bounds (``ImageScorer(..., cosine_range=(lo, hi))``).
 
 All images and crops of one ``score`` call go through CLIP's vision tower in one forward pass
-(split only beyond ``max_batch`` inputs), and all texts through the text tower in another.
+(split only beyond ``max_batch`` inputs). Texts are embedded once per scorer: the same captions,
+descriptions and category prompts come back plan after plan, so each text's embedding is kept
+(``TextEmbeddingCache``, least recently used out beyond ``TEXT_CACHE_SIZE`` texts) and only
+texts not seen before go through the text tower. For a cached embedding to be the one the text
+would get now, an embedding must depend on its text alone, not on the texts that share its
+batch; CPU kernels (and cuBLAS) round a row differently with the shape of its batch, by about
+1e-7. So on a CPU each text goes through alone, at its own length (the CPU is busy with
+arithmetic, not with launching kernels: padding would cost more than the extra calls), and on
+a GPU in passes of exactly ``ACCELERATOR_TEXT_BATCH`` texts padded to CLIP's 77 tokens (the GPU
+is busy launching kernels: the padding is nearly free, one call per text would not be).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +66,9 @@ PROMPT = "a photo of a {}."
 BACKGROUND = "background"
 CLIP_MEAN_RGB = (122, 116, 104)
 MAX_BATCH = 256
+# Distinct texts kept per scorer: float32 rows, 150 MB at CLIP ViT-L's 768 wide projection.
+TEXT_CACHE_SIZE = 50_000
+ACCELERATOR_TEXT_BATCH = 32  # texts per text-tower pass off the CPU; every pass has this shape
 
 
 @dataclass(frozen=True)
@@ -143,6 +156,42 @@ def square_pad(image: Image) -> Image:
     return canvas
 
 
+class TextEmbeddingCache:
+    """Text -> CLIP text embedding (float32, before normalising), at most ``size`` texts, the
+    least recently used dropped first. ``hits`` and ``misses`` count lookups."""
+
+    def __init__(self, size: int = TEXT_CACHE_SIZE):
+        if size < 0:
+            raise ValueError(f"cache size must be >= 0, got {size}")
+        self.size = size
+        self.hits = self.misses = 0
+        self._rows: OrderedDict[str, NDArray[np.float32]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def get(self, text: str) -> NDArray[np.float32] | None:
+        row = self._rows.get(text)
+        if row is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._rows.move_to_end(text)
+        return row
+
+    def put(self, text: str, row: NDArray[np.float32]) -> None:
+        if self.size == 0:
+            return
+        self._rows[text] = row
+        self._rows.move_to_end(text)
+        while len(self._rows) > self.size:
+            self._rows.popitem(last=False)
+
+    def clear(self) -> None:
+        self._rows.clear()
+        self.hits = self.misses = 0
+
+
 class ImageScorer:
     """CLIS-I with an already-loaded CLIP (``from_pretrained`` loads one)."""
 
@@ -155,6 +204,7 @@ class ImageScorer:
         cosine_range: tuple[float, float] = COSINE_RANGE,
         max_batch: int = MAX_BATCH,
         name: str = "",
+        text_cache_size: int = TEXT_CACHE_SIZE,
     ):
         import torch
 
@@ -168,6 +218,9 @@ class ImageScorer:
         self.cosine_range = cosine_range
         self.max_batch = max_batch
         self.name = name
+        self.text_cache = TextEmbeddingCache(text_cache_size)
+        # Texts per text-tower pass (see the module notes); the shape of every pass is fixed.
+        self.text_batch = 1 if self.device.type == "cpu" else ACCELERATOR_TEXT_BATCH
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, *, device: str | None = None) -> ImageScorer:
@@ -208,16 +261,47 @@ class ImageScorer:
         return _unit(np.concatenate(rows)) if rows else np.zeros((0, 0))
 
     def embed_texts(self, texts: Sequence[str]) -> NDArray[np.float64]:
-        """Unit CLIP text embeddings (truncated to CLIP's context), one text forward pass."""
+        """Unit CLIP text embeddings (truncated to CLIP's context). Only texts missing from
+        ``text_cache`` go through the text tower, and each text's embedding is the same
+        whichever texts it comes with."""
+        found: dict[str, NDArray[np.float32]] = {}
+        for text in texts:
+            if text not in found:
+                row = self.text_cache.get(text)
+                if row is not None:
+                    found[text] = row
+        missing = [text for text in dict.fromkeys(texts) if text not in found]
+        for text, row in zip(missing, self._encode_texts(missing), strict=True):
+            found[text] = row
+            self.text_cache.put(text, row)
+        if not texts:
+            return np.zeros((0, 0))
+        return _unit(np.stack([found[text] for text in texts]))
+
+    def _encode_texts(self, texts: Sequence[str]) -> list[NDArray[np.float32]]:
+        """Projected, not yet normalised, text embeddings, in passes of exactly ``text_batch``
+        texts (the last one filled up with empty texts): a text's row never depends on the
+        others in its pass. One text alone runs at its own length; several are padded to the
+        text tower's full context, so that every pass has the same shape."""
         import torch
 
-        tokens = self.processor(text=list(texts), return_tensors="pt", padding=True, truncation=True)
-        with torch.inference_mode():
-            pooled = self.model.text_model(
-                input_ids=tokens["input_ids"].to(self.device),
-                attention_mask=tokens["attention_mask"].to(self.device),
-            ).pooler_output
-            return _unit(self.model.text_projection(pooled).float().cpu().numpy())
+        rows: list[NDArray[np.float32]] = []
+        size = self.text_batch
+        context = int(self.model.config.text_config.max_position_embeddings)
+        for start in range(0, len(texts), size):
+            part = list(texts[start : start + size])
+            tokens = self.processor(
+                text=part + [""] * (size - len(part)), return_tensors="pt", truncation=True,
+                max_length=context, padding="max_length" if size > 1 else "longest",
+            )
+            with torch.inference_mode():
+                pooled = self.model.text_model(
+                    input_ids=tokens["input_ids"].to(self.device),
+                    attention_mask=tokens["attention_mask"].to(self.device),
+                ).pooler_output
+                projected = self.model.text_projection(pooled).float().cpu().numpy()
+            rows.extend(np.array(row) for row in projected[: len(part)])  # copies: no chunk kept alive
+        return rows
 
     # -- scoring -------------------------------------------------------------------------
     def score(self, plan: ScenePlan, images: Sequence[Image]) -> list[ImageScore]:
