@@ -91,6 +91,7 @@ class GenerateConfig:
     guidance: float = defaults.GUIDANCE
     beta: float = defaults.BETA
     negative_prompt: str = ""
+    safety_checker: bool = defaults.SAFETY_CHECKER
     clip_model: str = defaults.CLIP_MODEL
     bank: Path | None = None
     embed_model: str | None = None
@@ -119,6 +120,8 @@ class GenerateConfig:
             data.pop("sam_model")
         if self.llm is not None:
             data["llm"] = {"base_url": self.llm.base_url, "model": self.llm.model}
+        if not self.safety_checker:
+            data.pop("safety_checker")  # off, as before the option: older runs still match
         for key in ("embed_model", "judge_model", "judge_base_url", "judge_margin", "judge_max_calls"):
             if not data[key] or (key.startswith("judge_") and not self.judge_model):
                 data.pop(key)  # unused: a settings.json from before these options still matches
@@ -517,7 +520,8 @@ class _Stages:
         self.renderer = renderer or GligenRenderer(
             RenderSettings(model=config.model, steps=config.steps, guidance=config.guidance,
                            beta=config.beta, size=config.size,
-                           negative_prompt=config.negative_prompt, seed=config.seed),
+                           negative_prompt=config.negative_prompt, seed=config.seed,
+                           safety_checker=config.safety_checker),
             device=device,
         )
         self.image_scorer = ImageScorer.from_pretrained(config.clip_model, device=self.renderer.device)
@@ -562,6 +566,14 @@ class _Stages:
             return _Work(None, result)
         finally:
             self._timed("render", start)
+        flagged = [r for r in rendered if getattr(r, "flagged", False)]
+        if flagged:  # black images: dropped unscored, not ranked as bad candidates
+            result.flagged = len(flagged)
+            rendered = [r for r in rendered if not getattr(r, "flagged", False)]
+            if not rendered:
+                result.reason = "every candidate was flagged by the safety checker"
+                result.reason_kind = "flagged by the safety checker"
+                return _Work(None, result)
         return _Work(plan, result, rendered, layout)
 
     # -- the finishing thread ---------------------------------------------------------------
@@ -611,7 +623,7 @@ class _Stages:
             result.reason_kind = "no candidate passes the CLIS-I threshold"
             result.clis_i = max((s.clis_i for s in work.scores), default=None)
             return
-        chosen = rendered[best.index]
+        chosen = next(r for r in rendered if r.candidate.index == best.index)
         masks = None
         if self.segmenter is not None:
             start = time.perf_counter()

@@ -255,6 +255,7 @@ class PlanResult(_Record):
     kept_categories: list[str] = Field(default_factory=list, description="Categories exported.")
     dropped_categories: list[str] = Field(default_factory=list, description="Categories not exported.")
     mask_problems: list[str] = Field(default_factory=list, description="Masks dropped or flagged.")
+    flagged: int = Field(default=0, ge=0, description="Candidates the safety checker flagged (dropped).")
 
 
 SCHEMA_MODELS: dict[str, type[BaseModel]] = {

@@ -137,3 +137,21 @@ def test_the_stage_commands_and_generate_make_the_same_images_and_scores(
         best = (image["acp"]["plan_id"], image["acp"]["candidate"])
         np.testing.assert_array_equal(pixels(out / "images" / image["file_name"]),
                                       pixels(renders / rendered[best]["path"]))
+
+
+def test_generate_drops_flagged_candidates_unscored(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    from acp import testing
+
+    flagging = tmp_path / "flagging"
+    pipeline = testing.tiny_gligen_pipeline(safety_checker=True)
+    testing.flag_everything(pipeline.safety_checker)
+    pipeline.save_pretrained(flagging)
+    out = tmp_path / "out"
+    args = generate_args({**tiny_models, "gligen": flagging}, out, "--scenes", "2", "--safety-checker")
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images_kept"] == 0 and summary["drop_reasons"] == {"flagged by the safety checker": 2}
+    assert not (out / "scores.jsonl").read_text()  # never scored as bad candidates
+    assert all(r["flagged"] == 2 for _, r, _ in read_records(out / "progress.jsonl"))
+    assert json.loads((out / "settings.json").read_text())["safety_checker"] is True

@@ -37,6 +37,7 @@ from acp.cli.render import (
     GuidanceOption,
     ModelOption,
     NegativePromptOption,
+    SafetyCheckerOption,
     StepsOption,
 )
 from acp.cli.score import (
@@ -76,6 +77,7 @@ def generate(
     guidance: GuidanceOption = defaults.GUIDANCE,
     beta: BetaOption = defaults.BETA,
     negative_prompt: NegativePromptOption = "",
+    safety_checker: SafetyCheckerOption = defaults.SAFETY_CHECKER,
     device: DeviceOption = "auto",
     clip_model: ClipOption = defaults.CLIP_MODEL,
     bank: BankOption = None,
@@ -129,7 +131,7 @@ def generate(
         if chosen == "openai" else None,
         rules=LayoutRules(max_overlap=max_overlap, on_overlap=on_overlap.value),
         model=model, candidates=candidates, steps=steps, guidance=guidance, beta=beta,
-        negative_prompt=negative_prompt, clip_model=clip_model, bank=bank,
+        negative_prompt=negative_prompt, safety_checker=safety_checker, clip_model=clip_model, bank=bank,
         min_clis_l=min_clis_l, min_clis_i=min_clis_i, masks=masks, sam_model=sam_model,
         categories=categories, keep_candidates=keep_candidates, image_format=image_format,
         embed_model=embed_model, judge_model=judge_model, judge_base_url=judge_base_url,
