@@ -5,9 +5,10 @@
 Each size runs in its own process (so peak RSS is that size's), writing into a fresh folder
 under the system temp directory (``--dir`` to choose), removed afterwards. Images are one
 pre-encoded 8x8 JPEG passed as a path, so no image is encoded: what is measured is the writer
-(file copy, records, log, checkpoints). Each image has 1-4 boxes and acp's usual provenance,
-about 1 KB of JSON per image as in a real run. To measure another version of the writer, put
-its tree first on PYTHONPATH.
+(file copy, records, log, checkpoints), then the reopening of the finished folder (what a
+resumed run pays once). Each image has 1-4 boxes and acp's usual provenance, about 1 KB of
+JSON per image as in a real run. To measure another version of the writer, put its tree first
+on PYTHONPATH.
 """
 
 from __future__ import annotations
@@ -83,6 +84,9 @@ def run_one(size: int, checkpoint_every: int, folder: Path) -> dict[str, float]:
     with open(out / "annotations.json", "rb") as handle:  # a cheap check that it is whole
         handle.seek(-4, 2)
         assert handle.read() == b"\n]}\n"
+    mark = time.perf_counter()
+    CocoWriter(out, categories, checkpoint_every=checkpoint_every).open().close()  # a resumed run
+    reopen_seconds = time.perf_counter() - mark
     return {
         "size": size,
         "wall_s": wall,
@@ -93,6 +97,7 @@ def run_one(size: int, checkpoint_every: int, folder: Path) -> dict[str, float]:
         "checkpoint_last_s": in_run[-1] if in_run else 0.0,
         "checkpoint_total_s": sum(in_run),
         "close_s": close_seconds,
+        "reopen_s": reopen_seconds,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "annotations_mb": (out / "annotations.json").stat().st_size / 1e6,
     }
@@ -113,7 +118,8 @@ def main() -> None:
             shutil.rmtree(folder, ignore_errors=True)
         return
     print(f"{'images':>9} {'total s':>8} {'cpu s':>8} {'open s':>7} {'ckpts':>6} {'ckpt med s':>10} "
-          f"{'ckpt last s':>11} {'ckpt sum s':>10} {'close s':>7} {'peak RSS MB':>11} {'json MB':>8}",
+          f"{'ckpt last s':>11} {'ckpt sum s':>10} {'close s':>7} {'reopen s':>8} {'peak RSS MB':>11} "
+          f"{'json MB':>8}",
           flush=True)
     for size in args.sizes:
         command = [sys.executable, __file__, "--child", str(size), "--checkpoint-every",
@@ -124,7 +130,8 @@ def main() -> None:
         print(f"{size:>9} {result['wall_s']:>8.1f} {result['cpu_s']:>8.1f} {result['open_s']:>7.3f} "
               f"{result['checkpoints']:>6} {result['checkpoint_median_s']:>10.4f} "
               f"{result['checkpoint_last_s']:>11.4f} {result['checkpoint_total_s']:>10.1f} "
-              f"{result['close_s']:>7.3f} {result['peak_rss_mb']:>11.0f} {result['annotations_mb']:>8.1f}",
+              f"{result['close_s']:>7.3f} {result['reopen_s']:>8.2f} {result['peak_rss_mb']:>11.0f} "
+              f"{result['annotations_mb']:>8.1f}",
               flush=True)
 
 
