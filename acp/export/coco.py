@@ -9,21 +9,41 @@ Layout of an output folder::
 Lifecycle (fiftyone-style): ``CocoWriter(out, categories)``, ``open()``, ``add_image(...)`` per
 kept image, ``close()``; or ``with CocoWriter(out, categories) as writer: ...``.
 
-Why a log next to the JSON: ``annotations.json`` is one document and cannot be appended to, and
-rewriting it per image is quadratic. Each image is therefore appended to ``coco_records.jsonl``
-as one line holding the image *and* all its annotations (one ``write`` on an ``O_APPEND`` file, so
-an image is recorded whole or not at all), and ``annotations.json`` is rebuilt from the log,
-streamed record by record through a temporary file and a rename, every ``checkpoint_every``
-images, at ``open()`` and at ``close()``. Memory stays flat: the writer keeps only the
-``key -> (image id, file name)`` index needed to skip duplicates, never the records.
+Why a log next to the JSON: ``annotations.json`` is one document and cannot be appended to.
+Each image is therefore appended to ``coco_records.jsonl`` as one line holding the image *and*
+all its annotations (one ``write`` on an ``O_APPEND`` file, so an image is recorded whole or not
+at all). The log is the source of truth; ``annotations.json`` is a checkpoint of it, written to
+a temporary file and renamed, every ``checkpoint_every`` images or ``checkpoint_seconds``
+(whichever comes first, checked as images are added), at ``open()`` and at ``close()``.
+
+Why a checkpoint costs no JSON work however large the dataset: the JSON text of each image
+and of its annotations is made once, in ``add_image`` (the same text goes into its log line),
+and kept in memory until the next checkpoint, which writes the header, then the previous
+``annotations.json``'s ``images`` elements copied as bytes, the new images, the middle, the
+previous ``annotations`` elements as bytes, the new annotations, and the tail. The writer keeps
+the file it last renamed open and knows where its two arrays lie, so the copy is an in-kernel
+``copy_file_range`` (a plain read/write loop where that is missing): nothing is parsed or
+serialised again, no fragment files double the disk use, and a reader still sees the old file
+or the new one. It is still O(file size) bytes, because a renamed file must be whole: with its
+fsync, 0.06 s at 100k images (a 99 MB file; re-serialising took 3 s) and 0.6-1 s at 1M (1 GB),
+which a GPU-bound run pays about once a minute. Writing the arrays in place would be O(new
+images) but leaves a torn file after a crash, or to a reader. The checkpoint runs in the
+calling thread: once ``add_image`` returns, a due checkpoint is on disk (callers and tests rely
+on that), and at these costs a thread would buy little for its locking and its error hand-off.
+``close()`` writes nothing when nothing was added since the last checkpoint and the file is
+still the writer's.
 
 Resume: ``open()`` on a folder with a log drops a line torn by a kill, reads the ids back
 (next ids = largest used + 1, so none is reused), refuses a log made with other categories
-(``OutputMismatchError``), and rewrites ``annotations.json`` at once, so a missing or stale file
-is repaired before any new work. The image file is written (atomically) *before* its log line:
-after a kill between the two, the image has no record, the pipeline redoes that scene and the
-file is overwritten with the same name. ``add_image`` with a key already in the log returns the
-existing record unchanged (``resumed=True``), so redoing a scene never duplicates it.
+(``OutputMismatchError``), and rebuilds ``annotations.json`` from the log at once (one pass,
+spooling the JSON text to unnamed temporary files), so a missing or stale file is repaired
+before any new work. An image enters a checkpoint only after its log line is written, so
+``annotations.json`` never holds an image the log lacks. The image file is written
+(atomically) *before* its log line: after a kill between the two, the image has no record, the
+pipeline redoes that scene and the file is overwritten with the same name. ``add_image`` with a
+key already in the log returns the existing record unchanged (``resumed=True``), so redoing a
+scene never duplicates it. Memory stays flat: the writer keeps the ``key -> (image id, file
+name)`` index needed to skip duplicates and the JSON of the images since the last checkpoint.
 
 Ids start at 1. ``file_name`` is relative to ``OUT/images``. Every image carries acp's
 provenance (``ImageProvenance``) under the single extra key ``"acp"``; an annotation may carry
@@ -33,23 +53,26 @@ provenance (``ImageProvenance``) under the single extra key ``"acp"``; an annota
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import hashlib
 import json
 import math
 import os
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from time import monotonic
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 import acp
-from acp.atomic import atomic_path, atomic_text_file, compact_json, copy_atomic
+from acp.atomic import atomic_path, compact_json, copy_atomic
 from acp.errors import OutputMismatchError
 from acp.export.categories import CategorySet
 from acp.export.filenames import safe_filename
-from acp.jsonl import JsonlWriter, iter_lines, loads
+from acp.jsonl import drop_torn_tail, iter_lines, loads
 from acp.schema import Candidate, CandidateScore, ScenePlan
 from acp.segment import MaskResult
 
@@ -208,6 +231,85 @@ def _pixel_box(bbox: Sequence[float], width: int, height: int) -> tuple[float, f
     return box
 
 
+_MIDDLE = b'\n],\n"annotations":['
+_TAIL = b"\n]}\n"
+# copy_file_range cannot copy between these files (another file system, an old kernel):
+_NO_COPY_FILE_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EPERM}
+
+
+class _CheckpointChanged(Exception):
+    """The last ``annotations.json`` is shorter than the writer left it."""
+
+
+@dataclass(frozen=True)
+class _Region:
+    """``size`` bytes at ``offset`` of the open file ``fd``."""
+
+    fd: int
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True)
+class _Checkpoint:
+    """The ``annotations.json`` the writer last renamed, kept open, and where its arrays' elements lie."""
+
+    fd: int
+    images: _Region
+    annotations: _Region
+
+    def is_current(self, path: Path) -> bool:
+        """Whether ``path`` is still this file (not removed or replaced since)."""
+        try:
+            named = os.stat(path)
+        except FileNotFoundError:
+            return False
+        held = os.fstat(self.fd)
+        return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _append_elements(fd: int, old: _Region | None, new: bytes | _Region) -> int:
+    """Write an array's elements (no brackets) to ``fd``: ``old``'s, then ``new``'s without the
+    leading comma when ``old`` has none; returns the size written."""
+    size = 0
+    if old is not None and old.size:
+        _copy(old, fd)
+        size = old.size
+    new_size = len(new) if isinstance(new, bytes) else new.size
+    if new_size:
+        skip = 0 if size else 1  # the first element has no comma before it
+        if isinstance(new, bytes):
+            _write_all(fd, memoryview(new)[skip:])
+        else:
+            _copy(_Region(new.fd, new.offset + skip, new.size - skip), fd)
+        size += new_size - skip
+    return size
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _copy(region: _Region, fd: int) -> None:
+    """Append ``region`` to ``fd``: in the kernel where it can, else through a buffer."""
+    offset, left = region.offset, region.size
+    while left:
+        try:
+            copied = os.copy_file_range(region.fd, fd, left, offset)
+        except (AttributeError, OSError) as error:  # AttributeError: not Linux
+            if isinstance(error, OSError) and error.errno not in _NO_COPY_FILE_RANGE:
+                raise
+            chunk = os.pread(region.fd, min(left, 1 << 20), offset)
+            _write_all(fd, chunk)
+            copied = len(chunk)
+        if copied == 0:
+            raise _CheckpointChanged
+        offset += copied
+        left -= copied
+
+
 class CocoWriter:
     """Writes ``OUT/images`` and ``OUT/annotations.json`` image by image; resumable."""
 
@@ -220,11 +322,14 @@ class CocoWriter:
         image_format: ImageFormat = "jpeg",
         jpeg_quality: int = 95,
         checkpoint_every: int = 1000,
+        checkpoint_seconds: float = 60.0,
     ):
         if image_format not in _SUFFIX:
             raise ValueError(f"image_format must be one of {sorted(_SUFFIX)}, got {image_format!r}")
         if checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+        if not checkpoint_seconds > 0:
+            raise ValueError(f"checkpoint_seconds must be > 0, got {checkpoint_seconds}")
         self.out_dir = Path(out_dir)
         self.images_dir = self.out_dir / IMAGES_DIR
         self.annotations_path = self.out_dir / ANNOTATIONS_NAME
@@ -233,6 +338,7 @@ class CocoWriter:
         self.image_format: ImageFormat = image_format
         self.jpeg_quality = jpeg_quality
         self.checkpoint_every = checkpoint_every
+        self.checkpoint_seconds = checkpoint_seconds
         self._description = description
         self._category_ids = categories.ids()
         self._info: dict[str, Any] = {}
@@ -241,68 +347,56 @@ class CocoWriter:
         self._next_image_id = 1
         self._next_annotation_id = 1
         self._annotation_count = 0
+        # The JSON of the images (and their annotations) logged since the last checkpoint, each
+        # element preceded by ",\n" as it will stand in annotations.json.
+        self._new_images: list[bytes] = []
+        self._new_annotations: list[bytes] = []
         self._since_checkpoint = 0
-        self._log: JsonlWriter | None = None
+        self._checkpointed_at = 0.0
+        self._last: _Checkpoint | None = None
+        self._log_fd = -1
         self._lock_fd = -1
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def open(self) -> CocoWriter:
-        """Create the folder or resume it; rewrites ``annotations.json`` from the log."""
-        if self._log is not None:
+        """Create the folder or resume it; rebuilds ``annotations.json`` from the log."""
+        if self._log_fd >= 0:
             return self
         self.images_dir.mkdir(parents=True, exist_ok=True)
         self._lock()
         try:
             self._resume()
         except BaseException:
-            if self._log is not None:
-                self._log.close()
-                self._log = None
-            self._unlock()
+            self._release()
             raise
         return self
 
     def _resume(self) -> None:
-        self._index.clear()
-        self._file_names.clear()
-        self._next_image_id = self._next_annotation_id = 1
-        self._annotation_count = 0
         # Temporary files of writes cut short by a kill; no other writer can be mid-write now.
         for stale in (*self.images_dir.glob(".*.tmp"), *self.out_dir.glob(f".{ANNOTATIONS_NAME}.*.tmp")):
             stale.unlink(missing_ok=True)
-        self._log = JsonlWriter(self.records_path)  # drops a torn last line
-        header = self._load_log()
-        if header is None:
-            self._info = {
-                "description": self._description,
-                "version": acp.__version__,
-                "year": _dt.date.today().year,
-                "contributor": "acp",
-                "url": "",
-                "date_created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            }
-            self._log.write(
-                {
-                    "kind": "header",
-                    "format": RECORDS_FORMAT,
-                    "info": self._info,
-                    "categories": self.categories.to_coco(),
-                }
-            )
-        self.checkpoint()
+        drop_torn_tail(self.records_path)
+        self._log_fd = os.open(self.records_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._rebuild()
 
     def close(self) -> Path:
         """Write the final ``annotations.json`` and release the folder; returns its path."""
-        if self._log is None:
+        if self._log_fd < 0:
             return self.annotations_path
         try:
             self.checkpoint()
         finally:
-            self._log.close()
-            self._log = None
-            self._unlock()
+            self._release()
         return self.annotations_path
+
+    def _release(self) -> None:
+        for fd in (self._log_fd, self._last.fd if self._last else -1):
+            if fd >= 0:
+                os.close(fd)
+        self._log_fd = -1
+        self._last = None
+        self._unlock()
 
     def __enter__(self) -> CocoWriter:
         return self.open()
@@ -341,7 +435,7 @@ class CocoWriter:
         again. Raises ``ValueError`` for an instance with an unknown category, a box outside the
         image, or a mask that is empty or of another size: those are the caller's to filter.
         """
-        if self._log is None:
+        if self._log_fd < 0:
             raise RuntimeError("CocoWriter.open() must be called before add_image()")
         if key in self._index:
             image_id, file_name, count = self._index[key]
@@ -361,39 +455,130 @@ class CocoWriter:
             image_record["acp"] = provenance.model_dump(mode="json")
         for offset, annotation in enumerate(annotations):
             annotation["id"] = self._next_annotation_id + offset
-        record = {"kind": "image", "key": key, "image": image_record, "annotations": annotations}
-        compact_json(record)  # a NaN score fails here, before anything is written
+        # The log line is {"kind","key","image","annotations"} made of the very text that goes
+        # into annotations.json. A NaN score or an unencodable key fails here, before any write.
+        image_json = compact_json(image_record)
+        annotation_jsons = [compact_json(a) for a in annotations]
+        line = (
+            f'{{"kind":"image","key":{compact_json(key)},"image":{image_json},'
+            f'"annotations":[{",".join(annotation_jsons)}]}}\n'
+        ).encode()
+        new_image = (",\n" + image_json).encode()
+        new_annotations = "".join(",\n" + a for a in annotation_jsons).encode()
 
         self._save_image(image, self.images_dir / file_name)
-        self._log.write(record)
+        self._append_log(line)
 
         self._remember(key, image_id, file_name, [a["id"] for a in annotations])
+        self._new_images.append(new_image)
+        self._new_annotations.append(new_annotations)
         self._since_checkpoint += 1
-        if self._since_checkpoint >= self.checkpoint_every:
+        if (
+            self._since_checkpoint >= self.checkpoint_every
+            or monotonic() - self._checkpointed_at >= self.checkpoint_seconds
+        ):
             self.checkpoint()
         return ExportedImage(id=image_id, file_name=file_name, annotations=len(annotations), resumed=False)
 
     def checkpoint(self) -> None:
-        """Rewrite ``annotations.json`` from the log (streamed, atomic)."""
-        with atomic_text_file(self.annotations_path) as out:
-            out.write('{"info":' + compact_json(self._info))
-            out.write(',"licenses":' + compact_json([LICENSE]))
-            out.write(',"categories":' + compact_json(self.categories.to_coco()))
-            out.write(',\n"images":[')
-            separator = "\n"
-            for record in self._image_records():
-                out.write(separator + compact_json(record["image"]))
-                separator = ",\n"
-            out.write('\n],\n"annotations":[')
-            separator = "\n"
-            for record in self._image_records():
-                for annotation in record["annotations"]:
-                    out.write(separator + compact_json(annotation))
-                    separator = ",\n"
-            out.write("\n]}\n")
+        """Bring ``annotations.json`` up to date with every image added (atomic; no work when it
+        already is)."""
+        if self._log_fd < 0:
+            raise RuntimeError("CocoWriter.open() must be called before checkpoint()")
+        if self._last is None:  # the last rebuild failed: only the log knows everything
+            self._rebuild()
+            return
+        if self._since_checkpoint == 0 and self._last.is_current(self.annotations_path):
+            self._checkpointed_at = monotonic()
+            return
+        try:
+            self._write_annotations(b"".join(self._new_images), b"".join(self._new_annotations))
+        except _CheckpointChanged:  # someone cut the file the writer held: start again from the log
+            self._rebuild()
+            return
+        self._new_images.clear()
+        self._new_annotations.clear()
         self._since_checkpoint = 0
 
+    def _rebuild(self) -> None:
+        """Read the whole log back (index and JSON text) and write ``annotations.json`` from it."""
+        self._index.clear()
+        self._file_names.clear()
+        self._next_image_id = self._next_annotation_id = 1
+        self._annotation_count = 0
+        self._new_images.clear()
+        self._new_annotations.clear()
+        self._since_checkpoint = 0
+        if self._last is not None:
+            os.close(self._last.fd)
+            self._last = None
+        with tempfile.TemporaryFile(dir=self.out_dir) as images, tempfile.TemporaryFile(
+            dir=self.out_dir
+        ) as annotations:
+            header = self._load_log(images, annotations)
+            if header is None:
+                self._info = {
+                    "description": self._description,
+                    "version": acp.__version__,
+                    "year": _dt.date.today().year,
+                    "contributor": "acp",
+                    "url": "",
+                    "date_created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                }
+                header_line = {
+                    "kind": "header",
+                    "format": RECORDS_FORMAT,
+                    "info": self._info,
+                    "categories": self.categories.to_coco(),
+                }
+                self._append_log((compact_json(header_line) + "\n").encode())
+            images.flush()
+            annotations.flush()
+            self._write_annotations(
+                _Region(images.fileno(), 0, images.tell()),
+                _Region(annotations.fileno(), 0, annotations.tell()),
+            )
+
+    def _write_annotations(self, images: bytes | _Region, annotations: bytes | _Region) -> None:
+        """Write ``annotations.json``: the last checkpoint's arrays plus ``images`` and
+        ``annotations`` (elements each preceded by ",\n"), to a temporary file renamed over it.
+        The new file stays open as the next checkpoint's source."""
+        header = (
+            '{"info":' + compact_json(self._info)
+            + ',"licenses":' + compact_json([LICENSE])
+            + ',"categories":' + compact_json(self.categories.to_coco())
+            + ',\n"images":['
+        ).encode()
+        last = self._last
+        fd = -1
+        try:
+            with atomic_path(self.annotations_path) as tmp:
+                fd = os.open(tmp, os.O_RDWR)
+                _write_all(fd, header)
+                images_at = len(header)
+                images_size = _append_elements(fd, last.images if last else None, images)
+                _write_all(fd, _MIDDLE)
+                annotations_at = images_at + images_size + len(_MIDDLE)
+                annotations_size = _append_elements(fd, last.annotations if last else None, annotations)
+                _write_all(fd, _TAIL)
+                os.fsync(fd)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            raise
+        if last is not None:
+            os.close(last.fd)
+        self._last = _Checkpoint(
+            fd, _Region(fd, images_at, images_size), _Region(fd, annotations_at, annotations_size)
+        )
+        self._checkpointed_at = monotonic()
+
     # -- helpers ---------------------------------------------------------------------------
+
+    def _append_log(self, line: bytes) -> None:
+        written = os.write(self._log_fd, line)
+        if written != len(line):  # a short write only happens on a full disk
+            raise OSError(f"short write to {self.records_path}: {written} of {len(line)} bytes")
 
     def _annotation(self, instance: Instance, image_id: int, width: int, height: int) -> dict[str, Any]:
         if instance.category_id not in self._category_ids:
@@ -459,8 +644,6 @@ class CocoWriter:
         self._annotation_count += len(annotation_ids)
 
     def _records(self) -> Iterator[tuple[int, dict[str, Any]]]:
-        if not self.records_path.exists():
-            return
         for number, text in iter_lines(self.records_path):
             try:
                 record = loads(text)
@@ -473,11 +656,10 @@ class CocoWriter:
                 )
             yield number, record
 
-    def _image_records(self) -> Iterator[dict[str, Any]]:
-        return (record for _, record in self._records() if record["kind"] == "image")
-
-    def _load_log(self) -> dict[str, Any] | None:
-        """Read the log back into the index; returns its header, or None for a new log."""
+    def _load_log(self, images: BinaryIO, annotations: BinaryIO) -> dict[str, Any] | None:
+        """Read the log back into the index, writing the JSON text of its images and annotations
+        (each preceded by ",\n") to ``images`` and ``annotations``; returns the log's header, or
+        None for a new log."""
         header = None
         for number, record in self._records():
             if record["kind"] == "header":
@@ -493,6 +675,9 @@ class CocoWriter:
                 self._remember(record["key"], int(image["id"]), image["file_name"], annotation_ids)
             except (KeyError, TypeError, ValueError):
                 raise OutputMismatchError(f"{self.records_path}:{number}: malformed image record") from None
+            images.write((",\n" + compact_json(image)).encode())
+            if record["annotations"]:
+                annotations.write("".join(",\n" + compact_json(a) for a in record["annotations"]).encode())
         return header
 
     def _check_header(self, header: dict[str, Any]) -> None:
