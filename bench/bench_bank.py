@@ -23,7 +23,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -75,9 +74,8 @@ def write_coco(path: Path, images: int, points: int, seed: int = 0) -> int:
                 )
                 k += 1
         out.write('], "categories": [')
-        out.write(", ".join(
-            json.dumps({"supercategory": "thing", "id": c + 1, "name": f"class {c}"}) for c in range(CATEGORIES)
-        ))
+        out.write(", ".join(json.dumps({"supercategory": "thing", "id": c + 1, "name": f"class {c}"})
+                            for c in range(CATEGORIES)))
         out.write("]}")
     return total
 

@@ -13,8 +13,8 @@ and peak RSS in MB. Not a test.
 from __future__ import annotations
 
 import argparse
-import os
 import json
+import os
 import re
 import subprocess
 import sys
