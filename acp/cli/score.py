@@ -75,7 +75,7 @@ def bank_build(
     """Build a CLIS-L reference bank from real layouts: pairs per category pair, priors per category."""
     from acp.score.bank import Bank, check_output, describe_summary
 
-    check_output(output)  # before the build, which takes a minute on a full COCO split
+    check_output(output)  # before the build, which takes a while on a full COCO split
     bank = Bank.from_coco(
         annotations,
         max_objects_per_image=max_objects_per_image,
