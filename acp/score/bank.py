@@ -569,7 +569,10 @@ def read_coco_file(path: Path, *, polygons: bool = True) -> dict[str, Any]:
     expected = "expected a COCO-format JSON object with 'images', 'annotations' and 'categories' lists"
     try:
         with open(path, "rb") as handle:
-            text = handle.read() if polygons else _without_polygons(handle)
+            raw = handle.read() if polygons else _without_polygons(handle)
+        # Decoded here as json.loads would, so that the bytes are gone before the parse.
+        text = raw.decode(json.detect_encoding(raw), "surrogatepass")
+        del raw
         data = loads(text)
     except OSError as error:
         raise InputError(f"{path}: cannot read ({error.strerror or error})") from None
