@@ -363,7 +363,7 @@ def bench_build_scale(seed: int) -> None:
         bank.save(Path(folder) / "bank")
         start = time.perf_counter()
         loaded = Bank.load(Path(folder) / "bank")
-        loaded.pair_features, loaded.prior_features  # noqa: B018  (computed on first use)
+        loaded.pair_features, loaded.prior_features  # noqa: B018  (read with the bank since format 2)
         load = time.perf_counter() - start
         on_disk = sum(p.stat().st_size for p in (Path(folder) / "bank").iterdir()) / 1e6
     print(

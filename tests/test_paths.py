@@ -111,9 +111,10 @@ def test_score_dataset_reads_no_image_outside_the_images_folder(tmp_path: Path, 
     names = ["ok.png", "../../secret.png", "../../no-such.png", str(tmp_path / "secret.png"), "link.png"]
     coco = _coco(tmp_path / "data" / "instances.json", names)
     scorer = ImageScorer.from_pretrained(tiny_clip_dir, device="cpu")
-    report = score_dataset(coco, images, image_scorer=scorer)
-    assert [i["file_name"] for i in report.images] == ["ok.png"]
-    reasons = {f["item"]: f["reason"] for f in report.failures}
+    report = tmp_path / "report"
+    score_dataset(coco, images, report, image_scorer=scorer)
+    assert [i["file_name"] for i in json.loads((report / "images.json").read_text())] == ["ok.png"]
+    reasons = {f["item"]: f["reason"] for f in json.loads((report / "failures.json").read_text())}
     assert set(reasons) == {"image 2", "image 3", "image 4", "image 5"}
     assert "climbs out of its folder" in reasons["image 2"] and "symbolic link" in reasons["image 5"]
     # An existing and a missing target get the same answer: no message tells which files exist.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,31 @@ from acp.score.image import ImageScorer
 from tests.test_clis_image import tiny_clip_dir_fixture  # noqa: F401  (provides tiny_clip_dir)
 
 runner = CliRunner()
+
+
+@dataclass
+class Written:
+    """A report folder read back."""
+
+    images: list[dict[str, Any]]
+    boxes: list[dict[str, Any]]
+    failures: list[dict[str, Any]]
+    categories: list[dict[str, Any]]
+    summary: dict[str, Any]
+
+
+def read_report(folder: Path) -> Written:
+    return Written(*(json.loads((folder / f"{name}.json").read_text())
+                     for name in ("images", "boxes", "failures", "categories", "summary")))
+
+
+def scored(annotations: Path, images: Path, out: Path, **options: Any) -> Written:
+    """``score_dataset`` into ``out``, its files read back (and checked against what it returned)."""
+    report = score_dataset(annotations, images, out, **options)
+    written = read_report(out)
+    assert report.summary == written.summary and report.categories == written.categories
+    assert report.failed == len(written.failures)
+    return written
 
 
 def write_dataset(root: Path) -> tuple[Path, Path]:
@@ -75,7 +101,7 @@ def test_every_failure_is_reported_with_its_reason_and_the_rest_scored(
     tmp_path: Path, scorer: ImageScorer
 ) -> None:
     annotations, images = write_dataset(tmp_path)
-    report = score_dataset(annotations, images, image_scorer=scorer, batch_size=1)
+    report = scored(annotations, images, tmp_path / "report", image_scorer=scorer, batch_size=1)
     reasons = {f["item"]: f["reason"] for f in report.failures}
     assert set(reasons) == {
         "annotation 40",
@@ -110,7 +136,7 @@ def test_provenance_description_is_what_the_crop_is_compared_with(
     tmp_path: Path, scorer: ImageScorer
 ) -> None:
     annotations, images = write_dataset(tmp_path)
-    report = score_dataset(annotations, images, image_scorer=scorer)
+    report = scored(annotations, images, tmp_path / "report", image_scorer=scorer)
     image = Image.open(images / "a.png").convert("RGB")
     from acp.score.image import Scene, SceneObject
 
@@ -284,7 +310,8 @@ def test_with_a_bank_a_reference_free_image_has_no_clis_l(tmp_path: Path, scorer
     coco["categories"][1]["name"] = "zebra"  # image 1: a cat and a zebra, scored by the cat's priors
     coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] != 2 or a["category_id"] == 2]
     annotations.write_text(json.dumps(coco))  # image 2: zebras only, unknown to the bank: sanity
-    report = score_dataset(annotations, images, image_scorer=scorer, layout_scorer=LayoutScorer(bank))
+    report = scored(annotations, images, tmp_path / "report", image_scorer=scorer,
+                    layout_scorer=LayoutScorer(bank))
     first, second = report.images
     assert first["clis_l_method"] == "priors" and first["clis_l"] is not None
     assert first["clis_l_sanity"] is None
@@ -341,3 +368,128 @@ def test_a_wrong_images_folder_fails_before_any_model_load(tmp_path: Path) -> No
         f"(no {elsewhere / 'a.png'})"
     )
     assert not (tmp_path / "report").exists()
+
+
+# -- costs: memory that does not grow with the results, layout pairs that do not grow with crowds --
+
+
+class FixedScorer:
+    """A stand-in for ``ImageScorer`` (no CLIP): each box scores what ``box_score`` says."""
+
+    name = "fixed"
+
+    def __init__(self, box_score: Any = None):
+        self.box_score = box_score or (lambda obj: 70.0)
+
+    def score_scenes(self, items: list[tuple[Any, Any]]) -> list[Any]:
+        from acp.score.image import ImageScore, InstanceScore
+
+        results = []
+        for scene, _ in items:
+            objects = [InstanceScore(o.id, o.category, self.box_score(o), 50.0, 1.0, 0.3)
+                       for o in scene.objects]
+            local = float(np.mean([o.clis_i for o in objects])) if objects else None
+            clis_i = 70.0 if local is None else (70.0 + local) / 2
+            results.append(ImageScore(clis_i, 70.0, local, 0.3, objects))
+        return results
+
+
+def write_many(root: Path, n: int, boxes: int = 3) -> tuple[Path, Path]:
+    """``n`` images (all one small file) with ``boxes`` boxes each, spread over three categories."""
+    images = root / "images"
+    images.mkdir(parents=True)
+    Image.new("RGB", (16, 16)).save(images / "a.png")
+    coco = {
+        "info": {"description": "many"},
+        "images": [{"id": i + 1, "file_name": "a.png", "width": 16, "height": 16} for i in range(n)],
+        "annotations": [
+            {"id": boxes * i + j + 1, "image_id": i + 1, "category_id": 1 + j % 3,
+             "bbox": [0.5 * j % 8, 2.0, 1.0 + j % 7, 6.5], "area": 35.75, "iscrowd": 0}
+            for i in range(n) for j in range(boxes)
+        ],
+        "categories": [{"id": j + 1, "name": name} for j, name in enumerate(["cat", "dog", "cow"])],
+    }
+    path = root / "instances.json"
+    path.write_text(json.dumps(coco))
+    return path, images
+
+
+def test_memory_of_a_run_does_not_grow_with_its_results(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's own peak (the parsed input aside) grows far less than the input between two
+    sizes: no list of every image or box row, no filtered copy built whole."""
+    import tracemalloc
+
+    from acp.score import dataset
+    from acp.score.bank import read_coco_file
+
+    def run_peak(n: int) -> tuple[int, int]:
+        annotations, images = write_many(tmp_path / str(n), n)
+        tracemalloc.start()
+        try:
+            data = read_coco_file(annotations)
+            held = tracemalloc.get_traced_memory()[0]
+            monkeypatch.setattr(dataset, "read_coco_file", lambda path: data)
+            tracemalloc.reset_peak()
+            score_dataset(annotations, images, tmp_path / f"report-{n}", image_scorer=FixedScorer(),
+                          keep_above=50, batch_size=8)
+            return held, tracemalloc.get_traced_memory()[1] - held
+        finally:
+            tracemalloc.stop()
+
+    run_peak(20)  # imports and caches of a first run are not the run's cost
+    small_input, small_peak = run_peak(300)
+    large_input, large_peak = run_peak(1200)
+    assert json.loads((tmp_path / "report-1200" / "summary.json").read_text())["kept_boxes"] == 3600
+    # Measured: the run grows by under 0.1 of the input's growth (old code, holding every row: 2.8).
+    assert large_peak - small_peak < 0.25 * (large_input - small_input), (small_peak, large_peak)
+
+
+def test_category_quantiles_are_within_0_05_of_the_exact_ones(tmp_path: Path) -> None:
+    annotations, images = write_many(tmp_path, 200, boxes=5)
+    rng = np.random.default_rng(3)
+    values = iter([0.0, 100.0, *rng.uniform(0, 100, 998).tolist()])  # the ends of the scale too
+    scorer = FixedScorer(lambda o: next(values))
+    report = scored(annotations, images, tmp_path / "report", image_scorer=scorer)
+    for row in report.categories:
+        scores = np.array([b["clis_i"] for b in report.boxes if b["category"] == row["category"]])
+        assert row["boxes"] == scores.size
+        assert row["mean"] == pytest.approx(scores.mean(), abs=1e-3)
+        assert row["median"] == pytest.approx(np.median(scores), abs=0.05)
+        assert row["p10"] == pytest.approx(np.percentile(scores, 10), abs=0.05)
+        assert row["below_60"] == pytest.approx((scores < 60).mean(), abs=1e-4)
+
+
+def test_filtered_copy_keeps_the_input_keys_and_only_the_kept_rows(tmp_path: Path) -> None:
+    annotations, images = write_many(tmp_path, 6, boxes=2)
+    report = scored(annotations, images, tmp_path / "report", image_scorer=FixedScorer(
+        lambda o: 90.0 if o.category == "cat" else 10.0), keep_above=50)
+    coco = json.loads(annotations.read_text())
+    filtered = json.loads((tmp_path / "report" / "filtered.json").read_text())
+    assert list(filtered) == list(coco) and filtered["info"] == coco["info"]
+    assert filtered["images"] == coco["images"]  # each image has a cat, scoring 90
+    assert filtered["annotations"] == [a for a in coco["annotations"] if a["category_id"] == 1]
+    assert report.summary["kept_boxes"] == 6 and report.summary["kept_images"] == 6
+
+
+def test_layout_score_of_a_crowded_image_takes_its_20_largest_boxes(tmp_path: Path) -> None:
+    from acp.score.bank import MAX_OBJECTS_PER_IMAGE
+    from acp.score.layout import LayoutScorer
+
+    seen: list[list[Any]] = []
+
+    class Recording(LayoutScorer):
+        def score_layout(self, categories: Any, boxes: Any, *args: Any, **kwargs: Any) -> Any:
+            seen.append([tuple(b) for b in boxes])
+            return super().score_layout(categories, boxes, *args, **kwargs)
+
+    annotations, images = write_many(tmp_path, 1, boxes=30)
+    report = scored(annotations, images, tmp_path / "report", image_scorer=FixedScorer(),
+                    layout_scorer=Recording(None))
+    assert report.images[0]["boxes"] == 30 and len(report.boxes) == 30
+    (used,) = seen
+    assert len(used) == MAX_OBJECTS_PER_IMAGE == 20
+    coco = json.loads(annotations.read_text())
+    areas = sorted((a["bbox"][2] * a["bbox"][3] for a in coco["annotations"]), reverse=True)
+    assert sorted((w * h * 256 for _, _, w, h in used), reverse=True) == pytest.approx(areas[:20])

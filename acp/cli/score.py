@@ -8,6 +8,7 @@ score, and ``clis_l_method`` says how the score was reached (``sanity`` for the 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -79,7 +80,7 @@ def bank_build(
     """Build a CLIS-L reference bank from real layouts: pairs per category pair, priors per category."""
     from acp.score.bank import Bank, check_output, describe_summary
 
-    check_output(output)  # before the build, which takes a minute on a full COCO split
+    check_output(output)  # before the build, which takes a while on a full COCO split
     bank = Bank.from_coco(
         annotations,
         max_objects_per_image=max_objects_per_image,
@@ -264,8 +265,10 @@ def score_dataset(
     """Score every image and box of a COCO dataset; report per image, per box, per category.
 
     Items that cannot be scored (missing or undecodable image, box outside its image, unknown
-    category id) are listed in failures.json and printed; the exit code is then 1.
+    category id) are listed in failures.json and printed as found; the exit code is then 1.
     """
+    from tqdm import tqdm
+
     from acp.device import resolve_device
     from acp.score.dataset import check_paths
     from acp.score.dataset import score_dataset as run
@@ -273,18 +276,21 @@ def score_dataset(
     check_paths(annotations, images, output)  # before any model: these would fail late, or per image
     device = resolve_device(device)  # a bad --device fails before any bank or model is loaded
     layout_scorer = make_layout_scorer(bank, embed_model) if bank or embed_model else None
+
+    def print_failure(item: str, reason: str) -> None:  # as found, above the progress bar
+        tqdm.write(f"{annotations}: {item}: {reason}", file=sys.stdout)
+
     report = run(
         annotations,
         images,
+        output,
         image_scorer=_image_scorer(clip_model, device),
         layout_scorer=layout_scorer,
         keep_above=keep_above,
         batch_size=batch_size,
         progress=progress,
+        on_failure=print_failure,
     )
-    report.write(output)
-    for failure in report.failures:
-        print(f"{annotations}: {failure['item']}: {failure['reason']}")
     s = report.summary
     kept = f", kept {s['kept_images']} images and {s['kept_boxes']} boxes" if keep_above is not None else ""
     print(

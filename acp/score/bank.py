@@ -1,9 +1,10 @@
 """A CLIS-L reference bank: the layouts of real images, from any COCO-format annotation file.
 
 ``Bank.from_coco([...])`` reads COCO, LVIS, Objects365 or the user's own files (plain ``json``;
-only ``images``, ``annotations`` and ``categories`` are read), normalises every box by its
-image size and keeps, per canonical category (``acp.names.canonical_key``, so "Puppies" and
-"dog" meet):
+only ``images``, ``annotations`` and ``categories`` are read, and polygon ``segmentation``
+values are cut from the text before it is parsed: ``read_coco_file(polygons=False)``),
+normalises every box by its image size and keeps, per canonical category
+(``acp.names.canonical_key``, so "Puppies" and "dog" meet):
 
 - every usable box, grouped by category: the single-object priors (size, aspect, position) that
   CLIS-L falls back to when a pair of categories has no reference;
@@ -14,8 +15,8 @@ unknown images or images without a size, unknown category ids, crowd boxes, dege
 (non-finite, zero or negative side) and boxes reaching more than ``OUT_OF_IMAGE_TOLERANCE``
 pixels outside their image (boxes within it are clipped to the image).
 
-Caps, so that a full COCO train split (860k boxes) builds in about a minute and loads in a
-second:
+Caps, so that a full COCO train split (860k boxes) builds in a quarter of a minute and loads
+in a tenth of a second (``bench/bench_bank.py``):
 
 - pairs are enumerated among the ``max_objects_per_image`` largest boxes of an image (20: at
   most 190 pairs per image; the small boxes of a crowded image add little layout evidence and
@@ -27,6 +28,9 @@ second:
 
 On disk a bank is a folder with ``bank.npz`` (uncompressed numpy arrays, loaded in one read)
 and ``index.json`` (format version, categories with a summary of their priors, build summary).
+The arrays hold the boxes, the pairs and, since format 2, what scoring reads of them
+(``PairFeatures``, ``PriorFeatures``), computed once at build time rather than at every load
+(a bank of format 1 is refused with a request to rebuild it).
 The folder is written as a whole (``Bank.save``): rebuilding over a bank replaces both files
 together or neither. Input that yields no usable box at all is an error, not an empty bank.
 """
@@ -35,12 +39,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from numpy.typing import NDArray
@@ -51,13 +55,14 @@ from acp.errors import InputError, quoted
 from acp.jsonl import loads
 from acp.names import canonical_key, category_key
 
-BANK_FORMAT = 1
+BANK_FORMAT = 2  # 2: pair and prior features stored (1 computed them at every load)
 ARRAYS_FILE = "bank.npz"
 INDEX_FILE = "index.json"
 OUT_OF_IMAGE_TOLERANCE = 1.0  # pixels; COCO boxes overshoot their image by rounding only
 MAX_OBJECTS_PER_IMAGE = 20
 MAX_PAIRS_PER_CATEGORY_PAIR = 10_000
 MAX_BOXES_PER_CATEGORY = 10_000
+_FEATURE_BLOCK = 1 << 16  # pairs per block of the feature computation
 ZERO = 1e-6  # IoUs and distances are floored here: below it, float32 noise (see acp.score.layout)
 SKIP_REASONS = (
     "malformed",
@@ -88,7 +93,7 @@ class BankCategory:
 
 @dataclass(frozen=True)
 class PairFeatures:
-    """Geometry of every bank pair, computed once at load (float32, one row per pair)."""
+    """Geometry of every bank pair, computed at build time and stored (float32, one row a pair)."""
 
     log_ratio: Float32Array  # log(area_a / area_b)
     iou: Float32Array  # floored at ZERO
@@ -108,6 +113,36 @@ class PriorFeatures:
     cy: Float32Array
 
 
+def pair_features_of(boxes: Float32Array, pair_a: Int32Array, pair_b: Int32Array) -> PairFeatures:
+    """The ``PairFeatures`` of the pairs ``(pair_a[p], pair_b[p])`` of rows of ``boxes``, in
+    blocks of pairs: the float64 temporaries stay small (and in cache) however many pairs."""
+    n = pair_a.size
+    columns: list[NDArray[Any]] = [np.empty(n, dtype=np.float32) for _ in range(5)]
+    columns.append(np.empty(n, dtype=bool))
+    for start in range(0, n, _FEATURE_BLOCK):
+        rows = slice(start, start + _FEATURE_BLOCK)
+        a, b = boxes[pair_a[rows]].astype(np.float64), boxes[pair_b[rows]].astype(np.float64)
+        for column, values in zip(columns, _pair_geometry(a, b), strict=True):
+            column[rows] = values
+    return PairFeatures(*columns)
+
+
+def prior_features_of(boxes: Float32Array) -> PriorFeatures:
+    b = boxes.astype(np.float64)
+    return PriorFeatures(
+        log_area=np.log(b[:, 2] * b[:, 3]).astype(np.float32),
+        log_aspect=np.log(b[:, 2] / b[:, 3]).astype(np.float32),
+        cx=(b[:, 0] + b[:, 2] / 2).astype(np.float32),
+        cy=(b[:, 1] + b[:, 3] / 2).astype(np.float32),
+    )
+
+
+# Names of the feature arrays in bank.npz: "pair_" or "prior_" and the field name.
+_FEATURE_ARRAYS = [f"pair_{f.name}" for f in fields(PairFeatures)] + [
+    f"prior_{f.name}" for f in fields(PriorFeatures)
+]
+
+
 @dataclass
 class Bank:
     """Real layouts, ready to score against. Build with ``from_coco``, reopen with ``load``.
@@ -117,7 +152,8 @@ class Bank:
     first ``max_boxes_per_category`` are its priors. Pair ``p`` joins boxes ``pair_a[p]`` and
     ``pair_b[p]`` with ``category(a) <= category(b)``; pairs are sorted by the key
     ``category(a) * C + category(b)``, key ``pair_keys[k]`` owning rows
-    ``pair_offsets[k]:pair_offsets[k + 1]``.
+    ``pair_offsets[k]:pair_offsets[k + 1]``. ``pair_features`` and ``prior_features`` hold what
+    scoring reads of them, row by row; ``from_coco`` computes them, ``load`` reads them back.
     """
 
     categories: list[BankCategory]
@@ -127,6 +163,8 @@ class Bank:
     pair_b: Int32Array
     pair_keys: Int64Array
     pair_offsets: Int64Array
+    pair_features: PairFeatures
+    prior_features: PriorFeatures
     max_boxes_per_category: int = MAX_BOXES_PER_CATEGORY
     summary: dict[str, Any] = field(default_factory=dict)
 
@@ -141,6 +179,13 @@ class Bank:
             problems.append("pair_a and pair_b differ in length")
         if self.pair_offsets.shape != (self.pair_keys.size + 1,):
             problems.append("pair_offsets does not match pair_keys")
+        for prefix, features, rows in (("pair", self.pair_features, self.pair_a.shape),
+                                       ("prior", self.prior_features, self.boxes.shape[:1])):
+            problems += [
+                f"{prefix}_{f.name} has shape {getattr(features, f.name).shape}, expected {rows}"
+                for f in fields(features)
+                if getattr(features, f.name).shape != rows
+            ]
         if problems:
             raise InputError("inconsistent bank: " + "; ".join(problems))
         self._by_key = {c.key: i for i, c in enumerate(self.categories)}
@@ -171,22 +216,6 @@ class Bank:
         start = int(self.category_offsets[category])
         stop = min(int(self.category_offsets[category + 1]), start + self.max_boxes_per_category)
         return slice(start, stop)
-
-    @cached_property
-    def pair_features(self) -> PairFeatures:
-        a = self.boxes[self.pair_a].astype(np.float64)
-        b = self.boxes[self.pair_b].astype(np.float64)
-        return PairFeatures(*_pair_geometry(a, b))
-
-    @cached_property
-    def prior_features(self) -> PriorFeatures:
-        b = self.boxes.astype(np.float64)
-        return PriorFeatures(
-            log_area=np.log(b[:, 2] * b[:, 3]).astype(np.float32),
-            log_aspect=np.log(b[:, 2] / b[:, 3]).astype(np.float32),
-            cx=(b[:, 0] + b[:, 2] / 2).astype(np.float32),
-            cy=(b[:, 1] + b[:, 3] / 2).astype(np.float32),
-        )
 
     # -- files ---------------------------------------------------------------------------
     def save(self, folder: Path) -> None:
@@ -254,6 +283,8 @@ class Bank:
                 pair_b=self.pair_b,
                 pair_keys=self.pair_keys,
                 pair_offsets=self.pair_offsets,
+                **{f"pair_{f.name}": getattr(self.pair_features, f.name) for f in fields(PairFeatures)},
+                **{f"prior_{f.name}": getattr(self.prior_features, f.name) for f in fields(PriorFeatures)},
             )
             handle.flush()
             os.fsync(handle.fileno())
@@ -296,14 +327,20 @@ class Bank:
             raise InputError(f"bank {folder}: {expected}")
         try:
             index = loads((folder / INDEX_FILE).read_text(encoding="utf-8"))
-            with np.load(folder / ARRAYS_FILE, allow_pickle=False) as arrays:
-                data = {name: arrays[name] for name in arrays.files}
-        except (OSError, ValueError, json.JSONDecodeError) as error:
+        except (OSError, ValueError) as error:
             raise InputError(f"bank {folder}: unreadable ({error}); {expected}") from None
         if not isinstance(index, dict) or index.get("format") != BANK_FORMAT:
             found = index.get("format") if isinstance(index, dict) else None
-            raise InputError(f"bank {folder}: format {found!r}, expected {BANK_FORMAT}; rebuild it")
-        names = ("boxes", "category_offsets", "pair_a", "pair_b", "pair_keys", "pair_offsets")
+            raise InputError(
+                f"bank {folder}: format {found!r}, expected {BANK_FORMAT}; rebuild it with `acp bank build`"
+            )
+        try:
+            with np.load(folder / ARRAYS_FILE, allow_pickle=False) as arrays:
+                data = {name: arrays[name] for name in arrays.files}
+        except (OSError, ValueError) as error:
+            raise InputError(f"bank {folder}: unreadable ({error}); {expected}") from None
+        names = ["boxes", "category_offsets", "pair_a", "pair_b", "pair_keys", "pair_offsets"]
+        names += _FEATURE_ARRAYS
         missing = [n for n in names if n not in data]
         if missing:
             raise InputError(f"bank {folder}: {ARRAYS_FILE} lacks {missing}; {expected}")
@@ -320,6 +357,15 @@ class Bank:
                 pair_b=data["pair_b"].astype(np.int32, copy=False),
                 pair_keys=data["pair_keys"].astype(np.int64, copy=False),
                 pair_offsets=data["pair_offsets"].astype(np.int64, copy=False),
+                pair_features=PairFeatures(**{
+                    f.name: data[f"pair_{f.name}"].astype(bool if f.name == "concentric" else np.float32,
+                                                          copy=False)
+                    for f in fields(PairFeatures)
+                }),
+                prior_features=PriorFeatures(**{
+                    f.name: data[f"prior_{f.name}"].astype(np.float32, copy=False)
+                    for f in fields(PriorFeatures)
+                }),
                 max_boxes_per_category=int(index["max_boxes_per_category"]),
                 summary=index.get("summary", {}),
             )
@@ -354,7 +400,7 @@ class Bank:
         sources: list[dict[str, Any]] = []
         image_offset = 0
         for path in paths:
-            data = read_coco_file(Path(path))
+            data = read_coco_file(Path(path), polygons=False)
             images, cats, boxes, skip_counts, n_images = _usable_boxes(Path(path), data, merged)
             parts.append((images + image_offset, cats, boxes))
             image_offset += n_images
@@ -368,6 +414,7 @@ class Bank:
                     "boxes": int(cats.size),
                 }
             )
+            del data  # before the next file is read, not after
         if not sum(int(p[1].size) for p in parts):
             why = ", ".join(f"{k} {v}" for k, v in skipped.items() if v)
             raise InputError(
@@ -418,14 +465,18 @@ class Bank:
                 "seed": seed,
             },
         }
+        stored = boxes.astype(np.float32)
+        kept_a, kept_b = pair_a[keep].astype(np.int32), pair_b[keep].astype(np.int32)
         return cls(
             categories=merged.categories,
-            boxes=boxes.astype(np.float32),
+            boxes=stored,
             category_offsets=category_offsets,
-            pair_a=pair_a[keep].astype(np.int32),
-            pair_b=pair_b[keep].astype(np.int32),
+            pair_a=kept_a,
+            pair_b=kept_b,
             pair_keys=unique.astype(np.int64),
             pair_offsets=pair_offsets,
+            pair_features=pair_features_of(stored, kept_a, kept_b),
+            prior_features=prior_features_of(stored),
             max_boxes_per_category=max_boxes_per_category,
             summary=summary,
         )
@@ -506,22 +557,58 @@ class _CategoryMerger:
         return index
 
 
-def read_coco_file(path: Path) -> dict[str, Any]:
+def read_coco_file(path: Path, *, polygons: bool = True) -> dict[str, Any]:
     """A COCO-format file as a dict with 'images', 'annotations' and 'categories' lists; every
-    problem is one ``InputError`` line."""
+    problem is one ``InputError`` line.
+
+    With ``polygons=False`` every polygon ``segmentation`` value (an array of arrays of numbers)
+    is null, removed from the text before it is parsed: a bank reads no mask, and on COCO's
+    files the polygons are most of the text, of the parse time and, as Python floats, of the
+    memory. A mask of another shape (RLE) is parsed as written.
+    """
     expected = "expected a COCO-format JSON object with 'images', 'annotations' and 'categories' lists"
     try:
         with open(path, "rb") as handle:
-            data = loads(handle.read())
+            raw = handle.read() if polygons else _without_polygons(handle)
+        # Decoded here as json.loads would, so that the bytes are gone before the parse.
+        text = raw.decode(json.detect_encoding(raw), "surrogatepass")
+        del raw
+        data = loads(text)
     except OSError as error:
         raise InputError(f"{path}: cannot read ({error.strerror or error})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        if not polygons:  # the error as positioned in the file, not in the shortened text
+            return read_coco_file(path)
         raise InputError(f"{path}: not valid JSON ({error}); {expected}") from None
+    del text
     if not isinstance(data, dict) or not all(
         isinstance(data.get(key), list) for key in ("images", "annotations", "categories")
     ):
         raise InputError(f"{path}: {expected}")
     return data
+
+
+# "segmentation": a polygon list [[x, y, ...], ...]. A match cannot start inside a JSON string
+# (its quotes would be escaped there) and holds no "}", so no match spans a cut after a "}".
+_POLYGONS = re.compile(
+    rb'"segmentation"\s*:\s*\[\s*(?:\[[-+0-9.eE,\s]*\](?:\s*,\s*\[[-+0-9.eE,\s]*\])*)?\s*\]'
+)
+_NO_POLYGONS = b'"segmentation": null'
+_CHUNK = 1 << 24
+
+
+def _without_polygons(handle: BinaryIO) -> bytes:
+    """The file's text with every polygon value null, read and rewritten chunk by chunk (each
+    cut after a "}"), so the whole text as written is never in memory."""
+    pieces = []
+    tail = b""
+    while chunk := handle.read(_CHUNK):
+        buffer = tail + chunk
+        cut = buffer.rfind(b"}") + 1
+        pieces.append(_POLYGONS.sub(_NO_POLYGONS, buffer[:cut]))
+        tail = buffer[cut:]
+    pieces.append(_POLYGONS.sub(_NO_POLYGONS, tail))
+    return b"".join(pieces)
 
 
 def usable_id(value: Any) -> bool:

@@ -24,32 +24,46 @@ A layout score, when a bank is given, is written as in every acp output
 (``acp.score.candidates.layout_fields``): ``clis_l`` null when it is reference-free, the
 sanity score then in ``clis_l_sanity``, and ``clis_l_method``.
 
-``DatasetReport.write(folder)`` writes, each file atomically: ``images.json``, ``boxes.json``,
-``categories.json`` (per category: boxes, mean, median, 10th percentile, share below the
-threshold), ``failures.json``, ``summary.json``, and with ``keep_above`` ``filtered.json``: the
-input COCO without the boxes scoring below it and without the images scoring below it or left
-with no box; failed images and boxes are left out too.
+A layout score covers the ``MAX_OBJECTS_PER_IMAGE`` (20) largest boxes of an image, the boxes
+among which a bank forms its pairs (``acp.score.bank``): every pair of a crowded image's
+hundreds of boxes would cost time quadratic in its boxes for little more evidence.
+
+``score_dataset(annotations, images, output)`` writes the report folder, each file atomically
+(to a temporary sibling, all renamed into place together at the end, so an interrupted run
+leaves an earlier report whole): ``images.json`` and ``boxes.json`` (JSON arrays, one record a
+line), ``failures.json`` (``item`` and ``reason``), ``categories.json`` (per category: boxes,
+mean, median, 10th percentile, share below the threshold), ``summary.json``, and with
+``keep_above`` ``filtered.json``: the input COCO without the boxes scoring below it and without the images
+scoring below it or left with no box; failed images and boxes are left out too.
+
+Memory does not grow with the results: each image, box and failure row is written to its
+temporary file as soon as it is known; the category statistics are running sums and a
+histogram of 0.1-wide bins (exact count, mean and share; median and 10th percentile within
+0.05); the filtered copy is streamed from the input by the rows kept. Only the input itself,
+parsed whole, and its index (image rows by id, box rows per image) grow with the dataset.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
+from numpy.typing import NDArray
 
+from acp.atomic import atomic_text_file
 from acp.boxes import coco_to_plan
 from acp.english import count_phrase, listing
 from acp.errors import InputError
 from acp.images import read_rgb
-from acp.jsonl import write_atomic
 from acp.paths import UnsafePathError, inside, path_problem
-from acp.score.bank import OUT_OF_IMAGE_TOLERANCE, read_coco_file, usable_id
+from acp.score.bank import MAX_OBJECTS_PER_IMAGE, OUT_OF_IMAGE_TOLERANCE, read_coco_file, usable_id
 from acp.score.candidates import compose_clis, layout_fields
 from acp.score.image import ImageScorer, Scene, SceneObject
 from acp.score.layout import LayoutScorer
@@ -64,34 +78,81 @@ REPORT_FILES = ("images.json", "boxes.json", "categories.json", "failures.json",
 
 @dataclass
 class DatasetReport:
-    images: list[dict[str, Any]] = field(default_factory=list)
-    boxes: list[dict[str, Any]] = field(default_factory=list)
-    categories: list[dict[str, Any]] = field(default_factory=list)
-    failures: list[dict[str, Any]] = field(default_factory=list)
-    filtered: dict[str, Any] | None = None
-    summary: dict[str, Any] = field(default_factory=dict)
+    """What ``score_dataset`` wrote: its files, the per-category rows and the run summary. The
+    per-image and per-box results are in the files only."""
+
+    files: list[Path]
+    categories: list[dict[str, Any]]
+    summary: dict[str, Any]
 
     @property
     def failed(self) -> int:
-        return len(self.failures)
+        """Items listed in ``failures.json``."""
+        return int(self.summary["failed_images"]) + int(self.summary["failed_boxes"])
 
-    def write(self, folder: Path) -> list[Path]:
-        folder = Path(folder)
-        files = {
-            "images.json": self.images,
-            "boxes.json": self.boxes,
-            "categories.json": self.categories,
-            "failures.json": self.failures,
-            "summary.json": self.summary,
+
+class _JsonArray:
+    """A JSON array written element by element to an open text file, one element a line."""
+
+    def __init__(self, handle: TextIO):
+        self.handle = handle
+        self.count = 0
+        handle.write("[")
+
+    def add(self, value: Any) -> None:
+        self.handle.write(",\n" if self.count else "\n")
+        self.handle.write(json.dumps(value, ensure_ascii=False))
+        self.count += 1
+
+    def close(self) -> None:
+        self.handle.write("\n]\n" if self.count else "]\n")
+
+
+class _CategoryStats:
+    """Running CLIS-I statistics of one category: exact count, mean and share below the
+    threshold; median and 10th percentile from a histogram of 0.1-wide bins over 0-100 (the
+    quantiles are those of the values rounded to 0.1, so within 0.05 of the exact ones), in
+    memory that does not grow with the boxes."""
+
+    BINS_PER_POINT = 10
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total = 0.0
+        self.below = 0
+        self.histogram = np.zeros(100 * self.BINS_PER_POINT + 1, dtype=np.int64)
+
+    def add(self, value: float) -> None:
+        self.count += 1
+        self.total += value
+        self.below += value < SUMMARY_THRESHOLD
+        self.histogram[min(max(round(value * self.BINS_PER_POINT), 0), self.histogram.size - 1)] += 1
+
+    def quantile(self, q: float) -> float:
+        """As ``np.percentile(values, 100 q)`` (linear interpolation between order statistics)."""
+        position = q * (self.count - 1)
+        below, above = math.floor(position), math.ceil(position)
+        cumulative = np.cumsum(self.histogram)
+        low, high = np.searchsorted(cumulative, [below + 1, above + 1]) / self.BINS_PER_POINT
+        return float(low + (high - low) * (position - below))
+
+    def row(self, name: str) -> dict[str, Any]:
+        return {
+            "category": name,
+            "boxes": self.count,
+            "mean": round(self.total / self.count, 3),
+            "median": round(self.quantile(0.5), 3),
+            "p10": round(self.quantile(0.1), 3),
+            f"below_{SUMMARY_THRESHOLD:g}": round(self.below / self.count, 4),
         }
-        if self.filtered is not None:
-            files["filtered.json"] = self.filtered
-        written = []
-        for name, content in files.items():
-            indent = None if name == "filtered.json" else 1
-            write_atomic(folder / name, json.dumps(content, indent=indent, ensure_ascii=False) + "\n")
-            written.append(folder / name)
-        return written
+
+
+def _largest(objects: tuple[SceneObject, ...], count: int) -> tuple[SceneObject, ...]:
+    """The ``count`` largest objects, in their own order."""
+    if len(objects) <= count:
+        return objects
+    by_area = sorted(range(len(objects)), key=lambda k: -objects[k].bbox[2] * objects[k].bbox[3])
+    return tuple(objects[k] for k in sorted(by_area[:count]))
 
 
 def build_caption(names: list[str]) -> str:
@@ -150,80 +211,195 @@ def _open(path: Path, width: Any, height: Any) -> tuple[Image | None, str | None
 def score_dataset(
     annotations: Path,
     images_dir: Path,
+    output: Path,
     *,
     image_scorer: ImageScorer,
     layout_scorer: LayoutScorer | None = None,
     keep_above: float | None = None,
     batch_size: int = 8,
     progress: bool = False,
+    on_failure: Callable[[str, str], None] | None = None,
 ) -> DatasetReport:
-    """Score every image and box of a COCO file (see the module docstring)."""
-    from tqdm import tqdm
-
+    """Score every image and box of a COCO file into the report folder ``output`` (see the
+    module docstring). ``on_failure(item, reason)`` is called as each failure is found."""
+    output = Path(output)
+    _check_output(output)
     data = read_coco_file(annotations)
-    report = DatasetReport()
-    failed_images, failed_boxes = 0, 0
+    names = [n for n in REPORT_FILES if keep_above is not None or n != "filtered.json"]
+    with ExitStack() as files:  # every file is renamed into place at the end, together
+        handles = {name: files.enter_context(atomic_text_file(output / name)) for name in names}
+        images_out, boxes_out, failures_out = (
+            _JsonArray(handles[name]) for name in ("images.json", "boxes.json", "failures.json")
+        )
+        run = _Run(data, images_out, boxes_out, failures_out, on_failure)
+        run.score(Path(images_dir), image_scorer, layout_scorer, keep_above, batch_size, progress)
+        for array in (images_out, boxes_out, failures_out):
+            array.close()
+        categories = [stats.row(name) for name, stats in sorted(run.stats.items())]
+        handles["categories.json"].write(json.dumps(categories, indent=1, ensure_ascii=False) + "\n")
+        if keep_above is not None:
+            _write_filtered(handles["filtered.json"], data, run.kept_images, run.kept_boxes)
+        summary = {
+            "annotations": str(annotations),
+            "images": len(data["images"]),
+            "scored_images": images_out.count,
+            "failed_images": run.failed_images,
+            "boxes": len(data["annotations"]),
+            "scored_boxes": boxes_out.count,
+            "failed_boxes": run.failed_boxes,
+            "boxes_of_failed_images": run.boxes_of_failed_images,
+            "keep_above": keep_above,
+            "kept_images": int(run.kept_images.sum()) if keep_above is not None else None,
+            "kept_boxes": int(run.kept_boxes.sum()) if keep_above is not None else None,
+            "clip_model": image_scorer.name,
+            "bank": bool(layout_scorer is not None and layout_scorer.bank is not None),
+        }
+        handles["summary.json"].write(json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
+    return DatasetReport(files=[output / name for name in names], categories=categories, summary=summary)
 
-    def fail_image(item: str, reason: str) -> None:
-        nonlocal failed_images
-        failed_images += 1
-        report.failures.append({"item": item, "reason": reason})
 
-    def fail_box(item: str, reason: str) -> None:
-        nonlocal failed_boxes
-        failed_boxes += 1
-        report.failures.append({"item": item, "reason": reason})
+class _Run:
+    """One scoring pass. Holds the input's index (the rows to score, the box rows of each image)
+    and which rows are kept, never a result: every image, box and failure row goes to its file
+    as soon as it is known."""
 
-    categories = {
-        c["id"]: str(c.get("name"))
-        for c in data["categories"]
-        if isinstance(c, dict) and usable_id(c.get("id"))
-    }
-    records: dict[Any, dict[str, Any]] = {}
-    first_row: dict[Any, int] = {}
-    for k, img in enumerate(data["images"]):
-        problem = _record_problem(img, ("id", "file_name"))
-        if problem is None and img["id"] in records:
-            problem = f"images[{k}] repeats the id of images[{first_row[img['id']]}]"
-        if problem is None and not (isinstance(img["file_name"], str) and img["file_name"].strip()):
-            problem = f"file_name must be a non-empty string, got {img['file_name']!r}"
-        if problem is not None:
-            known = isinstance(img, dict) and usable_id(img.get("id"))
-            fail_image(f"image {img['id']}" if known else f"images[{k}]", problem)
-            continue
-        records[img["id"]] = img
-        first_row[img["id"]] = k
-    by_image: dict[Any, list[tuple[str, dict[str, Any]]]] = {key: [] for key in records}
-    for k, ann in enumerate(data["annotations"]):
-        label = f"annotation {ann['id']}" if isinstance(ann, dict) and "id" in ann else f"annotations[{k}]"
-        problem = _record_problem(ann, ("image_id", "category_id", "bbox"))
-        if problem is not None:
-            fail_box(label, problem)
-        elif ann["image_id"] not in records:
-            fail_box(label, f"unknown image id {ann['image_id']!r}")
-        elif ann["category_id"] not in categories:
-            fail_box(label, f"unknown category id {ann['category_id']!r}")
-        else:
-            by_image[ann["image_id"]].append((label, ann))
+    def __init__(
+        self,
+        data: dict[str, Any],
+        images_out: _JsonArray,
+        boxes_out: _JsonArray,
+        failures_out: _JsonArray,
+        on_failure: Callable[[str, str], None] | None,
+    ):
+        self.data = data
+        self.images_out, self.boxes_out, self.failures_out = images_out, boxes_out, failures_out
+        self.on_failure = on_failure
+        self.failed_images = self.failed_boxes = self.boxes_of_failed_images = 0
+        self.stats: dict[str, _CategoryStats] = {}
+        # Kept rows, and the index below: numpy arrays of a few bytes a row, not Python objects.
+        self.kept_images = np.zeros(len(data["images"]), dtype=bool)  # rows in the filtered copy
+        self.kept_boxes = np.zeros(len(data["annotations"]), dtype=bool)
+        self.categories = {
+            c["id"]: str(c.get("name"))
+            for c in data["categories"]
+            if isinstance(c, dict) and usable_id(c.get("id"))
+        }
+        rows: dict[Any, int] = {}  # image id -> row in data["images"]; the first of a repeated id
+        for k, img in enumerate(data["images"]):
+            problem = _record_problem(img, ("id", "file_name"))
+            if problem is None and img["id"] in rows:
+                problem = f"images[{k}] repeats the id of images[{rows[img['id']]}]"
+            if problem is None and not (isinstance(img["file_name"], str) and img["file_name"].strip()):
+                problem = f"file_name must be a non-empty string, got {img['file_name']!r}"
+            if problem is not None:
+                known = isinstance(img, dict) and usable_id(img.get("id"))
+                self.fail_image(f"image {img['id']}" if known else f"images[{k}]", problem)
+                continue
+            rows[img["id"]] = k
+        self.image_rows = np.fromiter(rows.values(), dtype=np.int64, count=len(rows))  # to score, in order
+        owner = np.full(len(data["annotations"]), -1, dtype=np.int64)  # image row of each usable box
+        for k, ann in enumerate(data["annotations"]):
+            problem = _record_problem(ann, ("image_id", "category_id", "bbox"))
+            if problem is None and ann["image_id"] not in rows:
+                problem = f"unknown image id {ann['image_id']!r}"
+            elif problem is None and ann["category_id"] not in self.categories:
+                problem = f"unknown category id {ann['category_id']!r}"
+            if problem is not None:
+                self.fail_box(_box_label(k, ann), problem)
+            else:
+                owner[k] = rows[ann["image_id"]]
+        usable = np.flatnonzero(owner >= 0)
+        # The boxes of image row r: box_rows[box_offsets[r]:box_offsets[r + 1]], in file order.
+        self.box_rows = usable[np.argsort(owner[usable], kind="stable")]
+        self.box_offsets = np.searchsorted(owner[self.box_rows], np.arange(len(data["images"]) + 1))
 
-    kept_boxes: set[Any] = set()
-    kept_images: set[Any] = set()  # COCO ids
-    kept_records: set[int] = set()  # Python ids of their records (a duplicate id is not kept)
-    batch: list[tuple[dict[str, Any], Scene, Image, list[dict[str, Any]]]] = []
+    def _fail(self, item: str, reason: str) -> None:
+        self.failures_out.add({"item": item, "reason": reason})
+        if self.on_failure is not None:
+            self.on_failure(item, reason)
 
-    def flush() -> None:
+    def fail_image(self, item: str, reason: str) -> None:
+        self.failed_images += 1
+        self._fail(item, reason)
+
+    def fail_box(self, item: str, reason: str) -> None:
+        self.failed_boxes += 1
+        self._fail(item, reason)
+
+    def score(
+        self,
+        images_dir: Path,
+        image_scorer: ImageScorer,
+        layout_scorer: LayoutScorer | None,
+        keep_above: float | None,
+        batch_size: int,
+        progress: bool,
+    ) -> None:
+        from tqdm import tqdm
+
+        batch: list[tuple[int, Scene, Image, list[int]]] = []
+        for row in tqdm(self.image_rows.tolist(), unit="image", disable=not progress):
+            item = self._prepare(row, images_dir)
+            if item is not None:
+                batch.append(item)
+            if len(batch) >= batch_size:
+                self._flush(batch, image_scorer, layout_scorer, keep_above)
+        if batch:
+            self._flush(batch, image_scorer, layout_scorer, keep_above)
+
+    def _prepare(self, row: int, images_dir: Path) -> tuple[int, Scene, Image, list[int]] | None:
+        """The image of ``row`` read and its boxes checked; ``None`` (and a failure) if unreadable."""
+        record = self.data["images"][row]
+        boxes = self.box_rows[self.box_offsets[row]:self.box_offsets[row + 1]].tolist()
+        try:  # checked before the file is touched: no answer tells whether it exists
+            path = inside(images_dir, record["file_name"], what="file_name")
+        except UnsafePathError as error:
+            self.fail_image(f"image {record['id']}", str(error))
+            self.boxes_of_failed_images += len(boxes)
+            return None
+        image, why = _open(path, record.get("width"), record.get("height"))
+        if image is None:
+            self.fail_image(f"image {record['id']}", why or "unreadable")
+            self.boxes_of_failed_images += len(boxes)
+            return None
+        objects: list[SceneObject] = []
+        kept: list[int] = []
+        for k in boxes:
+            ann = self.data["annotations"][k]
+            problem = _box_problem(ann["bbox"], image.width, image.height)
+            if problem:
+                self.fail_box(_box_label(k, ann), problem)
+                continue
+            name = self.categories[ann["category_id"]]
+            provenance = ann["acp"] if isinstance(ann.get("acp"), dict) else {}
+            description = provenance.get("description") or count_phrase(name, 1)
+            bbox = _clipped(ann["bbox"], image.width, image.height)
+            objects.append(SceneObject(len(objects), name, str(description), bbox))
+            kept.append(k)
+        acp = record["acp"] if isinstance(record.get("acp"), dict) else {}
+        caption = acp.get("caption") or build_caption([o.category for o in objects])
+        return row, Scene(str(caption), tuple(objects)), image, kept
+
+    def _flush(
+        self,
+        batch: list[tuple[int, Scene, Image, list[int]]],
+        image_scorer: ImageScorer,
+        layout_scorer: LayoutScorer | None,
+        keep_above: float | None,
+    ) -> None:
         scores = image_scorer.score_scenes([(scene, image) for _, scene, image, _ in batch])
-        for (record, scene, _, anns), score in zip(batch, scores, strict=True):
+        for (row, scene, _, boxes), score in zip(batch, scores, strict=True):
+            record = self.data["images"][row]
             layout = None
-            if layout_scorer is not None:
-                layout = layout_scorer.score_layout(
-                    [o.category for o in scene.objects], [o.bbox for o in scene.objects]
-                )
+            if layout_scorer is not None:  # pairs among the largest boxes, as the bank forms them
+                objects = _largest(scene.objects, MAX_OBJECTS_PER_IMAGE)
+                layout = layout_scorer.score_layout([o.category for o in objects], [o.bbox for o in objects])
             clis = compose_clis(layout, score.clis_i)
-            for ann, instance in zip(anns, score.objects, strict=True):
-                report.boxes.append(
+            passed = []
+            for k, instance in zip(boxes, score.objects, strict=True):
+                self.boxes_out.add(
                     {
-                        "id": ann.get("id"),
+                        "id": self.data["annotations"][k].get("id"),
                         "image_id": record["id"],
                         "category": instance.category,
                         "clis_i": round(instance.clis_i, 3),
@@ -231,9 +407,11 @@ def score_dataset(
                         "category_confidence": round(instance.category_confidence, 3),
                     }
                 )
+                # The summary is of the rounded scores, as boxes.json lists them.
+                self.stats.setdefault(instance.category, _CategoryStats()).add(round(instance.clis_i, 3))
                 if keep_above is not None and instance.clis_i >= keep_above:
-                    kept_boxes.add(id(ann))
-            report.images.append(
+                    passed.append(k)
+            self.images_out.add(
                 {
                     "id": record["id"],
                     "file_name": record.get("file_name"),
@@ -242,95 +420,37 @@ def score_dataset(
                     "clis_i": round(score.clis_i, 3),
                     "clis_i_global": round(score.global_score, 3),
                     "clis_i_local": round(score.local_score, 3) if score.local_score is not None else None,
-                    "boxes": len(anns),
+                    "boxes": len(boxes),
                     "caption": scene.caption,
                 }
             )
-            if keep_above is not None and clis >= keep_above and (
-                not anns or any(id(a) in kept_boxes for a in anns)
-            ):
-                kept_images.add(record["id"])
-                kept_records.add(id(record))
+            if keep_above is not None and clis >= keep_above and (passed or not boxes):
+                self.kept_images[row] = True
+                self.kept_boxes[passed] = True
         batch.clear()
 
-    boxes_of_failed_images = 0
-    for record in tqdm(records.values(), unit="image", disable=not progress):
-        try:  # checked before the file is touched: no answer tells whether it exists
-            path = inside(Path(images_dir), record["file_name"], what="file_name")
-        except UnsafePathError as error:
-            fail_image(f"image {record['id']}", str(error))
-            boxes_of_failed_images += len(by_image[record["id"]])
+
+def _box_label(row: int, ann: Any) -> str:
+    return f"annotation {ann['id']}" if isinstance(ann, dict) and "id" in ann else f"annotations[{row}]"
+
+
+def _write_filtered(
+    handle: TextIO, data: dict[str, Any], kept_images: NDArray[np.bool_], kept_boxes: NDArray[np.bool_]
+) -> None:
+    """The input COCO with only the kept rows of its images and annotations, streamed record by
+    record (the same text as ``json.dumps`` of the filtered copy, which is never built)."""
+    kept = {"images": kept_images, "annotations": kept_boxes}
+    handle.write("{")
+    for n, (key, value) in enumerate(data.items()):
+        handle.write((", " if n else "") + json.dumps(key, ensure_ascii=False) + ": ")
+        if key not in kept:
+            handle.write(json.dumps(value, ensure_ascii=False))
             continue
-        image, why = _open(path, record.get("width"), record.get("height"))
-        if image is None:
-            fail_image(f"image {record['id']}", why or "unreadable")
-            boxes_of_failed_images += len(by_image[record["id"]])
-            continue
-        objects: list[SceneObject] = []
-        anns: list[dict[str, Any]] = []
-        for label, ann in by_image[record["id"]]:
-            problem = _box_problem(ann["bbox"], image.width, image.height)
-            if problem:
-                fail_box(label, problem)
-                continue
-            name = categories[ann["category_id"]]
-            provenance = ann["acp"] if isinstance(ann.get("acp"), dict) else {}
-            description = provenance.get("description") or count_phrase(name, 1)
-            bbox = _clipped(ann["bbox"], image.width, image.height)
-            objects.append(SceneObject(len(objects), name, str(description), bbox))
-            anns.append(ann)
-        acp = record["acp"] if isinstance(record.get("acp"), dict) else {}
-        caption = acp.get("caption") or build_caption([o.category for o in objects])
-        batch.append((record, Scene(str(caption), tuple(objects)), image, anns))
-        if len(batch) >= batch_size:
-            flush()
-    if batch:
-        flush()
-
-    report.categories = _category_summary(report.boxes)
-    if keep_above is not None:
-        filtered = copy.copy(data)
-        filtered["images"] = [img for img in data["images"] if id(img) in kept_records]
-        filtered["annotations"] = [
-            a for a in data["annotations"] if id(a) in kept_boxes and a["image_id"] in kept_images
-        ]
-        report.filtered = filtered
-    report.summary = {
-        "annotations": str(annotations),
-        "images": len(data["images"]),
-        "scored_images": len(report.images),
-        "failed_images": failed_images,
-        "boxes": len(data["annotations"]),
-        "scored_boxes": len(report.boxes),
-        "failed_boxes": failed_boxes,
-        "boxes_of_failed_images": boxes_of_failed_images,
-        "keep_above": keep_above,
-        "kept_images": len(kept_images) if keep_above is not None else None,
-        "kept_boxes": len(report.filtered["annotations"]) if report.filtered is not None else None,
-        "clip_model": image_scorer.name,
-        "bank": bool(layout_scorer is not None and layout_scorer.bank is not None),
-    }
-    return report
-
-
-def _category_summary(boxes: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    grouped: dict[str, list[float]] = {}
-    for box in boxes:
-        grouped.setdefault(box["category"], []).append(box["clis_i"])
-    rows = []
-    for name, values in sorted(grouped.items()):
-        array = np.asarray(values)
-        rows.append(
-            {
-                "category": name,
-                "boxes": int(array.size),
-                "mean": round(float(array.mean()), 3),
-                "median": round(float(np.median(array)), 3),
-                "p10": round(float(np.percentile(array, 10)), 3),
-                f"below_{SUMMARY_THRESHOLD:g}": round(float((array < SUMMARY_THRESHOLD).mean()), 4),
-            }
-        )
-    return rows
+        handle.write("[")
+        for written, k in enumerate(np.flatnonzero(kept[key]).tolist()):
+            handle.write((", " if written else "") + json.dumps(value[k], ensure_ascii=False))
+        handle.write("]")
+    handle.write("}\n")
 
 
 def check_paths(annotations: Path, images_dir: Path, output: Path, *, probe: int = 10) -> None:
