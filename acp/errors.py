@@ -43,6 +43,13 @@ class MissingDependencyError(AcpError):
     """An optional heavy dependency is not installed."""
 
 
+def first_line(text: object, limit: int = 300, default: str = "") -> str:
+    """The first non-blank line of ``text``, at most ``limit`` characters: the reason of a
+    failure as a run's last message quotes it."""
+    stripped = str(text or "").strip()
+    return stripped.splitlines()[0][:limit] if stripped else default
+
+
 def one_line(text: str, head: int = 150, tail: int = 120) -> str:
     """``text`` on one line; beyond ``head + tail`` characters, its start and its end around
     " … ", each cut between words. A library's error says what failed first and, often, what

@@ -46,7 +46,7 @@ from pydantic import ValidationError
 from acp import defaults
 from acp.atomic import atomic_path, atomic_text_file, write_atomic
 from acp.concepts import ConceptInput, all_concepts, scene_concepts
-from acp.errors import AcpError, InputError, OutputMismatchError
+from acp.errors import AcpError, InputError, OutputMismatchError, first_line
 from acp.jsonl import JsonlWriter, drop_torn_tail, dumps, loads, read_records
 from acp.lock import OutputLock
 from acp.plan.base import PlanSettings
@@ -497,7 +497,7 @@ class _Stages:
     """The loaded models. ``render`` is the device thread's part of a plan (CLIS-L, GLIGEN);
     ``finish`` the rest (CLIP-I, masks, export), run behind it by a ``_Finisher``."""
 
-    def __init__(self, config: GenerateConfig, out: Path, device: str, renderer: Any = None,
+    def __init__(self, config: GenerateConfig, device: str, renderer: Any = None,
                  judge: Any = None):
         from acp.render.gligen import GligenRenderer, RenderSettings
         from acp.score.bank import Bank
@@ -506,7 +506,6 @@ class _Stages:
         from acp.score.layout import LayoutScorer
 
         self.config = config
-        self.out = out
         self.categories: Any = None
         self.outputs: _Outputs | None = None
         self.times = StageTimes()
@@ -665,7 +664,7 @@ class _Stages:
 
 def _fail(result: PlanResult, error: Exception) -> None:
     """Record a scene's own error in its result."""
-    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    first = first_line(error, limit=500)
     result.status = "failed"
     result.reason = f"{type(error).__name__}: {first}"[:500]
     result.reason_kind = f"error: {type(error).__name__}"
@@ -744,7 +743,7 @@ def _generate(config: GenerateConfig, out: Path, lock: OutputLock, categories: A
         return summary
     planner = _planner(config, api_key)
     mark = time.perf_counter()
-    stages = _Stages(config, out, device, renderer, judge)
+    stages = _Stages(config, device, renderer, judge)
     load_seconds = time.perf_counter() - mark
     # Only now that every model loaded is the folder claimed (and, with --force, cleared) for
     # these settings: a typo in a model path must not leave debris, nor destroy the last run.
@@ -806,7 +805,7 @@ def _generate(config: GenerateConfig, out: Path, lock: OutputLock, categories: A
         last = stages.last_failure or summary.planner.last_error or "unknown"
         raise NothingMade(
             f"{out}: no image made this run; {failures} scenes failed (last reason: "
-            f"{str(last).strip().splitlines()[0][:300] if str(last).strip() else 'unknown'})"
+            f"{first_line(last, default='unknown')})"
         )
     return summary
 

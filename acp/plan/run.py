@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from acp.errors import AcpError, InputError, OutputMismatchError
+from acp.errors import AcpError, InputError, OutputMismatchError, first_line
 from acp.jsonl import JsonlWriter, iter_lines, read_records
 from acp.lock import OutputLock
 from acp.plan.base import PlanOutcome, SceneRequest, derive_seed
@@ -127,13 +127,9 @@ def run_planner(
     if summary.planned == 0 and summary.failed:
         raise NothingPlanned(
             f"no scene could be planned: {summary.failed} failed, see {failures_path(output)} "
-            f"(last reason: {_first_line(summary.last_error)})"
+            f"(last reason: {first_line(summary.last_error, default='unknown')})"
         )
     return summary
-
-
-def _first_line(text: str | None) -> str:
-    return (text or "").strip().splitlines()[0][:300] if (text or "").strip() else "unknown"
 
 
 def _run(
@@ -194,7 +190,7 @@ def _run(
                         # cannot satisfy the rules. Say so now rather than after every scene.
                         raise PlannerGaveUp(
                             f"the first {GIVE_UP_AFTER} scenes all failed; stopping "
-                            f"(last reason: {_first_line(outcome.error)})"
+                            f"(last reason: {first_line(outcome.error, default='unknown')})"
                         )
                 bar.update(1)
                 bar.set_postfix(failed=summary.failed, refresh=False)
