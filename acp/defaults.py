@@ -22,6 +22,10 @@ MAX_STEPS = 999
 # One plan's candidates are denoised in one batch (twice over with guidance): past this the
 # batch no longer fits a GPU at 512 px, and more candidates add little to the best one's score.
 MAX_CANDIDATES = 32
+# Plans denoised together (``--batch-plans``): B plans x K candidates in one loop. 1 until
+# measured on a GPU (bench/bench_gpu.py); on CPU samples run one at a time either way.
+BATCH_PLANS = 1
+MAX_BATCH_PLANS = 64
 
 # CLIS thresholds, on the paper's 0-100 scale.
 MIN_CLIS_L = 50.0
