@@ -83,6 +83,22 @@ def generate(
     safety_checker: SafetyCheckerOption = defaults.SAFETY_CHECKER,
     batch_plans: BatchPlansOption = defaults.BATCH_PLANS,
     device: DeviceOption = "auto",
+    executor: Annotated[
+        str, typer.Option(help='local (this process) or ray (Ray workers; pip install "acp[ray]").')
+    ] = "local",
+    ray_address: Annotated[
+        str,
+        typer.Option(help="With --executor ray: auto (a running cluster if reachable, else a Ray "
+                     "started here), local, or a cluster address."),
+    ] = "auto",
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="With --executor ray: workers [default: one per GPU Ray sees, or 1]."),
+    ] = None,
+    gpus_per_worker: Annotated[
+        float | None,
+        typer.Option(min=0.0, help="With --executor ray: GPUs per worker [default: 1 with GPUs, else 0]."),
+    ] = None,
     clip_model: ClipOption = defaults.CLIP_MODEL,
     bank: BankOption = None,
     embed_model: EmbedOption = None,
@@ -140,8 +156,15 @@ def generate(
     if embed_model and bank is None:
         raise InputError("--embed-model needs --bank (it matches names against the bank's categories)")
     judge = make_judge(judge_model, judge_base_url, judge_margin, judge_max_calls, api_key)
+    ray = None
+    if executor == "ray":
+        from acp.distributed import RayOptions
+
+        ray = RayOptions(address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker)
+    elif executor != "local":
+        raise InputError(f"--executor: expected local or ray, got {executor!r}")
     summary = generate(config, output, api_key=api_key, device=device, force=force, judge=judge,
-                       progress=progress, batch_plans=batch_plans)
+                       progress=progress, batch_plans=batch_plans, executor=executor, ray=ray)
     print(f"{output}: {summary.line()}")
     print(f"{output / 'annotations.json'}: {summary.annotations} annotations; "
           f"summary in {output / 'summary.json'}")
