@@ -28,6 +28,7 @@ Ray is optional (``pip install "acp[ray]"``) and imported only here, inside func
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -186,13 +187,15 @@ class RayEngine:
         if per_worker is None:
             per_worker = 1.0 if gpus else 0.0
         count = self.options.workers or (max(1, int(gpus // per_worker)) if per_worker else 1)
-        actor = ray.remote(_Worker).options(
-            num_gpus=per_worker, num_cpus=self.options.cpus_per_worker, max_restarts=-1,
-            max_task_retries=0)
+        actor = ray.remote(_Worker)
         started = time.perf_counter()
         self.names = [f"worker-{n}" for n in range(count)]
-        self.workers = [actor.remote(self.config, self.device, self.categories, self.renderer_factory,
-                                     self.judge, name) for name in self.names]
+        # Named "acp-<driver pid>-worker-<n>" so that an operator (or a test) can find them.
+        self.workers = [
+            actor.options(name=f"acp-{os.getpid()}-{name}", num_gpus=per_worker,
+                          num_cpus=self.options.cpus_per_worker, max_restarts=-1, max_task_retries=0)
+            .remote(self.config, self.device, self.categories, self.renderer_factory, self.judge, name)
+            for name in self.names]
         try:
             ray.get([w.ready.remote() for w in self.workers])
         except Exception as error:

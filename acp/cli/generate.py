@@ -135,6 +135,10 @@ def generate(
     from acp.pipeline import GenerateConfig, LLMOptions, generate
     from acp.schema import LayoutRules
 
+    if executor == "ray":
+        from acp.distributed import import_ray
+
+        import_ray()  # without Ray: the install hint, before anything else is said or done
     source = read_input(input, concepts)
     if image_format not in ("jpeg", "png"):
         raise InputError(f"--image-format: expected jpeg or png, got {image_format!r}")
