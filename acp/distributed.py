@@ -80,10 +80,18 @@ class _Worker:
         from acp.pipeline import _Stages
 
         self.name = name
-        renderer = renderer_factory() if renderer_factory is not None else None
-        self.stages = _Stages(config, device, renderer, judge, categories)
+        # A load error is kept and raised by ``ready``: raised here, Ray would report a dead
+        # actor with the traceback as text, and the driver could not print the worker's line.
+        self.error: Exception | None = None
+        try:
+            renderer = renderer_factory() if renderer_factory is not None else None
+            self.stages = _Stages(config, device, renderer, judge, categories)
+        except Exception as error:
+            self.error = error
 
     def ready(self) -> str:
+        if self.error is not None:
+            raise self.error
         return self.name
 
     def process(self, plans: list[ScenePlan]) -> tuple[list[_Work], dict[str, float]]:
@@ -95,6 +103,8 @@ class _Worker:
         from acp.export import encode_image
         from acp.pipeline import StageTimes, png_bytes
 
+        if self.error is not None:
+            raise self.error
         stages = self.stages
         stages.times = StageTimes()
         works = [stages.layout(plan) for plan in plans]
@@ -328,9 +338,13 @@ def _plan_failed(plan: ScenePlan) -> _Work:
 def _unwrap(ray: Any, error: Exception) -> Exception:
     """The worker's own exception (an ``InputError`` for a bad model path, an ``OSError`` for a
     full disk), so that the run ends with the line a local run would print."""
-    cause = getattr(error, "cause", None)
-    if isinstance(cause, BaseException) and isinstance(cause, Exception):
-        return cause
+    found: Any = error
+    for _ in range(5):  # ActorDiedError -> RayTaskError -> the worker's exception
+        if not isinstance(found, ray.exceptions.RayError):
+            return found if isinstance(found, Exception) else error
+        found = getattr(found, "cause", None)
+        if found is None:
+            break
     if isinstance(error, ray.exceptions.RayActorError):
-        return AcpError(f"a Ray worker died while loading: {first_line(error, limit=300)}")
+        return AcpError(f"a Ray worker died: {first_line(error, limit=300)}")
     return error

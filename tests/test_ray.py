@@ -143,6 +143,27 @@ def test_sigkill_of_the_driver_then_rerun_finishes_the_dataset(
     same_output(local_run, out)
 
 
+def test_a_model_a_worker_cannot_load_is_the_workers_one_line_and_writes_nothing(
+    local_ray: str, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    from acp.errors import InputError
+
+    out = tmp_path / "ray"
+    with pytest.raises(InputError, match=r"--model .*missing: no such folder"):
+        generate(config(tiny_models, model=str(tmp_path / "missing")), out, device="cpu", progress=False,
+                 executor="ray", ray=ray_options(1))
+    assert not out.exists()
+
+    def ours() -> list[str]:
+        return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                if a["name"].startswith(f"acp-{os.getpid()}-")]
+
+    deadline = time.monotonic() + 20
+    while ours() and time.monotonic() < deadline:  # ray.kill returns before the actor is gone
+        time.sleep(0.1)
+    assert not ours()  # the driver stopped its workers
+
+
 def test_without_ray_the_executor_is_one_line_with_the_install_hint(
     tiny_models: dict[str, Path], tmp_path: Path
 ) -> None:

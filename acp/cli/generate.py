@@ -167,6 +167,8 @@ def generate(
         ray = RayOptions(address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker)
     elif executor != "local":
         raise InputError(f"--executor: expected local or ray, got {executor!r}")
+    elif workers is not None or gpus_per_worker is not None or ray_address != "auto":
+        raise InputError("--workers, --gpus-per-worker and --ray-address need --executor ray")
     summary = generate(config, output, api_key=api_key, device=device, force=force, judge=judge,
                        progress=progress, batch_plans=batch_plans, executor=executor, ray=ray)
     print(f"{output}: {summary.line()}")
