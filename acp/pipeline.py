@@ -106,9 +106,12 @@ class GenerateConfig:
     categories: Path | None = None
     keep_candidates: bool = False
     image_format: str = "jpeg"
+    # How the device runs, not what it makes (kept out of ``record()``): torch.compile the UNet.
+    compile_unet: bool = False
 
     def record(self) -> dict[str, Any]:
         data = asdict(self)
+        data.pop("compile_unet")
         data["concepts"] = hashlib.sha256(dumps(asdict(self.concepts)).encode()).hexdigest()
         data["rules"] = self.rules.model_dump()
         for key in ("bank", "categories"):
@@ -579,7 +582,7 @@ class _Stages:
                            beta=config.beta, size=config.size,
                            negative_prompt=config.negative_prompt, seed=config.seed,
                            safety_checker=config.safety_checker),
-            device=device,
+            device=device, compile=config.compile_unet,
         )
         self.scorer = Scorer(
             ImageScorer.from_pretrained(config.clip_model, device=self.renderer.device),
@@ -799,7 +802,8 @@ def generate(
     out = Path(out)
     started = time.perf_counter()
     # Everything that can fail on the user's input fails here, before any model is loaded.
-    device = resolve_device(device)
+    # Ray workers resolve the device themselves: the driver may be a node without the GPUs.
+    device = resolve_device(device) if executor != "ray" else device
     check_batch_plans(batch_plans)
     categories = load_categories(all_concepts(config.concepts), config.categories)
     sets = scene_concepts(config.concepts, config.scenes, config.objects, config.seed)

@@ -35,6 +35,7 @@ from acp.cli.render import (
     BatchPlansOption,
     BetaOption,
     CandidatesOption,
+    CompileOption,
     GuidanceOption,
     ModelOption,
     NegativePromptOption,
@@ -82,6 +83,7 @@ def generate(
     negative_prompt: NegativePromptOption = "",
     safety_checker: SafetyCheckerOption = defaults.SAFETY_CHECKER,
     batch_plans: BatchPlansOption = defaults.BATCH_PLANS,
+    compile: CompileOption = False,
     device: DeviceOption = "auto",
     executor: Annotated[
         str, typer.Option(help='local (this process) or ray (Ray workers; pip install "acp[ray]").')
@@ -155,7 +157,7 @@ def generate(
         min_clis_l=min_clis_l, min_clis_i=min_clis_i, masks=masks, sam_model=sam_model,
         categories=categories, keep_candidates=keep_candidates, image_format=image_format,
         embed_model=embed_model, judge_model=judge_model, judge_base_url=judge_base_url,
-        judge_margin=judge_margin, judge_max_calls=judge_max_calls,
+        judge_margin=judge_margin, judge_max_calls=judge_max_calls, compile_unet=compile,
     )
     if embed_model and bank is None:
         raise InputError("--embed-model needs --bank (it matches names against the bank's categories)")
