@@ -41,8 +41,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from acp import defaults
 from acp.atomic import atomic_text_file, write_atomic
 from acp.concepts import ConceptInput, all_concepts, scene_concepts
@@ -51,7 +49,7 @@ from acp.jsonl import JsonlWriter, drop_torn_tail, dumps, loads, read_records
 from acp.lock import OutputLock
 from acp.plan.base import PlanSettings
 from acp.plan.run import PlanSummary, make_requests, run_planner
-from acp.schema import LayoutRules, PlanResult, ScenePlan, error_problems
+from acp.schema import LayoutRules, PlanResult, ScenePlan, read_plan_lines
 
 SETTINGS_NAME = "settings.json"
 PROGRESS_NAME = "progress.jsonl"
@@ -296,15 +294,11 @@ class _PlanFeed:
              total: int | None) -> None:
         try:
             if plans_path.exists():
-                for number, record, _text in read_records(plans_path):
-                    plan_id = record.get("id") if record else None
-                    if not isinstance(plan_id, str) or plan_id in done:
-                        continue  # not even an id: the planner plans that scene again
-                    try:
-                        self._put(ScenePlan.model_validate(record))
-                    except ValidationError as error:
-                        problems = "; ".join(f"{f}: {r}" for f, r in error_problems(error))
-                        self._put(InvalidPlan(plan_id, f"{plans_path}:{number}: {problems}"))
+                for number, plan_id, plan, reason in read_plan_lines(plans_path, skip=done):
+                    if plan is not None:
+                        self._put(plan)
+                    elif plan_id is not None:  # without an id the planner plans that scene again
+                        self._put(InvalidPlan(plan_id, f"{plans_path}:{number}: {reason}"))
             self.summary = run_planner(planner, requests, plans_path, total=total, progress=False,
                                        on_plan=self._put)
         except _Stopped:
