@@ -52,8 +52,9 @@ def caption_for(categories: list[str], place: str, companions: list[str] | None 
     ``companions`` (a top-up scene), the first category is the subject: "A photo of an aerosol
     can with a person and a shelf in a kitchen."."""
     if companions is not None:
-        with_them = f" with {listing([count_phrase(n, k) for n, k in Counter(companions).items()])}"
-        return f"A photo of {count_phrase(categories[0], 1)}{with_them if companions else ''} {place}."
+        others = [count_phrase(name, n) for name, n in Counter(companions).items()]
+        with_them = f" with {listing(others)}" if others else ""
+        return f"A photo of {count_phrase(categories[0], 1)}{with_them} {place}."
     counts = Counter(categories)
     return f"A photo of {listing([count_phrase(name, n) for name, n in counts.items()])} {place}."
 
