@@ -169,7 +169,7 @@ def read_histogram(path: Path) -> ClassHistogram:
         images += 1
 
     found = scan_object(path, visit={"annotations": annotation, "images": count_image},
-                        keep=("categories",))
+                        keep=("categories",), polygons=False)
     if "categories" not in found:
         raise InputError(f"{path}: no categories (expected a COCO-format file with a 'categories' list)")
     categories, ambiguous = _real_categories(found["categories"], path)
@@ -468,6 +468,8 @@ def plan_balance(histogram: ClassHistogram, options: BalanceOptions,
     usable = np.array([c.name not in set(histogram.ambiguous) and len(c.phrase) <= MAX_NAME_LENGTH
                        for c in histogram.categories]) if histogram.ambiguous else np.ones(n, dtype=bool)
     pools = _Pools(histogram)
+    hits = np.zeros(n, dtype=np.int64)  # per scene: companions each category has shared an image with
+    taken = np.zeros(n, dtype=bool)  # per scene: already in it
     heap = [(-int(remaining[r]), float(rng.random()), int(r)) for r in np.flatnonzero(remaining)]
     heapq.heapify(heap)
     while heap:
@@ -478,14 +480,16 @@ def plan_balance(histogram: ClassHistogram, options: BalanceOptions,
         plan.as_subject[subject] += 1
         wanted = int(rng.integers(low, high + 1)) - 1
         chosen: list[tuple[int, str]] = []
-        partners_of_chosen: IntArray | None = None
+        taken[subject] = True
         for _ in range(wanted):
-            pick = _draw(histogram, pools, subject, chosen, partners_of_chosen, remaining, plan.beyond_quota,
-                         cap, usable, rng)
+            pick = _draw(histogram, pools, subject, len(chosen), hits, taken, remaining,
+                         plan.beyond_quota, cap, usable, rng)
             if pick is None:
                 break
             row, source = pick
             chosen.append((row, source))
+            taken[row] = True
+            hits[histogram.partners(row)[0]] += 1
             if remaining[row] > 0:
                 remaining[row] -= 1
                 plan.towards_quota[row] += 1
@@ -494,37 +498,38 @@ def plan_balance(histogram: ClassHistogram, options: BalanceOptions,
                 plan.beyond_quota[row] += 1
             if source != "cooccurrence":
                 plan.backoffs[(subject, row, source)] += 1
-            partners, _ = histogram.partners(row)
-            partners_of_chosen = partners if partners_of_chosen is None else \
-                np.intersect1d(partners_of_chosen, partners, assume_unique=True)
+        taken[subject] = False
+        for row, _ in chosen:  # the scratch arrays back to zero, in time of the scene's size
+            taken[row] = False
+            hits[histogram.partners(row)[0]] -= 1
         plan.scenes.append(BalanceScene(subject, tuple(chosen)))
         if remaining[subject] > 0:
             heapq.heappush(heap, (-int(remaining[subject]), float(rng.random()), subject))
     return plan
 
 
-def _draw(histogram: ClassHistogram, pools: _Pools, subject: int, chosen: list[tuple[int, str]],
-          partners_of_chosen: IntArray | None, remaining: IntArray, beyond: IntArray, cap: IntArray,
+def _draw(histogram: ClassHistogram, pools: _Pools, subject: int, drawn: int, hits: IntArray,
+          taken: NDArray[np.bool_], remaining: IntArray, beyond: IntArray, cap: IntArray,
           usable: NDArray[np.bool_], rng: np.random.Generator) -> tuple[int, str] | None:
-    """One companion for ``subject``: from its co-occurrences, else a back-off pool; it must
-    have shared an image with every companion already chosen, and still be wanted (quota
+    """One companion for ``subject``: from its co-occurrences, else a back-off pool. It must
+    have shared an image with each of the ``drawn`` companions so far (``hits``: with how many
+    of them each category has), not be in the scene (``taken``), and still be wanted (quota
     left) or under its cap."""
-    taken = {subject, *(r for r, _ in chosen)}
     sources: list[tuple[str, tuple[IntArray, Any]]] = [("cooccurrence", histogram.partners(subject))]
-    if not chosen:  # back-offs are for a subject with no partner at all; later slots stay plausible
+    if not drawn:  # back-offs are for a subject with no partner at all; later slots stay plausible
         sources += [("supercategory", pools.supercategory(subject)), ("frequent", pools.frequent)]
     for source, (rows, weights) in sources:
         if rows.size == 0:
             continue
-        ok = ((remaining[rows] > 0) | (beyond[rows] < cap[rows])) & usable[rows]
-        if partners_of_chosen is not None:
-            ok &= np.isin(rows, partners_of_chosen, assume_unique=True)
-        if taken:
-            ok &= ~np.isin(rows, list(taken))
+        ok = ((remaining[rows] > 0) | (beyond[rows] < cap[rows])) & usable[rows] & ~taken[rows]
+        if drawn:
+            ok &= hits[rows] == drawn
         if not ok.any():
             continue
-        candidates, w = rows[ok], np.asarray(weights, dtype=np.float64)[ok]
-        return int(candidates[rng.choice(candidates.size, p=w / w.sum())]), source
+        candidates = rows[ok]
+        total = np.cumsum(np.asarray(weights, dtype=np.float64)[ok])
+        pick = int(np.searchsorted(total, rng.random() * total[-1], side="right"))
+        return int(candidates[min(pick, candidates.size - 1)]), source
     return None
 
 
@@ -565,7 +570,7 @@ def synthetic_counts(path: Path, histogram: ClassHistogram) -> tuple[IntArray, i
         if isinstance(item, dict) and not item.get("iscrowd"):
             ids[item.get("category_id")] += 1
 
-    found = scan_object(path, visit={"annotations": annotation}, keep=("categories",))
+    found = scan_object(path, visit={"annotations": annotation}, keep=("categories",), polygons=False)
     if not isinstance(found.get("categories"), list):
         raise InputError(f"{path}: no categories (expected a COCO-format file or a plans .jsonl)")
     mapping: dict[Any, int] = {}

@@ -225,7 +225,7 @@ def read_category_file(path: Path) -> list[Category]:
     if not is_object:
         return parse_categories(load_json_file(path, what="category file"), str(path))
     try:
-        found = scan_object(path, keep=("categories",))
+        found = scan_object(path, keep=("categories",), polygons=False)
     except InputError as error:  # said as every category file's JSON problem is said
         detail = str(error).removeprefix(f"{path}: ")
         raise InputError(f"{path}: not a readable JSON file ({detail})") from None
