@@ -47,7 +47,7 @@ from acp import defaults
 from acp.atomic import atomic_path, write_atomic
 from acp.cocostream import scan_object
 from acp.concepts import MAX_NAME_LENGTH, MAX_OBJECTS_PER_SCENE, MAX_QUOTA, ConceptInput
-from acp.errors import InputError, quoted
+from acp.errors import InputError, MissingDependencyError, quoted
 from acp.export.categories import Category, CategoryMatcher, parse_categories
 from acp.jsonl import read_records
 
@@ -654,8 +654,11 @@ class BalanceReport:
     def write_chart(self, path: Path) -> None:
         """A bar chart on a log scale, head to tail: real instances, what the synthetic set
         adds on top, and the target line."""
-        import matplotlib
-
+        try:
+            import matplotlib
+        except ImportError:
+            raise MissingDependencyError(
+                "the balance chart needs matplotlib: pip install 'acp[report]'") from None
         matplotlib.use("Agg")
         from matplotlib import pyplot as plt
 

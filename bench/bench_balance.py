@@ -1,10 +1,11 @@
 """Long-tail top-up at LVIS scale: read the histogram, plan the top-up, draw before/after.
 
     python bench/bench_balance.py [--scale 1.0] [--scale 0.25 ...] [--target 100]
-                                  [--frequency r,c] [--points 16] [--keep DIR]
+                                  [--frequency r,c] [--companion-cap 0.1] [--points 16]
+                                  [--keep DIR]
 
 For each ``--scale`` s it writes an LVIS-shaped instances file: 1,203 categories with LVIS's
-frequency split (337 rare in 1-10 images, 461 common in 11-100, 405 frequent in 101-9,000,
+frequency split (337 rare in 1-10 images, 461 common in 11-100, 405 frequent in 101-8,000,
 log-uniform), 100,000 x s images, 1-3 instances of a category per image it appears in (about
 1.3M instances at s = 1), a polygon of ``--points`` points under every annotation, and
 co-occurrence structure: each category belongs to one of 30 "contexts" (LVIS's scenes: kitchen,
@@ -34,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-BANDS = (("r", 337, 1, 10), ("c", 461, 11, 100), ("f", 405, 101, 9000))
+BANDS = (("r", 337, 1, 10), ("c", 461, 11, 100), ("f", 405, 101, 8000))
 CONTEXTS = 30
 IMAGES = 100_000
 
@@ -93,7 +94,8 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(path: Path, target: int, frequency: str, chart: Path | None) -> dict[str, object]:
+def measure(path: Path, target: int, frequency: str, chart: Path | None,
+            companion_cap: float) -> dict[str, object]:
     """Run in a fresh process: read, plan, chart; times and peak RSS."""
     from acp.balance import BalanceOptions, parse_frequency, plan_balance, plan_report, read_histogram
     from acp.export import load_categories
@@ -104,7 +106,8 @@ def measure(path: Path, target: int, frequency: str, chart: Path | None) -> dict
     read_s = time.perf_counter() - start
     read_peak = peak_mb()
     start = time.perf_counter()
-    plan = plan_balance(histogram, BalanceOptions(target=target, frequency=parse_frequency(frequency)))
+    plan = plan_balance(histogram, BalanceOptions(target=target, frequency=parse_frequency(frequency),
+                                                  companion_cap=companion_cap))
     plan_s = time.perf_counter() - start
     concepts = plan.concept_input()
     start = time.perf_counter()
@@ -133,13 +136,15 @@ def main() -> None:
     parser.add_argument("--scale", type=float, action="append")
     parser.add_argument("--target", type=int, default=100)
     parser.add_argument("--frequency", default="r,c")
+    parser.add_argument("--companion-cap", type=float, default=0.1)
     parser.add_argument("--points", type=int, default=16)
     parser.add_argument("--keep", type=Path, default=None)
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         path, chart = Path(args.child[0]), args.child[1]
-        print(json.dumps(measure(path, args.target, args.frequency, Path(chart) if chart != "-" else None)))
+        chart_path = Path(chart) if chart != "-" else None
+        print(json.dumps(measure(path, args.target, args.frequency, chart_path, args.companion_cap)))
         return
     scales = sorted(args.scale or [0.25, 0.5, 1.0])
     folder = args.keep or Path(tempfile.mkdtemp(prefix="bench-balance-"))
@@ -153,7 +158,7 @@ def main() -> None:
         chart = folder / "balance.png" if scale == scales[-1] else None
         result = subprocess.run(
             [sys.executable, __file__, "--target", str(args.target), "--frequency", args.frequency,
-             "--child", str(path), str(chart or "-")],
+             "--companion-cap", str(args.companion_cap), "--child", str(path), str(chart or "-")],
             capture_output=True, text=True, check=True, cwd=ROOT)
         last = json.loads(result.stdout)
         print(f"{scale:>5g} {last['images']:>7} {last['instances']:>9} {path.stat().st_size / 1e6:>7.0f} "

@@ -296,3 +296,32 @@ def test_prompt_phrase() -> None:
     assert prompt_phrase("aerosol_can") == "aerosol can"
     assert prompt_phrase("bow_(weapon)") == "bow (weapon)"
     assert prompt_phrase("  fire_hydrant ") == "fire hydrant"
+
+
+@pytest.mark.parametrize("chunk", [7, 64, 1 << 22])
+def test_streamed_reading_matches_json_load_at_any_chunk_size(real: Path, monkeypatch, chunk: int) -> None:
+    """Values cut anywhere by the read buffer decode whole; polygons can be read as null."""
+    import acp.cocostream as stream
+
+    monkeypatch.setattr(stream, "CHUNK", chunk)
+    whole = json.loads(real.read_text())
+    seen: list[dict] = []
+    found = stream.scan_object(real, visit={"annotations": seen.append}, keep=("categories", "info"))
+    assert seen == whole["annotations"]
+    assert found == {"categories": whole["categories"], "info": whole["info"]}
+    bare: list[dict] = []
+    stream.scan_object(real, visit={"annotations": bare.append}, polygons=False)
+    assert [a["segmentation"] for a in bare] == [None] * len(whole["annotations"])
+    assert [{**a, "segmentation": None} for a in whole["annotations"]] == bare
+
+
+@pytest.mark.parametrize("text", ['{"a": [1, 2', '[1]', '{"a": 1,}', '{"a" 1}', '{} x', '{"a": [1 2]}',
+                                  '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}", "\xff{}"])
+def test_streamed_reading_of_bad_json_is_one_input_error(tmp_path: Path, text: str) -> None:
+    from acp.cocostream import scan_object
+
+    path = tmp_path / "bad.json"
+    path.write_bytes(text.encode("latin-1") if text.startswith("\xff") else text.encode())
+    with pytest.raises(InputError) as error:
+        scan_object(path, keep=("a",))
+    assert str(error.value).startswith(str(path)) and "\n" not in str(error.value)

@@ -101,11 +101,16 @@ def balance_plan(args: BalanceArgs, *, input: Path | None, concepts: str | None,
 
 def write_report(report: BalanceReport, folder: Path, *, limit: int = 40) -> None:
     """The table on stdout, ``balance.json`` and ``balance.png`` in ``folder``."""
+    from acp.errors import MissingDependencyError
+
     for line in report.table(limit):
         print(line)
     folder.mkdir(parents=True, exist_ok=True)
     report.write_json(folder / REPORT_NAME)
-    report.write_chart(folder / CHART_NAME)
+    try:
+        report.write_chart(folder / CHART_NAME)
+    except MissingDependencyError as missing:  # the table and the JSON are there all the same
+        notice(f"no {CHART_NAME}: {missing}")
     totals = report.totals()
     below = ""
     if "target" in totals:
