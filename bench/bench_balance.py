@@ -63,7 +63,7 @@ def write_lvis(path: Path, scale: float, points: int, seed: int = 0) -> int:
         for cid, (letter, m) in enumerate(bands, start=1):
             context = int(rng.integers(0, CONTEXTS))
             own = by_context[context]
-            inside = min(int(round(m * 0.8)), own.size)
+            inside = min(round(m * 0.8), own.size)
             chosen = np.union1d(rng.choice(own, inside, replace=False),
                                 rng.choice(images, m - inside, replace=False))
             per_image = rng.integers(1, 4, chosen.size)
