@@ -23,6 +23,7 @@ from acp.balance import (
 )
 from acp.cli import app
 from acp.errors import InputError
+from tests.chat_server import chat_server_fixture  # noqa: F401  (provides chat_server)
 
 runner = CliRunner()
 
@@ -325,3 +326,21 @@ def test_streamed_reading_of_bad_json_is_one_input_error(tmp_path: Path, text: s
     with pytest.raises(InputError) as error:
         scan_object(path, keep=("a",))
     assert str(error.value).startswith(str(path)) and "\n" not in str(error.value)
+
+
+def test_the_llm_is_told_subject_and_companions_and_adds_nothing(chat_server) -> None:
+    """A top-up scene allows its own concepts only: a person the run knows is still refused,
+    so companions never inflate a head class beyond what was planned."""
+    from acp.plan.base import SceneRequest
+    from tests.chat_server import ok, valid_text
+    from tests.test_llm_planner import extra_object, plan_one
+
+    concepts = ["dog", "frisbee"]
+    request = SceneRequest("000000", tuple(concepts), seed=1, companions=("frisbee",))
+    chat_server.script(ok(extra_object("person")(concepts)), ok(valid_text(concepts)))
+    outcome = plan_one(chat_server.url, request, categories=("dog", "frisbee", "person"))
+    assert outcome.plan is not None and outcome.attempts == 2, outcome.error
+    first = chat_server.requests[0].messages[-1]["content"]
+    assert 'Subject: "dog"\nCompanions: ["frisbee"]\nAllowed categories: ["dog", "frisbee"]' in first
+    reask = chat_server.requests[1].messages[-1]["content"]
+    assert "'person' is not one of the requested categories" in reask
