@@ -344,3 +344,17 @@ def test_the_llm_is_told_subject_and_companions_and_adds_nothing(chat_server) ->
     assert 'Subject: "dog"\nCompanions: ["frisbee"]\nAllowed categories: ["dog", "frisbee"]' in first
     reask = chat_server.requests[1].messages[-1]["content"]
     assert "'person' is not one of the requested categories" in reask
+
+
+def test_settings_of_older_runs_still_match() -> None:
+    """The digest a run's settings.json holds is unchanged for inputs without companions."""
+    import hashlib
+
+    from acp.concepts import ConceptInput
+
+    old = hashlib.sha256(json.dumps({"vocabulary": ["dog", "cat"], "quotas": [], "scenes": []},
+                                    separators=(",", ":")).encode()).hexdigest()
+    assert ConceptInput(vocabulary=("dog", "cat")).fingerprint() == old
+    scenes = (("aerosol can", "person"),)
+    assert ConceptInput(scenes=scenes, companions=(("person",),)).fingerprint() != \
+        ConceptInput(scenes=scenes).fingerprint()

@@ -220,8 +220,11 @@ def read_category_file(path: Path) -> list[Category]:
     past, never held."""
     from acp.cocostream import scan_object
 
-    with open_or_fail(path) as handle:
-        is_object = handle.read(64).lstrip("\ufeff \t\r\n").startswith("{")
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            is_object = handle.read(64).lstrip("\ufeff \t\r\n").startswith("{")
+    except OSError:
+        is_object = False  # load_json_file says what is wrong with it
     if not is_object:
         return parse_categories(load_json_file(path, what="category file"), str(path))
     try:
@@ -233,12 +236,3 @@ def read_category_file(path: Path) -> list[Category]:
         raise InputError(f"{path}: expected a COCO/LVIS file with a 'categories' list")
     return parse_categories(found["categories"], str(path))
 
-
-def open_or_fail(path: Path) -> Any:
-    """``path`` opened as UTF-8 text; a missing or unreadable file is one ``InputError`` line."""
-    try:
-        return open(path, encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such category file") from None
-    except OSError as error:
-        raise InputError(f"{path}: not a readable JSON file ({error})") from None
