@@ -16,8 +16,9 @@ into scenes:
   between ``objects`` MIN and MAX distinct categories. Companions are drawn, weighted by the
   number of REAL images the two share, from the categories that co-occur with the subject
   **and** with every companion already drawn, so every pair of companions has been seen
-  together. Only when the subject co-occurs with no usable category does it back off, first
-  to the co-occurrences of its supercategory's categories, then to the frequent classes
+  together (fewer companions when its partners are used up). Only a subject that shares no
+  image with any other category backs off, first to the co-occurrences of its
+  supercategory's categories, then to the frequent classes
   (LVIS's ``f``, else the ``FREQUENT_FALLBACK`` categories in most images); every backed-off
   pair is recorded in ``BalancePlan.backoffs``.
 - **Companions count**: a companion instance of a selected category counts towards its quota.
@@ -515,8 +516,11 @@ def _draw(histogram: ClassHistogram, pools: _Pools, subject: int, drawn: int, hi
     have shared an image with each of the ``drawn`` companions so far (``hits``: with how many
     of them each category has), not be in the scene (``taken``), and still be wanted (quota
     left) or under its cap."""
-    sources: list[tuple[str, tuple[IntArray, Any]]] = [("cooccurrence", histogram.partners(subject))]
-    if not drawn:  # back-offs are for a subject with no partner at all; later slots stay plausible
+    partners = histogram.partners(subject)
+    sources: list[tuple[str, tuple[IntArray, Any]]] = [("cooccurrence", partners)]
+    # Back-offs are for a subject that shares no image with any category: one whose partners
+    # are used up gets a smaller scene instead, never a pair the real data has not shown.
+    if not drawn and partners[0].size == 0:
         sources += [("supercategory", pools.supercategory(subject)), ("frequent", pools.frequent)]
     for source, (rows, weights) in sources:
         if rows.size == 0:

@@ -133,7 +133,8 @@ def test_companions_only_from_real_cooccurrence_unless_backed_off(real: Path) ->
         for row, source in scene.companions:
             if source == "cooccurrence":
                 assert histogram.cooccur(scene.subject, row)
-            else:  # never silently: every backed-off pair is recorded
+            else:  # only for a subject with no real partner, and never silently
+                assert histogram.partners(scene.subject)[0].size == 0
                 assert plan.backoffs[(scene.subject, row, source)] > 0
                 seen_backoff.add((histogram.categories[scene.subject].name, source))
         companions = [r for r, _ in scene.companions]
