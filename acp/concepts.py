@@ -18,15 +18,16 @@ appears about equally often. With quotas, each concept appears in exactly its qu
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import random
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from acp.errors import InputError, quoted
-from acp.jsonl import loads
+from acp.jsonl import dumps, loads
 from acp.names import category_key, name_problem
 
 MAX_SCENES = 10_000_000
@@ -37,11 +38,28 @@ MAX_NAME_LENGTH = 200
 
 @dataclass(frozen=True)
 class ConceptInput:
-    """A parsed concept input: exactly one of the three fields is set."""
+    """A parsed concept input: exactly one of ``vocabulary``, ``quotas`` and ``scenes`` is set.
+
+    ``companions`` goes with ``scenes`` made by ``acp.balance``: for each scene, which of its
+    concepts are companions drawn from a real dataset's co-occurrences (the first concept is
+    the scene's subject). The planners are told so, and place exactly those objects."""
 
     vocabulary: tuple[str, ...] = ()
     quotas: tuple[tuple[str, int], ...] = ()
     scenes: tuple[tuple[str, ...], ...] = ()
+    companions: tuple[tuple[str, ...], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.companions and len(self.companions) != len(self.scenes):
+            raise ValueError(f"{len(self.companions)} companion sets for {len(self.scenes)} scenes")
+
+    def fingerprint(self) -> str:
+        """A digest of the input, as a run's settings record it. ``companions`` counts only
+        when set, so inputs from before it keep their digest."""
+        data = asdict(self)
+        if not self.companions:
+            del data["companions"]
+        return hashlib.sha256(dumps(data).encode()).hexdigest()
 
 
 def _check_name(name: Any, where: str) -> str:

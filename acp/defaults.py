@@ -34,3 +34,7 @@ MIN_CLIS_I = 60.0
 # a run at most.
 JUDGE_MARGIN = 10.0
 JUDGE_MAX_CALLS = 100
+
+# Long-tail top-up (acp.balance): a class with no quota left gains at most this share of its
+# real instances as companions of other classes' scenes, so the head is not inflated.
+BALANCE_COMPANION_CAP = 0.1

@@ -28,7 +28,6 @@ Files in ``OUT/`` and how a kill at any moment is survived:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import queue
@@ -45,7 +44,7 @@ from acp import defaults
 from acp.atomic import atomic_text_file, write_atomic
 from acp.concepts import ConceptInput, all_concepts, scene_concepts
 from acp.errors import AcpError, InputError, OutputMismatchError, first_line
-from acp.jsonl import JsonlWriter, drop_torn_tail, dumps, loads, read_records
+from acp.jsonl import JsonlWriter, drop_torn_tail, loads, read_records
 from acp.lock import OutputLock
 from acp.plan.base import PlanSettings
 from acp.plan.run import PlanSummary, make_requests, run_planner
@@ -110,7 +109,7 @@ class GenerateConfig:
     def record(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("compile_unet")
-        data["concepts"] = hashlib.sha256(dumps(asdict(self.concepts)).encode()).hexdigest()
+        data["concepts"] = self.concepts.fingerprint()
         data["rules"] = self.rules.model_dump()
         for key in ("bank", "categories"):
             data[key] = str(Path(data[key]).resolve()) if data[key] else None
@@ -945,7 +944,8 @@ def _generate(config: GenerateConfig, out: Path, lock: OutputLock, categories: A
         write_atomic(out / SETTINGS_NAME, json.dumps(record, indent=2, sort_keys=True) + "\n")
         writer = CocoWriter(out, categories, image_format=config.image_format)  # type: ignore[arg-type]
         summary = GenerateSummary(times=engine.times)
-        feed = _PlanFeed(planner, make_requests(sets, config.seed, *config.size),
+        feed = _PlanFeed(planner, make_requests(sets, config.seed, *config.size,
+                                                companions=config.concepts.companions),
                          out / "plans.jsonl", done, total)
         bar = tqdm(total=total, initial=len(done), desc="generating", unit="scene",
                    disable=not progress, dynamic_ncols=True)

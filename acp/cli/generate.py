@@ -11,21 +11,30 @@ from acp import defaults
 from acp.cli import app
 from acp.cli._common import ApiKeyOption, DeviceOption, handle_errors
 from acp.cli.plan import (
+    BalanceOption,
     BaseUrlOption,
+    CategoriesOnlyOption,
+    CompanionCapOption,
     ConceptsOption,
     ConcurrencyOption,
+    FrequencyOption,
     InputArgument,
     LLMModelOption,
     MaxOverlapOption,
+    MaxPerCategoryOption,
     MaxReasksOption,
     ObjectsOption,
     OnOverlapOption,
     OverlapAction,
+    PassRateFromOption,
+    PassRateOption,
     PlannerOption,
     ProgressOption,
     ScenesOption,
     SeedOption,
     SizeOption,
+    TailBelowOption,
+    TargetOption,
     TimeoutOption,
     choose_planner,
     parse_size,
@@ -126,12 +135,23 @@ def generate(
         bool, typer.Option("--force", help="Start over when OUT holds a run with other settings.")
     ] = False,
     progress: ProgressOption = True,
+    balance: BalanceOption = None,
+    target: TargetOption = None,
+    pass_rate: PassRateOption = 1.0,
+    pass_rate_from: PassRateFromOption = None,
+    tail_below: TailBelowOption = None,
+    frequency: FrequencyOption = None,
+    categories_only: CategoriesOnlyOption = None,
+    max_per_category: MaxPerCategoryOption = None,
+    companion_cap: CompanionCapOption = defaults.BALANCE_COMPANION_CAP,
 ) -> None:
-    """Plan, render, score, keep the best, segment and export a COCO dataset.
+    """Plan, render, score, keep the best, segment and export a COCO dataset; with --balance
+    REAL, the dataset that tops up REAL's long tail (report in OUT/balance.json and .png).
 
     Rerun the same command to resume after an interruption. The API key is read from
     OPENAI_API_KEY and never printed or written.
     """
+    from acp.cli.balance import BalanceArgs, balance_plan, plan_record_path, report_after_run
     from acp.concepts import parse_object_range
     from acp.errors import InputError
     from acp.pipeline import GenerateConfig, LLMOptions, generate
@@ -141,7 +161,17 @@ def generate(
         from acp.distributed import import_ray
 
         import_ray()  # without Ray: the install hint, before anything else is said or done
-    source = read_input(input, concepts)
+    wanted = BalanceArgs(balance, target, pass_rate, pass_rate_from, tail_below, frequency,
+                         categories_only, max_per_category, companion_cap)
+    topup = balance_plan(wanted, input=input, concepts=concepts, scenes=scenes,
+                         objects=parse_object_range(objects_per_scene), seed=seed)
+    if topup is not None and not topup.scenes:
+        return
+    if topup is not None and categories is not None and categories.resolve() != balance.resolve():  # type: ignore[union-attr]
+        raise InputError("--categories cannot differ from --balance REAL: the output takes REAL's categories")
+    source = topup.concept_input() if topup is not None else read_input(input, concepts)
+    if topup is not None:
+        categories = balance
     if image_format not in ("jpeg", "png"):
         raise InputError(f"--image-format: expected jpeg or png, got {image_format!r}")
     api_key = api_key or None
@@ -176,3 +206,6 @@ def generate(
     print(f"{output}: {summary.line()}")
     print(f"{output / 'annotations.json'}: {summary.annotations} annotations; "
           f"summary in {output / 'summary.json'}")
+    if topup is not None:
+        topup.write(plan_record_path(output / "plans.jsonl"))
+        report_after_run(topup, output / "annotations.json", output)

@@ -83,6 +83,51 @@ MaxOverlapOption = Annotated[
 OnOverlapOption = Annotated[OverlapAction, typer.Option(help="What to do with a larger overlap.")]
 ProgressOption = Annotated[bool, typer.Option(help="Show a progress bar.")]
 
+# Long-tail top-up (acp.balance), shared with `acp generate`; acp.cli.balance reads them.
+BalanceOption = Annotated[
+    Path | None,
+    typer.Option("--balance", metavar="REAL", show_default=False,
+                 help="Real COCO/LVIS instances file: plan scenes that top up its rare classes to "
+                 "--target instead of reading INPUT; categories and ids follow REAL."),
+]
+TargetOption = Annotated[
+    int | None,
+    typer.Option(min=1, show_default=False, help="With --balance: instances each selected category "
+                 "reaches; quota = ceil(max(0, target - real) / pass rate)."),
+]
+PassRateOption = Annotated[
+    float, typer.Option(min=0.01, max=1.0, help="With --balance: the share of planned instances CLIS keeps.")
+]
+PassRateFromOption = Annotated[
+    Path | None,
+    typer.Option(show_default=False, help="With --balance: an earlier run's OUT/summary.json; its "
+                 "per-category pass rates replace --pass-rate."),
+]
+TailBelowOption = Annotated[
+    int | None,
+    typer.Option(min=1, show_default=False, help="With --balance: select categories with fewer than M "
+                 "real instances."),
+]
+FrequencyOption = Annotated[
+    str | None,
+    typer.Option(show_default=False, help="With --balance: select LVIS frequencies, e.g. r,c (rare, "
+                 "common, frequent)."),
+]
+CategoriesOnlyOption = Annotated[
+    str | None,
+    typer.Option(show_default=False,
+                 help='With --balance: select these categories, e.g. "aerosol_can,bow_(weapon)".'),
+]
+MaxPerCategoryOption = Annotated[
+    int | None,
+    typer.Option(min=1, show_default=False, help="With --balance: cap on any one category's quota."),
+]
+CompanionCapOption = Annotated[
+    float,
+    typer.Option(min=0.0, max=10.0, help="With --balance: a category with no quota left gains at most "
+                 "this share of its real instances as companions."),
+]
+
 
 def read_input(input: Path | None, concepts: str | None) -> ConceptInput:
     from acp.concepts import load_concepts, parse_inline
@@ -129,18 +174,38 @@ def plan(
     on_overlap: OnOverlapOption = OverlapAction.reject,
     api_key: ApiKeyOption = None,
     progress: ProgressOption = True,
+    balance: BalanceOption = None,
+    target: TargetOption = None,
+    pass_rate: PassRateOption = 1.0,
+    pass_rate_from: PassRateFromOption = None,
+    tail_below: TailBelowOption = None,
+    frequency: FrequencyOption = None,
+    categories_only: CategoriesOnlyOption = None,
+    max_per_category: MaxPerCategoryOption = None,
+    companion_cap: CompanionCapOption = defaults.BALANCE_COMPANION_CAP,
 ) -> None:
-    """Plan scenes (caption, objects, boxes, relations) from a concept list.
+    """Plan scenes (caption, objects, boxes, relations) from a concept list, or, with
+    --balance REAL, the scenes that top up REAL's long tail (plan written to PLANS.balance.json).
 
     The API key is read from OPENAI_API_KEY and never printed or written.
     """
+    from acp.cli.balance import BalanceArgs, balance_plan, plan_record_path
     from acp.concepts import all_concepts, parse_object_range, scene_concepts
     from acp.plan.base import PlanSettings
     from acp.plan.run import failures_path, make_requests, run_planner
     from acp.schema import LayoutRules
 
-    source = read_input(input, concepts)
     objects = parse_object_range(objects_per_scene)
+    wanted = BalanceArgs(balance, target, pass_rate, pass_rate_from, tail_below, frequency,
+                         categories_only, max_per_category, companion_cap)
+    topup = balance_plan(wanted, input=input, concepts=concepts, scenes=scenes, objects=objects,
+                         seed=seed)
+    if topup is not None:
+        topup.write(plan_record_path(output))
+        print(f"{plan_record_path(output)}: the top-up plan (quotas, companions, back-offs)")
+        if not topup.scenes:
+            return
+    source = topup.concept_input() if topup is not None else read_input(input, concepts)
     width, height = parse_size(size)
     sets = scene_concepts(source, scenes, objects, seed)
     total = len(sets) if isinstance(sets, tuple) else (scenes if not source.quotas else None)
@@ -164,7 +229,7 @@ def plan(
         from acp.plan.heuristic import HeuristicPlanner
 
         chosen = HeuristicPlanner(settings)
-    requests = make_requests(sets, seed, width, height)
+    requests = make_requests(sets, seed, width, height, companions=source.companions)
     summary = run_planner(chosen, requests, output, total=total, progress=progress)
     print(f"{output}: {summary.line()}")
     if summary.failed:

@@ -215,10 +215,24 @@ def load_json_file(path: Path, *, what: str = "file") -> Any:
 
 
 def read_category_file(path: Path) -> list[Category]:
-    """Categories of a COCO/LVIS annotation file, or of a file holding just the categories list."""
-    data = load_json_file(path, what="category file")
-    if isinstance(data, dict):
-        if "categories" not in data:
-            raise InputError(f"{path}: expected a COCO/LVIS file with a 'categories' list")
-        data = data["categories"]
-    return parse_categories(data, str(path))
+    """Categories of a COCO/LVIS annotation file, or of a file holding just the categories list.
+    An instances file is streamed (``acp.cocostream``): LVIS's gigabyte of annotations is read
+    past, never held."""
+    from acp.cocostream import scan_object
+
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            is_object = handle.read(64).lstrip("\ufeff \t\r\n").startswith("{")
+    except OSError:
+        is_object = False  # load_json_file says what is wrong with it
+    if not is_object:
+        return parse_categories(load_json_file(path, what="category file"), str(path))
+    try:
+        found = scan_object(path, keep=("categories",), polygons=False)
+    except InputError as error:  # said as every category file's JSON problem is said
+        detail = str(error).removeprefix(f"{path}: ")
+        raise InputError(f"{path}: not a readable JSON file ({detail})") from None
+    if "categories" not in found:
+        raise InputError(f"{path}: expected a COCO/LVIS file with a 'categories' list")
+    return parse_categories(found["categories"], str(path))
+

@@ -2,8 +2,10 @@
 
 - Categories are unified by name with the rules of ``acp.export.categories`` (case, plural,
   synonyms): a synthetic category that matches a real one takes the real id; one that matches
-  none is added with a new id after the real ones. The real file's ids, categories (with all
-  their keys, e.g. LVIS's ``frequency``), images and annotations are kept as they are.
+  none is added with a new id after the real ones. A synthetic category with a real one's id
+  and exact name (a set exported with REAL's categories) keeps that id, unmatched. The real
+  file's ids, categories (with all their keys, e.g. LVIS's ``frequency``), images and
+  annotations are kept as they are.
 - Synthetic image and annotation ids are renumbered after the largest real id, so every id is
   unique; licenses are merged the same way.
 - Paths: a COCO ``file_name`` is relative to an images folder that the JSON does not name. In
@@ -173,7 +175,14 @@ def merge_coco(
     added: list[str] = []
     categories = list(ref.categories)
     next_category = _next_id(ref.categories)
+    real_by_id = {c["id"]: c for c in ref.categories}
     for category in syn.categories:
+        same = real_by_id.get(category["id"])
+        if same is not None and same["name"] == category["name"]:
+            # Exported with REAL's categories (`generate --categories REAL`, `--balance REAL`):
+            # the same id and name is the same category, whatever a name match would say.
+            category_map[category["id"]] = category["id"]
+            continue
         candidates = matcher.candidates(category["name"])
         if len(candidates) > 1:
             names = ", ".join(repr(c.name) for c in candidates)

@@ -10,13 +10,18 @@ from acp.schema import LayoutRules, ScenePlan
 
 @dataclass(frozen=True)
 class SceneRequest:
-    """One scene to plan: its id, the concepts it must contain (repeated for counts) and size."""
+    """One scene to plan: its id, the concepts it must contain (repeated for counts) and size.
+
+    ``companions`` is set on a scene of a long-tail top-up (``acp.balance``): the concepts that
+    accompany its subject (the first concept) because they share images with it in the real
+    data. Such a scene holds exactly its concepts: a planner adds no other object."""
 
     id: str
     concepts: tuple[str, ...]
     seed: int
     width: int = 512
     height: int = 512
+    companions: tuple[str, ...] | None = None
 
 
 @dataclass

@@ -47,8 +47,14 @@ def describe(category: str, rng: random.Random) -> str:
     return count_phrase(f"{rng.choice(_COLOURS)} {category}", 1)
 
 
-def caption_for(categories: list[str], place: str) -> str:
-    """ "A photo of a dog and two people in a park." (``place``: ``Prior.place``)."""
+def caption_for(categories: list[str], place: str, companions: list[str] | None = None) -> str:
+    """ "A photo of a dog and two people in a park." (``place``: ``Prior.place``). With
+    ``companions`` (a top-up scene), the first category is the subject: "A photo of an aerosol
+    can with a person and a shelf in a kitchen."."""
+    if companions is not None:
+        others = [count_phrase(name, n) for name, n in Counter(companions).items()]
+        with_them = f" with {listing(others)}" if others else ""
+        return f"A photo of {count_phrase(categories[0], 1)}{with_them} {place}."
     counts = Counter(categories)
     return f"A photo of {listing([count_phrase(name, n) for name, n in counts.items()])} {place}."
 
@@ -79,12 +85,14 @@ def _place(zone: str, w: float, h: float, rng: random.Random) -> tuple[float, fl
 
 
 def layout_boxes(
-    categories: list[str], frame_aspect: float, rng: random.Random
+    categories: list[str], frame_aspect: float, rng: random.Random, subject: int | None = None
 ) -> list[tuple[float, float, float, float]]:
-    """One box per category, larger objects placed first, overlaps kept low."""
+    """One box per category, larger objects placed first, overlaps kept low. A ``subject``
+    (a top-up scene's) keeps its full size however crowded the scene and is placed first."""
     priors = [prior_for(c) for c in categories]
-    sizes = [_box_size(p, len(categories), frame_aspect, rng) for p in priors]
-    order = sorted(range(len(categories)), key=lambda i: -sizes[i][0] * sizes[i][1])
+    sizes = [_box_size(p, 1 if i == subject else len(categories), frame_aspect, rng)
+             for i, p in enumerate(priors)]
+    order = sorted(range(len(categories)), key=lambda i: (i != subject, -sizes[i][0] * sizes[i][1]))
     boxes: dict[int, tuple[float, float, float, float]] = {}
     for i in order:
         w, h = sizes[i]
@@ -123,7 +131,9 @@ class HeuristicPlanner:
     def plan(self, request: SceneRequest) -> ScenePlan:
         rng = random.Random(request.seed)
         categories = list(request.concepts)
-        boxes = layout_boxes(categories, request.width / request.height, rng)
+        # A top-up scene is made for its subject (the first concept): it sets the place.
+        subject = 0 if request.companions is not None and categories else None
+        boxes = layout_boxes(categories, request.width / request.height, rng, subject)
         objects = []
         for i, (category, box) in enumerate(zip(categories, boxes, strict=True)):
             zone = prior_for(category).zone
@@ -140,12 +150,14 @@ class HeuristicPlanner:
             {"subject": i, "predicate": _relation(boxes[i], boxes[0]), "object": 0}
             for i in range(1, len(objects))
         ]
-        anchor = max(range(len(categories)), key=lambda i: boxes[i][2] * boxes[i][3], default=None)
+        anchor = subject if subject is not None else max(
+            range(len(categories)), key=lambda i: boxes[i][2] * boxes[i][3], default=None)
         prior = prior_for(categories[anchor]) if anchor is not None else None
         setting = prior.setting if prior else "an empty room"
+        companions = categories[1:] if subject is not None else None
         plan = ScenePlan(
             id=request.id, concepts=list(request.concepts),
-            caption=caption_for(categories, prior.place) if prior else f"A photo of {setting}.",
+            caption=caption_for(categories, prior.place, companions) if prior else f"A photo of {setting}.",
             background=setting, width=request.width, height=request.height,
             objects=objects, relations=relations,  # type: ignore[arg-type]
             planner=self.name, model=None, seed=request.seed,

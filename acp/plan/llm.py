@@ -49,17 +49,26 @@ log = logging.getLogger(__name__)
 
 
 def scene_prompt(concepts: Iterable[str], width: int, height: int,
-                 categories: Iterable[str] | None = None) -> str:
+                 categories: Iterable[str] | None = None,
+                 companions: Iterable[str] | None = None) -> str:
     """The user message that asks for one scene.
 
     ``categories`` (the run's concepts) adds the line of allowed categories: the scene's own
     concepts are required, the others may be added, no other category may be used.
+    ``companions`` (a top-up scene, ``SceneRequest.companions``) names the subject (the first
+    concept) and its companions, and allows the scene's own concepts only.
     """
     concepts = list(concepts)
     allowed = ""
+    if companions is not None:
+        companions = list(companions)
+        allowed = f"Subject: {json.dumps(concepts[0], ensure_ascii=False)}\n"
+        if companions:
+            allowed += f"Companions: {json.dumps(companions, ensure_ascii=False)}\n"
+        categories = concepts
     if categories is not None:
         names = json.dumps(allowed_names(categories, concepts), ensure_ascii=False)
-        allowed = f"Allowed categories: {names}\n"
+        allowed += f"Allowed categories: {names}\n"
     return (
         f"Concepts: {json.dumps(concepts, ensure_ascii=False)}\n"
         f"{allowed}"
@@ -210,7 +219,10 @@ class LLMPlanner:
     async def _plan_scene(self, client: ChatClient, request: SceneRequest) -> PlanOutcome:
         """One scene's conversation; a scene's own failure is returned, never raised."""
         categories = self.plan_settings.categories
-        prompt = scene_prompt(request.concepts, request.width, request.height, categories)
+        if request.companions is not None:  # a top-up scene holds exactly its concepts
+            categories = request.concepts
+        prompt = scene_prompt(request.concepts, request.width, request.height, categories,
+                              request.companions)
         messages = [*self._preamble, {"role": "user", "content": prompt}]
         retries = 0
         raw: str | None = None

@@ -11,7 +11,7 @@ latest run only, since a rerun plans every failed scene again.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -60,11 +60,15 @@ def scene_id(index: int) -> str:
 
 
 def make_requests(
-    concept_sets: Iterable[tuple[str, ...]], seed: int, width: int, height: int
+    concept_sets: Iterable[tuple[str, ...]], seed: int, width: int, height: int,
+    companions: Sequence[tuple[str, ...]] = (),
 ) -> Iterator[SceneRequest]:
+    """One request per concept set; ``companions`` (``ConceptInput.companions``), when given,
+    holds each set's companions."""
     for index, concepts in enumerate(concept_sets):
         sid = scene_id(index)
-        yield SceneRequest(sid, tuple(concepts), derive_seed(seed, sid), width, height)
+        yield SceneRequest(sid, tuple(concepts), derive_seed(seed, sid), width, height,
+                           tuple(companions[index]) if companions else None)
 
 
 def _identity(concepts: object, seed: object, width: object, height: object) -> str:

@@ -1,0 +1,185 @@
+"""Reading a large COCO-format file in one pass, one array element at a time.
+
+An LVIS or Objects365 instances file is a gigabyte of JSON whose Python objects take many
+times that; counting its classes or reading its categories needs none of it at once.
+``scan_object(path, visit=..., keep=...)`` walks the top-level object: each element of an
+array named in ``visit`` is decoded on its own and handed to its callback, the values named
+in ``keep`` are returned, everything else is decoded element by element and dropped. Memory
+is the read buffer (a few MB) plus what the callbacks keep.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Collection, Mapping
+from pathlib import Path
+from typing import Any, TextIO
+
+from acp.errors import InputError, quoted
+
+CHUNK = 1 << 22  # characters read at a time
+_SPACE = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
+_EXPECTED = "expected a COCO-format JSON object"
+
+
+# "segmentation": a polygon list [[x, y, ...], ...] (the pattern of ``acp.score.bank``). A match
+# cannot start inside a JSON string (its quotes would be escaped there) and holds no "}", so no
+# match spans a cut after a "}".
+_POLYGONS = re.compile(
+    r'"segmentation"\s*:\s*\[\s*(?:\[[-+0-9.eE,\s]*\](?:\s*,\s*\[[-+0-9.eE,\s]*\])*)?\s*\]'
+)
+_NO_POLYGONS = '"segmentation":null'
+
+
+class _Reader:
+    """A text buffer over a file, refilled as decoding needs more of it. Without
+    ``polygons``, every polygon ``segmentation`` is null before it is decoded: on LVIS the
+    polygons are most of the text and of the decoding time, and nothing here reads them."""
+
+    def __init__(self, handle: TextIO, path: Path, polygons: bool = True):
+        self.handle, self.path, self.polygons = handle, path, polygons
+        self.buffer = ""
+        self.pos = 0
+        self.dropped = 0  # characters before ``buffer`` (for positions in messages)
+        self.eof = False
+        self._pending = ""  # read, not yet past a "}" (polygons are cut after one)
+
+    def _read(self, size: int) -> str:
+        chunk = self.handle.read(size)
+        if self.polygons:
+            return chunk
+        text = self._pending + chunk
+        cut = text.rfind("}") + 1 if chunk else len(text)
+        self._pending = text[cut:]
+        return _POLYGONS.sub(_NO_POLYGONS, text[:cut]) if cut else ("" if chunk else text)
+
+    def _fill(self) -> bool:
+        if self.eof:
+            return False
+        # Read at least as much as is buffered: a value larger than CHUNK costs linear time.
+        chunk = self._read(max(CHUNK, len(self.buffer) - self.pos))
+        while not chunk and self._pending:  # no "}" yet in what was read: read on
+            chunk = self._read(max(CHUNK, len(self._pending)))
+        if not chunk:
+            self.eof = True
+            return False
+        self.dropped += self.pos
+        self.buffer = self.buffer[self.pos:] + chunk
+        self.pos = 0
+        return True
+
+    def fail(self, what: str) -> InputError:
+        return InputError(f"{self.path}: not valid JSON at character {self.dropped + self.pos} "
+                          f"({what}); {_EXPECTED}")
+
+    def peek(self) -> str:
+        """The next character that is not white space ('' at the end of the file)."""
+        while True:
+            self.pos = _SPACE.match(self.buffer, self.pos).end()  # type: ignore[union-attr]
+            if self.pos < len(self.buffer):
+                return self.buffer[self.pos]
+            if not self._fill():
+                return ""
+
+    def take(self, expected: str) -> None:
+        found = self.peek()
+        if found != expected:
+            raise self.fail(f"expected {expected!r}, found {quoted(found) if found else 'the end'}")
+        self.pos += 1
+
+    def value(self) -> Any:
+        self.peek()
+        while True:
+            try:
+                value, end = _DECODER.raw_decode(self.buffer, self.pos)
+            except json.JSONDecodeError as error:
+                if self._fill():
+                    continue
+                self.pos = error.pos
+                raise self.fail(error.msg) from None
+            except RecursionError:
+                raise self.fail("nested too deeply") from None
+            if end == len(self.buffer) and self._fill():
+                continue  # a number may go on in the next chunk: decode it again, whole
+            self.pos = end
+            return value
+
+    def elements(self, each: Callable[[Any], None]) -> None:
+        """Each element of the array that starts here, to ``each``."""
+        self.take("[")
+        if self.peek() == "]":
+            self.pos += 1
+            return
+        while True:
+            each(self.value())
+            following = self.peek()
+            self.pos += 1
+            if following == "]":
+                return
+            if following != ",":
+                self.pos -= 1
+                raise self.fail("expected ',' or ']' in an array")
+
+
+def scan_object(
+    path: Path,
+    *,
+    visit: Mapping[str, Callable[[Any], None]] | None = None,
+    keep: Collection[str] = (),
+    polygons: bool = True,
+) -> dict[str, Any]:
+    """Walk the JSON object in ``path``: elements of the ``visit`` arrays go to their callbacks,
+    the ``keep`` values are returned (a key missing from the file is missing from the result),
+    and the rest is read and dropped. A ``visit`` key whose value is not an array is an
+    ``InputError``. ``polygons=False`` reads every polygon ``segmentation`` as null. Every
+    problem of the file is one ``InputError`` line."""
+    path = Path(path)
+    visit = visit or {}
+    kept: dict[str, Any] = {}
+    try:
+        with open(path, encoding="utf-8-sig", errors="strict") as handle:
+            reader = _Reader(handle, path, polygons)
+            reader.take("{")
+            closed = reader.peek() == "}"
+            reader.pos += closed
+            while not closed:
+                key = reader.value()
+                if not isinstance(key, str):
+                    raise reader.fail("expected a key")
+                reader.take(":")
+                if key in visit:
+                    if reader.peek() != "[":
+                        raise InputError(f"{path}: {key!r} is not a list; {_EXPECTED}")
+                    reader.elements(visit[key])
+                elif reader.peek() == "[":  # arrays element by element, kept or not
+                    items: list[Any] = []
+                    reader.elements(items.append if key in keep else _drop)
+                    if key in keep:
+                        kept[key] = items
+                else:
+                    value = reader.value()
+                    if key in keep:
+                        kept[key] = value
+                following = reader.peek()
+                reader.pos += 1
+                closed = following == "}"
+                if not closed and following != ",":
+                    reader.pos -= 1
+                    raise reader.fail("expected ',' or '}' after a value")
+            if reader.peek():
+                raise reader.fail("extra data after the object")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except UnicodeDecodeError as error:
+        raise InputError(f"{path}: not UTF-8 text ({error.reason}); {_EXPECTED}") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a folder, not a file") from None
+    except OSError as error:
+        raise InputError(f"{path}: cannot read ({error.strerror or error})") from None
+    return kept
+
+
+def _drop(_value: Any) -> None:
+    pass
