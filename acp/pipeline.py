@@ -95,6 +95,7 @@ class GenerateConfig:
     clip_model: str = defaults.CLIP_MODEL
     bank: Path | None = None
     embed_model: str | None = None
+    clis_l_method: str = defaults.CLIS_L_METHOD
     judge_model: str | None = None
     judge_base_url: str | None = None
     judge_margin: float = defaults.JUDGE_MARGIN
@@ -120,6 +121,8 @@ class GenerateConfig:
             data.pop("sam_model")
         if self.llm is not None:
             data["llm"] = {"base_url": self.llm.base_url, "model": self.llm.model}
+        if self.clis_l_method == defaults.CLIS_L_METHOD:
+            data.pop("clis_l_method")  # the default: a settings.json from before the option still matches
         if not self.safety_checker:
             data.pop("safety_checker")  # off, as before the option: older runs still match
         for key in ("embed_model", "judge_model", "judge_base_url", "judge_margin", "judge_max_calls"):
@@ -513,7 +516,7 @@ class _Stages:
         from acp.score.layout import sentence_transformer_embedder
 
         embedder = sentence_transformer_embedder(config.embed_model) if config.embed_model else None
-        self.layout_scorer = LayoutScorer(bank, embedder=embedder)
+        self.layout_scorer = LayoutScorer(bank, embedder=embedder, method=config.clis_l_method)  # type: ignore[arg-type]
         self.judge = judge
         self.thresholds = Thresholds(config.min_clis_l, config.min_clis_i)
         self.renderer = renderer or GligenRenderer(

@@ -43,11 +43,13 @@ from acp.cli.render import (
 from acp.cli.score import (
     BankOption,
     ClipOption,
+    ClisLMethodOption,
     EmbedOption,
     JudgeBaseUrlOption,
     JudgeMarginOption,
     JudgeMaxCallsOption,
     JudgeModelOption,
+    check_clis_l_method,
     make_judge,
 )
 
@@ -82,6 +84,7 @@ def generate(
     clip_model: ClipOption = defaults.CLIP_MODEL,
     bank: BankOption = None,
     embed_model: EmbedOption = None,
+    clis_l_method: ClisLMethodOption = defaults.CLIS_L_METHOD,
     judge_model: JudgeModelOption = None,
     judge_base_url: JudgeBaseUrlOption = None,
     judge_margin: JudgeMarginOption = defaults.JUDGE_MARGIN,
@@ -119,6 +122,7 @@ def generate(
     from acp.pipeline import GenerateConfig, LLMOptions, generate
     from acp.schema import LayoutRules
 
+    check_clis_l_method(clis_l_method)
     source = read_input(input, concepts)
     if image_format not in ("jpeg", "png"):
         raise InputError(f"--image-format: expected jpeg or png, got {image_format!r}")
@@ -134,7 +138,8 @@ def generate(
         negative_prompt=negative_prompt, safety_checker=safety_checker, clip_model=clip_model, bank=bank,
         min_clis_l=min_clis_l, min_clis_i=min_clis_i, masks=masks, sam_model=sam_model,
         categories=categories, keep_candidates=keep_candidates, image_format=image_format,
-        embed_model=embed_model, judge_model=judge_model, judge_base_url=judge_base_url,
+        embed_model=embed_model, clis_l_method=clis_l_method, judge_model=judge_model,
+        judge_base_url=judge_base_url,
         judge_margin=judge_margin, judge_max_calls=judge_max_calls,
     )
     if embed_model and bank is None:
