@@ -22,6 +22,10 @@ MAX_STEPS = 999
 # One plan's candidates are denoised in one batch (twice over with guidance): past this the
 # batch no longer fits a GPU at 512 px, and more candidates add little to the best one's score.
 MAX_CANDIDATES = 32
+# Plans denoised together (``--batch-plans``): B plans x K candidates in one loop. 1 until
+# measured on a GPU (bench/bench_gpu.py); on CPU samples run one at a time either way.
+BATCH_PLANS = 1
+MAX_BATCH_PLANS = 64
 
 # CLIS thresholds, on a 0-100 scale. CLIS-L v2 is the share of real layouts less plausible
 # (real ones average ~50): 10 keeps ~90 % of real NSR-1K layouts and 0-30 % of corrupted ones

@@ -325,6 +325,10 @@ class _PlanFeed:
                 return
             yield item
 
+    def ready(self) -> bool:
+        """Whether a plan (or the end) is waiting, so that iterating will not block."""
+        return not self.queue.empty()
+
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
@@ -412,24 +416,29 @@ class _Work:
     instances: list[Any] = field(default_factory=list)
     provenance: Any = None
 
+    def ready(self) -> ScenePlan:
+        """The plan, for a stage that only runs on plans still going."""
+        assert self.plan is not None
+        return self.plan
+
 
 class _Finisher:
-    """Runs ``finish`` on each ``_Work`` on one background thread, in the order put, through a
-    queue of ``depth`` plans, so that CLIP-I, masks, JPEG encoding and disk writes overlap the
+    """Runs ``finish`` on each batch of ``_Work`` on one background thread, in the order put,
+    through a queue of ``depth`` batches, so that CLIP-I, masks, JPEG encoding and disk writes overlap the
     next plan's rendering and memory stays bounded. ``depth`` 0 runs inline (the sequential
     engine, kept for the benchmark that compares the two). An error that stops the run is
     raised by the next ``put`` or by ``close``."""
 
-    def __init__(self, finish: Callable[[_Work], None], times: StageTimes, depth: int):
+    def __init__(self, finish: Callable[[list[_Work]], None], times: StageTimes, depth: int):
         self._finish, self.times = finish, times
-        self._queue: queue.Queue[_Work | None] = queue.Queue(maxsize=max(depth, 1))
+        self._queue: queue.Queue[list[_Work] | None] = queue.Queue(maxsize=max(depth, 1))
         self._error: BaseException | None = None
         self._thread = None
         if depth > 0:
             self._thread = threading.Thread(target=self._run, name="acp-finish", daemon=True)
             self._thread.start()
 
-    def put(self, work: _Work) -> None:
+    def put(self, work: list[_Work]) -> None:
         if self._thread is None:
             self._finish(work)
             return
@@ -497,28 +506,24 @@ class _Outputs:
 
 
 class _Stages:
-    """The loaded models. ``render`` is the device thread's part of a plan (CLIS-L, GLIGEN);
-    ``finish`` the rest (CLIP-I, masks, export), run behind it by a ``_Finisher``."""
+    """The loaded stage runners: ``Renderer.render`` and ``Scorer`` (as ``acp render`` and
+    ``acp score candidates`` run them), the mask segmenter, the writer. The device thread calls
+    ``layout`` and ``render``; ``finish`` runs behind it on a ``_Finisher``."""
 
     def __init__(self, config: GenerateConfig, device: str, renderer: Any = None,
                  judge: Any = None):
         from acp.render.gligen import GligenRenderer, RenderSettings
         from acp.score.bank import Bank
-        from acp.score.candidates import Thresholds
+        from acp.score.candidates import Scorer, Thresholds
         from acp.score.image import ImageScorer
-        from acp.score.layout import LayoutScorer
+        from acp.score.layout import LayoutScorer, sentence_transformer_embedder
 
         self.config = config
         self.categories: Any = None
         self.outputs: _Outputs | None = None
         self.times = StageTimes()
         bank = Bank.load(Path(config.bank)) if config.bank is not None else None
-        from acp.score.layout import sentence_transformer_embedder
-
         embedder = sentence_transformer_embedder(config.embed_model) if config.embed_model else None
-        self.layout_scorer = LayoutScorer(bank, embedder=embedder, method=config.clis_l_method)  # type: ignore[arg-type]
-        self.judge = judge
-        self.thresholds = Thresholds(config.min_clis_l, config.min_clis_i)
         self.renderer = renderer or GligenRenderer(
             RenderSettings(model=config.model, steps=config.steps, guidance=config.guidance,
                            beta=config.beta, size=config.size,
@@ -526,7 +531,11 @@ class _Stages:
                            safety_checker=config.safety_checker),
             device=device,
         )
-        self.image_scorer = ImageScorer.from_pretrained(config.clip_model, device=self.renderer.device)
+        self.scorer = Scorer(
+            ImageScorer.from_pretrained(config.clip_model, device=self.renderer.device),
+            LayoutScorer(bank, embedder=embedder, method=config.clis_l_method),  # type: ignore[arg-type]
+            judge=judge,
+            thresholds=Thresholds(config.min_clis_l, config.min_clis_i))
         self.segmenter = None
         if config.masks:
             from acp.segment import MaskSegmenter
@@ -541,56 +550,100 @@ class _Stages:
 
     # -- the device thread ------------------------------------------------------------------
 
-    def render(self, plan: ScenePlan) -> _Work:
-        """CLIS-L, then the candidates. A plan under the CLIS-L threshold, or whose rendering
-        failed on its own, comes back with its final result and nothing rendered."""
+    def layout(self, plan: ScenePlan) -> _Work:
+        """CLIS-L, once per plan: a plan under the threshold ends here, before any GPU time."""
         from acp.score.candidates import layout_fields
 
         result = PlanResult(plan_id=plan.id, status="dropped",
                             dropped_categories=[o.category for o in plan.objects])
         start = time.perf_counter()
-        layout = self.layout_scorer.score(plan)
+        layout = self.scorer.layout(plan)
         self._timed("layout", start)
         for key, value in layout_fields(layout).items():  # a reference-free score is not a CLIS-L
             setattr(result, key, value)
-        floor = self.thresholds.min_clis_l
-        if not layout.reference_free and floor is not None and layout.score < floor:
-            result.reason = f"CLIS-L {layout.score:.1f} < {floor:g}"
+        if not self.scorer.layout_passes(layout):
+            assert layout is not None
+            result.reason = f"CLIS-L {layout.score:.1f} < {self.scorer.thresholds.min_clis_l:g}"
             result.reason_kind = "layout under the CLIS-L threshold"
             return _Work(None, result)
+        return _Work(plan, result, layout=layout)
+
+    def render(self, batch: list[_Work]) -> None:
+        """The candidates of every plan of ``batch`` in one denoising loop. A scene's own
+        error in a batch of several is traced to its plan by rendering them one by one; that
+        plan's result records it and it is not scored."""
         start = time.perf_counter()
         try:
-            rendered = self.renderer.render_plan(plan, self.config.candidates)
+            rendered = self.renderer.render([w.ready() for w in batch], self.config.candidates)
         except Exception as error:
             if _stops_the_run(error):
                 raise
-            _fail(result, error)
-            return _Work(None, result)
+            if len(batch) == 1:
+                _fail(batch[0].result, error)
+                batch[0].plan = None
+                return
+            rendered = None
         finally:
             self._timed("render", start)
+        if rendered is None:
+            for work in batch:
+                self.render([work])
+            return
+        for work, candidates in zip(batch, rendered, strict=True):
+            self._take(work, candidates)
+
+    def _take(self, work: _Work, rendered: list[Any]) -> None:
         flagged = [r for r in rendered if getattr(r, "flagged", False)]
         if flagged:  # black images: dropped unscored, not ranked as bad candidates
-            result.flagged = len(flagged)
+            work.result.flagged = len(flagged)
             rendered = [r for r in rendered if not getattr(r, "flagged", False)]
             if not rendered:
-                result.reason = "every candidate was flagged by the safety checker"
-                result.reason_kind = "flagged by the safety checker"
-                return _Work(None, result)
-        return _Work(plan, result, rendered, layout)
+                work.result.reason = "every candidate was flagged by the safety checker"
+                work.result.reason_kind = "flagged by the safety checker"
+                work.plan = None
+        work.rendered = rendered
 
     # -- the finishing thread ---------------------------------------------------------------
 
-    def finish(self, work: _Work) -> None:
-        """Score and export ``work`` (a scene's own error is recorded in its result), then
-        count failures in a row: several in a row stop the run, the scene staying unfinished."""
-        if work.plan is not None:
+    def finish(self, batch: list[_Work]) -> None:
+        """Score the plans of ``batch`` in one CLIP pass and export each, in order (a scene's
+        own error is recorded in its result)."""
+        scored = [w for w in batch if w.plan is not None]
+        if scored:
+            start = time.perf_counter()
             try:
-                self._score(work)
+                results = self.scorer.score_many([(w.ready(), w.rendered, w.layout) for w in scored])
             except Exception as error:
                 if _stops_the_run(error):
                     raise
-                work.scores, work.image = [], None
-                _fail(work.result, error)
+                results = None
+            finally:
+                self._timed("score", start)
+            if results is None:  # a scene's own error, but whose? Score them one by one.
+                for work in scored:
+                    self._score_alone(work)
+            else:
+                for work, scores in zip(scored, results, strict=True):
+                    work.scores = list(scores.candidates)
+                    self._keep(work, scores.best)
+        for work in batch:
+            self._write(work)
+
+    def _score_alone(self, work: _Work) -> None:
+        start = time.perf_counter()
+        try:
+            (scores,) = self.scorer.score_many([(work.ready(), work.rendered, work.layout)])
+        except Exception as error:
+            _raise_or_fail(error, work)
+            return
+        finally:
+            self._timed("score", start)
+        work.scores = list(scores.candidates)
+        self._keep(work, scores.best)
+
+    def _write(self, work: _Work) -> None:
+        """Count failures in a row (several stop the run, the scene staying unfinished), then
+        write the plan's files, its ledger line last."""
         if work.result.status == "failed":
             self.failed += 1
             self.last_failure = work.result.reason
@@ -605,21 +658,19 @@ class _Stages:
         self.outputs.write(work)
         self._timed("export", start)
 
-    def _score(self, work: _Work) -> None:
+    def _keep(self, work: _Work, best: Any) -> None:
+        """The best candidate (if any) with its masks becomes the plan's image and instances."""
+        try:
+            self._export(work, best)
+        except Exception as error:
+            _raise_or_fail(error, work)
+
+    def _export(self, work: _Work, best: Any) -> None:
         from acp.boxes import plan_to_sam
         from acp.export import ImageProvenance, plan_instances
-        from acp.score.candidates import score_batch
 
         plan, result, rendered = work.plan, work.result, work.rendered
         assert plan is not None
-        start = time.perf_counter()
-        (work.scores,) = score_batch(
-            [(plan, [r.candidate for r in rendered], [r.image for r in rendered])],
-            image_scorer=self.image_scorer, judge=self.judge, thresholds=self.thresholds,
-            layouts=[work.layout],
-        )
-        self._timed("score", start)
-        best = next((s for s in work.scores if s.best), None)
         if best is None:
             result.reason = work.scores[0].reason if work.scores else "no candidate"
             result.reason_kind = "no candidate passes the CLIS-I threshold"
@@ -665,6 +716,14 @@ class _Stages:
         result.dropped_categories = [o.category for o in best.objects if not o.kept]
 
 
+def _raise_or_fail(error: Exception, work: _Work) -> None:
+    """Re-raise an error that stops the run; record any other against ``work``'s scene."""
+    if _stops_the_run(error):
+        raise error
+    work.scores, work.image, work.instances = [], None, []
+    _fail(work.result, error)
+
+
 def _fail(result: PlanResult, error: Exception) -> None:
     """Record a scene's own error in its result."""
     first = first_line(error, limit=500)
@@ -688,6 +747,7 @@ def generate(
     renderer: Any = None,
     judge: Any = None,
     finish_queue: int = FINISH_QUEUE,
+    batch_plans: int = defaults.BATCH_PLANS,
 ) -> GenerateSummary:
     """Run the whole job into ``out``; rerun with the same arguments to resume.
 
@@ -695,17 +755,20 @@ def generate(
     before every input and model has loaded: a wrong model path leaves ``out`` as it was.
     ``judge`` is the VLM judge (``acp.score.judge.Judge``) made from ``config.judge_*``, asked
     where CLIP-I is unsure, as in ``acp score candidates``. ``renderer`` replaces the GLIGEN
-    renderer built from ``config`` (benchmarks pass a stand-in with its ``render_plan`` and
-    ``device``); ``finish_queue`` is how many rendered plans may wait for the finishing thread
-    (0: finish inline, the sequential engine).
+    renderer built from ``config`` (benchmarks pass a stand-in with its ``render(plans, K)``
+    and ``device``); ``finish_queue`` is how many rendered batches may wait for the finishing
+    thread (0: finish inline, the sequential engine); ``batch_plans`` is how many plans the
+    device renders in one loop (on CPU the images do not depend on it).
     """
     from acp.device import resolve_device
     from acp.export import load_categories
+    from acp.render.folder import check_batch_plans
 
     out = Path(out)
     started = time.perf_counter()
     # Everything that can fail on the user's input fails here, before any model is loaded.
     device = resolve_device(device)
+    check_batch_plans(batch_plans)
     categories = load_categories(all_concepts(config.concepts), config.categories)
     sets = scene_concepts(config.concepts, config.scenes, config.objects, config.seed)
     total = len(sets) if isinstance(sets, tuple) else (
@@ -720,14 +783,15 @@ def generate(
     try:
         return _generate(config, out, lock, categories, sets, total, api_key=api_key, device=device,
                          force=force, progress=progress, started=started, renderer=renderer,
-                         judge=judge, finish_queue=finish_queue)
+                         judge=judge, finish_queue=finish_queue, batch_plans=batch_plans)
     finally:
         lock.release()
 
 
 def _generate(config: GenerateConfig, out: Path, lock: OutputLock, categories: Any, sets: Any,
               total: int | None, *, api_key: str | None, device: str, force: bool, progress: bool,
-              started: float, renderer: Any, judge: Any, finish_queue: int) -> GenerateSummary:
+              started: float, renderer: Any, judge: Any, finish_queue: int,
+              batch_plans: int) -> GenerateSummary:
     from tqdm import tqdm
 
     from acp.export import CocoWriter
@@ -776,23 +840,36 @@ def _generate(config: GenerateConfig, out: Path, lock: OutputLock, categories: A
                               if config.keep_candidates else None)
             stages.outputs = _Outputs(out, writer, scores_log, progress_log, candidates_log)
             finisher = _Finisher(stages.finish, stages.times, finish_queue)
+            pending: list[_Work] = []  # in plan order; those with a plan wait to be rendered
+
+            def flush() -> None:
+                batch = [w for w in pending if w.plan is not None]
+                if batch:
+                    stages.render(batch)
+                finisher.put(pending.copy())
+                pending.clear()
+
             try:
                 mark = time.perf_counter()
                 for plan in feed:
                     stages.times.plan_wait += time.perf_counter() - mark
                     if plan.id not in done:
                         if isinstance(plan, InvalidPlan):
-                            work = _Work(None, PlanResult(plan_id=plan.id, status="failed",
-                                                          reason=f"invalid plan: {plan.reason}"[:500],
-                                                          reason_kind="invalid plan"))
+                            pending.append(_Work(None, PlanResult(
+                                plan_id=plan.id, status="failed", reason=f"invalid plan: {plan.reason}"[:500],
+                                reason_kind="invalid plan")))
                         else:
-                            work = stages.render(plan)
-                        finisher.put(work)
+                            pending.append(stages.layout(plan))
                         done.add(plan.id)
+                        # B plans to render, or fewer when the planner has nothing more ready:
+                        # the device never waits for a batch to fill.
+                        if sum(w.plan is not None for w in pending) >= batch_plans or not feed.ready():
+                            flush()
                         summary.this_run += 1
                         bar.update(1)
                         bar.set_postfix(kept=writer.image_count, refresh=False)
                     mark = time.perf_counter()
+                flush()
             finally:
                 finisher.close()  # what was queued is finished, so a rendered plan is never lost
             summary.annotations = writer.annotation_count

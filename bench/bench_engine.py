@@ -35,7 +35,7 @@ from acp.testing import save_tiny_models
 
 
 class SleepingRenderer:
-    """``render_plan`` as ``GligenRenderer`` has it, taking ``seconds`` per plan off the GIL."""
+    """``render`` as ``GligenRenderer`` has it, taking ``seconds`` per batch off the GIL."""
 
     device = "cpu"
 
@@ -48,9 +48,14 @@ class SleepingRenderer:
         base = rng.integers(0, 255, (size // 8, size // 8, 3), dtype=np.uint8)
         self._texture = np.asarray(Image.fromarray(base).resize((size, size), Image.BICUBIC))
 
-    def render_plan(self, plan: ScenePlan, candidates: int) -> list[Rendered]:
+    def render(self, plans: list[ScenePlan], candidates: int) -> list[list[Rendered]]:
         start = time.perf_counter()
         time.sleep(self.seconds)
+        out = [self._candidates(plan, candidates) for plan in plans]
+        self.busy += time.perf_counter() - start
+        return out
+
+    def _candidates(self, plan: ScenePlan, candidates: int) -> list[Rendered]:
         out = []
         for index in range(candidates):
             seed = derive_seed(0, plan.id, index)
@@ -61,7 +66,6 @@ class SleepingRenderer:
                           height=self.size, prompt=global_prompt(plan),
                           phrases=[o.description for o in plan.objects]),
                 Image.fromarray(pixels)))
-        self.busy += time.perf_counter() - start
         return out
 
 

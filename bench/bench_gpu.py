@@ -8,10 +8,10 @@ Nothing is downloaded. The models are the full-size architectures with random we
 does not depend on the weights): the SD-1.x UNet with GLIGEN's gated attention, the SD VAE, a
 CLIP ViT-L text encoder, and (for the safety-checker row) Stable Diffusion's safety checker on a
 CLIP ViT-L/14 vision tower; the tokenizer is acp.testing's offline byte-level one. They are put
-together into ``StableDiffusionGLIGENPipeline`` as acp.testing does for the tiny one, and called
-the way ``GligenRenderer.render_seeds`` calls it: one call per plan, K candidates with K
-generators, 3 boxes, beta 0.3, guidance 7.5, 512x512, 25 steps, float16, PIL output. acp has no
-cross-plan batching (a call renders one plan), so B (plans per call) is 1 throughout.
+together into ``StableDiffusionGLIGENPipeline`` as acp.testing does for the tiny one, and
+rendered through acp's own loop (``GligenRenderer.render``, wrapped around that pipeline): B
+plans (``--batch-plans``) x K candidates per denoising loop, 3 boxes each, beta 0.3, guidance
+7.5, 512x512, 25 steps, float16, PIL output.
 
 Rows vary one thing at a time:
 - attention: ``AttnProcessor`` (explicit matmul + softmax) or ``AttnProcessor2_0`` (PyTorch's
@@ -24,7 +24,7 @@ Rows vary one thing at a time:
 - the safety checker (acp's ``--safety-checker``), on top of eager SDPA.
 
 UNet TFLOP/s: FLOPs of one UNet forward counted with ``torch.utils.flop_counter`` on the same
-device, at the batch the UNet really sees: 2K, because classifier-free guidance doubles the
+device, at the batch the UNet really sees: 2BK, because classifier-free guidance doubles the
 batch inside the pipeline, so the count already includes it (no extra factor 2). It is counted
 with the gated layers on and off (they add about 40 %), and each timed call sums the count of
 the state every UNet call ran in, over the UNet calls actually made (PNDM makes steps + 1).
@@ -120,6 +120,7 @@ class Setup:
     size: int
     steps: int
     ks: tuple[int, ...]
+    bs: tuple[int, ...]
     repeats: int
     budget: float
     variants: list[Variant]
@@ -165,26 +166,19 @@ def build_pipeline(sizes: dict[str, Any], device: str | torch.device, dtype: tor
     return pipeline
 
 
-def plan_call(size: int) -> dict[str, Any]:
-    """The prompt, phrases and boxes of a three-object plan, made by acp's own helpers."""
-    from acp.boxes import plan_to_gligen
-    from acp.render.gligen import global_prompt
+def bench_plans(size: int, count: int) -> list[Any]:
+    """``count`` three-object plans (their own ids, so their own seeds)."""
     from acp.schema import ScenePlan
 
-    plan = ScenePlan.model_validate({
-        "id": "bench", "caption": "A brown dog catches a red frisbee by a bench.",
+    return [ScenePlan.model_validate({
+        "id": f"bench-{n}", "caption": "A brown dog catches a red frisbee by a bench.",
         "background": "a park", "width": size, "height": size, "planner": "heuristic",
         "objects": [
             {"id": 0, "category": "dog", "description": "a brown dog", "bbox": [0.05, 0.4, 0.4, 0.5]},
             {"id": 1, "category": "frisbee", "description": "a red frisbee", "bbox": [0.6, 0.1, 0.2, 0.15]},
             {"id": 2, "category": "bench", "description": "a wooden bench", "bbox": [0.5, 0.6, 0.45, 0.3]},
         ],
-    })
-    return {
-        "prompt": global_prompt(plan),
-        "gligen_phrases": [o.description for o in plan.objects],
-        "gligen_boxes": plan_to_gligen([o.bbox for o in plan.objects]).tolist(),
-    }
+    }) for n in range(count)]
 
 
 def gated_layers(unet: Any) -> list[Any]:
@@ -279,21 +273,23 @@ def configure(pipeline: Any, variant: Variant) -> Callable[..., Any]:
     return forward
 
 
-def measure(pipeline: Any, setup: Setup, variant: Variant, k: int, flops: dict[bool, int],
-            call: dict[str, Any], checker: tuple[Any, Any]) -> dict[str, Any]:
+def measure(pipeline: Any, setup: Setup, variant: Variant, k: int, b: int, flops: dict[bool, int],
+            plans: list[Any], checker: tuple[Any, Any]) -> dict[str, Any]:
+    from acp.render.gligen import GligenRenderer, RenderSettings
+
     cuda = setup.device == "cuda"
     pipeline.safety_checker, pipeline.feature_extractor = checker if variant.safety_checker else (None, None)
     timed = TimedUNet(pipeline.unet, configure(pipeline, variant), cuda)
     pipeline.unet.forward = timed
+    settings = RenderSettings(model="bench", steps=setup.steps, guidance=GUIDANCE, beta=BETA,
+                              size=(setup.size, setup.size), safety_checker=variant.safety_checker)
+    renderer = GligenRenderer.from_pipeline(pipeline, settings, setup.device)
 
     def one_call() -> float:
-        generators = [torch.Generator("cpu").manual_seed(i) for i in range(k)]
         if cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
-        pipeline(**call, gligen_scheduled_sampling_beta=BETA, num_inference_steps=setup.steps,
-                 guidance_scale=GUIDANCE, height=setup.size, width=setup.size, num_images_per_prompt=k,
-                 generator=generators, output_type="pil")
+        renderer.render(plans[:b], k)
         if cuda:
             torch.cuda.synchronize()
         return time.perf_counter() - start
@@ -309,7 +305,7 @@ def measure(pipeline: Any, setup: Setup, variant: Variant, k: int, flops: dict[b
         del pipeline.unet.forward  # back to the class's forward
     wall = statistics.median(walls)
     return {
-        "images/s": k * len(walls) / sum(walls),
+        "images/s": b * k * len(walls) / sum(walls),
         "s/call": wall,
         "UNet ms/call": 1e3 * unet_seconds / unet_calls,
         "UNet TFLOP/s": unet_flop_total / unet_seconds / 1e12,
@@ -339,33 +335,34 @@ def run(setup: Setup) -> None:
     checker = (pipeline.safety_checker, pipeline.feature_extractor)
     build_s = time.perf_counter() - started
     unet_params = sum(p.numel() for p in pipeline.unet.parameters()) / 1e6
-    flops = {k: unet_flops(pipeline.unet, 2 * k, setup.device, setup.dtype) for k in setup.ks}
+    batches = sorted({k * b for k in setup.ks for b in setup.bs})
+    flops = {n: unet_flops(pipeline.unet, 2 * n, setup.device, setup.dtype) for n in batches}
     where = torch.cuda.get_device_name() if cuda else f"CPU ({platform.processor() or platform.machine()})"
     print(f"## GLIGEN on {where}\n")
     dtype = str(setup.dtype).removeprefix("torch.")
     print(f"torch {torch.__version__}, diffusers {diffusers.__version__}; {setup.size}x{setup.size}, "
           f"{setup.steps} steps, {dtype}, beta {BETA}, guidance {GUIDANCE}; "
           f"UNet {unet_params:.0f} M parameters, random weights (built in {build_s:.1f} s).")
-    print("B (plans per call) = 1 only: acp renders one plan per pipeline call (no cross-plan batching).")
-    for k in setup.ks:
-        print(f"UNet forward at batch {2 * k} (K={k}, doubled by CFG): {flops[k][True] / 1e9:.5g} GFLOP with "
-              f"the gated layers on, {flops[k][False] / 1e9:.5g} GFLOP off.")
+    for n in batches:
+        print(f"UNet forward at batch {2 * n} (B x K = {n}, doubled by CFG): {flops[n][True] / 1e9:.5g} "
+              f"GFLOP with the gated layers on, {flops[n][False] / 1e9:.5g} GFLOP off.")
     print()
-    print("| configuration | K | " + " | ".join(COLUMNS) + " |")
-    print("|---|---:|" + "---:|" * len(COLUMNS))
-    call = plan_call(setup.size)
-    # Eager rows first; compiled rows last, largest K first, while the budget lasts.
-    rows = [(v, k) for v in setup.variants if not v.compiled for k in setup.ks]
-    rows += [(v, k) for k in sorted(setup.ks, reverse=True) for v in setup.variants if v.compiled]
-    for variant, k in rows:
+    print("| configuration | K | B | " + " | ".join(COLUMNS) + " |")
+    print("|---|---:|---:|" + "---:|" * len(COLUMNS))
+    plans = bench_plans(setup.size, max(setup.bs))
+    # Eager rows first; compiled rows last, largest batch first, while the budget lasts.
+    rows = [(v, k, b) for v in setup.variants if not v.compiled for k in setup.ks for b in setup.bs]
+    rows += [(v, k, b) for k in sorted(setup.ks, reverse=True) for b in sorted(setup.bs, reverse=True)
+             for v in setup.variants if v.compiled]
+    for variant, k, b in rows:
         reserve = COMPILE_RESERVE_S if variant.compiled else EAGER_RESERVE_S
         if setup.left() < reserve:
-            print(f"| {variant.name} | {k} | skipped: under {reserve:.0f} s of the time budget left |"
+            print(f"| {variant.name} | {k} | {b} | skipped: under {reserve:.0f} s of the time budget left |"
                   + " |" * (len(COLUMNS) - 1))
             continue
-        result = measure(pipeline, setup, variant, k, flops[k], call, checker)
+        result = measure(pipeline, setup, variant, k, b, flops[k * b], plans, checker)
         cells = " | ".join(cell(c, result[c]) for c in COLUMNS)
-        print(f"| {variant.name} | {k} | {cells} |", flush=True)
+        print(f"| {variant.name} | {k} | {b} | {cells} |", flush=True)
         gc.collect()
         if cuda:
             torch.cuda.empty_cache()
@@ -404,12 +401,13 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(1)
         dry_run_full_size_flops()
         # 4 steps: PNDM makes 5 UNet calls, the first with the gated layers on, the rest off.
-        setup = Setup("cpu", torch.float32, TINY, size=64, steps=4, ks=(2,), repeats=1,
+        setup = Setup("cpu", torch.float32, TINY, size=64, steps=4, ks=(2,), bs=(1, 2), repeats=1,
                       budget=float("inf"), variants=[v for v in VARIANTS if not v.compiled])
         print("(dry run: tiny models, numbers mean nothing; compiled rows need CUDA and are left out)\n")
     else:
         quick = args.quick
-        setup = Setup("cuda", torch.float16, FULL, size=512, steps=25, ks=(1, 4), repeats=2 if quick else 3,
+        setup = Setup("cuda", torch.float16, FULL, size=512, steps=25, ks=(1, 4), bs=(1, 2, 4, 8),
+                      repeats=2 if quick else 3,
                       budget=args.budget or (QUICK_BUDGET_S if quick else FULL_BUDGET_S),
                       variants=[v for v in VARIANTS if not (quick and v.compiled)])
     run(setup)

@@ -215,7 +215,7 @@ def gpu_throughput(k: int = 4, steps: int = 25, size: int = 512, plans: int = 4)
         del pipeline, unet, vae, text_encoder
         renderer = GligenRenderer(RenderSettings(model=folder, steps=steps, size=(size, size)), device="cuda")
         work = make_plans(plans + 1, size)
-        renderer.render_plan(work[0], k)  # warm-up (kernel selection)
+        renderer.render([work[0]], k)  # warm-up (kernel selection)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         with tempfile.TemporaryDirectory() as output:

@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_safety_checker.py [--repeats 7] [--steps 25] [--candidates 4]
 
 1. CPU, tiny models (acp.testing; the checker is a 2-layer CLIP vision tower on 32 px):
-   seconds per candidate through ``GligenRenderer.render_plan`` with ``safety_checker`` off and
+   seconds per candidate through ``GligenRenderer.render`` with ``safety_checker`` off and
    on, interleaved, median over repeats, one torch thread. The tiny checker is about as small
    next to the tiny UNet as the real one is next to the real UNet only by accident: read the
    ratio as a measurement of acp's code path, not of the real model.
@@ -43,12 +43,12 @@ def tiny_cost(repeats: int, steps: int, k: int) -> None:
         renderers = {on: GligenRenderer(RenderSettings(model=folder, steps=steps, safety_checker=on), "cpu")
                      for on in (False, True)}
         for renderer in renderers.values():
-            renderer.render_plan(plan, k)  # warm-up
+            renderer.render([plan], k)  # warm-up
         seconds: dict[bool, list[float]] = {False: [], True: []}
         for repeat in range(repeats):
             for on in (False, True) if repeat % 2 else (True, False):
                 start = time.process_time()
-                renderers[on].render_plan(plan, k)
+                renderers[on].render([plan], k)
                 seconds[on].append((time.process_time() - start) / k)
     off, on = (statistics.median(seconds[x]) for x in (False, True))
     print(f"CPU, tiny models, {testing.IMAGE_SIZE} px, {steps} steps, K={k}, {repeats} repeats, 1 thread, "

@@ -29,10 +29,10 @@ def test_dry_run_runs_every_eager_row_on_tiny_models() -> None:
     result = run("--dry-run")
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "Full-size configs on the meta device" in out and "B (plans per call) = 1 only" in out
+    assert "Full-size configs on the meta device" in out and "(B x K = 4, doubled by CFG)" in out
     rows = [line for line in out.splitlines() if line.startswith("| eager")]
-    assert len(rows) == 4  # 4 eager configurations, K=2
+    assert len(rows) == 8  # 4 eager configurations, K=2, B in (1, 2)
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
-        images_per_second, tflops = float(cells[2]), float(cells[5])
+        images_per_second, tflops = float(cells[3]), float(cells[6])
         assert images_per_second > 0 and tflops > 0, row

@@ -15,8 +15,9 @@ from PIL import Image
 
 from acp.errors import InputError
 from acp.llm import ChatSettings
+from acp.render.gligen import Rendered
 from acp.schema import Candidate, ScenePlan
-from acp.score.candidates import Thresholds, score_candidates
+from acp.score.candidates import Scorer, Thresholds
 from acp.score.image import (
     PROMPT,
     ImageScore,
@@ -208,14 +209,10 @@ def test_score_candidates_uses_one_pass_and_marks_one_best(
         )
         for k in range(4)
     ]
-    records = score_candidates(
-        PLAN,
-        candidates,
-        random_images(4),
-        image_scorer=scorer,
-        layout_scorer=LayoutScorer(None),
-        thresholds=Thresholds(None, None),
-    )
+    scored = Scorer(scorer, LayoutScorer(None), thresholds=Thresholds(None, None)).score(
+        PLAN, [Rendered(c, image) for c, image in zip(candidates, random_images(4), strict=True)])
+    records = scored.candidates
+    assert scored.best is not None and scored.best.best and scored.layout is not None
     assert forward_calls["vision"] == 1
     assert [r.index for r in records] == [0, 1, 2, 3] and sum(r.best for r in records) == 1
     best = next(r for r in records if r.best)
@@ -442,7 +439,8 @@ def _candidate(index: int) -> Candidate:
 
 def test_a_reference_free_layout_score_is_not_written_as_clis_l(tmp_path: Path) -> None:
     from acp.score.bank import Bank
-    from acp.score.candidates import combine, layout_fields
+    from acp.score.candidates import _combine as combine
+    from acp.score.candidates import layout_fields
     from tests.test_bank import write_coco
 
     image = _image_score([80.0, 70.0])

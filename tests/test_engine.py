@@ -48,6 +48,38 @@ def test_threaded_and_inline_export_write_the_same_dataset(
     assert summary["last_run"]["stage_seconds"]["export"] > 0
 
 
+def test_batching_plans_changes_nothing_in_the_output_on_cpu(
+    tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """B plans x K candidates per denoising loop (CLIP-I over the whole batch) writes, on CPU,
+    the dataset of one plan at a time: images, scores, ledger, COCO records, byte for byte."""
+    from acp.render.gligen import GligenRenderer
+
+    sizes: list[int] = []
+    render = GligenRenderer.render
+
+    def counted(self: GligenRenderer, plans: Any, candidates: int = 4) -> Any:
+        sizes.append(len(plans))
+        return render(self, plans, candidates)
+
+    monkeypatch.setattr(GligenRenderer, "render", counted)
+    one, three = tmp_path / "one", tmp_path / "three"
+    generate(config(tiny_models, scenes=7), one, device="cpu", progress=False)
+    assert set(sizes) == {1}
+    sizes.clear()
+    generate(config(tiny_models, scenes=7), three, device="cpu", progress=False, batch_plans=3)
+    assert max(sizes) == 3 and sum(sizes) == 7, sizes
+    assert _dataset(one) == _dataset(three)
+    for name in ("progress.jsonl", "scores.jsonl", "candidates/manifest.jsonl"):
+        assert lines(one / name) == lines(three / name), name
+    # The COCO log, past its header (which holds the time it was made).
+    assert lines(one / "coco_records.jsonl")[1:] == lines(three / "coco_records.jsonl")[1:]
+    for image in sorted((one / "candidates").rglob("*.png")):
+        assert image.read_bytes() == (three / image.relative_to(one)).read_bytes(), image
+    for image in sorted((one / "images").iterdir()):
+        assert image.read_bytes() == (three / "images" / image.name).read_bytes(), image
+
+
 class FailingWriter:
     """A COCO writer whose disk fills up at the second image."""
 
@@ -64,10 +96,16 @@ class FailingWriter:
 def test_an_export_error_stops_the_run_and_keeps_what_was_finished(tmp_path: Path, depth: int) -> None:
     writer = FailingWriter()
     with JsonlWriter(tmp_path / "scores.jsonl") as scores, JsonlWriter(tmp_path / "progress.jsonl") as ledger:
-        finisher = _Finisher(_Outputs(tmp_path, writer, scores, ledger, None).write, StageTimes(), depth)
+        outputs = _Outputs(tmp_path, writer, scores, ledger, None)
+
+        def write(batch: list[_Work]) -> None:
+            for work in batch:
+                outputs.write(work)
+
+        finisher = _Finisher(write, StageTimes(), depth)
         with pytest.raises(OSError, match="No space left"):
             for k in range(6):
-                finisher.put(_Work(None, PlanResult(plan_id=f"p{k}", status="kept"), image=object()))
+                finisher.put([_Work(None, PlanResult(plan_id=f"p{k}", status="kept"), image=object())])
             finisher.close()
     finished = [r["plan_id"] for _, r, _ in read_records(tmp_path / "progress.jsonl")]
     assert writer.images == ["p0"] and finished == ["p0"]  # p1's ledger line never came before its image

@@ -187,17 +187,17 @@ def test_keep_candidates_resume_does_not_duplicate(tiny_models, tmp_path):
 
 
 def _failing_render(original, error: Exception, times: int):
-    """A GligenRenderer.render_plan that fails the way a scene or a machine fails, ``times``
+    """A GligenRenderer.render that fails the way a scene or a machine fails, ``times``
     times, then renders for real."""
     left = [times]
 
-    def render_plan(renderer, plan, candidates=4):
+    def render(renderer, plans, candidates=4):
         if left[0] > 0:
             left[0] -= 1
             raise error
-        return original(renderer, plan, candidates)
+        return original(renderer, plans, candidates)
 
-    return render_plan
+    return render
 
 
 @pytest.mark.parametrize(
@@ -212,8 +212,8 @@ def test_scene_failures_versus_failures_that_stop_the_run(tiny_models, tmp_path,
                                                           error, times, exit_code, failed, message):
     from acp.render.gligen import GligenRenderer
 
-    original = GligenRenderer.render_plan
-    monkeypatch.setattr(GligenRenderer, "render_plan", _failing_render(original, error, times))
+    original = GligenRenderer.render
+    monkeypatch.setattr(GligenRenderer, "render", _failing_render(original, error, times))
     out = tmp_path / "out"
     result = runner.invoke(app, generate_args(tiny_models, out, "--scenes", "6"))
     assert result.exit_code == exit_code, result.output
@@ -223,7 +223,7 @@ def test_scene_failures_versus_failures_that_stop_the_run(tiny_models, tmp_path,
     assert sum(r["status"] == "failed" for r in records) == failed
     if exit_code:
         # The scene that stopped the run is not marked finished: a rerun does it again.
-        monkeypatch.setattr(GligenRenderer, "render_plan", original)
+        monkeypatch.setattr(GligenRenderer, "render", original)
         again = runner.invoke(app, generate_args(tiny_models, out, "--scenes", "6"))
         assert again.exit_code == 0, again.output
         records = [r for _, r, _ in read_records(out / "progress.jsonl")]

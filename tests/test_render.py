@@ -147,21 +147,71 @@ def test_single_candidate_rerender_is_bit_exact(rendered: Path, plans_file: Path
     renderer = GligenRenderer(settings, device="cpu")
     plans = {p.id: p for p in (ScenePlan.model_validate_json(x) for x in plans_file.read_text().splitlines())}
     for record in (manifest(rendered)[2], manifest(rendered)[7]):  # "two" #2, "long" #1
-        ((candidate, image, flagged),) = renderer.render_seeds(
-            plans[record.plan_id], {record.index: record.seed}
+        (((candidate, image, flagged),),) = renderer.render_seeds(
+            [(plans[record.plan_id], {record.index: record.seed})]
         )
         assert candidate == record and not flagged
         assert np.array_equal(np.asarray(image), pixels(rendered / record.path))
 
 
-def test_render_plan_entry_point_batches_k(model: Path) -> None:
+def test_render_entry_point_batches_k(model: Path) -> None:
     renderer = GligenRenderer(RenderSettings(model=str(model), steps=2), device="cpu")
     plan = ScenePlan.model_validate(plan_record("lib", width=64, height=64))
-    out = renderer.render_plan(plan, candidates=2)
+    (out,) = renderer.render([plan], candidates=2)
     assert [r.candidate.index for r in out] == [0, 1]
     assert all(r.image.size == (64, 64) for r in out)  # plan size when no size is set
     with pytest.raises(InputError, match="candidates"):
-        renderer.render_plan(plan, candidates=0)
+        renderer.render([plan], candidates=0)
+
+
+def _pipeline_images(renderer: GligenRenderer, plan: ScenePlan, seeds: list[int]) -> list[np.ndarray]:
+    """The diffusers pipeline's own call for one layout, as acp made it before its own loop."""
+    phrases = renderer.phrases_for(plan)
+    boxes = gligen.plan_to_gligen([o.bbox for o in plan.objects]).tolist() if phrases else [[0.0] * 4]
+    settings = renderer.settings
+    output = renderer.pipeline(
+        prompt=renderer.prompt_for(plan), negative_prompt=settings.negative_prompt or None,
+        gligen_phrases=phrases or [""], gligen_boxes=boxes,
+        gligen_scheduled_sampling_beta=settings.beta if phrases else 0.0,
+        num_inference_steps=settings.steps, guidance_scale=settings.guidance,
+        height=renderer.size_for(plan)[1], width=renderer.size_for(plan)[0],
+        num_images_per_prompt=len(seeds), generator=[torch.Generator().manual_seed(s) for s in seeds],
+        output_type="pil",
+    )
+    return [np.asarray(image) for image in output.images]
+
+
+@pytest.mark.parametrize("guidance", [7.5, 1.0])
+def test_own_denoising_loop_matches_the_pipeline(model: Path, guidance: float) -> None:
+    """acp's batched loop over the pipeline's components gives the pipeline's pixels, for a
+    grounded plan (gated layers on for the first beta of the steps) and a background-only one."""
+    settings = RenderSettings(model=str(model), steps=3, beta=0.5, size=(64, 64), guidance=guidance,
+                              negative_prompt="blurry")
+    renderer = GligenRenderer(settings, device="cpu")
+    for plan in (ScenePlan.model_validate(plan_record("two")),
+                 ScenePlan.model_validate(plan_record("none", objects=0))):
+        (ours,) = renderer.render([plan], candidates=2)
+        seeds = [r.candidate.seed for r in ours]
+        for mine, theirs in zip(ours, _pipeline_images(renderer, plan, seeds), strict=True):
+            assert np.array_equal(np.asarray(mine.image), theirs)
+
+
+def test_a_batch_of_plans_renders_each_plan_as_alone(model: Path) -> None:
+    """B plans in one loop (different object counts, a background-only plan in its own group,
+    a plan of another size) give, on CPU, the images each plan gets rendered alone."""
+    renderer = GligenRenderer(RenderSettings(model=str(model), steps=2), device="cpu")
+    plans = [ScenePlan.model_validate(plan_record(f"p{n}", objects=n, width=64, height=64))
+             for n in (2, 0, 1, 3)]
+    plans.append(ScenePlan.model_validate(plan_record("wide", objects=2, width=96, height=64)))
+    together = renderer.render(plans, candidates=2)
+    assert [[r.candidate.plan_id for r in rendered] for rendered in together] == [
+        [p.id] * 2 for p in plans]
+    assert together[-1][0].image.size == (96, 64)
+    for plan, rendered in zip(plans, together, strict=True):
+        (alone,) = renderer.render([plan], candidates=2)
+        assert [r.candidate for r in alone] == [r.candidate for r in rendered]
+        for a, b in zip(alone, rendered, strict=True):
+            assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
 
 
 def test_rerun_skips_finished_without_loading_the_model(
@@ -421,7 +471,7 @@ def test_safety_checker_is_not_loaded_unless_asked_for(checked_model: Path) -> N
     on = GligenRenderer(RenderSettings(model=str(checked_model), steps=2, safety_checker=True), device="cpu")
     assert on.pipeline.safety_checker is not None
     plan = ScenePlan.model_validate(plan_record("lib", width=64, height=64))
-    plain, checked = off.render_plan(plan, candidates=2), on.render_plan(plan, candidates=2)
+    (plain,), (checked,) = off.render([plan], candidates=2), on.render([plan], candidates=2)
     assert [r.flagged for r in checked] == [False, False]  # diffusers' initial thresholds flag nothing
     for a, b in zip(plain, checked, strict=True):
         assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
@@ -431,7 +481,7 @@ def test_flagged_candidates_are_marked_and_blacked_out(checked_model: Path) -> N
     settings = RenderSettings(model=str(checked_model), steps=2, safety_checker=True)
     renderer = GligenRenderer(settings, device="cpu")
     plan = ScenePlan.model_validate(plan_record("lib", width=64, height=64))
-    clean = renderer.render_plan(plan, candidates=4)
+    (clean,) = renderer.render([plan], candidates=4)
     cosines = checker_cosines(renderer.pipeline, [r.image for r in clean])
     # A threshold in the widest gap between the candidates' cosines flags those above it (the
     # checker rounds to 3 decimals); the other 16 concepts and 3 special ones never fire.
@@ -443,7 +493,7 @@ def test_flagged_candidates_are_marked_and_blacked_out(checked_model: Path) -> N
         checker.concept_embeds_weights.fill_(2.0)
         checker.special_care_embeds_weights.fill_(2.0)
         checker.concept_embeds_weights[0] = float(ordered[gap] + ordered[gap + 1]) / 2
-    out = renderer.render_plan(plan, candidates=4)
+    (out,) = renderer.render([plan], candidates=4)
     expected = [bool(c > ordered[gap]) for c in cosines]
     assert [r.flagged for r in out] == expected and 0 < sum(expected) < 4
     assert [r.candidate for r in out] == [r.candidate for r in clean]  # all returned, in order

@@ -32,6 +32,7 @@ from acp.cli.plan import (
     read_input,
 )
 from acp.cli.render import (
+    BatchPlansOption,
     BetaOption,
     CandidatesOption,
     GuidanceOption,
@@ -49,6 +50,8 @@ from acp.cli.score import (
     JudgeMarginOption,
     JudgeMaxCallsOption,
     JudgeModelOption,
+    MinClisIOption,
+    MinClisLOption,
     check_clis_l_method,
     make_judge,
 )
@@ -80,6 +83,7 @@ def generate(
     beta: BetaOption = defaults.BETA,
     negative_prompt: NegativePromptOption = "",
     safety_checker: SafetyCheckerOption = defaults.SAFETY_CHECKER,
+    batch_plans: BatchPlansOption = defaults.BATCH_PLANS,
     device: DeviceOption = "auto",
     clip_model: ClipOption = defaults.CLIP_MODEL,
     bank: BankOption = None,
@@ -89,12 +93,8 @@ def generate(
     judge_base_url: JudgeBaseUrlOption = None,
     judge_margin: JudgeMarginOption = defaults.JUDGE_MARGIN,
     judge_max_calls: JudgeMaxCallsOption = defaults.JUDGE_MAX_CALLS,
-    min_clis_l: Annotated[
-        float, typer.Option(min=0.0, max=100.0, help="Drop plans under this CLIS-L (needs --bank).")
-    ] = defaults.MIN_CLIS_L,
-    min_clis_i: Annotated[
-        float, typer.Option(min=0.0, max=100.0, help="Drop instances under this CLIS-I.")
-    ] = defaults.MIN_CLIS_I,
+    min_clis_l: MinClisLOption = defaults.MIN_CLIS_L,
+    min_clis_i: MinClisIOption = defaults.MIN_CLIS_I,
     masks: Annotated[bool, typer.Option("--masks", help="Add SAM instance masks (COCO RLE).")] = False,
     sam_model: Annotated[str, typer.Option(help="SAM hub id or folder, with --masks.")] = (
         defaults.SAM_MODEL
@@ -146,7 +146,7 @@ def generate(
         raise InputError("--embed-model needs --bank (it matches names against the bank's categories)")
     judge = make_judge(judge_model, judge_base_url, judge_margin, judge_max_calls, api_key)
     summary = generate(config, output, api_key=api_key, device=device, force=force, judge=judge,
-                       progress=progress)
+                       progress=progress, batch_plans=batch_plans)
     print(f"{output}: {summary.line()}")
     print(f"{output / 'annotations.json'}: {summary.annotations} annotations; "
           f"summary in {output / 'summary.json'}")

@@ -23,6 +23,12 @@ CandidatesOption = Annotated[
     typer.Option("--candidates", "-k", min=1, max=defaults.MAX_CANDIDATES,
                  help=f"Candidates per plan, rendered in one batch (at most {defaults.MAX_CANDIDATES})."),
 ]
+BatchPlansOption = Annotated[
+    int,
+    typer.Option(min=1, max=defaults.MAX_BATCH_PLANS,
+                 help="Plans denoised together (B plans x K candidates per loop). On CUDA the batch "
+                 "runs whole; on CPU samples run one at a time, so images do not depend on B."),
+]
 StepsOption = Annotated[int, typer.Option(min=1, max=defaults.MAX_STEPS, help="Denoising steps.")]
 GuidanceOption = Annotated[float, typer.Option(min=0.0, help="Classifier-free guidance scale.")]
 BetaOption = Annotated[
@@ -75,6 +81,7 @@ def render(
     beta: BetaOption = defaults.BETA,
     negative_prompt: NegativePromptOption = "",
     safety_checker: SafetyCheckerOption = defaults.SAFETY_CHECKER,
+    batch_plans: BatchPlansOption = defaults.BATCH_PLANS,
     limit: LimitOption = None,
     seed: Annotated[
         int, typer.Option(min=0, help="Run seed; a candidate's seed derives from it, its plan id and index.")
@@ -101,7 +108,7 @@ def render(
     chosen, problems = _load_plans(plans, limit)
     summary = render_to_folder(
         chosen, output, settings, candidates=candidates, device=resolve_device(device), force=force,
-        progress=progress,
+        progress=progress, batch_plans=batch_plans,
     )
     skipped = f"; {len(problems)} plans lines skipped" if problems else ""
     print(f"{output}: {summary.line()}{skipped}")

@@ -180,6 +180,16 @@ def score_layouts(
         raise typer.Exit(code=1)
 
 
+MinClisLOption = Annotated[
+    float,
+    typer.Option(min=0.0, max=100.0,
+                 help="Drop plans whose CLIS-L is lower (needs --bank; 0 keeps all)."),
+]
+MinClisIOption = Annotated[
+    float, typer.Option(min=0.0, max=100.0, help="Drop instances whose CLIS-I is lower (0 keeps all).")
+]
+
+
 def _image_scorer(clip_model: str, device: str | None) -> ImageScorer:
     from acp.score.image import ImageScorer
 
@@ -213,12 +223,8 @@ def score_candidates(
     clis_l_method: ClisLMethodOption = defaults.CLIS_L_METHOD,
     clip_model: ClipOption = defaults.CLIP_MODEL,
     device: DeviceOption = "auto",
-    min_clis_l: Annotated[
-        float, typer.Option(min=0.0, max=100.0, help="Drop plans whose CLIS-L is lower (0 keeps all).")
-    ] = defaults.MIN_CLIS_L,
-    min_clis_i: Annotated[
-        float, typer.Option(min=0.0, max=100.0, help="Drop instances whose CLIS-I is lower (0 keeps all).")
-    ] = defaults.MIN_CLIS_I,
+    min_clis_l: MinClisLOption = defaults.MIN_CLIS_L,
+    min_clis_i: MinClisIOption = defaults.MIN_CLIS_I,
     batch_size: Annotated[
         int,
         typer.Option(min=1, max=MAX_BATCH, help="Candidates per CLIP forward pass (with all their crops)."),

@@ -51,6 +51,11 @@ SETTINGS = "render.json"
 MAX_QUEUED = 16  # images waiting for the writer thread (about 12 MiB at 512 px)
 
 
+def check_batch_plans(batch_plans: int) -> None:
+    if not 1 <= batch_plans <= defaults.MAX_BATCH_PLANS:
+        raise InputError(f"batch_plans must be 1..{defaults.MAX_BATCH_PLANS}, got {batch_plans}")
+
+
 def read_plan_file(path: Path, limit: int | None = None) -> tuple[list[ScenePlan], list[tuple[int, str]]]:
     """The valid plans of a JSON Lines file (the first ``limit``) and ``(line, reason)`` for
     each line skipped: unreadable, invalid, or repeating an earlier plan's id."""
@@ -273,13 +278,16 @@ def render_to_folder(
     force: bool = False,
     progress: bool = False,
     renderer: GligenRenderer | None = None,
+    batch_plans: int = 1,
 ) -> RenderSummary:
-    """Render ``candidates`` per plan into ``output``, skipping finished ones. The folder is
-    checked before the model is loaded, and the model is not loaded when nothing is left."""
+    """Render ``candidates`` per plan into ``output``, skipping finished ones, ``batch_plans``
+    plans per denoising loop. The folder is checked before the model is loaded, and the model
+    is not loaded when nothing is left."""
     from tqdm.auto import tqdm
 
     if not 1 <= candidates <= defaults.MAX_CANDIDATES:
         raise InputError(f"candidates must be 1..{defaults.MAX_CANDIDATES}, got {candidates}")
+    check_batch_plans(batch_plans)
     if renderer is not None and renderer.settings != settings:
         raise ValueError("renderer.settings differ from settings")
     summary = RenderSummary(plans=len(plans))
@@ -298,17 +306,18 @@ def render_to_folder(
         folder.start()
         started = time.perf_counter()
         with tqdm(total=total, unit="img", desc="render", disable=not progress, dynamic_ncols=True) as bar:
-            for plan, indices in work:
-                if not indices:
-                    continue
-                seeds = {i: renderer.seed_for(plan.id, i) for i in indices}
-                for rendered in renderer.render_seeds(plan, seeds):
-                    summary.rendered += 1
-                    if rendered.flagged:
-                        summary.flagged += 1
-                    else:
-                        folder.add(rendered.candidate, rendered.image)
-                bar.update(len(indices))
+            pending = [(plan, {i: renderer.seed_for(plan.id, i) for i in indices})
+                       for plan, indices in work if indices]
+            for start in range(0, len(pending), batch_plans):
+                batch = pending[start : start + batch_plans]
+                for rendered_plan in renderer.render_seeds(batch):
+                    for rendered in rendered_plan:
+                        summary.rendered += 1
+                        if rendered.flagged:
+                            summary.flagged += 1
+                        else:
+                            folder.add(rendered.candidate, rendered.image)
+                bar.update(sum(len(seeds) for _plan, seeds in batch))
             folder.flush()
         summary.seconds = time.perf_counter() - started
     return summary

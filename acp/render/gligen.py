@@ -1,7 +1,9 @@
 """GLIGEN (text-box generation) through diffusers: a plan in, K candidate images out.
 
 ``GligenRenderer`` loads ``StableDiffusionGLIGENPipeline`` once and renders any number of plans
-with it; ``render_plan(plan, candidates=K)`` renders K candidates in one batched call.
+with it; ``render(plans, candidates=K)`` renders K candidates of each plan, all plans in one
+denoising loop of acp's own over the pipeline's components (the pipeline takes one layout per
+call; ``_denoise`` is its loop with a batch of layouts, tested against it pixel for pixel).
 
 Choices worth knowing:
 - Seeds. Candidate ``i`` of plan ``p`` uses ``derive_seed(run_seed, p, i)`` and its own CPU
@@ -35,7 +37,7 @@ import functools
 import logging
 import math
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -53,6 +55,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
 _TOKEN_LIMIT_FALLBACK = 77  # CLIP's context, for tokenizers saved without model_max_length
+GLIGEN_SLOTS = 30  # the grounding tokens of GLIGEN's position net (a plan has at most as many objects)
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,11 @@ def fit_to_tokens(text: str, count_tokens: Callable[[str], int], limit: int) -> 
     if kept == 0:
         return words[0][: longest(list(words[0]), "")]
     return " ".join(words[:kept]).rstrip(" ,;:")
+
+
+def _token_limit(tokenizer: Any) -> int:
+    limit = int(getattr(tokenizer, "model_max_length", 0) or 0)
+    return limit if 0 < limit < 100_000 else _TOKEN_LIMIT_FALLBACK
 
 
 def _split_batch(value: Any, index: int, size: int) -> Any:
@@ -249,7 +257,7 @@ def load_pipeline(model: str, device: str, dtype: torch.dtype, *, safety_checker
 
 class GligenRenderer:
     """A loaded GLIGEN pipeline and the settings it renders with. Build it once, render many
-    plans: ``render_plan(plan, candidates=K)`` or ``render_seeds(plan, {index: seed})``."""
+    plans: ``render(plans, candidates=K)`` or ``render_seeds([(plan, {index: seed}), ...])``."""
 
     def __init__(self, settings: RenderSettings | None = None, device: str = "auto"):
         import torch
@@ -277,8 +285,17 @@ class GligenRenderer:
         if self.device == "cpu":
             self.pipeline.unet.forward = one_sample_at_a_time(self.pipeline.unet.forward)
             self.pipeline.vae.decode = one_sample_at_a_time(self.pipeline.vae.decode)
-        limit = int(getattr(self.pipeline.tokenizer, "model_max_length", 0) or 0)
-        self.token_limit = limit if 0 < limit < 100_000 else _TOKEN_LIMIT_FALLBACK
+        self.token_limit = _token_limit(self.pipeline.tokenizer)
+
+    @classmethod
+    def from_pipeline(cls, pipeline: Any, settings: RenderSettings, device: str) -> GligenRenderer:
+        """A renderer around a pipeline already built and configured (attention, memory format,
+        compilation), used as it is: ``bench/bench_gpu.py`` times acp's loop this way."""
+        renderer = cls.__new__(cls)
+        renderer.settings, renderer.device, renderer.pipeline = settings, device, pipeline
+        renderer.dtype = pipeline.unet.dtype
+        renderer.token_limit = _token_limit(pipeline.tokenizer)
+        return renderer
 
     def _count_tokens(self, text: str) -> int:
         return len(self.pipeline.tokenizer(text, verbose=False).input_ids)
@@ -299,21 +316,63 @@ class GligenRenderer:
     def size_for(self, plan: ScenePlan) -> tuple[int, int]:
         return self.settings.size or (plan.width, plan.height)
 
-    def render_plan(self, plan: ScenePlan, candidates: int = defaults.CANDIDATES) -> list[Rendered]:
-        """Candidates ``0 .. candidates-1`` of ``plan``, in one batched pipeline call."""
+    def render(self, plans: Sequence[ScenePlan], candidates: int = defaults.CANDIDATES
+               ) -> list[list[Rendered]]:
+        """Candidates ``0 .. candidates-1`` of each plan, all plans in one batch (see
+        ``render_seeds``); one list per plan, in order."""
         if not 1 <= candidates <= defaults.MAX_CANDIDATES:
             raise InputError(f"candidates must be 1..{defaults.MAX_CANDIDATES}, got {candidates}")
-        return self.render_seeds(plan, {i: self.seed_for(plan.id, i) for i in range(candidates)})
+        return self.render_seeds([(plan, {i: self.seed_for(plan.id, i) for i in range(candidates)})
+                                  for plan in plans])
 
-    def render_seeds(self, plan: ScenePlan, seeds: Mapping[int, int]) -> list[Rendered]:
-        """The candidates ``{index: seed}`` of ``plan`` in one batched call, in that order.
-        Pass a manifest record's ``{index: seed}`` to rebuild its image. Every candidate is
-        returned, flagged ones too (``Rendered.flagged``): callers index them by position."""
+    def render_seeds(self, requests: Sequence[tuple[ScenePlan, Mapping[int, int]]]) -> list[list[Rendered]]:
+        """The candidates ``{index: seed}`` of each ``(plan, seeds)``, one list per request in
+        its seeds' order. Requests of the same size and grounding share one denoising loop (a
+        batch of every candidate of every plan in it); pass a manifest record's
+        ``{index: seed}`` to rebuild its image. Every candidate is returned, flagged ones too
+        (``Rendered.flagged``): callers index them by position."""
+        conditions = [self._condition(plan, seeds) for plan, seeds in requests if seeds]
+        groups: dict[tuple[int, int, float], list[_Condition]] = {}
+        for condition in conditions:
+            groups.setdefault((condition.width, condition.height, condition.beta), []).append(condition)
+        images: dict[int, tuple[list[Any], list[bool]]] = {}
+        for group in groups.values():
+            pictures, flags = self._denoise(group)
+            start = 0
+            for condition in group:
+                count = len(condition.seeds)
+                images[id(condition)] = (pictures[start : start + count], flags[start : start + count])
+                start += count
+        results: list[list[Rendered]] = []
+        found = iter(conditions)
+        for plan, seeds in requests:
+            if not seeds:
+                results.append([])
+                continue
+            condition = next(found)
+            pictures, flags = images[id(condition)]
+            results.append([
+                Rendered(self._candidate(plan, condition, index, seed), image, flagged)
+                for (index, seed), image, flagged in zip(seeds.items(), pictures, flags, strict=True)
+            ])
+        return results
+
+    def _candidate(self, plan: ScenePlan, condition: _Condition, index: int, seed: int) -> Candidate:
+        settings = self.settings
+        return Candidate(
+            plan_id=plan.id, index=index, seed=seed, path=f"{plan.id}/{index}.png",
+            model=settings.model, steps=settings.steps, guidance=settings.guidance,
+            beta=condition.beta, width=condition.width, height=condition.height,
+            prompt=condition.prompt, negative_prompt=condition.negative, phrases=condition.phrases,
+        )
+
+    def _condition(self, plan: ScenePlan, seeds: Mapping[int, int]) -> _Condition:
+        """A plan's text and box conditioning, computed as the diffusers GLIGEN pipeline does
+        for one layout: the prompt repeated per candidate, the phrases' pooled CLIP embeddings
+        and normalised boxes padded to its 30 slots, a mask over the slots in use."""
         import torch
 
-        if not seeds:
-            return []
-        settings = self.settings
+        pipe, settings = self.pipeline, self.settings
         width, height = self.size_for(plan)
         prompt = self.prompt_for(plan)
         negative = self.fit(settings.negative_prompt) if settings.negative_prompt.strip() else ""
@@ -322,42 +381,88 @@ class GligenRenderer:
             boxes, beta = plan_to_gligen([obj.bbox for obj in plan.objects]).tolist(), settings.beta
         else:  # background only: a placeholder box, never attended to (see the module notes)
             boxes, beta = [[0.0, 0.0, 0.0, 0.0]], 0.0
-        generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds.values()]
-        output = self.pipeline(
-            prompt=prompt,
-            negative_prompt=negative or None,
-            gligen_phrases=phrases or [""],
-            gligen_boxes=boxes,
-            gligen_scheduled_sampling_beta=beta,
-            num_inference_steps=settings.steps,
-            guidance_scale=settings.guidance,
-            height=height,
-            width=width,
-            num_images_per_prompt=len(generators),
-            generator=generators,
-            output_type="pil",
+        device, count = pipe._execution_device, len(seeds)
+        positive, unconditional = pipe.encode_prompt(
+            prompt, device, count, settings.guidance > 1.0, negative or None)
+        tokens = pipe.tokenizer(phrases or [""], padding=True, return_tensors="pt").to(device)
+        pooled = pipe.text_encoder(**tokens).pooler_output
+        dtype, used = pipe.text_encoder.dtype, len(boxes)
+        slots = torch.zeros(GLIGEN_SLOTS, 4, device=device, dtype=dtype)
+        slots[:used] = torch.tensor(boxes)
+        width_of = pipe.unet.config.cross_attention_dim
+        embeddings = torch.zeros(GLIGEN_SLOTS, width_of, device=device, dtype=dtype)
+        embeddings[:used] = pooled
+        masks = torch.zeros(GLIGEN_SLOTS, device=device, dtype=dtype)
+        masks[:used] = 1
+        return _Condition(
+            width=width, height=height, beta=beta, prompt=prompt, negative=negative, phrases=phrases,
+            seeds=dict(seeds), positive=positive, unconditional=unconditional,
+            boxes=slots.expand(count, -1, -1), embeddings=embeddings.expand(count, -1, -1),
+            masks=masks.expand(count, -1),
         )
+
+    def _denoise(self, group: Sequence[_Condition]) -> tuple[list[Any], list[bool]]:
+        """One denoising loop over every candidate of ``group`` (same size and ``beta``), the
+        steps of ``StableDiffusionGLIGENPipeline.__call__`` with a batch of layouts instead of
+        one; ``tests/test_render.py`` checks it against the pipeline, pixel for pixel."""
+        import torch
+
+        pipe, settings = self.pipeline, self.settings
+        first = group[0]
+        guided = settings.guidance > 1.0
+        device = pipe._execution_device
+        generators = [torch.Generator(device="cpu").manual_seed(seed)
+                      for condition in group for seed in condition.seeds.values()]
+        with torch.no_grad():
+            prompts = torch.cat([c.positive for c in group])
+            boxes = torch.cat([c.boxes for c in group])
+            embeddings = torch.cat([c.embeddings for c in group])
+            masks = torch.cat([c.masks for c in group])
+            if guided:  # the unconditional half first; its boxes are masked out
+                prompts = torch.cat([torch.cat([c.unconditional for c in group]), prompts])
+                boxes, embeddings = torch.cat([boxes, boxes]), torch.cat([embeddings, embeddings])
+                masks = torch.cat([torch.zeros_like(masks), masks])
+            grounding = {"gligen": {"boxes": boxes, "positive_embeddings": embeddings, "masks": masks}}
+            pipe.scheduler.set_timesteps(settings.steps, device=device)
+            timesteps = pipe.scheduler.timesteps
+            latents = pipe.prepare_latents(len(generators), pipe.unet.config.in_channels, first.height,
+                                           first.width, prompts.dtype, device, generators)
+            grounded_steps = int(first.beta * len(timesteps))
+            extra = pipe.prepare_extra_step_kwargs(generators, 0.0)
+            pipe.enable_fuser(True)
+            for step, t in enumerate(timesteps):
+                if step == grounded_steps:
+                    pipe.enable_fuser(False)
+                model_input = torch.cat([latents, latents]) if guided else latents
+                model_input = pipe.scheduler.scale_model_input(model_input, t)
+                noise = pipe.unet(model_input, t, encoder_hidden_states=prompts,
+                                  cross_attention_kwargs=grounding).sample
+                if guided:
+                    unconditional, conditional = noise.chunk(2)
+                    noise = unconditional + settings.guidance * (conditional - unconditional)
+                latents = pipe.scheduler.step(noise, t, latents, **extra).prev_sample
+            decoded = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+            decoded, flagged = pipe.run_safety_checker(decoded, device, prompts.dtype)
         # diffusers gives None when no checker ran, else one bool per image.
-        flags = output.nsfw_content_detected or [False] * len(output.images)
-        return [
-            Rendered(
-                Candidate(
-                    plan_id=plan.id,
-                    index=index,
-                    seed=seed,
-                    path=f"{plan.id}/{index}.png",
-                    model=settings.model,
-                    steps=settings.steps,
-                    guidance=settings.guidance,
-                    beta=beta,
-                    width=width,
-                    height=height,
-                    prompt=prompt,
-                    negative_prompt=negative,
-                    phrases=phrases,
-                ),
-                image,
-                bool(flagged),
-            )
-            for (index, seed), image, flagged in zip(seeds.items(), output.images, flags, strict=True)
-        ]
+        flags = [bool(f) for f in flagged] if flagged is not None else [False] * len(generators)
+        images = pipe.image_processor.postprocess(decoded, output_type="pil",
+                                                  do_denormalize=[not f for f in flags])
+        return images, flags
+
+
+@dataclass
+class _Condition:
+    """One plan's conditioning for ``GligenRenderer._denoise`` (tensors batched per candidate)."""
+
+    width: int
+    height: int
+    beta: float
+    prompt: str
+    negative: str
+    phrases: list[str]
+    seeds: dict[int, int]
+    positive: Any
+    unconditional: Any
+    boxes: Any
+    embeddings: Any
+    masks: Any

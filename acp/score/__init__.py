@@ -4,7 +4,8 @@
 - ``layout``: CLIS-L, a layout scored against the bank (``LayoutScorer``);
 - ``image``: CLIS-I with CLIP (``ImageScorer``);
 - ``judge``: the optional VLM judge for instances CLIP is unsure about;
-- ``candidates``: CLIS-L and CLIS-I combined into ``CandidateScore`` records, best per plan;
+- ``candidates``: ``Scorer``, CLIS-L and CLIS-I combined into a plan's ``PlanScores`` (one
+  ``CandidateScore`` per candidate, the best marked), for ``score candidates`` and ``generate``;
 - ``dataset``: scoring every image and box of an existing COCO dataset.
 
 Every score is on the paper's 0-100 scale, so its thresholds (CLIS-L 50, instance CLIS-I 60)
@@ -12,15 +13,7 @@ keep their meaning. Importing this package does not import torch.
 """
 
 from acp.score.bank import Bank
-from acp.score.candidates import (
-    Thresholds,
-    best_candidate,
-    combine,
-    compose_clis,
-    layout_fields,
-    score_batch,
-    score_candidates,
-)
+from acp.score.candidates import PlanScores, Scorer, Thresholds, compose_clis, layout_fields
 from acp.score.image import ImageScore, ImageScorer, InstanceScore, Scene, SceneObject
 from acp.score.layout import LayoutScore, LayoutScorer, PairScore
 
@@ -32,13 +25,11 @@ __all__ = [
     "LayoutScore",
     "LayoutScorer",
     "PairScore",
+    "PlanScores",
     "Scene",
     "SceneObject",
+    "Scorer",
     "Thresholds",
-    "best_candidate",
-    "combine",
     "compose_clis",
     "layout_fields",
-    "score_batch",
-    "score_candidates",
 ]

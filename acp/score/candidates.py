@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from acp import defaults
 from acp.errors import InputError, OutputMismatchError
@@ -70,7 +70,7 @@ def layout_fields(layout: LayoutScore | None) -> dict[str, Any]:
     }
 
 
-def combine(
+def _combine(
     plan_id: str,
     candidates: Sequence[Candidate],
     images: Sequence[ImageScore],
@@ -142,59 +142,88 @@ def best_candidate(scores: Sequence[CandidateScore]) -> CandidateScore | None:
     return max(kept, key=lambda s: (s.clis, -s.index)) if kept else None
 
 
-def score_candidates(
-    plan: ScenePlan,
-    candidates: Sequence[Candidate],
-    images: Sequence[Image],
-    *,
-    image_scorer: ImageScorer,
-    layout_scorer: LayoutScorer | None = None,
-    judge: Judge | None = None,
-    thresholds: Thresholds = Thresholds(),
-    settings: dict[str, Any] | None = None,
-) -> list[CandidateScore]:
-    """Score the rendered ``images`` of ``candidates`` of one plan (one CLIP pass for all)."""
-    (records,) = score_batch(
-        [(plan, candidates, images)],
-        image_scorer=image_scorer,
-        layout_scorer=layout_scorer,
-        judge=judge,
-        thresholds=thresholds,
-        settings=settings,
-    )
-    return records
+class RenderedCandidate(Protocol):
+    """What ``Scorer`` takes of a rendered candidate (``acp.render.gligen.Rendered`` has it)."""
+
+    @property
+    def candidate(self) -> Candidate: ...
+
+    @property
+    def image(self) -> Image: ...
 
 
-def score_batch(
-    batch: Sequence[tuple[ScenePlan, Sequence[Candidate], Sequence[Image]]],
-    *,
-    image_scorer: ImageScorer,
-    layout_scorer: LayoutScorer | None = None,
-    judge: Judge | None = None,
-    thresholds: Thresholds = Thresholds(),
-    settings: dict[str, Any] | None = None,
-    layouts: Sequence[LayoutScore | None] | None = None,
-) -> list[list[CandidateScore]]:
-    """``score_candidates`` for several plans, all their images and crops in one CLIP pass.
-    ``layouts`` are the plans' CLIS-L when the caller has them already (``generate`` scores the
-    layout before rendering); otherwise ``layout_scorer`` computes them."""
-    items = [(Scene.from_plan(plan), image) for plan, _, images in batch for image in images]
-    image_scores = image_scorer.score_scenes(items)
-    if judge is not None:
-        threshold = thresholds.min_clis_i if thresholds.min_clis_i is not None else DEFAULT_INSTANCE_THRESHOLD
-        judge.review([(scene, image, s) for (scene, image), s in zip(items, image_scores, strict=True)],
-                     threshold)
-    results = []
-    start = 0
-    for k, (plan, candidates, images) in enumerate(batch):
-        if layouts is not None:
-            layout = layouts[k]
-        else:
-            layout = layout_scorer.score(plan) if layout_scorer is not None else None
-        scores = image_scores[start : start + len(images)]
-        start += len(images)
-        results.append(combine(plan.id, candidates, scores, layout, thresholds, settings))
-    return results
+@dataclass(frozen=True)
+class PlanScores:
+    """One plan scored: its CLIS-L (once for all its candidates; ``None`` without a layout
+    scorer) and one ``CandidateScore`` per candidate, thresholds applied, the best marked."""
+
+    plan_id: str
+    layout: LayoutScore | None
+    candidates: tuple[CandidateScore, ...]
+
+    @property
+    def best(self) -> CandidateScore | None:
+        return next((c for c in self.candidates if c.best), None)
+
+
+class Scorer:
+    """The CLIS scorer of ``acp score candidates`` and ``acp generate``: one way to score a
+    plan's rendered candidates. ``layout`` is CLIS-L, which ``generate`` asks before rendering
+    (a plan under the threshold costs no GPU time) and hands back to ``score``; ``score_many``
+    scores several plans with all their images and crops in one CLIP pass, the judge asked
+    where CLIP is unsure."""
+
+    def __init__(
+        self,
+        image_scorer: ImageScorer,
+        layout_scorer: LayoutScorer | None = None,
+        *,
+        judge: Judge | None = None,
+        thresholds: Thresholds = Thresholds(),
+        settings: dict[str, Any] | None = None,
+    ):
+        self.image_scorer, self.layout_scorer, self.judge = image_scorer, layout_scorer, judge
+        self.thresholds, self.settings = thresholds, settings
+
+    def layout(self, plan: ScenePlan) -> LayoutScore | None:
+        return self.layout_scorer.score(plan) if self.layout_scorer is not None else None
+
+    def layout_passes(self, layout: LayoutScore | None) -> bool:
+        """Whether a plan with this CLIS-L is worth rendering (a reference-free score always is)."""
+        floor = self.thresholds.min_clis_l
+        return layout is None or layout.reference_free or floor is None or layout.score >= floor
+
+    def score(self, plan: ScenePlan, rendered: Sequence[RenderedCandidate], layout: LayoutScore | None = None
+              ) -> PlanScores:
+        """``rendered`` candidates of ``plan``; ``layout`` is its CLIS-L if known already."""
+        (scores,) = self.score_many([(plan, rendered, layout)])
+        return scores
+
+    def score_many(self, items: Sequence[tuple[ScenePlan, Sequence[RenderedCandidate], LayoutScore | None]]
+                   ) -> list[PlanScores]:
+        """``score`` for several ``(plan, rendered, layout or None)``, in one CLIP pass."""
+        scenes = [(Scene.from_plan(plan), r.image) for plan, rendered, _ in items for r in rendered]
+        image_scores = self.image_scorer.score_scenes(scenes)
+        if self.judge is not None:
+            floor = self.thresholds.min_clis_i
+            unsure = [(scene, image, s) for (scene, image), s in zip(scenes, image_scores, strict=True)]
+            self.judge.review(unsure, floor if floor is not None else DEFAULT_INSTANCE_THRESHOLD)
+        results, start = [], 0
+        for plan, rendered, layout in items:
+            layout = layout if layout is not None else self.layout(plan)
+            scores = image_scores[start : start + len(rendered)]
+            start += len(rendered)
+            records = _combine(plan.id, [r.candidate for r in rendered], scores, layout,
+                               self.thresholds, self.settings)
+            results.append(PlanScores(plan.id, layout, tuple(records)))
+        return results
+
+
+class _Loaded(NamedTuple):
+    """A candidate read back from a render folder, as ``Scorer`` takes it."""
+
+    candidate: Candidate
+    image: Image
 
 
 MANIFEST = "manifest.jsonl"
@@ -324,6 +353,7 @@ def score_renders(
     settings: dict[str, Any] | None = None,
     batch_size: int = 8,
     progress: bool = False,
+    scorer: Scorer | None = None,
 ) -> RunSummary:
     """Score every candidate of a render folder into ``output`` (JSON Lines, resumable).
 
@@ -338,6 +368,8 @@ def score_renders(
     from acp.schema import read_plans
 
     settings = dict(settings or {})
+    scorer = scorer or Scorer(image_scorer, layout_scorer, judge=judge, thresholds=thresholds,
+                              settings=settings)
     summary = RunSummary()
     candidates, summary.failures = read_manifest(renders)
     if not plans_path.is_file():
@@ -365,27 +397,23 @@ def score_renders(
 
     bar = tqdm(total=sum(len(by_plan[p]) for p in pending), unit="candidate", disable=not progress)
     with JsonlWriter(output) as writer:
-        batch: list[tuple[ScenePlan, list[Candidate], list[Image]]] = []
+        batch: list[tuple[ScenePlan, Sequence[_Loaded], LayoutScore | None]] = []
         size = 0
         for position, plan_id in enumerate(pending):
-            readable, images = [], []
+            readable = []
             for candidate in by_plan[plan_id]:
                 image, reason = read_rgb(renders / candidate.path)
                 if image is None:
                     summary.failures.append((str(renders / candidate.path), reason or "unreadable"))
                     bar.update(1)
                 else:
-                    readable.append(candidate)
-                    images.append(image)
+                    readable.append(_Loaded(candidate, image))
             if readable:
-                batch.append((plans[plan_id], readable, images))
+                batch.append((plans[plan_id], readable, None))
                 size += len(readable)
             if batch and (size >= batch_size or position == len(pending) - 1):
-                results = score_batch(
-                    batch, image_scorer=image_scorer, layout_scorer=layout_scorer, judge=judge,
-                    thresholds=thresholds, settings=settings,
-                )
-                for records in results:
+                for scored in scorer.score_many(batch):
+                    records = scored.candidates
                     for record in records:
                         writer.write(record)
                     summary.plans += 1
