@@ -2,6 +2,7 @@
 
     python bench/bench_clis_quality.py ../shared/data/nsr1k-spatial-train.json [--splits 5] [--seed 0]
     python bench/bench_clis_quality.py instances_val2017.json          # any COCO-format file
+    python bench/bench_clis_quality.py --synthetic 3000                # a structured synthetic world
 
 The file is an NSR-1K-style list (``obj1``/``obj2`` = [category, normalised xywh], ``relation``,
 ``image_id``) or a COCO-format file. Its layouts are split by image, 80 % into a bank
@@ -17,7 +18,13 @@ it is and corrupted five ways:
 
 Two-object layouts are NSR-1K's records (or COCO images' two largest boxes); multi-object
 layouts are images with three objects or more (NSR-1K records of one image merged; COCO images'
-up to 8 largest boxes), one object corrupted. Prints the AUC of real > corrupted per corruption
+up to 8 largest boxes), one object corrupted. NSR-1K's spatial split holds no image with three
+objects, so ``--synthetic N`` writes a COCO file of N images of a structured world (a wide
+base object, two to five items resting on it or standing beside it, each category with its own
+size and aspect): not real layouts, but layouts of 1 to 7 objects with structure to learn, which
+checks that scores of different sizes are comparable and that one bad object is caught.
+
+Prints the AUC of real > corrupted per corruption
 (mean over splits; multi-object ones pooled over splits, they are few), the mean scores, and the
 share of real and corrupted layouts each candidate --min-clis-l keeps. Not a test.
 """
@@ -51,7 +58,8 @@ COCO_SUPER = {
     "sports": ["frisbee", "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove",
                "skateboard", "surfboard", "tennis racket"],
     "kitchen": ["bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl"],
-    "food": ["banana", "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake"],
+    "food": ["banana", "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut",
+             "cake"],
     "furniture": ["chair", "couch", "potted plant", "bed", "dining table", "toilet"],
     "electronic": ["tv", "laptop", "mouse", "remote", "keyboard", "cell phone"],
     "appliance": ["microwave", "oven", "toaster", "sink", "refrigerator"],
@@ -104,6 +112,56 @@ def read_layouts(path: Path) -> tuple[list[Layout], dict[Any, list[Layout]]]:
     return pairs, multi
 
 
+WORLD = {  # category: (super-category, typical side, aspect w/h, placement)
+    "bed": ("furniture", 0.6, 1.8, "base"), "table": ("furniture", 0.5, 1.6, "base"),
+    "couch": ("furniture", 0.55, 2.2, "base"), "cat": ("animal", 0.14, 1.1, "on"),
+    "dog": ("animal", 0.2, 1.2, "on"), "cup": ("kitchen", 0.06, 0.8, "on"),
+    "bowl": ("kitchen", 0.09, 1.6, "on"),
+    "book": ("indoor", 0.08, 1.3, "on"), "vase": ("indoor", 0.06, 0.5, "on"),
+    "lamp": ("indoor", 0.1, 0.3, "beside"), "person": ("person", 0.25, 0.4, "beside"),
+    "plant": ("furniture", 0.15, 0.7, "beside"),
+}
+
+
+def write_synthetic(path: Path, images: int, seed: int = 0) -> None:
+    """A COCO file of a structured world (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    names = list(WORLD)
+    bases = [n for n in names if WORLD[n][3] == "base"]
+    others = [n for n in names if WORLD[n][3] != "base"]
+    coco: dict[str, Any] = {"images": [], "annotations": [], "categories": [
+        {"id": k + 1, "name": n, "supercategory": WORLD[n][0]} for k, n in enumerate(names)]}
+
+    def sized(name: str) -> tuple[float, float]:
+        _, side, aspect, _ = WORLD[name]
+        s = side * float(np.exp(rng.normal(0, 0.2)))
+        a = aspect * float(np.exp(rng.normal(0, 0.15)))
+        return min(s * a ** 0.5, 0.95), min(s / a ** 0.5, 0.95)
+
+    for i in range(images):
+        base = bases[int(rng.integers(len(bases)))]
+        bw, bh = sized(base)
+        bx, by = float(rng.uniform(0.02, 0.98 - bw)), float(rng.uniform(0.45, max(0.46, 0.98 - bh)))
+        objects = [(base, [bx, by, bw, min(bh, 0.99 - by)])]
+        for _ in range(int(rng.integers(1, 6))):
+            name = others[int(rng.integers(len(others)))]
+            w, h = sized(name)
+            if WORLD[name][3] == "on":
+                x = bx + float(rng.uniform(0, max(bw - w, 0.01)))
+                y = by - h + float(rng.uniform(0, 0.3)) * bh
+            else:
+                side = 1 if rng.uniform() < 0.5 else -1
+                x = bx + bw + 0.02 if side > 0 else bx - w - 0.02
+                y = by + bh - h + float(rng.normal(0, 0.02))
+            objects.append((name, clip([x, y, w, h])))
+        coco["images"].append({"id": i + 1, "width": 1000, "height": 1000})
+        for name, (x, y, w, h) in objects:
+            coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": i + 1,
+                                        "category_id": names.index(name) + 1,
+                                        "bbox": [x * 1000, y * 1000, w * 1000, h * 1000], "iscrowd": 0})
+    path.write_text(json.dumps(coco))
+
+
 def write_bank_file(path: Path, layouts: list[Layout]) -> None:
     images: dict[Any, list[tuple[str, list[float]]]] = {}
     for image, objects, _ in layouts:
@@ -121,7 +179,8 @@ def write_bank_file(path: Path, layouts: list[Layout]) -> None:
     for k, objs in enumerate(images.values()):
         for name, (x, y, w, h) in objs:
             coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": k + 1,
-                                        "category_id": ids[name], "bbox": [x * 1000, y * 1000, w * 1000, h * 1000],
+                                        "category_id": ids[name],
+                                        "bbox": [x * 1000, y * 1000, w * 1000, h * 1000],
                                         "iscrowd": 0})
     path.write_text(json.dumps(coco))
 
@@ -149,7 +208,8 @@ def corrupt(layout: Layout, kind: str, rng: np.random.Generator) -> Layout | Non
             w, h = rng.uniform(0.02, 1.0, 2)
             boxes[i] = [float(rng.uniform(0, 1 - w)), float(rng.uniform(0, 1 - h)), float(w), float(h)]
     elif kind == "swap":
-        options = [(i, j) for i in range(len(boxes)) for j in range(i + 1, len(boxes)) if names[i] != names[j]]
+        options = [(i, j) for i in range(len(boxes)) for j in range(i + 1, len(boxes))
+                   if names[i] != names[j]]
         if not options:
             return None
         i, j = options[int(rng.integers(len(options)))]
@@ -186,13 +246,21 @@ def auc(real: np.ndarray, fake: np.ndarray) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("file", type=Path)
+    parser.add_argument("file", type=Path, nargs="?")
+    parser.add_argument("--synthetic", type=int, metavar="N",
+                        help="images of the synthetic world, instead of a file")
     parser.add_argument("--splits", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if args.synthetic:
+        args.file = Path(tempfile.mkdtemp(prefix="clis-quality-")) / "synthetic.json"
+        write_synthetic(args.file, args.synthetic, args.seed)
+    elif args.file is None:
+        parser.error("give a file or --synthetic N")
     pairs, multi = read_layouts(args.file)
     images = sorted({image for image, _, _ in pairs} | set(multi), key=str)
-    print(f"{args.file}: {len(pairs)} two-object layouts, {len(multi)} images of 3+ objects, {len(images)} images")
+    print(f"{args.file}: {len(pairs)} two-object layouts, {len(multi)} images of 3+ objects, "
+          f"{len(images)} images")
     two: dict[str, dict[str, list[float]]] = {m: defaultdict(list) for m in ("v2", "paper")}
     pooled: dict[str, dict[str, list[np.ndarray]]] = {m: defaultdict(list) for m in ("v2", "paper")}
     build_times = []
@@ -222,7 +290,7 @@ def main() -> None:
                     pooled[method][f"{kind}:{corruption}"].append(fake)
                     if kind == "two":
                         two[method][corruption].append(auc(real, fake))
-    print(f"bank build (about {len(pairs) * 4 // 5} two-object layouts): {np.mean(build_times):.2f} s per split")
+    print(f"bank build ({len(images) * 4 // 5} images): {np.mean(build_times):.2f} s per split")
     print("\nROC AUC, real > corrupted (two-object: mean over splits; multi-object: pooled)")
     print(f"{'corruption':<10} {'2-obj v2':>9} {'2-obj paper':>12} {'multi v2':>9} {'multi paper':>12}")
     for corruption in CORRUPTIONS:

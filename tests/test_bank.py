@@ -361,8 +361,11 @@ def test_building_from_a_file_with_polygons_costs_little_more_memory_than_withou
     import tracemalloc
 
     from acp.score import bank as bank_module
+    from acp.score import density
 
     monkeypatch.setattr(bank_module, "_CHUNK", 1 << 16, raising=False)
+    # Fewer calibration layouts: the same for both files, and slow under tracemalloc.
+    monkeypatch.setattr(density, "CDF_LAYOUTS", 50)
     plain = write_coco(tmp_path / "a.json", _images(1500))
     polygons = with_polygons(plain)
 

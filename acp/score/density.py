@@ -492,12 +492,15 @@ def _finite_mean(values: Float64Array) -> float:
 # -- layouts ---------------------------------------------------------------------------------
 # Tuned on NSR-1K splits (bench/bench_clis_quality.py): the weakest object counts apart from the
 # mean, as a corruption usually hits one object; the relation term is steep and weighs most.
-WEIGHTS = {"objects": 1.0, "weakest_object": 1.0, "pair": 0.5, "relation": 12.0, "assignment": 1.0}
+WEIGHTS = {"objects": 1.0, "weakest_object": 1.0, "pair": 0.5, "weakest_pair": 0.25, "relation": 12.0,
+           "assignment": 1.0}
 RELATION_SHARPNESS = 8.0
 NEIGHBOURS = 2  # past 3 objects, each object's pairs with its 2 nearest neighbours are scored
 CDF_BUCKETS = 8  # layouts of 1, 2, ..., 7 and 8+ objects are calibrated apart
 CDF_LAYOUTS = 1000  # real sub-layouts sampled per bucket at build time
+CDF_PER_IMAGE = 4  # sub-layouts per image at most, on average
 MIN_CDF_IMAGES = 10  # a bucket with fewer images borrows the nearest calibrated one
+UNCALIBRATED_SCALE = 2.0  # log units: the logistic that stands in for the CDF of a tiny bank
 MAX_CDF_OBJECTS = 20
 
 
@@ -547,6 +550,7 @@ class Terms:
     objects: Float64Array
     weakest_object: Float64Array
     pair: Float64Array
+    weakest_pair: Float64Array  # pair + assignment of the layout's least plausible pair
     relation: Float64Array
     assignment: Float64Array
     total: Float64Array
@@ -591,11 +595,14 @@ def layout_terms(
         count = np.bincount(where, minlength=n)
         return np.bincount(where, values, minlength=n) / np.maximum(count, 1)
 
-    weakest = np.full(n, np.inf)
-    np.minimum.at(weakest, batch.layout, own)
+    def weakest(values: Float64Array, where: Int64Array) -> Float64Array:
+        low = np.full(n, np.inf)
+        np.minimum.at(low, where, values)
+        return np.where(np.isfinite(low), low, 0.0)
+
     means = {
-        "objects": mean(own, batch.layout), "weakest_object": np.where(np.isfinite(weakest), weakest, 0.0),
-        "pair": mean(pair, pair_layout),
+        "objects": mean(own, batch.layout), "weakest_object": weakest(own, batch.layout),
+        "pair": mean(pair, pair_layout), "weakest_pair": weakest(pair + assignment, pair_layout),
         "relation": mean(relation, rel_layout), "assignment": mean(assignment, pair_layout),
     }
     total = sum(WEIGHTS[k] * v for k, v in means.items())
@@ -609,8 +616,9 @@ def layout_terms(
         pair_relation = np.array(
             [key.get((min(int(a), int(b)), max(int(a), int(b))), 0.0) for a, b in zip(i, j, strict=True)]
         )
-    return Terms(means["objects"], means["weakest_object"], means["pair"], means["relation"],
-                 means["assignment"], np.asarray(total), own, pair, assignment, pair_relation)
+    return Terms(means["objects"], means["weakest_object"], means["pair"], means["weakest_pair"],
+                 means["relation"], means["assignment"], np.asarray(total), own, pair, assignment,
+                 pair_relation)
 
 
 def pair_totals(terms: Terms, batch: LayoutBatch) -> Float64Array:
@@ -619,11 +627,20 @@ def pair_totals(terms: Terms, batch: LayoutBatch) -> Float64Array:
     own_i, own_j = terms.object_terms[i], terms.object_terms[j]
     return (WEIGHTS["objects"] * (own_i + own_j) / 2 + WEIGHTS["weakest_object"] * np.minimum(own_i, own_j)
             + WEIGHTS["pair"] * terms.pair_terms + WEIGHTS["relation"] * terms.pair_relation
-            + WEIGHTS["assignment"] * terms.pair_assignment)
+            + (WEIGHTS["assignment"] + WEIGHTS["weakest_pair"]) * terms.pair_assignment
+            + WEIGHTS["weakest_pair"] * terms.pair_terms)
 
 
-def bucket_of(objects: NDArray[Any]) -> NDArray[np.int64]:
-    return (np.clip(np.asarray(objects), 1, CDF_BUCKETS) - 1).astype(np.int64)
+def without_relations(terms: Terms) -> Float64Array:
+    """The layouts' totals without their relation terms: what the relation-free tables hold."""
+    return terms.total - WEIGHTS["relation"] * terms.relation
+
+
+def bucket_of(objects: NDArray[Any], related: NDArray[Any] | bool = False) -> NDArray[np.int64]:
+    """The CDF table of layouts of ``objects`` objects: one per size up to ``CDF_BUCKETS``, for
+    layouts without a stated spatial relation, then the same for layouts with one."""
+    size = np.clip(np.asarray(objects), 1, CDF_BUCKETS) - 1
+    return (size + CDF_BUCKETS * np.asarray(related, dtype=np.int64)).astype(np.int64)
 
 
 def calibration_batch(
@@ -643,7 +660,9 @@ def calibration_batch(
         eligible = np.flatnonzero(used >= low)
         if eligible.size < MIN_CDF_IMAGES:
             continue
-        picks = rng.choice(eligible, CDF_LAYOUTS, replace=eligible.size < CDF_LAYOUTS)
+        # A few subsets of each image at most: more would repeat the same evidence.
+        count = min(CDF_LAYOUTS, CDF_PER_IMAGE * eligible.size)
+        picks = rng.choice(eligible, count, replace=eligible.size < count)
         for pick in picks:
             high = int(used[pick]) if bucket == CDF_BUCKETS - 1 else low
             size = int(rng.integers(low, high + 1))
@@ -670,9 +689,8 @@ def make_batch(
         cats.append(np.asarray(category, dtype=np.int64))
         boxes.append(np.asarray(box, dtype=np.float64).reshape(n, 4))
         owner.append(np.full(n, k, dtype=np.int64))
-        if relations is None:
-            axes = dominant_axis(boxes[-1][:-1], boxes[-1][1:]) if n > 1 else np.zeros(0, dtype=np.int64)
-            relations = [(r, r + 1, int(axes[r])) for r in range(n - 1)]
+        if relations is None:  # the axes are filled in below, all at once
+            relations = [(r, r + 1, -1) for r in range(n - 1)]
         linked = related[k] if related is not None else {(min(s, o), max(s, o)) for s, o, _ in relations}
         for a, b in scored_pairs(boxes[-1], linked):
             pi.append(offset + a)
@@ -686,12 +704,17 @@ def make_batch(
     def ints(values: list[int]) -> Int64Array:
         return np.asarray(values, dtype=np.int64)
 
+    all_boxes = np.concatenate(boxes) if boxes else np.zeros((0, 4))
+    axes, subjects, objects = ints(ra), ints(ri), ints(rj)
+    unset = axes < 0
+    axes[unset] = dominant_axis(all_boxes[subjects[unset]], all_boxes[objects[unset]])
+
     return LayoutBatch(
         layouts=len(layouts),
         category=np.concatenate(cats) if cats else ints([]),
-        boxes=np.concatenate(boxes) if boxes else np.zeros((0, 4)),
+        boxes=all_boxes,
         layout=np.concatenate(owner) if owner else ints([]),
-        pair_i=ints(pi), pair_j=ints(pj), rel_i=ints(ri), rel_j=ints(rj), rel_axis=ints(ra),
+        pair_i=ints(pi), pair_j=ints(pj), rel_i=subjects, rel_j=objects, rel_axis=axes,
         image=np.concatenate(images) if images else None,
     )
 
@@ -717,10 +740,15 @@ class Calibration:
             low_tau = max(float(v[min(decile, n - 1)] - v[0]), 1e-3) / fall
             high_tau = max(float(v[-1] - v[max(n - 1 - decile, 0)]), 1e-3) / fall
             self.tables.append((unique, rank, low_tau, high_tau))
-        # Buckets without a table borrow the nearest one (the lower one first).
+        # Buckets without a table borrow the nearest one of their kind (the lower one first),
+        # else of the other kind.
         known = [b for b, t in enumerate(self.tables) if t is not None]
-        self.source = [min(known, key=lambda k: (abs(k - b), k)) if known else -1
-                       for b in range(len(self.tables))]
+
+        def nearest(b: int) -> int:
+            same_kind = [k for k in known if k // CDF_BUCKETS == b // CDF_BUCKETS] or known
+            return min(same_kind, key=lambda k: (abs(k % CDF_BUCKETS - b % CDF_BUCKETS), k)) if known else -1
+
+        self.source = [nearest(b) for b in range(len(self.tables))]
 
     def score(self, totals: Float64Array, buckets: Int64Array) -> Float64Array:
         out = np.zeros(totals.shape)
@@ -729,8 +757,8 @@ class Calibration:
             table = self.tables[source] if source >= 0 else None
             rows = buckets == b
             t = totals[rows]
-            if table is None:
-                out[rows] = 0.0
+            if table is None:  # a bank too small to calibrate: a total of 0 is typical, so 50
+                out[rows] = 100.0 / (1.0 + np.exp(-np.clip(t, -500, 500) / UNCALIBRATED_SCALE))
                 continue
             unique, rank, low_tau, high_tau = table
             first, last = rank[0], 1.0 - rank[-1] if unique.size > 1 else rank[0]
@@ -754,8 +782,12 @@ def build_model(
         category, boxes, image, pair_a, pair_b, supercategory, rng
     )
     batch, buckets = calibration_batch(category, boxes, image, rng)
-    totals = layout_terms(model, batch, object_images, pair_images).total
+    terms = layout_terms(model, batch, object_images, pair_images)
+    # The same real sub-layouts twice: as they are, and with the relations their offsets show.
+    related = buckets > 0
+    totals = np.concatenate([without_relations(terms), terms.total[related]])
+    buckets = np.concatenate([buckets, buckets[related] + CDF_BUCKETS])
     order = np.lexsort((totals, buckets))
-    counts = np.bincount(buckets, minlength=CDF_BUCKETS)
+    counts = np.bincount(buckets, minlength=2 * CDF_BUCKETS)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     return LayoutModel(model.objects, model.pairs, model.supercategory, offsets, totals[order])

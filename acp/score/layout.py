@@ -475,6 +475,9 @@ class LayoutScorer:
                 if subject in position and obj in position and subject != obj
             ]
             category = np.array([self._category(name) for name in categories], dtype=np.int64)
+            if np.all(category < 0):  # nothing the bank knows: the reference-free check, as before
+                results[k] = self._paper_layout(categories, boxes, relations, ids)
+                continue
             inputs.append((category, boxes, [(s, o, a) for s, o, a, _ in stated if a is not None]))
             todo.append((k, stated))
         if todo:
@@ -482,9 +485,11 @@ class LayoutScorer:
             batch = density.make_batch(inputs, related=related)
             terms = density.layout_terms(self.bank.model, batch)
             n_objects = np.bincount(batch.layout, minlength=batch.layouts)
-            scores = self._calibration.score(terms.total, density.bucket_of(n_objects))
+            stated_any = np.bincount(batch.layout[batch.rel_i], minlength=batch.layouts) > 0
+            scores = self._calibration.score(terms.total, density.bucket_of(n_objects, stated_any))
             pair_scores = self._calibration.score(
-                density.pair_totals(terms, batch), np.full(batch.pair_i.size, 1, dtype=np.int64)
+                density.pair_totals(terms, batch),
+                density.bucket_of(np.full(batch.pair_i.size, 2), terms.pair_relation != 0),
             )
             starts = np.concatenate([[0], np.cumsum(n_objects)])
             pair_bounds = np.searchsorted(batch.layout[batch.pair_i], np.arange(batch.layouts + 1))
