@@ -3,6 +3,7 @@
     python bench/bench_clis_quality.py ../shared/data/nsr1k-spatial-train.json [--splits 5] [--seed 0]
     python bench/bench_clis_quality.py instances_val2017.json          # any COCO-format file
     python bench/bench_clis_quality.py --synthetic 3000                # a structured synthetic world
+    python bench/bench_clis_quality.py --speed                         # layouts/s, v2 and paper
 
 The file is an NSR-1K-style list (``obj1``/``obj2`` = [category, normalised xywh], ``relation``,
 ``image_id``) or a COCO-format file. Its layouts are split by image, 80 % into a bank
@@ -26,7 +27,13 @@ checks that scores of different sizes are comparable and that one bad object is 
 
 Prints the AUC of real > corrupted per corruption
 (mean over splits; multi-object ones pooled over splits, they are few), the mean scores, and the
-share of real and corrupted layouts each candidate --min-clis-l keeps. Not a test.
+share of real and corrupted layouts each candidate --min-clis-l keeps.
+
+``--speed``: banks of about 10k and 100k+ pairs (``bench_bank.write_coco``'s synthetic COCO
+files: 80 categories, Zipf frequencies), 5,000 random layouts of 2 and of 3 objects with a
+relation, scored in one batch (``LayoutScorer.score_layouts``) and one at a time
+(``score_layout``, the call ``generate`` makes), on one core; the two must agree exactly.
+Not a test.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from acp.score.bank import Bank  # noqa: E402
 from acp.score.layout import LayoutScorer  # noqa: E402
@@ -244,6 +252,38 @@ def auc(real: np.ndarray, fake: np.ndarray) -> float:
     return float(greater + 0.5 * ties)
 
 
+def speed() -> None:
+    from bench_bank import write_coco
+
+    rng = np.random.default_rng(0)
+    print("bank_pairs  objects  method  batch_layouts_per_s  per_layout_layouts_per_s")
+    with tempfile.TemporaryDirectory() as tmp:
+        for images in (400, 4500):
+            path = Path(tmp) / f"coco-{images}.json"
+            write_coco(path, images, 4)
+            bank = Bank.from_coco([path])
+            for objects in (2, 3):
+                layouts = []
+                for _ in range(5000):
+                    names = [f"class {int(c)}" for c in np.minimum(rng.zipf(1.5, objects) - 1, 79)]
+                    w, h = rng.uniform(0.03, 0.6, (2, objects))
+                    boxes = [[float(rng.uniform(0, 1 - w[k])), float(rng.uniform(0, 1 - h[k])), float(w[k]),
+                              float(h[k])] for k in range(objects)]
+                    layouts.append((names, boxes, [(0, 1, "left of")], None))
+                for method in ("v2", "paper"):
+                    scorer = LayoutScorer(bank, method=method)  # type: ignore[arg-type]
+                    scorer.score_layouts(layouts[:10])  # matching caches warm
+                    start = time.perf_counter()
+                    batch = scorer.score_layouts(layouts)
+                    batch_rate = len(layouts) / (time.perf_counter() - start)
+                    start = time.perf_counter()
+                    single = [scorer.score_layout(*layout[:3]) for layout in layouts[:1000]]
+                    single_rate = 1000 / (time.perf_counter() - start)
+                    assert [r.score for r in batch[:1000]] == [r.score for r in single]
+                    print(f"{bank.num_pairs:10d} {objects:8d} {method:>7} {batch_rate:20.0f} {single_rate:25.0f}",
+                          flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("file", type=Path, nargs="?")
@@ -251,7 +291,11 @@ def main() -> None:
                         help="images of the synthetic world, instead of a file")
     parser.add_argument("--splits", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--speed", action="store_true", help="measure layouts/s instead")
     args = parser.parse_args()
+    if args.speed:
+        speed()
+        return
     if args.synthetic:
         args.file = Path(tempfile.mkdtemp(prefix="clis-quality-")) / "synthetic.json"
         write_synthetic(args.file, args.synthetic, args.seed)

@@ -492,8 +492,7 @@ def _finite_mean(values: Float64Array) -> float:
 # -- layouts ---------------------------------------------------------------------------------
 # Tuned on NSR-1K splits (bench/bench_clis_quality.py): the weakest object counts apart from the
 # mean, as a corruption usually hits one object; the relation term is steep and weighs most.
-WEIGHTS = {"objects": 1.0, "weakest_object": 1.0, "pair": 0.5, "weakest_pair": 0.25, "relation": 12.0,
-           "assignment": 1.0}
+WEIGHTS = {"objects": 1.0, "weakest_object": 1.0, "pair": 0.5, "relation": 12.0, "assignment": 1.0}
 RELATION_SHARPNESS = 8.0
 NEIGHBOURS = 2  # past 3 objects, each object's pairs with its 2 nearest neighbours are scored
 CDF_BUCKETS = 8  # layouts of 1, 2, ..., 7 and 8+ objects are calibrated apart
@@ -550,7 +549,6 @@ class Terms:
     objects: Float64Array
     weakest_object: Float64Array
     pair: Float64Array
-    weakest_pair: Float64Array  # pair + assignment of the layout's least plausible pair
     relation: Float64Array
     assignment: Float64Array
     total: Float64Array
@@ -602,7 +600,7 @@ def layout_terms(
 
     means = {
         "objects": mean(own, batch.layout), "weakest_object": weakest(own, batch.layout),
-        "pair": mean(pair, pair_layout), "weakest_pair": weakest(pair + assignment, pair_layout),
+        "pair": mean(pair, pair_layout),
         "relation": mean(relation, rel_layout), "assignment": mean(assignment, pair_layout),
     }
     total = sum(WEIGHTS[k] * v for k, v in means.items())
@@ -616,8 +614,8 @@ def layout_terms(
         pair_relation = np.array(
             [key.get((min(int(a), int(b)), max(int(a), int(b))), 0.0) for a, b in zip(i, j, strict=True)]
         )
-    return Terms(means["objects"], means["weakest_object"], means["pair"], means["weakest_pair"],
-                 means["relation"], means["assignment"], np.asarray(total), own, pair, assignment,
+    return Terms(means["objects"], means["weakest_object"], means["pair"], means["relation"],
+                 means["assignment"], np.asarray(total), own, pair, assignment,
                  pair_relation)
 
 
@@ -627,8 +625,7 @@ def pair_totals(terms: Terms, batch: LayoutBatch) -> Float64Array:
     own_i, own_j = terms.object_terms[i], terms.object_terms[j]
     return (WEIGHTS["objects"] * (own_i + own_j) / 2 + WEIGHTS["weakest_object"] * np.minimum(own_i, own_j)
             + WEIGHTS["pair"] * terms.pair_terms + WEIGHTS["relation"] * terms.pair_relation
-            + (WEIGHTS["assignment"] + WEIGHTS["weakest_pair"]) * terms.pair_assignment
-            + WEIGHTS["weakest_pair"] * terms.pair_terms)
+            + WEIGHTS["assignment"] * terms.pair_assignment)
 
 
 def without_relations(terms: Terms) -> Float64Array:
