@@ -280,7 +280,8 @@ def speed() -> None:
                     single = [scorer.score_layout(*layout[:3]) for layout in layouts[:1000]]
                     single_rate = 1000 / (time.perf_counter() - start)
                     assert [r.score for r in batch[:1000]] == [r.score for r in single]
-                    print(f"{bank.num_pairs:10d} {objects:8d} {method:>7} {batch_rate:20.0f} {single_rate:25.0f}",
+                    print(f"{bank.num_pairs:10d} {objects:8d} {method:>7} {batch_rate:20.0f} "
+                          f"{single_rate:25.0f}",
                           flush=True)
 
 

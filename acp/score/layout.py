@@ -1,5 +1,19 @@
 """CLIS-L: how much a layout looks like real layouts of the same categories (0-100).
 
+Two methods (``LayoutScorer(bank, method=...)``, ``--clis-l-method``):
+
+- ``v2``, the default: the layout's terms as densities learned from the bank
+  (``acp.score.density``), its total mapped to 100 x the share of real bank layouts that are
+  less plausible (``density.Calibration``). Method ``density``; a pair's detail holds its terms
+  in log units (``objects``: the mean of its two objects', ``pair``, ``relation``,
+  ``assignment``) and its score as a two-object layout. A layout none of whose names the bank
+  knows gets the reference-free sanity check below, as in the paper's method; a degenerate box
+  makes the whole layout score 0 (method ``degenerate``).
+- ``paper``: the published formula, described in the rest of this docstring.
+
+``score_many`` / ``score_layouts`` score a batch in one vectorised pass, with the same results
+as ``score`` / ``score_layout`` one by one.
+
 For every pair of objects of a plan, the real pairs of the same categories are read from the
 bank (``acp.score.bank``) and each is compared with the plan's pair on three published terms.
 Notation: a box is normalised ``[x, y, w, h]``; ``c`` its centre; ``diag`` its diagonal.
