@@ -233,3 +233,13 @@ def test_clis_l_method_option_scores_with_the_chosen_formula(tmp_path: Path, wor
     bad = CliRunner().invoke(app, ["score", "layouts", str(plans), "--clis-l-method", "v3", "-o",
                                    str(tmp_path / "x.jsonl")])
     assert bad.exit_code == 2 and "--clis-l-method" in bad.stderr and bad.stderr.count("\n") == 1
+
+
+def test_a_run_records_the_clis_l_method_only_when_it_is_not_the_default() -> None:
+    """So that settings.json of runs from before the option still match (and resume)."""
+    from acp.concepts import ConceptInput
+    from acp.pipeline import GenerateConfig
+
+    concepts = ConceptInput(vocabulary=("cat", "dog"))
+    assert "clis_l_method" not in GenerateConfig(concepts=concepts).record()
+    assert GenerateConfig(concepts=concepts, clis_l_method="paper").record()["clis_l_method"] == "paper"
