@@ -14,8 +14,9 @@
 4. Bank build and load time on a synthetic COCO-train-sized file (118k images, 860k boxes).
 
 Sections 1 and 2 measure the paper's method (``--clis-l-method paper``); CLIS-L v2, the
-default, is measured by ``bench/bench_clis_quality.py``. Prints figures; not a test, and no test needs the NSR-1K file. CLIS-L runs on one core by
-construction (numpy's elementwise operations use one thread); CLIP on CPU is set to one thread.
+default, is measured by ``bench/bench_clis_quality.py``. Prints figures; not a test, and no
+test needs the NSR-1K file. CLIS-L runs on one core by construction (numpy's elementwise
+operations use one thread); CLIP on CPU is set to one thread.
 """
 
 from __future__ import annotations
