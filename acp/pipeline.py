@@ -41,17 +41,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from acp import defaults
-from acp.atomic import atomic_path, atomic_text_file, write_atomic
+from acp.atomic import atomic_text_file, write_atomic
 from acp.concepts import ConceptInput, all_concepts, scene_concepts
 from acp.errors import AcpError, InputError, OutputMismatchError, first_line
 from acp.jsonl import JsonlWriter, drop_torn_tail, dumps, loads, read_records
 from acp.lock import OutputLock
 from acp.plan.base import PlanSettings
 from acp.plan.run import PlanSummary, make_requests, run_planner
-from acp.schema import LayoutRules, PlanResult, ScenePlan, error_problems
+from acp.schema import LayoutRules, PlanResult, ScenePlan, read_plan_lines
 
 SETTINGS_NAME = "settings.json"
 PROGRESS_NAME = "progress.jsonl"
@@ -107,9 +105,12 @@ class GenerateConfig:
     categories: Path | None = None
     keep_candidates: bool = False
     image_format: str = "jpeg"
+    # How the device runs, not what it makes (kept out of ``record()``): torch.compile the UNet.
+    compile_unet: bool = False
 
     def record(self) -> dict[str, Any]:
         data = asdict(self)
+        data.pop("compile_unet")
         data["concepts"] = hashlib.sha256(dumps(asdict(self.concepts)).encode()).hexdigest()
         data["rules"] = self.rules.model_dump()
         for key in ("bank", "categories"):
@@ -296,15 +297,11 @@ class _PlanFeed:
              total: int | None) -> None:
         try:
             if plans_path.exists():
-                for number, record, _text in read_records(plans_path):
-                    plan_id = record.get("id") if record else None
-                    if not isinstance(plan_id, str) or plan_id in done:
-                        continue  # not even an id: the planner plans that scene again
-                    try:
-                        self._put(ScenePlan.model_validate(record))
-                    except ValidationError as error:
-                        problems = "; ".join(f"{f}: {r}" for f, r in error_problems(error))
-                        self._put(InvalidPlan(plan_id, f"{plans_path}:{number}: {problems}"))
+                for number, plan_id, plan, reason in read_plan_lines(plans_path, skip=done):
+                    if plan is not None:
+                        self._put(plan)
+                    elif plan_id is not None:  # without an id the planner plans that scene again
+                        self._put(InvalidPlan(plan_id, f"{plans_path}:{number}: {reason}"))
             self.summary = run_planner(planner, requests, plans_path, total=total, progress=False,
                                        on_plan=self._put)
         except _Stopped:
@@ -324,6 +321,19 @@ class _PlanFeed:
                     raise self.error
                 return
             yield item
+
+    END = _DONE
+
+    def take(self, timeout: float) -> ScenePlan | InvalidPlan | object | None:
+        """The next plan, ``END`` once the planner is done (raising its error if it failed), or
+        ``None`` when nothing came within ``timeout`` seconds (0: only what is ready)."""
+        try:
+            item = self.queue.get(timeout=timeout) if timeout > 0 else self.queue.get_nowait()
+        except queue.Empty:
+            return None
+        if item is _DONE and self.error is not None:
+            raise self.error
+        return item
 
     def ready(self) -> bool:
         """Whether a plan (or the end) is waiting, so that iterating will not block."""
@@ -358,8 +368,10 @@ def _histogram(bins: Counter[int]) -> dict[str, int]:
     return {f"{10 * b}-{10 * b + 10}": bins.get(b, 0) for b in range(10)}
 
 
-def write_summary(out: Path, summary: GenerateSummary) -> dict[str, Any]:
-    """Summarise ``progress.jsonl`` (all runs) into ``summary.json``; fills ``summary``'s counts."""
+def write_summary(out: Path, summary: GenerateSummary, executor: dict[str, Any] | None = None
+                  ) -> dict[str, Any]:
+    """Summarise ``progress.jsonl`` (all runs) into ``summary.json``; fills ``summary``'s counts.
+    ``executor`` is the Ray engine's report (workers, plans per worker, restarts, retries)."""
     kept_by_category: Counter[str] = Counter()
     dropped_by_category: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
@@ -395,6 +407,7 @@ def write_summary(out: Path, summary: GenerateSummary) -> dict[str, Any]:
             "planner": asdict(summary.planner),
             "stage_seconds": {k: round(v, 3) for k, v in asdict(summary.times).items()},
             "stage_shares": summary.times.shares(summary.seconds),
+            "executor": executor or {"name": "local"},
         },
     }
     write_atomic(out / SUMMARY_NAME, json.dumps(report, indent=2) + "\n")
@@ -495,8 +508,7 @@ class _Outputs:
         line: a kill at any moment leaves the plan unfinished or finished, never half."""
         if self.candidates is not None:
             for item in work.rendered:
-                with atomic_path(self.out / CANDIDATES_DIR / item.candidate.path) as tmp:
-                    item.image.save(tmp, format="PNG")
+                write_atomic(self.out / CANDIDATES_DIR / item.candidate.path, png_bytes(item.image))
                 self.candidates.write(item.candidate)
         if work.image is not None:
             self.writer.add_image(work.result.plan_id, work.image, work.instances, work.provenance)
@@ -505,13 +517,52 @@ class _Outputs:
         self.progress.write(work.result)
 
 
+class _Recorder:
+    """The only writer of a run's output (the finishing thread, or the Ray driver): writes each
+    finished plan, its ledger line last, and applies the failure policy."""
+
+    def __init__(self, outputs: _Outputs, times: StageTimes):
+        self.outputs, self.times = outputs, times
+        self.failures_in_a_row = 0
+        self.failed = 0  # scenes of this run recorded as failed
+        self.last_failure: str | None = None
+
+    def write(self, work: _Work) -> None:
+        """Count failures in a row (several stop the run, the scene staying unfinished), then
+        write the plan's files, its ledger line last."""
+        if work.result.status == "failed":
+            self.failed += 1
+            self.last_failure = work.result.reason
+            self.failures_in_a_row += 1
+            if self.failures_in_a_row >= FAILURES_IN_A_ROW:
+                raise SceneFailuresError(
+                    f"{FAILURES_IN_A_ROW} scenes in a row failed; stopping (last: {work.result.reason})")
+        else:
+            self.failures_in_a_row = 0
+        start = time.perf_counter()
+        self.outputs.write(work)
+        self.times.export += time.perf_counter() - start
+
+
+def png_bytes(image: Any) -> bytes:
+    """A candidate as the PNG file written for it (already bytes when a worker encoded it)."""
+    if isinstance(image, bytes):
+        return image
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 class _Stages:
     """The loaded stage runners: ``Renderer.render`` and ``Scorer`` (as ``acp render`` and
-    ``acp score candidates`` run them), the mask segmenter, the writer. The device thread calls
-    ``layout`` and ``render``; ``finish`` runs behind it on a ``_Finisher``."""
+    ``acp score candidates`` run them) and the mask segmenter. The device thread calls
+    ``layout`` and ``render``; ``finish`` runs behind it on a ``_Finisher`` (locally), or all
+    three run in a Ray worker (``acp.distributed``). ``_Stages`` writes nothing."""
 
     def __init__(self, config: GenerateConfig, device: str, renderer: Any = None,
-                 judge: Any = None):
+                 judge: Any = None, categories: Any = None):
         from acp.render.gligen import GligenRenderer, RenderSettings
         from acp.score.bank import Bank
         from acp.score.candidates import Scorer, Thresholds
@@ -519,8 +570,7 @@ class _Stages:
         from acp.score.layout import LayoutScorer, sentence_transformer_embedder
 
         self.config = config
-        self.categories: Any = None
-        self.outputs: _Outputs | None = None
+        self.categories = categories
         self.times = StageTimes()
         bank = Bank.load(Path(config.bank)) if config.bank is not None else None
         embedder = sentence_transformer_embedder(config.embed_model) if config.embed_model else None
@@ -529,7 +579,7 @@ class _Stages:
                            beta=config.beta, size=config.size,
                            negative_prompt=config.negative_prompt, seed=config.seed,
                            safety_checker=config.safety_checker),
-            device=device,
+            device=device, compile=config.compile_unet,
         )
         self.scorer = Scorer(
             ImageScorer.from_pretrained(config.clip_model, device=self.renderer.device),
@@ -541,9 +591,6 @@ class _Stages:
             from acp.segment import MaskSegmenter
 
             self.segmenter = MaskSegmenter(config.sam_model, device=self.renderer.device)
-        self.failures_in_a_row = 0
-        self.failed = 0  # scenes of this run recorded as failed
-        self.last_failure: str | None = None
 
     def _timed(self, stage: str, start: float) -> None:
         setattr(self.times, stage, getattr(self.times, stage) + time.perf_counter() - start)
@@ -606,8 +653,8 @@ class _Stages:
     # -- the finishing thread ---------------------------------------------------------------
 
     def finish(self, batch: list[_Work]) -> None:
-        """Score the plans of ``batch`` in one CLIP pass and export each, in order (a scene's
-        own error is recorded in its result)."""
+        """Score the plans of ``batch`` in one CLIP pass and choose each one's image and
+        instances (a scene's own error is recorded in its result). Writes nothing."""
         scored = [w for w in batch if w.plan is not None]
         if scored:
             start = time.perf_counter()
@@ -626,8 +673,6 @@ class _Stages:
                 for work, scores in zip(scored, results, strict=True):
                     work.scores = list(scores.candidates)
                     self._keep(work, scores.best)
-        for work in batch:
-            self._write(work)
 
     def _score_alone(self, work: _Work) -> None:
         start = time.perf_counter()
@@ -640,23 +685,6 @@ class _Stages:
             self._timed("score", start)
         work.scores = list(scores.candidates)
         self._keep(work, scores.best)
-
-    def _write(self, work: _Work) -> None:
-        """Count failures in a row (several stop the run, the scene staying unfinished), then
-        write the plan's files, its ledger line last."""
-        if work.result.status == "failed":
-            self.failed += 1
-            self.last_failure = work.result.reason
-            self.failures_in_a_row += 1
-            if self.failures_in_a_row >= FAILURES_IN_A_ROW:
-                raise SceneFailuresError(
-                    f"{FAILURES_IN_A_ROW} scenes in a row failed; stopping (last: {work.result.reason})")
-        else:
-            self.failures_in_a_row = 0
-        start = time.perf_counter()
-        assert self.outputs is not None
-        self.outputs.write(work)
-        self._timed("export", start)
 
     def _keep(self, work: _Work, best: Any) -> None:
         """The best candidate (if any) with its masks becomes the plan's image and instances."""
@@ -748,6 +776,9 @@ def generate(
     judge: Any = None,
     finish_queue: int = FINISH_QUEUE,
     batch_plans: int = defaults.BATCH_PLANS,
+    executor: str = "local",
+    ray: Any = None,
+    renderer_factory: Callable[[], Any] | None = None,
 ) -> GenerateSummary:
     """Run the whole job into ``out``; rerun with the same arguments to resume.
 
@@ -758,7 +789,9 @@ def generate(
     renderer built from ``config`` (benchmarks pass a stand-in with its ``render(plans, K)``
     and ``device``); ``finish_queue`` is how many rendered batches may wait for the finishing
     thread (0: finish inline, the sequential engine); ``batch_plans`` is how many plans the
-    device renders in one loop (on CPU the images do not depend on it).
+    device renders in one loop (on CPU the images do not depend on it). ``executor`` "ray"
+    runs the stages in Ray workers (``acp.distributed``; ``ray`` is its ``RayOptions``), each
+    building its renderer with ``renderer_factory`` when given (a picklable callable).
     """
     from acp.device import resolve_device
     from acp.export import load_categories
@@ -767,7 +800,8 @@ def generate(
     out = Path(out)
     started = time.perf_counter()
     # Everything that can fail on the user's input fails here, before any model is loaded.
-    device = resolve_device(device)
+    # Ray workers resolve the device themselves: the driver may be a node without the GPUs.
+    device = resolve_device(device) if executor != "ray" else device
     check_batch_plans(batch_plans)
     categories = load_categories(all_concepts(config.concepts), config.categories)
     sets = scene_concepts(config.concepts, config.scenes, config.objects, config.seed)
@@ -777,21 +811,110 @@ def generate(
         raise InputError(f"--bank {config.bank}: no such folder (build one with `acp bank build`)")
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: not a folder")
+    if executor == "ray":
+        from acp.distributed import RayEngine, RayOptions
+
+        engine: Any = RayEngine(config, device, ray or RayOptions(), renderer_factory=renderer_factory,
+                                judge=judge, categories=categories, batch_plans=batch_plans)
+    elif executor == "local":
+        if renderer is None and renderer_factory is not None:
+            renderer = renderer_factory()
+        engine = LocalEngine(config, device, renderer=renderer, judge=judge, categories=categories,
+                             finish_queue=finish_queue, batch_plans=batch_plans)
+    else:
+        raise InputError(f"--executor: expected local or ray, got {executor!r}")
     lock = OutputLock(out)
     if out.is_dir():
         lock.acquire()
     try:
-        return _generate(config, out, lock, categories, sets, total, api_key=api_key, device=device,
-                         force=force, progress=progress, started=started, renderer=renderer,
-                         judge=judge, finish_queue=finish_queue, batch_plans=batch_plans)
+        return _generate(config, out, lock, categories, sets, total, api_key=api_key, force=force,
+                         progress=progress, started=started, engine=engine)
     finally:
         lock.release()
 
 
+@dataclass
+class RunState:
+    """What an engine works with: the plans to make (``feed``), the ids already finished
+    (``done``, which it extends), the only writer of the output (``recorder``), the summary it
+    counts into and the progress bar."""
+
+    feed: _PlanFeed
+    done: set[str]
+    recorder: _Recorder
+    summary: GenerateSummary
+    bar: Any
+    writer: Any
+
+    def invalid(self, plan: InvalidPlan) -> _Work:
+        return _Work(None, PlanResult(plan_id=plan.id, status="failed", reason_kind="invalid plan",
+                                      reason=f"invalid plan: {plan.reason}"[:500]))
+
+    def written(self, count: int = 1) -> None:
+        self.summary.this_run += count
+        self.bar.update(count)
+        self.bar.set_postfix(kept=self.writer.image_count, refresh=False)
+
+
+class LocalEngine:
+    """The in-process engine: the device thread here, a finishing thread behind it."""
+
+    def __init__(self, config: GenerateConfig, device: str, *, renderer: Any = None, judge: Any = None,
+                 categories: Any = None, finish_queue: int = FINISH_QUEUE,
+                 batch_plans: int = defaults.BATCH_PLANS):
+        self.config, self.device, self.renderer, self.judge = config, device, renderer, judge
+        self.categories, self.finish_queue, self.batch_plans = categories, finish_queue, batch_plans
+        self.stages: _Stages | None = None
+        self.times = StageTimes()
+
+    def load(self) -> None:
+        self.stages = _Stages(self.config, self.device, self.renderer, self.judge, self.categories)
+        self.times = self.stages.times
+
+    def run(self, state: RunState) -> None:
+        stages = self.stages
+        assert stages is not None
+
+        def finish(batch: list[_Work]) -> None:
+            stages.finish(batch)
+            for work in batch:
+                state.recorder.write(work)
+
+        finisher = _Finisher(finish, stages.times, self.finish_queue)
+        pending: list[_Work] = []  # in plan order; those with a plan wait to be rendered
+
+        def flush() -> None:
+            batch = [w for w in pending if w.plan is not None]
+            if batch:
+                stages.render(batch)
+            finisher.put(pending.copy())
+            state.written(len(pending))
+            pending.clear()
+
+        try:
+            mark = time.perf_counter()
+            for plan in state.feed:
+                stages.times.plan_wait += time.perf_counter() - mark
+                if plan.id not in state.done:
+                    pending.append(
+                        state.invalid(plan) if isinstance(plan, InvalidPlan) else stages.layout(plan))
+                    state.done.add(plan.id)
+                    # B plans to render, or fewer when the planner has nothing more ready: the
+                    # device never waits for a batch to fill.
+                    if sum(w.plan is not None for w in pending) >= self.batch_plans or not state.feed.ready():
+                        flush()
+                mark = time.perf_counter()
+            flush()
+        finally:
+            finisher.close()  # what was queued is finished, so a rendered plan is never lost
+
+    def close(self) -> None:
+        pass
+
+
 def _generate(config: GenerateConfig, out: Path, lock: OutputLock, categories: Any, sets: Any,
-              total: int | None, *, api_key: str | None, device: str, force: bool, progress: bool,
-              started: float, renderer: Any, judge: Any, finish_queue: int,
-              batch_plans: int) -> GenerateSummary:
+              total: int | None, *, api_key: str | None, force: bool, progress: bool,
+              started: float, engine: Any) -> GenerateSummary:
     from tqdm import tqdm
 
     from acp.export import CocoWriter
@@ -810,79 +933,50 @@ def _generate(config: GenerateConfig, out: Path, lock: OutputLock, categories: A
         return summary
     planner = _planner(config, api_key)
     mark = time.perf_counter()
-    stages = _Stages(config, device, renderer, judge)
-    load_seconds = time.perf_counter() - mark
-    # Only now that every model loaded is the folder claimed (and, with --force, cleared) for
-    # these settings: a typo in a model path must not leave debris, nor destroy the last run.
-    out.mkdir(parents=True, exist_ok=True)
-    if not lock.held:
-        lock.acquire()  # ``out`` did not exist when the run began
-        if check_settings(out, record, force):  # someone else's run appeared meanwhile
-            raise OutputMismatchError(f"{out}: another run started writing it; rerun")
-    if clear:
-        clear_output(out)
-    write_atomic(out / SETTINGS_NAME, json.dumps(record, indent=2, sort_keys=True) + "\n")
-    writer = CocoWriter(out, categories, image_format=config.image_format)  # type: ignore[arg-type]
-    stages.categories = categories
-    stages.times.load = load_seconds
-    summary = GenerateSummary(times=stages.times)
-    feed = _PlanFeed(planner, make_requests(sets, config.seed, *config.size),
-                     out / "plans.jsonl", done, total)
-    bar = tqdm(total=total, initial=len(done), desc="generating", unit="scene",
-               disable=not progress, dynamic_ncols=True)
     try:
-        with contextlib.ExitStack() as files:
-            files.enter_context(writer)
-            kept_before = writer.image_count
-            scores_log = files.enter_context(JsonlWriter(out / SCORES_NAME))
-            progress_log = files.enter_context(JsonlWriter(out / PROGRESS_NAME))
-            candidates_log = (files.enter_context(JsonlWriter(out / CANDIDATES_DIR / "manifest.jsonl"))
-                              if config.keep_candidates else None)
-            stages.outputs = _Outputs(out, writer, scores_log, progress_log, candidates_log)
-            finisher = _Finisher(stages.finish, stages.times, finish_queue)
-            pending: list[_Work] = []  # in plan order; those with a plan wait to be rendered
-
-            def flush() -> None:
-                batch = [w for w in pending if w.plan is not None]
-                if batch:
-                    stages.render(batch)
-                finisher.put(pending.copy())
-                pending.clear()
-
-            try:
-                mark = time.perf_counter()
-                for plan in feed:
-                    stages.times.plan_wait += time.perf_counter() - mark
-                    if plan.id not in done:
-                        if isinstance(plan, InvalidPlan):
-                            pending.append(_Work(None, PlanResult(
-                                plan_id=plan.id, status="failed", reason=f"invalid plan: {plan.reason}"[:500],
-                                reason_kind="invalid plan")))
-                        else:
-                            pending.append(stages.layout(plan))
-                        done.add(plan.id)
-                        # B plans to render, or fewer when the planner has nothing more ready:
-                        # the device never waits for a batch to fill.
-                        if sum(w.plan is not None for w in pending) >= batch_plans or not feed.ready():
-                            flush()
-                        summary.this_run += 1
-                        bar.update(1)
-                        bar.set_postfix(kept=writer.image_count, refresh=False)
-                    mark = time.perf_counter()
-                flush()
-            finally:
-                finisher.close()  # what was queued is finished, so a rendered plan is never lost
-            summary.annotations = writer.annotation_count
-            kept_now = writer.image_count - kept_before
+        engine.load()
+        engine.times.load = time.perf_counter() - mark
+        # Only now that every model loaded is the folder claimed (and, with --force, cleared)
+        # for these settings: a typo in a model path must not leave debris, nor destroy the
+        # last run.
+        out.mkdir(parents=True, exist_ok=True)
+        if not lock.held:
+            lock.acquire()  # ``out`` did not exist when the run began
+            if check_settings(out, record, force):  # someone else's run appeared meanwhile
+                raise OutputMismatchError(f"{out}: another run started writing it; rerun")
+        if clear:
+            clear_output(out)
+        write_atomic(out / SETTINGS_NAME, json.dumps(record, indent=2, sort_keys=True) + "\n")
+        writer = CocoWriter(out, categories, image_format=config.image_format)  # type: ignore[arg-type]
+        summary = GenerateSummary(times=engine.times)
+        feed = _PlanFeed(planner, make_requests(sets, config.seed, *config.size),
+                         out / "plans.jsonl", done, total)
+        bar = tqdm(total=total, initial=len(done), desc="generating", unit="scene",
+                   disable=not progress, dynamic_ncols=True)
+        try:
+            with contextlib.ExitStack() as files:
+                files.enter_context(writer)
+                kept_before = writer.image_count
+                scores_log = files.enter_context(JsonlWriter(out / SCORES_NAME))
+                progress_log = files.enter_context(JsonlWriter(out / PROGRESS_NAME))
+                candidates_log = (files.enter_context(JsonlWriter(out / CANDIDATES_DIR / "manifest.jsonl"))
+                                  if config.keep_candidates else None)
+                recorder = _Recorder(_Outputs(out, writer, scores_log, progress_log, candidates_log),
+                                     engine.times)
+                engine.run(RunState(feed, done, recorder, summary, bar, writer))
+                summary.annotations = writer.annotation_count
+                kept_now = writer.image_count - kept_before
+        finally:
+            feed.close()
+            bar.close()
     finally:
-        feed.close()
-        bar.close()
+        engine.close()
     summary.planner = feed.summary
     summary.seconds = time.perf_counter() - started
-    write_summary(out, summary)
-    failures = summary.planner.failed + stages.failed
+    write_summary(out, summary, getattr(engine, "report", None))
+    failures = summary.planner.failed + recorder.failed
     if kept_now == 0 and failures:
-        last = stages.last_failure or summary.planner.last_error or "unknown"
+        last = recorder.last_failure or summary.planner.last_error or "unknown"
         raise NothingMade(
             f"{out}: no image made this run; {failures} scenes failed (last reason: "
             f"{first_line(last, default='unknown')})"

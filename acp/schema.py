@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -299,16 +299,29 @@ def error_problems(error: ValidationError) -> list[tuple[str, str]]:
 
 def read_plans(path: Path) -> Iterator[tuple[int, ScenePlan | None, str | None]]:
     """``(line_number, plan, None)`` for each valid line, ``(line_number, None, reason)`` otherwise."""
+    for number, _id, plan, reason in read_plan_lines(path):
+        yield number, plan, reason
+
+
+def read_plan_lines(path: Path, skip: Container[str] = ()
+                    ) -> Iterator[tuple[int, str | None, ScenePlan | None, str | None]]:
+    """``(line_number, id, plan, reason)`` per line: ``reason`` says why ``plan`` is ``None``;
+    ``id`` is the line's ``id`` when it has a string one. Lines whose id is in ``skip`` are not
+    even validated (a resumed run passes the finished ones)."""
     from acp.jsonl import read_records
 
     for number, record, _text in read_records(Path(path)):
         if record is None:
-            yield number, None, "not a JSON object"
+            yield number, None, None, "not a JSON object"
+            continue
+        plan_id = record.get("id")
+        plan_id = plan_id if isinstance(plan_id, str) else None
+        if plan_id is not None and plan_id in skip:
             continue
         try:
-            yield number, ScenePlan.model_validate(record), None
+            yield number, plan_id, ScenePlan.model_validate(record), None
         except ValidationError as error:
-            yield number, None, "; ".join(f"{f}: {r}" for f, r in error_problems(error))
+            yield number, plan_id, None, "; ".join(f"{f}: {r}" for f, r in error_problems(error))
 
 
 if __name__ == "__main__":

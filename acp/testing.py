@@ -260,6 +260,26 @@ def save_tiny_models(directory: Path | str, seed: int = 0) -> dict[str, Path]:
     return folders
 
 
+class SlowRenderer:
+    """A real ``GligenRenderer`` whose every ``render`` call takes at least ``delay`` seconds,
+    for tests that must act while a run is in flight (kill a worker, kill the driver). Built
+    where it runs, so a Ray worker gets it as ``functools.partial(SlowRenderer, ...)``."""
+
+    def __init__(self, settings: Any, device: str = "cpu", delay: float = 0.3):
+        from acp.render.gligen import GligenRenderer
+
+        self.inner = GligenRenderer(settings, device=device)
+        self.device, self.delay = self.inner.device, delay
+
+    def render(self, plans: Any, candidates: int) -> Any:
+        import time
+
+        started = time.perf_counter()
+        out = self.inner.render(plans, candidates)
+        time.sleep(max(0.0, self.delay - (time.perf_counter() - started)))
+        return out
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m acp.testing DIRECTORY``: write the tiny models, print ``name<TAB>folder``."""
     import argparse

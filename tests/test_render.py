@@ -544,3 +544,9 @@ def test_safety_checker_on_a_model_without_one_is_one_line(
     assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.stderr
     assert "has no safety checker" in result.stderr and "--no-safety-checker" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_compile_needs_cuda_and_says_so_before_loading(tmp_path: Path) -> None:
+    """--compile is for the GPU; elsewhere it is one line, before any model is read."""
+    with pytest.raises(InputError, match=r"--compile needs a CUDA device .* got cpu"):
+        GligenRenderer(RenderSettings(model=str(tmp_path / "absent")), device="cpu", compile=True)

@@ -35,6 +35,7 @@ from acp.cli.render import (
     BatchPlansOption,
     BetaOption,
     CandidatesOption,
+    CompileOption,
     GuidanceOption,
     ModelOption,
     NegativePromptOption,
@@ -84,7 +85,24 @@ def generate(
     negative_prompt: NegativePromptOption = "",
     safety_checker: SafetyCheckerOption = defaults.SAFETY_CHECKER,
     batch_plans: BatchPlansOption = defaults.BATCH_PLANS,
+    compile: CompileOption = False,
     device: DeviceOption = "auto",
+    executor: Annotated[
+        str, typer.Option(help='local (this process) or ray (Ray workers; pip install "acp[ray]").')
+    ] = "local",
+    ray_address: Annotated[
+        str,
+        typer.Option(help="With --executor ray: auto (a running cluster if reachable, else a Ray "
+                     "started here), local, or a cluster address."),
+    ] = "auto",
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="With --executor ray: workers [default: one per GPU Ray sees, or 1]."),
+    ] = None,
+    gpus_per_worker: Annotated[
+        float | None,
+        typer.Option(min=0.0, help="With --executor ray: GPUs per worker [default: 1 with GPUs, else 0]."),
+    ] = None,
     clip_model: ClipOption = defaults.CLIP_MODEL,
     bank: BankOption = None,
     embed_model: EmbedOption = None,
@@ -122,6 +140,10 @@ def generate(
     from acp.pipeline import GenerateConfig, LLMOptions, generate
     from acp.schema import LayoutRules
 
+    if executor == "ray":
+        from acp.distributed import import_ray
+
+        import_ray()  # without Ray: the install hint, before anything else is said or done
     check_clis_l_method(clis_l_method)
     source = read_input(input, concepts)
     if image_format not in ("jpeg", "png"):
@@ -139,14 +161,23 @@ def generate(
         min_clis_l=min_clis_l, min_clis_i=min_clis_i, masks=masks, sam_model=sam_model,
         categories=categories, keep_candidates=keep_candidates, image_format=image_format,
         embed_model=embed_model, clis_l_method=clis_l_method, judge_model=judge_model,
-        judge_base_url=judge_base_url,
-        judge_margin=judge_margin, judge_max_calls=judge_max_calls,
+        judge_base_url=judge_base_url, judge_margin=judge_margin, judge_max_calls=judge_max_calls,
+        compile_unet=compile,
     )
     if embed_model and bank is None:
         raise InputError("--embed-model needs --bank (it matches names against the bank's categories)")
     judge = make_judge(judge_model, judge_base_url, judge_margin, judge_max_calls, api_key)
+    ray = None
+    if executor == "ray":
+        from acp.distributed import RayOptions
+
+        ray = RayOptions(address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker)
+    elif executor != "local":
+        raise InputError(f"--executor: expected local or ray, got {executor!r}")
+    elif workers is not None or gpus_per_worker is not None or ray_address != "auto":
+        raise InputError("--workers, --gpus-per-worker and --ray-address need --executor ray")
     summary = generate(config, output, api_key=api_key, device=device, force=force, judge=judge,
-                       progress=progress, batch_plans=batch_plans)
+                       progress=progress, batch_plans=batch_plans, executor=executor, ray=ray)
     print(f"{output}: {summary.line()}")
     print(f"{output / 'annotations.json'}: {summary.annotations} annotations; "
           f"summary in {output / 'summary.json'}")

@@ -29,6 +29,11 @@ BatchPlansOption = Annotated[
                  help="Plans denoised together (B plans x K candidates per loop). On CUDA the batch "
                  "runs whole; on CPU samples run one at a time, so images do not depend on B."),
 ]
+CompileOption = Annotated[
+    bool,
+    typer.Option("--compile", help="torch.compile the UNet (CUDA only; the first plan pays for "
+                 "compiling two graphs). Off by default until measured on your GPU: bench/bench_gpu.py."),
+]
 StepsOption = Annotated[int, typer.Option(min=1, max=defaults.MAX_STEPS, help="Denoising steps.")]
 GuidanceOption = Annotated[float, typer.Option(min=0.0, help="Classifier-free guidance scale.")]
 BetaOption = Annotated[
@@ -82,6 +87,7 @@ def render(
     negative_prompt: NegativePromptOption = "",
     safety_checker: SafetyCheckerOption = defaults.SAFETY_CHECKER,
     batch_plans: BatchPlansOption = defaults.BATCH_PLANS,
+    compile: CompileOption = False,
     limit: LimitOption = None,
     seed: Annotated[
         int, typer.Option(min=0, help="Run seed; a candidate's seed derives from it, its plan id and index.")
@@ -108,7 +114,7 @@ def render(
     chosen, problems = _load_plans(plans, limit)
     summary = render_to_folder(
         chosen, output, settings, candidates=candidates, device=resolve_device(device), force=force,
-        progress=progress, batch_plans=batch_plans,
+        progress=progress, batch_plans=batch_plans, compile=compile,
     )
     skipped = f"; {len(problems)} plans lines skipped" if problems else ""
     print(f"{output}: {summary.line()}{skipped}")

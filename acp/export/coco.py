@@ -91,6 +91,30 @@ LICENSE = {
 
 ImageFormat = Literal["jpeg", "png"]
 _SUFFIX = {"jpeg": ".jpg", "png": ".png"}
+JPEG_QUALITY = 95
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """An image already encoded as the writer would save it (a Ray worker encodes it, the
+    driver writes it): ``add_image`` takes it like a PIL image of that ``size``."""
+
+    data: bytes
+    size: tuple[int, int]
+    image_format: str
+
+
+def encode_image(image: Image.Image, image_format: str, jpeg_quality: int = JPEG_QUALITY) -> EncodedImage:
+    """The bytes ``CocoWriter`` saves for ``image`` (JPEG at ``jpeg_quality``, or PNG)."""
+    import io
+
+    buffer = io.BytesIO()
+    if image_format == "jpeg":
+        rgb = image if image.mode in ("RGB", "L") else image.convert("RGB")
+        rgb.save(buffer, format="JPEG", quality=jpeg_quality)
+    else:
+        image.save(buffer, format="PNG")
+    return EncodedImage(buffer.getvalue(), image.size, image_format)
 
 
 class ImageProvenance(BaseModel):
@@ -320,7 +344,7 @@ class CocoWriter:
         *,
         description: str = "acp synthetic dataset",
         image_format: ImageFormat = "jpeg",
-        jpeg_quality: int = 95,
+        jpeg_quality: int = JPEG_QUALITY,
         checkpoint_every: int = 1000,
         checkpoint_seconds: float = 60.0,
     ):
@@ -423,15 +447,16 @@ class CocoWriter:
     def add_image(
         self,
         key: str,
-        image: Image.Image | Path,
+        image: Image.Image | Path | EncodedImage,
         instances: Sequence[Instance],
         provenance: ImageProvenance | None = None,
     ) -> ExportedImage:
         """Save ``image`` under ``OUT/images`` and record it with its annotations.
 
         ``key`` identifies the image across runs (the plan id); the file name is made from it by
-        ``safe_filename``. ``image`` is a PIL image (saved as ``image_format``) or a path to an
-        image file (copied as is, keeping its suffix). A key already exported is not written
+        ``safe_filename``. ``image`` is a PIL image (saved as ``image_format``), the same
+        already encoded (``encode_image``), or a path to an image file (copied as is, keeping
+        its suffix). A key already exported is not written
         again. Raises ``ValueError`` for an instance with an unknown category, a box outside the
         image, or a mask that is empty or of another size: those are the caller's to filter.
         """
@@ -606,7 +631,7 @@ class CocoWriter:
             annotation["acp"] = instance.provenance.model_dump(mode="json")
         return annotation
 
-    def _image_size(self, image: Image.Image | Path) -> tuple[int, int]:
+    def _image_size(self, image: Image.Image | Path | EncodedImage) -> tuple[int, int]:
         if isinstance(image, Path | str):
             from PIL import Image as PILImage
 
@@ -614,7 +639,9 @@ class CocoWriter:
                 return opened.size
         return image.size
 
-    def _file_name(self, key: str, image: Image.Image | Path) -> str:
+    def _file_name(self, key: str, image: Image.Image | Path | EncodedImage) -> str:
+        if isinstance(image, EncodedImage) and image.image_format != self.image_format:
+            raise ValueError(f"image encoded as {image.image_format}, the writer saves {self.image_format}")
         suffix = Path(image).suffix.lower() if isinstance(image, Path | str) else _SUFFIX[self.image_format]
         if not suffix:
             raise ValueError(f"image file {image} needs a suffix such as .png: readers go by it")
@@ -624,16 +651,14 @@ class CocoWriter:
             name = f"{safe_filename(key)}-{digest}{suffix}"
         return name
 
-    def _save_image(self, image: Image.Image | Path, target: Path) -> None:
+    def _save_image(self, image: Image.Image | Path | EncodedImage, target: Path) -> None:
         if isinstance(image, Path | str):
             copy_atomic(Path(image), target)
             return
+        if not isinstance(image, EncodedImage):
+            image = encode_image(image, self.image_format, self.jpeg_quality)
         with atomic_path(target) as tmp:
-            if self.image_format == "jpeg":
-                rgb = image if image.mode in ("RGB", "L") else image.convert("RGB")
-                rgb.save(tmp, format="JPEG", quality=self.jpeg_quality)
-            else:
-                image.save(tmp, format="PNG")
+            tmp.write_bytes(image.data)
 
     def _remember(self, key: str, image_id: int, file_name: str, annotation_ids: list[int]) -> None:
         self._index[key] = (image_id, file_name, len(annotation_ids))

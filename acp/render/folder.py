@@ -279,6 +279,7 @@ def render_to_folder(
     progress: bool = False,
     renderer: GligenRenderer | None = None,
     batch_plans: int = 1,
+    compile: bool = False,
 ) -> RenderSummary:
     """Render ``candidates`` per plan into ``output``, skipping finished ones, ``batch_plans``
     plans per denoising loop. The folder is checked before the model is loaded, and the model
@@ -301,7 +302,7 @@ def render_to_folder(
             from acp.render.gligen import GligenRenderer
 
             started = time.perf_counter()
-            renderer = GligenRenderer(settings, device=device)
+            renderer = GligenRenderer(settings, device=device, compile=compile)
             summary.load_seconds = time.perf_counter() - started
         folder.start()
         started = time.perf_counter()

@@ -259,11 +259,15 @@ class GligenRenderer:
     """A loaded GLIGEN pipeline and the settings it renders with. Build it once, render many
     plans: ``render(plans, candidates=K)`` or ``render_seeds([(plan, {index: seed}), ...])``."""
 
-    def __init__(self, settings: RenderSettings | None = None, device: str = "auto"):
+    def __init__(self, settings: RenderSettings | None = None, device: str = "auto", *,
+                 compile: bool = False):
         import torch
 
         self.settings = settings or RenderSettings()
         self.device = resolve_device(device)
+        if compile and not self.device.startswith("cuda"):
+            raise InputError(f"--compile needs a CUDA device (it compiles the UNet for the GPU), "
+                             f"got {self.device}")
         # Half precision only where it is the well-trodden path for SD 1.x: CUDA.
         self.dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
         self.pipeline = load_pipeline(
@@ -282,6 +286,11 @@ class GligenRenderer:
             # PyTorch's fused scaled-dot-product attention (flash / memory-efficient kernels).
             self.pipeline.unet.set_attn_processor(AttnProcessor2_0())
             self.pipeline.vae.set_attn_processor(AttnProcessor2_0())
+            if compile:
+                # In place, so the pipeline still sees its UNet. Scheduled sampling switches the
+                # gated layers off after ``beta`` of the steps, a second graph: both compile on
+                # the first plan, and every later plan reuses them.
+                self.pipeline.unet.compile(dynamic=False)
         if self.device == "cpu":
             self.pipeline.unet.forward = one_sample_at_a_time(self.pipeline.unet.forward)
             self.pipeline.vae.decode = one_sample_at_a_time(self.pipeline.vae.decode)

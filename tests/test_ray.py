@@ -1,0 +1,182 @@
+"""``acp generate --executor ray`` on a real local Ray (CPU actors, tiny models): the same
+dataset as the local engine, a killed worker costs nothing, a killed driver is resumed, and
+without Ray the option is one line."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from acp.concepts import ConceptInput
+from acp.jsonl import read_records
+from acp.pipeline import GenerateConfig, generate
+from tests.test_generate import _dataset
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Any:
+    """One Ray for the module (it starts in seconds; workers load the tiny models once each)."""
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def config(models: dict[str, Path], **overrides: Any) -> GenerateConfig:
+    values: dict[str, Any] = dict(
+        concepts=ConceptInput(vocabulary=("dog", "cat", "bus")), scenes=8, size=(64, 64),
+        model=str(models["gligen"]), clip_model=str(models["clip"]), steps=1, candidates=2,
+        min_clis_i=0.0, keep_candidates=True,
+    )
+    values.update(overrides)
+    return GenerateConfig(**values)
+
+
+def same_output(a: Path, b: Path) -> None:
+    """Byte-identical images and candidates, the same ledger, scores and COCO records."""
+    assert _dataset(a) == _dataset(b)
+    for name in ("progress.jsonl", "scores.jsonl", "candidates/manifest.jsonl"):
+        assert (a / name).read_text() == (b / name).read_text(), name
+    header_free = [(p / "coco_records.jsonl").read_text().splitlines()[1:] for p in (a, b)]
+    assert header_free[0] == header_free[1]  # past the header, which holds the time it was made
+    for image in sorted((a / "candidates").rglob("*.png")):
+        assert image.read_bytes() == (b / image.relative_to(a)).read_bytes(), image
+
+
+def ray_options(workers: int = 2) -> Any:
+    from acp.distributed import RayOptions
+
+    return RayOptions(workers=workers)
+
+
+@pytest.fixture(scope="module")
+def local_run(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("local") / "out"
+    generate(config(tiny_models), out, device="cpu", progress=False)
+    return out
+
+
+def test_two_workers_write_the_local_engines_dataset(
+    local_ray: str, local_run: Path, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "ray"
+    generate(config(tiny_models), out, device="cpu", progress=False, executor="ray", ray=ray_options(2),
+             batch_plans=2)
+    same_output(local_run, out)
+    executor = json.loads((out / "summary.json").read_text())["last_run"]["executor"]
+    assert executor["name"] == "ray" and executor["workers"] == 2
+    assert sum(executor["plans_per_worker"].values()) == 8 and len(executor["plans_per_worker"]) == 2
+
+
+def test_a_killed_worker_loses_and_duplicates_nothing(
+    local_ray: str, local_run: Path, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    from acp.render.gligen import RenderSettings
+    from acp.testing import SlowRenderer
+
+    settings = RenderSettings(model=str(tiny_models["gligen"]), steps=1, size=(64, 64))
+    factory = functools.partial(SlowRenderer, settings, "cpu", 0.4)
+    out = tmp_path / "ray"
+    killed: list[str] = []
+
+    def kill_one_worker_mid_run() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            ledger = out / "progress.jsonl"
+            if ledger.exists() and ledger.read_text().count("\n") >= 1:
+                name = next(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                            if a["name"].startswith(f"acp-{os.getpid()}-"))
+                ray.kill(ray.get_actor(name), no_restart=False)  # Ray restarts it: a crash, not a stop
+                killed.append(name)
+                return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_one_worker_mid_run)
+    killer.start()
+    summary = generate(config(tiny_models), out, device="cpu", progress=False, executor="ray",
+                       ray=ray_options(2), renderer_factory=factory)
+    killer.join()
+    assert killed, "no worker was killed"
+    assert summary.kept == 8
+    same_output(local_run, out)
+    executor = json.loads((out / "summary.json").read_text())["last_run"]["executor"]
+    assert executor["worker_restarts"] >= 1 and executor["retried_plans"] >= 1, executor
+
+
+def test_sigkill_of_the_driver_then_rerun_finishes_the_dataset(
+    local_ray: str, local_run: Path, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "ray"
+    command = [
+        sys.executable, "-m", "acp", "generate", "--concepts", "dog,cat,bus", "--scenes", "8",
+        "--size", "64", "--model", str(tiny_models["gligen"]), "--clip-model", str(tiny_models["clip"]),
+        "--steps", "1", "-k", "2", "--min-clis-i", "0", "--keep-candidates", "--planner", "heuristic",
+        "--no-progress", "--device", "cpu", "--executor", "ray", "--workers", "1", "-o", str(out),
+    ]
+    # The driver joins the test's Ray (--ray-address auto finds it through RAY_ADDRESS).
+    env = {**os.environ, "RAY_ADDRESS": local_ray, "OPENAI_API_KEY": ""}
+    driver = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 180
+    ledger = out / "progress.jsonl"
+    while time.monotonic() < deadline and driver.poll() is None:
+        if ledger.exists() and ledger.read_text().count("\n") >= 2:
+            break
+        time.sleep(0.02)
+    assert driver.poll() is None, driver.communicate()[0].decode()[-2000:]
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    finished = [r["plan_id"] for _, r, _ in read_records(ledger)]
+    assert 2 <= len(finished) < 8, finished
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    same_output(local_run, out)
+
+
+def test_a_model_a_worker_cannot_load_is_the_workers_one_line_and_writes_nothing(
+    local_ray: str, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    from acp.errors import InputError
+
+    out = tmp_path / "ray"
+    with pytest.raises(InputError, match=r"--model .*missing: no such folder"):
+        generate(config(tiny_models, model=str(tmp_path / "missing")), out, device="cpu", progress=False,
+                 executor="ray", ray=ray_options(1))
+    assert not out.exists()
+
+    def ours() -> list[str]:
+        return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                if a["name"].startswith(f"acp-{os.getpid()}-")]
+
+    deadline = time.monotonic() + 20
+    while ours() and time.monotonic() < deadline:  # ray.kill returns before the actor is gone
+        time.sleep(0.1)
+    assert not ours()  # the driver stopped its workers
+
+
+def test_without_ray_the_executor_is_one_line_with_the_install_hint(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    script = (
+        "import sys; sys.modules['ray'] = None\n"  # as if Ray were not installed
+        "from acp.cli import main\n"
+        "sys.argv = ['acp', 'generate', '--concepts', 'dog', '--scenes', '1', '--executor', 'ray', "
+        f"'--model', {str(tiny_models['gligen'])!r}, '-o', {str(tmp_path / 'out')!r}]\n"
+        "main()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "OPENAI_API_KEY": ""})
+    assert result.returncode != 0
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert lines == ['acp: error: the ray executor needs Ray: pip install "acp[ray]"'], lines
+    assert not (tmp_path / "out").exists()
