@@ -92,6 +92,7 @@ class GenerateConfig:
     clip_model: str = defaults.CLIP_MODEL
     bank: Path | None = None
     embed_model: str | None = None
+    clis_l_method: str = defaults.CLIS_L_METHOD
     judge_model: str | None = None
     judge_base_url: str | None = None
     judge_margin: float = defaults.JUDGE_MARGIN
@@ -120,6 +121,8 @@ class GenerateConfig:
             data.pop("sam_model")
         if self.llm is not None:
             data["llm"] = {"base_url": self.llm.base_url, "model": self.llm.model}
+        if self.clis_l_method == defaults.CLIS_L_METHOD:
+            data.pop("clis_l_method")  # the default: a settings.json from before the option still matches
         if not self.safety_checker:
             data.pop("safety_checker")  # off, as before the option: older runs still match
         for key in ("embed_model", "judge_model", "judge_base_url", "judge_margin", "judge_max_calls"):
@@ -579,7 +582,8 @@ class _Stages:
         )
         self.scorer = Scorer(
             ImageScorer.from_pretrained(config.clip_model, device=self.renderer.device),
-            LayoutScorer(bank, embedder=embedder), judge=judge,
+            LayoutScorer(bank, embedder=embedder, method=config.clis_l_method),  # type: ignore[arg-type]
+            judge=judge,
             thresholds=Thresholds(config.min_clis_l, config.min_clis_i))
         self.segmenter = None
         if config.masks:

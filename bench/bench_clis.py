@@ -13,8 +13,10 @@
    architecture (random weights) in float16.
 4. Bank build and load time on a synthetic COCO-train-sized file (118k images, 860k boxes).
 
-Prints figures; not a test, and no test needs the NSR-1K file. CLIS-L runs on one core by
-construction (numpy's elementwise operations use one thread); CLIP on CPU is set to one thread.
+Sections 1 and 2 measure the paper's method (``--clis-l-method paper``); CLIS-L v2, the
+default, is measured by ``bench/bench_clis_quality.py``. Prints figures; not a test, and no
+test needs the NSR-1K file. CLIS-L runs on one core by construction (numpy's elementwise
+operations use one thread); CLIP on CPU is set to one thread.
 """
 
 from __future__ import annotations
@@ -128,7 +130,7 @@ def bench_throughput(seed: int, layouts: int, loop_layouts: int) -> None:
         f"median {np.median(sizes):.0f}, max {max(sizes)}"
     )
 
-    scorer = LayoutScorer(bank)
+    scorer = LayoutScorer(bank, method="paper")
     scorer.score_layout(*chosen[0])  # features and name matches, once
     start = time.perf_counter()
     vectorised = [scorer.score_layout(names, boxes).score for names, boxes in chosen]
@@ -229,7 +231,7 @@ def bench_discrimination(nsr: Path, seed: int) -> None:
         path = Path(folder) / "bank.json"
         path.write_text(json.dumps(coco))
         bank = Bank.from_coco([path])
-    scorer = LayoutScorer(bank)
+    scorer = LayoutScorer(bank, method="paper")
     print(
         f"bank: {len(bank_part)} layouts ({bank.num_pairs} pairs) from {len(bank_images)} images; "
         f"held out: {len(held_out)} layouts from {len(image_ids) - len(bank_images)} other images"

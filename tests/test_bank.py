@@ -172,8 +172,8 @@ def test_missing_file_and_bad_bank_folders_raise_input_errors(tmp_path: Path) ->
     path = write_coco(tmp_path / "a.json", [[("dog", [0.1, 0.1, 0.2, 0.2])]])
     Bank.from_coco([path]).save(tmp_path / "bank")
     index = tmp_path / "bank" / "index.json"
-    index.write_text(index.read_text().replace('"format": 2', '"format": 99'))
-    with pytest.raises(InputError, match="format 99, expected 2"):
+    index.write_text(index.read_text().replace('"format": 3', '"format": 99'))
+    with pytest.raises(InputError, match="format 99, expected 3"):
         Bank.load(tmp_path / "bank")
 
 
@@ -361,8 +361,11 @@ def test_building_from_a_file_with_polygons_costs_little_more_memory_than_withou
     import tracemalloc
 
     from acp.score import bank as bank_module
+    from acp.score import density
 
     monkeypatch.setattr(bank_module, "_CHUNK", 1 << 16, raising=False)
+    # Fewer calibration layouts: the same for both files, and slow under tracemalloc.
+    monkeypatch.setattr(density, "CDF_LAYOUTS", 50)
     plain = write_coco(tmp_path / "a.json", _images(1500))
     polygons = with_polygons(plain)
 
@@ -390,7 +393,8 @@ def test_a_loaded_bank_scores_without_recomputing_its_features(
     built.save(tmp_path / "bank")
     layout = (["cat", "dog", "cow", "dog"], [[0.1, 0.1, 0.3, 0.3], [0.5, 0.4, 0.2, 0.3],
                                             [0.2, 0.6, 0.4, 0.3], [0.6, 0.1, 0.2, 0.2]])
-    expected = LayoutScorer(built).score_layout(*layout)
+    expected = LayoutScorer(built, method="paper").score_layout(*layout)
+    expected_v2 = LayoutScorer(built).score_layout(*layout)
     whole = bank_module._pair_geometry(  # as computed at every load before format 2, in one block
         built.boxes[built.pair_a].astype(np.float64), built.boxes[built.pair_b].astype(np.float64)
     )
@@ -403,15 +407,20 @@ def test_a_loaded_bank_scores_without_recomputing_its_features(
     monkeypatch.setattr(bank_module, "_pair_geometry", computed)
     monkeypatch.setattr(bank_module, "prior_features_of", computed, raising=False)
     loaded = Bank.load(tmp_path / "bank")
-    score = LayoutScorer(loaded).score_layout(*layout)
+    score = LayoutScorer(loaded, method="paper").score_layout(*layout)
     assert score.method == "pairs" and score == expected
+    assert LayoutScorer(loaded).score_layout(*layout) == expected_v2 and expected_v2.method == "density"
+    for name, value in built.model.arrays().items():
+        np.testing.assert_array_equal(loaded.model.arrays()[name], value)
     for name in ("pair_features", "prior_features"):
         for key, value in vars(getattr(built, name)).items():
             np.testing.assert_array_equal(getattr(getattr(loaded, name), key), value)
 
 
-def test_an_old_format_bank_asks_for_a_rebuild(tmp_path: Path) -> None:
-    """A format-1 bank (no stored features): one line naming the command that fixes it."""
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_old_format_bank_asks_for_a_rebuild(tmp_path: Path, version: int) -> None:
+    """A format-1 bank (no stored features) or 2 (no v2 densities): one line naming the command
+    that fixes it."""
     from typer.testing import CliRunner
 
     from acp.cli import app
@@ -423,10 +432,11 @@ def test_an_old_format_bank_asks_for_a_rebuild(tmp_path: Path) -> None:
                                       "pair_offsets")}
     np.savez(folder / "bank.npz", **old)
     index = json.loads((folder / "index.json").read_text())
-    (folder / "index.json").write_text(json.dumps({**index, "format": 1}))
+    (folder / "index.json").write_text(json.dumps({**index, "format": version}))
     with pytest.raises(InputError) as error:
         Bank.load(folder)
-    assert str(error.value) == f"bank {folder}: format 1, expected 2; rebuild it with `acp bank build`"
+    expected = f"bank {folder}: format {version}, expected 3; rebuild it with `acp bank build`"
+    assert str(error.value) == expected
     plans = tmp_path / "plans.jsonl"
     plans.write_text("")
     result = CliRunner().invoke(app, ["score", "layouts", str(plans), "--bank", str(folder),

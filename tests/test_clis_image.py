@@ -461,4 +461,4 @@ def test_a_reference_free_layout_score_is_not_written_as_clis_l(tmp_path: Path) 
     assert not layout.reference_free
     (record,) = combine("p1", [_candidate(0)], [image], layout, Thresholds(None, None))
     assert record.clis_l == pytest.approx(layout.score, abs=1e-3)
-    assert record.detail["clis_l_sanity"] is None and record.detail["clis_l_method"] == "pairs"
+    assert record.detail["clis_l_sanity"] is None and record.detail["clis_l_method"] == "density"

@@ -1,4 +1,5 @@
-"""CLIS-L: each term against hand-computed values, back-offs, matching, and vectorised == loop."""
+"""CLIS-L, the paper's method (`--clis-l-method paper`): each term against hand-computed values,
+back-offs, matching, vectorised == loop; v2 is in tests/test_clis_v2.py."""
 
 from __future__ import annotations
 
@@ -25,6 +26,10 @@ from tests.test_bank import write_coco
 Box = list[float]
 S, O = [0.1, 0.1, 0.2, 0.2], [0.6, 0.1, 0.2, 0.2]  # noqa: E741  (subject left of object)
 BELOW = [0.1, 0.6, 0.2, 0.2]  # under S
+
+
+def paper_scorer(bank: Bank | None, **options: Any) -> LayoutScorer:
+    return LayoutScorer(bank, method="paper", **options)
 
 
 def bank_of(tmp_path: Path, images: list[list[tuple[str, Box]]], name: str = "refs.json") -> Bank:
@@ -97,7 +102,7 @@ def test_each_term_matches_the_hand_computed_value(
     subject, obj = ("dog", "cat") if swap_categories else ("cat", "dog")
     bank = bank_of(tmp_path, [[(subject, ref_s), (obj, ref_o)]])
     relations = [(0, 1, predicate)] if predicate else []
-    result = LayoutScorer(bank).score_layout([subject, obj], [plan_s, plan_o], relations=relations)
+    result = paper_scorer(bank).score_layout([subject, obj], [plan_s, plan_o], relations=relations)
     (pair,) = result.pairs
     assert pair.method == "pairs" and pair.references == 1
     for term, expected in (("size", size), ("distance", distance), ("direction", direction)):
@@ -112,17 +117,17 @@ def test_score_is_the_published_high_percentile_of_the_references(tmp_path: Path
     perfect, perpendicular = [("cat", S), ("dog", O)], [("cat", S), ("dog", BELOW)]
     # (0.5 * 1 + 1.0 * 1 + 0.8 * 0.5) / 2.3 = 0.82609 for a perpendicular reference.
     bank = bank_of(tmp_path, [perfect] * 2 + [perpendicular] * 98)
-    scorer = LayoutScorer(bank)
+    scorer = paper_scorer(bank)
     assert scorer.score_layout(["cat", "dog"], [S, O]).score == pytest.approx(82.609, abs=1e-3)  # 3rd best
-    assert LayoutScorer(bank, percentile=99).score_layout(["cat", "dog"], [S, O]).score == pytest.approx(100)
+    assert paper_scorer(bank, percentile=99).score_layout(["cat", "dog"], [S, O]).score == pytest.approx(100)
     few = bank_of(tmp_path, [perfect] + [perpendicular] * 48, name="few.json")
-    assert LayoutScorer(few).score_layout(["cat", "dog"], [S, O]).score == pytest.approx(100)  # 49 // 50 = 0
+    assert paper_scorer(few).score_layout(["cat", "dog"], [S, O]).score == pytest.approx(100)  # 49 // 50 = 0
 
 
 def test_same_category_references_are_read_both_ways(tmp_path: Path) -> None:
     small, big = [0.1, 0.1, 0.1, 0.1], [0.5, 0.1, 0.4, 0.4]
     bank = bank_of(tmp_path, [[("dog", small), ("dog", big)]])
-    scorer = LayoutScorer(bank)
+    scorer = paper_scorer(bank)
     mirrored_small, mirrored_big = [0.8, 0.1, 0.1, 0.1], [0.1, 0.1, 0.4, 0.4]
     for boxes in ([small, big], [big, small], [mirrored_small, mirrored_big], [mirrored_big, mirrored_small]):
         assert scorer.score_layout(["dog", "dog"], boxes).score == pytest.approx(100, abs=1e-3)
@@ -144,7 +149,7 @@ def test_same_category_references_are_read_both_ways(tmp_path: Path) -> None:
 @pytest.mark.parametrize("with_bank", [True, False])
 def test_degenerate_boxes_score_zero_without_raising(tmp_path: Path, bad_box: Box, with_bank: bool) -> None:
     bank = bank_of(tmp_path, [[("cat", S), ("dog", O)]]) if with_bank else None
-    scorer = LayoutScorer(bank)
+    scorer = paper_scorer(bank)
     result = scorer.score_layout(["cat", "dog"], [S, bad_box])
     assert result.score == 0 and result.pairs[0].method == "degenerate" and not result.reference_free
     assert scorer.score_layout(["cat"], [bad_box]).score == 0
@@ -167,7 +172,7 @@ def test_a_plan_record_with_a_zero_area_box_scores_low(tmp_path: Path) -> None:
             ],
         }
     )
-    scorer = LayoutScorer(bank_of(tmp_path, [[("cat", S), ("dog", O)]]))
+    scorer = paper_scorer(bank_of(tmp_path, [[("cat", S), ("dog", O)]]))
     assert scorer.score(plan).score == pytest.approx(100, abs=1e-3)
     broken = plan.model_copy(deep=True)
     broken.objects[1].bbox = (0.6, 0.1, 0.0, 0.2)  # bypasses validation, as a hand-edited record might
@@ -175,7 +180,7 @@ def test_a_plan_record_with_a_zero_area_box_scores_low(tmp_path: Path) -> None:
 
 
 def test_relations_choose_the_subject_and_the_predicate(tmp_path: Path) -> None:
-    scorer = LayoutScorer(bank_of(tmp_path, [[("cat", S), ("dog", O)]]))
+    scorer = paper_scorer(bank_of(tmp_path, [[("cat", S), ("dog", O)]]))
     result = scorer.score_layout(["cat", "dog"], [S, O], relations=[(11, 10, "right of")], ids=[10, 11])
     (pair,) = result.pairs
     assert (pair.subject, pair.object, pair.predicate) == (11, 10, "right of")
@@ -188,7 +193,7 @@ def test_plan_score_is_the_confidence_weighted_mean_of_pairs(tmp_path: Path) -> 
     person = [0.3, 0.5, 0.2, 0.4]
     images = [[("cat", S), ("dog", O)]] * 10 + [[("cat", S), ("person", person)]] * 40
     bank = bank_of(tmp_path, images)
-    result = LayoutScorer(bank).score_layout(["cat", "dog", "person"], [S, [0.5, 0.3, 0.3, 0.2], person])
+    result = paper_scorer(bank).score_layout(["cat", "dog", "person"], [S, [0.5, 0.3, 0.3, 0.2], person])
     by_categories = {p.categories: p for p in result.pairs}
     assert by_categories[("cat", "dog")].confidence == pytest.approx(10 / 20)
     assert by_categories[("cat", "person")].confidence == pytest.approx(1.0)
@@ -204,7 +209,7 @@ def test_plan_score_is_the_confidence_weighted_mean_of_pairs(tmp_path: Path) -> 
 
 def test_priors_back_off_for_unknown_pairs_and_lone_objects(tmp_path: Path) -> None:
     bank = bank_of(tmp_path, [[("cat", [0.1, 0.1, 0.2, 0.2])]])
-    scorer = LayoutScorer(bank)
+    scorer = paper_scorer(bank)
     # size sim 0.04 / 0.08 = 0.5, aspect 0.5 / 1 = 0.5, centres 0.1 apart -> position 0.8:
     # (0.5 + 0.5 + 0.8) / 3 = 0.6.
     lone = scorer.score_layout(["cat"], [[0.1, 0.1, 0.2, 0.4]])
@@ -241,7 +246,7 @@ def test_names_match_exactly_then_through_synonyms_then_embeddings(tmp_path: Pat
     def embed(texts: list[str]) -> Any:
         return np.array([vectors[t] for t in texts])
 
-    scorer = LayoutScorer(bank, embedder=embed)
+    scorer = paper_scorer(bank, embedder=embed)
     assert (scorer.match("Cats").how, scorer.match("Cats").weight) == ("exact", 1.0)
     assert (scorer.match("kitty").how, scorer.match("kitty").weight) == ("synonym", 0.9)
     feline = scorer.match("feline")
@@ -251,7 +256,7 @@ def test_names_match_exactly_then_through_synonyms_then_embeddings(tmp_path: Pat
     assert result.pairs[0].matched == ("cat", "dog")
     assert result.pairs[0].match == ("embedding", "synonym")
     assert result.pairs[0].confidence == pytest.approx(0.8 * 0.9)
-    assert LayoutScorer(bank).match("feline").category is None
+    assert paper_scorer(bank).match("feline").category is None
 
 
 def test_embed_model_without_sentence_transformers_is_a_clear_error() -> None:
@@ -275,7 +280,7 @@ def test_vectorised_scores_equal_the_per_reference_loop(tmp_path: Path) -> None:
 
     images = [[(str(rng.choice(names)), random_box()) for _ in range(rng.integers(2, 6))] for _ in range(150)]
     bank = bank_of(tmp_path, images)
-    scorer = LayoutScorer(bank)
+    scorer = paper_scorer(bank)
     predicates = ["left of", "to the right of", "above"]
     checked = 0
     for _ in range(40):
@@ -315,7 +320,7 @@ def test_vectorised_scores_equal_the_per_reference_loop(tmp_path: Path) -> None:
 )
 def test_any_numbers_give_a_finite_score_in_range(boxes: list[Box]) -> None:
     for bank in (_RANDOM_BANK, None):
-        result = LayoutScorer(bank).score_layout(["cat", "dog", "cat", "bird"][: len(boxes)], boxes)
+        result = paper_scorer(bank).score_layout(["cat", "dog", "cat", "bird"][: len(boxes)], boxes)
         assert 0.0 <= result.score <= 100.0
 
 

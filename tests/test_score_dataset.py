@@ -307,13 +307,13 @@ def test_with_a_bank_a_reference_free_image_has_no_clis_l(tmp_path: Path, scorer
     annotations, images = write_dataset(tmp_path)
     bank = Bank.from_coco([write_coco(tmp_path / "bank.json", [[("cat", [0.1, 0.1, 0.3, 0.4])]])])
     coco = json.loads(annotations.read_text())
-    coco["categories"][1]["name"] = "zebra"  # image 1: a cat and a zebra, scored by the cat's priors
+    coco["categories"][1]["name"] = "zebra"  # image 1: a cat and a zebra (at the bank's top level)
     coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] != 2 or a["category_id"] == 2]
     annotations.write_text(json.dumps(coco))  # image 2: zebras only, unknown to the bank: sanity
     report = scored(annotations, images, tmp_path / "report", image_scorer=scorer,
                     layout_scorer=LayoutScorer(bank))
     first, second = report.images
-    assert first["clis_l_method"] == "priors" and first["clis_l"] is not None
+    assert first["clis_l_method"] == "density" and first["clis_l"] is not None
     assert first["clis_l_sanity"] is None
     assert second["clis_l_method"] == "sanity" and second["clis_l"] is None
     assert second["clis_l_sanity"] is not None and second["clis"] == second["clis_i"]
@@ -480,9 +480,9 @@ def test_layout_score_of_a_crowded_image_takes_its_20_largest_boxes(tmp_path: Pa
     seen: list[list[Any]] = []
 
     class Recording(LayoutScorer):
-        def score_layout(self, categories: Any, boxes: Any, *args: Any, **kwargs: Any) -> Any:
-            seen.append([tuple(b) for b in boxes])
-            return super().score_layout(categories, boxes, *args, **kwargs)
+        def score_layouts(self, layouts: Any) -> Any:
+            seen.extend([tuple(b) for b in boxes] for _, boxes, _, _ in layouts)
+            return super().score_layouts(layouts)
 
     annotations, images = write_many(tmp_path, 1, boxes=30)
     report = scored(annotations, images, tmp_path / "report", image_scorer=FixedScorer(),

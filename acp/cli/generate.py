@@ -54,6 +54,7 @@ from acp.cli.render import (
 from acp.cli.score import (
     BankOption,
     ClipOption,
+    ClisLMethodOption,
     EmbedOption,
     JudgeBaseUrlOption,
     JudgeMarginOption,
@@ -61,6 +62,7 @@ from acp.cli.score import (
     JudgeModelOption,
     MinClisIOption,
     MinClisLOption,
+    check_clis_l_method,
     make_judge,
 )
 
@@ -113,6 +115,7 @@ def generate(
     clip_model: ClipOption = defaults.CLIP_MODEL,
     bank: BankOption = None,
     embed_model: EmbedOption = None,
+    clis_l_method: ClisLMethodOption = defaults.CLIS_L_METHOD,
     judge_model: JudgeModelOption = None,
     judge_base_url: JudgeBaseUrlOption = None,
     judge_margin: JudgeMarginOption = defaults.JUDGE_MARGIN,
@@ -161,6 +164,7 @@ def generate(
         from acp.distributed import import_ray
 
         import_ray()  # without Ray: the install hint, before anything else is said or done
+    check_clis_l_method(clis_l_method)
     wanted = BalanceArgs(balance, target, pass_rate, pass_rate_from, tail_below, frequency,
                          categories_only, max_per_category, companion_cap)
     topup = balance_plan(wanted, input=input, concepts=concepts, scenes=scenes,
@@ -186,8 +190,9 @@ def generate(
         negative_prompt=negative_prompt, safety_checker=safety_checker, clip_model=clip_model, bank=bank,
         min_clis_l=min_clis_l, min_clis_i=min_clis_i, masks=masks, sam_model=sam_model,
         categories=categories, keep_candidates=keep_candidates, image_format=image_format,
-        embed_model=embed_model, judge_model=judge_model, judge_base_url=judge_base_url,
-        judge_margin=judge_margin, judge_max_calls=judge_max_calls, compile_unet=compile,
+        embed_model=embed_model, clis_l_method=clis_l_method, judge_model=judge_model,
+        judge_base_url=judge_base_url, judge_margin=judge_margin, judge_max_calls=judge_max_calls,
+        compile_unet=compile,
     )
     if embed_model and bank is None:
         raise InputError("--embed-model needs --bank (it matches names against the bank's categories)")

@@ -43,6 +43,14 @@ EmbedOption = Annotated[
         help="sentence-transformers folder or id, to match names the bank does not know.",
     ),
 ]
+ClisLMethodOption = Annotated[
+    str,
+    typer.Option(
+        "--clis-l-method",
+        help="CLIS-L formula: v2 (densities learned from the bank) or paper (the published one, "
+        "to compare with the paper's numbers; its scores run higher, so set --min-clis-l to match).",
+    ),
+]
 ClipOption = Annotated[str, typer.Option("--clip-model", help="CLIP hub id or folder.")]
 # The VLM judge cascade, shared with `acp generate`.
 JudgeModelOption = Annotated[
@@ -92,10 +100,23 @@ def bank_build(
     print(f"{output}: " + describe_summary(bank.summary).replace("\n", f"\n{output}: "))
 
 
-def make_layout_scorer(bank: Path | None, embed_model: str | None) -> LayoutScorer:
+LAYOUT_BATCH = 1024  # plans scored in one vectorised pass by `acp score layouts`
+
+
+def check_clis_l_method(method: str) -> None:
+    from acp.score.layout import SCORING_METHODS
+
+    if method not in SCORING_METHODS:
+        raise fail(f"--clis-l-method: expected one of {', '.join(SCORING_METHODS)}, got {method!r}", code=2)
+
+
+def make_layout_scorer(
+    bank: Path | None, embed_model: str | None, method: str = defaults.CLIS_L_METHOD
+) -> LayoutScorer:
     from acp.score.bank import Bank
     from acp.score.layout import LayoutScorer, sentence_transformer_embedder
 
+    check_clis_l_method(method)
     if bank is None:
         notice(
             "no --bank given: no CLIS-L (clis_l is null); a reference-free sanity score "
@@ -104,7 +125,7 @@ def make_layout_scorer(bank: Path | None, embed_model: str | None) -> LayoutScor
         if embed_model:
             raise fail("--embed-model needs --bank (it matches names against the bank's categories)", code=2)
     embedder = sentence_transformer_embedder(embed_model) if embed_model else None
-    return LayoutScorer(Bank.load(bank) if bank else None, embedder=embedder)
+    return LayoutScorer(Bank.load(bank) if bank else None, embedder=embedder, method=method)  # type: ignore[arg-type]
 
 
 @score_app.command("layouts")
@@ -114,6 +135,7 @@ def score_layouts(
     output: Annotated[Path, typer.Option("--output", "-o", help="Scored plans (JSON Lines).")],
     bank: BankOption = None,
     embed_model: EmbedOption = None,
+    clis_l_method: ClisLMethodOption = defaults.CLIS_L_METHOD,
 ) -> None:
     """CLIS-L of every plan: each plan record plus clis_l, clis_l_sanity, clis_l_method and
     clis_l_detail (per pair).
@@ -125,25 +147,34 @@ def score_layouts(
     from acp.atomic import atomic_text_file
     from acp.errors import InputError
     from acp.jsonl import dumps
-    from acp.schema import read_plans
+    from acp.schema import ScenePlan, read_plans
     from acp.score.candidates import layout_fields
 
     if not plans.is_file():
         raise InputError(f"{plans}: no such file; expected a plans file (JSON Lines)")
-    scorer = make_layout_scorer(bank, embed_model)
+    scorer = make_layout_scorer(bank, embed_model, clis_l_method)
     scored = bad = 0
-    with atomic_text_file(output) as out:  # streamed: memory does not grow with the plans
+    with atomic_text_file(output) as out:  # streamed in batches: memory does not grow with the plans
+        batch: list[ScenePlan] = []
+
+        def flush() -> None:
+            for plan, result in zip(batch, scorer.score_many(batch), strict=True):
+                record = plan.model_dump(mode="json")
+                record.update(layout_fields(result))
+                record["clis_l_detail"] = result.to_dict()
+                out.write(dumps(record) + "\n")
+            batch.clear()
+
         for number, plan, reason in read_plans(plans):
             if plan is None:
                 bad += 1
                 print(f"{plans}:{number}: {reason}")
                 continue
-            result = scorer.score(plan)
-            record = plan.model_dump(mode="json")
-            record.update(layout_fields(result))
-            record["clis_l_detail"] = result.to_dict()
-            out.write(dumps(record) + "\n")
+            batch.append(plan)
             scored += 1
+            if len(batch) == LAYOUT_BATCH:
+                flush()
+        flush()
     print(f"{output}: {scored} plans scored, {bad} invalid lines skipped")
     if bad:
         raise typer.Exit(code=1)
@@ -189,6 +220,7 @@ def score_candidates(
     output: Annotated[Path, typer.Option("--output", "-o", help="Scores (JSON Lines; resumable).")],
     bank: BankOption = None,
     embed_model: EmbedOption = None,
+    clis_l_method: ClisLMethodOption = defaults.CLIS_L_METHOD,
     clip_model: ClipOption = defaults.CLIP_MODEL,
     device: DeviceOption = "auto",
     min_clis_l: MinClisLOption = defaults.MIN_CLIS_L,
@@ -214,7 +246,7 @@ def score_candidates(
 
     device = resolve_device(device)  # a bad --device fails before any bank or model is loaded
     judge = make_judge(judge_model, judge_base_url, judge_margin, judge_max_calls, api_key)
-    layout_scorer = make_layout_scorer(bank, embed_model)
+    layout_scorer = make_layout_scorer(bank, embed_model, clis_l_method)
     if bank is None:
         notice("without --bank, --min-clis-l does not apply and clis is CLIS-I alone")
     settings = {
@@ -226,6 +258,8 @@ def score_candidates(
         "judge_model": judge_model,
         "judge_margin": judge_margin if judge_model else None,
     }
+    if clis_l_method != defaults.CLIS_L_METHOD:  # recorded when not the default, as generate does
+        settings["clis_l_method"] = clis_l_method
     summary = score_renders(
         renders,
         plans,
@@ -263,6 +297,7 @@ def score_dataset(
     ] = None,
     bank: BankOption = None,
     embed_model: EmbedOption = None,
+    clis_l_method: ClisLMethodOption = defaults.CLIS_L_METHOD,
     clip_model: ClipOption = defaults.CLIP_MODEL,
     device: DeviceOption = "auto",
     batch_size: Annotated[int, typer.Option(min=1, max=MAX_BATCH, help="Images per CLIP forward pass.")] = 8,
@@ -281,7 +316,8 @@ def score_dataset(
 
     check_paths(annotations, images, output)  # before any model: these would fail late, or per image
     device = resolve_device(device)  # a bad --device fails before any bank or model is loaded
-    layout_scorer = make_layout_scorer(bank, embed_model) if bank or embed_model else None
+    check_clis_l_method(clis_l_method)
+    layout_scorer = make_layout_scorer(bank, embed_model, clis_l_method) if bank or embed_model else None
 
     def print_failure(item: str, reason: str) -> None:  # as found, above the progress bar
         tqdm.write(f"{annotations}: {item}: {reason}", file=sys.stdout)

@@ -8,8 +8,10 @@
   ``CandidateScore`` per candidate, the best marked), for ``score candidates`` and ``generate``;
 - ``dataset``: scoring every image and box of an existing COCO dataset.
 
-Every score is on the paper's 0-100 scale, so its thresholds (CLIS-L 50, instance CLIS-I 60)
-keep their meaning. Importing this package does not import torch.
+Every score is on a 0-100 scale. CLIS-I and the paper's CLIS-L (``--clis-l-method paper``) keep
+the paper's thresholds (instance CLIS-I 60, CLIS-L 50); acp's CLIS-L v2 is the share of real
+layouts that are less plausible, so its threshold is 10 (``acp.defaults.MIN_CLIS_L``, see
+docs/architecture.md). Importing this package does not import torch.
 """
 
 from acp.score.bank import Bank

@@ -15,8 +15,8 @@ unknown images or images without a size, unknown category ids, crowd boxes, dege
 (non-finite, zero or negative side) and boxes reaching more than ``OUT_OF_IMAGE_TOLERANCE``
 pixels outside their image (boxes within it are clipped to the image).
 
-Caps, so that a full COCO train split (860k boxes) builds in a quarter of a minute and loads
-in a tenth of a second (``bench/bench_bank.py``):
+Caps, so that a full COCO train split (860k boxes) builds in about 20 s (a third of it v2's
+densities and calibration) and loads in a tenth of a second (``bench/bench_bank.py``):
 
 - pairs are enumerated among the ``max_objects_per_image`` largest boxes of an image (20: at
   most 190 pairs per image; the small boxes of a crowded image add little layout evidence and
@@ -28,9 +28,12 @@ in a tenth of a second (``bench/bench_bank.py``):
 
 On disk a bank is a folder with ``bank.npz`` (uncompressed numpy arrays, loaded in one read)
 and ``index.json`` (format version, categories with a summary of their priors, build summary).
-The arrays hold the boxes, the pairs and, since format 2, what scoring reads of them
-(``PairFeatures``, ``PriorFeatures``), computed once at build time rather than at every load
-(a bank of format 1 is refused with a request to rebuild it).
+The arrays hold the boxes, the pairs and what scoring reads of them, computed once at build
+time rather than at every load: for the paper's method ``PairFeatures`` and ``PriorFeatures``
+(since format 2), for CLIS-L v2 the ``acp.score.density.LayoutModel`` (since format 3:
+references, bandwidths and normalisers of every density group, the CDF tables; arrays named
+``v2_*``). Each category keeps its source's ``supercategory`` (the first seen), which v2's
+pair densities back off to. A bank of format 1 or 2 is refused with a request to rebuild it.
 The folder is written as a whole (``Bank.save``): rebuilding over a bank replaces both files
 together or neither. Input that yields no usable box at all is an error, not an empty bank.
 """
@@ -54,8 +57,9 @@ from acp.boxes import coco_to_plan_sized, iou_aligned
 from acp.errors import InputError, quoted
 from acp.jsonl import loads
 from acp.names import canonical_key, category_key
+from acp.score.density import LayoutModel, build_model
 
-BANK_FORMAT = 2  # 2: pair and prior features stored (1 computed them at every load)
+BANK_FORMAT = 3  # 3: CLIS-L v2 densities (acp.score.density); 2: pair and prior features stored
 ARRAYS_FILE = "bank.npz"
 INDEX_FILE = "index.json"
 OUT_OF_IMAGE_TOLERANCE = 1.0  # pixels; COCO boxes overshoot their image by rounding only
@@ -89,6 +93,7 @@ class BankCategory:
     key: str  # canonical key; what plans are matched against
     name: str  # the first name seen in the sources, for display
     aliases: tuple[str, ...]  # category keys of every source name merged into this entry
+    supercategory: str = ""  # the source's `supercategory` (the first seen), "" if none
 
 
 @dataclass(frozen=True)
@@ -165,6 +170,7 @@ class Bank:
     pair_offsets: Int64Array
     pair_features: PairFeatures
     prior_features: PriorFeatures
+    model: LayoutModel
     max_boxes_per_category: int = MAX_BOXES_PER_CATEGORY
     summary: dict[str, Any] = field(default_factory=dict)
 
@@ -186,6 +192,8 @@ class Bank:
                 for f in fields(features)
                 if getattr(features, f.name).shape != rows
             ]
+        if self.model.categories != count:
+            problems.append(f"the density model has {self.model.categories} categories, expected {count}")
         if problems:
             raise InputError("inconsistent bank: " + "; ".join(problems))
         self._by_key = {c.key: i for i, c in enumerate(self.categories)}
@@ -268,24 +276,26 @@ class Bank:
             "format": BANK_FORMAT,
             "max_boxes_per_category": self.max_boxes_per_category,
             "categories": [
-                {"key": c.key, "name": c.name, "aliases": list(c.aliases), **self._prior_summary(i)}
+                {"key": c.key, "name": c.name, "aliases": list(c.aliases), "supercategory": c.supercategory,
+                 **self._prior_summary(i)}
                 for i, c in enumerate(self.categories)
             ],
             "summary": self.summary,
         }
         text = json.dumps(index, indent=1, ensure_ascii=False) + "\n"
         with open(folder / ARRAYS_FILE, "wb") as handle:
-            np.savez(
-                handle,
-                boxes=self.boxes,
-                category_offsets=self.category_offsets,
-                pair_a=self.pair_a,
-                pair_b=self.pair_b,
-                pair_keys=self.pair_keys,
-                pair_offsets=self.pair_offsets,
+            arrays: dict[str, Any] = {
+                "boxes": self.boxes,
+                "category_offsets": self.category_offsets,
+                "pair_a": self.pair_a,
+                "pair_b": self.pair_b,
+                "pair_keys": self.pair_keys,
+                "pair_offsets": self.pair_offsets,
                 **{f"pair_{f.name}": getattr(self.pair_features, f.name) for f in fields(PairFeatures)},
                 **{f"prior_{f.name}": getattr(self.prior_features, f.name) for f in fields(PriorFeatures)},
-            )
+                **{f"v2_{name}": array for name, array in self.model.arrays().items()},
+            }
+            np.savez(handle, **arrays)
             handle.flush()
             os.fsync(handle.fileno())
         with open(folder / INDEX_FILE, "w", encoding="utf-8", newline="\n") as text_handle:
@@ -340,13 +350,14 @@ class Bank:
         except (OSError, ValueError) as error:
             raise InputError(f"bank {folder}: unreadable ({error}); {expected}") from None
         names = ["boxes", "category_offsets", "pair_a", "pair_b", "pair_keys", "pair_offsets"]
-        names += _FEATURE_ARRAYS
+        names += _FEATURE_ARRAYS + [f"v2_{name}" for name in LayoutModel.array_names()]
         missing = [n for n in names if n not in data]
         if missing:
             raise InputError(f"bank {folder}: {ARRAYS_FILE} lacks {missing}; {expected}")
         try:
             categories = [
-                BankCategory(key=c["key"], name=c["name"], aliases=tuple(c["aliases"]))
+                BankCategory(key=c["key"], name=c["name"], aliases=tuple(c["aliases"]),
+                             supercategory=str(c.get("supercategory", "")))
                 for c in index["categories"]
             ]
             return cls(
@@ -366,6 +377,9 @@ class Bank:
                     f.name: data[f"prior_{f.name}"].astype(np.float32, copy=False)
                     for f in fields(PriorFeatures)
                 }),
+                model=LayoutModel.from_arrays(
+                    {name[3:]: array for name, array in data.items() if name.startswith("v2_")}
+                ),
                 max_boxes_per_category=int(index["max_boxes_per_category"]),
                 summary=index.get("summary", {}),
             )
@@ -467,6 +481,12 @@ class Bank:
         }
         stored = boxes.astype(np.float32)
         kept_a, kept_b = pair_a[keep].astype(np.int32), pair_b[keep].astype(np.int32)
+        # A category without a super-category is its own (its pairs back off to all pairs).
+        super_names = [c.supercategory or f"={c.key}" for c in merged.categories]
+        supers = {name: k for k, name in enumerate(sorted(set(super_names)))}
+        supercategory = np.array([supers[name] for name in super_names], dtype=np.int64)
+        model = build_model(category, boxes, image, kept_a.astype(np.int64), kept_b.astype(np.int64),
+                            supercategory, rng)
         return cls(
             categories=merged.categories,
             boxes=stored,
@@ -477,6 +497,7 @@ class Bank:
             pair_offsets=pair_offsets,
             pair_features=pair_features_of(stored, kept_a, kept_b),
             prior_features=prior_features_of(stored),
+            model=model,
             max_boxes_per_category=max_boxes_per_category,
             summary=summary,
         )
@@ -544,16 +565,18 @@ class _CategoryMerger:
         self.categories: list[BankCategory] = []
         self._ids: dict[str, int] = {}
 
-    def add(self, name: str) -> int:
+    def add(self, name: str, supercategory: str = "") -> int:
         key = canonical_key(name)
         alias = category_key(name)
         if key not in self._ids:
             self._ids[key] = len(self.categories)
-            self.categories.append(BankCategory(key=key, name=name, aliases=(alias,)))
+            self.categories.append(BankCategory(key, name, (alias,), supercategory))
         index = self._ids[key]
         entry = self.categories[index]
-        if alias not in entry.aliases:
-            self.categories[index] = BankCategory(entry.key, entry.name, (*entry.aliases, alias))
+        if alias not in entry.aliases or (supercategory and not entry.supercategory):
+            aliases = entry.aliases if alias in entry.aliases else (*entry.aliases, alias)
+            supercategory = entry.supercategory or supercategory
+            self.categories[index] = BankCategory(entry.key, entry.name, aliases, supercategory)
         return index
 
 
@@ -630,7 +653,10 @@ def _usable_boxes(
                 f"{path}: categories[{k}] has id {quoted(item['id'])}; expected a number or a string"
             )
         if category_key(item["name"]):
-            categories[item["id"]] = merged.add(item["name"])
+            supercategory = item.get("supercategory")
+            categories[item["id"]] = merged.add(
+                item["name"], category_key(supercategory) if isinstance(supercategory, str) else ""
+            )
     image_rows: dict[Any, int] = {}
     sizes = np.zeros((len(data["images"]), 2), dtype=np.float64)
     for k, item in enumerate(data["images"]):

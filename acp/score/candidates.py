@@ -10,9 +10,10 @@
   dataset`` records at the top level): ``clis_l`` is CLIS-L proper, ``null`` when the score is
   reference-free, so that nothing reading ``clis_l`` (COCO provenance, histograms) mistakes a
   sanity check for CLIS-L; ``clis_l_sanity`` holds the reference-free score then (``null``
-  otherwise); ``clis_l_method`` says how it was reached (``pairs``, ``priors``, ``degenerate``;
+  otherwise); ``clis_l_method`` says how it was reached (``density`` for v2, ``pairs`` or
+  ``priors`` for the paper's method, ``degenerate``;
   ``sanity`` or ``empty`` for a reference-free one; see ``acp.score.layout``).
-- Thresholds, the paper's: a plan with ``clis_l < min_clis_l`` (50) is dropped with all its
+- Thresholds: a plan with ``clis_l < min_clis_l`` (10 for CLIS-L v2) is dropped with all its
   candidates (a bank's CLIS-L only: the reference-free sanity score is on another footing);
   an instance with ``clis_i < min_clis_i`` (60) is dropped (``ObjectScore.kept`` false); a
   candidate whose instances are all dropped is dropped. ``None`` disables a threshold.
@@ -208,9 +209,12 @@ class Scorer:
             floor = self.thresholds.min_clis_i
             unsure = [(scene, image, s) for (scene, image), s in zip(scenes, image_scores, strict=True)]
             self.judge.review(unsure, floor if floor is not None else DEFAULT_INSTANCE_THRESHOLD)
+        missing = [plan for plan, _, layout in items if layout is None]
+        computed = iter(self.layout_scorer.score_many(missing) if self.layout_scorer and missing else [])
         results, start = [], 0
         for plan, rendered, layout in items:
-            layout = layout if layout is not None else self.layout(plan)
+            if layout is None and self.layout_scorer is not None:
+                layout = next(computed)  # all the batch's CLIS-L in one vectorised pass
             scores = image_scores[start : start + len(rendered)]
             start += len(rendered)
             records = _combine(plan.id, [r.candidate for r in rendered], scores, layout,

@@ -66,7 +66,7 @@ from acp.paths import UnsafePathError, inside, path_problem
 from acp.score.bank import MAX_OBJECTS_PER_IMAGE, OUT_OF_IMAGE_TOLERANCE, read_coco_file, usable_id
 from acp.score.candidates import compose_clis, layout_fields
 from acp.score.image import ImageScorer, Scene, SceneObject
-from acp.score.layout import LayoutScorer
+from acp.score.layout import LayoutScore, LayoutScorer
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -388,12 +388,14 @@ class _Run:
         keep_above: float | None,
     ) -> None:
         scores = image_scorer.score_scenes([(scene, image) for _, scene, image, _ in batch])
-        for (row, scene, _, boxes), score in zip(batch, scores, strict=True):
+        layouts: list[LayoutScore | None] = [None] * len(batch)
+        if layout_scorer is not None:  # the largest boxes, as the bank forms its pairs; one pass
+            largest = [_largest(scene.objects, MAX_OBJECTS_PER_IMAGE) for _, scene, _, _ in batch]
+            layouts = list(layout_scorer.score_layouts(
+                [([o.category for o in objects], [o.bbox for o in objects], (), None) for objects in largest]
+            ))
+        for (row, scene, _, boxes), score, layout in zip(batch, scores, layouts, strict=True):
             record = self.data["images"][row]
-            layout = None
-            if layout_scorer is not None:  # pairs among the largest boxes, as the bank forms them
-                objects = _largest(scene.objects, MAX_OBJECTS_PER_IMAGE)
-                layout = layout_scorer.score_layout([o.category for o in objects], [o.bbox for o in objects])
             clis = compose_clis(layout, score.clis_i)
             passed = []
             for k, instance in zip(boxes, score.objects, strict=True):
