@@ -24,12 +24,11 @@ _DECODER = json.JSONDecoder()
 _EXPECTED = "expected a COCO-format JSON object"
 
 
-# "segmentation": a polygon list [[x, y, ...], ...] (the pattern of ``acp.score.bank``). A match
+# "segmentation": a polygon list [[x, y, ...], ...] (``acp.score.bank`` uses it on bytes). A match
 # cannot start inside a JSON string (its quotes would be escaped there) and holds no "}", so no
 # match spans a cut after a "}".
-_POLYGONS = re.compile(
-    r'"segmentation"\s*:\s*\[\s*(?:\[[-+0-9.eE,\s]*\](?:\s*,\s*\[[-+0-9.eE,\s]*\])*)?\s*\]'
-)
+POLYGON_PATTERN = r'"segmentation"\s*:\s*\[\s*(?:\[[-+0-9.eE,\s]*\](?:\s*,\s*\[[-+0-9.eE,\s]*\])*)?\s*\]'
+_POLYGONS = re.compile(POLYGON_PATTERN)
 _NO_POLYGONS = '"segmentation":null'
 
 

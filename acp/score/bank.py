@@ -54,6 +54,7 @@ from numpy.typing import NDArray
 
 from acp.atomic import sweep_stale_temps, temp_prefix
 from acp.boxes import coco_to_plan_sized, iou_aligned
+from acp.cocostream import POLYGON_PATTERN
 from acp.errors import InputError, quoted
 from acp.jsonl import loads
 from acp.names import canonical_key, category_key
@@ -611,11 +612,7 @@ def read_coco_file(path: Path, *, polygons: bool = True) -> dict[str, Any]:
     return data
 
 
-# "segmentation": a polygon list [[x, y, ...], ...]. A match cannot start inside a JSON string
-# (its quotes would be escaped there) and holds no "}", so no match spans a cut after a "}".
-_POLYGONS = re.compile(
-    rb'"segmentation"\s*:\s*\[\s*(?:\[[-+0-9.eE,\s]*\](?:\s*,\s*\[[-+0-9.eE,\s]*\])*)?\s*\]'
-)
+_POLYGONS = re.compile(POLYGON_PATTERN.encode())  # polygon segmentations (see acp.cocostream)
 _NO_POLYGONS = b'"segmentation": null'
 _CHUNK = 1 << 24
 
