@@ -30,3 +30,12 @@ MIN_CLIS_I = 60.0
 # a run at most.
 JUDGE_MARGIN = 10.0
 JUDGE_MAX_CALLS = 100
+
+# Splits of `acp export yolo` / `coco-split`: shares of val and test; train is the rest.
+VAL_FRACTION = 0.1
+TEST_FRACTION = 0.0
+# `acp report`: thumbnails sampled from a dataset of any size (the page never grows with it).
+REPORT_CONTACT_SHEET = 48
+REPORT_EXTREMES = 8  # lowest-scoring kept images, and as many best dropped candidates
+REPORT_STRIP = 6  # examples per category
+REPORT_STRIP_CATEGORIES = 40  # categories with an example strip
