@@ -9,7 +9,7 @@ import typer
 
 from acp import defaults
 from acp.cli import app
-from acp.cli._common import ApiKeyOption, DeviceOption, handle_errors
+from acp.cli._common import ApiKeyOption, DeviceOption, handle_errors, notice
 from acp.cli.plan import (
     BaseUrlOption,
     ConceptsOption,
@@ -145,3 +145,17 @@ def generate(
     print(f"{output}: {summary.line()}")
     print(f"{output / 'annotations.json'}: {summary.annotations} annotations; "
           f"summary in {output / 'summary.json'}")
+    _write_report(output)
+
+
+def _write_report(output: Path) -> None:
+    """The HTML report of the finished dataset; a failure here leaves the dataset as it is."""
+    from acp.errors import AcpError, first_line
+    from acp.report import write_report
+
+    try:
+        report = write_report(output)
+    except (AcpError, OSError) as error:
+        notice(f"report not written: {first_line(str(error))}; retry with `acp report {output}`")
+        return
+    print(f"{report.path}: report, {report.thumbnails} thumbnails")
