@@ -91,15 +91,15 @@ def split_coco(
     root = images_root(coco, images_dir, "--images", allow_outside=False)
     if output.exists() and not output.is_dir():
         raise InputError(f"-o {output}: exists and is not a folder; give a folder for the split files")
-    split_of_image: dict[Any, Split] = {}
-    for image in coco.images:
-        split_of_image[image["id"]] = split_of(image_key(image), fractions)
-        file_name = relative_to(root / image["file_name"], output)
-        if path_problem(file_name) is not None:
-            raise UnsafePathError(
-                f"-o {output}: image {root / image['file_name']} is outside {output}, so its file_name would "
-                f"leave the split files' folder ({file_name!r}); give an -o that holds the images folder"
-            )
+    # Every file_name is a plain relative path (images_root checked), so one prefix moves them all.
+    prefix = relative_to(root, output)
+    if prefix != "." and path_problem(prefix) is not None:
+        raise UnsafePathError(
+            f"-o {output}: the images folder {root} is outside it, so every file_name would leave the "
+            f"split files' folder ({prefix!r}); give an -o that holds the images folder"
+        )
+    prefix = "" if prefix == "." else prefix + "/"
+    split_of_image = {image["id"]: split_of(image_key(image), fractions) for image in coco.images}
     written = ("info", "licenses", "categories", "images", "annotations")
     head = {k: v for k, v in coco.data.items() if k not in ("images", "annotations")}
     head = {**{k: head[k] for k in written if k in head},
@@ -117,7 +117,7 @@ def split_coco(
                 n = 0
                 for image in coco.images:
                     if split_of_image[image["id"]] == split:
-                        moved = {**image, "file_name": relative_to(root / image["file_name"], output)}
+                        moved = {**image, "file_name": prefix + image["file_name"]}
                         out.write(("," if n else "") + "\n" + compact_json(moved))
                         n += 1
                 out.write('\n],\n"annotations":[')
