@@ -343,10 +343,11 @@ def _generate_page(folder: Path) -> _Page:
 
     settings = _read_json(folder / "settings.json")
     summary = _read_json(folder / "summary.json") if (folder / "summary.json").is_file() else {}
-    data = read_coco_file(folder / "annotations.json")
+    data = read_coco_file(folder / "annotations.json", polygons=False)  # no mask is drawn
     images, annotations = data["images"], data["annotations"]
     names = {c["id"]: str(c.get("name")) for c in data["categories"] if isinstance(c, dict) and "id" in c}
     colour_of = {cid: _colour(k) for k, cid in enumerate(sorted(names, key=str))}
+    colour_of_name = {names[cid]: colour for cid, colour in colour_of.items()}
     page = _Page("generate", f"acp dataset: {folder.resolve().name}", images=len(images))
 
     # Run settings and provenance.
@@ -465,8 +466,8 @@ def _generate_page(folder: Path) -> _Page:
             plan = plans.get(record["plan_id"]) or {}
             boxes = [_Box((o["bbox"][0] * opened.width, o["bbox"][1] * opened.height,
                            o["bbox"][2] * opened.width, o["bbox"][3] * opened.height),
-                          str(o.get("category")), _PALETTE[k % len(_PALETTE)])
-                     for k, o in enumerate(plan.get("objects") or []) if _usable_box(o.get("bbox"))]
+                          str(o.get("category")), colour_of_name.get(str(o.get("category")), _PALETTE[0]))
+                     for o in plan.get("objects") or [] if _usable_box(o.get("bbox"))]
             page.thumbnails += 1
             best_dropped.append(_figure(_thumbnail(opened, boxes, 256),
                                         f"plan {record['plan_id']} #{record.get('index')} · CLIS "
@@ -484,7 +485,7 @@ def _generate_page(folder: Path) -> _Page:
     page.add("categories", "Examples per category", _strips(
         strip_categories, names, strips, colour_of, loader, page, lambda a: a.get("image_id"),
         {i.get("id"): i.get("file_name") for i in images if isinstance(i, dict)},
-        lambda a: _score((a.get("acp") or {}).get("clis_i") if isinstance(a.get("acp"), dict) else None)))
+        lambda a: "CLIS-I " + _score(a["acp"].get("clis_i") if isinstance(a.get("acp"), dict) else None)))
     return page
 
 
