@@ -41,3 +41,11 @@ JUDGE_MAX_CALLS = 100
 # Long-tail top-up (acp.balance): a class with no quota left gains at most this share of its
 # real instances as companions of other classes' scenes, so the head is not inflated.
 BALANCE_COMPANION_CAP = 0.1
+# Splits of `acp export yolo` / `coco-split`: shares of val and test; train is the rest.
+VAL_FRACTION = 0.1
+TEST_FRACTION = 0.0
+# `acp report`: thumbnails sampled from a dataset of any size (the page never grows with it).
+REPORT_CONTACT_SHEET = 48
+REPORT_EXTREMES = 8  # lowest-scoring kept images, and as many best dropped candidates
+REPORT_STRIP = 6  # examples per category
+REPORT_STRIP_CATEGORIES = 40  # categories with an example strip

@@ -186,23 +186,27 @@ def test_cli_writes_the_report_filters_and_exits_non_zero(tmp_path: Path, tiny_c
     result = runner.invoke(app, [*args, "--keep-above", "0"])
     assert result.exit_code == 1  # some items failed
     assert "annotation 22: unknown category id 7" in result.output
-    assert "2 of 5 images and 4 of 9 boxes scored, 7 failed, kept 2 images and 4 boxes" in result.output
+    # Image 2 has boxes that could not be scored: its objects would be unlabelled, so it goes.
+    assert "2 of 5 images and 4 of 9 boxes scored, 7 failed, kept 1 images and 2 boxes" in result.output
     for name in (
         "images.json",
         "boxes.json",
         "categories.json",
         "failures.json",
         "summary.json",
-        "filtered.json",
+        "filtered/annotations.json",
+        "report.html",
     ):
         assert (out / name).is_file(), name
-    filtered = json.loads((out / "filtered.json").read_text())
-    assert [i["id"] for i in filtered["images"]] == [1, 2]
-    assert [a["id"] for a in filtered["annotations"]] == [10, 11, 20, 24]
+    filtered = json.loads((out / "filtered" / "annotations.json").read_text())
+    assert [i["id"] for i in filtered["images"]] == [1]
+    assert [a["id"] for a in filtered["annotations"]] == [10, 11]
     assert filtered["categories"] == json.loads(annotations.read_text())["categories"]
+    for image in filtered["images"]:  # the copy is a dataset folder: its file names resolve from it
+        assert (out / "filtered" / "images" / image["file_name"]).is_file()
 
     result = runner.invoke(app, [*args, "--keep-above", "100"])  # nothing scores a full 100
-    filtered = json.loads((out / "filtered.json").read_text())
+    filtered = json.loads((out / "filtered" / "annotations.json").read_text())
     assert filtered["images"] == [] and filtered["annotations"] == []
 
 
@@ -295,8 +299,8 @@ def test_records_without_ids_or_keys_are_failures_and_the_run_goes_on(
     assert (summary["images"], summary["scored_images"], summary["failed_images"]) == (10, 2, 8)
     assert (summary["boxes"], summary["scored_boxes"], summary["failed_boxes"]) == (16, 5, 10)
     assert summary["boxes_of_failed_images"] == 1
-    filtered = json.loads((out / "filtered.json").read_text())
-    assert [i.get("file_name") for i in filtered["images"]] == ["a.png", "b.png"]  # not the duplicate
+    filtered = json.loads((out / "filtered" / "annotations.json").read_text())
+    assert filtered["images"] == []  # both scored images hold a box that could not be scored
 
 
 def test_with_a_bank_a_reference_free_image_has_no_clis_l(tmp_path: Path, scorer: ImageScorer) -> None:
@@ -462,15 +466,47 @@ def test_category_quantiles_are_within_0_05_of_the_exact_ones(tmp_path: Path) ->
 
 
 def test_filtered_copy_keeps_the_input_keys_and_only_the_kept_rows(tmp_path: Path) -> None:
+    """Images 1-3 hold a cat (90) and a dog (10), images 4-6 two cats. By default an image that
+    loses a box leaves the copy (its dog would be unlabelled background); with "ignore" it stays,
+    the dog an ignore region. A crowd box is not scored and goes with its image."""
     annotations, images = write_many(tmp_path, 6, boxes=2)
-    report = scored(annotations, images, tmp_path / "report", image_scorer=FixedScorer(
-        lambda o: 90.0 if o.category == "cat" else 10.0), keep_above=50)
     coco = json.loads(annotations.read_text())
-    filtered = json.loads((tmp_path / "report" / "filtered.json").read_text())
+    for a in coco["annotations"]:
+        a["category_id"] = 2 if a["image_id"] <= 3 and a["id"] % 2 == 0 else 1
+    coco["annotations"].append({"id": 100, "image_id": 4, "category_id": 2, "bbox": [0, 0, 4, 4],
+                                "area": 16, "iscrowd": 1})
+    annotations.write_text(json.dumps(coco))
+    cat_only = FixedScorer(lambda o: 90.0 if o.category == "cat" else 10.0)
+
+    report = scored(annotations, images, tmp_path / "report", image_scorer=cat_only, keep_above=50)
+    filtered = json.loads((tmp_path / "report" / "filtered" / "annotations.json").read_text())
     assert list(filtered) == list(coco) and filtered["info"] == coco["info"]
-    assert filtered["images"] == coco["images"]  # each image has a cat, scoring 90
-    assert filtered["annotations"] == [a for a in coco["annotations"] if a["category_id"] == 1]
-    assert report.summary["kept_boxes"] == 6 and report.summary["kept_images"] == 6
+    assert [i["id"] for i in filtered["images"]] == [4, 5, 6]
+    assert filtered["annotations"] == [a for a in coco["annotations"] if a["image_id"] >= 4]
+    assert (report.summary["kept_images"], report.summary["kept_boxes"]) == (3, 7)
+    assert report.summary["crowd_boxes"] == 1 and report.summary["scored_boxes"] == 12
+
+    report = scored(annotations, images, tmp_path / "report", image_scorer=cat_only, keep_above=50,
+                    removed_boxes="ignore")
+    filtered = json.loads((tmp_path / "report" / "filtered" / "annotations.json").read_text())
+    assert filtered["images"] == coco["images"]
+    assert filtered["annotations"] == [{**a, "iscrowd": 1} if a["category_id"] == 2 and a["id"] != 100 else a
+                                       for a in coco["annotations"]]
+    assert report.summary["ignored_boxes"] == 3
+
+
+def test_filtered_copy_renumbers_missing_and_repeated_annotation_ids(tmp_path: Path) -> None:
+    annotations, images = write_many(tmp_path, 3, boxes=2)
+    coco = json.loads(annotations.read_text())
+    coco["annotations"][1]["id"] = coco["annotations"][0]["id"]  # a repeated id
+    del coco["annotations"][2]["id"]
+    annotations.write_text(json.dumps(coco))
+    report = scored(annotations, images, tmp_path / "report", image_scorer=FixedScorer(), keep_above=0)
+    filtered = json.loads((tmp_path / "report" / "filtered" / "annotations.json").read_text())
+    ids = [a["id"] for a in filtered["annotations"]]
+    assert len(set(ids)) == len(ids) == 6 and ids[0] == 1 and ids[3:] == [4, 5, 6]
+    assert sorted(ids[1:3]) == [7, 8]  # after the largest id
+    assert report.summary["renumbered_annotations"] == 2
 
 
 def test_layout_score_of_a_crowded_image_takes_its_20_largest_boxes(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from acp.cli import score as _score  # noqa: E402,F401
 from acp.cli import generate as _generate  # noqa: E402,F401
 from acp.cli import export as _export  # noqa: E402,F401
 from acp.cli import balance as _balance  # noqa: E402,F401
+from acp.cli import report as _report  # noqa: E402,F401
 
 
 def main() -> None:

@@ -293,8 +293,13 @@ def score_dataset(
     keep_above: Annotated[
         float | None,
         typer.Option(min=0.0, max=100.0,
-                     help="Also write filtered.json without the boxes and images scoring lower."),
+                     help="Also write a filtered copy (OUT/filtered/) without what scores lower."),
     ] = None,
+    removed_boxes: Annotated[
+        str,
+        typer.Option(help="In the filtered copy, an image with a box under --keep-above: drop-image "
+                     "(no object left unlabelled) or ignore (keep it, the box as iscrowd 1)."),
+    ] = "drop-image",
     bank: BankOption = None,
     embed_model: EmbedOption = None,
     clis_l_method: ClisLMethodOption = defaults.CLIS_L_METHOD,
@@ -329,6 +334,7 @@ def score_dataset(
         image_scorer=_image_scorer(clip_model, device),
         layout_scorer=layout_scorer,
         keep_above=keep_above,
+        removed_boxes=removed_boxes,  # type: ignore[arg-type]
         batch_size=batch_size,
         progress=progress,
         on_failure=print_failure,
@@ -339,5 +345,22 @@ def score_dataset(
         f"{output}: {s['scored_images']} of {s['images']} images and {s['scored_boxes']} of {s['boxes']} "
         f"boxes scored, {report.failed} failed{kept}"
     )
+    if s.get("renumbered_annotations"):
+        notice(f"{s['renumbered_annotations']} annotations had a missing or repeated id: renumbered in "
+               "the filtered copy")
+    _write_report(output)
     if report.failed:
         raise typer.Exit(code=1)
+
+
+def _write_report(output: Path) -> None:
+    """The HTML page of the report folder; a failure here leaves the report's files as they are."""
+    from acp.errors import AcpError, first_line
+    from acp.report import write_report
+
+    try:
+        page = write_report(output)
+    except (AcpError, OSError) as error:
+        notice(f"report.html not written: {first_line(str(error))}; retry with `acp report {output}`")
+        return
+    print(f"{page.path}: report, {page.thumbnails} thumbnails")

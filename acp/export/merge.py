@@ -49,7 +49,7 @@ class MergeSummary:
 
 
 @dataclass
-class _Coco:
+class CocoInstances:
     path: Path
     data: dict[str, Any]
     images: list[dict[str, Any]]
@@ -61,7 +61,7 @@ def _is_id(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _read(path: Path) -> _Coco:
+def read_instances(path: Path) -> CocoInstances:
     """Load and check a COCO instances file; every problem is one ``InputError`` line."""
     data = load_json_file(path)
     if not isinstance(data, dict) or not all(
@@ -99,10 +99,10 @@ def _read(path: Path) -> _Coco:
         if annotation["category_id"] not in category_ids:
             raise InputError(f"{path}: annotation {annotation['id']} names category "
                              f"{annotation['category_id']}, which is not in 'categories'")
-    return _Coco(path, data, data["images"], data["annotations"], data["categories"])
+    return CocoInstances(path, data, data["images"], data["annotations"], data["categories"])
 
 
-def _images_root(coco: _Coco, given: Path | None, option: str, allow_outside: bool) -> Path:
+def images_root(coco: CocoInstances, given: Path | None, option: str, allow_outside: bool) -> Path:
     """The folder the input's ``file_name`` values are relative to; every image must be there.
 
     Unless ``allow_outside``, a ``file_name`` that leaves that folder is refused before any
@@ -133,7 +133,7 @@ def _images_root(coco: _Coco, given: Path | None, option: str, allow_outside: bo
     return root
 
 
-def _relative_to(target: Path, folder: Path) -> str:
+def relative_to(target: Path, folder: Path) -> str:
     try:
         return Path(os.path.relpath(os.path.abspath(target), os.path.abspath(folder))).as_posix()
     except ValueError:  # another drive on Windows: no relative path exists
@@ -164,9 +164,9 @@ def merge_coco(
         if not overwrite and output.exists() and given.exists() and output.samefile(given):
             raise InputError(f"-o {output} is the {role} input; write the merge to a new file "
                              "(or pass --overwrite to replace the input)")
-    syn, ref = _read(synthetic), _read(real)
-    syn_root = _images_root(syn, synthetic_images, "--synthetic-images", allow_outside_paths)
-    ref_root = _images_root(ref, real_images, "--real-images", allow_outside_paths)
+    syn, ref = read_instances(synthetic), read_instances(real)
+    syn_root = images_root(syn, synthetic_images, "--synthetic-images", allow_outside_paths)
+    ref_root = images_root(ref, real_images, "--real-images", allow_outside_paths)
 
     # Categories: real ids win; synthetic-only categories are appended.
     matcher = CategoryMatcher(parse_categories(ref.categories, str(real)))
@@ -221,7 +221,7 @@ def merge_coco(
 
     def moved(image: dict[str, Any], root: Path) -> dict[str, Any]:
         nonlocal outside
-        file_name = _relative_to(root / image["file_name"], folder)
+        file_name = relative_to(root / image["file_name"], folder)
         if path_problem(file_name) is not None:
             if not allow_outside_paths:
                 raise UnsafePathError(

@@ -33,8 +33,20 @@ hundreds of boxes would cost time quadratic in its boxes for little more evidenc
 leaves an earlier report whole): ``images.json`` and ``boxes.json`` (JSON arrays, one record a
 line), ``failures.json`` (``item`` and ``reason``), ``categories.json`` (per category: boxes,
 mean, median, 10th percentile, share below the threshold), ``summary.json``, and with
-``keep_above`` ``filtered.json``: the input COCO without the boxes scoring below it and without the images
-scoring below it or left with no box; failed images and boxes are left out too.
+``keep_above`` the filtered copy, a dataset folder ``filtered/``: ``annotations.json`` (the input
+COCO, its keys in order, with the kept rows) and ``images``, a relative symbolic link to the
+images folder, so its ``file_name`` values resolve from where it sits, as in an acp dataset.
+An image is kept when it scores at least ``keep_above`` and none of its boxes failed. A box
+scoring below it is not simply removed, which would leave its object in the image as
+unlabelled background (a detector trained on the copy learns to ignore such objects): by
+default (``removed_boxes="drop-image"``) its image leaves the copy; with ``"ignore"`` the image
+stays and the box is written as an ignore region (``iscrowd: 1``). An annotation whose ``id`` is
+missing or repeats an earlier one's is renumbered after the largest id, and counted.
+
+Crowd boxes (``iscrowd: 1``) are ignore regions, not objects: they are not scored (as a bank
+leaves them out) and stay with their image in the filtered copy. Each box row of ``boxes.json``
+holds its ``bbox``, and with ``keep_above`` image and box rows say whether they were ``kept``
+(what ``acp report`` draws); ``summary.json`` names the images folder (``images_dir``).
 
 Memory does not grow with the results: each image, box and failure row is written to its
 temporary file as soon as it is known; the category statistics are running sums and a
@@ -47,17 +59,18 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 import numpy as np
 from numpy.typing import NDArray
 
-from acp.atomic import atomic_text_file
+from acp.atomic import atomic_path, atomic_text_file
 from acp.boxes import coco_to_plan
 from acp.english import count_phrase, listing
 from acp.errors import InputError
@@ -72,8 +85,11 @@ if TYPE_CHECKING:
     from PIL.Image import Image
 
 SUMMARY_THRESHOLD = 60.0  # the paper's instance threshold, for the per-category share
+FILTERED_DIR = "filtered"  # the filtered copy, a dataset folder: annotations.json and images/
+FILTERED_NAME = f"{FILTERED_DIR}/annotations.json"
 REPORT_FILES = ("images.json", "boxes.json", "categories.json", "failures.json", "summary.json",
-                "filtered.json")  # what DatasetReport.write may write
+                FILTERED_DIR, "report.html")  # what a report writes (report.html: `acp report`)
+RemovedBoxes = Literal["drop-image", "ignore"]
 
 
 @dataclass
@@ -216,31 +232,41 @@ def score_dataset(
     image_scorer: ImageScorer,
     layout_scorer: LayoutScorer | None = None,
     keep_above: float | None = None,
+    removed_boxes: RemovedBoxes = "drop-image",
     batch_size: int = 8,
     progress: bool = False,
     on_failure: Callable[[str, str], None] | None = None,
 ) -> DatasetReport:
     """Score every image and box of a COCO file into the report folder ``output`` (see the
     module docstring). ``on_failure(item, reason)`` is called as each failure is found."""
+    if removed_boxes not in ("drop-image", "ignore"):
+        raise InputError(f"--removed-boxes: expected drop-image or ignore, got {removed_boxes!r}")
     output = Path(output)
     _check_output(output)
     data = read_coco_file(annotations)
-    names = [n for n in REPORT_FILES if keep_above is not None or n != "filtered.json"]
+    names = ["images.json", "boxes.json", "categories.json", "failures.json", "summary.json"]
+    if keep_above is not None:
+        names.append(FILTERED_NAME)
     with ExitStack() as files:  # every file is renamed into place at the end, together
         handles = {name: files.enter_context(atomic_text_file(output / name)) for name in names}
         images_out, boxes_out, failures_out = (
             _JsonArray(handles[name]) for name in ("images.json", "boxes.json", "failures.json")
         )
         run = _Run(data, images_out, boxes_out, failures_out, on_failure)
+        run.removed_boxes = removed_boxes
         run.score(Path(images_dir), image_scorer, layout_scorer, keep_above, batch_size, progress)
         for array in (images_out, boxes_out, failures_out):
             array.close()
         categories = [stats.row(name) for name, stats in sorted(run.stats.items())]
         handles["categories.json"].write(json.dumps(categories, indent=1, ensure_ascii=False) + "\n")
+        renumbered = 0
         if keep_above is not None:
-            _write_filtered(handles["filtered.json"], data, run.kept_images, run.kept_boxes)
+            renumbered = _write_filtered(handles[FILTERED_NAME], data, run.kept_images, run.kept_boxes,
+                                         run.ignored_boxes)
+            _link_images(output / FILTERED_DIR, Path(images_dir))
         summary = {
             "annotations": str(annotations),
+            "images_dir": str(Path(images_dir).resolve()),
             "images": len(data["images"]),
             "scored_images": images_out.count,
             "failed_images": run.failed_images,
@@ -248,9 +274,13 @@ def score_dataset(
             "scored_boxes": boxes_out.count,
             "failed_boxes": run.failed_boxes,
             "boxes_of_failed_images": run.boxes_of_failed_images,
+            "crowd_boxes": run.crowd_boxes,
             "keep_above": keep_above,
+            "removed_boxes": removed_boxes if keep_above is not None else None,
             "kept_images": int(run.kept_images.sum()) if keep_above is not None else None,
             "kept_boxes": int(run.kept_boxes.sum()) if keep_above is not None else None,
+            "ignored_boxes": int(run.ignored_boxes.sum()) if keep_above is not None else None,
+            "renumbered_annotations": renumbered if keep_above is not None else None,
             "clip_model": image_scorer.name,
             "bank": bool(layout_scorer is not None and layout_scorer.bank is not None),
         }
@@ -274,11 +304,15 @@ class _Run:
         self.data = data
         self.images_out, self.boxes_out, self.failures_out = images_out, boxes_out, failures_out
         self.on_failure = on_failure
-        self.failed_images = self.failed_boxes = self.boxes_of_failed_images = 0
+        self.failed_images = self.failed_boxes = self.boxes_of_failed_images = self.crowd_boxes = 0
+        self.removed_boxes: RemovedBoxes = "drop-image"
         self.stats: dict[str, _CategoryStats] = {}
         # Kept rows, and the index below: numpy arrays of a few bytes a row, not Python objects.
         self.kept_images = np.zeros(len(data["images"]), dtype=bool)  # rows in the filtered copy
         self.kept_boxes = np.zeros(len(data["annotations"]), dtype=bool)
+        self.ignored_boxes = np.zeros(len(data["annotations"]), dtype=bool)  # kept as iscrowd 1
+        # Boxes of each image row that could not be scored: such an image leaves the filtered copy.
+        self.failed_in_image = np.zeros(len(data["images"]), dtype=np.int64)
         self.categories = {
             c["id"]: str(c.get("name"))
             for c in data["categories"]
@@ -306,6 +340,8 @@ class _Run:
                 problem = f"unknown category id {ann['category_id']!r}"
             if problem is not None:
                 self.fail_box(_box_label(k, ann), problem)
+                if isinstance(ann, dict) and usable_id(ann.get("image_id")) and ann["image_id"] in rows:
+                    self.failed_in_image[rows[ann["image_id"]]] += 1
             else:
                 owner[k] = rows[ann["image_id"]]
         usable = np.flatnonzero(owner >= 0)
@@ -337,7 +373,7 @@ class _Run:
     ) -> None:
         from tqdm import tqdm
 
-        batch: list[tuple[int, Scene, Image, list[int]]] = []
+        batch: list[tuple[int, Scene, Image, list[int], list[int]]] = []
         for row in tqdm(self.image_rows.tolist(), unit="image", disable=not progress):
             item = self._prepare(row, images_dir)
             if item is not None:
@@ -347,7 +383,7 @@ class _Run:
         if batch:
             self._flush(batch, image_scorer, layout_scorer, keep_above)
 
-    def _prepare(self, row: int, images_dir: Path) -> tuple[int, Scene, Image, list[int]] | None:
+    def _prepare(self, row: int, images_dir: Path) -> tuple[int, Scene, Image, list[int], list[int]] | None:
         """The image of ``row`` read and its boxes checked; ``None`` (and a failure) if unreadable."""
         record = self.data["images"][row]
         boxes = self.box_rows[self.box_offsets[row]:self.box_offsets[row + 1]].tolist()
@@ -364,11 +400,17 @@ class _Run:
             return None
         objects: list[SceneObject] = []
         kept: list[int] = []
+        crowd: list[int] = []
         for k in boxes:
             ann = self.data["annotations"][k]
+            if ann.get("iscrowd"):  # an ignore region, not an object: not scored, as in a bank
+                self.crowd_boxes += 1
+                crowd.append(k)
+                continue
             problem = _box_problem(ann["bbox"], image.width, image.height)
             if problem:
                 self.fail_box(_box_label(k, ann), problem)
+                self.failed_in_image[row] += 1
                 continue
             name = self.categories[ann["category_id"]]
             provenance = ann["acp"] if isinstance(ann.get("acp"), dict) else {}
@@ -378,57 +420,66 @@ class _Run:
             kept.append(k)
         acp = record["acp"] if isinstance(record.get("acp"), dict) else {}
         caption = acp.get("caption") or build_caption([o.category for o in objects])
-        return row, Scene(str(caption), tuple(objects)), image, kept
+        return row, Scene(str(caption), tuple(objects)), image, kept, crowd
 
     def _flush(
         self,
-        batch: list[tuple[int, Scene, Image, list[int]]],
+        batch: list[tuple[int, Scene, Image, list[int], list[int]]],
         image_scorer: ImageScorer,
         layout_scorer: LayoutScorer | None,
         keep_above: float | None,
     ) -> None:
-        scores = image_scorer.score_scenes([(scene, image) for _, scene, image, _ in batch])
+        scores = image_scorer.score_scenes([(scene, image) for _, scene, image, _, _ in batch])
         layouts: list[LayoutScore | None] = [None] * len(batch)
         if layout_scorer is not None:  # the largest boxes, as the bank forms its pairs; one pass
-            largest = [_largest(scene.objects, MAX_OBJECTS_PER_IMAGE) for _, scene, _, _ in batch]
+            largest = [_largest(scene.objects, MAX_OBJECTS_PER_IMAGE) for _, scene, _, _, _ in batch]
             layouts = list(layout_scorer.score_layouts(
                 [([o.category for o in objects], [o.bbox for o in objects], (), None) for objects in largest]
             ))
-        for (row, scene, _, boxes), score, layout in zip(batch, scores, layouts, strict=True):
+        for (row, scene, _, boxes, crowd), score, layout in zip(batch, scores, layouts, strict=True):
             record = self.data["images"][row]
             clis = compose_clis(layout, score.clis_i)
-            passed = []
-            for k, instance in zip(boxes, score.objects, strict=True):
-                self.boxes_out.add(
-                    {
-                        "id": self.data["annotations"][k].get("id"),
-                        "image_id": record["id"],
-                        "category": instance.category,
-                        "clis_i": round(instance.clis_i, 3),
-                        "text_similarity": round(instance.text_similarity, 3),
-                        "category_confidence": round(instance.category_confidence, 3),
-                    }
-                )
+            # The filtered copy: an image with a box that could not be scored is left out, as is
+            # (by default) one with a box under the threshold, which would otherwise teach a
+            # detector that the object is background; "ignore" keeps it, the box as iscrowd 1.
+            passing = [keep_above is not None and instance.clis_i >= keep_above for instance in score.objects]
+            kept_image = (keep_above is not None and clis >= keep_above and not self.failed_in_image[row]
+                          and (all(passing) or self.removed_boxes == "ignore"))
+            for k, instance, passed in zip(boxes, score.objects, passing, strict=True):
+                box = {
+                    "id": self.data["annotations"][k].get("id"),
+                    "image_id": record["id"],
+                    "category": instance.category,
+                    "bbox": self.data["annotations"][k]["bbox"],
+                    "clis_i": round(instance.clis_i, 3),
+                    "text_similarity": round(instance.text_similarity, 3),
+                    "category_confidence": round(instance.category_confidence, 3),
+                }
+                if keep_above is not None:
+                    box["kept"] = bool(kept_image and passed)
+                self.boxes_out.add(box)
                 # The summary is of the rounded scores, as boxes.json lists them.
                 self.stats.setdefault(instance.category, _CategoryStats()).add(round(instance.clis_i, 3))
-                if keep_above is not None and instance.clis_i >= keep_above:
-                    passed.append(k)
-            self.images_out.add(
-                {
-                    "id": record["id"],
-                    "file_name": record.get("file_name"),
-                    "clis": round(clis, 3),
-                    **layout_fields(layout),
-                    "clis_i": round(score.clis_i, 3),
-                    "clis_i_global": round(score.global_score, 3),
-                    "clis_i_local": round(score.local_score, 3) if score.local_score is not None else None,
-                    "boxes": len(boxes),
-                    "caption": scene.caption,
-                }
-            )
-            if keep_above is not None and clis >= keep_above and (passed or not boxes):
+                if kept_image:
+                    self.kept_boxes[k] = passed
+                    self.ignored_boxes[k] = not passed
+            image_row = {
+                "id": record["id"],
+                "file_name": record.get("file_name"),
+                "clis": round(clis, 3),
+                **layout_fields(layout),
+                "clis_i": round(score.clis_i, 3),
+                "clis_i_global": round(score.global_score, 3),
+                "clis_i_local": round(score.local_score, 3) if score.local_score is not None else None,
+                "boxes": len(boxes),
+                "caption": scene.caption,
+            }
+            if keep_above is not None:
+                image_row["kept"] = bool(kept_image)
+            self.images_out.add(image_row)
+            if kept_image:
                 self.kept_images[row] = True
-                self.kept_boxes[passed] = True
+                self.kept_boxes[crowd] = True  # ignore regions stay ignore regions
         batch.clear()
 
 
@@ -437,11 +488,18 @@ def _box_label(row: int, ann: Any) -> str:
 
 
 def _write_filtered(
-    handle: TextIO, data: dict[str, Any], kept_images: NDArray[np.bool_], kept_boxes: NDArray[np.bool_]
-) -> None:
+    handle: TextIO, data: dict[str, Any], kept_images: NDArray[np.bool_], kept_boxes: NDArray[np.bool_],
+    ignored_boxes: NDArray[np.bool_],
+) -> int:
     """The input COCO with only the kept rows of its images and annotations, streamed record by
-    record (the same text as ``json.dumps`` of the filtered copy, which is never built)."""
-    kept = {"images": kept_images, "annotations": kept_boxes}
+    record (the same text as ``json.dumps`` of the filtered copy, which is never built). Ignored
+    boxes are written with ``iscrowd: 1``; an annotation whose ``id`` is missing or repeats an
+    earlier one's gets a new id after the largest; returns how many did."""
+    kept = {"images": kept_images, "annotations": kept_boxes | ignored_boxes}
+    numbered = (a["id"] for a in data["annotations"] if isinstance(a, dict) and isinstance(a.get("id"), int))
+    next_id = 1 + max((i for i in numbered if not isinstance(i, bool)), default=0)
+    seen: set[Any] = set()
+    renumbered = 0
     handle.write("{")
     for n, (key, value) in enumerate(data.items()):
         handle.write((", " if n else "") + json.dumps(key, ensure_ascii=False) + ": ")
@@ -450,9 +508,32 @@ def _write_filtered(
             continue
         handle.write("[")
         for written, k in enumerate(np.flatnonzero(kept[key]).tolist()):
-            handle.write((", " if written else "") + json.dumps(value[k], ensure_ascii=False))
+            record = value[k]
+            if key == "annotations":
+                if not usable_id(record.get("id")) or record["id"] in seen:
+                    record = {**record, "id": next_id}
+                    next_id += 1
+                    renumbered += 1
+                seen.add(record["id"])
+                if ignored_boxes[k]:
+                    record = {**record, "iscrowd": 1}
+            handle.write((", " if written else "") + json.dumps(record, ensure_ascii=False))
         handle.write("]")
     handle.write("}\n")
+    return renumbered
+
+
+def _link_images(folder: Path, images_dir: Path) -> None:
+    """``folder/images``: a relative symbolic link to the scored images folder, so that the
+    filtered copy's ``file_name`` values resolve from where it sits, as in an acp dataset."""
+    folder.mkdir(parents=True, exist_ok=True)
+    link = folder / "images"
+    if link.exists() and not link.is_symlink():
+        raise InputError(f"{link}: exists and is not the link a report makes; give another --output")
+    target = os.path.relpath(images_dir.resolve(), folder.resolve())
+    with atomic_path(link) as tmp:
+        tmp.unlink()
+        os.symlink(target, tmp, target_is_directory=True)
 
 
 def check_paths(annotations: Path, images_dir: Path, output: Path, *, probe: int = 10) -> None:
