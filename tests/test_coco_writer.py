@@ -376,3 +376,29 @@ def test_checkpoints_come_by_time_and_close_rewrites_nothing_new(
 def test_checkpoint_settings_are_checked(tmp_path: Path, option: str, value: float) -> None:
     with pytest.raises(ValueError, match=f"{option} must be"):
         CocoWriter(tmp_path, CATEGORIES, **{option: value})  # type: ignore[arg-type]
+
+
+def test_slow_checkpoints_are_spaced_to_a_share_of_the_writers_time(
+    tmp_path: Path, jpeg: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a checkpoint is slow (past ~80k images; here every one counts as slow), one due by
+    count waits until 9 times its cost has passed: checkpoints stay a small share of the time,
+    and close() still writes everything."""
+    monkeypatch.setattr(coco, "SPACED_CHECKPOINT_S", 0.0)
+    calls: list[float] = []
+    write = CocoWriter._write_annotations
+
+    def timed(self: CocoWriter, *args: Any) -> None:
+        start = time.perf_counter()
+        write(self, *args)
+        calls.append(time.perf_counter() - start)
+
+    monkeypatch.setattr(CocoWriter, "_write_annotations", timed)
+    started = time.perf_counter()
+    with CocoWriter(tmp_path / "out", CATEGORIES, checkpoint_every=1) as writer:
+        _add(writer, jpeg, 0, 300)
+        spent = time.perf_counter() - started
+    assert 1 < len(calls) < 300  # not one per image, as checkpoint_every=1 alone would make it
+    assert sum(calls[:-1]) < 0.35 * spent, (sum(calls), spent)
+    assert len(_keys(tmp_path / "out" / "annotations.json")) == 300
+    assert (tmp_path / "out" / "annotations.json").read_bytes() == _reference(tmp_path / "out")

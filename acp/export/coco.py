@@ -25,9 +25,15 @@ the file it last renamed open and knows where its two arrays lie, so the copy is
 ``copy_file_range`` (a plain read/write loop where that is missing): nothing is parsed or
 serialised again, no fragment files double the disk use, and a reader still sees the old file
 or the new one. It is still O(file size) bytes, because a renamed file must be whole: with its
-fsync, 0.06 s at 100k images (a 99 MB file; re-serialising took 3 s) and 0.6-1 s at 1M (1 GB),
-which a GPU-bound run pays about once a minute. Writing the arrays in place would be O(new
-images) but leaves a torn file after a crash, or to a reader. The checkpoint runs in the
+fsync, 0.06 s at 100k images (a 99 MB file; re-serialising took 3 s) and 0.5-1.2 s at 1M
+(1 GB), which a GPU-bound run pays about once a minute. So that a fast writer does not spend
+half its time there (1000 checkpoints of a growing file are quadratic), a checkpoint due by
+count waits, once a checkpoint takes 50 ms or more (about 80k images), until the time since
+the last one is at least 9 times what that one took: the
+checkpoints' share of the writer's time stays under ``CHECKPOINT_SHARE`` (10 %), and
+``annotations.json`` lags the log by at most max(``checkpoint_seconds``, 9 x the last
+checkpoint's cost). Writing the arrays in place would be O(new images) but leaves a torn file
+after a crash, or to a reader. The checkpoint runs in the
 calling thread: once ``add_image`` returns, a due checkpoint is on disk (callers and tests rely
 on that), and at these costs a thread would buy little for its locking and its error hand-off.
 ``close()`` writes nothing when nothing was added since the last checkpoint and the file is
@@ -91,6 +97,10 @@ LICENSE = {
 
 ImageFormat = Literal["jpeg", "png"]
 _SUFFIX = {"jpeg": ".jpg", "png": ".png"}
+# The most of the writer's time that checkpoints may take, once one takes SPACED_CHECKPOINT_S
+# or more (see add_image; below that, every due checkpoint is written at once).
+CHECKPOINT_SHARE = 0.1
+SPACED_CHECKPOINT_S = 0.05
 JPEG_QUALITY = 95
 
 
@@ -377,6 +387,7 @@ class CocoWriter:
         self._new_annotations: list[bytes] = []
         self._since_checkpoint = 0
         self._checkpointed_at = 0.0
+        self._checkpoint_cost = 0.0  # seconds the last checkpoint took
         self._last: _Checkpoint | None = None
         self._log_fd = -1
         self._lock_fd = -1
@@ -498,10 +509,12 @@ class CocoWriter:
         self._new_images.append(new_image)
         self._new_annotations.append(new_annotations)
         self._since_checkpoint += 1
-        if (
-            self._since_checkpoint >= self.checkpoint_every
-            or monotonic() - self._checkpointed_at >= self.checkpoint_seconds
-        ):
+        elapsed = monotonic() - self._checkpointed_at
+        due = self._since_checkpoint >= self.checkpoint_every or elapsed >= self.checkpoint_seconds
+        # A checkpoint is O(file size): past a million images one takes a second, so slow ones
+        # are spaced to keep their share of the writer's time under CHECKPOINT_SHARE.
+        spaced = self._checkpoint_cost >= SPACED_CHECKPOINT_S
+        if due and (not spaced or elapsed >= self._checkpoint_cost * (1 / CHECKPOINT_SHARE - 1)):
             self.checkpoint()
         return ExportedImage(id=image_id, file_name=file_name, annotations=len(annotations), resumed=False)
 
@@ -568,6 +581,7 @@ class CocoWriter:
         """Write ``annotations.json``: the last checkpoint's arrays plus ``images`` and
         ``annotations`` (elements each preceded by ",\n"), to a temporary file renamed over it.
         The new file stays open as the next checkpoint's source."""
+        started = monotonic()
         header = (
             '{"info":' + compact_json(self._info)
             + ',"licenses":' + compact_json([LICENSE])
@@ -597,6 +611,7 @@ class CocoWriter:
             fd, _Region(fd, images_at, images_size), _Region(fd, annotations_at, annotations_size)
         )
         self._checkpointed_at = monotonic()
+        self._checkpoint_cost = self._checkpointed_at - started
 
     # -- helpers ---------------------------------------------------------------------------
 
