@@ -137,7 +137,7 @@ class StageTimes:
     the device thread; ``score``, ``segment`` and ``export`` on the finishing thread, alongside
     it, so the shares of a run can add up to more than 1."""
 
-    load: float = 0.0  # loading the models
+    load: float = 0.0  # start-up until the first plan: imports, inputs, loading the models
     plan_wait: float = 0.0  # the renderer waiting for the planner
     layout: float = 0.0
     render: float = 0.0
@@ -773,7 +773,7 @@ def generate(
     progress: bool = True,
     renderer: Any = None,
     judge: Any = None,
-    finish_queue: int = FINISH_QUEUE,
+    finish_queue: int | None = None,
     batch_plans: int = defaults.BATCH_PLANS,
     executor: str = "local",
     ray: Any = None,
@@ -787,7 +787,9 @@ def generate(
     where CLIP-I is unsure, as in ``acp score candidates``. ``renderer`` replaces the GLIGEN
     renderer built from ``config`` (benchmarks pass a stand-in with its ``render(plans, K)``
     and ``device``); ``finish_queue`` is how many rendered batches may wait for the finishing
-    thread (0: finish inline, the sequential engine); ``batch_plans`` is how many plans the
+    thread (0: finish inline, the sequential engine; by default ``FINISH_QUEUE``, and 0 on the
+    CPU, where rendering and CLIP would share the same cores: measured, the threads made a
+    tiny-model run 2.5 times slower there); ``batch_plans`` is how many plans the
     device renders in one loop (on CPU the images do not depend on it). ``executor`` "ray"
     runs the stages in Ray workers (``acp.distributed``; ``ray`` is its ``RayOptions``), each
     building its renderer with ``renderer_factory`` when given (a picklable callable).
@@ -818,6 +820,8 @@ def generate(
     elif executor == "local":
         if renderer is None and renderer_factory is not None:
             renderer = renderer_factory()
+        if finish_queue is None:
+            finish_queue = 0 if device == "cpu" and renderer is None else FINISH_QUEUE
         engine = LocalEngine(config, device, renderer=renderer, judge=judge, categories=categories,
                              finish_queue=finish_queue, batch_plans=batch_plans)
     else:
@@ -931,10 +935,9 @@ def _generate(config: GenerateConfig, out: Path, lock: OutputLock, categories: A
         write_summary(out, summary)
         return summary
     planner = _planner(config, api_key)
-    mark = time.perf_counter()
     try:
         engine.load()
-        engine.times.load = time.perf_counter() - mark
+        engine.times.load = time.perf_counter() - started  # imports and inputs included
         # Only now that every model loaded is the folder claimed (and, with --force, cleared)
         # for these settings: a typo in a model path must not leave debris, nor destroy the
         # last run.

@@ -37,7 +37,7 @@ def test_threaded_and_inline_export_write_the_same_dataset(
     tiny_models: dict[str, Path], tmp_path: Path
 ) -> None:
     threaded, inline = tmp_path / "threaded", tmp_path / "inline"
-    generate(config(tiny_models), threaded, device="cpu", progress=False)
+    generate(config(tiny_models), threaded, device="cpu", progress=False, finish_queue=2)
     generate(config(tiny_models), inline, device="cpu", progress=False, finish_queue=0)
     assert _dataset(threaded) == _dataset(inline)
     for name in ("progress.jsonl", "scores.jsonl", "plans.jsonl", "candidates/manifest.jsonl"):
