@@ -6,6 +6,7 @@ import functools
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -38,6 +39,20 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 def notice(message: str) -> None:
     print(f"acp: {message}", file=sys.stderr)
+
+
+def write_report_after(output: Path) -> None:
+    """The HTML report at the end of a run (``generate``, ``score dataset``); a failure here is a
+    notice and leaves the run's own files as they are."""
+    from acp.errors import first_line
+    from acp.report import write_report
+
+    try:
+        page = write_report(output)
+    except (AcpError, OSError) as error:
+        notice(f"report not written: {first_line(str(error))}; retry with `acp report {output}`")
+        return
+    print(f"{page.path}: report, {page.thumbnails} thumbnails")
 
 
 def _reader_left() -> typer.Exit:

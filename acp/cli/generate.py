@@ -9,7 +9,7 @@ import typer
 
 from acp import defaults
 from acp.cli import app
-from acp.cli._common import ApiKeyOption, DeviceOption, handle_errors, notice
+from acp.cli._common import ApiKeyOption, DeviceOption, handle_errors, write_report_after
 from acp.cli.plan import (
     BalanceOption,
     BaseUrlOption,
@@ -214,17 +214,5 @@ def generate(
     if topup is not None:
         topup.write(plan_record_path(output / "plans.jsonl"))
         report_after_run(topup, output / "annotations.json", output)
-    _write_report(output)
+    write_report_after(output)
 
-
-def _write_report(output: Path) -> None:
-    """The HTML report of the finished dataset; a failure here leaves the dataset as it is."""
-    from acp.errors import AcpError, first_line
-    from acp.report import write_report
-
-    try:
-        report = write_report(output)
-    except (AcpError, OSError) as error:
-        notice(f"report not written: {first_line(str(error))}; retry with `acp report {output}`")
-        return
-    print(f"{report.path}: report, {report.thumbnails} thumbnails")

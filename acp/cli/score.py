@@ -16,7 +16,7 @@ import typer
 
 from acp import defaults
 from acp.cli import app
-from acp.cli._common import ApiKeyOption, DeviceOption, fail, handle_errors, notice
+from acp.cli._common import ApiKeyOption, DeviceOption, fail, handle_errors, notice, write_report_after
 
 if TYPE_CHECKING:
     from acp.score.image import ImageScorer
@@ -348,19 +348,7 @@ def score_dataset(
     if s.get("renumbered_annotations"):
         notice(f"{s['renumbered_annotations']} annotations had a missing or repeated id: renumbered in "
                "the filtered copy")
-    _write_report(output)
+    write_report_after(output)
     if report.failed:
         raise typer.Exit(code=1)
 
-
-def _write_report(output: Path) -> None:
-    """The HTML page of the report folder; a failure here leaves the report's files as they are."""
-    from acp.errors import AcpError, first_line
-    from acp.report import write_report
-
-    try:
-        page = write_report(output)
-    except (AcpError, OSError) as error:
-        notice(f"report.html not written: {first_line(str(error))}; retry with `acp report {output}`")
-        return
-    print(f"{page.path}: report, {page.thumbnails} thumbnails")
