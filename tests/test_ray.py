@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from acp.concepts import ConceptInput
 from acp.jsonl import read_records
 from acp.pipeline import GenerateConfig, generate
+from tests.test_engine import config as engine_config
 from tests.test_generate import _dataset
 
 ray = pytest.importorskip("ray")
@@ -34,13 +34,7 @@ def local_ray() -> Any:
 
 
 def config(models: dict[str, Path], **overrides: Any) -> GenerateConfig:
-    values: dict[str, Any] = dict(
-        concepts=ConceptInput(vocabulary=("dog", "cat", "bus")), scenes=8, size=(64, 64),
-        model=str(models["gligen"]), clip_model=str(models["clip"]), steps=1, candidates=2,
-        min_clis_i=0.0, keep_candidates=True,
-    )
-    values.update(overrides)
-    return GenerateConfig(**values)
+    return engine_config(models, **{"scenes": 8, **overrides})
 
 
 def same_output(a: Path, b: Path) -> None:
