@@ -198,7 +198,6 @@ class RayEngine:
             per_worker = 1.0 if gpus else 0.0
         count = self.options.workers or (max(1, int(gpus // per_worker)) if per_worker else 1)
         actor = ray.remote(_Worker)
-        started = time.perf_counter()
         self.names = [f"worker-{n}" for n in range(count)]
         # Named "acp-<driver pid>-worker-<n>" so that an operator (or a test) can find them.
         self.workers = [
@@ -210,7 +209,6 @@ class RayEngine:
             ray.get([w.ready.remote() for w in self.workers])
         except Exception as error:
             raise _unwrap(ray, error) from None
-        self.times.load = time.perf_counter() - started
 
     def close(self) -> None:
         ray = self.ray
