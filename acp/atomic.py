@@ -26,8 +26,8 @@ from typing import Any, TextIO
 
 # mkstemp creates files readable by their owner only; a dataset must be readable by whoever
 # the umask allows (a data loader in a container often runs as another user).
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+UMASK = os.umask(0)
+os.umask(UMASK)
 
 _HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:16] or "host"
 # tempfile's random part is 8 of [a-z0-9_]; the name before it may hold anything.
@@ -84,7 +84,7 @@ def _temporary(path: Path) -> Path:
     sweep_stale_temps(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.name), suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)
+        os.fchmod(fd, 0o666 & ~UMASK)
     finally:
         os.close(fd)
     return Path(tmp)

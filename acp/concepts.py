@@ -322,6 +322,17 @@ def scene_concepts(
     return sample_scenes(source.vocabulary, count, objects, seed)
 
 
+def scene_total(source: ConceptInput, scenes: int | None, sets: Iterable[tuple[str, ...]]) -> int | None:
+    """How many scenes ``sets`` (``scene_concepts``' answer) holds, when known without drawing
+    them: explicit scenes and a vocabulary's count; ``None`` for quotas (their scene count
+    depends on how the draws pack objects)."""
+    if isinstance(sets, tuple):
+        return len(sets)
+    if source.quotas:
+        return None
+    return scenes if scenes is not None else len(source.vocabulary)
+
+
 def all_concepts(source: ConceptInput) -> list[str]:
     """Every concept named anywhere in the input, first-seen order, each once."""
     names = list(source.vocabulary) + [n for n, _ in source.quotas]

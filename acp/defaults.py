@@ -9,6 +9,14 @@ CLIP_MODEL = "openai/clip-vit-large-patch14"
 SAM_MODEL = "facebook/sam-vit-huge"
 LLM_MODEL = "gpt-4o-mini"
 
+# Planning. The LLM: requests in flight, seconds for one request, re-asks after an invalid reply.
+LLM_CONCURRENCY = 8
+LLM_TIMEOUT = 120.0
+LLM_MAX_REASKS = 2
+OBJECTS_PER_SCENE = (1, 3)  # concepts per sampled scene: min, max
+MAX_OVERLAP = 0.7  # the largest IoU allowed between two objects of a plan
+IMAGE_SIZE = 512
+
 # Rendering.
 STEPS = 25
 GUIDANCE = 7.5
@@ -33,6 +41,8 @@ MAX_BATCH_PLANS = 64
 CLIS_L_METHOD = "v2"
 MIN_CLIS_L = 10.0
 MIN_CLIS_I = 60.0
+# Output images of `acp generate`: jpeg (quality 95) or png.
+IMAGE_FORMAT = "jpeg"
 # The VLM judge is asked where CLIP-I is within this of the instance threshold, so many times
 # a run at most.
 JUDGE_MARGIN = 10.0

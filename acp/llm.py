@@ -30,7 +30,9 @@ from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from acp import defaults
 from acp.errors import LLMError
+from acp.settings_record import recorded
 
 if TYPE_CHECKING:
     import openai
@@ -52,13 +54,15 @@ class ChatSettings:
 
     model: str
     base_url: str | None = None
-    api_key: str | None = field(default=None, repr=False)
-    timeout: float = 120.0  # seconds for one request
-    max_retries: int = 5  # transport retries per request
-    concurrency: int = 8  # requests in flight
-    temperature: float | None = 0.7
-    retry_backoff: float = 1.0  # first backoff in seconds; doubles on each retry
-    max_retry_wait: float = 60.0  # cap on any single wait, Retry-After included
+    # A run's settings record the endpoint and model only (acp.settings_record): the rest
+    # changes how requests go, and the key is a secret.
+    api_key: str | None = field(default=None, repr=False, metadata=recorded(skip=True))
+    timeout: float = field(default=defaults.LLM_TIMEOUT, metadata=recorded(skip=True))  # one request, s
+    max_retries: int = field(default=5, metadata=recorded(skip=True))  # transport retries per request
+    concurrency: int = field(default=defaults.LLM_CONCURRENCY, metadata=recorded(skip=True))  # in flight
+    temperature: float | None = field(default=0.7, metadata=recorded(skip=True))
+    retry_backoff: float = field(default=1.0, metadata=recorded(skip=True))  # first backoff; doubles
+    max_retry_wait: float = field(default=60.0, metadata=recorded(skip=True))  # cap of any wait
 
     def __post_init__(self) -> None:
         if not self.model or not self.model.strip():

@@ -34,6 +34,7 @@ from pydantic import (
     model_validator,
 )
 
+from acp import defaults
 from acp.names import category_key
 from acp.paths import path_problem
 
@@ -167,7 +168,8 @@ def missing_concepts(concepts: list[str], categories: list[str]) -> list[str]:
 class LayoutRules(BaseModel):
     """Geometry rules applied on top of the per-box checks (shapely)."""
 
-    max_overlap: float = Field(default=0.7, ge=0.0, le=1.0, description="Maximum pairwise IoU.")
+    max_overlap: float = Field(default=defaults.MAX_OVERLAP, ge=0.0, le=1.0,
+                               description="Maximum pairwise IoU.")
     on_overlap: Literal["reject", "flag"] = "reject"
 
 

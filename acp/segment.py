@@ -20,7 +20,7 @@ masks than ViT-B. On a CPU-only machine pass ``--sam-model facebook/sam-vit-base
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,7 @@ from numpy.typing import ArrayLike
 from acp import defaults
 from acp.errors import InputError, MissingDependencyError, one_line
 from acp.pretrained import load_pretrained
+from acp.settings_record import recorded
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -113,6 +114,13 @@ def decode_mask(rle: dict[str, Any]) -> np.ndarray:
         counts = counts.encode("ascii")
     data = {"size": list(rle["size"]), "counts": counts}
     return np.asarray(mask_utils.decode(data), dtype=bool)
+
+
+@dataclass(frozen=True)
+class MaskSettings:
+    """Instance masks from SAM (``--masks``): which checkpoint."""
+
+    sam_model: str = field(default=defaults.SAM_MODEL, metadata=recorded(model=True))
 
 
 class MaskSegmenter:

@@ -34,7 +34,7 @@ from acp.plan.heuristic import HeuristicPlanner
 from acp.plan.priors import PRIORS
 from acp.plan.run import make_requests
 from acp.schema import ScenePlan
-from acp.score.image import ImageScorer, _unit
+from acp.score.image import ImageScorer
 
 K = 4
 
@@ -51,7 +51,8 @@ def embed_texts_before(scorer: ImageScorer, texts: Any) -> np.ndarray:
         pooled = scorer.model.text_model(
             input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
         ).pooler_output
-        return _unit(scorer.model.text_projection(pooled).float().numpy())
+        rows = scorer.model.text_projection(pooled).float().numpy()
+        return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
 
 def score_run(mode: str, plans: list[ScenePlan], images: list[list[Image.Image]]) -> dict[str, float]:

@@ -27,10 +27,12 @@ import numpy as np
 from PIL import Image
 
 from acp.concepts import ConceptInput
-from acp.pipeline import GenerateConfig, generate
+from acp.generate import GenerateConfig, LocalEngine, generate
 from acp.plan.base import derive_seed
-from acp.render.gligen import Rendered, global_prompt
+from acp.render.base import RenderedCandidate
+from acp.render.gligen import RenderSettings, global_prompt
 from acp.schema import Candidate, ScenePlan
+from acp.score.candidates import ScoreSettings
 from acp.testing import save_tiny_models
 
 
@@ -48,19 +50,19 @@ class SleepingRenderer:
         base = rng.integers(0, 255, (size // 8, size // 8, 3), dtype=np.uint8)
         self._texture = np.asarray(Image.fromarray(base).resize((size, size), Image.BICUBIC))
 
-    def render(self, plans: list[ScenePlan], candidates: int) -> list[list[Rendered]]:
+    def render(self, plans: list[ScenePlan], candidates: int) -> list[list[RenderedCandidate]]:
         start = time.perf_counter()
         time.sleep(self.seconds)
         out = [self._candidates(plan, candidates) for plan in plans]
         self.busy += time.perf_counter() - start
         return out
 
-    def _candidates(self, plan: ScenePlan, candidates: int) -> list[Rendered]:
+    def _candidates(self, plan: ScenePlan, candidates: int) -> list[RenderedCandidate]:
         out = []
         for index in range(candidates):
             seed = derive_seed(0, plan.id, index)
             pixels = np.roll(self._texture, seed % self.size, axis=1)
-            out.append(Rendered(
+            out.append(RenderedCandidate(
                 Candidate(plan_id=plan.id, index=index, seed=seed, path=f"{plan.id}/{index}.png",
                           model="stand-in", steps=25, guidance=7.5, beta=0.3, width=self.size,
                           height=self.size, prompt=global_prompt(plan),
@@ -74,11 +76,11 @@ def run(models: dict[str, Path], out: Path, scenes: int, seconds: float, size: i
     renderer = SleepingRenderer(seconds, size)
     config = GenerateConfig(
         concepts=ConceptInput(vocabulary=("dog", "frisbee", "cat", "bus", "person", "cup")),
-        scenes=scenes, size=(size, size), model="stand-in", clip_model=str(models["clip"]),
-        candidates=candidates, min_clis_i=0.0,
+        scenes=scenes, size=(size, size), render=RenderSettings(model="stand-in"),
+        score=ScoreSettings(clip_model=str(models["clip"]), min_clis_i=0.0), candidates=candidates,
     )
-    summary = generate(config, out, device="cpu", progress=False, renderer=renderer,
-                       finish_queue=finish_queue)
+    engine = LocalEngine("cpu", make_renderer=lambda: renderer, finish_queue=finish_queue)
+    summary = generate(config, out, engine, progress=False)
     times = summary.times
     loop = summary.seconds - times.load
     return {"scenes": summary.this_run, "wall": loop, "device": renderer.busy,

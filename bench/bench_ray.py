@@ -23,8 +23,10 @@ import time
 from pathlib import Path
 
 from acp.concepts import ConceptInput
-from acp.distributed import RayOptions
-from acp.pipeline import GenerateConfig, generate
+from acp.generate import GenerateConfig, generate
+from acp.generate.ray import RayEngine, RayOptions
+from acp.render.gligen import RenderSettings
+from acp.score.candidates import ScoreSettings
 from acp.testing import save_tiny_models
 
 BENCH = str(Path(__file__).resolve().parent)
@@ -45,13 +47,13 @@ def run(models: dict[str, Path], out: Path, workers: int, scenes: int, seconds: 
 
     config = GenerateConfig(
         concepts=ConceptInput(vocabulary=("dog", "frisbee", "cat", "bus", "person", "cup")),
-        scenes=scenes, size=(size, size), model="stand-in", clip_model=str(models["clip"]),
-        candidates=candidates, min_clis_i=0.0,
+        scenes=scenes, size=(size, size), render=RenderSettings(model="stand-in"),
+        score=ScoreSettings(clip_model=str(models["clip"]), min_clis_i=0.0), candidates=candidates,
     )
     cpu = time.process_time()
-    summary = generate(config, out, device="cpu", progress=False, executor="ray",
-                       ray=RayOptions(workers=workers, cpus_per_worker=0.5),
-                       renderer_factory=functools.partial(make_renderer, seconds, size))
+    engine = RayEngine(RayOptions(workers=workers, cpus_per_worker=0.5), "cpu",
+                       make_renderer=functools.partial(make_renderer, seconds, size))
+    summary = generate(config, out, engine, progress=False)
     driver_cpu = time.process_time() - cpu
     loop = summary.seconds - summary.times.load
     return {"workers": workers, "scenes": summary.this_run, "seconds": loop,

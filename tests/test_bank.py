@@ -277,10 +277,10 @@ def test_saved_bank_modes_follow_the_umask(tmp_path: Path, monkeypatch: pytest.M
     import os
     import stat
 
-    import acp.score.bank as bank_module
+    from acp import atomic
 
     bank, _ = _two_banks(tmp_path)
-    monkeypatch.setattr(bank_module, "_UMASK", 0o022)  # read once at import, as acp.atomic does
+    monkeypatch.setattr(atomic, "UMASK", 0o022)  # read once at import
     previous = os.umask(0o022)
     try:
         bank.save(tmp_path / "bank")

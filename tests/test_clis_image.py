@@ -15,7 +15,7 @@ from PIL import Image
 
 from acp.errors import InputError
 from acp.llm import ChatSettings
-from acp.render.gligen import Rendered
+from acp.render.base import RenderedCandidate as Rendered
 from acp.schema import Candidate, ScenePlan
 from acp.score.candidates import Scorer, Thresholds
 from acp.score.image import (
@@ -439,8 +439,7 @@ def _candidate(index: int) -> Candidate:
 
 def test_a_reference_free_layout_score_is_not_written_as_clis_l(tmp_path: Path) -> None:
     from acp.score.bank import Bank
-    from acp.score.candidates import _combine as combine
-    from acp.score.candidates import layout_fields
+    from acp.score.candidates import combine, layout_fields
     from tests.test_bank import write_coco
 
     image = _image_score([80.0, 70.0])

@@ -238,8 +238,10 @@ def test_clis_l_method_option_scores_with_the_chosen_formula(tmp_path: Path, wor
 def test_a_run_records_the_clis_l_method_only_when_it_is_not_the_default() -> None:
     """So that settings.json of runs from before the option still match (and resume)."""
     from acp.concepts import ConceptInput
-    from acp.pipeline import GenerateConfig
+    from acp.generate import GenerateConfig
+    from acp.score.candidates import ScoreSettings
 
     concepts = ConceptInput(vocabulary=("cat", "dog"))
     assert "clis_l_method" not in GenerateConfig(concepts=concepts).record()
-    assert GenerateConfig(concepts=concepts, clis_l_method="paper").record()["clis_l_method"] == "paper"
+    paper = GenerateConfig(concepts=concepts, score=ScoreSettings(clis_l_method="paper"))
+    assert paper.record()["clis_l_method"] == "paper"

@@ -12,21 +12,27 @@ from typer.testing import CliRunner
 
 from acp.cli import app
 from acp.concepts import ConceptInput
-from acp.jsonl import JsonlWriter, read_records
-from acp.pipeline import GenerateConfig, StageTimes, _Finisher, _Outputs, _Work, generate
+from acp.generate import ExportSettings, GenerateConfig, LocalEngine, generate
+from acp.jsonl import read_records
+from acp.render.gligen import RenderSettings
 from acp.schema import PlanResult
+from acp.score.candidates import ScoreSettings
 from tests.chat_server import ChatServer, chat_server_fixture, ok  # noqa: F401
 from tests.test_generate import _dataset, generate_args
 
 
 def config(models: dict[str, Path], **overrides: Any) -> GenerateConfig:
     values: dict[str, Any] = dict(
-        concepts=ConceptInput(vocabulary=("dog", "cat", "bus")), scenes=6, size=(64, 64),
-        model=str(models["gligen"]), clip_model=str(models["clip"]), steps=1, candidates=2,
+        scenes=6, model=str(models["gligen"]), clip_model=str(models["clip"]), steps=1, candidates=2,
         min_clis_i=0.0, keep_candidates=True,
     )
     values.update(overrides)
-    return GenerateConfig(**values)
+    return GenerateConfig(
+        concepts=ConceptInput(vocabulary=("dog", "cat", "bus")), scenes=values["scenes"], size=(64, 64),
+        render=RenderSettings(model=values["model"], steps=values["steps"]), candidates=values["candidates"],
+        score=ScoreSettings(clip_model=values["clip_model"], min_clis_i=values["min_clis_i"]),
+        export=ExportSettings(keep_candidates=values["keep_candidates"]),
+    )
 
 
 def lines(path: Path) -> list[str]:
@@ -37,8 +43,8 @@ def test_threaded_and_inline_export_write_the_same_dataset(
     tiny_models: dict[str, Path], tmp_path: Path
 ) -> None:
     threaded, inline = tmp_path / "threaded", tmp_path / "inline"
-    generate(config(tiny_models), threaded, device="cpu", progress=False, finish_queue=2)
-    generate(config(tiny_models), inline, device="cpu", progress=False, finish_queue=0)
+    generate(config(tiny_models), threaded, LocalEngine("cpu", finish_queue=2), progress=False)
+    generate(config(tiny_models), inline, LocalEngine("cpu", finish_queue=0), progress=False)
     assert _dataset(threaded) == _dataset(inline)
     for name in ("progress.jsonl", "scores.jsonl", "plans.jsonl", "candidates/manifest.jsonl"):
         assert lines(threaded / name) == lines(inline / name), name
@@ -64,10 +70,10 @@ def test_batching_plans_changes_nothing_in_the_output_on_cpu(
 
     monkeypatch.setattr(GligenRenderer, "render", counted)
     one, three = tmp_path / "one", tmp_path / "three"
-    generate(config(tiny_models, scenes=7), one, device="cpu", progress=False)
+    generate(config(tiny_models, scenes=7), one, LocalEngine("cpu"), progress=False)
     assert set(sizes) == {1}
     sizes.clear()
-    generate(config(tiny_models, scenes=7), three, device="cpu", progress=False, batch_plans=3)
+    generate(config(tiny_models, scenes=7), three, LocalEngine("cpu", batch_plans=3), progress=False)
     assert max(sizes) == 3 and sum(sizes) == 7, sizes
     assert _dataset(one) == _dataset(three)
     for name in ("progress.jsonl", "scores.jsonl", "candidates/manifest.jsonl"):
@@ -80,35 +86,29 @@ def test_batching_plans_changes_nothing_in_the_output_on_cpu(
         assert image.read_bytes() == (three / "images" / image.name).read_bytes(), image
 
 
-class FailingWriter:
-    """A COCO writer whose disk fills up at the second image."""
-
-    def __init__(self) -> None:
-        self.images: list[str] = []
-
-    def add_image(self, key: str, *_: Any) -> None:
-        if len(self.images) == 1:
-            raise OSError(28, "No space left on device")
-        self.images.append(key)
-
-
 @pytest.mark.parametrize("depth", [0, 2])
-def test_an_export_error_stops_the_run_and_keeps_what_was_finished(tmp_path: Path, depth: int) -> None:
-    writer = FailingWriter()
-    with JsonlWriter(tmp_path / "scores.jsonl") as scores, JsonlWriter(tmp_path / "progress.jsonl") as ledger:
-        outputs = _Outputs(tmp_path, writer, scores, ledger, None)
+def test_an_export_error_stops_the_run_and_keeps_what_was_finished(
+    tiny_models: dict[str, Path], tmp_path: Path, depth: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills up at the second image, written on the finishing thread (depth 2) or in
+    line (0): the run stops with the error, the first plan finished and nothing after it."""
+    from acp.export import CocoWriter
 
-        def write(batch: list[_Work]) -> None:
-            for work in batch:
-                outputs.write(work)
+    images: list[str] = []
+    add_image = CocoWriter.add_image
 
-        finisher = _Finisher(write, StageTimes(), depth)
-        with pytest.raises(OSError, match="No space left"):
-            for k in range(6):
-                finisher.put([_Work(None, PlanResult(plan_id=f"p{k}", status="kept"), image=object())])
-            finisher.close()
-    finished = [r["plan_id"] for _, r, _ in read_records(tmp_path / "progress.jsonl")]
-    assert writer.images == ["p0"] and finished == ["p0"]  # p1's ledger line never came before its image
+    def disk_fills_at_the_second(self: CocoWriter, key: str, *args: Any) -> Any:
+        if len(images) == 1:
+            raise OSError(28, "No space left on device")
+        images.append(key)
+        return add_image(self, key, *args)
+
+    monkeypatch.setattr(CocoWriter, "add_image", disk_fills_at_the_second)
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="No space left"):
+        generate(config(tiny_models), out, LocalEngine("cpu", finish_queue=depth), progress=False)
+    finished = [r["plan_id"] for _, r, _ in read_records(out / "progress.jsonl")]
+    assert images == ["000000"] and finished == ["000000"]  # p1's ledger line never came before its image
 
 
 def test_generate_asks_the_same_judge_as_score_candidates(

@@ -34,12 +34,12 @@ def test_readers_and_writers_agree_on_the_tail(tmp_path, content, expected_ids, 
 
 
 def test_atomic_files_follow_the_umask(tmp_path):
-    from acp.atomic import _UMASK  # read once at import, as the process started with
+    from acp.atomic import UMASK  # read once at import, as the process started with
 
     path = tmp_path / "out.json"
     write_atomic(path, json.dumps({"a": 1}))
     mode = stat.S_IMODE(path.stat().st_mode)
     # tempfile.mkstemp alone gives 0600 whatever the umask; a plain open() would give this.
-    assert mode == 0o666 & ~_UMASK, oct(mode)
+    assert mode == 0o666 & ~UMASK, oct(mode)
     assert json.loads(path.read_text()) == {"a": 1}
     assert not list(tmp_path.glob(".*.tmp"))

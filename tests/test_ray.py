@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
+from acp.generate import GenerateConfig, LocalEngine, generate
 from acp.jsonl import read_records
-from acp.pipeline import GenerateConfig, generate
 from tests.test_engine import config as engine_config
 from tests.test_generate import _dataset
 
@@ -48,16 +48,16 @@ def same_output(a: Path, b: Path) -> None:
         assert image.read_bytes() == (b / image.relative_to(a)).read_bytes(), image
 
 
-def ray_options(workers: int = 2) -> Any:
-    from acp.distributed import RayOptions
+def ray_engine(workers: int = 2, **options: Any) -> Any:
+    from acp.generate.ray import RayEngine, RayOptions
 
-    return RayOptions(workers=workers)
+    return RayEngine(RayOptions(workers=workers), "cpu", **options)
 
 
 @pytest.fixture(scope="module")
 def local_run(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("local") / "out"
-    generate(config(tiny_models), out, device="cpu", progress=False)
+    generate(config(tiny_models), out, LocalEngine("cpu"), progress=False)
     return out
 
 
@@ -65,8 +65,7 @@ def test_two_workers_write_the_local_engines_dataset(
     local_ray: str, local_run: Path, tiny_models: dict[str, Path], tmp_path: Path
 ) -> None:
     out = tmp_path / "ray"
-    generate(config(tiny_models), out, device="cpu", progress=False, executor="ray", ray=ray_options(2),
-             batch_plans=2)
+    generate(config(tiny_models), out, ray_engine(2, batch_plans=2), progress=False)
     same_output(local_run, out)
     executor = json.loads((out / "summary.json").read_text())["last_run"]["executor"]
     assert executor["name"] == "ray" and executor["workers"] == 2
@@ -98,8 +97,7 @@ def test_a_killed_worker_loses_and_duplicates_nothing(
 
     killer = threading.Thread(target=kill_one_worker_mid_run)
     killer.start()
-    summary = generate(config(tiny_models), out, device="cpu", progress=False, executor="ray",
-                       ray=ray_options(2), renderer_factory=factory)
+    summary = generate(config(tiny_models), out, ray_engine(2, make_renderer=factory), progress=False)
     killer.join()
     assert killed, "no worker was killed"
     assert summary.kept == 8
@@ -144,8 +142,7 @@ def test_a_model_a_worker_cannot_load_is_the_workers_one_line_and_writes_nothing
 
     out = tmp_path / "ray"
     with pytest.raises(InputError, match=r"--model .*missing: no such folder"):
-        generate(config(tiny_models, model=str(tmp_path / "missing")), out, device="cpu", progress=False,
-                 executor="ray", ray=ray_options(1))
+        generate(config(tiny_models, model=str(tmp_path / "missing")), out, ray_engine(1), progress=False)
     assert not out.exists()
 
     def ours() -> list[str]:

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from acp import defaults
-from acp.cli import app
 from acp.cli._common import fail, handle_errors, notice
+from acp.cli.app import app
 
 if TYPE_CHECKING:
     from acp.balance import BalancePlan, BalanceReport

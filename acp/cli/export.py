@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from acp import defaults
-from acp.cli import app
 from acp.cli._common import handle_errors, notice
+from acp.cli.app import app
 
 export_app = typer.Typer(
     name="export",

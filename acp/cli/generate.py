@@ -8,9 +8,10 @@ from typing import Annotated
 import typer
 
 from acp import defaults
-from acp.cli import app
 from acp.cli._common import ApiKeyOption, DeviceOption, handle_errors, write_report_after
+from acp.cli.app import app
 from acp.cli.plan import (
+    OBJECTS_DEFAULT,
     BalanceOption,
     BaseUrlOption,
     CategoriesOnlyOption,
@@ -63,7 +64,7 @@ from acp.cli.score import (
     MinClisIOption,
     MinClisLOption,
     check_clis_l_method,
-    make_judge,
+    judge_settings,
 )
 
 
@@ -74,16 +75,16 @@ def generate(
     output: Annotated[Path, typer.Option("--output", "-o", help="Dataset folder.")] = Path("out"),
     concepts: ConceptsOption = None,
     scenes: ScenesOption = None,
-    objects_per_scene: ObjectsOption = "1-3",
+    objects_per_scene: ObjectsOption = OBJECTS_DEFAULT,
     seed: SeedOption = 0,
-    size: SizeOption = "512",
+    size: SizeOption = str(defaults.IMAGE_SIZE),
     planner: PlannerOption = None,
     llm_base_url: BaseUrlOption = None,
     llm_model: LLMModelOption = defaults.LLM_MODEL,
-    concurrency: ConcurrencyOption = 8,
-    max_reasks: MaxReasksOption = 2,
-    llm_timeout: TimeoutOption = 120.0,
-    max_overlap: MaxOverlapOption = 0.7,
+    concurrency: ConcurrencyOption = defaults.LLM_CONCURRENCY,
+    max_reasks: MaxReasksOption = defaults.LLM_MAX_REASKS,
+    llm_timeout: TimeoutOption = defaults.LLM_TIMEOUT,
+    max_overlap: MaxOverlapOption = defaults.MAX_OVERLAP,
     on_overlap: OnOverlapOption = OverlapAction.reject,
     api_key: ApiKeyOption = None,
     model: ModelOption = defaults.GLIGEN_MODEL,
@@ -133,7 +134,7 @@ def generate(
     keep_candidates: Annotated[
         bool, typer.Option("--keep-candidates", help="Also keep every candidate under OUT/candidates.")
     ] = False,
-    image_format: Annotated[str, typer.Option(help="jpeg or png.")] = "jpeg",
+    image_format: Annotated[str, typer.Option(help="jpeg or png.")] = defaults.IMAGE_FORMAT,
     force: Annotated[
         bool, typer.Option("--force", help="Start over when OUT holds a run with other settings.")
     ] = False,
@@ -157,11 +158,17 @@ def generate(
     from acp.cli.balance import BalanceArgs, balance_plan, plan_record_path, report_after_run
     from acp.concepts import parse_object_range
     from acp.errors import InputError
-    from acp.pipeline import GenerateConfig, LLMOptions, generate
+    from acp.generate import ExportSettings, GenerateConfig, generate
+    from acp.generate.config import IMAGE_FORMATS
+    from acp.generate.engine import Engine
+    from acp.llm import ChatSettings
+    from acp.render.gligen import RenderSettings
     from acp.schema import LayoutRules
+    from acp.score.candidates import ScoreSettings
+    from acp.segment import MaskSettings
 
     if executor == "ray":
-        from acp.distributed import import_ray
+        from acp.generate.ray import import_ray
 
         import_ray()  # without Ray: the install hint, before anything else is said or done
     check_clis_l_method(clis_l_method)
@@ -176,38 +183,45 @@ def generate(
     source = topup.concept_input() if topup is not None else read_input(input, concepts)
     if topup is not None:
         categories = balance
-    if image_format not in ("jpeg", "png"):
+    if image_format not in IMAGE_FORMATS:
         raise InputError(f"--image-format: expected jpeg or png, got {image_format!r}")
     api_key = api_key or None
     chosen = choose_planner(planner, api_key, llm_base_url)
     config = GenerateConfig(
         concepts=source, scenes=scenes, objects=parse_object_range(objects_per_scene), seed=seed,
-        size=parse_size(size), planner=chosen,
-        llm=LLMOptions(llm_base_url, llm_model, concurrency, max_reasks, llm_timeout)
-        if chosen == "openai" else None,
+        size=parse_size(size),
+        llm=ChatSettings(model=llm_model, base_url=llm_base_url, api_key=api_key, timeout=llm_timeout,
+                         concurrency=concurrency) if chosen == "openai" else None,
+        max_reasks=max_reasks,
         rules=LayoutRules(max_overlap=max_overlap, on_overlap=on_overlap.value),
-        model=model, candidates=candidates, steps=steps, guidance=guidance, beta=beta,
-        negative_prompt=negative_prompt, safety_checker=safety_checker, clip_model=clip_model, bank=bank,
-        min_clis_l=min_clis_l, min_clis_i=min_clis_i, masks=masks, sam_model=sam_model,
-        categories=categories, keep_candidates=keep_candidates, image_format=image_format,
-        embed_model=embed_model, clis_l_method=clis_l_method, judge_model=judge_model,
-        judge_base_url=judge_base_url, judge_margin=judge_margin, judge_max_calls=judge_max_calls,
-        compile_unet=compile,
+        render=RenderSettings(model=model, steps=steps, guidance=guidance, beta=beta,
+                              negative_prompt=negative_prompt, safety_checker=safety_checker),
+        candidates=candidates,
+        score=ScoreSettings(
+            clip_model=clip_model, bank=bank, embed_model=embed_model, clis_l_method=clis_l_method,
+            judge=judge_settings(judge_model, judge_base_url, judge_margin, judge_max_calls, api_key),
+            min_clis_l=min_clis_l, min_clis_i=min_clis_i),
+        masks=MaskSettings(sam_model) if masks else None,
+        export=ExportSettings(categories=categories, keep_candidates=keep_candidates,
+                              image_format=image_format),
     )
     if embed_model and bank is None:
         raise InputError("--embed-model needs --bank (it matches names against the bank's categories)")
-    judge = make_judge(judge_model, judge_base_url, judge_margin, judge_max_calls, api_key)
-    ray = None
+    engine: Engine
     if executor == "ray":
-        from acp.distributed import RayOptions
+        from acp.generate.ray import RayEngine, RayOptions
 
-        ray = RayOptions(address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker)
+        engine = RayEngine(RayOptions(address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker),
+                           device, batch_plans=batch_plans, compile=compile)
     elif executor != "local":
         raise InputError(f"--executor: expected local or ray, got {executor!r}")
     elif workers is not None or gpus_per_worker is not None or ray_address != "auto":
         raise InputError("--workers, --gpus-per-worker and --ray-address need --executor ray")
-    summary = generate(config, output, api_key=api_key, device=device, force=force, judge=judge,
-                       progress=progress, batch_plans=batch_plans, executor=executor, ray=ray)
+    else:
+        from acp.generate import LocalEngine
+
+        engine = LocalEngine(device, batch_plans=batch_plans, compile=compile)
+    summary = generate(config, output, engine, force=force, progress=progress)
     print(f"{output}: {summary.line()}")
     print(f"{output / 'annotations.json'}: {summary.annotations} annotations; "
           f"summary in {output / 'summary.json'}")

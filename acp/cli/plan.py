@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from acp import defaults
-from acp.cli import app
 from acp.cli._common import ApiKeyOption, fail, handle_errors, notice
+from acp.cli.app import app
 
 if TYPE_CHECKING:
     from acp.concepts import ConceptInput
@@ -58,6 +58,7 @@ ScenesOption = Annotated[
     int | None, typer.Option(help="Scenes to sample from a vocabulary [default: one per concept].")
 ]
 ObjectsOption = Annotated[str, typer.Option(help="Concepts per sampled scene: N or MIN-MAX.")]
+OBJECTS_DEFAULT = "{}-{}".format(*defaults.OBJECTS_PER_SCENE)
 SeedOption = Annotated[
     int, typer.Option(min=0, help="Seed of scene sampling, planning and rendering.")
 ]
@@ -161,16 +162,16 @@ def plan(
     ),
     concepts: ConceptsOption = None,
     scenes: ScenesOption = None,
-    objects_per_scene: ObjectsOption = "1-3",
+    objects_per_scene: ObjectsOption = OBJECTS_DEFAULT,
     seed: SeedOption = 0,
-    size: SizeOption = "512",
+    size: SizeOption = str(defaults.IMAGE_SIZE),
     planner: PlannerOption = None,
     llm_base_url: BaseUrlOption = None,
     llm_model: LLMModelOption = defaults.LLM_MODEL,
-    concurrency: ConcurrencyOption = 8,
-    max_reasks: MaxReasksOption = 2,
-    llm_timeout: TimeoutOption = 120.0,
-    max_overlap: MaxOverlapOption = 0.7,
+    concurrency: ConcurrencyOption = defaults.LLM_CONCURRENCY,
+    max_reasks: MaxReasksOption = defaults.LLM_MAX_REASKS,
+    llm_timeout: TimeoutOption = defaults.LLM_TIMEOUT,
+    max_overlap: MaxOverlapOption = defaults.MAX_OVERLAP,
     on_overlap: OnOverlapOption = OverlapAction.reject,
     api_key: ApiKeyOption = None,
     progress: ProgressOption = True,
@@ -190,7 +191,9 @@ def plan(
     The API key is read from OPENAI_API_KEY and never printed or written.
     """
     from acp.cli.balance import BalanceArgs, balance_plan, plan_record_path
-    from acp.concepts import all_concepts, parse_object_range, scene_concepts
+    from acp.concepts import all_concepts, parse_object_range, scene_concepts, scene_total
+    from acp.generate import components
+    from acp.llm import ChatSettings
     from acp.plan.base import PlanSettings
     from acp.plan.run import failures_path, make_requests, run_planner
     from acp.schema import LayoutRules
@@ -208,27 +211,17 @@ def plan(
     source = topup.concept_input() if topup is not None else read_input(input, concepts)
     width, height = parse_size(size)
     sets = scene_concepts(source, scenes, objects, seed)
-    total = len(sets) if isinstance(sets, tuple) else (scenes if not source.quotas else None)
-    if total is None and source.vocabulary:
-        total = len(source.vocabulary)
+    total = scene_total(source, scenes, sets)
     settings = PlanSettings(
         width=width, height=height,
         rules=LayoutRules(max_overlap=max_overlap, on_overlap=on_overlap.value),
         categories=tuple(all_concepts(source)),
     )
     api_key = api_key or None
-    chosen: Any
-    if choose_planner(planner, api_key, llm_base_url) == "openai":
-        from acp.plan.llm import LLMPlanner
-
-        chosen = LLMPlanner.from_options(
-            base_url=llm_base_url, model=llm_model, api_key=api_key, concurrency=concurrency,
-            max_reasks=max_reasks, timeout=llm_timeout, settings=settings,
-        )
-    else:
-        from acp.plan.heuristic import HeuristicPlanner
-
-        chosen = HeuristicPlanner(settings)
+    chat = (ChatSettings(model=llm_model, base_url=llm_base_url, api_key=api_key, timeout=llm_timeout,
+                         concurrency=concurrency)
+            if choose_planner(planner, api_key, llm_base_url) == "openai" else None)
+    chosen = components.planner(settings, chat, max_reasks=max_reasks)
     requests = make_requests(sets, seed, width, height, companions=source.companions)
     summary = run_planner(chosen, requests, output, total=total, progress=progress)
     print(f"{output}: {summary.line()}")
@@ -240,7 +233,7 @@ def plan(
 @handle_errors
 def validate(
     plans: Annotated[Path, typer.Argument(help="Plans file (JSON Lines) to check.")],
-    max_overlap: MaxOverlapOption = 0.7,
+    max_overlap: MaxOverlapOption = defaults.MAX_OVERLAP,
     on_overlap: Annotated[
         OverlapAction, typer.Option(help="reject: a larger overlap is an error; flag: a warning.")
     ] = OverlapAction.reject,

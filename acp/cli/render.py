@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from acp import defaults
-from acp.cli import app
 from acp.cli._common import DeviceOption, fail, handle_errors, notice
+from acp.cli.app import app
 
 if TYPE_CHECKING:
     from acp.schema import ScenePlan
@@ -101,8 +101,11 @@ def render(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Render candidate images of each plan with GLIGEN (resumable: a rerun skips finished ones)."""
+    import functools
+
     from acp.cli.plan import parse_size
     from acp.device import resolve_device
+    from acp.generate import components
     from acp.render.folder import render_to_folder
     from acp.render.gligen import RenderSettings
 
@@ -112,10 +115,9 @@ def render(
         negative_prompt=negative_prompt, seed=seed, safety_checker=safety_checker,
     )
     chosen, problems = _load_plans(plans, limit)
-    summary = render_to_folder(
-        chosen, output, settings, candidates=candidates, device=resolve_device(device), force=force,
-        progress=progress, batch_plans=batch_plans, compile=compile,
-    )
+    load = functools.partial(components.renderer, settings, resolve_device(device), compile=compile)
+    summary = render_to_folder(chosen, output, settings, candidates=candidates, force=force,
+                               progress=progress, batch_plans=batch_plans, load_renderer=load)
     skipped = f"; {len(problems)} plans lines skipped" if problems else ""
     print(f"{output}: {summary.line()}{skipped}")
 

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from acp.cli import app
 from acp.cli._common import handle_errors
+from acp.cli.app import app
 
 
 @app.command()

@@ -15,12 +15,11 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from acp import defaults
-from acp.cli import app
 from acp.cli._common import ApiKeyOption, DeviceOption, fail, handle_errors, notice, write_report_after
+from acp.cli.app import app
 
 if TYPE_CHECKING:
-    from acp.score.image import ImageScorer
-    from acp.score.judge import Judge
+    from acp.score.judge import JudgeSettings
     from acp.score.layout import LayoutScorer
 
 MAX_BATCH = 256  # images per CLIP pass: past this, memory grows with nothing gained
@@ -113,8 +112,8 @@ def check_clis_l_method(method: str) -> None:
 def make_layout_scorer(
     bank: Path | None, embed_model: str | None, method: str = defaults.CLIS_L_METHOD
 ) -> LayoutScorer:
-    from acp.score.bank import Bank
-    from acp.score.layout import LayoutScorer, sentence_transformer_embedder
+    from acp.generate import components
+    from acp.score.candidates import ScoreSettings
 
     check_clis_l_method(method)
     if bank is None:
@@ -124,8 +123,7 @@ def make_layout_scorer(
         )
         if embed_model:
             raise fail("--embed-model needs --bank (it matches names against the bank's categories)", code=2)
-    embedder = sentence_transformer_embedder(embed_model) if embed_model else None
-    return LayoutScorer(Bank.load(bank) if bank else None, embedder=embedder, method=method)  # type: ignore[arg-type]
+    return components.layout_scorer(ScoreSettings(bank=bank, embed_model=embed_model, clis_l_method=method))
 
 
 @score_app.command("layouts")
@@ -190,26 +188,18 @@ MinClisIOption = Annotated[
 ]
 
 
-def _image_scorer(clip_model: str, device: str | None) -> ImageScorer:
-    from acp.score.image import ImageScorer
-
-    return ImageScorer.from_pretrained(clip_model, device=device)
-
-
-def make_judge(model: str | None, base_url: str | None, margin: float, max_calls: int,
-               api_key: str | None) -> Judge | None:
+def judge_settings(model: str | None, base_url: str | None, margin: float, max_calls: int,
+                   api_key: str | None) -> JudgeSettings | None:
     if model is None:
         if base_url:
             raise fail("--judge-base-url needs --judge-model", code=2)
         return None
-    from acp.llm import ChatSettings
-    from acp.score.judge import Judge
+    from acp.score.judge import JudgeSettings
 
     api_key = api_key or None  # never echoed nor stored
     if not (api_key or base_url):
         raise fail("--judge-model needs OPENAI_API_KEY or --judge-base-url", code=2)
-    settings = ChatSettings(model=model, base_url=base_url, api_key=api_key, temperature=0.0)
-    return Judge(settings, margin=margin, max_calls=max_calls)
+    return JudgeSettings(model=model, base_url=base_url, margin=margin, max_calls=max_calls, api_key=api_key)
 
 
 @score_app.command("candidates")
@@ -242,10 +232,12 @@ def score_candidates(
     reason. A rerun skips plans already scored. The judge's key is read from OPENAI_API_KEY.
     """
     from acp.device import resolve_device
+    from acp.generate import components
     from acp.score.candidates import Thresholds, score_renders
 
     device = resolve_device(device)  # a bad --device fails before any bank or model is loaded
-    judge = make_judge(judge_model, judge_base_url, judge_margin, judge_max_calls, api_key)
+    judge = components.judge(
+        judge_settings(judge_model, judge_base_url, judge_margin, judge_max_calls, api_key))
     layout_scorer = make_layout_scorer(bank, embed_model, clis_l_method)
     if bank is None:
         notice("without --bank, --min-clis-l does not apply and clis is CLIS-I alone")
@@ -264,7 +256,7 @@ def score_candidates(
         renders,
         plans,
         output,
-        image_scorer=_image_scorer(clip_model, device),
+        image_scorer=components.image_scorer(clip_model, device),
         layout_scorer=layout_scorer,
         judge=judge,
         thresholds=Thresholds(min_clis_l=min_clis_l or None, min_clis_i=min_clis_i or None),
@@ -316,6 +308,7 @@ def score_dataset(
     from tqdm import tqdm
 
     from acp.device import resolve_device
+    from acp.generate import components
     from acp.score.dataset import check_paths
     from acp.score.dataset import score_dataset as run
 
@@ -331,7 +324,7 @@ def score_dataset(
         annotations,
         images,
         output,
-        image_scorer=_image_scorer(clip_model, device),
+        image_scorer=components.image_scorer(clip_model, device),
         layout_scorer=layout_scorer,
         keep_above=keep_above,
         removed_boxes=removed_boxes,  # type: ignore[arg-type]

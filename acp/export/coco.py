@@ -74,11 +74,13 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 import acp
+from acp import defaults
 from acp.atomic import atomic_path, compact_json, copy_atomic
 from acp.errors import OutputMismatchError
 from acp.export.categories import CategorySet
 from acp.export.filenames import safe_filename
 from acp.jsonl import drop_torn_tail, iter_lines, loads
+from acp.lock import OutputLock
 from acp.schema import Candidate, CandidateScore, ScenePlan
 from acp.segment import MaskResult
 
@@ -353,10 +355,11 @@ class CocoWriter:
         categories: CategorySet,
         *,
         description: str = "acp synthetic dataset",
-        image_format: ImageFormat = "jpeg",
+        image_format: ImageFormat = defaults.IMAGE_FORMAT,  # type: ignore[assignment]
         jpeg_quality: int = JPEG_QUALITY,
         checkpoint_every: int = 1000,
         checkpoint_seconds: float = 60.0,
+        lock: OutputLock | None = None,
     ):
         if image_format not in _SUFFIX:
             raise ValueError(f"image_format must be one of {sorted(_SUFFIX)}, got {image_format!r}")
@@ -390,7 +393,10 @@ class CocoWriter:
         self._checkpoint_cost = 0.0  # seconds the last checkpoint took
         self._last: _Checkpoint | None = None
         self._log_fd = -1
-        self._lock_fd = -1
+        # One writer per folder: a second would hand out the same ids. A caller that already
+        # holds the folder's lock (a run folder) passes it; otherwise the writer takes it.
+        self._given_lock = lock
+        self._lock_held = lock or OutputLock(self.out_dir)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -734,21 +740,11 @@ class CocoWriter:
         self._info = header.get("info") or {}
 
     def _lock(self) -> None:
-        """Refuse a second writer on the same folder: both would hand out the same ids."""
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows has no flock; single writer assumed
-            return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.out_dir / f".{RECORDS_NAME}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise OutputMismatchError(f"{self.out_dir}: another acp process is writing this folder") from None
-        self._lock_fd = fd
+        if self._given_lock is None:
+            self._lock_held.acquire()
+        elif not self._given_lock.held:
+            raise RuntimeError("CocoWriter: the lock given is not held")
 
     def _unlock(self) -> None:
-        if self._lock_fd >= 0:
-            os.close(self._lock_fd)  # closing the descriptor releases the flock
-            self._lock_fd = -1
+        if self._given_lock is None:
+            self._lock_held.release()

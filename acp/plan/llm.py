@@ -27,6 +27,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from acp import defaults
 from acp.errors import LLMError, PlanValidationError
 from acp.llm import (
     ChatClient,
@@ -125,7 +126,7 @@ class LLMPlanner:
     name = PLANNER_NAME
 
     def __init__(self, client_settings: ChatSettings, plan_settings: PlanSettings | None = None,
-                 *, max_reasks: int = 2):
+                 *, max_reasks: int = defaults.LLM_MAX_REASKS):
         if max_reasks < 0:
             raise LLMError(f"max_reasks must be >= 0, got {max_reasks}")
         self.client_settings = client_settings
@@ -138,24 +139,6 @@ class LLMPlanner:
 
     def __repr__(self) -> str:
         return f"LLMPlanner({self.client_settings!r}, max_reasks={self.max_reasks})"
-
-    @classmethod
-    def from_options(
-        cls,
-        *,
-        model: str,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        concurrency: int = 8,
-        max_reasks: int = 2,
-        timeout: float = 120.0,
-        settings: PlanSettings | None = None,
-    ) -> LLMPlanner:
-        """The planner as ``acp plan`` configures it from its options."""
-        client = ChatSettings(
-            model=model, base_url=base_url, api_key=api_key, timeout=timeout, concurrency=concurrency
-        )
-        return cls(client, settings, max_reasks=max_reasks)
 
     def plan_many(self, requests: Iterable[SceneRequest]) -> Iterator[PlanOutcome]:
         """Outcomes in completion order, ``concurrency`` requests in flight.

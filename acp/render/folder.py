@@ -26,7 +26,7 @@ import io
 import json
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -274,16 +274,15 @@ def render_to_folder(
     settings: RenderSettings,
     *,
     candidates: int,
-    device: str = "auto",
     force: bool = False,
     progress: bool = False,
     renderer: GligenRenderer | None = None,
+    load_renderer: Callable[[], GligenRenderer] | None = None,
     batch_plans: int = 1,
-    compile: bool = False,
 ) -> RenderSummary:
     """Render ``candidates`` per plan into ``output``, skipping finished ones, ``batch_plans``
-    plans per denoising loop. The folder is checked before the model is loaded, and the model
-    is not loaded when nothing is left."""
+    plans per denoising loop, with ``renderer`` or the one ``load_renderer`` loads. The folder
+    is checked before the model is loaded, and the model is not loaded when nothing is left."""
     from tqdm.auto import tqdm
 
     if not 1 <= candidates <= defaults.MAX_CANDIDATES:
@@ -299,10 +298,10 @@ def render_to_folder(
         if total == 0:
             return summary
         if renderer is None:
-            from acp.render.gligen import GligenRenderer
-
+            if load_renderer is None:
+                raise ValueError("render_to_folder needs a renderer or load_renderer")
             started = time.perf_counter()
-            renderer = GligenRenderer(settings, device=device, compile=compile)
+            renderer = load_renderer()
             summary.load_seconds = time.perf_counter() - started
         folder.start()
         started = time.perf_counter()

@@ -38,9 +38,9 @@ import logging
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from acp import defaults
 from acp.boxes import plan_to_gligen
@@ -48,11 +48,12 @@ from acp.device import resolve_device
 from acp.errors import InputError, MissingDependencyError, one_line
 from acp.plan.base import derive_seed
 from acp.pretrained import load_pretrained
+from acp.render.base import RenderedCandidate
 from acp.schema import Candidate, ScenePlan
+from acp.settings_record import recorded
 
 if TYPE_CHECKING:
     import torch
-    from PIL import Image
 
 _TOKEN_LIMIT_FALLBACK = 77  # CLIP's context, for tokenizers saved without model_max_length
 GLIGEN_SLOTS = 30  # the grounding tokens of GLIGEN's position net (a plan has at most as many objects)
@@ -72,10 +73,12 @@ class RenderSettings:
     steps: int = defaults.STEPS
     guidance: float = defaults.GUIDANCE
     beta: float = defaults.BETA
-    size: tuple[int, int] | None = None
+    # In a generate run's settings, size and seed are the run's own, recorded once.
+    size: tuple[int, int] | None = field(default=None, metadata=recorded(skip=True))
     negative_prompt: str = ""
-    seed: int = 0
-    safety_checker: bool = defaults.SAFETY_CHECKER
+    seed: int = field(default=0, metadata=recorded(skip=True))
+    # Off, as before the option existed: settings of older runs still match.
+    safety_checker: bool = field(default=defaults.SAFETY_CHECKER, metadata=recorded(omit="default"))
 
     def __post_init__(self) -> None:
         if not 1 <= self.steps <= defaults.MAX_STEPS:
@@ -101,17 +104,6 @@ class RenderSettings:
         data = asdict(self)
         data["size"] = list(self.size) if self.size else None
         return data
-
-
-class Rendered(NamedTuple):
-    """One candidate: its manifest record and its image (not yet written anywhere).
-
-    ``flagged``: the safety checker flagged it and diffusers returned a black image in its
-    place. Drop it: do not write, score or export it."""
-
-    candidate: Candidate
-    image: Image.Image
-    flagged: bool = False
 
 
 def global_prompt(plan: ScenePlan) -> str:
@@ -326,7 +318,7 @@ class GligenRenderer:
         return self.settings.size or (plan.width, plan.height)
 
     def render(self, plans: Sequence[ScenePlan], candidates: int = defaults.CANDIDATES
-               ) -> list[list[Rendered]]:
+               ) -> list[list[RenderedCandidate]]:
         """Candidates ``0 .. candidates-1`` of each plan, all plans in one batch (see
         ``render_seeds``); one list per plan, in order."""
         if not 1 <= candidates <= defaults.MAX_CANDIDATES:
@@ -334,12 +326,13 @@ class GligenRenderer:
         return self.render_seeds([(plan, {i: self.seed_for(plan.id, i) for i in range(candidates)})
                                   for plan in plans])
 
-    def render_seeds(self, requests: Sequence[tuple[ScenePlan, Mapping[int, int]]]) -> list[list[Rendered]]:
+    def render_seeds(self, requests: Sequence[tuple[ScenePlan, Mapping[int, int]]]
+                     ) -> list[list[RenderedCandidate]]:
         """The candidates ``{index: seed}`` of each ``(plan, seeds)``, one list per request in
         its seeds' order. Requests of the same size and grounding share one denoising loop (a
         batch of every candidate of every plan in it); pass a manifest record's
         ``{index: seed}`` to rebuild its image. Every candidate is returned, flagged ones too
-        (``Rendered.flagged``): callers index them by position."""
+        (``RenderedCandidate.flagged``): callers index them by position."""
         conditions = [self._condition(plan, seeds) for plan, seeds in requests if seeds]
         groups: dict[tuple[int, int, float], list[_Condition]] = {}
         for condition in conditions:
@@ -352,7 +345,7 @@ class GligenRenderer:
                 count = len(condition.seeds)
                 images[id(condition)] = (pictures[start : start + count], flags[start : start + count])
                 start += count
-        results: list[list[Rendered]] = []
+        results: list[list[RenderedCandidate]] = []
         found = iter(conditions)
         for plan, seeds in requests:
             if not seeds:
@@ -361,7 +354,7 @@ class GligenRenderer:
             condition = next(found)
             pictures, flags = images[id(condition)]
             results.append([
-                Rendered(self._candidate(plan, condition, index, seed), image, flagged)
+                RenderedCandidate(self._candidate(plan, condition, index, seed), image, flagged)
                 for (index, seed), image, flagged in zip(seeds.items(), pictures, flags, strict=True)
             ])
         return results

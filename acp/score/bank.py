@@ -52,6 +52,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from numpy.typing import NDArray
 
+from acp import atomic
 from acp.atomic import sweep_stale_temps, temp_prefix
 from acp.boxes import coco_to_plan_sized, iou_aligned
 from acp.cocostream import POLYGON_PATTERN
@@ -78,11 +79,6 @@ SKIP_REASONS = (
     "degenerate",
     "out_of_image",
 )
-
-# tempfile.mkdtemp makes folders only their owner can read; a bank must be readable by whoever
-# the umask allows, as a folder made with mkdir would be.
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 Float32Array = NDArray[np.float32]
 Int32Array = NDArray[np.int32]
@@ -250,7 +246,9 @@ class Bank:
         sweep_stale_temps(parent)  # staging folders of builds that were killed
         staging = Path(tempfile.mkdtemp(dir=parent, prefix=temp_prefix(folder.name), suffix=".tmp"))
         try:
-            os.chmod(staging, 0o777 & ~_UMASK)  # mkdtemp makes it 0700, unreadable to others
+            # mkdtemp makes it 0700, unreadable to others; a bank must be readable by whoever
+            # the umask allows, as a folder made with mkdir would be.
+            os.chmod(staging, 0o777 & ~atomic.UMASK)
             self._write_files(staging)
             if folder.exists():
                 old = Path(tempfile.mkdtemp(dir=parent, prefix=f".{folder.name}.old-"))

@@ -26,19 +26,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any
 
 from acp import defaults
 from acp.errors import InputError, OutputMismatchError
 from acp.images import read_rgb
 from acp.paths import UnsafePathError, inside
+from acp.render.base import RenderedCandidate
+from acp.render.folder import MANIFEST
 from acp.schema import Candidate, CandidateScore, ObjectScore, ScenePlan
 from acp.score.image import ImageScore, ImageScorer, Scene
+from acp.score.judge import JudgeSettings
 from acp.score.layout import LayoutScore, LayoutScorer
+from acp.settings_record import recorded
 
 if TYPE_CHECKING:
-    from PIL.Image import Image
-
     from acp.score.judge import Judge
 
 LAYOUT_WEIGHT = 0.5
@@ -49,6 +51,25 @@ DEFAULT_INSTANCE_THRESHOLD = defaults.MIN_CLIS_I  # where the judge looks when n
 class Thresholds:
     min_clis_l: float | None = defaults.MIN_CLIS_L
     min_clis_i: float | None = defaults.MIN_CLIS_I
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    """What decides a plan's scores and what is kept: the models, the bank, the thresholds
+    (``None``: no threshold) and the optional judge. Options added after the first runs are
+    recorded only when used (``acp.settings_record``), so settings of older runs still match."""
+
+    clip_model: str = field(default=defaults.CLIP_MODEL, metadata=recorded(model=True))
+    bank: Path | None = None
+    embed_model: str | None = field(default=None, metadata=recorded(omit="empty"))
+    clis_l_method: str = field(default=defaults.CLIS_L_METHOD, metadata=recorded(omit="default"))
+    judge: JudgeSettings | None = field(default=None, metadata=recorded(flatten="judge_"))
+    min_clis_l: float | None = defaults.MIN_CLIS_L
+    min_clis_i: float | None = defaults.MIN_CLIS_I
+
+    @property
+    def thresholds(self) -> Thresholds:
+        return Thresholds(self.min_clis_l, self.min_clis_i)
 
 
 def compose_clis(layout: LayoutScore | None, clis_i: float) -> float:
@@ -71,7 +92,7 @@ def layout_fields(layout: LayoutScore | None) -> dict[str, Any]:
     }
 
 
-def _combine(
+def combine(
     plan_id: str,
     candidates: Sequence[Candidate],
     images: Sequence[ImageScore],
@@ -143,16 +164,6 @@ def best_candidate(scores: Sequence[CandidateScore]) -> CandidateScore | None:
     return max(kept, key=lambda s: (s.clis, -s.index)) if kept else None
 
 
-class RenderedCandidate(Protocol):
-    """What ``Scorer`` takes of a rendered candidate (``acp.render.gligen.Rendered`` has it)."""
-
-    @property
-    def candidate(self) -> Candidate: ...
-
-    @property
-    def image(self) -> Image: ...
-
-
 @dataclass(frozen=True)
 class PlanScores:
     """One plan scored: its CLIS-L (once for all its candidates; ``None`` without a layout
@@ -217,20 +228,10 @@ class Scorer:
                 layout = next(computed)  # all the batch's CLIS-L in one vectorised pass
             scores = image_scores[start : start + len(rendered)]
             start += len(rendered)
-            records = _combine(plan.id, [r.candidate for r in rendered], scores, layout,
+            records = combine(plan.id, [r.candidate for r in rendered], scores, layout,
                                self.thresholds, self.settings)
             results.append(PlanScores(plan.id, layout, tuple(records)))
         return results
-
-
-class _Loaded(NamedTuple):
-    """A candidate read back from a render folder, as ``Scorer`` takes it."""
-
-    candidate: Candidate
-    image: Image
-
-
-MANIFEST = "manifest.jsonl"
 
 
 @dataclass
@@ -401,7 +402,7 @@ def score_renders(
 
     bar = tqdm(total=sum(len(by_plan[p]) for p in pending), unit="candidate", disable=not progress)
     with JsonlWriter(output) as writer:
-        batch: list[tuple[ScenePlan, Sequence[_Loaded], LayoutScore | None]] = []
+        batch: list[tuple[ScenePlan, Sequence[RenderedCandidate], LayoutScore | None]] = []
         size = 0
         for position, plan_id in enumerate(pending):
             readable = []
@@ -411,7 +412,7 @@ def score_renders(
                     summary.failures.append((str(renders / candidate.path), reason or "unreadable"))
                     bar.update(1)
                 else:
-                    readable.append(_Loaded(candidate, image))
+                    readable.append(RenderedCandidate(candidate, image))
             if readable:
                 batch.append((plans[plan_id], readable, None))
                 size += len(readable)

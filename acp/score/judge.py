@@ -22,7 +22,7 @@ import io
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from acp import defaults
@@ -30,6 +30,7 @@ from acp.errors import LLMError
 from acp.jsonl import loads
 from acp.llm import ChatClient, ChatSettings, as_completed_bounded
 from acp.score.image import ImageScore, Scene, crop_box, square_pad
+from acp.settings_record import recorded
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -77,6 +78,24 @@ def _data_url(image: Image) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+@dataclass(frozen=True)
+class JudgeSettings:
+    """Which vision model judges, where (``None``: OpenAI, then ``api_key`` is needed), and
+    how much it is asked. A run's settings record what is set (``acp.settings_record``), so
+    older runs still match; never the key."""
+
+    model: str
+    base_url: str | None = field(default=None, metadata=recorded(omit="empty"))
+    margin: float = field(default=MARGIN, metadata=recorded(omit="empty"))
+    max_calls: int = field(default=MAX_CALLS, metadata=recorded(omit="empty"))
+    api_key: str | None = field(default=None, repr=False, metadata=recorded(skip=True))
+
+    def __post_init__(self) -> None:
+        if self.margin < 0 or self.max_calls < 0:
+            raise LLMError(
+                f"judge margin and max_calls must be >= 0, got {self.margin:g} and {self.max_calls}")
+
+
 @dataclass
 class JudgeRequest:
     crop: Image
@@ -97,6 +116,12 @@ class Judge:
         self.failures = 0
         self.failures_in_a_row = 0
         self.disabled: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: JudgeSettings) -> Judge:
+        chat = ChatSettings(model=settings.model, base_url=settings.base_url, api_key=settings.api_key,
+                            temperature=0.0)
+        return cls(chat, margin=settings.margin, max_calls=settings.max_calls)
 
     @property
     def model(self) -> str:

@@ -1,13 +1,12 @@
-"""``acp generate --executor ray``: the generate engine's stages in Ray workers, one writer.
+"""The Ray engine (``acp generate --executor ray``): the stages in Ray workers, one writer.
 
-Each worker is a long-lived Ray actor (``_Worker``) that loads the stages once (GLIGEN, CLIP,
-SAM: ``acp.pipeline._Stages``, the local engine's very runners) and turns a batch of plans into
-finished ``_Work``: CLIS-L, the candidates, CLIS-I, the best image with its instances, that
-image already encoded as the writer saves it. The driver (``RayEngine``) stays the only
-process that writes ``OUT/``: it takes plans from the planner as they are made, keeps every
-worker two batches deep, and writes the results in plan order through the same recorder as
-the local engine, the ledger line of each plan last. So ``OUT/`` means the same whichever
-executor made it, and either can finish a run the other began.
+Each worker is a long-lived Ray actor (``_Worker``) that loads the stages' models once (the
+local engine's ``Components``) and turns a batch of plans into ``Finished`` plans with the same
+stage functions: CLIS-L, the candidates, CLIS-I, the best image with its instances, that image
+already encoded as the writer saves it. The driver (``RayEngine``) stays the only process that
+writes ``OUT/``: it takes plans from the planner as they are made, keeps every worker two
+batches deep, and hands the results to the run's writer in plan order. So ``OUT/`` means the
+same whichever engine made it, and either can finish a run the other began.
 
 Why plain actors and not Ray Data: plans arrive one by one from an LLM while the run goes,
 results must reach disk in order as they finish, and a plan that kills its worker has to be
@@ -29,17 +28,20 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from acp import defaults
 from acp.errors import AcpError, InputError, MissingDependencyError, first_line
-
-if TYPE_CHECKING:
-    from acp.pipeline import GenerateConfig, RunState, StageTimes, _Work
-    from acp.schema import ScenePlan
+from acp.generate import stages
+from acp.generate.components import Components, StageSpec
+from acp.generate.engine import RunState
+from acp.generate.feed import End
+from acp.generate.records import Finished, InvalidPlan, Laid, Rendered, StageTimes
+from acp.render.base import Renderer
+from acp.schema import PlanResult, ScenePlan
 
 MAX_ATTEMPTS = 3  # worker deaths a plan may cause before it is recorded as failed
 DEPTH = 2  # batches queued per worker: one running, one waiting, so it never idles
@@ -72,20 +74,28 @@ class RayOptions:
             raise InputError(f"--gpus-per-worker must be >= 0, got {self.gpus_per_worker:g}")
 
 
+def run_stages(plans: list[ScenePlan], components: Components, spec: StageSpec, times: StageTimes
+               ) -> list[Finished]:
+    """Every stage of ``plans``, in order, in one process (what a worker does with a batch)."""
+    laid = [stages.lay(plan, components, times) for plan in plans]
+    rendered_laid = iter(stages.render([x for x in laid if isinstance(x, Laid)], components, spec, times)
+                         if any(isinstance(x, Laid) for x in laid) else [])
+    rendered = [next(rendered_laid) if isinstance(x, Laid) else x for x in laid]
+    finished = iter(stages.finish([x for x in rendered if isinstance(x, Rendered)], components, spec, times))
+    return [next(finished) if isinstance(x, Rendered) else x for x in rendered]
+
+
 class _Worker:
-    """The body of a Ray actor: the loaded stages, and a batch of plans in, finished work out."""
+    """The body of a Ray actor: the loaded stages, and a batch of plans in, finished plans out."""
 
-    def __init__(self, config: GenerateConfig, device: str, categories: Any, renderer_factory: Any,
-                 judge: Any, name: str):
-        from acp.pipeline import _Stages
-
-        self.name = name
+    def __init__(self, spec: StageSpec, device: str, make_renderer: Callable[[], Renderer] | None,
+                 compile: bool, name: str):
+        self.name, self.spec = name, spec
         # A load error is kept and raised by ``ready``: raised here, Ray would report a dead
         # actor with the traceback as text, and the driver could not print the worker's line.
         self.error: Exception | None = None
         try:
-            renderer = renderer_factory() if renderer_factory is not None else None
-            self.stages = _Stages(config, device, renderer, judge, categories)
+            self.components = Components.load(spec, device, compile=compile, make_renderer=make_renderer)
         except Exception as error:
             self.error = error
 
@@ -94,61 +104,41 @@ class _Worker:
             raise self.error
         return self.name
 
-    def process(self, plans: list[ScenePlan]) -> tuple[list[_Work], dict[str, float]]:
-        """Each plan finished as the local engine finishes it, its image encoded, its
-        candidates as PNG bytes (with ``--keep-candidates``; otherwise dropped here, so that only
-        what the driver writes travels back); and this call's seconds per stage."""
-        from dataclasses import asdict
-
-        from acp.export import encode_image
-        from acp.pipeline import StageTimes, png_bytes
-
+    def process(self, plans: list[ScenePlan]) -> tuple[list[Finished], dict[str, float]]:
+        """Each plan finished as the local engine finishes it, and this call's seconds per stage."""
         if self.error is not None:
             raise self.error
-        stages = self.stages
-        stages.times = StageTimes()
-        works = [stages.layout(plan) for plan in plans]
-        going = [w for w in works if w.plan is not None]
-        if going:
-            stages.render(going)
-            stages.finish([w for w in going if w.plan is not None])
-        start = time.perf_counter()
-        for work in works:
-            if work.image is not None:
-                work.image = encode_image(work.image, stages.config.image_format)
-            work.rendered = ([type(r)(r.candidate, png_bytes(r.image)) for r in work.rendered]
-                             if stages.config.keep_candidates else [])
-            work.layout = None
-        stages.times.export += time.perf_counter() - start
-        return works, asdict(stages.times)
+        times = StageTimes()
+        return run_stages(plans, self.components, self.spec, times), times.seconds()
 
 
 @dataclass
 class _Unit:
     """A batch of plans, in plan order, and what has come back of it."""
 
-    plans: list[ScenePlan]
-    works: list[_Work | None]
+    plans: list[ScenePlan | InvalidPlan]
+    finished: list[Finished | None]
     attempts: list[int]
     last_error: list[str | None] = field(default_factory=list)
 
     def complete(self) -> bool:
-        return all(w is not None for w in self.works)
+        return all(f is not None for f in self.finished)
 
 
 class RayEngine:
-    """The engine ``generate`` runs with ``executor="ray"`` (see the module docstring)."""
+    """The engine of ``acp generate --executor ray`` (see the module docstring). ``device`` is
+    resolved by each worker: the driver may be a node without the GPUs."""
 
-    def __init__(self, config: GenerateConfig, device: str, options: RayOptions, *,
-                 renderer_factory: Any = None, judge: Any = None, categories: Any = None,
-                 batch_plans: int = defaults.BATCH_PLANS):
-        from acp.pipeline import StageTimes
+    def __init__(self, options: RayOptions | None = None, device: str = "auto", *,
+                 batch_plans: int = defaults.BATCH_PLANS,
+                 make_renderer: Callable[[], Renderer] | None = None, compile: bool = False):
+        from acp.render.folder import check_batch_plans
 
         self.ray = import_ray()  # before anything is loaded or written: the install hint first
-        self.config, self.device, self.options = config, device, options
-        self.renderer_factory, self.judge, self.categories = renderer_factory, judge, categories
-        self.batch_plans = batch_plans
-        self.times: StageTimes = StageTimes()
+        check_batch_plans(batch_plans)
+        self.options, self.device = options or RayOptions(), device
+        self.batch_plans, self.make_renderer, self.compile = batch_plans, make_renderer, compile
+        self.times = StageTimes()
         self.workers: list[Any] = []
         self.names: list[str] = []
         self.started_ray = False
@@ -187,7 +177,7 @@ class RayEngine:
                 raise InputError(
                     f"--ray-address {address}: no Ray cluster there ({first_line(error)})") from None
 
-    def load(self) -> None:
+    def load(self, spec: StageSpec) -> None:
         """Connect, start the workers and wait until each has loaded its models: a bad model
         path fails here, with the worker's one-line error, before ``OUT/`` is touched."""
         ray = self.ray
@@ -203,7 +193,7 @@ class RayEngine:
         self.workers = [
             actor.options(name=f"acp-{os.getpid()}-{name}", num_gpus=per_worker,
                           num_cpus=self.options.cpus_per_worker, max_restarts=-1, max_task_retries=0)
-            .remote(self.config, self.device, self.categories, self.renderer_factory, self.judge, name)
+            .remote(spec, self.device, self.make_renderer, self.compile, name)
             for name in self.names]
         try:
             ray.get([w.ready.remote() for w in self.workers])
@@ -223,8 +213,6 @@ class RayEngine:
     # -- the run ------------------------------------------------------------------------------
 
     def run(self, state: RunState) -> None:
-        from acp.pipeline import InvalidPlan
-
         ray = self.ray
         units: dict[int, _Unit] = {}  # sequence number -> unit, until written
         tasks: dict[Any, tuple[int, list[int], int]] = {}  # ref -> (unit, slots, worker)
@@ -251,16 +239,16 @@ class RayEngine:
                 plans = [i for i, p in enumerate(batch) if not isinstance(p, InvalidPlan)]
                 for i, plan in enumerate(batch):
                     if isinstance(plan, InvalidPlan):
-                        units[seq].works[i] = state.invalid(plan)
+                        units[seq].finished[i] = plan.finished()
                 if plans:
                     submit(seq, plans)
             # Write every unit that is complete, in order.
             while next_write in units and units[next_write].complete():
                 unit = units.pop(next_write)
-                for work in unit.works:
-                    assert work is not None
-                    state.recorder.write(work)
-                state.written(len(unit.works))
+                for finished in unit.finished:
+                    assert finished is not None
+                    state.sink.write(finished)
+                state.progress(len(unit.finished))
                 next_write += 1
             if exhausted and not tasks and not units:
                 return
@@ -272,30 +260,28 @@ class RayEngine:
                 load[k] -= 1
                 unit = units[seq]
                 try:
-                    works, times = ray.get(ref)
+                    finished, times = ray.get(ref)
                 except ray.exceptions.RayActorError as error:
                     self._died(unit, seq, slots, k, error, submit)
                     continue
                 except ray.exceptions.RayTaskError as error:
                     raise _unwrap(ray, error) from None
-                for slot, work in zip(slots, works, strict=True):
-                    unit.works[slot] = work
-                self.per_worker[self.names[k]] += len(works)
-                for key, value in times.items():
-                    if key != "load":
-                        setattr(self.times, key, getattr(self.times, key) + value)
+                for slot, done in zip(slots, finished, strict=True):
+                    unit.finished[slot] = done
+                self.per_worker[self.names[k]] += len(finished)
+                self.times.add(times)
 
-    def _take(self, state: RunState, block: bool) -> tuple[list[Any], bool]:
+    def _take(self, state: RunState, block: bool) -> tuple[list[ScenePlan | InvalidPlan], bool]:
         """Up to ``batch_plans`` new plans (fewer when the planner has nothing more ready),
         and whether the planner is done."""
-        batch: list[Any] = []
+        batch: list[ScenePlan | InvalidPlan] = []
         while len(batch) < self.batch_plans:
-            item: Any = state.feed.take(timeout=0.5 if block and not batch else 0.0)
+            item = state.feed.take(timeout=0.5 if block and not batch else 0.0)
             if item is None:  # nothing ready
                 if block and not batch:
                     continue
                 return batch, False
-            if item is state.feed.END:
+            if isinstance(item, End):
                 return batch, True
             if item.id not in state.done:
                 state.done.add(item.id)
@@ -303,20 +289,18 @@ class RayEngine:
         return batch, False
 
     def _died(self, unit: _Unit, seq: int, slots: list[int], worker: int, error: Exception,
-              submit: Any) -> None:
+              submit: Callable[..., None]) -> None:
         """A worker died holding ``slots`` of ``unit``: retry them elsewhere, one by one, or
         record a plan that has now killed ``MAX_ATTEMPTS`` workers as failed."""
-        from acp.pipeline import _fail
-
         self.restarts += 1
         reason = f"{type(error).__name__}: {first_line(error, limit=300)}"
         for slot in slots:
             unit.attempts[slot] += 1
             unit.last_error[slot] = reason
             if unit.attempts[slot] >= MAX_ATTEMPTS:
-                work = _plan_failed(unit.plans[slot])
-                _fail(work.result, _WorkerDied(f"its worker died {MAX_ATTEMPTS} times (last: {reason})"))
-                unit.works[slot] = work
+                dropped = PlanResult(plan_id=unit.plans[slot].id, status="dropped")
+                unit.finished[slot] = Finished(stages.failed(
+                    dropped, _WorkerDied(f"its worker died {MAX_ATTEMPTS} times (last: {reason})")))
             else:
                 self.retried += 1
                 submit(seq, [slot], avoid=worker)
@@ -324,13 +308,6 @@ class RayEngine:
 
 class _WorkerDied(AcpError):
     pass
-
-
-def _plan_failed(plan: ScenePlan) -> _Work:
-    from acp.pipeline import _Work
-    from acp.schema import PlanResult
-
-    return _Work(None, PlanResult(plan_id=plan.id, status="dropped"))
 
 
 def _unwrap(ray: Any, error: Exception) -> Exception:

@@ -1,0 +1,125 @@
+"""The one builder of acp's runners from their settings: the planner, the renderer, the
+layout and image scorers, the judge and the mask segmenter. ``acp plan``, ``acp render``,
+``acp score ...`` and ``acp generate`` (both engines) all build them here, so one setting means
+the same thing everywhere. Model loading is lazy: nothing heavy is imported until a builder
+that needs it is called."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from acp import defaults
+from acp.errors import InputError
+
+if TYPE_CHECKING:
+    from acp.export.categories import CategorySet
+    from acp.llm import ChatSettings
+    from acp.plan.base import PlanSettings
+    from acp.plan.run import Planner
+    from acp.render.base import Renderer
+    from acp.render.gligen import GligenRenderer, RenderSettings
+    from acp.score.candidates import Scorer, ScoreSettings
+    from acp.score.image import ImageScorer
+    from acp.score.judge import Judge, JudgeSettings
+    from acp.score.layout import LayoutScorer
+    from acp.segment import MaskSegmenter, MaskSettings
+
+
+def planner(settings: PlanSettings, chat: ChatSettings | None = None, *,
+            max_reasks: int = defaults.LLM_MAX_REASKS) -> Planner:
+    """The LLM planner with ``chat``, else the offline heuristic one."""
+    if chat is not None:
+        from acp.plan.llm import LLMPlanner
+
+        return LLMPlanner(chat, settings, max_reasks=max_reasks)
+    from acp.plan.heuristic import HeuristicPlanner
+
+    return HeuristicPlanner(settings)
+
+
+def renderer(settings: RenderSettings, device: str, *, compile: bool = False) -> GligenRenderer:
+    from acp.render.gligen import GligenRenderer
+
+    return GligenRenderer(settings, device=device, compile=compile)
+
+
+def layout_scorer(settings: ScoreSettings) -> LayoutScorer:
+    """CLIS-L against ``settings.bank``; without one, the reference-free sanity score."""
+    from acp.score.bank import Bank
+    from acp.score.layout import SCORING_METHODS, LayoutScorer, sentence_transformer_embedder
+
+    if settings.clis_l_method not in SCORING_METHODS:
+        raise InputError(f"--clis-l-method: expected one of {', '.join(SCORING_METHODS)}, "
+                         f"got {settings.clis_l_method!r}")
+    if settings.embed_model and settings.bank is None:
+        raise InputError("--embed-model needs --bank (it matches names against the bank's categories)")
+    if settings.bank is not None and not Path(settings.bank).is_dir():
+        raise InputError(f"--bank {settings.bank}: no such folder (build one with `acp bank build`)")
+    embedder = sentence_transformer_embedder(settings.embed_model) if settings.embed_model else None
+    bank = Bank.load(Path(settings.bank)) if settings.bank is not None else None
+    return LayoutScorer(bank, embedder=embedder, method=settings.clis_l_method)  # type: ignore[arg-type]
+
+
+def image_scorer(clip_model: str, device: str | None) -> ImageScorer:
+    from acp.score.image import ImageScorer
+
+    return ImageScorer.from_pretrained(clip_model, device=device)
+
+
+def judge(settings: JudgeSettings | None) -> Judge | None:
+    from acp.score.judge import Judge
+
+    return Judge.from_settings(settings) if settings is not None else None
+
+
+def scorer(settings: ScoreSettings, device: str | None, *, judge: Judge | None = None) -> Scorer:
+    """CLIS-L and CLIS-I with ``settings``' thresholds, ``judge`` asked where CLIP is unsure."""
+    from acp.score.candidates import Scorer
+
+    return Scorer(image_scorer(settings.clip_model, device), layout_scorer(settings), judge=judge,
+                  thresholds=settings.thresholds)
+
+
+def segmenter(settings: MaskSettings | None, device: str | None) -> MaskSegmenter | None:
+    if settings is None:
+        return None
+    from acp.segment import MaskSegmenter
+
+    return MaskSegmenter(settings.sam_model, device=device)
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """What the per-plan stages of ``acp generate`` are built from and run with (picklable, so
+    that a Ray worker builds the same): the stage settings, the output's categories, and the
+    candidates' fate (image format, kept or not)."""
+
+    render: RenderSettings
+    candidates: int
+    score: ScoreSettings
+    masks: MaskSettings | None
+    categories: CategorySet
+    image_format: str
+    keep_candidates: bool
+
+
+@dataclass(frozen=True)
+class Components:
+    """The loaded runners of the stages."""
+
+    renderer: Renderer
+    scorer: Scorer
+    segmenter: MaskSegmenter | None
+
+    @classmethod
+    def load(cls, spec: StageSpec, device: str, *, compile: bool = False,
+             make_renderer: Callable[[], Renderer] | None = None) -> Components:
+        """Every model of the stages, on ``device`` (the scorers go where the renderer is).
+        ``make_renderer`` replaces GLIGEN (benchmarks and tests pass a stand-in)."""
+        built = make_renderer() if make_renderer is not None else renderer(spec.render, device,
+                                                                           compile=compile)
+        return cls(built, scorer(spec.score, built.device, judge=judge(spec.score.judge)),
+                   segmenter(spec.masks, built.device))

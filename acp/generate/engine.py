@@ -1,0 +1,49 @@
+"""What an engine is: it loads the stages' models (``load``), then turns the plans of a run into
+finished plans and hands each to the run's one writer, in plan order (``run``). The local
+engine (``acp.generate.local``) runs the stages in this process; the Ray engine
+(``acp.generate.ray``) in Ray workers. ``acp.generate.run`` drives whichever it is given."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from acp.generate.components import StageSpec
+from acp.generate.feed import PlanFeed
+from acp.generate.records import Finished, StageTimes
+
+
+class FinishedSink(Protocol):
+    """Where an engine hands each finished plan, in plan order: the run's writer."""
+
+    def write(self, finished: Finished) -> None: ...
+
+
+@dataclass
+class RunState:
+    """What an engine works with: the plans to make (``feed``), the ids already finished
+    (``done``, which it extends), the writer of the output (``sink``), and ``progress``, told
+    how many plans were handed over."""
+
+    feed: PlanFeed
+    done: set[str]
+    sink: FinishedSink
+    progress: Callable[[int], None]
+
+
+class Engine(Protocol):
+    """``load`` before anything is written (a bad model path must leave the output as it was),
+    ``run`` once, ``close`` always. ``times`` adds up the seconds of each stage; ``report`` is
+    what the engine adds to the summary (``None``: nothing)."""
+
+    times: StageTimes
+
+    def load(self, spec: StageSpec) -> None: ...
+
+    def run(self, state: RunState) -> None: ...
+
+    def close(self) -> None: ...
+
+    @property
+    def report(self) -> dict[str, Any] | None: ...
