@@ -209,10 +209,11 @@ class RunWriter:
 
 
 def check_output(out: Path, record: dict[str, Any], force: bool) -> bool:
-    """Refuse to continue ``out`` with other settings (more ``scenes`` is fine: the run grows).
-    Returns whether ``out``
-    must be cleared first (``force``); nothing is written here, so a run that fails before its
-    models load leaves ``out`` as it was."""
+    """Refuse to continue ``out`` with other settings (more ``scenes`` is fine: the run grows;
+    so is anything while no plan is finished, e.g. after a run that could not reach its LLM:
+    nothing made would be mixed with the new settings). Returns whether ``out`` must be cleared
+    first; nothing is written here, so a run that fails before its models load leaves ``out``
+    as it was."""
     folder = RunFolder(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: not a folder")
@@ -223,6 +224,8 @@ def check_output(out: Path, record: dict[str, Any], force: bool) -> bool:
             previous = None
         if previous == record or (previous is not None and _grows(previous, record)):
             return False
+        if not folder.finished():
+            return True
         if not force:
             changed = _changes(previous, record) if previous is not None else "unreadable"
             raise OutputMismatchError(

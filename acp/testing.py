@@ -280,6 +280,22 @@ class SlowRenderer:
         return out
 
 
+class CrashingRenderer(SlowRenderer):
+    """A ``SlowRenderer`` whose process dies (``os._exit``) whenever it is asked to render
+    ``plan_id``: a plan that kills every Ray worker it is sent to."""
+
+    def __init__(self, settings: Any, device: str = "cpu", delay: float = 0.3, plan_id: str = ""):
+        super().__init__(settings, device, delay)
+        self.plan_id = plan_id
+
+    def render(self, plans: Any, candidates: int) -> Any:
+        import os
+
+        if any(plan.id == self.plan_id for plan in plans):
+            os._exit(1)
+        return super().render(plans, candidates)
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m acp.testing DIRECTORY``: write the tiny models, print ``name<TAB>folder``."""
     import argparse

@@ -25,6 +25,18 @@ from tests.test_generate import _dataset
 ray = pytest.importorskip("ray")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def two_torch_threads() -> Any:
+    """The local runs here compute with two threads whatever the machine: Ray workers must
+    follow the driver's count (each holds one CPU, so by default Ray gives it one thread)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def local_ray() -> Any:
     """One Ray for the module (it starts in seconds; workers load the tiny models once each)."""
@@ -104,6 +116,87 @@ def test_a_killed_worker_loses_and_duplicates_nothing(
     same_output(local_run, out)
     executor = json.loads((out / "summary.json").read_text())["last_run"]["executor"]
     assert executor["worker_restarts"] >= 1 and executor["retried_plans"] >= 1, executor
+
+
+def _kill_a_worker_process_when(out: Path, lines: int, killed: list[int]) -> None:
+    """SIGKILL one worker's process once the ledger has ``lines`` lines (Ray restarts it)."""
+    deadline = time.monotonic() + 120
+    ledger = out / "progress.jsonl"
+    while time.monotonic() < deadline:
+        if ledger.exists() and ledger.read_text().count("\n") >= lines:
+            name = next(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                        if a["name"].startswith(f"acp-{os.getpid()}-"))
+            pid = ray.get(ray.get_actor(name).__ray_call__.remote(lambda worker: os.getpid()))
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+            return
+        time.sleep(0.05)
+
+
+def test_a_sigkilled_worker_is_one_death_and_costs_no_plan(
+    local_ray: str, local_run: Path, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """The plans it held wait for a live worker (never sent to the restarting one), its death
+    is counted once however many calls it held, and nothing is recorded as failed."""
+    from acp.render.gligen import RenderSettings
+    from acp.testing import SlowRenderer
+
+    settings = RenderSettings(model=str(tiny_models["gligen"]), steps=1, size=(64, 64))
+    factory = functools.partial(SlowRenderer, settings, "cpu", 0.4)
+    out = tmp_path / "ray"
+    killed: list[int] = []
+    killer = threading.Thread(target=_kill_a_worker_process_when, args=(out, 1, killed))
+    killer.start()
+    summary = generate(config(tiny_models), out, ray_engine(2, make_renderer=factory), progress=False)
+    killer.join()
+    assert killed, "no worker was killed"
+    assert summary.kept == 8 and summary.failed == 0
+    same_output(local_run, out)
+    executor = json.loads((out / "summary.json").read_text())["last_run"]["executor"]
+    assert executor["worker_restarts"] == 1 and executor["unfinished_plans"] == 0, executor
+
+
+def test_a_plan_that_kills_every_worker_is_left_for_the_next_run(
+    local_ray: str, local_run: Path, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    from acp.generate.run import PlansLeftUnfinished
+    from acp.render.gligen import RenderSettings
+    from acp.testing import CrashingRenderer
+
+    settings = RenderSettings(model=str(tiny_models["gligen"]), steps=1, size=(64, 64))
+    factory = functools.partial(CrashingRenderer, settings, "cpu", 0.0, "000003")
+    out = tmp_path / "ray"
+    with pytest.raises(PlansLeftUnfinished, match=r"1 plans left unfinished .*000003.*died 3 times"):
+        generate(config(tiny_models), out, ray_engine(2, make_renderer=factory), progress=False)
+    ledger = [r["plan_id"] for _, r, _ in read_records(out / "progress.jsonl")]
+    assert ledger == [f"{i:06d}" for i in range(8) if i != 3]  # the others, in order
+    executor = json.loads((out / "summary.json").read_text())["last_run"]["executor"]
+    assert executor["unfinished_plans"] == 1 and executor["worker_restarts"] == 3, executor
+    rerun = generate(config(tiny_models), out, LocalEngine("cpu"), progress=False)  # makes only it
+    assert rerun.this_run == 1 and rerun.kept == 8
+    assert _dataset(out) == _dataset(local_run)
+    for name in ("progress.jsonl", "scores.jsonl", "candidates/manifest.jsonl"):
+        assert sorted((out / name).read_text().splitlines()) == sorted(
+            (local_run / name).read_text().splitlines()), name
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:1", "garbage", "", "ray://127.0.0.1:1", "host:99999"])
+def test_a_bad_ray_address_is_one_line_and_writes_nothing(
+    address: str, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """In a fresh process (no Ray running in it): an address where nothing listens is refused
+    by one TCP probe before Ray is asked (which retries a dead address for minutes)."""
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "acp", "generate", "--concepts", "dog", "--scenes", "1",
+               "--executor", "ray", "--ray-address", address, "--model", str(tiny_models["gligen"]),
+               "--clip-model", str(tiny_models["clip"]), "--planner", "heuristic", "--no-progress",
+               "-o", str(out)]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("acp: error: --ray-address"), lines
+    assert not out.exists()
 
 
 def test_sigkill_of_the_driver_then_rerun_finishes_the_dataset(

@@ -238,3 +238,57 @@ def test_a_finished_dataset_grows_with_more_scenes(tiny_models: dict[str, Path],
     assert json.loads((out / "settings.json").read_text())["scenes"] == 4
     shrunk = acp_here(*generate_args(tiny_models, out, "--scenes", "3", "--steps", "3"))
     assert "scenes 4 -> 3; steps 2 -> 3" in one_line_error(shrunk)
+
+
+# --- starting over, and not starting at all ------------------------------------------------------
+
+def test_force_removes_every_file_acp_wrote_there_and_nothing_else(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """--force replaces a run: the splits, balance report and chart written into it describe
+    images that are gone, so they go too; a file acp did not write stays."""
+    out = tmp_path / "out"
+    assert CliRunner().invoke(app, generate_args(tiny_models, out, "--scenes", "2")).exit_code == 0
+    left_over = ["train.json", "val.json", "test.json", "balance.json", "balance.png", "plans.balance.json"]
+    for name in left_over:
+        (out / name).write_text("{}")
+    (out / "notes.txt").write_text("mine")
+    forced = CliRunner().invoke(app, [*generate_args(tiny_models, out, "--scenes", "2"), "--steps", "1",
+                                      "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert [name for name in left_over if (out / name).exists()] == []
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_run_that_finished_nothing_can_be_rerun_with_other_settings(
+    chat_server: ChatServer, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """An LLM that could not be reached leaves a folder with settings but no finished plan:
+    the offline planner may take it over without --force."""
+    chat_server.responder = lambda body: error(400, "unreachable in spirit")
+    out = tmp_path / "out"
+    failed = acp(*generate_args(tiny_models, out, "--scenes", "2"), *llm_args(chat_server))
+    assert failed.returncode == 1 and json.loads((out / "settings.json").read_text())["planner"] == "openai"
+    offline = acp(*generate_args(tiny_models, out, "--scenes", "2"))
+    assert offline.returncode == 0, offline.stderr
+    assert json.loads((out / "settings.json").read_text())["planner"] == "heuristic"
+    assert [r["status"] for _, r, _ in read_records(out / "progress.jsonl")] == ["kept", "kept"]
+
+
+def test_a_finished_dataset_rerun_loads_no_model_and_rewrites_nothing(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """Decided before loading: nothing is left, so no model loads (a model folder that has
+    gone since cannot be read) and the report is not rebuilt."""
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models["gligen"], models / "gligen")
+    out = tmp_path / "out"
+    args = generate_args({**tiny_models, "gligen": models / "gligen"}, out, "--scenes", "2")
+    assert CliRunner().invoke(app, args).exit_code == 0
+    report = (out / "report.html").stat().st_mtime_ns
+    shutil.rmtree(models / "gligen")
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert (out / "report.html").stat().st_mtime_ns == report

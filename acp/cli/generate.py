@@ -163,6 +163,7 @@ def generate(
     from acp.generate.engine import Engine
     from acp.llm import ChatSettings
     from acp.render.gligen import RenderSettings
+    from acp.runfolder import REPORT
     from acp.schema import LayoutRules
     from acp.score.candidates import ScoreSettings
     from acp.segment import MaskSettings
@@ -228,5 +229,6 @@ def generate(
     if topup is not None:
         topup.write(plan_record_path(output / "plans.jsonl"))
         report_after_run(topup, output / "annotations.json", output)
-    write_report_after(output)
+    if summary.this_run or not (output / REPORT).exists():  # a finished dataset: nothing new to show
+        write_report_after(output)
 

@@ -11,13 +11,13 @@ from typing import Any, Protocol
 
 from acp.generate.components import StageSpec
 from acp.generate.feed import PlanFeed
-from acp.generate.records import Finished, StageTimes
+from acp.generate.records import Finished, StageTimes, Unfinished
 
 
 class FinishedSink(Protocol):
-    """Where an engine hands each finished plan, in plan order: the run's writer."""
+    """Where an engine hands each plan it is done with, in plan order: the run's writer."""
 
-    def write(self, finished: Finished) -> None: ...
+    def write(self, finished: Finished | Unfinished) -> None: ...
 
 
 @dataclass

@@ -36,14 +36,13 @@ class LocalEngine:
     def __init__(self, device: str = "auto", *, batch_plans: int = defaults.BATCH_PLANS,
                  finish_queue: int | None = None, make_renderer: Callable[[], Renderer] | None = None,
                  compile: bool = False):
-        from acp.device import resolve_device
         from acp.render.folder import check_batch_plans
 
         check_batch_plans(batch_plans)
-        self.device = resolve_device(device)
+        # Resolved (torch imported) when the run loads its models: a run with nothing left to
+        # do, or refused for its settings, is decided before that.
+        self.device = device
         self.batch_plans, self.make_renderer, self.compile = batch_plans, make_renderer, compile
-        if finish_queue is None:
-            finish_queue = 0 if self.device == "cpu" and make_renderer is None else FINISH_QUEUE
         self.finish_queue = finish_queue
         self.times = StageTimes()
         self.components: Components | None = None
@@ -51,9 +50,16 @@ class LocalEngine:
 
     @property
     def report(self) -> dict[str, Any] | None:
-        return None
+        import torch
+
+        return {"name": "local", "device": self.device, "torch_threads": torch.get_num_threads()}
 
     def load(self, spec: StageSpec) -> None:
+        from acp.device import resolve_device
+
+        self.device = resolve_device(self.device)  # a typo fails before any model loads
+        if self.finish_queue is None:
+            self.finish_queue = 0 if self.device == "cpu" and self.make_renderer is None else FINISH_QUEUE
         self.spec = spec
         self.components = Components.load(spec, self.device, compile=self.compile,
                                           make_renderer=self.make_renderer)
@@ -67,7 +73,7 @@ class LocalEngine:
             for item in batch:
                 state.sink.write(next(done) if isinstance(item, Rendered) else item)
 
-        finisher = _Finisher(finish, times, self.finish_queue)
+        finisher = _Finisher(finish, times, self.finish_queue or 0)
         pending: list[Laid | Finished] = []  # in plan order; the laid ones wait to be rendered
 
         def flush() -> None:

@@ -56,6 +56,15 @@ class Finished:
 
 
 @dataclass(frozen=True)
+class Unfinished:
+    """A plan an engine gave up on for this run (its worker kept dying): nothing of it is
+    written, so the next run makes it again."""
+
+    plan_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class InvalidPlan:
     """A line of ``plans.jsonl`` that no longer validates (edited by hand, or rules that changed
     between versions): its scene is recorded as failed, with the reason, instead of vanishing."""

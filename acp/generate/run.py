@@ -24,7 +24,7 @@ from acp.generate.components import StageSpec
 from acp.generate.config import GenerateConfig
 from acp.generate.engine import Engine, RunState
 from acp.generate.feed import PlanFeed
-from acp.generate.records import Finished, StageTimes
+from acp.generate.records import Finished, StageTimes, Unfinished
 from acp.plan.run import PlanSummary, make_requests
 from acp.runfolder import PLANS, RunFolder, RunWriter, check_output
 
@@ -37,6 +37,11 @@ class SceneFailuresError(AcpError):
 
 class NothingMade(AcpError):
     """A run that made no image and recorded failures: exit non-zero with the last reason."""
+
+
+class PlansLeftUnfinished(AcpError):
+    """An engine gave up on some plans for this run (``Unfinished``): the rest is written and
+    summarised; a rerun makes them."""
 
 
 @dataclass
@@ -68,8 +73,12 @@ class Recorder:
         self.failures_in_a_row = 0
         self.failed = 0  # scenes of this run recorded as failed
         self.last_failure: str | None = None
+        self.unfinished: list[Unfinished] = []
 
-    def write(self, finished: Finished) -> None:
+    def write(self, finished: Finished | Unfinished) -> None:
+        if isinstance(finished, Unfinished):  # nothing written: the next run makes it
+            self.unfinished.append(finished)
+            return
         result = finished.result
         if result.status == "failed":
             self.failed += 1
@@ -149,7 +158,7 @@ def _run(config: GenerateConfig, folder: RunFolder, engine: Engine, categories: 
         out.mkdir(parents=True, exist_ok=True)
         if not folder.lock.held:
             folder.lock.acquire()  # ``out`` did not exist when the run began
-            if check_output(out, record, force):  # someone else's run appeared meanwhile
+            if any(out.iterdir()):  # someone else's run appeared meanwhile
                 raise OutputMismatchError(f"{out}: another run started writing it; rerun")
         if clear:
             folder.clear()
@@ -182,6 +191,11 @@ def _run(config: GenerateConfig, folder: RunFolder, engine: Engine, categories: 
     summary.planner = feed.summary
     summary.seconds = time.perf_counter() - started
     write_summary(folder, summary, engine.report)
+    if recorder.unfinished:
+        left = recorder.unfinished[-1]
+        raise PlansLeftUnfinished(
+            f"{out}: {len(recorder.unfinished)} plans left unfinished (last: plan {left.plan_id}, "
+            f"{left.reason}); rerun the same command to make them")
     failures = summary.planner.failed + recorder.failed
     if kept_now == 0 and failures:
         last = recorder.last_failure or summary.planner.last_error or "unknown"
