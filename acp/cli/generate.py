@@ -38,7 +38,6 @@ from acp.cli.plan import (
     TargetOption,
     TimeoutOption,
     choose_planner,
-    parse_size,
     read_input,
 )
 from acp.cli.render import (
@@ -155,18 +154,14 @@ def generate(
     Rerun the same command to resume after an interruption. The API key is read from
     OPENAI_API_KEY and never printed or written.
     """
+    from acp.api import generate_config
     from acp.cli.balance import BalanceArgs, balance_plan, plan_record_path, report_after_run
     from acp.concepts import parse_object_range
     from acp.errors import InputError
-    from acp.generate import ExportSettings, GenerateConfig, generate
-    from acp.generate.config import IMAGE_FORMATS
+    from acp.generate import generate
+    from acp.generate.config import IMAGE_FORMATS, parse_size
     from acp.generate.engine import Engine
-    from acp.llm import ChatSettings
-    from acp.render.gligen import RenderSettings
     from acp.runfolder import REPORT
-    from acp.schema import LayoutRules
-    from acp.score.candidates import ScoreSettings
-    from acp.segment import MaskSettings
 
     if executor == "ray":
         from acp.generate.ray import import_ray
@@ -187,27 +182,19 @@ def generate(
     if image_format not in IMAGE_FORMATS:
         raise InputError(f"--image-format: expected jpeg or png, got {image_format!r}")
     api_key = api_key or None
-    chosen = choose_planner(planner, api_key, llm_base_url)
-    config = GenerateConfig(
-        concepts=source, scenes=scenes, objects=parse_object_range(objects_per_scene), seed=seed,
+    judge_settings(judge_model, judge_base_url, judge_margin, judge_max_calls, api_key)  # exit 2 if misused
+    config = generate_config(
+        source, scenes=scenes, objects=parse_object_range(objects_per_scene), seed=seed,
         size=parse_size(size),
-        llm=ChatSettings(model=llm_model, base_url=llm_base_url, api_key=api_key, timeout=llm_timeout,
-                         concurrency=concurrency) if chosen == "openai" else None,
-        max_reasks=max_reasks,
-        rules=LayoutRules(max_overlap=max_overlap, on_overlap=on_overlap.value),
-        render=RenderSettings(model=model, steps=steps, guidance=guidance, beta=beta,
-                              negative_prompt=negative_prompt, safety_checker=safety_checker),
-        candidates=candidates,
-        score=ScoreSettings(
-            clip_model=clip_model, bank=bank, embed_model=embed_model, clis_l_method=clis_l_method,
-            judge=judge_settings(judge_model, judge_base_url, judge_margin, judge_max_calls, api_key),
-            min_clis_l=min_clis_l, min_clis_i=min_clis_i),
-        masks=MaskSettings(sam_model) if masks else None,
-        export=ExportSettings(categories=categories, keep_candidates=keep_candidates,
-                              image_format=image_format),
-    )
-    if embed_model and bank is None:
-        raise InputError("--embed-model needs --bank (it matches names against the bank's categories)")
+        planner=choose_planner(planner, api_key, llm_base_url), llm_base_url=llm_base_url,
+        llm_model=llm_model, api_key=api_key, concurrency=concurrency, max_reasks=max_reasks,
+        llm_timeout=llm_timeout, max_overlap=max_overlap, on_overlap=on_overlap.value, model=model,
+        candidates=candidates, steps=steps, guidance=guidance, beta=beta, negative_prompt=negative_prompt,
+        safety_checker=safety_checker, clip_model=clip_model, bank=bank, embed_model=embed_model,
+        clis_l_method=clis_l_method, judge_model=judge_model, judge_base_url=judge_base_url,
+        judge_margin=judge_margin, judge_max_calls=judge_max_calls, min_clis_l=min_clis_l,
+        min_clis_i=min_clis_i, masks=masks, sam_model=sam_model, categories=categories,
+        keep_candidates=keep_candidates, image_format=image_format)
     engine: Engine
     if executor == "ray":
         from acp.generate.ray import RayEngine, RayOptions

@@ -28,23 +28,6 @@ class OverlapAction(str, Enum):
     flag = "flag"
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """``"512"`` or ``"768x512"`` (width x height), each a multiple of 8 in 64..4096."""
-    from acp.errors import InputError
-
-    parts = text.lower().split("x")
-    try:
-        width, height = (int(parts[0]), int(parts[-1])) if len(parts) <= 2 else (0, 0)
-    except ValueError:
-        raise InputError(f"--size: expected N or WIDTHxHEIGHT, got {text!r}") from None
-    for value in (width, height):
-        if not 64 <= value <= 4096 or value % 8:
-            raise InputError(
-                f"--size: width and height must be multiples of 8 in 64..4096, got {text!r}"
-            )
-    return width, height
-
-
 # Options shared with `acp generate` (same names, same defaults).
 InputArgument = Annotated[
     Path | None,
@@ -190,13 +173,11 @@ def plan(
 
     The API key is read from OPENAI_API_KEY and never printed or written.
     """
+    from acp import api
     from acp.cli.balance import BalanceArgs, balance_plan, plan_record_path
-    from acp.concepts import all_concepts, parse_object_range, scene_concepts, scene_total
-    from acp.generate import components
-    from acp.llm import ChatSettings
-    from acp.plan.base import PlanSettings
-    from acp.plan.run import failures_path, make_requests, run_planner
-    from acp.schema import LayoutRules
+    from acp.concepts import parse_object_range, scene_concepts
+    from acp.generate.config import parse_size
+    from acp.plan.run import failures_path
 
     objects = parse_object_range(objects_per_scene)
     wanted = BalanceArgs(balance, target, pass_rate, pass_rate_from, tail_below, frequency,
@@ -209,21 +190,14 @@ def plan(
         if not topup.scenes:
             return
     source = topup.concept_input() if topup is not None else read_input(input, concepts)
-    width, height = parse_size(size)
-    sets = scene_concepts(source, scenes, objects, seed)
-    total = scene_total(source, scenes, sets)
-    settings = PlanSettings(
-        width=width, height=height,
-        rules=LayoutRules(max_overlap=max_overlap, on_overlap=on_overlap.value),
-        categories=tuple(all_concepts(source)),
-    )
+    width_height = parse_size(size)
+    scene_concepts(source, scenes, objects, seed)  # bad --scenes etc. fail before any notice
     api_key = api_key or None
-    chat = (ChatSettings(model=llm_model, base_url=llm_base_url, api_key=api_key, timeout=llm_timeout,
-                         concurrency=concurrency)
-            if choose_planner(planner, api_key, llm_base_url) == "openai" else None)
-    chosen = components.planner(settings, chat, max_reasks=max_reasks)
-    requests = make_requests(sets, seed, width, height, companions=source.companions)
-    summary = run_planner(chosen, requests, output, total=total, progress=progress)
+    summary = api.plan(
+        source, output, scenes=scenes, objects=objects, seed=seed, size=width_height,
+        planner=choose_planner(planner, api_key, llm_base_url), llm_base_url=llm_base_url,
+        llm_model=llm_model, api_key=api_key, concurrency=concurrency, max_reasks=max_reasks,
+        llm_timeout=llm_timeout, max_overlap=max_overlap, on_overlap=on_overlap.value, progress=progress)
     print(f"{output}: {summary.line()}")
     if summary.failed:
         print(f"failures with reasons and raw replies: {failures_path(output)}")

@@ -103,9 +103,9 @@ def render(
     """Render candidate images of each plan with GLIGEN (resumable: a rerun skips finished ones)."""
     import functools
 
-    from acp.cli.plan import parse_size
     from acp.device import resolve_device
     from acp.generate import components
+    from acp.generate.config import parse_size
     from acp.render.folder import render_to_folder
     from acp.render.gligen import RenderSettings
 

@@ -23,6 +23,21 @@ from acp.settings_record import record_of, recorded
 IMAGE_FORMATS = ("jpeg", "png")
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """``"512"`` or ``"768x512"`` (width x height), each a multiple of 8 in 64..4096."""
+    parts = text.lower().split("x")
+    try:
+        width, height = (int(parts[0]), int(parts[-1])) if len(parts) <= 2 else (0, 0)
+    except ValueError:
+        raise InputError(f"--size: expected N or WIDTHxHEIGHT, got {text!r}") from None
+    for value in (width, height):
+        if not 64 <= value <= 4096 or value % 8:
+            raise InputError(
+                f"--size: width and height must be multiples of 8 in 64..4096, got {text!r}"
+            )
+    return width, height
+
+
 @dataclass(frozen=True)
 class ExportSettings:
     """What the run folder holds besides the COCO dataset's defaults: the category file whose
