@@ -58,3 +58,19 @@ def test_ci_runs_the_readme_test_command():
     command = _after_install(BLOCKS[1])
     ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     assert ci_lines[-1] == command
+
+
+def test_readme_python_example_runs(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    """The "From Python" block, in a folder holding the models the first command makes."""
+    (block,) = re.findall(r"```python\n(.*?)```", README, flags=re.S)
+    (tmp_path / "models").mkdir()
+    for name in ("gligen", "clip"):
+        (tmp_path / "models" / name).symlink_to(tiny_models[name], target_is_directory=True)
+    env = {**os.environ, "OPENAI_API_KEY": "", "OPENAI_BASE_URL": ""}
+    result = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "4 images kept" in result.stdout
+    out = tmp_path / "out" / "api-dataset"
+    assert len(json.loads((out / "annotations.json").read_text())["images"]) == 4
+    assert (out / "report.html").is_file()
