@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from acp.cli import app
-from acp.cli._common import handle_errors, notice
+from acp.cli._common import handle_errors, status_printer
 
 
 @app.command()
@@ -26,8 +25,6 @@ def report(
     contact sheet with boxes drawn, the weakest kept beside the best dropped, per-category examples."""
     from acp.report import write_report
 
-    # A line per step (reading each file, drawing) while a person watches; none in a pipe or a log.
-    status = notice if sys.stderr.isatty() else None
-    summary = write_report(folder, output, status=status)
+    summary = write_report(folder, output, status=status_printer())  # a line per step
     typer.echo(f"{summary.path}: {summary.thumbnails} thumbnails of {summary.images} images, "
                f"{summary.bytes / 1e6:.1f} MB")
