@@ -26,7 +26,7 @@ tool, a corrupted disk), so every reader is bounded and decides what a bad value
 - The elements of a COCO file's ``images``, ``annotations`` and ``categories`` are validated
   one at a time as they are used (``CocoImage``, ``CocoAnnotation``, ``CocoCategory``); a bad one
   is skipped and counted the same way. The COCO file itself is the dataset and is parsed whole
-  (``acp.score.bank.read_coco_file``), without a size cap.
+  (``acp.score.bank.read_coco_file``), up to ``MAX_COCO`` bytes.
 
 JSON's extensions that Python accepts (``NaN``, ``Infinity``) are refused, as are integers of
 more than Python's 4300 digits; numbers are read strictly (no ``"5"`` for 5, no ``true`` for 1).
@@ -80,6 +80,9 @@ SCORE_FAILURES = "failures.json"
 MAX_LINE = 1 << 20
 # A whole-file record: a summary of 100,000 categories is about 6 MB.
 MAX_FILE = 16 << 20
+# The COCO file, parsed whole: 1M images with RLE masks and provenance are about 2 GB, and
+# parsing takes several times its size in memory.
+MAX_COCO = 4 << 30
 MAX_TEXT = 10_000  # characters of a name, reason or caption
 MAX_COUNT = (1 << 63) - 1
 SKIPPED_EXAMPLES = 20  # reasons kept for messages; the counts are complete
@@ -491,9 +494,13 @@ class RunFolder:
         """``annotations.json``, parsed whole; its records are validated as they are iterated."""
         from acp.score.bank import read_coco_file
 
-        if not _regular(self.annotations_path):
-            raise InputError(f"{self.annotations_path}: not a regular file")
-        data = read_coco_file(self.annotations_path, polygons=False)
+        path = self.annotations_path
+        if not _regular(path):
+            raise InputError(f"{path}: not a regular file")
+        if path.stat().st_size > MAX_COCO:
+            raise InputError(f"{path}: {path.stat().st_size / 1e9:.1f} GB, more than the "
+                             f"{MAX_COCO >> 30} GiB a report parses")
+        data = read_coco_file(path, polygons=False)
         return Coco(self.annotations_path, data, self.skipped)
 
 

@@ -121,3 +121,15 @@ def test_a_score_report_is_read_row_by_row(tmp_path: Path) -> None:
     assert report.skipped.counts == {"images.json": 2, "categories.json": 1}
     assert [row.id for row in report.images(again=True)] == [1]
     assert report.skipped.total == 3  # a second pass counts nothing twice
+
+
+def test_a_coco_file_past_its_cap_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import acp.runfolder
+
+    run = RunFolder(tmp_path)
+    empty = {"images": [], "annotations": [], "categories": []}
+    run.annotations_path.write_text(json.dumps(empty) + " " * 100)
+    assert run.coco().image_count == 0
+    monkeypatch.setattr(acp.runfolder, "MAX_COCO", 64)
+    with pytest.raises(InputError, match=r"annotations\.json: 0\.0 GB, more than the"):
+        run.coco()
