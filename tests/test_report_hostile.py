@@ -49,8 +49,8 @@ def _read(path: Path) -> Any:
 
 
 def _write(path: Path, value: Any) -> None:
-    if path.suffix == ".jsonl":
-        text = "".join(json.dumps(v) + "\n" for v in value)
+    if path.suffix == ".jsonl":  # a list is the file's lines; anything else, its one line
+        text = "".join(json.dumps(v) + "\n" for v in (value if isinstance(value, list) else [value]))
     else:
         text = json.dumps(value, indent=1)
     for marker, raw in RAW.items():
@@ -215,3 +215,48 @@ def test_any_mutated_value_is_one_line_or_an_escaped_page(tiny_dataset: Path, tm
             (folder / file).write_bytes(originals[file])
 
     check()
+
+
+def _rows(path: Path) -> list[Any]:
+    return json.loads(path.read_text())
+
+
+def _write_rows(path: Path, rows: list[Any]) -> None:
+    """As `acp score dataset` writes them: one element a line."""
+    text = "[\n" + ",\n".join(json.dumps(row) for row in rows) + "\n]\n"
+    for marker, raw in RAW.items():
+        text = text.replace(json.dumps(marker), raw)
+    path.write_text(text)
+
+
+SCORE_CASES = [
+    ("images.json", [0, "id"], [1]),
+    ("images.json", [0, "clis"], 1e308),
+    ("images.json", [0, "file_name"], "../../etc/passwd"),
+    ("images.json", [0, "caption"], INJECTED[0]),
+    ("images.json", [0], "@deep@"),
+    ("boxes.json", [0, "bbox"], [1e300, -1e300, 1e300, 1e300]),
+    ("boxes.json", [0, "category"], {"name": "x"}),
+    ("boxes.json", [0, "image_id"], "@huge-int@"),
+    ("categories.json", [0, "boxes"], "many"),
+    ("categories.json", [], {"not": "a list"}),
+    ("failures.json", [], [7, INJECTED[1]]),
+    ("summary.json", ["images_dir"], ["/"]),
+    ("summary.json", ["keep_above"], "@nan@"),
+    ("summary.json", ["scored_images"], -1),
+]
+
+
+@pytest.mark.parametrize(("file", "where", "value"), SCORE_CASES, ids=[f"{f}:{w}" for f, w, _ in SCORE_CASES])
+def test_a_hostile_score_report_is_one_line_or_a_page_without_it(tmp_path: Path, file: str, where: list[Any],
+                                                                 value: Any) -> None:
+    from tests.test_report import _score_folder
+
+    folder = _score_folder(tmp_path, n=12)
+    path = folder / file
+    new = _set(_rows(path), where, value)
+    if file in ("images.json", "boxes.json", "failures.json") and isinstance(new, list):
+        _write_rows(path, new)
+    else:
+        _write(path, new)
+    _check_outcome(folder, tmp_path / "page.html")
