@@ -203,9 +203,10 @@ class _Histogram:
     def __init__(self, *series: str) -> None:
         self.counts = {name: np.zeros(BINS, dtype=np.int64) for name in series}
 
-    def add(self, series: str, value: Any) -> None:
-        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-            self.counts[series][min(max(int(value * BINS / 100), 0), BINS - 1)] += 1
+    def add(self, series: str, value: float | None) -> None:
+        """Count ``value``, a score validated to lie in 0-100 (None: no score)."""
+        if value is not None:
+            self.counts[series][min(int(value * BINS / 100), BINS - 1)] += 1
 
     def total(self) -> int:
         return int(sum(c.sum() for c in self.counts.values()))

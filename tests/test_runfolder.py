@@ -21,15 +21,17 @@ def _jsonl(path: Path, *lines: str | dict[str, object], end: str = "\n") -> None
 
 
 @pytest.mark.parametrize(("line", "reason"), [
-    ('{"plan_id": "000001", "status": "kept", "clis": NaN}', "NaN is not JSON"),
+    ('{"plan_id": "000001", "status": "kept", "clis": NaN}', "clis: nan is not a score (expected 0-100)"),
     ('{"plan_id": "000001", "status": "kept", "clis": 1e308}',
      "clis: 1e+308 is not a score (expected 0-100)"),
     ('{"plan_id": "000001", "status": "kept", "clis": "61"}', "clis: Input should be a valid number"),
     ('{"plan_id": ["000001"], "status": "kept"}', "plan_id: Input should be a valid string"),
     ('{"plan_id": "000001", "status": "maybe"}', "status: Input should be 'kept', 'dropped' or 'failed'"),
     ('{"plan_id": "000001", "status": "kept", "flagged": true}', "flagged: Input should be a valid integer"),
-    ('{"plan_id": "000001", "status": "kept", "candidate": ' + "9" * 5000 + "}", "not JSON (Exceeds"),
-    ("[1, 2]", "expected a JSON object, got list"),
+    ('{"plan_id": "000001", "status": "kept", "candidate": ' + "9" * 5000 + "}",
+     "Invalid JSON: number out of range"),
+    ("[1, 2]", "(record): Input should be an object"),
+    ("{broken", "(record): Invalid JSON"),
 ])
 def test_a_bad_progress_line_is_left_out_and_named(tmp_path: Path, line: str, reason: str) -> None:
     run = RunFolder(tmp_path)
