@@ -367,6 +367,8 @@ class _Images:
                     image, reason = read_rgb(path)
             except UnsafePathError as error:
                 reason = str(error)
+            except OSError as error:  # a name too long for the file system, ...
+                reason = f"{_short(name, 100)}: {error.strerror or error}"
             if image is None and len(self.problems) < 20:
                 self.problems.append(_short(reason))
             self._cache[key] = image

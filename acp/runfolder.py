@@ -31,7 +31,9 @@ tool, a corrupted disk), so every reader is bounded and decides what a bad value
 Numbers are read strictly (no ``"5"`` for 5, no ``true`` for 1). Scores must lie in 0-100
 (``NaN`` and ``Infinity`` fail that too), counts in 64 bits; a whole-file record refuses
 ``NaN`` and ``Infinity`` anywhere, and an integer past Python's 4300 digits is bad JSON.
-Unknown keys are ignored (a newer acp may add some); ``settings.json`` keeps them to show.
+The records of ``acp.schema`` (plans, candidates, candidate scores, plan results) are read
+with those models, which refuse unknown keys as ``acp validate`` does; the records defined
+here ignore unknown keys (a newer acp may add some), and ``settings.json`` keeps them to show.
 """
 
 from __future__ import annotations

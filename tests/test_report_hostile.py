@@ -124,6 +124,7 @@ CASES = [
     ("annotations.json", ["images", 0, "id"], [1, 2]),
     ("annotations.json", ["images", 0, "acp"], "<script>alert(1)</script>"),
     ("annotations.json", ["images", 0, "acp", "clis"], 1e308),
+    ("annotations.json", ["images", 0, "file_name"], "x" * 5000 + ".jpg"),
     ("annotations.json", ["categories", 0, "id"], "@huge-int@"),
     ("annotations.json", ["categories", 0, "name"], INJECTED[0]),
     ("annotations.json", ["images"], "@deep@"),
