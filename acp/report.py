@@ -52,6 +52,7 @@ from acp.images import read_rgb
 from acp.paths import UnsafePathError, inside
 from acp.rle import decode_rle
 from acp.runfolder import (
+    REPORT,
     BoxRow,
     CocoAnnotation,
     CocoImage,
@@ -64,7 +65,7 @@ from acp.runfolder import (
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-REPORT_NAME = "report.html"
+REPORT_NAME = REPORT
 BINS = 50  # histogram bins over 0-100
 CATEGORY_ROWS = 100  # rows of the per-category table; the rest is folded into one line
 NAMES_SHOWN = 30  # names listed in a folded line

@@ -374,6 +374,15 @@ class RunSummary(_Read):
     last_run: LastRun | None = None
 
 
+def read_run_summary(path: Path) -> RunSummary:
+    """A run's ``summary.json`` wherever it is (``--pass-rate-from`` names one): a missing or
+    bad file is one ``InputError`` line naming it and the field."""
+    value = read_json_file(Path(path))
+    if value is None:
+        raise InputError(f"{path}: no such file")
+    return _record(Path(path), RunSummary, value)
+
+
 class ImageProvenance(_Read):
     """An image's ``acp`` key in an acp dataset."""
 

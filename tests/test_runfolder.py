@@ -135,3 +135,23 @@ def test_a_coco_file_past_its_cap_is_one_line(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setattr(acp.runfolder, "MAX_COCO", 64)
     with pytest.raises(InputError, match=r"annotations\.json: 0\.0 GB, more than the"):
         run.coco()
+
+
+@pytest.mark.parametrize("text", ['{"instances_kept_by_category": {"dog": NaN}}',
+                                  '{"instances_kept_by_category": {"dog": 1e308}}',
+                                  '{"instances_kept_by_category": {"dog": ' + "9" * 5000 + "}}",
+                                  '{"instances_kept_by_category": ' + "[" * 100_000 + "]" * 100_000 + "}",
+                                  '{"instances_dropped_by_category": {"dog": -3}}'])
+def test_a_run_summary_anywhere_is_read_or_one_line(tmp_path: Path, text: str) -> None:
+    from acp.runfolder import read_run_summary
+
+    path = tmp_path / "old-run.json"
+    path.write_text(text)
+    with pytest.raises(InputError) as error:
+        read_run_summary(path)
+    assert str(error.value).startswith(f"{path}: ") and "\n" not in str(error.value)
+    path.write_text('{"instances_kept_by_category": {"dog": 3}, "unknown": NaN}')
+    with pytest.raises(InputError, match="NaN is not JSON"):  # refused anywhere in a whole file
+        read_run_summary(path)
+    path.write_text('{"instances_kept_by_category": {"dog": 3}}')
+    assert read_run_summary(path).instances_kept_by_category == {"dog": 3}
