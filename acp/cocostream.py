@@ -100,6 +100,8 @@ class _Reader:
                 raise self.fail(error.msg) from None
             except RecursionError:
                 raise self.fail("nested too deeply") from None
+            except ValueError as error:  # an integer past Python's 4300 digits
+                raise self.fail(str(error).split(";")[0]) from None
             if end == len(self.buffer) and self._fill():
                 continue  # a number may go on in the next chunk: decode it again, whole
             self.pos = end

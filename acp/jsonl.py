@@ -79,7 +79,7 @@ def read_records(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str]]
     for number, text in iter_lines(path):
         try:
             value = loads(text)
-        except json.JSONDecodeError:
+        except ValueError:  # not JSON, or an integer past Python's 4300 digits
             yield number, None, text
             continue
         yield number, (value if isinstance(value, dict) else None), text

@@ -1,27 +1,28 @@
 """``acp report FOLDER``: one static HTML page showing what a run made and what its filter did.
 
-``FOLDER`` is an ``acp generate`` output (``settings.json``, ``annotations.json``,
-``summary.json``, ``progress.jsonl``, ``scores.jsonl``, ``images/``, ``candidates/`` with
-``--keep-candidates``) or an ``acp score dataset`` report (``summary.json``, ``images.json``,
-``boxes.json``, ``categories.json``, ``failures.json``). The page (``FOLDER/report.html`` by
-default) has, each as a ``<section>`` with an id:
+``FOLDER`` is an ``acp generate`` output or an ``acp score dataset`` report, read only through
+``acp.runfolder`` (every record validated before use; see there what a bad file or record
+costs). The page (``FOLDER/report.html`` by default) has, each as a ``<section>`` with an id:
 
-- ``run``: the settings and provenance of the run;
-- ``counts``: images and boxes kept and dropped, per category and per drop reason;
+- ``run``: the settings and provenance of the run, and the records left out as unreadable;
+- ``counts``: images and boxes kept and dropped, per category (most first; the categories
+  without any instance folded into one line) and per drop reason;
 - ``scores``: histograms of CLIS, CLIS-L and CLIS-I (inline SVG), all candidates or images
-  against the kept ones, with the thresholds;
-- ``contact-sheet``: a sample of kept images with their boxes and labels drawn;
+  against the kept ones, with the thresholds; how CLIS-L was reached for each plan;
+- ``contact-sheet``: a sample of kept images with their boxes, labels and (``--masks``) masks;
 - ``extremes``: the lowest-scoring kept images beside the best dropped candidates (generate,
   where candidates were kept) or the best removed images (score dataset, with ``--keep-above``);
-- ``categories``: a strip of example boxes per category.
+- ``categories``: a strip of example boxes per category, for the categories with most instances.
 
 Self-contained: thumbnails are embedded as JPEG data URIs, styles inline, no script, nothing
-fetched. Bounded whatever the dataset's size: the page holds at most
-``REPORT_CONTACT_SHEET + 2 REPORT_EXTREMES + REPORT_STRIP x REPORT_STRIP_CATEGORIES``
-thumbnails (``acp.defaults``), chosen in one streaming pass each over the records (a sample
-by a hash of the image id, so the same dataset gives the same page), and only those images are
-opened. The records themselves are read once, line by line where they are JSON Lines; the
-COCO file is parsed whole, as every reader of it does.
+fetched; every text from the folder is escaped. Bounded whatever the dataset's size: the page
+holds at most ``REPORT_CONTACT_SHEET + 2 REPORT_EXTREMES + REPORT_STRIP x REPORT_STRIP_CATEGORIES``
+thumbnails (``acp.defaults``), chosen in one streaming pass each over the records (a sample by
+a hash of the image id, so the same dataset gives the same page), and only those images are
+opened; at most ``CATEGORY_ROWS`` category rows and ``MASK_PIXELS`` decoded mask pixels. The
+records are read once, line by line where they are JSON Lines; the COCO file is parsed whole,
+as every reader of it does. Labels are drawn with ``acp.fonts`` (any script the machine has a
+font for).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ import html
 import io
 import json
 import math
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -45,15 +47,31 @@ import acp
 from acp import defaults
 from acp.atomic import write_atomic
 from acp.errors import InputError
+from acp.fonts import missing_note
 from acp.images import read_rgb
-from acp.jsonl import read_records
 from acp.paths import UnsafePathError, inside
+from acp.rle import decode_rle
+from acp.runfolder import (
+    REPORT,
+    BoxRow,
+    CocoAnnotation,
+    CocoImage,
+    ImageRow,
+    RunFolder,
+    ScoreReportFolder,
+    Skipped,
+)
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-REPORT_NAME = "report.html"
+REPORT_NAME = REPORT
 BINS = 50  # histogram bins over 0-100
+CATEGORY_ROWS = 100  # rows of the per-category table; the rest is folded into one line
+NAMES_SHOWN = 30  # names listed in a folded line
+# Masks decoded for one page, in pixels (a 512 x 512 mask is 0.26 M): past this, boxes only.
+MASK_PIXELS = 100_000_000
+TEXT_SHOWN = 300  # characters of one value from the folder shown on the page
 _PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6",
             "#bcf60c", "#008080", "#9a6324", "#800000", "#808000", "#000075", "#ffe119")
 _KEPT, _DROPPED, _ALL = "#2b7bb9", "#d62728", "#b0b0b0"
@@ -68,14 +86,17 @@ class ReportSummary:
     bytes: int
 
 
-def write_report(folder: Path, output: Path | None = None) -> ReportSummary:
-    """Build the page for ``folder`` (see the module docstring) and write it atomically."""
+def write_report(folder: Path, output: Path | None = None,
+                 status: Callable[[str], None] | None = None) -> ReportSummary:
+    """Build the page for ``folder`` (see the module docstring) and write it atomically.
+    ``status`` is told what is being done, a line per step (reading, drawing)."""
     folder = Path(folder)
     output = Path(output) if output is not None else folder / REPORT_NAME
-    if (folder / "settings.json").is_file() and (folder / "annotations.json").is_file():
-        page = _generate_page(folder)
-    elif _score_summary(folder) is not None:
-        page = _score_page(folder)
+    say = status or (lambda _line: None)
+    if RunFolder(folder).is_run():
+        page = _generate_page(RunFolder(folder), say)
+    elif ScoreReportFolder(folder).is_report():
+        page = _score_page(ScoreReportFolder(folder), say)
     else:
         raise InputError(
             f"{folder}: neither an `acp generate` output (settings.json and annotations.json) nor an "
@@ -99,6 +120,10 @@ class _Page:
 
     def add(self, section_id: str, heading: str, body: str) -> None:
         self.sections.append((section_id, heading, body))
+
+    def append(self, section_id: str, body: str) -> None:
+        """More of section ``section_id``'s body, at its end."""
+        self.sections = [(i, h, b + body if i == section_id else b) for i, h, b in self.sections]
 
     def render(self) -> str:
         built = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -132,6 +157,17 @@ margin:4px 0 12px}.strip figure{width:120px}.charts{display:flex;flex-wrap:wrap;
 
 def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
+
+
+def _short(value: Any, limit: int = TEXT_SHOWN) -> str:
+    """A value from the folder as one line of at most ``limit`` characters (JSON unless text)."""
+    if not isinstance(value, str):
+        try:
+            value = json.dumps(value, ensure_ascii=False)
+        except (ValueError, RecursionError):
+            value = "(not shown: nested too deeply)"
+    text = " ".join(value.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _number(value: Any) -> str:
@@ -168,9 +204,10 @@ class _Histogram:
     def __init__(self, *series: str) -> None:
         self.counts = {name: np.zeros(BINS, dtype=np.int64) for name in series}
 
-    def add(self, series: str, value: Any) -> None:
-        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-            self.counts[series][min(max(int(value * BINS / 100), 0), BINS - 1)] += 1
+    def add(self, series: str, value: float | None) -> None:
+        """Count ``value``, a score validated to lie in 0-100 (None: no score)."""
+        if value is not None:
+            self.counts[series][min(int(value * BINS / 100), BINS - 1)] += 1
 
     def total(self) -> int:
         return int(sum(c.sum() for c in self.counts.values()))
@@ -223,40 +260,83 @@ def _charts(charts: list[tuple[_Histogram, str, float | None]], colours: dict[st
 
 @dataclass
 class _Box:
-    bbox: tuple[float, float, float, float]  # pixel x, y, w, h
+    bbox: tuple[float, float, float, float]  # pixel x, y, w, h (may reach far outside the image)
     label: str
     colour: str
+    mask: Any = None  # a COCO segmentation, drawn when it is an RLE of the image's size
 
 
-def _thumbnail(image: Image, boxes: list[_Box], size: int) -> str:
-    """``image`` scaled to fit ``size`` with its boxes drawn, as a JPEG data URI."""
-    from PIL import ImageDraw, ImageFont
+class _Masks:
+    """Decodes masks for the page until ``MASK_PIXELS`` pixels have been decoded."""
+
+    def __init__(self) -> None:
+        self.left = MASK_PIXELS
+        self.skipped = 0  # masks not drawn: over the budget, or not an RLE of the image's size
+
+    def decode(self, segmentation: Any, height: int, width: int) -> np.ndarray | None:
+        if height * width > self.left:
+            self.skipped += 1
+            return None
+        mask = decode_rle(segmentation, height, width)
+        if mask is None:
+            self.skipped += 1
+            return None
+        self.left -= height * width
+        return mask
+
+
+def _clipped(box: tuple[float, float, float, float], width: float, height: float
+             ) -> tuple[float, float, float, float] | None:
+    """``box`` (x, y, w, h) as corners inside ``width x height``; None when nothing is inside."""
+    x, y, w, h = box
+    x0, y0 = min(max(x, 0.0), width), min(max(y, 0.0), height)
+    x1, y1 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
+    return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
+
+
+def _thumbnail(image: Image, boxes: list[_Box], size: int, masks: _Masks | None = None) -> str:
+    """``image`` scaled to fit ``size`` with its boxes (and masks) drawn, as a JPEG data URI."""
+    from PIL import Image as PILImage
+    from PIL import ImageColor, ImageDraw
+
+    from acp.fonts import label_font
 
     scale = min(size / image.width, size / image.height)
     shown = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
+    if masks is not None:
+        for box in boxes:
+            mask = masks.decode(box.mask, image.height, image.width) if box.mask is not None else None
+            if mask is not None:
+                alpha = PILImage.fromarray(mask.astype(np.uint8) * 110)
+                alpha = alpha.resize(shown.size, PILImage.Resampling.NEAREST)
+                shown.paste(PILImage.new("RGB", shown.size, ImageColor.getrgb(box.colour)), (0, 0), alpha)
     draw = ImageDraw.Draw(shown)
-    font = ImageFont.load_default()
+    font = label_font(11)
     for box in boxes:
-        x, y, w, h = (v * scale for v in box.bbox)
-        draw.rectangle([x, y, x + w, y + h], outline=box.colour, width=2)
+        corners = _clipped(box.bbox, image.width, image.height)
+        if corners is None:
+            continue
+        x0, y0, x1, y1 = (v * scale for v in corners)
+        draw.rectangle([x0, y0, x1, y1], outline=box.colour, width=2)
         if box.label:
-            left, top, right, bottom = draw.textbbox((x + 2, y + 1), box.label, font=font)
+            left, top, right, bottom = font.bbox((x0 + 2, y0 + 1), box.label)
             draw.rectangle([left - 1, top - 1, right + 1, bottom + 1], fill=box.colour)
-            draw.text((x + 2, y + 1), box.label, fill="white", font=font)
+            font.draw(draw, (x0 + 2, y0 + 1), box.label, fill="white")
     return _jpeg(shown)
 
 
 def _crop(image: Image, bbox: tuple[float, float, float, float], colour: str, size: int) -> str:
     """The box with a margin of a quarter of its size around it, scaled to fit ``size``."""
-    x, y, w, h = bbox
-    margin = 0.25 * max(w, h)
-    left, top = max(0, int(x - margin)), max(0, int(y - margin))
-    right = min(image.width, math.ceil(x + w + margin))
-    bottom = min(image.height, math.ceil(y + h + margin))
-    if right <= left or bottom <= top:
-        left, top, right, bottom = 0, 0, image.width, image.height
+    corners = _clipped(bbox, image.width, image.height)
+    if corners is None:
+        return _thumbnail(image, [], size)
+    x0, y0, x1, y1 = corners
+    margin = 0.25 * max(x1 - x0, y1 - y0)
+    left, top = max(0, int(x0 - margin)), max(0, int(y0 - margin))
+    right = min(image.width, math.ceil(x1 + margin))
+    bottom = min(image.height, math.ceil(y1 + margin))
     part = image.crop((left, top, right, bottom))
-    return _thumbnail(part, [_Box((x - left, y - top, w, h), "", colour)], size)
+    return _thumbnail(part, [_Box((x0 - left, y0 - top, x1 - x0, y1 - y0), "", colour)], size)
 
 
 def _jpeg(image: Image) -> str:
@@ -279,12 +359,19 @@ class _Images:
             return None
         key = f"{root}\0{name}"
         if key not in self._cache:
+            image: Image | None = None
             try:
-                image, reason = read_rgb(inside(root, name, what="file_name"))
+                path = inside(root, name, what="file_name")
+                if path.exists() and not path.is_file():  # a FIFO or a device could block or never end
+                    reason: str | None = f"{_short(name, 100)}: not a regular file"
+                else:
+                    image, reason = read_rgb(path)
             except UnsafePathError as error:
-                image, reason = None, str(error)
+                reason = str(error)
+            except OSError as error:  # a name too long for the file system, ...
+                reason = f"{_short(name, 100)}: {error.strerror or error}"
             if image is None and len(self.problems) < 20:
-                self.problems.append(str(reason))
+                self.problems.append(_short(reason))
             self._cache[key] = image
             if len(self._cache) > 64:  # only a handful is drawn at a time
                 self._cache.pop(next(iter(self._cache)))
@@ -292,186 +379,249 @@ class _Images:
 
 
 def _figure(uri: str, caption: str, title: str = "") -> str:
-    tip = f' title="{_e(title)}"' if title else ""
-    return (f'<figure><img src="{uri}" alt="{_e(caption)}"{tip}>'
-            f"<figcaption>{_e(caption)}</figcaption></figure>")
+    tip = f' title="{_e(_short(title))}"' if title else ""
+    return (f'<figure><img src="{uri}" alt="{_e(_short(caption))}"{tip}>'
+            f"<figcaption>{_e(_short(caption))}</figcaption></figure>")
 
 
 def _hash_key(value: Any) -> int:
     return int.from_bytes(hashlib.sha256(str(value).encode("utf-8")).digest()[:8], "big")
 
 
-def _sample(items: Iterable[Any], count: int, key: Any = lambda item: item) -> list[Any]:
-    """The ``count`` items of smallest hash: a uniform sample, the same on every run."""
-    return heapq.nsmallest(count, items, key=lambda item: _hash_key(key(item)))
-
-
 def _colour(index: int) -> str:
     return _PALETTE[index % len(_PALETTE)]
 
 
-def _score(value: Any) -> str:
-    return f"{value:.1f}" if isinstance(value, int | float) and not isinstance(value, bool) else "–"
+def _score(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f}"
 
 
-def _read_json(path: Path) -> Any:
-    from acp.export.categories import load_json_file
+def _skipped_note(skipped: Skipped, masks: _Masks | None = None) -> str:
+    """What the page left out: unreadable records, masks not drawn, labels without a font."""
+    parts = []
+    if skipped.total:
+        counts = ", ".join(f"{_e(name)}: {n}" for name, n in skipped.counts.items())
+        examples = "".join(f"<li>{_e(line)}</li>" for line in skipped.examples)
+        parts.append(f'<p class="note">Records left out as unreadable ({counts}); the first:</p>'
+                     f"<ul>{examples}</ul>")
+    if masks is not None and masks.skipped:
+        parts.append(f'<p class="note">{masks.skipped} masks not drawn (not an RLE of their image\'s '
+                     f"size, or past the page's {MASK_PIXELS // 1_000_000} M mask pixels).</p>")
+    if (note := missing_note()) is not None:
+        parts.append(f'<p class="note">Labels: {_e(note)}.</p>')
+    return "".join(parts)
 
-    return load_json_file(path)
+
+def _names(names: Iterable[str], limit: int = NAMES_SHOWN) -> str:
+    shown: list[str] = []
+    more = 0
+    for name in names:
+        if len(shown) < limit:
+            shown.append(_short(name, 60))
+        else:
+            more += 1
+    return ", ".join(shown) + (f" and {more} more" if more else "")
 
 
-def _json_array(path: Path) -> Iterator[Any]:
-    """The elements of a JSON array written one element a line (``acp score dataset``'s
-    files), without parsing the whole file; any other layout is parsed whole."""
-    with open(path, encoding="utf-8") as handle:
-        first = handle.readline().strip()
-        if first not in ("[", "[]"):
-            handle.seek(0)
-            yield from json.loads(handle.read())
-            return
-        for line in handle:
-            line = line.strip().rstrip(",")
-            if line and line != "]":
-                yield json.loads(line)
+def _category_table(counts: dict[str, tuple[int, int]], headers: tuple[str, str]) -> str:
+    """Categories by instances, most first; those without any folded into one line, and past
+    ``CATEGORY_ROWS`` the rest into another."""
+    ranked = sorted(counts.items(), key=lambda item: (-(item[1][0] + item[1][1]), item[0]))
+    used = [(name, kept, dropped) for name, (kept, dropped) in ranked if kept + dropped]
+    empty = [name for name, (kept, dropped) in ranked if not kept + dropped]
+    most = max([1, *(max(k, d) for _, k, d in used)])
+    rows = [[name, kept, _bar(kept, most), dropped, _bar(dropped, most, dropped=True)]
+            for name, kept, dropped in used[:CATEGORY_ROWS]]
+    notes = []
+    if len(used) > CATEGORY_ROWS:
+        rest = used[CATEGORY_ROWS:]
+        notes.append(f"{len(rest)} more categories with {sum(k for _, k, _ in rest)} {headers[0]} and "
+                     f"{sum(d for _, _, d in rest)} {headers[1]} instances: {_names(n for n, _, _ in rest)}.")
+    if empty:
+        notes.append(f"{len(empty)} {'category' if len(empty) == 1 else 'categories'} without any "
+                     f"instance: {_names(empty)}.")
+    table = _table(["category", headers[0], "", headers[1], ""], rows) if rows else \
+        '<p class="note">No instance.</p>'
+    return table + "".join(f'<p class="note">{_e(n)}</p>' for n in notes)
 
 
 # --- an `acp generate` output --------------------------------------------------------------
 
+# How a plan's CLIS-L was reached (``clis_l_method`` of its records, acp.score.layout), in words
+# that name the --clis-l-method option it belongs to.
+_LAYOUT_METHODS = {
+    "density": "v2: densities learned from the bank",
+    "pairs": "paper: the published pair formula",
+    "priors": "the category's boxes in the bank (no pair of these categories there)",
+    "sanity": "reference-free sanity check (no bank, or none of the categories in it)",
+    "degenerate": "a degenerate box (score 0)",
+    "empty": "no object (score 0)",
+}
 
-def _generate_page(folder: Path) -> _Page:
-    from acp.score.bank import read_coco_file
 
-    settings = _read_json(folder / "settings.json")
-    summary = _read_json(folder / "summary.json") if (folder / "summary.json").is_file() else {}
-    data = read_coco_file(folder / "annotations.json", polygons=False)  # no mask is drawn
-    images, annotations = data["images"], data["annotations"]
-    names = {c["id"]: str(c.get("name")) for c in data["categories"] if isinstance(c, dict) and "id" in c}
+def _generate_page(run: RunFolder, say: Callable[[str], None]) -> _Page:
+    settings = run.settings()
+    summary = run.summary()
+    say(f"reading {run.annotations_path} ({run.annotations_path.stat().st_size / 1e6:.1f} MB)")
+    coco = run.coco()
+    names: dict[Any, str] = {}
+    for category in coco.categories():
+        names.setdefault(category.id, category.name)
     colour_of = {cid: _colour(k) for k, cid in enumerate(sorted(names, key=str))}
     colour_of_name = {names[cid]: colour for cid, colour in colour_of.items()}
-    page = _Page("generate", f"acp dataset: {folder.resolve().name}", images=len(images))
+    page = _Page("generate", f"acp dataset: {run.root.resolve().name}", images=coco.image_count)
+    kept_by = summary.instances_kept_by_category if summary else {}
+    dropped_by = summary.instances_dropped_by_category if summary else {}
 
     # Run settings and provenance.
-    rows = [[key, json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value]
-            for key, value in settings.items()] if isinstance(settings, dict) else []
-    last = summary.get("last_run") or {}
-    if last:
-        rows.append(["last run", f"{last.get('scenes')} scenes in {last.get('seconds')} s"])
-        rows.append(["planner", json.dumps(last.get("planner"), ensure_ascii=False)])
+    rows: list[list[Any]] = []
+    values = settings.values if settings else {}
+    concepts = list(dict.fromkeys([*kept_by, *dropped_by])) or list(dict.fromkeys(names.values()))
+    for key, value in values.items():
+        if key == "concepts":
+            fingerprint = f" (fingerprint {value[:12]}…)" if isinstance(value, str) else ""
+            rows.append(["concepts", f"{len(concepts)}: {_names(concepts)}{fingerprint}"])
+        elif key != "clis_l_method":
+            rows.append([key, _short(value)])
+    if settings is not None:
+        method = settings.clis_l_method
+        default = " (the default)" if method == defaults.CLIS_L_METHOD else ""
+        rows.append(["clis_l_method", method + default])
+    last = summary.last_run if summary else None
+    if last is not None:
+        scenes = "–" if last.scenes is None else last.scenes
+        seconds = "–" if last.seconds is None else f"{last.seconds:g}"
+        rows.append(["last run", f"{scenes} scenes in {seconds} s"])
+        if last.planner is not None:
+            rows.append(["last run: planner", last.planner.line()])
     page.add("run", "Run settings and provenance",
-             f"<p>Folder <code>{_e(folder.resolve())}</code>.</p>" + _table(["setting", "value"], rows))
+             f"<p>Folder <code>{_e(run.root.resolve())}</code>.</p>" + _table(["setting", "value"], rows))
 
     # Counts per category and per reason.
-    kept_by = summary.get("instances_kept_by_category") or {}
-    dropped_by = summary.get("instances_dropped_by_category") or {}
-    most = max([*kept_by.values(), *dropped_by.values(), 1])
-    category_rows = [[name, kept_by.get(name, 0), _bar(kept_by.get(name, 0), most), dropped_by.get(name, 0),
-                      _bar(dropped_by.get(name, 0), most, dropped=True)]
-                     for name in dict.fromkeys([*names.values(), *kept_by, *dropped_by])]
-    reasons = summary.get("drop_reasons") or {}
-    counts = _table(["", "count"], [["scenes finished", summary.get("scenes", "–")],
-                                    ["images kept", summary.get("images_kept", len(images))],
-                                    ["scenes dropped", summary.get("scenes_dropped", "–")],
-                                    ["scenes failed", summary.get("scenes_failed", "–")],
-                                    ["boxes (annotations)", len(annotations)]])
+    by_name: dict[str, tuple[int, int]] = {name: (0, 0) for name in names.values()}
+    for name in dict.fromkeys([*kept_by, *dropped_by]):
+        by_name[name] = (kept_by.get(name, 0), dropped_by.get(name, 0))
+    reasons = summary.drop_reasons if summary else {}
+    def count(key: str) -> int | str:
+        value = getattr(summary, key) if summary is not None else None
+        return "–" if value is None else value
+
+    images_kept = count("images_kept")
+    counts = _table(["", "count"], [
+        ["scenes finished", count("scenes")],
+        ["images kept", coco.image_count if images_kept == "–" else images_kept],
+        ["scenes dropped", count("scenes_dropped")], ["scenes failed", count("scenes_failed")],
+        ["boxes (annotations)", coco.annotation_count]])
     page.add("counts", "Kept and dropped", counts
-             + "<h3>Instances per category</h3>"
-             + _table(["category", "kept", "", "dropped", ""], category_rows)
+             + "<h3>Instances per category</h3>" + _category_table(by_name, ("kept", "dropped"))
              + "<h3>Scenes dropped, per reason</h3>"
-             + (_table(["reason", "scenes"], sorted(([r, n] for r, n in reasons.items()),
+             + (_table(["reason", "scenes"], sorted(([_short(r), n] for r, n in reasons.items()),
                                                      key=lambda x: -x[1]))
                 if reasons else '<p class="note">No scene was dropped.</p>'))
 
     # Scores of every candidate against the kept ones; the best dropped candidates on the way.
+    say(f"reading {run.progress_path.name} and {run.scores_path.name}")
     status: dict[str, str] = {}
-    if (folder / "progress.jsonl").is_file():
-        for _, record, _ in read_records(folder / "progress.jsonl"):
-            if record is not None and record.get("status") != "kept":
-                status[str(record.get("plan_id"))] = str(record.get("status"))
+    methods: Counter[str] = Counter()
+    for result in run.progress():
+        if result.status != "kept":
+            status[result.plan_id] = result.status
+        if result.clis_l_method is not None:
+            methods[result.clis_l_method if result.clis_l_method in _LAYOUT_METHODS else "other"] += 1
     histograms = {key: _Histogram("all candidates", "kept") for key in ("clis", "clis_l", "clis_i")}
     instance = _Histogram("all candidates", "kept")
     dropped: list[_Ranked] = []  # the best candidates of dropped plans
-    candidates = folder / "candidates"
-    if (folder / "scores.jsonl").is_file():
-        for n, (_, record, _) in enumerate(read_records(folder / "scores.jsonl")):
-            if record is None:
-                continue
-            kept = (bool(record.get("best")) and bool(record.get("kept"))
-                    and str(record.get("plan_id")) not in status)
-            for key, histogram in histograms.items():
-                histogram.add("all candidates", record.get(key))
-                if kept:
-                    histogram.add("kept", record.get(key))
-            for obj in record.get("objects") or []:
-                if isinstance(obj, dict):
-                    instance.add("all candidates", obj.get("clis_i"))
-                    if kept and obj.get("kept"):
-                        instance.add("kept", obj.get("clis_i"))
-            clis = record.get("clis")
-            if status.get(str(record.get("plan_id"))) == "dropped" and isinstance(clis, int | float):
-                keys = ("plan_id", "index", "path", "clis", "clis_l", "clis_i", "reason")
-                fields = {k: record.get(k) for k in keys}
-                _keep_top(dropped, (float(clis), -n, fields), defaults.REPORT_EXTREMES)
-    min_l = settings.get("min_clis_l") if settings.get("bank") else None
+    for n, record in enumerate(run.scores()):
+        kept = record.best and record.kept and record.plan_id not in status
+        for key, histogram in histograms.items():
+            histogram.add("all candidates", getattr(record, key))
+            if kept:
+                histogram.add("kept", getattr(record, key))
+        for obj in record.objects:
+            instance.add("all candidates", obj.clis_i)
+            if kept and obj.kept:
+                instance.add("kept", obj.clis_i)
+        if status.get(record.plan_id) == "dropped":
+            _keep_top(dropped, (record.clis, -n, record), defaults.REPORT_EXTREMES)
+    bank = settings is not None and bool(settings.bank)
+    min_l = settings.min_clis_l if settings is not None and bank else None
+    method_rows = [[_LAYOUT_METHODS.get(m, "another method"), k] for m, k in methods.most_common()]
     page.add("scores", "Scores", _charts([
         (histograms["clis"], "CLIS of each candidate", None),
         (histograms["clis_l"], "CLIS-L (layout)", min_l),
         (histograms["clis_i"], "CLIS-I of each candidate", None),
-        (instance, "CLIS-I of each instance", settings.get("min_clis_i")),
-    ], {"all candidates": _ALL, "kept": _KEPT}) + ("" if settings.get("bank") else
-        '<p class="note">No --bank: CLIS-L is not computed (a reference-free sanity score only).</p>'))
+        (instance, "CLIS-I of each instance", settings.min_clis_i if settings else None),
+    ], {"all candidates": _ALL, "kept": _KEPT}) + ("" if bank else
+        '<p class="note">No --bank: CLIS-L is not computed (a reference-free sanity score only).</p>')
+        + ("<h3>How CLIS-L was reached, per plan</h3>" + _table(["method", "plans"], method_rows)
+           if method_rows else ""))
 
     # Thumbnails: a sample, the extremes, the category strips; only these images are opened.
-    loader = _Images(folder / "images")
-    sample = _sample(images, defaults.REPORT_CONTACT_SHEET, key=lambda i: i.get("id"))
-    lowest = heapq.nsmallest(defaults.REPORT_EXTREMES, images, key=lambda i: _clis_of(i))
-    wanted = {i.get("id") for i in (*sample, *lowest)}
+    sample: list[_Ranked] = []  # (-hash, -position, image): the smallest hashes
+    lowest: list[_Ranked] = []  # (-clis, -position, image): the lowest scores
+    for n, image in enumerate(coco.images()):
+        _keep_top(sample, (-_hash_key(image.id), -n, image), defaults.REPORT_CONTACT_SHEET)
+        clis = image.acp.clis if image.acp is not None and image.acp.clis is not None else math.inf
+        _keep_top(lowest, (-clis, -n, image), defaults.REPORT_EXTREMES)
+    wanted = {entry[2].id for entry in (*sample, *lowest)}
+    file_names: dict[Any, str] = {entry[2].id: entry[2].file_name for entry in (*sample, *lowest)}
     boxes_of: dict[Any, list[_Box]] = {}
     strips: dict[Any, list[_Ranked]] = {}
-    strip_categories = sorted(names)[: defaults.REPORT_STRIP_CATEGORIES]
+    kept_count = {cid: kept_by.get(name, 0) for cid, name in names.items()}
+    strip_categories = sorted(names, key=lambda c: (-kept_count[c], str(c)))
+    strip_categories = strip_categories[: defaults.REPORT_STRIP_CATEGORIES]
     shown_categories = set(strip_categories)
-    for n, annotation in enumerate(annotations):
-        if not isinstance(annotation, dict):
-            continue
-        cid = annotation.get("category_id")
-        if annotation.get("image_id") in wanted and _usable_box(annotation.get("bbox")):
-            boxes_of.setdefault(annotation["image_id"], []).append(
-                _Box(tuple(annotation["bbox"]), names.get(cid, str(cid)), colour_of.get(cid, _PALETTE[0])))
-        if cid in shown_categories and _usable_box(annotation.get("bbox")):
-            _keep_top(strips.setdefault(cid, []), (-_hash_key(annotation.get("id")), n, annotation),
+    for n, annotation in enumerate(coco.annotations()):
+        cid = annotation.category_id
+        box = tuple(annotation.bbox)
+        if annotation.image_id in wanted:
+            boxes_of.setdefault(annotation.image_id, []).append(
+                _Box(box, names.get(cid, str(cid)), colour_of.get(cid, _PALETTE[0]),  # type: ignore[arg-type]
+                     annotation.segmentation))
+        if cid in shown_categories:
+            _keep_top(strips.setdefault(cid, []), (-_hash_key(annotation.id), -n, annotation),
                       defaults.REPORT_STRIP)
-    by_id = {i.get("id"): i for i in (*sample, *lowest)}
+    strip_images = {a.image_id for heap in strips.values() for _, _, a in heap} - file_names.keys()
+    if strip_images:
+        file_names.update({i.id: i.file_name for i in coco.images(again=True) if i.id in strip_images})
 
-    def thumb(image: dict[str, Any], size: int = 200) -> str | None:
-        opened = loader.get(image.get("file_name"))
+    loader = _Images(run.images_dir)
+    masks = _Masks()
+    most = len(sample) + len(lowest) + sum(map(len, strips.values())) + len(dropped)
+    say(f"drawing up to {most} thumbnails")
+
+    def thumb(image: CocoImage, size: int = 200) -> str | None:
+        opened = loader.get(image.file_name)
         if opened is None:
             return None
         page.thumbnails += 1
-        uri = _thumbnail(opened, boxes_of.get(image.get("id"), []), size)
-        acp_: dict[str, Any] = image["acp"] if isinstance(image.get("acp"), dict) else {}
-        caption = f"{image.get('file_name')} · CLIS {_score(acp_.get('clis'))}"
-        return _figure(uri, caption, str(acp_.get("caption") or ""))
+        uri = _thumbnail(opened, boxes_of.get(image.id, []), size, masks)
+        provenance = image.acp
+        caption = f"{image.file_name} · CLIS {_score(provenance.clis if provenance else None)}"
+        return _figure(uri, caption, (provenance.caption if provenance else None) or "")
 
-    sheet = [f for f in (thumb(i) for i in sorted(sample, key=lambda i: str(i.get("id")))) if f]
-    page.add("contact-sheet", f"Contact sheet: {len(sheet)} of {len(images)} kept images",
+    sheet = [f for f in (thumb(e[2]) for e in sorted(sample, key=lambda e: str(e[2].id))) if f]
+    page.add("contact-sheet", f"Contact sheet: {len(sheet)} of {coco.image_count} kept images",
              f'<div class="grid" data-count="{len(sheet)}">{"".join(sheet)}</div>' + _problems(loader))
 
-    low = [f for f in (thumb(by_id[i.get("id")], 256) for i in lowest) if f]
+    low = [f for f in (thumb(e[2], 256) for e in _ranked(lowest)) if f]
     best_dropped = []
+    candidates = run.candidates_dir
     if candidates.is_dir() and dropped:
-        plans = _plans_of(folder / "plans.jsonl", {d["plan_id"] for _, _, d in dropped})
+        plans = {plan.id: plan for plan in run.plans(ids={e[2].plan_id for e in dropped})}
         for _, _, record in _ranked(dropped):
-            opened = loader.get(record.get("path"), root=candidates)
+            opened = loader.get(record.path, root=candidates) if record.path is not None else None
             if opened is None:
                 continue
-            plan = plans.get(record["plan_id"]) or {}
-            boxes = [_Box((o["bbox"][0] * opened.width, o["bbox"][1] * opened.height,
-                           o["bbox"][2] * opened.width, o["bbox"][3] * opened.height),
-                          str(o.get("category")), colour_of_name.get(str(o.get("category")), _PALETTE[0]))
-                     for o in plan.get("objects") or [] if _usable_box(o.get("bbox"))]
+            plan = plans.get(record.plan_id)
+            boxes = [_Box((o.bbox[0] * opened.width, o.bbox[1] * opened.height,
+                           o.bbox[2] * opened.width, o.bbox[3] * opened.height),
+                          o.category, colour_of_name.get(o.category, _PALETTE[0]))
+                     for o in (plan.objects if plan else [])]
             page.thumbnails += 1
             best_dropped.append(_figure(_thumbnail(opened, boxes, 256),
-                                        f"plan {record['plan_id']} #{record.get('index')} · CLIS "
-                                        f"{_score(record.get('clis'))}", str(record.get("reason") or "")))
+                                        f"plan {record.plan_id} #{record.index} · CLIS {_score(record.clis)}",
+                                        record.reason or ""))
     if not candidates.is_dir():
         right = '<p class="note">Candidates were not kept (run with --keep-candidates to see them).</p>'
     elif not best_dropped:
@@ -482,32 +632,13 @@ def _generate_page(folder: Path) -> _Page:
              f'<div class="pair"><div><h3>Lowest CLIS kept</h3><div class="grid">{"".join(low)}</div></div>'
              f'<div><h3>Best dropped candidates</h3>{right}</div></div>')
 
+    def strip_score(annotation: CocoAnnotation) -> str:
+        return "CLIS-I " + _score(annotation.acp.clis_i if annotation.acp else None)
+
     page.add("categories", "Examples per category", _strips(
-        strip_categories, names, strips, colour_of, loader, page, lambda a: a.get("image_id"),
-        {i.get("id"): i.get("file_name") for i in images if isinstance(i, dict)},
-        lambda a: "CLIS-I " + _score(a["acp"].get("clis_i") if isinstance(a.get("acp"), dict) else None)))
+        strip_categories, names, strips, colour_of, loader, page, file_names, strip_score))
+    page.append("run", _skipped_note(run.skipped, masks))
     return page
-
-
-def _clis_of(image: Any) -> float:
-    acp_ = image.get("acp") if isinstance(image, dict) else None
-    value = acp_.get("clis") if isinstance(acp_, dict) else None
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.inf
-
-
-def _usable_box(bbox: Any) -> bool:
-    return (isinstance(bbox, list | tuple) and len(bbox) == 4
-            and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in bbox)
-            and bbox[2] > 0 and bbox[3] > 0)
-
-
-def _plans_of(path: Path, ids: set[Any]) -> dict[Any, dict[str, Any]]:
-    found: dict[Any, dict[str, Any]] = {}
-    if path.is_file():
-        for _, record, _ in read_records(path):
-            if record is not None and record.get("id") in ids:
-                found[record["id"]] = record
-    return found
 
 
 def _problems(loader: _Images) -> str:
@@ -517,130 +648,114 @@ def _problems(loader: _Images) -> str:
     return f'<p class="note">Images that could not be shown:</p><ul>{items}</ul>'
 
 
-_Ranked = tuple[float, int, dict[str, Any]]  # (rank, position, record) in a bounded heap
+_Ranked = tuple[float, int, Any]  # (rank, -position, record) in a bounded heap
 
 
 def _strips(categories: list[Any], names: dict[Any, str], strips: dict[Any, list[_Ranked]],
-            colour_of: dict[Any, str], loader: _Images, page: _Page, image_of: Any,
-            file_names: dict[Any, Any], score_of: Any) -> str:
+            colour_of: dict[Any, str], loader: _Images, page: _Page, file_names: dict[Any, Any],
+            score_of: Callable[[Any], str]) -> str:
     rows = []
     for cid in categories:
         figures = []
-        for _, _, annotation in _ranked(strips.get(cid, [])):
-            opened = loader.get(file_names.get(image_of(annotation)))
+        for _, _, box in _ranked(strips.get(cid, [])):
+            source = file_names.get(box.image_id)
+            opened = loader.get(source) if source is not None else None
             if opened is None:
                 continue
             page.thumbnails += 1
-            crop = _crop(opened, tuple(annotation["bbox"]), colour_of.get(cid, _PALETTE[0]), 112)
-            source = str(file_names.get(image_of(annotation)))
-            figures.append(_figure(crop, f"{score_of(annotation)}", source))
+            crop = _crop(opened, tuple(box.bbox), colour_of.get(cid, _PALETTE[0]), 112)  # type: ignore[arg-type]
+            figures.append(_figure(crop, score_of(box), str(source)))
         body = "".join(figures) or '<p class="note">no box</p>'
-        rows.append(f"<h3>{_e(names.get(cid, cid))}</h3><div class=\"strip\">{body}</div>")
-    note = (f'<p class="note">Strips for the first {len(categories)} of {len(names)} categories.</p>'
-            if len(names) > len(categories) else "")
+        rows.append(f"<h3>{_e(_short(names.get(cid, cid), 100))}</h3><div class=\"strip\">{body}</div>")
+    note = (f'<p class="note">Strips for the {len(categories)} of {len(names)} categories with most '
+            "instances.</p>" if len(names) > len(categories) else "")
     return note + "".join(rows)
 
 
 # --- an `acp score dataset` report ---------------------------------------------------------
 
 
-def _score_summary(folder: Path) -> dict[str, Any] | None:
-    try:
-        summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if isinstance(summary, dict) and {"scored_images", "clip_model"} <= summary.keys():
-        return summary
-    return None
-
-
-def _score_page(folder: Path) -> _Page:
-    summary = _score_summary(folder) or {}
-    filtered = summary.get("keep_above") is not None
-    page = _Page("score", f"acp score dataset: {summary.get('annotations')}",
-                 images=int(summary.get("images", 0)))
-    run_keys = ("annotations", "images_dir", "clip_model", "bank", "keep_above", "removed_boxes")
-    settings = [[k, json.dumps(summary.get(k), ensure_ascii=False)] for k in run_keys if k in summary]
+def _score_page(report: ScoreReportFolder, say: Callable[[str], None]) -> _Page:
+    summary = report.summary()
+    filtered = summary.keep_above is not None
+    page = _Page("score", f"acp score dataset: {_short(summary.annotations, 100)}",
+                 images=summary.images or 0)
+    settings = [[k, _short(getattr(summary, k))] for k in ("annotations", "images_dir", "clip_model", "bank",
+                                                         "keep_above", "removed_boxes")]
     page.add("run", "Run settings and provenance",
-             f"<p>Report folder <code>{_e(folder.resolve())}</code>.</p>"
+             f"<p>Report folder <code>{_e(report.root.resolve())}</code>.</p>"
              + _table(["setting", "value"], settings))
 
+    say(f"reading {report.images_path.name}")
     series = ("all", "kept") if filtered else ("all",)
     histograms = {key: _Histogram(*series) for key in ("clis", "clis_l", "clis_i")}
     box_histogram = _Histogram(*series)
-    kept_boxes: dict[str, int] = {}
-    removed_boxes: dict[str, int] = {}
-    sample: list[_Ranked] = []  # (-hash, position, image row): the smallest hashes
+    kept_boxes: Counter[str] = Counter()
+    removed_boxes: Counter[str] = Counter()
+    sample: list[_Ranked] = []  # (-hash, -position, image row): the smallest hashes
     lowest_kept: list[_Ranked] = []  # by -score
     best_removed: list[_Ranked] = []
-    images_path, boxes_path = folder / "images.json", folder / "boxes.json"
-    for n, row in enumerate(_json_array(images_path) if images_path.is_file() else ()):
-        if not isinstance(row, dict):
-            continue
-        kept = bool(row.get("kept"))
+    for n, row in enumerate(report.images()):
         for key, histogram in histograms.items():
-            histogram.add("all", row.get(key))
-            if kept:
-                histogram.add("kept", row.get(key))
-        _keep_top(sample, (-_hash_key(row.get("id")), n, row), defaults.REPORT_CONTACT_SHEET)
-        clis = row.get("clis")
-        if isinstance(clis, int | float):
-            if kept or not filtered:
-                _keep_top(lowest_kept, (-float(clis), n, row), defaults.REPORT_EXTREMES)
+            histogram.add("all", getattr(row, key))
+            if row.kept:
+                histogram.add("kept", getattr(row, key))
+        _keep_top(sample, (-_hash_key(row.id), -n, row), defaults.REPORT_CONTACT_SHEET)
+        if row.clis is not None:
+            if row.kept or not filtered:
+                _keep_top(lowest_kept, (-row.clis, -n, row), defaults.REPORT_EXTREMES)
             else:
-                _keep_top(best_removed, (float(clis), n, row), defaults.REPORT_EXTREMES)
-    categories = _read_json(folder / "categories.json") if (folder / "categories.json").is_file() else []
-    strip_names = [str(c.get("category")) for c in categories if isinstance(c, dict)]
-    strip_names = strip_names[: defaults.REPORT_STRIP_CATEGORIES]
-    wanted = {row.get("id") for _, _, row in (*sample, *lowest_kept, *best_removed)}
-    boxes_of: dict[Any, list[dict[str, Any]]] = {}
+                _keep_top(best_removed, (row.clis, -n, row), defaults.REPORT_EXTREMES)
+    categories = report.categories()
+    ranked_categories = sorted(categories, key=lambda c: (-c.boxes, c.category))
+    strip_names = [c.category for c in ranked_categories][: defaults.REPORT_STRIP_CATEGORIES]
+    wanted = {row.id for _, _, row in (*sample, *lowest_kept, *best_removed)}
+    boxes_of: dict[Any, list[BoxRow]] = {}
     strips: dict[Any, list[_Ranked]] = {}
-    for n, row in enumerate(_json_array(boxes_path) if boxes_path.is_file() else ()):
-        if not isinstance(row, dict):
-            continue
-        name = str(row.get("category"))
-        box_histogram.add("all", row.get("clis_i"))
-        if row.get("kept"):
-            box_histogram.add("kept", row.get("clis_i"))
-            kept_boxes[name] = kept_boxes.get(name, 0) + 1
+    say(f"reading {report.boxes_path.name}")
+    for n, box in enumerate(report.boxes()):
+        box_histogram.add("all", box.clis_i)
+        if box.kept:
+            box_histogram.add("kept", box.clis_i)
+            kept_boxes[box.category] += 1
         elif filtered:
-            removed_boxes[name] = removed_boxes.get(name, 0) + 1
-        if row.get("image_id") in wanted:
-            boxes_of.setdefault(row.get("image_id"), []).append(row)
-        if name in strip_names and _usable_box(row.get("bbox")):
-            _keep_top(strips.setdefault(name, []), (-_hash_key(row.get("id")), n, row), defaults.REPORT_STRIP)
+            removed_boxes[box.category] += 1
+        if box.image_id in wanted:
+            boxes_of.setdefault(box.image_id, []).append(box)
+        if box.category in strip_names:
+            _keep_top(strips.setdefault(box.category, []), (-_hash_key(box.id), -n, box),
+                      defaults.REPORT_STRIP)
 
-    counts = [["images", summary.get("images")], ["scored images", summary.get("scored_images")],
-              ["failed images", summary.get("failed_images")], ["boxes", summary.get("boxes")],
-              ["scored boxes", summary.get("scored_boxes")], ["failed boxes", summary.get("failed_boxes")]]
+    counts: list[list[Any]] = [["images", summary.images], ["scored images", summary.scored_images],
+              ["failed images", summary.failed_images], ["boxes", summary.boxes],
+              ["scored boxes", summary.scored_boxes], ["failed boxes", summary.failed_boxes]]
     for key in ("crowd_boxes", "kept_images", "kept_boxes", "ignored_boxes", "renumbered_annotations"):
-        if summary.get(key) is not None:
-            counts.append([key.replace("_", " "), summary[key]])
-    threshold = f"below_{60:g}"
+        if getattr(summary, key) is not None:
+            counts.append([key.replace("_", " "), getattr(summary, key)])
     headers = ["category", "boxes", "mean CLIS-I", "median", "10th pct", "share < 60"]
     if filtered:
         headers += ["kept", "removed"]
     rows = []
-    for c in categories:
-        if isinstance(c, dict):
-            name = str(c.get("category"))
-            row = [name, c.get("boxes"), c.get("mean"), c.get("median"), c.get("p10"), c.get(threshold)]
-            if filtered:
-                row += [kept_boxes.get(name, 0), removed_boxes.get(name, 0)]
-            rows.append(row)
-    failures_path = folder / "failures.json"
-    failures = list(_first(_json_array(failures_path), 20)) if failures_path.is_file() else []
-    failed = int(summary.get("failed_images") or 0) + int(summary.get("failed_boxes") or 0)
-    failure_html = (_table(["item", "reason"], [[f.get("item"), f.get("reason")] for f in failures
-                                                 if isinstance(f, dict)])
+    for c in ranked_categories[:CATEGORY_ROWS]:
+        cells: list[Any] = [c.category, c.boxes, c.mean, c.median, c.p10, c.below]
+        if filtered:
+            cells += [kept_boxes[c.category], removed_boxes[c.category]]
+        rows.append(["–" if v is None else v for v in cells])
+    folded = ranked_categories[CATEGORY_ROWS:]
+    more = (f'<p class="note">{len(folded)} more categories with {sum(c.boxes for c in folded)} boxes: '
+            f"{_e(_names(c.category for c in folded))}.</p>" if folded else "")
+    failures = list(_first(report.failures(), 20))
+    failed = (summary.failed_images or 0) + (summary.failed_boxes or 0)
+    failure_html = (_table(["item", "reason"], [[_short(f.item), _short(f.reason)] for f in failures])
                     if failures else '<p class="note">No failures.</p>')
-    page.add("counts", "Kept and dropped", _table(["", "count"], counts)
-             + "<h3>Per category</h3>" + _table(headers, rows)
+    page.add("counts", "Kept and dropped", _table(["", "count"], [[k, "–" if v is None else v]
+                                                                  for k, v in counts])
+             + "<h3>Per category</h3>" + _table(headers, rows) + more
              + f"<h3>Failures (first {len(failures)} of {failed})</h3>"
              + failure_html)
 
     colours = {"all": _ALL, "kept": _KEPT} if filtered else {"all": _KEPT}
-    keep = summary.get("keep_above")
+    keep = summary.keep_above
     page.add("scores", "Scores", _charts([
         (histograms["clis"], "CLIS of each image", keep),
         (histograms["clis_l"], "CLIS-L (layout)", None),
@@ -648,31 +763,31 @@ def _score_page(folder: Path) -> _Page:
         (box_histogram, "CLIS-I of each box", keep),
     ], colours))
 
-    images_dir = summary.get("images_dir")
-    loader = _Images(Path(images_dir) if isinstance(images_dir, str) else None)
-    in_order = dict.fromkeys(strip_names + [str(b.get("category")) for bs in boxes_of.values() for b in bs])
+    loader = _Images(Path(summary.images_dir) if summary.images_dir else None)
+    in_order = dict.fromkeys(strip_names + [b.category for bs in boxes_of.values() for b in bs])
     colour_of = {name: _colour(k) for k, name in enumerate(in_order)}
 
-    def box_colour(box: dict[str, Any]) -> str:
+    def box_colour(box: BoxRow) -> str:
         if filtered:
-            return _KEPT if box.get("kept") else _DROPPED
-        return colour_of.get(str(box.get("category")), _KEPT)
+            return _KEPT if box.kept else _DROPPED
+        return colour_of.get(box.category, _KEPT)
 
-    def thumb(row: dict[str, Any], size: int = 200) -> str | None:
-        opened = loader.get(row.get("file_name"))
+    def thumb(row: ImageRow, size: int = 200) -> str | None:
+        opened = loader.get(row.file_name) if row.file_name is not None else None
         if opened is None:
             return None
-        boxes = [_Box(tuple(b["bbox"]), f"{b.get('category')} {_score(b.get('clis_i'))}", box_colour(b))
-                 for b in boxes_of.get(row.get("id"), []) if _usable_box(b.get("bbox"))]
+        boxes = [_Box(tuple(b.bbox), f"{b.category} {_score(b.clis_i)}", box_colour(b))  # type: ignore[arg-type]
+                 for b in boxes_of.get(row.id, [])]
         page.thumbnails += 1
-        caption = f"{row.get('file_name')} · CLIS {_score(row.get('clis'))}"
-        return _figure(_thumbnail(opened, boxes, size), caption, str(row.get("caption") or ""))
+        caption = f"{row.file_name} · CLIS {_score(row.clis)}"
+        return _figure(_thumbnail(opened, boxes, size), caption, row.caption or "")
 
+    say("drawing thumbnails")
     no_folder = "" if loader.root else '<p class="note">The report does not name its images folder.</p>'
-    sheet = [f for f in (thumb(r) for _, _, r in sorted(sample, key=lambda e: str(e[2].get("id")))) if f]
+    sheet = [f for f in (thumb(r) for _, _, r in sorted(sample, key=lambda e: str(e[2].id))) if f]
     legend = (f'<p>Boxes: <span style="color:{_KEPT}">kept</span>, <span style="color:{_DROPPED}">removed'
               "</span> in the filtered copy.</p>" if filtered else "")
-    page.add("contact-sheet", f"Contact sheet: {len(sheet)} of {summary.get('scored_images')} scored images",
+    page.add("contact-sheet", f"Contact sheet: {len(sheet)} of {summary.scored_images} scored images",
              legend + f'<div class="grid" data-count="{len(sheet)}">{"".join(sheet)}</div>'
              + no_folder + _problems(loader))
     low = [f for f in (thumb(r, 256) for _, _, r in _ranked(lowest_kept)) if f]
@@ -683,11 +798,15 @@ def _score_page(folder: Path) -> _Page:
     page.add("extremes", "Lowest-scoring kept images and best removed images",
              f'<div class="pair"><div><h3>Lowest CLIS {"kept" if filtered else "scored"}</h3>'
              f'<div class="grid">{"".join(low)}</div></div><div><h3>Best removed</h3>{right}</div></div>')
-    file_names = {r.get("id"): r.get("file_name") for _, _, r in (*sample, *lowest_kept, *best_removed)}
-    file_names.update(_file_names(images_path, {r.get("image_id") for s in strips.values() for _, _, r in s}))
+    file_names = {r.id: r.file_name for _, _, r in (*sample, *lowest_kept, *best_removed)}
+    strip_images = {b.image_id for heap in strips.values() for _, _, b in heap} - file_names.keys()
+    if strip_images:
+        file_names.update({r.id: r.file_name for r in report.images(again=True)
+                           if r.id in strip_images and r.file_name is not None})
     page.add("categories", "Examples per category", _strips(
         strip_names, {n: n for n in strip_names}, strips, {n: colour_of.get(n, _KEPT) for n in strip_names},
-        loader, page, lambda b: b.get("image_id"), file_names, lambda b: f"CLIS-I {_score(b.get('clis_i'))}"))
+        loader, page, file_names, lambda b: f"CLIS-I {_score(b.clis_i)}"))
+    page.append("run", _skipped_note(report.skipped))
     return page
 
 
@@ -697,7 +816,7 @@ def _ranked(heap: list[_Ranked]) -> list[_Ranked]:
 
 
 def _keep_top(heap: list[_Ranked], entry: _Ranked, count: int) -> None:
-    """Keep the ``count`` largest entries (by their first items) in the min-heap ``heap``."""
+    """Keep the ``count`` largest entries (by their first two items) in the min-heap ``heap``."""
     if len(heap) < count:
         heapq.heappush(heap, entry)
     elif entry[:2] > heap[0][:2]:
@@ -709,12 +828,3 @@ def _first(items: Iterable[Any], count: int) -> Iterator[Any]:
         if n >= count:
             return
         yield item
-
-
-def _file_names(images_path: Path, ids: set[Any]) -> dict[Any, Any]:
-    found: dict[Any, Any] = {}
-    if ids and images_path.is_file():
-        for row in _json_array(images_path):
-            if isinstance(row, dict) and row.get("id") in ids:
-                found[row["id"]] = row.get("file_name")
-    return found

@@ -7,7 +7,9 @@ with ``--keep-candidates``: 512x512 JPEGs (64 distinct pictures, hard-linked und
 name, so that building the folder is quick; the report opens each sampled name anew),
 ``annotations.json`` with 1-4 boxes and provenance per image, 4 scored candidates per plan in
 ``scores.jsonl``, one plan in five dropped (its candidates in ``candidates/``), 20 categories.
-Building the folder is not timed. Printed: seconds, MB of HTML, thumbnails, peak RSS.
+Every record is valid (the report leaves out what its models refuse, so an invalid one would
+cost nothing). Building the folder is not timed. Printed: seconds, MB of HTML, thumbnails,
+records left out (0 expected), peak RSS.
 """
 
 from __future__ import annotations
@@ -53,14 +55,15 @@ def make_folder(folder: Path, size: int) -> None:
             boxes = [[40.0 + 100 * k, 60.0, 90.0, 120.0] for k in range(1 + n % 4)]
             objects = [{"id": k, "category": f"class{(n + k) % CATEGORIES}", "description": "a thing",
                         "bbox": [v / 512 for v in b]} for k, b in enumerate(boxes)]
-            plans.write(json.dumps({"id": plan_id, "objects": objects, "caption": "a scene"}) + "\n")
+            plans.write(json.dumps({"id": plan_id, "objects": objects, "caption": "a scene",
+                                    "planner": "heuristic"}) + "\n")
             dropped = n % 5 == 4
             for index in range(4):
                 clis = float(rng.uniform(30, 90))
                 scores.write(json.dumps({"plan_id": plan_id, "index": index, "path": f"{plan_id}/{index}.png",
                                          "clis": clis, "clis_l": None, "clis_i": clis,
-                                         "objects": [{"id": o["id"], "clis_i": clis, "kept": not dropped}
-                                                     for o in objects],
+                                         "objects": [{"id": o["id"], "category": o["category"],
+                                                      "clis_i": clis, "kept": not dropped} for o in objects],
                                          "best": index == 0, "kept": not dropped}) + "\n")
                 if dropped:
                     (folder / "candidates" / plan_id).mkdir(exist_ok=True)
@@ -68,7 +71,7 @@ def make_folder(folder: Path, size: int) -> None:
                     os.link(pool / f"{(n + index) % 64}.jpg", target)
             progress.write(json.dumps({"plan_id": plan_id, "status": "dropped" if dropped else "kept",
                                        "reason_kind": "no candidate passes the CLIS-I threshold" if dropped
-                                       else None}) + "\n")
+                                       else None, "clis_l_method": "sanity"}) + "\n")
             if dropped:
                 continue
             image_id = len(images) + 1
@@ -99,8 +102,9 @@ def run_one(size: int, folder: Path) -> dict[str, float]:
     summary = write_report(folder)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    left_out = (folder / "report.html").read_text().count("Records left out as unreadable")
     return {"scenes": size, "images": summary.images, "seconds": seconds, "mb": summary.bytes / 1e6,
-            "thumbnails": summary.thumbnails, "peak_rss_mb": peak}
+            "thumbnails": summary.thumbnails, "left_out": left_out, "peak_rss_mb": peak}
 
 
 def main() -> None:
@@ -116,13 +120,14 @@ def main() -> None:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         return
-    print(f"{'scenes':>7} {'images':>7} {'seconds':>8} {'MB':>6} {'thumbnails':>10} {'peak RSS MB':>11}")
+    print(f"{'scenes':>7} {'images':>7} {'seconds':>8} {'MB':>6} {'thumbnails':>10} {'left out':>8} "
+          f"{'peak RSS MB':>11}")
     where = ["--dir", str(args.dir)] if args.dir else []
     for size in args.sizes:
         command = [sys.executable, __file__, "--one", str(size), *where]
         row = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
         print(f"{row['scenes']:>7} {row['images']:>7} {row['seconds']:>8.2f} {row['mb']:>6.2f} "
-              f"{row['thumbnails']:>10} {row['peak_rss_mb']:>11.0f}")
+              f"{row['thumbnails']:>10} {row['left_out']:>8} {row['peak_rss_mb']:>11.0f}")
 
 
 if __name__ == "__main__":

@@ -318,7 +318,8 @@ def test_streamed_reading_matches_json_load_at_any_chunk_size(real: Path, monkey
 
 
 @pytest.mark.parametrize("text", ['{"a": [1, 2', '[1]', '{"a": 1,}', '{"a" 1}', '{} x', '{"a": [1 2]}',
-                                  '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}", "\xff{}"])
+                                  '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}", "\xff{}",
+                                  '{"a": [' + "9" * 5000 + "]}"])
 def test_streamed_reading_of_bad_json_is_one_input_error(tmp_path: Path, text: str) -> None:
     from acp.cocostream import scan_object
 

@@ -43,3 +43,11 @@ def test_atomic_files_follow_the_umask(tmp_path):
     assert mode == 0o666 & ~UMASK, oct(mode)
     assert json.loads(path.read_text()) == {"a": 1}
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_line_no_parser_can_read_is_a_bad_line_not_an_error(tmp_path):
+    """An integer past Python's 4300 digits raises ValueError, not JSONDecodeError: each reader
+    of a JSON Lines file sees it as a bad line, as it sees any other."""
+    path = tmp_path / "records.jsonl"
+    path.write_text('{"id": 1}\n{"id": ' + "9" * 5000 + '}\n{"id": 3}\n')
+    assert [record and record["id"] for _, record, _ in read_records(path)] == [1, None, 3]

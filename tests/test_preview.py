@@ -110,4 +110,13 @@ def test_draw_layout_leaves_the_given_image_alone() -> None:
     image = Image.new("RGB", (32, 32), (9, 9, 9))
     drawn = draw_layout(plan, image)
     assert drawn is not image and image.getpixel((8, 15)) == (9, 9, 9)
-    assert drawn.getpixel((12, 15)) == category_colour("dog")
+    assert category_colour("dog") in {tuple(p) for p in np.asarray(drawn).reshape(-1, 3)}  # on the copy
+
+
+def test_preview_shows_its_progress(plans: Path, tmp_path: Path) -> None:
+    """A bar over the plans (1,000 plans take seconds); none with --no-progress."""
+    shown = CliRunner().invoke(app, ["preview", str(plans), "-o", str(tmp_path / "a")])
+    assert shown.exit_code == 0, shown.output
+    assert "preview: 100%" in shown.stderr and "3/3" in shown.stderr
+    quiet = CliRunner().invoke(app, ["preview", str(plans), "-o", str(tmp_path / "b"), "--no-progress"])
+    assert quiet.exit_code == 0 and quiet.stderr == ""

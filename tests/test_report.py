@@ -192,3 +192,106 @@ def test_a_hostile_file_name_is_not_opened(tiny_dataset: Path, tmp_path: Path) -
     assert result.exit_code == 0, result.output
     text = " ".join(_parse(tmp_path / "page.html").text)
     assert "climbs out of its folder" in text and "Candidates were not kept" in text
+
+
+def _run_rows(page: str) -> list[tuple[str, str]]:
+    import html
+    import re
+
+    run = page.split('<section id="run">', 1)[1].split("</section>", 1)[0]
+    return [(html.unescape(k), html.unescape(v))
+            for k, v in re.findall(r"<tr><td>(.*?)</td><td[^>]*>(.*?)</td></tr>", run)]
+
+
+def test_the_run_table_names_its_concepts_and_each_row_once(tiny_dataset: Path, tmp_path: Path) -> None:
+    write_report(tiny_dataset, tmp_path / "page.html")
+    page = (tmp_path / "page.html").read_text()
+    rows = _run_rows(page)
+    keys = [k for k, _ in rows]
+    assert len(keys) == len(set(keys)), keys  # one "planner" row, the last run's apart
+    values = dict(rows)
+    assert values["concepts"].startswith("4: ") and all(c in values["concepts"]
+                                                       for c in ("dog", "frisbee", "cat", "bus"))
+    digest = json.loads((tiny_dataset / "settings.json").read_text())["concepts"]
+    assert digest not in page  # a fingerprint is not what a reader wants to see
+    assert values["clis_l_method"] == "v2 (the default)"  # the option's name, as --clis-l-method says
+    assert values["last run: planner"].startswith("planned 12, ")
+    assert "How CLIS-L was reached, per plan" in page and "reference-free sanity check" in page
+
+
+def test_the_category_table_is_sorted_by_count_and_folds_the_empty_ones(tiny_dataset: Path,
+                                                                        tmp_path: Path) -> None:
+    folder = tmp_path / "dataset"
+    shutil.copytree(tiny_dataset, folder, ignore=shutil.ignore_patterns("candidates"))
+    data = json.loads((folder / "annotations.json").read_text())
+    data["categories"] += [{"id": 100 + k, "name": f"thing{k:03d}"} for k in range(196)]
+    (folder / "annotations.json").write_text(json.dumps(data))
+    summary = json.loads((folder / "summary.json").read_text())
+    write_report(folder, tmp_path / "page.html")
+    page = (tmp_path / "page.html").read_text()
+    table = page.split("<h3>Instances per category</h3>", 1)[1].split("<h3>", 1)[0]
+    names = [n for n in (r.split("<td>", 1)[1].split("</td>", 1)[0] for r in table.split("<tr>")[2:])]
+    total = {name: summary["instances_kept_by_category"].get(name, 0)
+             + summary["instances_dropped_by_category"].get(name, 0)
+             for name in {*summary["instances_kept_by_category"], *summary["instances_dropped_by_category"]}}
+    assert names == sorted(total, key=lambda n: (-total[n], n))
+    assert "196 categories without any instance: thing000, thing001," in table
+    assert "thing195" not in table  # the folded line lists the first NAMES_SHOWN only
+
+
+def test_masks_are_drawn_over_their_objects() -> None:
+    from pycocotools import mask as mask_utils
+
+    from acp.report import _Box, _Masks, _thumbnail
+
+    image = Image.new("RGB", (64, 48), (128, 128, 128))
+    mask = np.zeros((48, 64), dtype=np.uint8)
+    mask[8:40, 4:30] = 1
+    rle = mask_utils.encode(np.asfortranarray(mask))
+    segmentation = {"size": [48, 64], "counts": rle["counts"].decode()}
+
+    def drawn(masks: Any) -> np.ndarray:
+        uri = _thumbnail(image, [_Box((4, 8, 26, 32), "", "#3cb44b", segmentation)], 64, masks)
+        return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGB"),
+                          dtype=float)
+
+    with_masks, without = drawn(_Masks()), drawn(None)
+    inside, outside = (slice(14, 34), slice(10, 24)), (slice(10, 40), slice(40, 60))
+    assert with_masks[inside][..., 1].mean() > without[inside][..., 1].mean() + 20  # tinted green
+    assert abs(with_masks[outside] - without[outside]).mean() < 2
+
+
+def test_a_dataset_with_masks_shows_them(tiny_dataset: Path, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import acp.report
+
+    decoded: list[Any] = []
+    real = acp.report.decode_rle
+
+    def counting(*args: Any) -> Any:
+        decoded.append(real(*args))
+        return decoded[-1]
+
+    monkeypatch.setattr(acp.report, "decode_rle", counting)
+    write_report(tiny_dataset, tmp_path / "page.html")
+    assert decoded and all(mask is not None for mask in decoded)  # every acp-written RLE decodes
+
+
+def test_the_report_says_what_it_is_doing(tiny_dataset: Path, tmp_path: Path) -> None:
+    lines: list[str] = []
+    write_report(tiny_dataset, tmp_path / "page.html", status=lines.append)
+    assert lines[0].startswith(f"reading {tiny_dataset / 'annotations.json'} (") and lines[0].endswith(" MB)")
+    assert any(line.startswith("drawing up to ") for line in lines)
+
+
+def test_the_report_command_says_its_steps_on_a_terminal_only(tiny_dataset: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import acp.cli._common
+
+    monkeypatch.setattr(acp.cli._common, "_terminal", lambda: True)
+    watched = runner.invoke(app, ["report", str(tiny_dataset), "-o", str(tmp_path / "a.html")])
+    assert watched.exit_code == 0, watched.output
+    assert "acp: reading " in watched.stderr and "acp: drawing up to " in watched.stderr
+    monkeypatch.setattr(acp.cli._common, "_terminal", lambda: False)
+    logged = runner.invoke(app, ["report", str(tiny_dataset), "-o", str(tmp_path / "b.html")])
+    assert logged.exit_code == 0 and logged.stderr == ""

@@ -529,3 +529,22 @@ def test_layout_score_of_a_crowded_image_takes_its_20_largest_boxes(tmp_path: Pa
     coco = json.loads(annotations.read_text())
     areas = sorted((a["bbox"][2] * a["bbox"][3] for a in coco["annotations"]), reverse=True)
     assert sorted((w * h * 256 for _, _, w, h in used), reverse=True) == pytest.approx(areas[:20])
+
+
+def test_the_steps_before_the_bar_are_said_on_a_terminal(tmp_path: Path, tiny_clip_dir: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading CLIP and parsing a large COCO file come before the bar: a line each while a
+    person watches stderr, none in a log or with --no-progress."""
+    import acp.cli._common
+
+    annotations, images = write_dataset(tmp_path)
+    args = ["score", "dataset", str(annotations), "--images", str(images), "--clip-model", str(tiny_clip_dir)]
+    monkeypatch.setattr(acp.cli._common, "_terminal", lambda: True)
+    watched = runner.invoke(app, [*args, "-o", str(tmp_path / "a")])
+    assert f"acp: loading {tiny_clip_dir}\n" in watched.stderr
+    assert f"acp: reading {annotations} (" in watched.stderr
+    quiet = runner.invoke(app, [*args, "-o", str(tmp_path / "b"), "--no-progress"])
+    assert "acp: loading" not in quiet.stderr and "acp: reading" not in quiet.stderr
+    monkeypatch.setattr(acp.cli._common, "_terminal", lambda: False)
+    logged = runner.invoke(app, [*args, "-o", str(tmp_path / "c")])
+    assert "acp: loading" not in logged.stderr

@@ -41,6 +41,16 @@ def notice(message: str) -> None:
     print(f"acp: {message}", file=sys.stderr)
 
 
+def _terminal() -> bool:
+    return sys.stderr.isatty()
+
+
+def status_printer(progress: bool = True) -> Callable[[str], None] | None:
+    """``notice`` for the steps of a long command that has no bar (loading, parsing, drawing)
+    while a person watches stderr; None in a pipe or a log, which want results, not chatter."""
+    return notice if progress and _terminal() else None
+
+
 def write_report_after(output: Path) -> None:
     """The HTML report at the end of a run (``generate``, ``score dataset``); a failure here is a
     notice and leaves the run's own files as they are."""

@@ -137,13 +137,17 @@ def preview(
         bool, typer.Option(help="Write contact sheets (sheet-0001.png, ...) instead of one file each.")
     ] = False,
     limit: LimitOption = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Draw each plan's layout (boxes, labels, one colour per category) without any model."""
+    from acp.fonts import missing_note
     from acp.render.preview import write_previews
 
     chosen, problems = _load_plans(plans, limit)
-    summary = write_previews(chosen, output, overlay=overlay, grid=grid)
+    summary = write_previews(chosen, output, overlay=overlay, grid=grid, progress=progress)
     for path, reason in summary.unreadable:
         notice(f"{path}: skipped: {reason}")
+    if (note := missing_note()) is not None:
+        notice(note)
     skipped = f"; {len(problems)} plans lines skipped" if problems else ""
     print(f"{output}: {summary.line()}{skipped}")

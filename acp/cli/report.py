@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from acp.cli._common import handle_errors
+from acp.cli._common import handle_errors, status_printer
 from acp.cli.app import app
 
 
@@ -25,6 +25,6 @@ def report(
     contact sheet with boxes drawn, the weakest kept beside the best dropped, per-category examples."""
     from acp.report import write_report
 
-    summary = write_report(folder, output)
+    summary = write_report(folder, output, status=status_printer())  # a line per step
     typer.echo(f"{summary.path}: {summary.thumbnails} thumbnails of {summary.images} images, "
                f"{summary.bytes / 1e6:.1f} MB")

@@ -15,7 +15,15 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from acp import defaults
-from acp.cli._common import ApiKeyOption, DeviceOption, fail, handle_errors, notice, write_report_after
+from acp.cli._common import (
+    ApiKeyOption,
+    DeviceOption,
+    fail,
+    handle_errors,
+    notice,
+    status_printer,
+    write_report_after,
+)
 from acp.cli.app import app
 
 if TYPE_CHECKING:
@@ -320,11 +328,19 @@ def score_dataset(
     def print_failure(item: str, reason: str) -> None:  # as found, above the progress bar
         tqdm.write(f"{annotations}: {item}: {reason}", file=sys.stdout)
 
+    # The steps before the bar starts (loading CLIP, parsing a large COCO file) take seconds to
+    # minutes: a line each.
+    status = status_printer(progress)
+    if status is not None:
+        status(f"loading {clip_model}")
+    image_scorer = components.image_scorer(clip_model, device)
+    if status is not None:
+        status(f"reading {annotations} ({annotations.stat().st_size / 1e6:.1f} MB)")
     report = run(
         annotations,
         images,
         output,
-        image_scorer=components.image_scorer(clip_model, device),
+        image_scorer=image_scorer,
         layout_scorer=layout_scorer,
         keep_above=keep_above,
         removed_boxes=removed_boxes,  # type: ignore[arg-type]

@@ -20,11 +20,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageOps
 from pydantic import ValidationError
 
 from acp.boxes import normalized_to_pixels, xywh_to_xyxy
 from acp.errors import InputError
+from acp.fonts import LabelFont, label_font
 from acp.images import read_rgb
 from acp.jsonl import read_records, write_atomic
 from acp.names import category_key
@@ -37,9 +38,6 @@ LAYOUTS_PER_SHEET = 16  # 4 x 4
 ROWS_PER_SHEET = 8  # overlay sheets: one row per plan (layout, then its candidates)
 _CANVAS = (245, 245, 245)
 _INK = (30, 30, 30)
-
-Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
-
 
 def category_colour(category: str) -> tuple[int, int, int]:
     """A saturated colour that depends only on the category's normalised name."""
@@ -55,13 +53,6 @@ def category_colour(category: str) -> tuple[int, int, int]:
     ][int(sector) % 6]
 
 
-def _font(size: int) -> Font:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1 has one bitmap size
-        return ImageFont.load_default()
-
-
 def draw_layout(plan: ScenePlan, image: Image.Image | None = None) -> Image.Image:
     """The plan's boxes, labelled ``id category``, over ``image`` (a copy) or a blank canvas
     of the plan's size with the caption written under it."""
@@ -70,33 +61,33 @@ def draw_layout(plan: ScenePlan, image: Image.Image | None = None) -> Image.Imag
     )
     width, height = canvas.size
     draw = ImageDraw.Draw(canvas)
-    font = _font(max(10, min(width, height) // 32))
+    font = label_font(max(10, min(width, height) // 32))
     line = max(1, min(width, height) // 170)
     for obj in plan.objects:
         x0, y0, x1, y1 = normalized_to_pixels(xywh_to_xyxy(obj.bbox), width, height).tolist()
         colour = category_colour(obj.category)
         draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=colour, width=line)
         label = f"{obj.id} {obj.category}"
-        left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
+        left, top, right, bottom = font.bbox((0, 0), label)
         # Inside the box's top-left corner, moved back into the frame when it would leave it.
         tx = min(max(0, x0), max(0, width - (right - left) - 4))
         ty = min(max(0, y0), max(0, height - (bottom - top) - 4))
         draw.rectangle((tx, ty, tx + right - left + 4, ty + bottom + 2), fill=colour)
-        draw.text((tx + 2, ty), label, fill=(255, 255, 255), font=font)
+        font.draw(draw, (tx + 2, ty), label, fill=(255, 255, 255))
     if image is not None:
         return canvas
     return _with_caption(canvas, f"{plan.id}: {plan.caption}", font)
 
 
-def _with_caption(picture: Image.Image, text: str, font: Font) -> Image.Image:
-    size = getattr(font, "size", 12)
+def _with_caption(picture: Image.Image, text: str, font: LabelFont) -> Image.Image:
+    size = font.size
     lines = textwrap.wrap(text, width=max(10, int(picture.width / (0.55 * size))))[:4]
     strip = (size + 4) * len(lines) + 6
     out = Image.new("RGB", (picture.width, picture.height + strip), (255, 255, 255))
     out.paste(picture, (0, 0))
     draw = ImageDraw.Draw(out)
     for k, text_line in enumerate(lines):
-        draw.text((4, picture.height + 3 + k * (size + 4)), text_line, fill=_INK, font=font)
+        font.draw(draw, (4, picture.height + 3 + k * (size + 4)), text_line, fill=_INK)
     return out
 
 
@@ -177,17 +168,21 @@ class _Sheets:
 
 
 def write_previews(
-    plans: Sequence[ScenePlan], output: Path, *, overlay: Path | None = None, grid: bool = False
+    plans: Sequence[ScenePlan], output: Path, *, overlay: Path | None = None, grid: bool = False,
+    progress: bool = False,
 ) -> PreviewSummary:
     """Draw every plan (or, with ``overlay``, every rendered candidate of every plan) into
-    ``output``; see the module notes for the file names."""
+    ``output``; see the module notes for the file names. ``progress`` shows a bar over the plans."""
+    from tqdm import tqdm
+
     output = Path(output)
     summary = PreviewSummary()
+    bar = tqdm(plans, desc="preview", unit="plan", disable=not progress, dynamic_ncols=True)
     if overlay is None:
         columns = 4
         sheets = _Sheets(output, LAYOUTS_PER_SHEET // columns, summary)
         row: list[Image.Image | None] = []
-        for plan in plans:
+        for plan in bar:
             drawing = draw_layout(plan)
             summary.drawings += 1
             if not grid:
@@ -201,6 +196,7 @@ def write_previews(
         if row:
             sheets.add(row)
         sheets.flush()
+        bar.close()
         return summary
 
     by_plan: dict[str, list[Candidate]] = defaultdict(list)
@@ -211,7 +207,7 @@ def write_previews(
         else:
             summary.unmatched += 1
     sheets = _Sheets(output, ROWS_PER_SHEET, summary)
-    for plan in plans:
+    for plan in bar:
         found = sorted(by_plan.get(plan.id, []), key=lambda c: c.index)
         row = [draw_layout(plan)] if grid and found else []
         for candidate in found:
@@ -230,4 +226,5 @@ def write_previews(
         if row:
             sheets.add(row)
     sheets.flush()
+    bar.close()
     return summary

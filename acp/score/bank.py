@@ -598,7 +598,7 @@ def read_coco_file(path: Path, *, polygons: bool = True) -> dict[str, Any]:
         data = loads(text)
     except OSError as error:
         raise InputError(f"{path}: cannot read ({error.strerror or error})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except ValueError as error:  # bad JSON, bad UTF-8, an integer past Python's 4300 digits
         if not polygons:  # the error as positioned in the file, not in the shortened text
             return read_coco_file(path)
         raise InputError(f"{path}: not valid JSON ({error}); {expected}") from None
