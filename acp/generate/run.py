@@ -26,7 +26,7 @@ from acp.generate.engine import Engine, RunState
 from acp.generate.feed import PlanFeed
 from acp.generate.records import Finished, StageTimes, Unfinished
 from acp.plan.run import PlanSummary, make_requests
-from acp.runfolder import PLANS, RunFolder, RunWriter, check_output
+from acp.runfolder import RunFolder, RunWriter, check_output
 
 FAILURES_IN_A_ROW = 5
 
@@ -166,7 +166,7 @@ def _run(config: GenerateConfig, folder: RunFolder, engine: Engine, categories: 
         summary = GenerateSummary(times=engine.times)
         feed = PlanFeed(planner, make_requests(sets, config.seed, *config.size,
                                                companions=config.concepts.companions),
-                        folder.path(PLANS), done, total)
+                        folder.plans_path, done, total)
         bar = tqdm(total=total, initial=len(done), desc="generating", unit="scene",
                    disable=not progress, dynamic_ncols=True)
         try:
