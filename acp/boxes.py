@@ -72,23 +72,14 @@ def coco_to_plan(boxes: ArrayLike, width: float, height: float) -> FloatArray:
 
 def iou_matrix(a: ArrayLike, b: ArrayLike) -> FloatArray:
     """Pairwise IoU of xywh boxes ``a`` (N, 4) and ``b`` (M, 4); 0 where a union is empty."""
-    xa = xywh_to_xyxy(np.atleast_2d(_as_boxes(a)))
-    xb = xywh_to_xyxy(np.atleast_2d(_as_boxes(b)))
-    lo = np.maximum(xa[:, None, :2], xb[None, :, :2])
-    hi = np.minimum(xa[:, None, 2:], xb[None, :, 2:])
-    inter = np.prod(np.clip(hi - lo, 0.0, None), axis=-1)
-    area_a = np.prod(np.clip(xa[:, 2:] - xa[:, :2], 0.0, None), axis=-1)
-    area_b = np.prod(np.clip(xb[:, 2:] - xb[:, :2], 0.0, None), axis=-1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+    return iou_aligned(np.atleast_2d(_as_boxes(a))[:, None, :], np.atleast_2d(_as_boxes(b))[None, :, :])
 
 
 def overlapping_pairs(boxes: Sequence[Sequence[float]], max_iou: float) -> list[tuple[int, int, float]]:
-    """Pairs ``(i, j, iou)`` with ``i < j`` whose IoU exceeds ``max_iou``, found with shapely.
+    """Pairs ``(i, j, iou)`` with ``i < j`` whose IoU exceeds ``max_iou``.
 
-    A spatial index prunes pairs whose boxes do not touch, so this stays cheap for the 30
-    boxes a plan may hold.
+    A spatial index (shapely's) prunes pairs whose boxes do not touch, so this stays cheap for
+    the 30 boxes a plan may hold; the IoU is ``iou_aligned``'s, the one IoU of acp.
     """
     import shapely
 
@@ -100,9 +91,8 @@ def overlapping_pairs(boxes: Sequence[Sequence[float]], max_iou: float) -> list[
     left, right = tree.query(polygons, predicate="intersects")
     keep = left < right
     left, right = left[keep], right[keep]
-    inter = shapely.area(shapely.intersection(polygons[left], polygons[right]))
-    union = shapely.area(polygons[left]) + shapely.area(polygons[right]) - inter
-    iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    boxes_array = _as_boxes(boxes)
+    iou = iou_aligned(boxes_array[left], boxes_array[right])
     return [
         (int(i), int(j), float(v))
         for i, j, v in zip(left, right, iou, strict=True)
