@@ -58,9 +58,11 @@ from acp.cocostream import POLYGON_PATTERN
 from acp.errors import InputError, quoted
 from acp.jsonl import loads
 from acp.names import canonical_key, category_key
-from acp.score.density import LayoutModel, build_model
+from acp.score import likelihood as v3
+from acp.score.density import STUDENT, LayoutModel, build_model
 
-BANK_FORMAT = 3  # 3: CLIS-L v2 densities (acp.score.density); 2: pair and prior features stored
+BANK_FORMAT = 4  # 4: CLIS-L v3 (Student-kernel densities, three CDF tables); 3: v2 densities;
+# 2: pair and prior features stored
 ARRAYS_FILE = "bank.npz"
 INDEX_FILE = "index.json"
 OUT_OF_IMAGE_TOLERANCE = 1.0  # pixels; COCO boxes overshoot their image by rounding only
@@ -171,7 +173,8 @@ class Bank:
     pair_offsets: Int64Array
     pair_features: PairFeatures
     prior_features: PriorFeatures
-    model: LayoutModel
+    model: LayoutModel  # CLIS-L v2
+    likelihood: LayoutModel  # CLIS-L v3
     max_boxes_per_category: int = MAX_BOXES_PER_CATEGORY
     summary: dict[str, Any] = field(default_factory=dict)
 
@@ -193,8 +196,9 @@ class Bank:
                 for f in fields(features)
                 if getattr(features, f.name).shape != rows
             ]
-        if self.model.categories != count:
-            problems.append(f"the density model has {self.model.categories} categories, expected {count}")
+        for model in (self.model, self.likelihood):
+            if model.categories != count:
+                problems.append(f"the density model has {model.categories} categories, expected {count}")
         if problems:
             raise InputError("inconsistent bank: " + "; ".join(problems))
         self._by_key = {c.key: i for i, c in enumerate(self.categories)}
@@ -295,6 +299,7 @@ class Bank:
                 **{f"pair_{f.name}": getattr(self.pair_features, f.name) for f in fields(PairFeatures)},
                 **{f"prior_{f.name}": getattr(self.prior_features, f.name) for f in fields(PriorFeatures)},
                 **{f"v2_{name}": array for name, array in self.model.arrays().items()},
+                **{f"v3_{name}": array for name, array in self.likelihood.arrays().items()},
             }
             np.savez(handle, **arrays)
             handle.flush()
@@ -351,7 +356,7 @@ class Bank:
         except (OSError, ValueError) as error:
             raise InputError(f"bank {folder}: unreadable ({error}); {expected}") from None
         names = ["boxes", "category_offsets", "pair_a", "pair_b", "pair_keys", "pair_offsets"]
-        names += _FEATURE_ARRAYS + [f"v2_{name}" for name in LayoutModel.array_names()]
+        names += _FEATURE_ARRAYS + [f"{v}_{name}" for v in ("v2", "v3") for name in LayoutModel.array_names()]
         missing = [n for n in names if n not in data]
         if missing:
             raise InputError(f"bank {folder}: {ARRAYS_FILE} lacks {missing}; {expected}")
@@ -381,6 +386,9 @@ class Bank:
                 model=LayoutModel.from_arrays(
                     {name[3:]: array for name, array in data.items() if name.startswith("v2_")}
                 ),
+                likelihood=LayoutModel.from_arrays(
+                    {name[3:]: array for name, array in data.items() if name.startswith("v3_")}, STUDENT
+                ),
                 max_boxes_per_category=int(index["max_boxes_per_category"]),
                 summary=index.get("summary", {}),
             )
@@ -397,6 +405,7 @@ class Bank:
         max_pairs_per_category_pair: int = MAX_PAIRS_PER_CATEGORY_PAIR,
         max_boxes_per_category: int = MAX_BOXES_PER_CATEGORY,
         seed: int = 0,
+        families: tuple[str, ...] = v3.FAMILIES,
     ) -> Bank:
         """Build a bank from COCO-format annotation files (see the module docstring)."""
         if not paths:
@@ -488,6 +497,8 @@ class Bank:
         supercategory = np.array([supers[name] for name in super_names], dtype=np.int64)
         model = build_model(category, boxes, image, kept_a.astype(np.int64), kept_b.astype(np.int64),
                             supercategory, rng)
+        likelihood = v3.build(category, boxes, image, kept_a.astype(np.int64), kept_b.astype(np.int64),
+                              supercategory, rng, families)
         return cls(
             categories=merged.categories,
             boxes=stored,
@@ -499,6 +510,7 @@ class Bank:
             pair_features=pair_features_of(stored, kept_a, kept_b),
             prior_features=prior_features_of(stored),
             model=model,
+            likelihood=likelihood,
             max_boxes_per_category=max_boxes_per_category,
             summary=summary,
         )

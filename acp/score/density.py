@@ -36,7 +36,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from acp.errors import InputError
+from acp.score.kernel import LOG_NORMALISER, kernel_sums
 
+GAUSSIAN, STUDENT = "gauss", "student"  # the kernels of v2 and v3
 PSEUDO_COUNT = 5.0
 MAX_REFERENCES = (256, 256, 256)  # per group, by level: the category (pair), its parent, the top
 MIN_SPREAD = 1e-3  # a feature's pooled spread is floored here (groups of identical boxes)
@@ -135,8 +137,9 @@ class Level:
     refs: Float32Array
     bandwidth: Float32Array
     norm: Float64Array
+    kernel: str = GAUSSIAN  # GAUSSIAN (v2) or STUDENT (v3, ``acp.score.kernel``)
     count: Int64Array = field(init=False, repr=False)  # references per group
-    scaled: Float32Array = field(init=False, repr=False)  # refs / their group's bandwidth
+    scaled: NDArray[Any] = field(init=False, repr=False)  # refs / their group's bandwidth (see below)
     constant: Float64Array = field(init=False, repr=False)  # log normaliser of each group's kernel sum
 
     def __post_init__(self) -> None:
@@ -149,10 +152,15 @@ class Level:
         counts = np.diff(self.offsets)
         group = np.repeat(np.arange(g), counts)
         object.__setattr__(self, "count", counts)
+        log_bandwidth = np.log(self.bandwidth.astype(np.float64)).sum(axis=1)
+        if self.kernel == STUDENT:  # float64, divided by twice the bandwidth: u = |z|^2 / 4
+            scaled = self.refs.astype(np.float64) / (2.0 * self.bandwidth[group].astype(np.float64))
+            object.__setattr__(self, "scaled", np.ascontiguousarray(scaled))
+            object.__setattr__(self, "constant", log_bandwidth + LOG_NORMALISER)
+            return
         scaled = self.refs.astype(np.float64) * (_HALF / self.bandwidth[group].astype(np.float64))
         object.__setattr__(self, "scaled", scaled.astype(np.float32))
-        constant = np.log(self.bandwidth.astype(np.float64)).sum(axis=1) + 2 * _LOG_2PI
-        object.__setattr__(self, "constant", constant + np.log(np.maximum(counts, 1)))
+        object.__setattr__(self, "constant", log_bandwidth + 2 * _LOG_2PI + np.log(np.maximum(counts, 1)))
 
     def lookup(self, keys: Int64Array) -> Int64Array:
         """Group index of each key, -1 where the level has no such group."""
@@ -173,6 +181,8 @@ class Level:
         out = np.full(group.shape, -np.inf)
         if group.size == 0:
             return out
+        if self.kernel == STUDENT:
+            return self._student_log_density(group, x, query_image, ref_image)
         order = np.argsort(group, kind="stable")
         sorted_group = group[order]
         bounds = [0, *(np.flatnonzero(sorted_group[1:] != sorted_group[:-1]) + 1).tolist(), group.size]
@@ -212,20 +222,32 @@ class Level:
                 out[rows] = total.astype(np.float64) - constant
         return out
 
+    def _student_log_density(
+        self, group: Int64Array, x: Float64Array, query_image: Int64Array | None, ref_image: Int64Array | None,
+    ) -> Float64Array:
+        safe = np.maximum(group, 0)
+        z = np.asarray(x, dtype=np.float64) / (2.0 * self.bandwidth[safe].astype(np.float64))
+        sums, kept = kernel_sums(z, group, self.offsets, self.scaled, query_image, ref_image)
+        out = np.full(group.shape, -np.inf)  # no reference (group -1, or all left out)
+        ok = (kept > 0) & (sums > 0)
+        out[ok] = np.log(sums[ok]) - np.log(kept[ok]) - self.constant[safe[ok]]
+        return out
+
     def with_norm(self, norm: Float64Array) -> Level:
-        return Level(self.keys, self.offsets, self.refs, self.bandwidth, norm.astype(np.float64))
+        return Level(self.keys, self.offsets, self.refs, self.bandwidth, norm.astype(np.float64), self.kernel)
 
     def arrays(self, prefix: str) -> dict[str, NDArray[Any]]:
         return {f"{prefix}_{name}": getattr(self, name) for name in _LEVEL_ARRAYS}
 
     @classmethod
-    def from_arrays(cls, prefix: str, data: dict[str, NDArray[Any]]) -> Level:
+    def from_arrays(cls, prefix: str, data: dict[str, NDArray[Any]], kernel: str = GAUSSIAN) -> Level:
         return cls(
             keys=data[f"{prefix}_keys"].astype(np.int64, copy=False),
             offsets=data[f"{prefix}_offsets"].astype(np.int64, copy=False),
             refs=data[f"{prefix}_refs"].astype(np.float32, copy=False),
             bandwidth=data[f"{prefix}_bandwidth"].astype(np.float32, copy=False),
             norm=data[f"{prefix}_norm"].astype(np.float64, copy=False),
+            kernel=kernel,
         )
 
 
@@ -268,7 +290,7 @@ def _sample(keys: Int64Array, cap: int, rng: np.random.Generator) -> Int64Array:
 
 
 def build_level(
-    x: Float64Array, keys: Int64Array, cap: int, rng: np.random.Generator
+    x: Float64Array, keys: Int64Array, cap: int, rng: np.random.Generator, kernel: str = GAUSSIAN
 ) -> tuple[Level, Int64Array]:
     """A level's groups of feature rows ``x`` keyed by ``keys`` (norms 0, set later) and the
     rows kept as references."""
@@ -285,12 +307,15 @@ def build_level(
         spread = refs.std(axis=0) if refs.shape[0] > 1 else np.ones(4)
     spread = np.maximum(spread, MIN_SPREAD)
     bandwidth = spread[None, :] * counts[:, None].astype(np.float64) ** (-1 / 8)
+    if kernel == STUDENT:  # the t kernel's variance is 2 per dimension: the same smoothing
+        bandwidth = bandwidth * _HALF
     level = Level(
         keys=unique.astype(np.int64),
         offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
         refs=refs.astype(np.float32),
         bandwidth=bandwidth.astype(np.float32),
         norm=np.zeros(unique.size),
+        kernel=kernel,
     )
     return level, rows
 
@@ -328,6 +353,8 @@ class LayoutModel:
     supercategory: Int64Array
     cdf_offsets: Int64Array  # bucket b owns cdf_values[cdf_offsets[b]:cdf_offsets[b + 1]]
     cdf_values: Float64Array
+    weights: Float64Array = field(default_factory=lambda: np.zeros(0))  # v3's (acp.score.likelihood)
+    margins: Float64Array = field(default_factory=lambda: np.zeros(0))  # v3's: real relations' margins, sorted
 
     PREFIXES = ("object_category", "object_all", "pair_category", "pair_super", "pair_all")
 
@@ -376,7 +403,7 @@ class LayoutModel:
     def arrays(self) -> dict[str, NDArray[Any]]:
         data: dict[str, NDArray[Any]] = {
             "supercategory": self.supercategory, "cdf_offsets": self.cdf_offsets,
-            "cdf_values": self.cdf_values,
+            "cdf_values": self.cdf_values, "weights": self.weights, "margins": self.margins,
         }
         for prefix, level in zip(self.PREFIXES, [*self.objects, *self.pairs], strict=True):
             data.update(level.arrays(prefix))
@@ -384,17 +411,23 @@ class LayoutModel:
 
     @classmethod
     def array_names(cls) -> list[str]:
-        return ["supercategory", "cdf_offsets", "cdf_values"] + [
+        return ["supercategory", "cdf_offsets", "cdf_values", "weights", "margins"] + [
             f"{p}_{n}" for p in cls.PREFIXES for n in _LEVEL_ARRAYS
         ]
 
+    @property
+    def kernel(self) -> str:
+        return self.objects[0].kernel
+
     @classmethod
-    def from_arrays(cls, data: dict[str, NDArray[Any]]) -> LayoutModel:
-        levels = [Level.from_arrays(p, data) for p in cls.PREFIXES]
+    def from_arrays(cls, data: dict[str, NDArray[Any]], kernel: str = GAUSSIAN) -> LayoutModel:
+        levels = [Level.from_arrays(p, data, kernel) for p in cls.PREFIXES]
         model = cls(
             levels[:2], levels[2:], data["supercategory"].astype(np.int64, copy=False),
             data["cdf_offsets"].astype(np.int64, copy=False),
             data["cdf_values"].astype(np.float64, copy=False),
+            data["weights"].astype(np.float64, copy=False),
+            data["margins"].astype(np.float64, copy=False),
         )
         if model.cdf_offsets.ndim != 1 or model.cdf_offsets.size < 2 or int(model.cdf_offsets[-1]) != (
             model.cdf_values.size
@@ -413,6 +446,7 @@ class LayoutModel:
         pair_b: Int64Array,
         supercategory: Int64Array,
         rng: np.random.Generator,
+        kernel: str = GAUSSIAN,
     ) -> tuple[LayoutModel, list[Int64Array], list[Int64Array]]:
         """The densities of bank boxes (``category``, ``boxes``, ``image`` per box) and pairs
         (box rows ``pair_a``, ``pair_b``), normalisers included, CDF tables still empty; and the
@@ -424,7 +458,7 @@ class LayoutModel:
         x = object_features(boxes)
         objects, object_images = [], []
         for keys, cap in ((category, MAX_REFERENCES[0]), (np.zeros_like(category), MAX_REFERENCES[2])):
-            level, rows = build_level(x, keys, cap, rng)
+            level, rows = build_level(x, keys, cap, rng, kernel)
             objects.append(level)
             object_images.append(image[rows])
         # Normalisers from the top level down, each from its own references, left out by image.
@@ -452,7 +486,7 @@ class LayoutModel:
             feats = np.concatenate([feats, feats[equal] * REVERSE])
             keys = np.concatenate([keys, keys[equal]])
             source = np.concatenate([np.arange(pair_a.size), np.flatnonzero(equal)])
-            level, rows = build_level(feats, keys, cap, rng)
+            level, rows = build_level(feats, keys, cap, rng, kernel)
             pairs.append(level)
             pair_images.append(pair_image[source[rows]])
         # Normalisers, top down: each level's references read through the levels above them.
@@ -643,9 +677,18 @@ def bucket_of(objects: NDArray[Any], related: NDArray[Any] | bool = False) -> ND
 def calibration_batch(
     category: Int64Array, boxes: Float64Array, image: Int64Array, rng: np.random.Generator
 ) -> tuple[LayoutBatch, Int64Array]:
-    """Real sub-layouts of bank images for the CDF tables: per bucket up to ``CDF_LAYOUTS``
-    random subsets of an image's ``MAX_CDF_OBJECTS`` largest boxes, with a relation between
-    consecutive objects, the one their offset shows; and the bucket of each layout."""
+    """Real sub-layouts of bank images for the CDF tables (``calibration_layouts``), with a
+    relation between consecutive objects, the one their offset shows; and each one's bucket."""
+    layouts, buckets = calibration_layouts(boxes, image, rng)
+    return make_batch([(category[rows], boxes[rows], None) for rows in layouts],
+                      images=[image[rows] for rows in layouts]), buckets
+
+
+def calibration_layouts(
+    boxes: Float64Array, image: Int64Array, rng: np.random.Generator
+) -> tuple[list[Int64Array], Int64Array]:
+    """Real sub-layouts of bank images, as box rows: per bucket up to ``CDF_LAYOUTS`` random
+    subsets of an image's ``MAX_CDF_OBJECTS`` largest boxes; and the bucket of each layout."""
     area = boxes[:, 2] * boxes[:, 3]
     order = np.lexsort((-area, image))
     _, starts, counts = np.unique(image[order], return_index=True, return_counts=True)
@@ -666,8 +709,7 @@ def calibration_batch(
             chosen = rng.choice(int(used[pick]), size, replace=False)
             layouts.append(order[starts[pick] + chosen])
             buckets.append(bucket)
-    return make_batch([(category[rows], boxes[rows], None) for rows in layouts],
-                      images=[image[rows] for rows in layouts]), np.array(buckets, dtype=np.int64)
+    return layouts, np.array(buckets, dtype=np.int64)
 
 
 def make_batch(
@@ -788,3 +830,5 @@ def build_model(
     counts = np.bincount(buckets, minlength=2 * CDF_BUCKETS)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     return LayoutModel(model.objects, model.pairs, model.supercategory, offsets, totals[order])
+
+

@@ -89,7 +89,7 @@ from acp.errors import InputError, MissingDependencyError, one_line
 from acp.names import canonical_key, category_key
 from acp.pretrained import load_pretrained
 from acp.schema import ScenePlan
-from acp.score import density
+from acp.score import density, likelihood
 from acp.score.bank import ZERO, Bank
 
 WEIGHTS = (0.5, 1.0, 0.8)  # size, distance, direction
@@ -104,8 +104,8 @@ SANITY_AREA = (0.0025, 0.8)
 SANITY_MAX_IOU = 0.5
 
 Method = Literal["density", "pairs", "priors", "sanity", "degenerate", "empty"]
-ScoringMethod = Literal["v2", "paper"]
-SCORING_METHODS: tuple[ScoringMethod, ...] = ("v2", "paper")
+ScoringMethod = Literal["v3", "v2", "paper"]
+SCORING_METHODS: tuple[ScoringMethod, ...] = ("v3", "v2", "paper")
 Embedder = Callable[[list[str]], NDArray[np.floating[Any]]]
 
 
@@ -386,7 +386,7 @@ class LayoutScorer:
         bank: Bank | None,
         *,
         embedder: Embedder | None = None,
-        method: ScoringMethod = "v2",
+        method: ScoringMethod = "v3",
         percentile: float = PERCENTILE,
         embed_threshold: float = EMBED_THRESHOLD,
     ):
@@ -398,6 +398,9 @@ class LayoutScorer:
         self.method = method
         self._calibration = (
             density.Calibration(bank.model.cdf_offsets, bank.model.cdf_values) if bank else None
+        )
+        self._likelihood = (
+            density.Calibration(bank.likelihood.cdf_offsets, bank.likelihood.cdf_values) if bank else None
         )
         self.embedder = embedder
         self.percentile = percentile
@@ -467,7 +470,7 @@ class LayoutScorer:
 
     # -- v2 ------------------------------------------------------------------------------
     def _density_layouts(self, layouts: list[_Layout]) -> list[LayoutScore]:
-        assert self.bank is not None and self._calibration is not None
+        assert self.bank is not None and self._calibration is not None and self._likelihood is not None
         results: list[LayoutScore | None] = [None] * len(layouts)
         todo: list[tuple[int, list[tuple[int, int, int | None, str]]]] = []
         inputs: list[tuple[NDArray[np.int64], NDArray[np.float64], list[tuple[int, int, int]] | None]] = []
@@ -497,14 +500,24 @@ class LayoutScorer:
         if todo:
             related = [{(min(s, o), max(s, o)) for s, o, _, _ in stated} for _, stated in todo]
             batch = density.make_batch(inputs, related=related)
-            terms = density.layout_terms(self.bank.model, batch)
             n_objects = np.bincount(batch.layout, minlength=batch.layouts)
             stated_any = np.bincount(batch.layout[batch.rel_i], minlength=batch.layouts) > 0
-            scores = self._calibration.score(terms.total, density.bucket_of(n_objects, stated_any))
-            pair_scores = self._calibration.score(
-                density.pair_totals(terms, batch),
-                density.bucket_of(np.full(batch.pair_i.size, 2), terms.pair_relation != 0),
-            )
+            buckets = density.bucket_of(n_objects, stated_any)
+            if self.method == "v3":
+                model = self.bank.likelihood
+                stats = likelihood.statistics(model, batch)
+                terms: density.Terms | likelihood.Statistics = stats
+                scores = self._likelihood.score(stats.layouts @ model.weights, buckets)
+                pair_scores = self._likelihood.score(
+                    stats.pairs @ model.weights,
+                    density.bucket_of(np.full(batch.pair_i.size, 2), stats.pair_relation != 0))
+            else:
+                terms = density.layout_terms(self.bank.model, batch)
+                scores = self._calibration.score(terms.total, buckets)
+                pair_scores = self._calibration.score(
+                    density.pair_totals(terms, batch),
+                    density.bucket_of(np.full(batch.pair_i.size, 2), terms.pair_relation != 0),
+                )
             starts = np.concatenate([[0], np.cumsum(n_objects)])
             pair_bounds = np.searchsorted(batch.layout[batch.pair_i], np.arange(batch.layouts + 1))
             for slot, (k, stated) in enumerate(todo):
@@ -522,7 +535,7 @@ class LayoutScorer:
 
     def _density_result(
         self, categories: Sequence[str], stated: list[tuple[int, int, int | None, str]], ids: list[int],
-        batch: density.LayoutBatch, terms: density.Terms, start: int, pair_rows: range,
+        batch: density.LayoutBatch, terms: density.Terms | likelihood.Statistics, start: int, pair_rows: range,
         score: float, pair_scores: NDArray[np.float64],
     ) -> LayoutScore:
         assert self.bank is not None
@@ -548,7 +561,8 @@ class LayoutScorer:
                     "objects": float(terms.object_terms[start + i] + terms.object_terms[start + j]) / 2,
                     "pair": float(terms.pair_terms[row]),
                     "relation": float(terms.pair_relation[row]),
-                    "assignment": float(terms.pair_assignment[row]),
+                    **({"assignment": float(terms.pair_assignment[row])} if isinstance(terms, density.Terms)
+                       else {}),
                 },
             ))
         confidence = float(np.mean([m.weight for m in matches]))
@@ -557,7 +571,7 @@ class LayoutScorer:
     def _references(self, a: int, b: int) -> int:
         """References of the finest density group a box (``b < 0``) or pair was read in."""
         assert self.bank is not None
-        model = self.bank.model
+        model = self.bank.likelihood if self.method == "v3" else self.bank.model
         if b < 0:
             level, key = model.objects[0], a
         else:
