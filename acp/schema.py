@@ -303,6 +303,28 @@ def read_plans(path: Path) -> Iterator[tuple[int, ScenePlan | None, str | None]]
         yield number, plan, reason
 
 
+def parse_plan_line(text: str) -> tuple[ScenePlan | None, str | None]:
+    """One plans-file line as ``(plan, None)`` or ``(None, reason)``: parsed and validated in one
+    call of pydantic's compiled parser; a line it refuses goes the way ``read_plans`` reads it,
+    so that the reasons are the same."""
+    from acp.jsonl import loads
+
+    try:
+        return ScenePlan.model_validate_json(text), None
+    except ValidationError:
+        pass
+    try:
+        record = loads(text)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict):
+        return None, "not a JSON object"
+    try:
+        return ScenePlan.model_validate(record), None
+    except ValidationError as error:
+        return None, "; ".join(f"{f}: {r}" for f, r in error_problems(error))
+
+
 def read_plan_lines(path: Path, skip: Container[str] = ()
                     ) -> Iterator[tuple[int, str | None, ScenePlan | None, str | None]]:
     """``(line_number, id, plan, reason)`` per line: ``reason`` says why ``plan`` is ``None``;

@@ -278,7 +278,9 @@ def named_random(names: list[str], boxes: Boxes, relations: Relations, rng: np.r
     return boxes
 
 
-def named_swap(names: list[str], boxes: Boxes, relations: Relations, rng: np.random.Generator) -> Boxes | None:
+def named_swap(
+    names: list[str], boxes: Boxes, relations: Relations, rng: np.random.Generator
+) -> Boxes | None:
     options = [(i, j) for i in range(len(boxes)) for j in range(i + 1, len(boxes)) if names[i] != names[j]]
     if not options:
         return None

@@ -230,7 +230,7 @@ def test_clis_l_method_option_scores_with_the_chosen_formula(tmp_path: Path, wor
         [n for n, _ in objects], [b for _, b in objects], [(0, 1, "above")]
     )
     assert results["paper"]["clis_l"] == pytest.approx(expected.score, abs=1e-3)
-    bad = CliRunner().invoke(app, ["score", "layouts", str(plans), "--clis-l-method", "v3", "-o",
+    bad = CliRunner().invoke(app, ["score", "layouts", str(plans), "--clis-l-method", "v9", "-o",
                                    str(tmp_path / "x.jsonl")])
     assert bad.exit_code == 2 and "--clis-l-method" in bad.stderr and bad.stderr.count("\n") == 1
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -223,7 +224,8 @@ class Level:
         return out
 
     def _student_log_density(
-        self, group: Int64Array, x: Float64Array, query_image: Int64Array | None, ref_image: Int64Array | None,
+        self, group: Int64Array, x: Float64Array,
+        query_image: Int64Array | None, ref_image: Int64Array | None,
     ) -> Float64Array:
         safe = np.maximum(group, 0)
         z = np.asarray(x, dtype=np.float64) / (2.0 * self.bandwidth[safe].astype(np.float64))
@@ -354,7 +356,7 @@ class LayoutModel:
     cdf_offsets: Int64Array  # bucket b owns cdf_values[cdf_offsets[b]:cdf_offsets[b + 1]]
     cdf_values: Float64Array
     weights: Float64Array = field(default_factory=lambda: np.zeros(0))  # v3's (acp.score.likelihood)
-    margins: Float64Array = field(default_factory=lambda: np.zeros(0))  # v3's: real relations' margins, sorted
+    margins: Float64Array = field(default_factory=lambda: np.zeros(0))  # v3's: real relations', sorted
 
     PREFIXES = ("object_category", "object_all", "pair_category", "pair_super", "pair_all")
 
@@ -712,26 +714,40 @@ def calibration_layouts(
     return layouts, np.array(buckets, dtype=np.int64)
 
 
+# A layout as ``make_batch`` takes it: category ids, boxes (rows of 4), relations or None.
+LayoutRows = tuple[Sequence[int] | NDArray[Any], Sequence[Sequence[float]] | NDArray[Any],
+                   Sequence[tuple[int, int, int]] | None]
+
+
 def make_batch(
-    layouts: list[tuple[Int64Array, Float64Array, list[tuple[int, int, int]] | None]],
+    layouts: Sequence[LayoutRows],
     images: list[Int64Array] | None = None,
     related: list[set[tuple[int, int]]] | None = None,
 ) -> LayoutBatch:
     """A batch of layouts ``(categories, boxes, relations)``, relations ``(subject row, object
     row, axis)``; ``None``: each object related to the next by the side their offset shows.
     ``related``: per layout the pairs ``(i < j)`` that a relation links (default: those of
-    ``relations``), which are always scored."""
-    cats, boxes, owner, pi, pj, ri, rj, ra = [], [], [], [], [], [], [], []
+    ``relations``), which are always scored. Built in Python lists, made arrays once."""
+    cats: list[int] = []
+    boxes: list[Sequence[float]] = []
+    owner: list[int] = []
+    pi: list[int] = []
+    pj: list[int] = []
+    ri: list[int] = []
+    rj: list[int] = []
+    ra: list[int] = []
     offset = 0
     for k, (category, box, relations) in enumerate(layouts):
         n = len(category)
-        cats.append(np.asarray(category, dtype=np.int64))
-        boxes.append(np.asarray(box, dtype=np.float64).reshape(n, 4))
-        owner.append(np.full(n, k, dtype=np.int64))
+        rows = box.tolist() if isinstance(box, np.ndarray) else box
+        cats.extend(int(c) for c in category)
+        boxes.extend(rows)
+        owner.extend([k] * n)
         if relations is None:  # the axes are filled in below, all at once
             relations = [(r, r + 1, -1) for r in range(n - 1)]
         linked = related[k] if related is not None else {(min(s, o), max(s, o)) for s, o, _ in relations}
-        for a, b in scored_pairs(boxes[-1], linked):
+        pairs = _ALL_PAIRS[n] if n <= 3 else scored_pairs(np.asarray(rows, dtype=np.float64), linked)
+        for a, b in pairs:
             pi.append(offset + a)
             pj.append(offset + b)
         for s, o, axis in relations:
@@ -743,19 +759,20 @@ def make_batch(
     def ints(values: list[int]) -> Int64Array:
         return np.asarray(values, dtype=np.int64)
 
-    all_boxes = np.concatenate(boxes) if boxes else np.zeros((0, 4))
+    all_boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     axes, subjects, objects = ints(ra), ints(ri), ints(rj)
     unset = axes < 0
-    axes[unset] = dominant_axis(all_boxes[subjects[unset]], all_boxes[objects[unset]])
+    if unset.any():
+        axes[unset] = dominant_axis(all_boxes[subjects[unset]], all_boxes[objects[unset]])
 
     return LayoutBatch(
-        layouts=len(layouts),
-        category=np.concatenate(cats) if cats else ints([]),
-        boxes=all_boxes,
-        layout=np.concatenate(owner) if owner else ints([]),
+        layouts=len(layouts), category=ints(cats), boxes=all_boxes, layout=ints(owner),
         pair_i=ints(pi), pair_j=ints(pj), rel_i=subjects, rel_j=objects, rel_axis=axes,
         image=np.concatenate(images) if images else None,
     )
+
+
+_ALL_PAIRS = [[(i, j) for i in range(n) for j in range(i + 1, n)] for n in range(4)]
 
 
 class Calibration:

@@ -119,7 +119,43 @@ def _compiled() -> Any:
             counts[q] = kept
         return sums, counts
 
-    return sums_of
+    @numba.njit(cache=True, nogil=True)
+    def sorted_sums_of(  # pragma: no cover - compiled
+        zt: Any, group: Any, first: Any, last: Any, offsets: Any, refs: Any,
+    ) -> Any:
+        # Queries sorted by group, features in rows (zt[d, q]); each run of one group's queries
+        # goes down its references once, summing into every query of the run: the inner loop
+        # over queries has no dependence between iterations, so it runs in SIMD lanes, while
+        # each query still adds its references one after another, in order.
+        n = group.size
+        sums = np.zeros(n)
+        counts = np.zeros(n, dtype=np.int64)
+        for run in range(first.size):
+            a, b = first[run], last[run]
+            g = group[a]
+            if g < 0:
+                continue
+            start, stop = offsets[g], offsets[g + 1]
+            for r in range(start, stop):
+                r0, r1, r2, r3 = refs[r, 0], refs[r, 1], refs[r, 2], refs[r, 3]
+                for q in range(a, b):
+                    d = r0 - zt[0, q]
+                    u = d * d
+                    d = r1 - zt[1, q]
+                    u += d * d
+                    d = r2 - zt[2, q]
+                    u += d * d
+                    d = r3 - zt[3, q]
+                    u += d * d
+                    u += 1.0
+                    u = u * u
+                    u = u * u
+                    sums[q] += 1.0 / u
+            for q in range(a, b):
+                counts[q] = stop - start
+        return sums, counts
+
+    return sums_of, sorted_sums_of
 
 
 _KERNEL: Any = None
@@ -146,9 +182,17 @@ def kernel_sums(
     kernel = compiled_kernel() if compiled is not False else None
     if compiled and kernel is None:
         raise RuntimeError("the compiled kernel needs numba (pip install 'acp[fast]')")
-    if kernel is None:
+    if kernel is None or group.size == 0:
         return _numpy_sums(z, group, offsets, refs, query_image, ref_image)
-    masked = query_image is not None and ref_image is not None
-    empty = np.zeros(0, dtype=np.int64)
-    return kernel(z, group, offsets, refs, query_image if masked else empty,
-                  ref_image if masked else empty, masked)
+    masked_sums, sorted_sums = kernel
+    if query_image is not None and ref_image is not None:  # bank build time
+        return masked_sums(z, group, offsets, refs, query_image, ref_image, True)
+    order = np.argsort(group, kind="stable")
+    sorted_group = group[order]
+    bounds = np.flatnonzero(np.diff(sorted_group)) + 1
+    first = np.concatenate([[0], bounds]).astype(np.int64)
+    last = np.concatenate([bounds, [group.size]]).astype(np.int64)
+    sums, counts = sorted_sums(np.ascontiguousarray(z[order].T), sorted_group, first, last, offsets, refs)
+    out_sums, out_counts = np.empty_like(sums), np.empty_like(counts)
+    out_sums[order], out_counts[order] = sums, counts
+    return out_sums, out_counts

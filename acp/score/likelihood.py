@@ -45,6 +45,7 @@ from acp.score.density import (
     Int64Array,
     LayoutBatch,
     LayoutModel,
+    LayoutRows,
     calibration_layouts,
     dominant_axis,
     log_sigmoid,
@@ -140,7 +141,7 @@ def _statistics(batch: LayoutBatch, terms: _Terms, relations: bool = True) -> St
         np.minimum.at(low, where, values)
         return np.where(np.isfinite(low), low, 0.0)
 
-    pair_relation = np.bincount(relation_pair, relation, minlength=p) if p else np.zeros(0)
+    pair_relation = np.bincount(relation_pair, relation, minlength=p).astype(np.float64) if p else np.zeros(0)
     linked = terms.pair + pair_relation
     element = terms.own + np.bincount(i, linked, minlength=m) + np.bincount(j, linked, minlength=m)
     layouts = np.stack([
@@ -159,6 +160,15 @@ def _statistics(batch: LayoutBatch, terms: _Terms, relations: bool = True) -> St
     return Statistics(layouts, pairs, terms.own, terms.pair, pair_relation, terms.assignment)
 
 
+def logit(features: Float64Array, weights: Float64Array) -> Float64Array:
+    """``features @ weights`` row by row, one column after another: unlike a BLAS product, a
+    row's value does not depend on how many rows the batch has."""
+    total = np.zeros(features.shape[0])
+    for column, weight in enumerate(weights.tolist()):
+        total += features[:, column] * weight
+    return total
+
+
 def statistics(model: LayoutModel, batch: LayoutBatch) -> Statistics:
     """Every statistic of every layout of ``batch`` (and of its pairs), one pass per density."""
     return _statistics(batch, _terms(model, batch))
@@ -172,7 +182,9 @@ def _clipped(b: Float64Array) -> Float64Array:
     return np.array([np.clip(b[0], 0.0, 1.0 - w), np.clip(b[1], 0.0, 1.0 - h), w, h])
 
 
-def _at(b: Float64Array, cx: float, cy: float, w: float | None = None, h: float | None = None) -> Float64Array:
+def _at(
+    b: Float64Array, cx: float, cy: float, w: float | None = None, h: float | None = None
+) -> Float64Array:
     w = b[2] if w is None else w
     h = b[3] if h is None else h
     return _clipped(np.array([cx - w / 2, cy - h / 2, w, h]))
@@ -262,7 +274,8 @@ def fit_weights(x: Float64Array, real: np.ndarray) -> Float64Array:
         for _ in range(25):  # Newton's method: the loss is convex, a few steps converge
             prob = 1.0 / (1.0 + np.exp(-np.clip(a @ beta, -30, 30)))
             grad = a.T @ (sample * (prob - y)) + RIDGE * np.r_[beta[:-1], 0.0]
-            hess = (a * (sample * prob * (1 - prob))[:, None]).T @ a + RIDGE * np.diag(np.r_[np.ones(a.shape[1] - 1), 0.0])
+            ridge = RIDGE * np.diag(np.r_[np.ones(a.shape[1] - 1), 0.0])
+            hess = (a * (sample * prob * (1 - prob))[:, None]).T @ a + ridge
             step = np.linalg.solve(hess + 1e-12 * np.eye(a.shape[1]), grad)
             beta -= step
             if np.abs(step).max() < 1e-9:
@@ -307,9 +320,9 @@ def build(
         axes = dominant_axis(b[:-1], b[1:]) if rows.size > 1 else np.zeros(0, dtype=np.int64)
         return [(r, r + 1, int(axes[r])) for r in range(rows.size - 1)]
 
-    batch = make_batch([(category[rows], boxes[rows], related(rows)) for rows in layouts]
-                       + [(category[rows], b, related(rows)) for rows, b in zip(changed_rows, changed, strict=True)],
-                       images=[image[rows] for rows in layouts + changed_rows])
+    inputs: list[LayoutRows] = [(category[rows], boxes[rows], related(rows)) for rows in layouts]
+    inputs += [(category[rows], b, related(rows)) for rows, b in zip(changed_rows, changed, strict=True)]
+    batch = make_batch(inputs, images=[image[rows] for rows in layouts + changed_rows])
     terms = _terms(model, batch, object_images, pair_images)
     stated = _statistics(batch, terms).layouts
     bare = _statistics(batch, terms, relations=False).layouts
@@ -319,7 +332,7 @@ def build(
     x = np.concatenate([bare, stated[with_relation]])
     real = np.concatenate([np.arange(len(sizes)) < count, (np.arange(len(sizes)) < count)[with_relation]])
     weights = fit_weights(x, real) if (~real).any() else np.ones(len(FEATURES))
-    totals = x[real] @ weights
+    totals = logit(x[real], weights)
     kinds = np.concatenate([buckets, buckets[with_relation[:count]] + CDF_BUCKETS])
     order = np.lexsort((totals, kinds))
     counts = np.bincount(kinds, minlength=2 * CDF_BUCKETS)
