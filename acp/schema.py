@@ -144,6 +144,11 @@ class ScenePlan(SceneDraft):
     repairs: list[str] = Field(default_factory=list, description="Fixes applied to the LLM reply.")
     warnings: list[str] = Field(default_factory=list, description="Flagged, accepted problems.")
     attempts: int = Field(default=1, ge=1, description="LLM requests that produced this plan.")
+    examples: list[str] = Field(
+        default_factory=list, max_length=16,
+        description="Bank images (ids) the layout was drawn from (offline planner) or shown to the LLM "
+                    "as examples (--bank).",
+    )
 
     @model_validator(mode="after")
     def _check_concepts(self) -> ScenePlan:

@@ -14,6 +14,7 @@ from acp.cli._common import ApiKeyOption, fail, handle_errors, notice
 
 if TYPE_CHECKING:
     from acp.concepts import ConceptInput
+    from acp.score.bank import Bank
 
 MAX_PROBLEM_LINES = 20  # `acp validate` on a binary or wrong file should not scroll for pages
 
@@ -82,6 +83,12 @@ MaxOverlapOption = Annotated[
 ]
 OnOverlapOption = Annotated[OverlapAction, typer.Option(help="What to do with a larger overlap.")]
 ProgressOption = Annotated[bool, typer.Option(help="Show a progress bar.")]
+PlanBankOption = Annotated[
+    Path | None,
+    typer.Option("--bank", show_default=False,
+                 help="Bank folder (`acp bank build`): the heuristic planner draws layouts from its real "
+                 "layouts, the LLM sees 3 of them as examples per scene."),
+]
 
 # Long-tail top-up (acp.balance), shared with `acp generate`; acp.cli.balance reads them.
 BalanceOption = Annotated[
@@ -152,6 +159,15 @@ def choose_planner(planner: PlannerName | None, api_key: str | None, base_url: s
     return planner.value
 
 
+def load_plan_bank(bank: Path | None) -> Bank | None:
+    """The ``--bank`` of planning (``Bank.load``'s one-line errors for a missing or old one)."""
+    if bank is None:
+        return None
+    from acp.score.bank import Bank
+
+    return Bank.load(bank)
+
+
 @app.command()
 @handle_errors
 def plan(
@@ -183,6 +199,7 @@ def plan(
     categories_only: CategoriesOnlyOption = None,
     max_per_category: MaxPerCategoryOption = None,
     companion_cap: CompanionCapOption = defaults.BALANCE_COMPANION_CAP,
+    bank: PlanBankOption = None,
 ) -> None:
     """Plan scenes (caption, objects, boxes, relations) from a concept list, or, with
     --balance REAL, the scenes that top up REAL's long tail (plan written to PLANS.balance.json).
@@ -218,17 +235,19 @@ def plan(
     )
     api_key = api_key or None
     chosen: Any
-    if choose_planner(planner, api_key, llm_base_url) == "openai":
+    name = choose_planner(planner, api_key, llm_base_url)
+    layouts = load_plan_bank(bank)
+    if name == "openai":
         from acp.plan.llm import LLMPlanner
 
         chosen = LLMPlanner.from_options(
             base_url=llm_base_url, model=llm_model, api_key=api_key, concurrency=concurrency,
-            max_reasks=max_reasks, timeout=llm_timeout, settings=settings,
+            max_reasks=max_reasks, timeout=llm_timeout, settings=settings, bank=layouts,
         )
     else:
         from acp.plan.heuristic import HeuristicPlanner
 
-        chosen = HeuristicPlanner(settings)
+        chosen = HeuristicPlanner(settings, bank=layouts)
     requests = make_requests(sets, seed, width, height, companions=source.companions)
     summary = run_planner(chosen, requests, output, total=total, progress=progress)
     print(f"{output}: {summary.line()}")

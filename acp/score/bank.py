@@ -175,6 +175,8 @@ class Bank:
     prior_features: PriorFeatures
     model: LayoutModel  # CLIS-L v2
     likelihood: LayoutModel  # CLIS-L v3
+    box_image: Int32Array  # each box's image (a row of image_ids): real layouts, for planning
+    image_ids: NDArray[np.str_]  # each image's id in its source ("k:id" past the first source)
     max_boxes_per_category: int = MAX_BOXES_PER_CATEGORY
     summary: dict[str, Any] = field(default_factory=dict)
 
@@ -196,6 +198,11 @@ class Bank:
                 for f in fields(features)
                 if getattr(features, f.name).shape != rows
             ]
+        if self.box_image.shape != self.boxes.shape[:1]:
+            problems.append(f"box_image has shape {self.box_image.shape}, expected {self.boxes.shape[:1]}")
+        elif self.box_image.size and not 0 <= int(self.box_image.min()) <= int(self.box_image.max()) < (
+                self.image_ids.size):
+            problems.append("box_image names images beyond image_ids")
         for model in (self.model, self.likelihood):
             if model.categories != count:
                 problems.append(f"the density model has {model.categories} categories, expected {count}")
@@ -300,6 +307,8 @@ class Bank:
                 **{f"prior_{f.name}": getattr(self.prior_features, f.name) for f in fields(PriorFeatures)},
                 **{f"v2_{name}": array for name, array in self.model.arrays().items()},
                 **{f"v3_{name}": array for name, array in self.likelihood.arrays().items()},
+                "box_image": self.box_image,
+                "image_ids": self.image_ids,
             }
             np.savez(handle, **arrays)
             handle.flush()
@@ -355,7 +364,8 @@ class Bank:
                 data = {name: arrays[name] for name in arrays.files}
         except (OSError, ValueError) as error:
             raise InputError(f"bank {folder}: unreadable ({error}); {expected}") from None
-        names = ["boxes", "category_offsets", "pair_a", "pair_b", "pair_keys", "pair_offsets"]
+        names = ["boxes", "category_offsets", "pair_a", "pair_b", "pair_keys", "pair_offsets", "box_image",
+                 "image_ids"]
         names += _FEATURE_ARRAYS + [f"{v}_{name}" for v in ("v2", "v3") for name in LayoutModel.array_names()]
         missing = [n for n in names if n not in data]
         if missing:
@@ -389,6 +399,8 @@ class Bank:
                 likelihood=LayoutModel.from_arrays(
                     {name[3:]: array for name, array in data.items() if name.startswith("v3_")}, STUDENT
                 ),
+                box_image=data["box_image"].astype(np.int32, copy=False),
+                image_ids=data["image_ids"].astype(str, copy=False),
                 max_boxes_per_category=int(index["max_boxes_per_category"]),
                 summary=index.get("summary", {}),
             )
@@ -423,11 +435,14 @@ class Bank:
         skipped = dict.fromkeys(SKIP_REASONS, 0)
         sources: list[dict[str, Any]] = []
         image_offset = 0
-        for path in paths:
+        image_ids: list[str] = []
+        for source, path in enumerate(paths):
             data = read_coco_file(Path(path), polygons=False)
             images, cats, boxes, skip_counts, n_images = _usable_boxes(Path(path), data, merged)
             parts.append((images + image_offset, cats, boxes))
             image_offset += n_images
+            prefix = f"{source}:" if source else ""
+            image_ids += [f"{prefix}{item['id']}" for item in data["images"]]
             for reason, count in skip_counts.items():
                 skipped[reason] += count
             sources.append(
@@ -511,6 +526,8 @@ class Bank:
             prior_features=prior_features_of(stored),
             model=model,
             likelihood=likelihood,
+            box_image=image.astype(np.int32),
+            image_ids=np.array(image_ids, dtype=str),
             max_boxes_per_category=max_boxes_per_category,
             summary=summary,
         )

@@ -1,0 +1,223 @@
+"""Planning from a bank (``--bank`` on ``acp plan`` and ``acp generate``): real layouts of a
+scene's categories, retrieved from a CLIS-L bank (``acp.score.bank``).
+
+- ``BankLayouts.retrieve``: up to ``k`` real images holding as many of the scene's categories
+  (with their counts) as any image does, drawn at random among the best (seeded); an inverted
+  index from category to images makes it a few array operations per scene.
+- ``BankLayouts.sample``: an offline layout: the boxes of one retrieved image (each requested
+  object takes a distinct box of its category there), jittered box by box and mirrored at
+  random, so that no plan is a copy of a bank layout; objects the image lacks are drawn from
+  their category's own boxes (a random real box, jittered: a draw from the category's density),
+  placed next to an object of the image when the bank holds real pairs of the two; objects of a
+  category the bank does not know are left to the caller (None).
+- ``example_block``: the text of retrieved layouts for an LLM prompt, bounded (``MAX_EXAMPLES``
+  layouts of at most ``MAX_EXAMPLE_OBJECTS`` objects each, ~1 KB).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from acp.names import canonical_key, category_key
+
+if TYPE_CHECKING:
+    from acp.score.bank import Bank
+
+MAX_EXAMPLES = 3
+MAX_EXAMPLE_OBJECTS = 8
+JITTER_SCALE = 0.12  # log units: each box's size
+JITTER_ASPECT = 0.08  # log units: each box's aspect
+JITTER_SHIFT = 0.04  # fractions of the frame: each box's centre
+MOVE_TRIES = 32
+MAX_RESCALE = math.log(2.2)
+MIN_SIDE = 1.5 / 64  # a little over the planner's minimum side, so that rounding keeps it valid
+
+Box = tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class Example:
+    """One retrieved real layout: its bank image id and its boxes (category name, xywh)."""
+
+    image_id: str
+    objects: tuple[tuple[str, Box], ...]
+
+
+class BankLayouts:
+    """The real layouts of a bank, indexed by category."""
+
+    def __init__(self, bank: Bank):
+        self.bank = bank
+        order = np.argsort(bank.box_image, kind="stable")
+        self._rows = order  # box rows grouped by image
+        images = bank.box_image[order]
+        self._image_offsets = np.searchsorted(images, np.arange(bank.image_ids.size + 1))
+        category = np.repeat(np.arange(len(bank.categories)), np.diff(bank.category_offsets))
+        # (category, image) -> how many boxes of the category the image has
+        keys = category.astype(np.int64) * max(bank.image_ids.size, 1) + bank.box_image
+        self._pair_keys, self._pair_counts = np.unique(keys, return_counts=True)
+        self._category = category
+
+    def category(self, name: str) -> int | None:
+        """The bank category of a plan name (exact key, then synonyms), as CLIS-L matches it."""
+        found = self.bank.category_by_alias(category_key(name))
+        return found if found is not None else self.bank.category_by_key(canonical_key(name))
+
+    def retrieve(self, names: list[str], k: int, rng: random.Random) -> list[int]:
+        """Up to ``k`` images holding the most of ``names`` (each as often as asked), best first."""
+        wanted: dict[int, int] = {}
+        for name in names:
+            c = self.category(name)
+            if c is not None:
+                wanted[c] = wanted.get(c, 0) + 1
+        if not wanted or k <= 0:
+            return []
+        width = max(self.bank.image_ids.size, 1)
+        candidates, hits = [], []
+        for c, count in wanted.items():
+            lo = np.searchsorted(self._pair_keys, c * width)
+            hi = np.searchsorted(self._pair_keys, (c + 1) * width)
+            images = self._pair_keys[lo:hi] - c * width
+            candidates.append(images)
+            hits.append(np.minimum(self._pair_counts[lo:hi], count))
+        images, inverse = np.unique(np.concatenate(candidates), return_inverse=True)
+        score = np.bincount(inverse, np.concatenate(hits).astype(np.float64), minlength=images.size)
+        best = images[score == score.max()]
+        chosen = rng.sample(range(best.size), min(k, best.size))
+        return [int(best[i]) for i in chosen]
+
+    def boxes_of(self, image: int) -> list[tuple[int, Box]]:
+        rows = self._rows[self._image_offsets[image]:self._image_offsets[image + 1]]
+        return [(int(self._category[r]), _box(self.bank.boxes[r])) for r in rows]
+
+    def example(self, image: int, names: list[str]) -> Example:
+        """An image's layout for a prompt: the boxes of the scene's categories first, then the
+        largest others, ``MAX_EXAMPLE_OBJECTS`` at most."""
+        wanted = {self.category(n) for n in names}
+        boxes = sorted(self.boxes_of(image), key=lambda cb: (cb[0] not in wanted, -cb[1][2] * cb[1][3]))
+        objects = tuple((self.bank.categories[c].name, _box(round(v, 3) for v in b))
+                        for c, b in boxes[:MAX_EXAMPLE_OBJECTS])
+        return Example(str(self.bank.image_ids[image]), objects)
+
+    def sample(self, names: list[str], rng: random.Random) -> tuple[list[Box | None], str | None]:
+        """A layout for ``names`` (None where the bank does not know the category) and the bank
+        image id it was drawn from (None: none held any of them)."""
+        images = self.retrieve(names, 1, rng)
+        source = self.boxes_of(images[0]) if images else []
+        used: set[int] = set()
+        boxes: list[Box | None] = []
+        placed: list[tuple[int, Box]] = []
+        for name in names:
+            c = self.category(name)
+            choices = [k for k, (cat, _) in enumerate(source) if cat == c and k not in used]
+            box: Box | None = None
+            if c is not None and choices:
+                k = rng.choice(choices)
+                used.add(k)
+                box = source[k][1]
+            elif c is not None:
+                box = self._near(c, placed, rng)
+            boxes.append(box)
+            if c is not None and box is not None:
+                placed.append((c, box))
+        boxes = self._moved(boxes, placed, rng)
+        mirror = rng.random() < 0.5  # a mirrored photograph is as real as the photograph
+        jittered = [None if b is None else _jitter(b, mirror, rng) for b in boxes]
+        return jittered, (str(self.bank.image_ids[images[0]]) if images else None)
+
+    def _moved(self, boxes: list[Box | None], placed: list[tuple[int, Box]], rng: random.Random
+               ) -> list[Box | None]:
+        """The layout moved as a whole (and scaled by at most ``MAX_RESCALE``) so that its largest
+        box lands where a real box of that category of about its size (from any image) is: the
+        objects keep their real relative geometry, and the layout's place varies as the
+        category's own boxes do. Kept as it is when ``MOVE_TRIES`` draws all fail."""
+        if not placed:
+            return boxes
+        category, anchor = max(placed, key=lambda cb: cb[1][2] * cb[1][3])
+        start, stop = int(self.bank.category_offsets[category]), int(self.bank.category_offsets[category + 1])
+        ax, ay = anchor[0] + anchor[2] / 2, anchor[1] + anchor[3] / 2
+        for _ in range(MOVE_TRIES):
+            target = _box(self.bank.boxes[rng.randrange(start, stop)])
+            scale = math.sqrt((target[2] * target[3]) / (anchor[2] * anchor[3]))
+            if abs(math.log(scale)) > MAX_RESCALE:
+                continue
+            tx, ty = target[0] + target[2] / 2, target[1] + target[3] / 2
+            moved = [None if b is None else (tx + (b[0] - ax) * scale, ty + (b[1] - ay) * scale,
+                                             b[2] * scale, b[3] * scale) for b in boxes]
+            if all(b is None or (b[0] >= 0 and b[1] >= 0 and b[0] + b[2] <= 1 and b[1] + b[3] <= 1)
+                   for b in moved):
+                return moved
+        return boxes
+
+    def _near(self, category: int, placed: list[tuple[int, Box]], rng: random.Random) -> Box | None:
+        """A real box of ``category`` (None: the bank has none); next to a placed box as a real
+        pair of the two sits, where the bank holds one (relative offset and size), else where it
+        was in its own image."""
+        bank = self.bank
+        start, stop = int(bank.category_offsets[category]), int(bank.category_offsets[category + 1])
+        if stop == start:
+            return None
+        x, y, w, h = (float(v) for v in bank.boxes[rng.randrange(start, stop)])
+        own = (x, y, w, h)
+        if not placed:
+            return own
+        anchor_category, anchor = rng.choice(placed)
+        a, b = sorted((anchor_category, category))
+        rows = bank.pair_rows(a, b)
+        if rows.stop == rows.start:
+            return own
+        p = rng.randrange(rows.start, rows.stop)
+        first, second = bank.boxes[bank.pair_a[p]], bank.boxes[bank.pair_b[p]]
+        ref_anchor, ref_other = (first, second) if anchor_category == a else (second, first)
+        if a == b and rng.random() < 0.5:
+            ref_anchor, ref_other = ref_other, ref_anchor
+        scale = math.sqrt((anchor[2] * anchor[3]) / float(ref_anchor[2] * ref_anchor[3]))
+        dx = (ref_other[0] + ref_other[2] / 2 - ref_anchor[0] - ref_anchor[2] / 2) * scale
+        dy = (ref_other[1] + ref_other[3] / 2 - ref_anchor[1] - ref_anchor[3] / 2) * scale
+        w, h = float(ref_other[2]) * scale, float(ref_other[3]) * scale
+        cx, cy = anchor[0] + anchor[2] / 2 + dx, anchor[1] + anchor[3] / 2 + dy
+        return _inside((cx - w / 2, cy - h / 2, w, h))
+
+def _box(values: object) -> Box:
+    x, y, w, h = (float(v) for v in values)  # type: ignore[attr-defined]
+    return (x, y, w, h)
+
+
+def _inside(box: Box) -> Box:
+    x, y, w, h = box
+    w, h = min(max(w, MIN_SIDE), 0.98), min(max(h, MIN_SIDE), 0.98)
+    return (min(max(x, 0.0), 1.0 - w), min(max(y, 0.0), 1.0 - h), w, h)
+
+
+def _jitter(box: Box, mirror: bool, rng: random.Random) -> Box:
+    x, y, w, h = box
+    if mirror:
+        x = 1.0 - x - w
+    scale = math.exp(rng.gauss(0.0, JITTER_SCALE))
+    aspect = math.exp(rng.gauss(0.0, JITTER_ASPECT))
+    cx = x + w / 2 + rng.gauss(0.0, JITTER_SHIFT)
+    cy = y + h / 2 + rng.gauss(0.0, JITTER_SHIFT)
+    w, h = w * scale * aspect, h * scale / aspect
+    return _inside((cx - w / 2, cy - h / 2, w, h))
+
+
+def example_block(examples: list[Example]) -> str:
+    """The prompt lines that show the LLM real layouts of the scene's categories."""
+    if not examples:
+        return ""
+    lines = ["Real photographs with these categories (normalised [x, y, w, h]); use them as a guide "
+             "to sizes and placement, do not copy them:"]
+    for k, example in enumerate(examples, start=1):
+        boxes = "; ".join(f"{name} {list(box)}" for name, box in example.objects)
+        lines.append(f"{k}. {boxes}")
+    return "\n".join(lines) + "\n"
+
+
+def bank_examples(layouts: BankLayouts, names: list[str], k: int, rng: random.Random) -> list[Example]:
+    return [layouts.example(image, names) for image in layouts.retrieve(names, k, rng)]
+
