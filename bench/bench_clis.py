@@ -6,7 +6,7 @@
 1. CLIS-L throughput on one core: a bank of >= 100,000 object pairs (a synthetic COCO file,
    80 categories with Zipf frequencies), layouts of 3 objects whose three category pairs all
    have references; the vectorised scorer against a plain per-reference Python loop of the
-   same formula (``acp.score.layout.loop_pair_score``), on the same layouts, scores compared.
+   same formula (``tests/clis_oracle.py``'s ``loop_pair_score``), on the same layouts, scores compared.
 2. CLIS-L discrimination on real layouts (NSR-1K, two objects and a relation each, from
    COCO): the bank is built from a random half of the images, the other half is scored as is
    and after each corruption; ROC AUC of real vs corrupted.
@@ -39,7 +39,8 @@ from typing import Any
 import numpy as np
 
 from acp.score.bank import Bank
-from acp.score.layout import MIN_SUPPORT, LayoutScorer, loop_pair_score, relation_sign
+from acp.score.layout import MIN_SUPPORT, LayoutScorer, relation_sign
+from tests.clis_oracle import loop_pair_score
 
 Box = list[float]
 DEFAULT_NSR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "nsr1k-spatial-train.json"

@@ -120,8 +120,9 @@ def main() -> None:
         iou = f"{np.mean(spread[name]):>9.3f}" if name in spread else f"{'':>9}"
         print(f"{name:<22} {np.median(v):>13.1f} {(v >= MIN_CLIS_L).mean():>8.2f} {iou}")
     bank_median = float(np.median(np.concatenate(rows["bank"])))
-    print(f"bank plans' median / real median: {bank_median / real_median:.2f}; drawn from a retrieved image: "
-          f"{sourced / max(total, 1):.2f}; a box within 0.5 % of its source's: {copies / max(sourced, 1):.3f}")
+    print(f"bank plans' median / real median: {bank_median / real_median:.2f}; drawn from a retrieved "
+          f"image: {sourced / max(total, 1):.2f}; a box within 0.5 % of its source's: "
+          f"{copies / max(sourced, 1):.3f}")
 
 
 if __name__ == "__main__":

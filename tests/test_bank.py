@@ -419,8 +419,8 @@ def test_a_loaded_bank_scores_without_recomputing_its_features(
 
 @pytest.mark.parametrize("version", [1, 2, 3])
 def test_an_old_format_bank_asks_for_a_rebuild(tmp_path: Path, version: int) -> None:
-    """A format-1 bank (no stored features), 2 (no v2 densities) or 3 (no v3 model): one line naming the command
-    that fixes it."""
+    """A format-1 bank (no stored features), 2 (no v2 densities) or 3 (no v3 model): one line
+    naming the command that fixes it."""
     from typer.testing import CliRunner
 
     from acp.cli import app

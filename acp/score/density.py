@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from acp.boxes import iou_aligned
 from acp.errors import InputError
 from acp.score.kernel import LOG_NORMALISER, kernel_sums
 
@@ -70,12 +71,7 @@ def pair_features(a: NDArray[Any], b: NDArray[Any]) -> Float64Array:
     dx = (b[:, 0] + b[:, 2] / 2) - (a[:, 0] + a[:, 2] / 2)
     dy = (b[:, 1] + b[:, 3] / 2) - (a[:, 1] + a[:, 3] / 2)
     diagonal = (np.hypot(a[:, 2], a[:, 3]) + np.hypot(b[:, 2], b[:, 3])) / 2
-    ix = np.maximum(0.0, np.minimum(a[:, 0] + a[:, 2], b[:, 0] + b[:, 2]) - np.maximum(a[:, 0], b[:, 0]))
-    iy = np.maximum(0.0, np.minimum(a[:, 1] + a[:, 3], b[:, 1] + b[:, 3]) - np.maximum(a[:, 1], b[:, 1]))
-    inter = ix * iy
-    return np.stack(
-        [np.log(area_a / area_b), dx / diagonal, dy / diagonal, inter / (area_a + area_b - inter)], axis=1
-    )
+    return np.stack([np.log(area_a / area_b), dx / diagonal, dy / diagonal, iou_aligned(a, b)], axis=1)
 
 
 REVERSE = np.array([-1.0, -1.0, -1.0, 1.0])  # a pair's features read the other way round

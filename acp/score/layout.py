@@ -71,7 +71,7 @@ Back-offs, each labelled in the pair's ``method``:
 A plan with one object is scored by that object's priors (or sanity check); a plan with none
 scores 0 (method ``empty``). All references of all pairs of a plan are scored in one numpy
 pass (``reference_scores``); Python loops only over the plan's pairs, never over references.
-``loop_pair_score`` is the same formula one reference at a time, for tests and benchmarks.
+``tests/clis_oracle.py`` holds the same formula one reference at a time, for tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -263,8 +263,11 @@ class PairQuery:
     def of(
         cls, rows: slice, subject: NDArray[np.float64], obj: NDArray[np.float64], sign: int, same: bool
     ) -> PairQuery:
-        # Plain Python: for one pair it beats numpy's per-call overhead several times over.
-        ratio, iou, distance, vx, vy = _loop_geometry(subject.tolist(), obj.tolist())
+        sx, sy, sw, sh = subject.tolist()
+        ox, oy, ow, oh = obj.tolist()
+        ratio, iou = (sw * sh) / (ow * oh), float(iou_aligned(subject, obj))
+        vx, vy = (ox + ow / 2) - (sx + sw / 2), (oy + oh / 2) - (sy + sh / 2)
+        distance = math.hypot(vx, vy) / ((math.hypot(sw, sh) + math.hypot(ow, oh)) / 2)
         length = math.hypot(vx, vy)
         concentric = length <= ZERO
         ux, uy = (0.0, 0.0) if concentric else (vx / length, vy / length)
@@ -823,74 +826,3 @@ def _unit(vectors: NDArray[Any]) -> NDArray[np.float64]:
     array = np.atleast_2d(np.asarray(vectors, dtype=np.float64))
     norms = np.linalg.norm(array, axis=1, keepdims=True)
     return array / np.where(norms > 0, norms, 1.0)
-
-
-# -- the same formula, one reference at a time ---------------------------------------------
-# Plain Python, for tests and the benchmark to check the vectorised scorer against; it reads
-# the reference boxes, not the bank's precomputed features.
-
-
-def _loop_similarity(a: float, b: float) -> float:
-    a, b = max(a, ZERO), max(b, ZERO)
-    return min(a, b) / max(a, b)
-
-
-def _loop_penalty(score: float) -> float:
-    return score - max(0.0, 1.0 - score / PENALTY_THRESHOLD)
-
-
-def _loop_geometry(s: Sequence[float], o: Sequence[float]) -> tuple[float, float, float, float, float]:
-    sx, sy, sw, sh = s
-    ox, oy, ow, oh = o
-    ix = max(0.0, min(sx + sw, ox + ow) - max(sx, ox))
-    iy = max(0.0, min(sy + sh, oy + oh) - max(sy, oy))
-    inter = ix * iy
-    iou = inter / (sw * sh + ow * oh - inter)
-    vx, vy = (ox + ow / 2) - (sx + sw / 2), (oy + oh / 2) - (sy + sh / 2)
-    distance = math.hypot(vx, vy) / ((math.hypot(sw, sh) + math.hypot(ow, oh)) / 2)
-    return (sw * sh) / (ow * oh), iou, distance, vx, vy
-
-
-def loop_reference_score(
-    subject: Sequence[float], obj: Sequence[float], ref_subject: Sequence[float], ref_object: Sequence[float],
-    sign: int = 0,
-) -> float:
-    """One reference's score in ``[-1, 1]`` by the module's formula, without numpy."""
-    ratio, iou_p, dist_p, vx, vy = _loop_geometry(subject, obj)
-    ratio_r, iou_r, dist_r, rx, ry = _loop_geometry(ref_subject, ref_object)
-    size = _loop_penalty(_loop_similarity(ratio, ratio_r))
-    iou = _loop_penalty(_loop_similarity(iou_p, iou_r))
-    rel = _loop_penalty(_loop_similarity(dist_p, dist_r))
-    w = 0.2 if iou > 0.95 else 0.8 if rel > 0.95 else 0.5
-    distance = w * iou + (1 - w) * rel
-    plan_length, ref_length = math.hypot(vx, vy), math.hypot(rx, ry)
-    if plan_length <= ZERO or ref_length <= ZERO:
-        direction = 1.0 if plan_length <= ZERO and ref_length <= ZERO else 0.0
-    else:
-        if sign:
-            rx = sign * abs(rx)  # mirrored onto the predicate's side
-            cos = (vx * rx + vy * ry) / (plan_length * ref_length)
-        else:
-            cos = max(vx * rx + vy * ry, -vx * rx + vy * ry) / (plan_length * ref_length)
-        direction = _loop_penalty((1 + cos) / 2)
-    ws, wd, wr = WEIGHTS
-    return (ws * size + wd * distance + wr * direction) / (ws + wd + wr)
-
-
-def loop_pair_score(
-    subject: Sequence[float],
-    obj: Sequence[float],
-    references: Sequence[tuple[Sequence[float], Sequence[float]]],
-    sign: int = 0,
-    same_category: bool = False,
-    percentile: float = PERCENTILE,
-) -> float:
-    """Pair score 0-100 against ``references`` (subject box, object box), one at a time."""
-    scores = []
-    for ref_subject, ref_object in references:
-        score = loop_reference_score(subject, obj, ref_subject, ref_object, sign)
-        if same_category:
-            score = max(score, loop_reference_score(subject, obj, ref_object, ref_subject, sign))
-        scores.append(score)
-    scores.sort(reverse=True)
-    return _clip100(scores[int(len(scores) * (100.0 - percentile) / 100.0)])
