@@ -12,8 +12,9 @@ scored with CLIS-L v3 against the same bank, which holds none of the held-out la
   scored against a second bank built from the other half of the training images only
   ("cross": planned from one half, judged by the other);
 - diversity: the mean IoU between the boxes of the same object in two plans of the same
-  concept pair (lower is more diverse), and the share of bank plans that repeat a box of
-  their source image to within 0.5 % of the frame (a copy).
+  concept pair (lower is more diverse; for real layouts, between two real layouts of the same
+  concept pair in the whole file), and the share of bank plans that repeat a box of their
+  source image to within 0.5 % of the frame (a copy).
 
 Not a test; no test needs the NSR-1K file.
 """
@@ -21,6 +22,7 @@ Not a test; no test needs the NSR-1K file.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import tempfile
 from pathlib import Path
@@ -71,6 +73,11 @@ def main() -> None:
     rows: dict[str, list[np.ndarray]] = {k: [] for k in ("real", "heuristic", "bank", "bank cross")}
     spread: dict[str, list[float]] = {"heuristic": [], "bank": []}
     copies, sourced, total = 0, 0, 0
+    same: dict[tuple[str, ...], list[np.ndarray]] = {}
+    for _, objects, _ in pairs:
+        same.setdefault(tuple(n for n, _ in objects), []).append(np.array([b for _, b in objects]))
+    real_iou = float(np.mean([iou_aligned(g[a], g[b]).mean() for g in same.values()
+                              for a in range(len(g)) for b in range(a + 1, len(g))]))
     for split in range(args.splits):
         rng = np.random.default_rng(args.seed + split)
         order = rng.permutation(len(images))
@@ -117,7 +124,7 @@ def main() -> None:
     real_median = float(np.median(np.concatenate(rows["real"])))
     for name, values in rows.items():
         v = np.concatenate(values)
-        iou = f"{np.mean(spread[name]):>9.3f}" if name in spread else f"{'':>9}"
+        iou = f"{np.mean(spread[name]) if name in spread else real_iou if name == 'real' else math.nan:>9.3f}"
         print(f"{name:<22} {np.median(v):>13.1f} {(v >= MIN_CLIS_L).mean():>8.2f} {iou}")
     bank_median = float(np.median(np.concatenate(rows["bank"])))
     print(f"bank plans' median / real median: {bank_median / real_median:.2f}; drawn from a retrieved "

@@ -30,11 +30,11 @@ if TYPE_CHECKING:
 
 MAX_EXAMPLES = 3
 MAX_EXAMPLE_OBJECTS = 8
-JITTER_SCALE = 0.12  # log units: each box's size
-JITTER_ASPECT = 0.08  # log units: each box's aspect
-JITTER_SHIFT = 0.04  # fractions of the frame: each box's centre
+JITTER_SCALE = 0.04  # log units: each box's size
+JITTER_ASPECT = 0.04  # log units: each box's aspect
+JITTER_SHIFT = 0.03  # fractions of the box's own width and height: each box's centre
 MOVE_TRIES = 32
-MAX_RESCALE = math.log(2.2)
+MAX_RESCALE = math.log(2.0)  # the layout is scaled by at most this much
 MIN_SIDE = 1.5 / 64  # a little over the planner's minimum side, so that rounding keeps it valid
 
 Box = tuple[float, float, float, float]
@@ -200,8 +200,8 @@ def _jitter(box: Box, mirror: bool, rng: random.Random) -> Box:
         x = 1.0 - x - w
     scale = math.exp(rng.gauss(0.0, JITTER_SCALE))
     aspect = math.exp(rng.gauss(0.0, JITTER_ASPECT))
-    cx = x + w / 2 + rng.gauss(0.0, JITTER_SHIFT)
-    cy = y + h / 2 + rng.gauss(0.0, JITTER_SHIFT)
+    cx = x + w / 2 + rng.gauss(0.0, JITTER_SHIFT * w)
+    cy = y + h / 2 + rng.gauss(0.0, JITTER_SHIFT * h)
     w, h = w * scale * aspect, h * scale / aspect
     return _inside((cx - w / 2, cy - h / 2, w, h))
 
