@@ -56,6 +56,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from acp.score.bank import Bank  # noqa: E402
 from acp.score.layout import SCORING_METHODS, LayoutScorer, relation_sign  # noqa: E402
+from acp.score.likelihood import FAMILIES  # noqa: E402
 
 # MS-COCO's super-categories (the `supercategory` of its category file).
 COCO_SUPER = {
@@ -393,7 +394,7 @@ def perturb(layout_: Layout, kind: int, rng: np.random.Generator) -> Layout | No
     names = [n for n, _ in objects]
     name = ALL[kind][0]
     stated = bool(left_right(relations))
-    if (name.endswith("L/R stated") and not stated) or (name.endswith("no L/R stated") and stated):
+    if name.endswith("no L/R stated") if stated else name.endswith(", L/R stated"):
         return None
     change = ALL[kind][2]
     if len(objects) < 2 and ALL[kind][1] in ("distance", "direction", "pair size", "identity"):
@@ -422,10 +423,12 @@ def auc(real: np.ndarray, fake: np.ndarray) -> float:
     return float(greater + 0.5 * ties)
 
 
-def evaluate(path: Path, kinds: tuple[str, ...], splits: int, seed: int,
-             methods: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, Any]]:
+def evaluate(path: Path, kinds: tuple[str, ...], splits: int, seed: int, methods: tuple[str, ...],
+             left_out: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """AUCs per method, kind ("two", "multi") and row of ``ALL`` (one per split), and the real
-    and perturbed scores pooled over splits; the bank built from 80 % of the images each time."""
+    and perturbed scores pooled over splits; the bank built from 80 % of the images each time.
+    ``left_out``: v3's weights are fitted without that perturbation family, and only its rows
+    are evaluated."""
     pairs, multi = read_layouts(path)
     images = sorted({image for image, _, _ in pairs} | set(multi), key=str)
     print(f"{path.name}: {len(pairs)} two-object layouts, {len(multi)} images of 3+ objects, "
@@ -440,7 +443,8 @@ def evaluate(path: Path, kinds: tuple[str, ...], splits: int, seed: int,
         bank_layouts += [m[0] for image, m in multi.items() if image not in test_images]
         with tempfile.TemporaryDirectory() as tmp:
             write_bank_file(Path(tmp) / "bank.json", bank_layouts)
-            bank = Bank.from_coco([Path(tmp) / "bank.json"])
+            families = tuple(f for f in FAMILIES if f != left_out)
+            bank = Bank.from_coco([Path(tmp) / "bank.json"], families=families)
         tests = {"two": [p for p in pairs if p[0] in test_images],
                  "multi": [m[0] for image, m in multi.items() if image in test_images]}
         for method in methods:
@@ -450,6 +454,8 @@ def evaluate(path: Path, kinds: tuple[str, ...], splits: int, seed: int,
                 real = scores(scorer, layouts)
                 pooled[method, kind, "real"].append(real)
                 for row in range(len(ALL)):
+                    if left_out is not None and ALL[row][1] != left_out:
+                        continue
                     prng = np.random.default_rng(1000 * split + row)
                     changed = [(k, perturb(lay, row, prng)) for k, lay in enumerate(layouts)]
                     kept = [k for k, c in changed if c is not None]
@@ -461,6 +467,42 @@ def evaluate(path: Path, kinds: tuple[str, ...], splits: int, seed: int,
     return aucs, pooled
 
 
+def leave_one_family_out(args: argparse.Namespace) -> None:
+    """The v3 AUC of each row, with v3's weights fitted against every perturbation family (as
+    acp fits them) and against all families but the row's own: how v3 does on a kind of
+    corruption its fit never saw."""
+    sources: list[tuple[str, Path, str]] = []
+    if args.file is not None:
+        sources.append(("2-obj", args.file, "two"))
+    if args.synthetic:
+        path = Path(tempfile.mkdtemp(prefix="clis-quality-")) / "synthetic.json"
+        write_synthetic(path, args.synthetic, args.seed)
+        sources.append(("multi syn", path, "multi"))
+    table: dict[tuple[str, int, bool], float] = {}
+    for label, path, kind in sources:
+        full, _ = evaluate(path, (kind,), args.splits, args.seed, ("v3",))
+        for family in FAMILIES:
+            held, _ = evaluate(path, (kind,), args.splits, args.seed, ("v3",), left_out=family)
+            for row, (_, row_family, _) in enumerate(ALL):
+                if row_family == family and ("v3", kind, row) in held:
+                    table[label, row, True] = float(np.mean(held["v3", kind, row]))
+                    table[label, row, False] = float(np.mean(full["v3", kind, row]))
+    labels = [label for label, _, _ in sources]
+    width = max(len(name) for name, _, _ in ALL)
+    print("\nv3 ROC AUC: weights fitted with every family / without the row's family (left out)")
+    print(f"{'perturbation':<{width}} {'family':<10} " + " ".join(f"{label + ' all':>14} {label + ' out':>14}"
+                                                            for label in labels))
+    for row, (name, family, _) in enumerate(ALL):
+        if family == "control":
+            continue
+        cells = []
+        for label in labels:
+            for out in (False, True):
+                value = table.get((label, row, out))
+                cells.append(f"{value:>14.3f}" if value is not None else f"{'-':>14}")
+        print(f"{name:<{width}} {family:<10} " + " ".join(cells))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("file", type=Path, nargs="?", help="NSR-1K-style or COCO-format file")
@@ -469,7 +511,12 @@ def main() -> None:
     parser.add_argument("--splits", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--methods", default=",".join(SCORING_METHODS))
+    parser.add_argument("--leave-one-family-out", action="store_true",
+                        help="v3 only: each family's rows with the weights fitted without that family")
     args = parser.parse_args()
+    if args.leave_one_family_out:
+        leave_one_family_out(args)
+        return
     methods = tuple(args.methods.split(","))
     sources: list[tuple[str, Path, tuple[str, ...]]] = []
     if args.file is not None:

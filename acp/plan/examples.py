@@ -4,11 +4,14 @@ scene's categories, retrieved from a CLIS-L bank (``acp.score.bank``).
 - ``BankLayouts.retrieve``: up to ``k`` real images holding as many of the scene's categories
   (with their counts) as any image does, drawn at random among the best (seeded); an inverted
   index from category to images makes it a few array operations per scene.
-- ``BankLayouts.sample``: an offline layout: the boxes of one retrieved image (each requested
-  object takes a distinct box of its category there), jittered box by box and mirrored at
-  random, so that no plan is a copy of a bank layout; objects the image lacks are drawn from
-  their category's own boxes (a random real box, jittered: a draw from the category's density),
-  placed next to an object of the image when the bank holds real pairs of the two; objects of a
+- ``BankLayouts.sample``: an offline layout drawn from the bank's densities around a retrieved
+  image: each requested object takes a distinct box of its category there (a category the
+  image lacks takes a real box of its own, set next to a placed one as a real pair of the two
+  sits); then the largest box, the anchor, is drawn from its category's object density (a real
+  box of the category from any image, plus kernel noise) and every other box from the density
+  of its pair with the anchor, around its retrieved offset and size ratio; the whole is
+  mirrored at random. Kernel noise is ``DRAW_SPREAD`` of v2's bandwidths, so no plan is a copy
+  of a bank layout, and its place and scale vary as the category's own boxes do; objects of a
   category the bank does not know are left to the caller (None).
 - ``example_block``: the text of retrieved layouts for an LLM prompt, bounded (``MAX_EXAMPLES``
   layouts of at most ``MAX_EXAMPLE_OBJECTS`` objects each, ~1 KB).
@@ -27,14 +30,14 @@ from acp.names import canonical_key, category_key
 
 if TYPE_CHECKING:
     from acp.score.bank import Bank
+    from acp.score.density import Level
 
 MAX_EXAMPLES = 3
 MAX_EXAMPLE_OBJECTS = 8
-JITTER_SCALE = 0.04  # log units: each box's size
-JITTER_ASPECT = 0.04  # log units: each box's aspect
-JITTER_SHIFT = 0.03  # fractions of the box's own width and height: each box's centre
-MOVE_TRIES = 32
-MAX_RESCALE = math.log(2.0)  # the layout is scaled by at most this much
+DRAW_TRIES = 8
+# The share of a density's bandwidth a draw spreads over. A kernel density is smoothed to be
+# estimated from few references; draws at its full width scatter wider than real layouts do.
+DRAW_SPREAD = 0.2
 MIN_SIDE = 1.5 / 64  # a little over the planner's minimum side, so that rounding keeps it valid
 
 Box = tuple[float, float, float, float]
@@ -125,34 +128,56 @@ class BankLayouts:
             boxes.append(box)
             if c is not None and box is not None:
                 placed.append((c, box))
-        boxes = self._moved(boxes, placed, rng)
-        mirror = rng.random() < 0.5  # a mirrored photograph is as real as the photograph
-        jittered = [None if b is None else _jitter(b, mirror, rng) for b in boxes]
-        return jittered, (str(self.bank.image_ids[images[0]]) if images else None)
-
-    def _moved(self, boxes: list[Box | None], placed: list[tuple[int, Box]], rng: random.Random
-               ) -> list[Box | None]:
-        """The layout moved as a whole (and scaled by at most ``MAX_RESCALE``) so that its largest
-        box lands where a real box of that category of about its size (from any image) is: the
-        objects keep their real relative geometry, and the layout's place varies as the
-        category's own boxes do. Kept as it is when ``MOVE_TRIES`` draws all fail."""
         if not placed:
-            return boxes
-        category, anchor = max(placed, key=lambda cb: cb[1][2] * cb[1][3])
-        start, stop = int(self.bank.category_offsets[category]), int(self.bank.category_offsets[category + 1])
-        ax, ay = anchor[0] + anchor[2] / 2, anchor[1] + anchor[3] / 2
-        for _ in range(MOVE_TRIES):
-            target = _box(self.bank.boxes[rng.randrange(start, stop)])
-            scale = math.sqrt((target[2] * target[3]) / (anchor[2] * anchor[3]))
-            if abs(math.log(scale)) > MAX_RESCALE:
+            return boxes, None
+        for _ in range(DRAW_TRIES):  # a draw that a frame edge would cut much is drawn again
+            drawn = self._drawn(boxes, placed, rng)
+            inside = [None if b is None else _inside(b) for b in drawn]
+            if all(b is None or c is None or _kept(b, c) > 0.9 for b, c in zip(drawn, inside, strict=True)):
+                break
+        mirror = rng.random() < 0.5  # a mirrored photograph is as real as the photograph
+        out = [None if b is None else _mirrored(b) if mirror else b for b in inside]
+        return out, (str(self.bank.image_ids[images[0]]) if images else None)
+
+    def _drawn(self, boxes: list[Box | None], placed: list[tuple[int, Box]], rng: random.Random
+               ) -> list[Box | None]:
+        """A draw from the bank's densities around the layout ``boxes`` (Gaussian kernels of
+        v2's bandwidths): its largest box, the anchor, from its category's object density (a
+        real box of the category plus kernel noise); every other box from the density of its
+        pair with the anchor, around the offset and size ratio it has in ``boxes``, its aspect
+        from its own category's density around its own."""
+        model = self.bank.model
+        width = max(model.categories, 1)
+        anchor_category, anchor = max(placed, key=lambda cb: cb[1][2] * cb[1][3])
+        start, stop = int(self.bank.category_offsets[anchor_category]), int(
+            self.bank.category_offsets[anchor_category + 1])
+        h = _bandwidth(model.objects, anchor_category)
+        x, y, w, hh = _box(self.bank.boxes[rng.randrange(start, stop)])
+        area = math.log(w * hh) + rng.gauss(0, h[0])
+        aspect = math.log(w / hh) + rng.gauss(0, h[1])
+        cx, cy = x + w / 2 + rng.gauss(0, h[2]), y + hh / 2 + rng.gauss(0, h[3])
+        new_anchor = _from_features(area, aspect, cx, cy)
+        category_of = {id(b): c for c, b in placed}
+        out: list[Box | None] = []
+        for box in boxes:
+            if box is None or box is anchor:
+                out.append(None if box is None else new_anchor)
                 continue
-            tx, ty = target[0] + target[2] / 2, target[1] + target[3] / 2
-            moved = [None if b is None else (tx + (b[0] - ax) * scale, ty + (b[1] - ay) * scale,
-                                             b[2] * scale, b[3] * scale) for b in boxes]
-            if all(b is None or (b[0] >= 0 and b[1] >= 0 and b[0] + b[2] <= 1 and b[1] + b[3] <= 1)
-                   for b in moved):
-                return moved
-        return boxes
+            c = category_of[id(box)]
+            lo, hi = min(c, anchor_category), max(c, anchor_category)
+            hp = _bandwidth(model.pairs, lo * width + hi)
+            ho = _bandwidth(model.objects, c)
+            diagonal = (math.hypot(anchor[2], anchor[3]) + math.hypot(box[2], box[3])) / 2
+            ratio = math.log((anchor[2] * anchor[3]) / (box[2] * box[3])) + rng.gauss(0, hp[0])
+            dx = (box[0] + box[2] / 2 - anchor[0] - anchor[2] / 2) / diagonal + rng.gauss(0, hp[1])
+            dy = (box[1] + box[3] / 2 - anchor[1] - anchor[3] / 2) / diagonal + rng.gauss(0, hp[2])
+            own_area = math.log(new_anchor[2] * new_anchor[3]) - ratio
+            own_aspect = math.log(box[2] / box[3]) + rng.gauss(0, ho[1])
+            guess = _from_features(own_area, own_aspect, 0.0, 0.0)
+            scale = (math.hypot(new_anchor[2], new_anchor[3]) + math.hypot(guess[2], guess[3])) / 2
+            out.append(_from_features(own_area, own_aspect, new_anchor[0] + new_anchor[2] / 2 + dx * scale,
+                                      new_anchor[1] + new_anchor[3] / 2 + dy * scale))
+        return out
 
     def _near(self, category: int, placed: list[tuple[int, Box]], rng: random.Random) -> Box | None:
         """A real box of ``category`` (None: the bank has none); next to a placed box as a real
@@ -194,16 +219,31 @@ def _inside(box: Box) -> Box:
     return (min(max(x, 0.0), 1.0 - w), min(max(y, 0.0), 1.0 - h), w, h)
 
 
-def _jitter(box: Box, mirror: bool, rng: random.Random) -> Box:
+def _mirrored(box: Box) -> Box:
     x, y, w, h = box
-    if mirror:
-        x = 1.0 - x - w
-    scale = math.exp(rng.gauss(0.0, JITTER_SCALE))
-    aspect = math.exp(rng.gauss(0.0, JITTER_ASPECT))
-    cx = x + w / 2 + rng.gauss(0.0, JITTER_SHIFT * w)
-    cy = y + h / 2 + rng.gauss(0.0, JITTER_SHIFT * h)
-    w, h = w * scale * aspect, h * scale / aspect
-    return _inside((cx - w / 2, cy - h / 2, w, h))
+    return (1.0 - x - w, y, w, h)
+
+
+def _from_features(log_area: float, log_aspect: float, cx: float, cy: float) -> Box:
+    """The box of object features (log area, log aspect w/h, centre)."""
+    w = math.exp((log_area + log_aspect) / 2)
+    h = math.exp((log_area - log_aspect) / 2)
+    return (cx - w / 2, cy - h / 2, w, h)
+
+
+def _kept(box: Box, inside: Box) -> float:
+    """The share of ``box`` that ``inside`` (its version put into the frame) still covers."""
+    ix = max(0.0, min(box[0] + box[2], inside[0] + inside[2]) - max(box[0], inside[0]))
+    iy = max(0.0, min(box[1] + box[3], inside[1] + inside[3]) - max(box[1], inside[1]))
+    return ix * iy / (box[2] * box[3])
+
+
+def _bandwidth(levels: list[Level], key: int) -> list[float]:
+    """The kernel bandwidth of ``key``'s group at the finest level (the top level's without one)."""
+    group = int(levels[0].lookup(np.array([key]))[0])
+    if group >= 0:
+        return [DRAW_SPREAD * float(v) for v in levels[0].bandwidth[group]]
+    return [DRAW_SPREAD * float(v) for v in levels[-1].bandwidth[0]] if levels[-1].keys.size else [0.0] * 4
 
 
 def example_block(examples: list[Example]) -> str:

@@ -15,8 +15,9 @@ unknown images or images without a size, unknown category ids, crowd boxes, dege
 (non-finite, zero or negative side) and boxes reaching more than ``OUT_OF_IMAGE_TOLERANCE``
 pixels outside their image (boxes within it are clipped to the image).
 
-Caps, so that a full COCO train split (860k boxes) builds in about 20 s (a third of it v2's
-densities and calibration) and loads in a tenth of a second (``bench/bench_bank.py``):
+Caps, so that a full COCO train split (860k boxes) builds in bounded time (see
+docs/architecture.md; v2's and v3's densities and calibration are most of it) and loads in a
+fraction of a second (``bench/bench_bank.py``):
 
 - pairs are enumerated among the ``max_objects_per_image`` largest boxes of an image (20: at
   most 190 pairs per image; the small boxes of a crowded image add little layout evidence and
@@ -32,8 +33,12 @@ The arrays hold the boxes, the pairs and what scoring reads of them, computed on
 time rather than at every load: for the paper's method ``PairFeatures`` and ``PriorFeatures``
 (since format 2), for CLIS-L v2 the ``acp.score.density.LayoutModel`` (since format 3:
 references, bandwidths and normalisers of every density group, the CDF tables; arrays named
-``v2_*``). Each category keeps its source's ``supercategory`` (the first seen), which v2's
-pair densities back off to. A bank of format 1 or 2 is refused with a request to rebuild it.
+``v2_*``), for v3 its own (since format 4: Student-kernel densities, fitted weights, relation
+margins and CDF tables, ``v3_*``; ``acp.score.likelihood``), and each box's image with the
+images' source ids (``box_image``, ``image_ids``: the real layouts planning draws from,
+``acp.plan.examples``). Each category keeps its source's ``supercategory`` (the first seen),
+which the pair densities back off to. A bank of format 1, 2 or 3 is refused with a request to
+rebuild it.
 The folder is written as a whole (``Bank.save``): rebuilding over a bank replaces both files
 together or neither. Input that yields no usable box at all is an error, not an empty bank.
 """

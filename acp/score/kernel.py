@@ -19,12 +19,14 @@ the query's own image are left out.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+log = logging.getLogger(__name__)
 Float64Array = NDArray[np.float64]
 Int64Array = NDArray[np.int64]
 _BLOCK = 256  # queries per block of the numpy path: its (references, queries) temporaries stay small
@@ -155,6 +157,13 @@ def _compiled() -> Any:
                 counts[q] = stop - start
         return sums, counts
 
+    try:  # compiled (or loaded from numba's cache) now: a numba that cannot, the numpy path stands
+        z, g, o, r = np.zeros((1, 4)), np.zeros(1, dtype=np.int64), np.array([0, 1]), np.zeros((1, 4))
+        sums_of(z, g, o, r, g, g, True)
+        sorted_sums_of(np.zeros((4, 1)), g, g, np.ones(1, dtype=np.int64), o, r)
+    except Exception:  # numba's own errors have no common base
+        log.debug("numba could not compile CLIS-L's kernel; using numpy", exc_info=True)
+        return None
     return sums_of, sorted_sums_of
 
 
