@@ -422,7 +422,7 @@ def bench_speed(bank_boxes: int, layouts: int, seed: int) -> None:
         boxes = write_coco(tmp / "coco.json", int(bank_boxes / BOXES_PER_IMAGE), 4, seed)
         subprocess.run([sys.executable, "-m", "acp", "bank", "build", str(tmp / "coco.json"), "-o",
                         str(tmp / "bank")], check=True, env=env, capture_output=True)
-        print(f"bank: {boxes:,} boxes; {layouts:,} plans per file; one core each run")
+        print(f"bank: {boxes:,} boxes; {layouts:,} plans per file; rates per CPU second of the whole command")
         print("objects  compiled_layouts_per_cpu_s  numpy_layouts_per_cpu_s  identical")
         for objects in (2, 3, 5, 10, 20):
             plans = tmp / f"plans-{objects}.jsonl"
