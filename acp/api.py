@@ -154,9 +154,10 @@ def plan(concepts: Concepts, output: str | Path, *, scenes: int | None = None,
          llm_base_url: str | None = None, llm_model: str = defaults.LLM_MODEL, api_key: str | None = None,
          concurrency: int = defaults.LLM_CONCURRENCY, max_reasks: int = defaults.LLM_MAX_REASKS,
          llm_timeout: float = defaults.LLM_TIMEOUT, max_overlap: float = defaults.MAX_OVERLAP,
-         on_overlap: str = "reject", progress: bool = True) -> PlanSummary:
+         on_overlap: str = "reject", bank: str | Path | None = None, progress: bool = True) -> PlanSummary:
     """``acp plan``: scene plans (caption, objects, boxes, relations) into ``output`` (JSON
-    Lines, resumable), with the options of ``generate_config`` that planning takes."""
+    Lines, resumable), with the options of ``generate_config`` that planning takes; ``bank``
+    grounds the layouts in a bank's real ones (``components.planner``)."""
     from acp.concepts import scene_concepts, scene_total
     from acp.generate import components
     from acp.plan.run import make_requests, run_planner
@@ -167,7 +168,8 @@ def plan(concepts: Concepts, output: str | Path, *, scenes: int | None = None,
         max_reasks=max_reasks, llm_timeout=llm_timeout, max_overlap=max_overlap, on_overlap=on_overlap)
     source = config.concepts
     sets = scene_concepts(source, scenes, config.objects, seed)
-    planner_ = components.planner(config.plan_settings, config.llm, max_reasks=config.max_reasks)
+    planner_ = components.planner(config.plan_settings, config.llm, max_reasks=config.max_reasks,
+                                  bank=Path(bank) if bank is not None else None)
     requests = make_requests(sets, seed, *config.size, companions=source.companions)
     return run_planner(planner_, requests, Path(output), total=scene_total(source, scenes, sets),
                        progress=progress)

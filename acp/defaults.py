@@ -38,7 +38,7 @@ MAX_BATCH_PLANS = 64
 # CLIS thresholds, on a 0-100 scale. CLIS-L v2 is the share of real layouts less plausible
 # (real ones average ~50): 10 keeps ~90 % of real NSR-1K layouts and 3-29 % of corrupted ones
 # (bench/bench_clis_quality.py; docs/architecture.md). The paper's method used 50.
-CLIS_L_METHOD = "v2"
+CLIS_L_METHOD = "v3"
 MIN_CLIS_L = 10.0
 MIN_CLIS_I = 60.0
 # Output images of `acp generate`: jpeg (quality 95) or png.

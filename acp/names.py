@@ -12,6 +12,7 @@ could look alike, or a name could display reversed (U+202E) or be cut at a NUL.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 
@@ -45,6 +46,7 @@ def singular(word: str) -> str:
     return word
 
 
+@functools.lru_cache(maxsize=1 << 16)  # plans repeat the same few names; bounded for hostile input
 def category_key(name: str) -> str:
     words = _SEPARATORS.sub(" ", name.strip().lower()).split(" ")
     if not words or words == [""]:

@@ -259,15 +259,17 @@ def _charts(charts: list[tuple[_Histogram, str, float | None]], colours: dict[st
 
 
 @dataclass
-class _Box:
+class ThumbnailBox:
+    """A box drawn on a thumbnail, with its label (any script: ``acp.fonts``) and mask."""
+
     bbox: tuple[float, float, float, float]  # pixel x, y, w, h (may reach far outside the image)
     label: str
     colour: str
     mask: Any = None  # a COCO segmentation, drawn when it is an RLE of the image's size
 
 
-class _Masks:
-    """Decodes masks for the page until ``MASK_PIXELS`` pixels have been decoded."""
+class MaskBudget:
+    """Decodes masks for a page until ``MASK_PIXELS`` pixels have been decoded."""
 
     def __init__(self) -> None:
         self.left = MASK_PIXELS
@@ -294,7 +296,7 @@ def _clipped(box: tuple[float, float, float, float], width: float, height: float
     return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
 
 
-def _thumbnail(image: Image, boxes: list[_Box], size: int, masks: _Masks | None = None) -> str:
+def thumbnail(image: Image, boxes: list[ThumbnailBox], size: int, masks: MaskBudget | None = None) -> str:
     """``image`` scaled to fit ``size`` with its boxes (and masks) drawn, as a JPEG data URI."""
     from PIL import Image as PILImage
     from PIL import ImageColor, ImageDraw
@@ -329,14 +331,14 @@ def _crop(image: Image, bbox: tuple[float, float, float, float], colour: str, si
     """The box with a margin of a quarter of its size around it, scaled to fit ``size``."""
     corners = _clipped(bbox, image.width, image.height)
     if corners is None:
-        return _thumbnail(image, [], size)
+        return thumbnail(image, [], size)
     x0, y0, x1, y1 = corners
     margin = 0.25 * max(x1 - x0, y1 - y0)
     left, top = max(0, int(x0 - margin)), max(0, int(y0 - margin))
     right = min(image.width, math.ceil(x1 + margin))
     bottom = min(image.height, math.ceil(y1 + margin))
     part = image.crop((left, top, right, bottom))
-    return _thumbnail(part, [_Box((x0 - left, y0 - top, x1 - x0, y1 - y0), "", colour)], size)
+    return thumbnail(part, [ThumbnailBox((x0 - left, y0 - top, x1 - x0, y1 - y0), "", colour)], size)
 
 
 def _jpeg(image: Image) -> str:
@@ -396,7 +398,7 @@ def _score(value: float | None) -> str:
     return "–" if value is None else f"{value:.1f}"
 
 
-def _skipped_note(skipped: Skipped, masks: _Masks | None = None) -> str:
+def _skipped_note(skipped: Skipped, masks: MaskBudget | None = None) -> str:
     """What the page left out: unreadable records, masks not drawn, labels without a font."""
     parts = []
     if skipped.total:
@@ -565,7 +567,7 @@ def _generate_page(run: RunFolder, say: Callable[[str], None]) -> _Page:
         _keep_top(lowest, (-clis, -n, image), defaults.REPORT_EXTREMES)
     wanted = {entry[2].id for entry in (*sample, *lowest)}
     file_names: dict[Any, str] = {entry[2].id: entry[2].file_name for entry in (*sample, *lowest)}
-    boxes_of: dict[Any, list[_Box]] = {}
+    boxes_of: dict[Any, list[ThumbnailBox]] = {}
     strips: dict[Any, list[_Ranked]] = {}
     kept_count = {cid: kept_by.get(name, 0) for cid, name in names.items()}
     strip_categories = sorted(names, key=lambda c: (-kept_count[c], str(c)))
@@ -576,7 +578,7 @@ def _generate_page(run: RunFolder, say: Callable[[str], None]) -> _Page:
         box = tuple(annotation.bbox)
         if annotation.image_id in wanted:
             boxes_of.setdefault(annotation.image_id, []).append(
-                _Box(box, names.get(cid, str(cid)), colour_of.get(cid, _PALETTE[0]),  # type: ignore[arg-type]
+                ThumbnailBox(box, names.get(cid, str(cid)), colour_of.get(cid, _PALETTE[0]),  # type: ignore[arg-type]
                      annotation.segmentation))
         if cid in shown_categories:
             _keep_top(strips.setdefault(cid, []), (-_hash_key(annotation.id), -n, annotation),
@@ -586,7 +588,7 @@ def _generate_page(run: RunFolder, say: Callable[[str], None]) -> _Page:
         file_names.update({i.id: i.file_name for i in coco.images(again=True) if i.id in strip_images})
 
     loader = _Images(run.images_dir)
-    masks = _Masks()
+    masks = MaskBudget()
     most = len(sample) + len(lowest) + sum(map(len, strips.values())) + len(dropped)
     say(f"drawing up to {most} thumbnails")
 
@@ -595,7 +597,7 @@ def _generate_page(run: RunFolder, say: Callable[[str], None]) -> _Page:
         if opened is None:
             return None
         page.thumbnails += 1
-        uri = _thumbnail(opened, boxes_of.get(image.id, []), size, masks)
+        uri = thumbnail(opened, boxes_of.get(image.id, []), size, masks)
         provenance = image.acp
         caption = f"{image.file_name} · CLIS {_score(provenance.clis if provenance else None)}"
         return _figure(uri, caption, (provenance.caption if provenance else None) or "")
@@ -614,12 +616,12 @@ def _generate_page(run: RunFolder, say: Callable[[str], None]) -> _Page:
             if opened is None:
                 continue
             plan = plans.get(record.plan_id)
-            boxes = [_Box((o.bbox[0] * opened.width, o.bbox[1] * opened.height,
+            boxes = [ThumbnailBox((o.bbox[0] * opened.width, o.bbox[1] * opened.height,
                            o.bbox[2] * opened.width, o.bbox[3] * opened.height),
                           o.category, colour_of_name.get(o.category, _PALETTE[0]))
                      for o in (plan.objects if plan else [])]
             page.thumbnails += 1
-            best_dropped.append(_figure(_thumbnail(opened, boxes, 256),
+            best_dropped.append(_figure(thumbnail(opened, boxes, 256),
                                         f"plan {record.plan_id} #{record.index} · CLIS {_score(record.clis)}",
                                         record.reason or ""))
     if not candidates.is_dir():
@@ -776,11 +778,11 @@ def _score_page(report: ScoreReportFolder, say: Callable[[str], None]) -> _Page:
         opened = loader.get(row.file_name) if row.file_name is not None else None
         if opened is None:
             return None
-        boxes = [_Box(tuple(b.bbox), f"{b.category} {_score(b.clis_i)}", box_colour(b))  # type: ignore[arg-type]
+        boxes = [ThumbnailBox(tuple(b.bbox), f"{b.category} {_score(b.clis_i)}", box_colour(b))  # type: ignore[arg-type]
                  for b in boxes_of.get(row.id, [])]
         page.thumbnails += 1
         caption = f"{row.file_name} · CLIS {_score(row.clis)}"
-        return _figure(_thumbnail(opened, boxes, size), caption, row.caption or "")
+        return _figure(thumbnail(opened, boxes, size), caption, row.caption or "")
 
     say("drawing thumbnails")
     no_folder = "" if loader.root else '<p class="note">The report does not name its images folder.</p>'

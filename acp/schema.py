@@ -145,6 +145,11 @@ class ScenePlan(SceneDraft):
     repairs: list[str] = Field(default_factory=list, description="Fixes applied to the LLM reply.")
     warnings: list[str] = Field(default_factory=list, description="Flagged, accepted problems.")
     attempts: int = Field(default=1, ge=1, description="LLM requests that produced this plan.")
+    examples: list[str] = Field(
+        default_factory=list, max_length=16,
+        description="Bank images (ids) the layout was drawn from (offline planner) or shown to the LLM "
+                    "as examples (--bank).",
+    )
 
     @model_validator(mode="after")
     def _check_concepts(self) -> ScenePlan:
@@ -303,6 +308,28 @@ def read_plans(path: Path) -> Iterator[tuple[int, ScenePlan | None, str | None]]
     """``(line_number, plan, None)`` for each valid line, ``(line_number, None, reason)`` otherwise."""
     for number, _id, plan, reason in read_plan_lines(path):
         yield number, plan, reason
+
+
+def parse_plan_line(text: str) -> tuple[ScenePlan | None, str | None]:
+    """One plans-file line as ``(plan, None)`` or ``(None, reason)``: parsed and validated in one
+    call of pydantic's compiled parser; a line it refuses goes the way ``read_plans`` reads it,
+    so that the reasons are the same."""
+    from acp.jsonl import loads
+
+    try:
+        return ScenePlan.model_validate_json(text), None
+    except ValidationError:
+        pass
+    try:
+        record = loads(text)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict):
+        return None, "not a JSON object"
+    try:
+        return ScenePlan.model_validate(record), None
+    except ValidationError as error:
+        return None, "; ".join(f"{f}: {r}" for f, r in error_problems(error))
 
 
 def read_plan_lines(path: Path, skip: Container[str] = ()

@@ -18,20 +18,25 @@ from typing import Any, Literal
 RECORD = "acp.record"
 
 
-def recorded(*, omit: Literal["default", "empty"] | None = None, skip: bool = False,
-             flatten: str | None = None, flag: str | None = None, model: bool = False,
+_UNSET = object()
+
+
+def recorded(*, omit: Literal["default", "empty"] | None = None, omit_value: Any = _UNSET,
+             skip: bool = False, flatten: str | None = None, flag: str | None = None, model: bool = False,
              convert: Callable[[Any], Any] | None = None) -> dict[str, Any]:
     """Field metadata for ``record_of``:
 
     - ``skip``: never recorded;
     - ``omit="default"`` / ``"empty"``: left out when equal to the default / falsy;
+    - ``omit_value``: left out when equal to this value: what a record from before the field
+      existed meant, when the default has changed since;
     - ``flatten=PREFIX``: a nested settings object whose fields are recorded at this level,
       each name prefixed; ``None`` records nothing (``flag=NAME`` records whether it is set);
     - ``model``: a hub id or folder: a folder is recorded as its absolute path;
     - ``convert``: the value as recorded (e.g. a digest of a long input).
     """
-    return {RECORD: {"omit": omit, "skip": skip, "flatten": flatten, "flag": flag, "model": model,
-                     "convert": convert}}
+    return {RECORD: {"omit": omit, "omit_value": omit_value, "skip": skip, "flatten": flatten,
+                     "flag": flag, "model": model, "convert": convert}}
 
 
 def record_of(settings: Any) -> dict[str, Any]:
@@ -45,6 +50,8 @@ def record_of(settings: Any) -> dict[str, Any]:
         if how["omit"] == "default" and value == field.default:
             continue
         if how["omit"] == "empty" and not value:
+            continue
+        if how["omit_value"] is not _UNSET and value == how["omit_value"]:
             continue
         if how["flatten"] is not None:
             if how["flag"]:

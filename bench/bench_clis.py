@@ -1,17 +1,25 @@
 """CLIS figures: CLIS-L throughput and discrimination, CLIS-I throughput, bank build time.
 
     python bench/bench_clis.py [--nsr ../shared/data/nsr1k-spatial-train.json] [--skip-build-scale]
+    python bench/bench_clis.py --speed [--bank-boxes 350000] [--layouts 30000]
 
 1. CLIS-L throughput on one core: a bank of >= 100,000 object pairs (a synthetic COCO file,
    80 categories with Zipf frequencies), layouts of 3 objects whose three category pairs all
    have references; the vectorised scorer against a plain per-reference Python loop of the
-   same formula (``acp.score.layout.loop_pair_score``), on the same layouts, scores compared.
+   same formula (``tests/clis_oracle.py``'s ``loop_pair_score``), on the same layouts, scores compared.
 2. CLIS-L discrimination on real layouts (NSR-1K, two objects and a relation each, from
    COCO): the bank is built from a random half of the images, the other half is scored as is
    and after each corruption; ROC AUC of real vs corrupted.
 3. CLIS-I candidates/s: the tiny CLIP on CPU; on a GPU, a full-size CLIP ViT-L/14
    architecture (random weights) in float16.
 4. Bank build and load time on a synthetic COCO-train-sized file (118k images, 860k boxes).
+
+``--speed``: ``acp score layouts`` end to end (a fresh process: imports, bank load, reading and
+validating every plan line, scoring, writing the JSON Lines), on a bank built from a synthetic
+COCO file of ``--bank-boxes`` boxes (``bench_bank.write_coco``: 80 categories, Zipf frequencies),
+for plans of 2, 3, 5, 10 and 20 objects (one stated relation): layouts/s with the compiled
+kernel and with numba switched off (``ACP_NO_NUMBA=1``), whose outputs must be byte for byte the
+same; then, in this process, the share of each step (read and validate, score, encode).
 
 Sections 1 and 2 measure the paper's method (``--clis-l-method paper``); CLIS-L v2, the
 default, is measured by ``bench/bench_clis_quality.py``. Prints figures; not a test, and no
@@ -31,7 +39,8 @@ from typing import Any
 import numpy as np
 
 from acp.score.bank import Bank
-from acp.score.layout import MIN_SUPPORT, LayoutScorer, loop_pair_score, relation_sign
+from acp.score.layout import MIN_SUPPORT, LayoutScorer, relation_sign
+from tests.clis_oracle import loop_pair_score
 
 Box = list[float]
 DEFAULT_NSR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "nsr1k-spatial-train.json"
@@ -375,6 +384,96 @@ def bench_build_scale(seed: int) -> None:
     )
 
 
+# -- 5. `acp score layouts` speed ----------------------------------------------------------
+
+
+def plan_lines(count: int, objects: int, categories: int, seed: int) -> list[str]:
+    """``count`` plans of ``objects`` objects (categories Zipf-distributed), one relation each."""
+    rng = np.random.default_rng(seed)
+    p = 1.0 / np.arange(1, categories + 1)
+    p /= p.sum()
+    lines = []
+    for k in range(count):
+        names = [f"class {int(c)}" for c in rng.choice(categories, objects, p=p)]
+        w, h = rng.uniform(0.05, 0.5, (2, objects))
+        x, y = rng.uniform(0, 1 - w), rng.uniform(0, 1 - h)
+        objs = [{"id": i, "category": names[i], "description": f"a {names[i]}",
+                 "bbox": [round(float(v), 4) for v in (x[i], y[i], w[i], h[i])]} for i in range(objects)]
+        plan = {"id": f"{k:06d}", "concepts": sorted(set(names)), "caption": "a scene",
+                "planner": "heuristic", "objects": objs,
+                "relations": [{"subject": 0, "predicate": "left of", "object": 1}]}
+        lines.append(json.dumps(plan))
+    return lines
+
+
+def bench_speed(bank_boxes: int, layouts: int, seed: int) -> None:
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    from bench_bank import BOXES_PER_IMAGE, CATEGORIES, write_coco
+
+    print("== 5. `acp score layouts` end to end ==")
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    with tempfile.TemporaryDirectory() as folder:
+        tmp = Path(folder)
+        boxes = write_coco(tmp / "coco.json", int(bank_boxes / BOXES_PER_IMAGE), 4, seed)
+        subprocess.run([sys.executable, "-m", "acp", "bank", "build", str(tmp / "coco.json"), "-o",
+                        str(tmp / "bank")], check=True, env=env, capture_output=True)
+        print(f"bank: {boxes:,} boxes; {layouts:,} plans per file; rates per CPU second of the whole command")
+        print("objects  compiled_layouts_per_cpu_s  numpy_layouts_per_cpu_s  identical")
+        for objects in (2, 3, 5, 10, 20):
+            plans = tmp / f"plans-{objects}.jsonl"
+            plans.write_text("\n".join(plan_lines(layouts, objects, CATEGORIES, seed)) + "\n")
+            rates, outputs = [], []
+            for numpy_only in (False, True):
+                out = tmp / f"scored-{objects}-{numpy_only}.jsonl"
+                run_env = {**env, "ACP_NO_NUMBA": "1"} if numpy_only else env
+                command = [sys.executable, "-m", "acp", "score", "layouts", str(plans), "--bank",
+                           str(tmp / "bank"), "-o", str(out)]
+                subprocess.run(command, check=True, env=run_env, capture_output=True)
+                # Timed on the second run (numba's cache warm), in CPU seconds of the child (user +
+                # system): on a shared machine its wall time measures the neighbours too.
+                before = resource.getrusage(resource.RUSAGE_CHILDREN)
+                command = [sys.executable, "-m", "acp", "score", "layouts", str(plans), "--bank",
+                           str(tmp / "bank"), "-o", str(out)]
+                subprocess.run(command, check=True, env=run_env, capture_output=True)
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+                rates.append(layouts / cpu)
+                outputs.append(out.read_bytes())
+            print(f"{objects:7d} {rates[0]:27,.0f} {rates[1]:24,.0f}  {outputs[0] == outputs[1]}", flush=True)
+        steps(tmp / "bank", tmp / "plans-3.jsonl")
+
+
+def steps(bank_path: Path, plans: Path) -> None:
+    """Seconds per 1,000 layouts of each step of ``acp score layouts``, in this process."""
+    from acp.jsonl import iter_lines
+    from acp.schema import parse_plan_line
+    from acp.score.plan_files import scored_line
+
+    start = time.process_time()
+    bank = Bank.load(bank_path)
+    load = time.process_time() - start
+    start = time.process_time()
+    read = [plan for _, text in iter_lines(plans) if (plan := parse_plan_line(text)[0]) is not None]
+    reading = time.process_time() - start
+    scorer = LayoutScorer(bank)
+    scorer.score_many(read[:100])  # the kernel compiled or loaded from its cache
+    start = time.process_time()
+    results = scorer.score_many(read)
+    scoring = time.process_time() - start
+    start = time.process_time()
+    for plan, result in zip(read, results, strict=True):
+        scored_line(plan, result)
+    encoding = time.process_time() - start
+    k = len(read) / 1000
+    print(f"3 objects, CPU ms per 1,000 layouts: bank load {1000 * load:.0f} ms once; read and validate "
+          f"{1000 * reading / k:.1f}, score {1000 * scoring / k:.1f}, encode {1000 * encoding / k:.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nsr", type=Path, default=DEFAULT_NSR, help="NSR-1K spatial layouts (JSON)")
@@ -382,7 +481,12 @@ def main() -> None:
     parser.add_argument("--layouts", type=int, default=5000, help="layouts for the vectorised timing")
     parser.add_argument("--loop-layouts", type=int, default=100, help="layouts for the loop timing")
     parser.add_argument("--skip-build-scale", action="store_true", help="skip the COCO-scale build (4)")
+    parser.add_argument("--speed", action="store_true", help="only `acp score layouts` end to end (5)")
+    parser.add_argument("--bank-boxes", type=int, default=350_000, help="boxes of the --speed bank")
     args = parser.parse_args()
+    if args.speed:
+        bench_speed(args.bank_boxes, args.layouts if args.layouts != 5000 else 30_000, args.seed)
+        return
     bench_throughput(args.seed, args.layouts, args.loop_layouts)
     bench_discrimination(args.nsr, args.seed)
     bench_clis_i(args.seed)

@@ -44,6 +44,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from acp.score.bank import Bank  # noqa: E402
-from acp.score.layout import LayoutScorer  # noqa: E402
+from acp.score.layout import SCORING_METHODS, LayoutScorer, relation_sign  # noqa: E402
+from acp.score.likelihood import FAMILIES  # noqa: E402
 
 # MS-COCO's super-categories (the `supercategory` of its category file).
 COCO_SUPER = {
@@ -74,7 +76,6 @@ COCO_SUPER = {
     "indoor": ["book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush"],
 }
 SUPER_OF = {name: sup for sup, names in COCO_SUPER.items() for name in names}
-CORRUPTIONS = ("random", "swap", "shrink", "stack", "stretch")
 SHRINK = 0.15  # sides: the issue's definition (its paper-method AUC, 0.81, is reproduced with it)
 THRESHOLDS = (2, 5, 10, 15, 20, 25, 30, 40, 50)
 
@@ -206,35 +207,205 @@ def scaled(box: list[float], sx: float, sy: float) -> list[float]:
     return clip([cx - w / 2, cy - h / 2, w, h])
 
 
-def corrupt(layout: Layout, kind: str, rng: np.random.Generator) -> Layout | None:
-    image, objects, relations = layout
-    boxes = [list(b) for _, b in objects]
+# -- the perturbation family -----------------------------------------------------------------
+# Every degree of freedom of a box (its centre's x and y, its width and height: moved, scaled,
+# reshaped, one side alone) and of a pair (the offset's length and direction, the size ratio,
+# which box is which), each both ways and at two or more strengths, and whole-layout ones. A
+# perturbation changes one random object k, one random pair (k and a partner j), or the whole
+# layout; boxes are then put back into the frame (sizes capped at the frame). Stated relations
+# are kept, as a plan's text would be. The five corruptions of earlier figures are marked *.
+
+Boxes = list[list[float]]
+Relations = list[tuple[int, int, str]]
+Perturb = Callable[[list[str], Boxes, Relations, np.random.Generator], "Boxes | None"]
+
+
+def centre(box: list[float]) -> tuple[float, float]:
+    return box[0] + box[2] / 2, box[1] + box[3] / 2
+
+
+def placed(box: list[float], cx: float, cy: float) -> list[float]:
+    return clip([cx - box[2] / 2, cy - box[3] / 2, box[2], box[3]])
+
+
+def random_box(rng: np.random.Generator) -> list[float]:
+    w, h = rng.uniform(0.02, 1.0, 2)
+    return [float(rng.uniform(0, 1 - w)), float(rng.uniform(0, 1 - h)), float(w), float(h)]
+
+
+def one(change: Callable[[list[float]], list[float]]) -> Perturb:
+    def apply(names: list[str], boxes: Boxes, relations: Relations, rng: np.random.Generator) -> Boxes:
+        k = int(rng.integers(len(boxes)))
+        boxes[k] = change(boxes[k])
+        return boxes
+    return apply
+
+
+def pair(change: Callable[[list[float], list[float]], tuple[list[float], list[float]]]) -> Perturb:
+    def apply(names: list[str], boxes: Boxes, relations: Relations, rng: np.random.Generator) -> Boxes:
+        k, j = (int(v) for v in rng.choice(len(boxes), 2, replace=False))
+        boxes[k], boxes[j] = change(boxes[k], boxes[j])
+        return boxes
+    return apply
+
+
+def layout(change: Callable[[list[float]], list[float]]) -> Perturb:
+    def apply(names: list[str], boxes: Boxes, relations: Relations, rng: np.random.Generator) -> Boxes:
+        return [change(b) for b in boxes]
+    return apply
+
+
+def moved(dx: float, dy: float) -> Callable[[list[float]], list[float]]:
+    return lambda b: placed(b, centre(b)[0] + dx, centre(b)[1] + dy)
+
+
+def offset(transform: Callable[[float, float], tuple[float, float]]) -> Perturb:
+    """Box k moved so that its offset from box j becomes ``transform(dx, dy)``."""
+    def change(k: list[float], j: list[float]) -> tuple[list[float], list[float]]:
+        (kx, ky), (jx, jy) = centre(k), centre(j)
+        dx, dy = transform(kx - jx, ky - jy)
+        return placed(k, jx + dx, jy + dy), j
+    return pair(change)
+
+
+def swap_sizes(k: list[float], j: list[float]) -> tuple[list[float], list[float]]:
+    return placed([0, 0, j[2], j[3]], *centre(k)), placed([0, 0, k[2], k[3]], *centre(j))
+
+
+def named_random(names: list[str], boxes: Boxes, relations: Relations, rng: np.random.Generator) -> Boxes:
+    """Every box random in a two-object layout, one box in a larger one (as in earlier figures)."""
+    for k in range(len(boxes)) if len(boxes) == 2 else [int(rng.integers(len(boxes)))]:
+        boxes[k] = random_box(rng)
+    return boxes
+
+
+def named_swap(
+    names: list[str], boxes: Boxes, relations: Relations, rng: np.random.Generator
+) -> Boxes | None:
+    options = [(i, j) for i in range(len(boxes)) for j in range(i + 1, len(boxes)) if names[i] != names[j]]
+    if not options:
+        return None
+    i, j = options[int(rng.integers(len(options)))]
+    boxes[i], boxes[j] = boxes[j], boxes[i]
+    return boxes
+
+
+def named_stack(names: list[str], boxes: Boxes, relations: Relations, rng: np.random.Generator) -> Boxes:
+    """The second object (a random one past two) onto another's centre."""
+    if len(boxes) == 2:
+        k, other = 1, 0
+    else:
+        k = int(rng.integers(len(boxes)))
+        other = int(rng.choice([i for i in range(len(boxes)) if i != k]))
+    boxes[k] = placed(boxes[k], *centre(boxes[other]))
+    return boxes
+
+
+def random_one(names: list[str], boxes: Boxes, relations: Relations, rng: np.random.Generator) -> Boxes:
+    boxes[int(rng.integers(len(boxes)))] = random_box(rng)
+    return boxes
+
+
+def sized(fx: float, fy: float) -> Callable[[list[float]], list[float]]:
+    return lambda b: scaled(b, fx, fy)
+
+
+def mirrored(b: list[float]) -> list[float]:
+    return [1 - b[0] - b[2], b[1], b[2], b[3]]
+
+
+def left_right(relations: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
+    return [r for r in relations if relation_sign(r[2])]
+
+
+def pair_mirrored(
+    names: list[str], boxes: Boxes, relations: Relations, rng: np.random.Generator
+) -> Boxes | None:
+    """The subject of a stated left/right relation mirrored about its object's centre."""
+    stated = left_right(relations)
+    if not stated:
+        return None
+    k, j, _ = stated[int(rng.integers(len(stated)))]
+    (kx, ky), (jx, _) = centre(boxes[k]), centre(boxes[j])
+    boxes[k] = placed(boxes[k], 2 * jx - kx, ky)
+    return boxes
+
+
+# (name, family, perturbation); LOFO: the family is what a held-out check leaves out whole.
+PERTURBATIONS: list[tuple[str, str, Perturb]] = [
+    ("random layout *", "random", named_random),
+    ("random box", "random", random_one),
+    ("move right 0.25", "position", one(moved(0.25, 0))),
+    ("move right 0.5", "position", one(moved(0.5, 0))),
+    ("move left 0.25", "position", one(moved(-0.25, 0))),
+    ("move left 0.5", "position", one(moved(-0.5, 0))),
+    ("move down 0.25", "position", one(moved(0, 0.25))),
+    ("move down 0.5", "position", one(moved(0, 0.5))),
+    ("move up 0.25", "position", one(moved(0, -0.25))),
+    ("move up 0.5", "position", one(moved(0, -0.5))),
+    ("sides x0.15 *", "size", one(sized(SHRINK, SHRINK))),
+    ("sides x0.33", "size", one(sized(1 / 3, 1 / 3))),
+    ("sides x0.5", "size", one(sized(0.5, 0.5))),
+    ("sides x2", "size", one(sized(2, 2))),
+    ("sides x3", "size", one(sized(3, 3))),
+    ("3x wide 0.3x high *", "shape", one(sized(3.0, 0.3))),
+    ("0.3x wide 3x high", "shape", one(sized(0.3, 3.0))),
+    ("aspect x4, area kept", "shape", one(sized(2, 0.5))),
+    ("aspect /4, area kept", "shape", one(sized(0.5, 2))),
+    ("width x3", "side", one(sized(3, 1))),
+    ("width x0.33", "side", one(sized(1 / 3, 1))),
+    ("height x3", "side", one(sized(1, 3))),
+    ("height x0.33", "side", one(sized(1, 1 / 3))),
+    ("stacked on another *", "distance", named_stack),
+    ("offset x0.33", "distance", offset(lambda dx, dy: (dx / 3, dy / 3))),
+    ("offset x2", "distance", offset(lambda dx, dy: (2 * dx, 2 * dy))),
+    ("offset x3", "distance", offset(lambda dx, dy: (3 * dx, 3 * dy))),
+    ("offset mirrored left-right, L/R stated", "direction", pair_mirrored),
+    ("offset mirrored up-down", "direction", offset(lambda dx, dy: (dx, -dy))),
+    ("offset turned +90", "direction", offset(lambda dx, dy: (-dy, dx))),
+    ("offset turned -90", "direction", offset(lambda dx, dy: (dy, -dx))),
+    ("one x2, other x0.5", "pair size", pair(lambda k, j: (scaled(k, 2, 2), scaled(j, 0.5, 0.5)))),
+    ("one x3, other x0.33", "pair size", pair(lambda k, j: (scaled(k, 3, 3), scaled(j, 1 / 3, 1 / 3)))),
+    ("boxes swapped *", "identity", named_swap),
+    ("sizes swapped", "identity", pair(swap_sizes)),
+    ("layout upside down", "layout", layout(lambda b: [b[0], 1 - b[1] - b[3], b[2], b[3]])),
+    ("layout mirrored, L/R stated", "layout", layout(mirrored)),
+    ("layout transposed", "layout", layout(lambda b: [b[1], b[0], b[3], b[2]])),
+    ("layout zoomed out x0.5", "layout",
+     layout(lambda b: placed([0, 0, b[2] / 2, b[3] / 2], 0.5 + (centre(b)[0] - 0.5) / 2,
+                             0.5 + (centre(b)[1] - 0.5) / 2))),
+    ("layout zoomed in x1.6", "layout",
+     layout(lambda b: placed([0, 0, 1.6 * b[2], 1.6 * b[3]], 0.5 + 1.6 * (centre(b)[0] - 0.5),
+                             0.5 + 1.6 * (centre(b)[1] - 0.5)))),
+]
+
+
+# Controls, not corruptions: a real layout mirrored (no left/right stated) is a real layout,
+# and so is one nudged by 2 % of the frame; a scorer should NOT flag them (AUC near 0.5).
+CONTROLS: list[tuple[str, str, Perturb]] = [
+    ("(control) layout mirrored, no L/R stated", "control", layout(mirrored)),
+    ("(control) one box moved 0.02", "control", one(moved(0.02, 0.02))),
+]
+
+
+def perturb(layout_: Layout, kind: int, rng: np.random.Generator) -> Layout | None:
+    """Layout ``layout_`` under ``ALL[kind]``, or None where that perturbation does not apply."""
+    image, objects, relations = layout_
     names = [n for n, _ in objects]
-    k = int(rng.integers(len(boxes)))
-    if kind == "random":
-        for i in range(len(boxes)) if len(boxes) == 2 else [k]:
-            w, h = rng.uniform(0.02, 1.0, 2)
-            boxes[i] = [float(rng.uniform(0, 1 - w)), float(rng.uniform(0, 1 - h)), float(w), float(h)]
-    elif kind == "swap":
-        options = [(i, j) for i in range(len(boxes)) for j in range(i + 1, len(boxes))
-                   if names[i] != names[j]]
-        if not options:
-            return None
-        i, j = options[int(rng.integers(len(options)))]
-        boxes[i], boxes[j] = boxes[j], boxes[i]
-    elif kind == "shrink":
-        boxes[k] = scaled(boxes[k], SHRINK, SHRINK)
-    elif kind == "stack":
-        if len(boxes) == 2:
-            k, other = 1, 0
-        else:
-            other = int(rng.choice([i for i in range(len(boxes)) if i != k]))
-        x, y, w, h = boxes[other]
-        bw, bh = boxes[k][2], boxes[k][3]
-        boxes[k] = clip([x + w / 2 - bw / 2, y + h / 2 - bh / 2, bw, bh])
-    elif kind == "stretch":
-        boxes[k] = scaled(boxes[k], 3.0, 0.3)
+    name = ALL[kind][0]
+    stated = bool(left_right(relations))
+    if name.endswith("no L/R stated") if stated else name.endswith(", L/R stated"):
+        return None
+    change = ALL[kind][2]
+    if len(objects) < 2 and ALL[kind][1] in ("distance", "direction", "pair size", "identity"):
+        return None
+    boxes = change(names, [list(b) for _, b in objects], relations, rng)
+    if boxes is None:
+        return None
     return image, list(zip(names, boxes, strict=True)), relations
+
+
+ALL = PERTURBATIONS + CONTROLS
 
 
 def scores(scorer: LayoutScorer, layouts: list[Layout]) -> np.ndarray:
@@ -252,114 +423,155 @@ def auc(real: np.ndarray, fake: np.ndarray) -> float:
     return float(greater + 0.5 * ties)
 
 
-def speed() -> None:
-    from bench_bank import write_coco
-
-    rng = np.random.default_rng(0)
-    print("bank_pairs  objects  method  batch_layouts_per_s  per_layout_layouts_per_s")
-    with tempfile.TemporaryDirectory() as tmp:
-        for images in (400, 4500):
-            path = Path(tmp) / f"coco-{images}.json"
-            write_coco(path, images, 4)
-            bank = Bank.from_coco([path])
-            for objects in (2, 3):
-                layouts = []
-                for _ in range(5000):
-                    names = [f"class {int(c)}" for c in np.minimum(rng.zipf(1.5, objects) - 1, 79)]
-                    w, h = rng.uniform(0.03, 0.6, (2, objects))
-                    boxes = [[float(rng.uniform(0, 1 - w[k])), float(rng.uniform(0, 1 - h[k])), float(w[k]),
-                              float(h[k])] for k in range(objects)]
-                    layouts.append((names, boxes, [(0, 1, "left of")], None))
-                for method in ("v2", "paper"):
-                    scorer = LayoutScorer(bank, method=method)  # type: ignore[arg-type]
-                    scorer.score_layouts(layouts[:10])  # matching caches warm
-                    start = time.perf_counter()
-                    batch = scorer.score_layouts(layouts)
-                    batch_rate = len(layouts) / (time.perf_counter() - start)
-                    start = time.perf_counter()
-                    single = [scorer.score_layout(*layout[:3]) for layout in layouts[:1000]]
-                    single_rate = 1000 / (time.perf_counter() - start)
-                    assert [r.score for r in batch[:1000]] == [r.score for r in single]
-                    print(f"{bank.num_pairs:10d} {objects:8d} {method:>7} {batch_rate:20.0f} "
-                          f"{single_rate:25.0f}",
-                          flush=True)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("file", type=Path, nargs="?")
-    parser.add_argument("--synthetic", type=int, metavar="N",
-                        help="images of the synthetic world, instead of a file")
-    parser.add_argument("--splits", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--speed", action="store_true", help="measure layouts/s instead")
-    args = parser.parse_args()
-    if args.speed:
-        speed()
-        return
-    if args.synthetic:
-        args.file = Path(tempfile.mkdtemp(prefix="clis-quality-")) / "synthetic.json"
-        write_synthetic(args.file, args.synthetic, args.seed)
-    elif args.file is None:
-        parser.error("give a file or --synthetic N")
-    pairs, multi = read_layouts(args.file)
+def evaluate(path: Path, kinds: tuple[str, ...], splits: int, seed: int, methods: tuple[str, ...],
+             left_out: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """AUCs per method, kind ("two", "multi") and row of ``ALL`` (one per split), and the real
+    and perturbed scores pooled over splits; the bank built from 80 % of the images each time.
+    ``left_out``: v3's weights are fitted without that perturbation family, and only its rows
+    are evaluated."""
+    pairs, multi = read_layouts(path)
     images = sorted({image for image, _, _ in pairs} | set(multi), key=str)
-    print(f"{args.file}: {len(pairs)} two-object layouts, {len(multi)} images of 3+ objects, "
-          f"{len(images)} images")
-    two: dict[str, dict[str, list[float]]] = {m: defaultdict(list) for m in ("v2", "paper")}
-    pooled: dict[str, dict[str, list[np.ndarray]]] = {m: defaultdict(list) for m in ("v2", "paper")}
-    build_times = []
-    for split in range(args.splits):
-        rng = np.random.default_rng(args.seed + split)
+    print(f"{path.name}: {len(pairs)} two-object layouts, {len(multi)} images of 3+ objects, "
+          f"{len(images)} images", flush=True)
+    aucs: dict[str, Any] = defaultdict(list)
+    pooled: dict[str, Any] = defaultdict(list)
+    for split in range(splits):
+        rng = np.random.default_rng(seed + split)
         held = set(rng.permutation(len(images))[: len(images) // 5].tolist())
         test_images = {images[k] for k in held}
         bank_layouts = [p for p in pairs if p[0] not in test_images]
         bank_layouts += [m[0] for image, m in multi.items() if image not in test_images]
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "bank.json"
-            write_bank_file(path, bank_layouts)
-            start = time.perf_counter()
-            bank = Bank.from_coco([path])
-            build_times.append(time.perf_counter() - start)
+            write_bank_file(Path(tmp) / "bank.json", bank_layouts)
+            families = tuple(f for f in FAMILIES if f != left_out)
+            bank = Bank.from_coco([Path(tmp) / "bank.json"], families=families)
         tests = {"two": [p for p in pairs if p[0] in test_images],
                  "multi": [m[0] for image, m in multi.items() if image in test_images]}
-        for method in ("v2", "paper"):
+        for method in methods:
             scorer = LayoutScorer(bank, method=method)  # type: ignore[arg-type]
-            for kind, layouts in tests.items():
+            for kind in kinds:
+                layouts = tests[kind]
                 real = scores(scorer, layouts)
-                pooled[method][f"{kind}:real"].append(real)
-                for corruption in CORRUPTIONS:
-                    crng = np.random.default_rng(1000 * split + CORRUPTIONS.index(corruption))
-                    bad = [c for c in (corrupt(lay, corruption, crng) for lay in layouts) if c is not None]
-                    fake = scores(scorer, bad)
-                    pooled[method][f"{kind}:{corruption}"].append(fake)
-                    if kind == "two":
-                        two[method][corruption].append(auc(real, fake))
-    print(f"bank build ({len(images) * 4 // 5} images): {np.mean(build_times):.2f} s per split")
-    print("\nROC AUC, real > corrupted (two-object: mean over splits; multi-object: pooled)")
-    print(f"{'corruption':<10} {'2-obj v2':>9} {'2-obj paper':>12} {'multi v2':>9} {'multi paper':>12}")
-    for corruption in CORRUPTIONS:
-        row = [np.mean(two["v2"][corruption]), np.mean(two["paper"][corruption])]
-        for method in ("v2", "paper"):
-            real = np.concatenate(pooled[method]["multi:real"])
-            fake = np.concatenate(pooled[method][f"multi:{corruption}"])
-            row.append(auc(real, fake))
-        print(f"{corruption:<10} {row[0]:>9.3f} {row[1]:>12.3f} {row[2]:>9.3f} {row[3]:>12.3f}")
-    n_multi = sum(a.size for a in pooled["v2"]["multi:real"])
-    print(f"(multi-object: {n_multi} real layouts over the splits)")
-    for method in ("v2", "paper"):
-        print(f"\n{method}: mean score and share kept at each --min-clis-l (two-object, pooled)")
-        groups = ["real", *CORRUPTIONS]
-        values = {g: np.concatenate(pooled[method][f"two:{g}"]) for g in groups}
-        print(f"{'':<10} {'mean':>6} " + " ".join(f"{'>=' + str(t):>6}" for t in THRESHOLDS))
-        for g in groups:
-            v = values[g]
-            print(f"{g:<10} {v.mean():>6.1f} " + " ".join(f"{(v >= t).mean():>6.2f}" for t in THRESHOLDS))
-        if method == "v2":
-            multi_real = np.concatenate(pooled[method]["multi:real"])
-            print(f"{'multi real':<10} {multi_real.mean():>6.1f} "
-                  + " ".join(f"{(multi_real >= t).mean():>6.2f}" for t in THRESHOLDS))
+                pooled[method, kind, "real"].append(real)
+                for row in range(len(ALL)):
+                    if left_out is not None and ALL[row][1] != left_out:
+                        continue
+                    prng = np.random.default_rng(1000 * split + row)
+                    changed = [(k, perturb(lay, row, prng)) for k, lay in enumerate(layouts)]
+                    kept = [k for k, c in changed if c is not None]
+                    if len(kept) < 5:
+                        continue
+                    fake = scores(scorer, [c for _, c in changed if c is not None])
+                    aucs[method, kind, row].append(auc(real[kept], fake))
+                    pooled[method, kind, row].append(fake)
+    return aucs, pooled
+
+
+def leave_one_family_out(args: argparse.Namespace) -> None:
+    """The v3 AUC of each row, with v3's weights fitted against every perturbation family (as
+    acp fits them) and against all families but the row's own: how v3 does on a kind of
+    corruption its fit never saw."""
+    sources: list[tuple[str, Path, str]] = []
+    if args.file is not None:
+        sources.append(("2-obj", args.file, "two"))
+    if args.synthetic:
+        path = Path(tempfile.mkdtemp(prefix="clis-quality-")) / "synthetic.json"
+        write_synthetic(path, args.synthetic, args.seed)
+        sources.append(("multi syn", path, "multi"))
+    table: dict[tuple[str, int, bool], float] = {}
+    for label, path, kind in sources:
+        full, _ = evaluate(path, (kind,), args.splits, args.seed, ("v3",))
+        for family in FAMILIES:
+            held, _ = evaluate(path, (kind,), args.splits, args.seed, ("v3",), left_out=family)
+            for row, (_, row_family, _) in enumerate(ALL):
+                if row_family == family and ("v3", kind, row) in held:
+                    table[label, row, True] = float(np.mean(held["v3", kind, row]))
+                    table[label, row, False] = float(np.mean(full["v3", kind, row]))
+    labels = [label for label, _, _ in sources]
+    width = max(len(name) for name, _, _ in ALL)
+    print("\nv3 ROC AUC: weights fitted with every family / without the row's family (left out)")
+    print(f"{'perturbation':<{width}} {'family':<10} " + " ".join(f"{label + ' all':>14} {label + ' out':>14}"
+                                                            for label in labels))
+    for row, (name, family, _) in enumerate(ALL):
+        if family == "control":
+            continue
+        cells = []
+        for label in labels:
+            for out in (False, True):
+                value = table.get((label, row, out))
+                cells.append(f"{value:>14.3f}" if value is not None else f"{'-':>14}")
+        print(f"{name:<{width}} {family:<10} " + " ".join(cells))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("file", type=Path, nargs="?", help="NSR-1K-style or COCO-format file")
+    parser.add_argument("--synthetic", type=int, default=2000, metavar="N",
+                        help="images of the synthetic multi-object world (0: none)")
+    parser.add_argument("--splits", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--methods", default=",".join(SCORING_METHODS))
+    parser.add_argument("--leave-one-family-out", action="store_true",
+                        help="v3 only: each family's rows with the weights fitted without that family")
+    args = parser.parse_args()
+    if args.leave_one_family_out:
+        leave_one_family_out(args)
+        return
+    methods = tuple(args.methods.split(","))
+    sources: list[tuple[str, Path, tuple[str, ...]]] = []
+    if args.file is not None:
+        sources.append(("real", args.file, ("two", "multi")))
+    if args.synthetic:
+        path = Path(tempfile.mkdtemp(prefix="clis-quality-")) / "synthetic.json"
+        write_synthetic(path, args.synthetic, args.seed)
+        sources.append(("synthetic", path, ("multi",)))
+    if not sources:
+        parser.error("give a file or --synthetic N")
+    columns: list[tuple[str, str, str]] = []  # (source, kind, method)
+    aucs: dict[Any, Any] = {}
+    pooled: dict[Any, Any] = {}
+    for source, path, kinds in sources:
+        start = time.perf_counter()
+        a, p = evaluate(path, kinds, args.splits, args.seed, methods)
+        print(f"  {time.perf_counter() - start:.0f} s", flush=True)
+        for (method, kind, row), values in a.items():
+            aucs[source, kind, method, row] = values
+        for (method, kind, row), values in p.items():
+            pooled[source, kind, method, row] = values
+        for kind in kinds:
+            if any(key[:2] == (source, kind) for key in aucs):
+                columns += [(source, kind, m) for m in methods]
+
+    print("\nROC AUC, real > perturbed (mean over splits; * the five corruptions of earlier figures)")
+    heads = [f"{'2-obj' if k == 'two' else 'multi'}{' syn' if s == 'synthetic' else ''} {m}"
+             for s, k, m in columns]
+    width = max(len(name) for name, _, _ in ALL)
+    print(f"{'perturbation':<{width}} {'family':<10} " + " ".join(f"{h:>15}" for h in heads))
+    worst: dict[Any, float] = {}
+    for row, (name, family, _) in enumerate(ALL):
+        cells = []
+        for column in columns:
+            values = aucs.get((*column, row))
+            value = float(np.mean(values)) if values else float("nan")
+            cells.append(f"{value:>15.3f}" if values else f"{'-':>15}")
+            if values and family != "control":
+                worst[column] = min(worst.get(column, 1.0), value)
+        print(f"{name:<{width}} {family:<10} " + " ".join(cells))
+    print(f"{'worst corruption':<{width}} {'':<10} " + " ".join(f"{worst.get(c, float('nan')):>15.3f}"
+                                                            for c in columns))
+    for source, kind, method in columns:
+        real = np.concatenate(pooled[source, kind, method, "real"])
+        print(f"\n{source} {kind}-object layouts, {method}: mean score and share kept at each --min-clis-l")
+        print(f"{'':<{width}} {'mean':>6} " + " ".join(f"{'>=' + str(t):>6}" for t in THRESHOLDS))
+        print(f"{'real':<{width}} {real.mean():>6.1f} " + " ".join(f"{(real >= t).mean():>6.2f}"
+                                                                  for t in THRESHOLDS))
+        for row, (name, _, _) in enumerate(ALL):
+            if name.endswith("*") and (source, kind, method, row) in pooled:
+                v = np.concatenate(pooled[source, kind, method, row])
+                print(f"{name:<{width}} {v.mean():>6.1f} " + " ".join(f"{(v >= t).mean():>6.2f}"
+                                                                     for t in THRESHOLDS))
 
 
 if __name__ == "__main__":
     main()
+

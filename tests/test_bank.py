@@ -172,8 +172,8 @@ def test_missing_file_and_bad_bank_folders_raise_input_errors(tmp_path: Path) ->
     path = write_coco(tmp_path / "a.json", [[("dog", [0.1, 0.1, 0.2, 0.2])]])
     Bank.from_coco([path]).save(tmp_path / "bank")
     index = tmp_path / "bank" / "index.json"
-    index.write_text(index.read_text().replace('"format": 3', '"format": 99'))
-    with pytest.raises(InputError, match="format 99, expected 3"):
+    index.write_text(index.read_text().replace('"format": 4', '"format": 99'))
+    with pytest.raises(InputError, match="format 99, expected 4"):
         Bank.load(tmp_path / "bank")
 
 
@@ -417,10 +417,10 @@ def test_a_loaded_bank_scores_without_recomputing_its_features(
             np.testing.assert_array_equal(getattr(getattr(loaded, name), key), value)
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_an_old_format_bank_asks_for_a_rebuild(tmp_path: Path, version: int) -> None:
-    """A format-1 bank (no stored features) or 2 (no v2 densities): one line naming the command
-    that fixes it."""
+    """A format-1 bank (no stored features), 2 (no v2 densities) or 3 (no v3 model): one line
+    naming the command that fixes it."""
     from typer.testing import CliRunner
 
     from acp.cli import app
@@ -435,7 +435,7 @@ def test_an_old_format_bank_asks_for_a_rebuild(tmp_path: Path, version: int) -> 
     (folder / "index.json").write_text(json.dumps({**index, "format": version}))
     with pytest.raises(InputError) as error:
         Bank.load(folder)
-    expected = f"bank {folder}: format {version}, expected 3; rebuild it with `acp bank build`"
+    expected = f"bank {folder}: format {version}, expected 4; rebuild it with `acp bank build`"
     assert str(error.value) == expected
     plans = tmp_path / "plans.jsonl"
     plans.write_text("")

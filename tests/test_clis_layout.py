@@ -17,10 +17,10 @@ from acp.schema import ScenePlan
 from acp.score.bank import Bank
 from acp.score.layout import (
     LayoutScorer,
-    loop_pair_score,
     penalty,
     sentence_transformer_embedder,
 )
+from tests.clis_oracle import loop_pair_score
 from tests.test_bank import write_coco
 
 Box = list[float]

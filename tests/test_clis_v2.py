@@ -230,18 +230,21 @@ def test_clis_l_method_option_scores_with_the_chosen_formula(tmp_path: Path, wor
         [n for n, _ in objects], [b for _, b in objects], [(0, 1, "above")]
     )
     assert results["paper"]["clis_l"] == pytest.approx(expected.score, abs=1e-3)
-    bad = CliRunner().invoke(app, ["score", "layouts", str(plans), "--clis-l-method", "v3", "-o",
+    bad = CliRunner().invoke(app, ["score", "layouts", str(plans), "--clis-l-method", "v9", "-o",
                                    str(tmp_path / "x.jsonl")])
     assert bad.exit_code == 2 and "--clis-l-method" in bad.stderr and bad.stderr.count("\n") == 1
 
 
-def test_a_run_records_the_clis_l_method_only_when_it_is_not_the_default() -> None:
-    """So that settings.json of runs from before the option still match (and resume)."""
+def test_a_run_records_the_clis_l_method_unless_it_is_v2() -> None:
+    """So that settings.json of runs from before the option (v2, the default then) still match
+    (and resume); v3, today's default, is recorded, so such a run is not continued with it."""
     from acp.concepts import ConceptInput
     from acp.generate import GenerateConfig
     from acp.score.candidates import ScoreSettings
 
     concepts = ConceptInput(vocabulary=("cat", "dog"))
-    assert "clis_l_method" not in GenerateConfig(concepts=concepts).record()
+    v2 = GenerateConfig(concepts=concepts, score=ScoreSettings(clis_l_method="v2"))
+    assert "clis_l_method" not in v2.record()
+    assert GenerateConfig(concepts=concepts).record()["clis_l_method"] == "v3"
     paper = GenerateConfig(concepts=concepts, score=ScoreSettings(clis_l_method="paper"))
     assert paper.record()["clis_l_method"] == "paper"

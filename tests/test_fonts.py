@@ -61,12 +61,12 @@ def test_report_thumbnail_labels_are_glyphs() -> None:
     import base64
     import io
 
-    from acp.report import _Box, _thumbnail
+    from acp.report import ThumbnailBox, thumbnail
 
     image = Image.new("RGB", (200, 200), (128, 128, 128))
 
     def labelled(text: str) -> bytes:
-        uri = _thumbnail(image, [_Box((10, 10, 150, 150), text, "#e6194b")], 200)
+        uri = thumbnail(image, [ThumbnailBox((10, 10, 150, 150), text, "#e6194b")], 200)
         return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))).tobytes()
 
     letters = ["é", "с", "б", "к", NO_CHARACTER]

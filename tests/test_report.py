@@ -242,7 +242,7 @@ def test_the_category_table_is_sorted_by_count_and_folds_the_empty_ones(tiny_dat
 def test_masks_are_drawn_over_their_objects() -> None:
     from pycocotools import mask as mask_utils
 
-    from acp.report import _Box, _Masks, _thumbnail
+    from acp.report import MaskBudget, ThumbnailBox, thumbnail
 
     image = Image.new("RGB", (64, 48), (128, 128, 128))
     mask = np.zeros((48, 64), dtype=np.uint8)
@@ -251,11 +251,11 @@ def test_masks_are_drawn_over_their_objects() -> None:
     segmentation = {"size": [48, 64], "counts": rle["counts"].decode()}
 
     def drawn(masks: Any) -> np.ndarray:
-        uri = _thumbnail(image, [_Box((4, 8, 26, 32), "", "#3cb44b", segmentation)], 64, masks)
+        uri = thumbnail(image, [ThumbnailBox((4, 8, 26, 32), "", "#3cb44b", segmentation)], 64, masks)
         return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGB"),
                           dtype=float)
 
-    with_masks, without = drawn(_Masks()), drawn(None)
+    with_masks, without = drawn(MaskBudget()), drawn(None)
     inside, outside = (slice(14, 34), slice(10, 24)), (slice(10, 40), slice(40, 60))
     assert with_masks[inside][..., 1].mean() > without[inside][..., 1].mean() + 20  # tinted green
     assert abs(with_masks[outside] - without[outside]).mean() < 2

@@ -23,7 +23,8 @@ from acp.settings_record import record_of, recorded
 
 PETS = ConceptInput(vocabulary=("dog", "cat"))
 CASES = {
-    "defaults": GenerateConfig(concepts=PETS),
+    # Older runs scored with CLIS-L v2, their default; today's default (v3) is recorded.
+    "defaults": GenerateConfig(concepts=PETS, score=ScoreSettings(clis_l_method="v2")),
     "everything": GenerateConfig(
         concepts=ConceptInput(quotas=(("dog", 3), ("cat", 2))), scenes=7, objects=(2, 4), seed=5,
         size=(768, 512), llm=ChatSettings(model="m1", base_url="http://127.0.0.1:9/v1", concurrency=3,
@@ -36,7 +37,8 @@ CASES = {
                             judge=JudgeSettings("vlm", "http://x/v1", 5.0, 7, api_key="sk-judge"),
                             min_clis_l=20.0, min_clis_i=None),
         masks=MaskSettings("some/sam"), export=ExportSettings(keep_candidates=True, image_format="png")),
-    "judge_defaults": GenerateConfig(concepts=PETS, score=ScoreSettings(judge=JudgeSettings("vlm"))),
+    "judge_defaults": GenerateConfig(concepts=PETS, score=ScoreSettings(judge=JudgeSettings("vlm"),
+                                                                        clis_l_method="v2")),
 }
 # Written by the hand-listed record() of acp before the settings were composed.
 EXPECTED = json.loads((Path(__file__).parent / "data" / "settings_records.json").read_text())

@@ -66,6 +66,12 @@ MaxOverlapOption = Annotated[
 ]
 OnOverlapOption = Annotated[OverlapAction, typer.Option(help="What to do with a larger overlap.")]
 ProgressOption = Annotated[bool, typer.Option(help="Show a progress bar.")]
+PlanBankOption = Annotated[
+    Path | None,
+    typer.Option("--bank", show_default=False,
+                 help="Bank folder (`acp bank build`): the heuristic planner draws layouts from its real "
+                 "layouts, the LLM sees 3 of them as examples per scene."),
+]
 
 # Long-tail top-up (acp.balance), shared with `acp generate`; acp.cli.balance reads them.
 BalanceOption = Annotated[
@@ -167,6 +173,7 @@ def plan(
     categories_only: CategoriesOnlyOption = None,
     max_per_category: MaxPerCategoryOption = None,
     companion_cap: CompanionCapOption = defaults.BALANCE_COMPANION_CAP,
+    bank: PlanBankOption = None,
 ) -> None:
     """Plan scenes (caption, objects, boxes, relations) from a concept list, or, with
     --balance REAL, the scenes that top up REAL's long tail (plan written to PLANS.balance.json).
@@ -197,7 +204,8 @@ def plan(
         source, output, scenes=scenes, objects=objects, seed=seed, size=width_height,
         planner=choose_planner(planner, api_key, llm_base_url), llm_base_url=llm_base_url,
         llm_model=llm_model, api_key=api_key, concurrency=concurrency, max_reasks=max_reasks,
-        llm_timeout=llm_timeout, max_overlap=max_overlap, on_overlap=on_overlap.value, progress=progress)
+        llm_timeout=llm_timeout, max_overlap=max_overlap, on_overlap=on_overlap.value, bank=bank,
+        progress=progress)
     print(f"{output}: {summary.line()}")
     if summary.failed:
         print(f"failures with reasons and raw replies: {failures_path(output)}")

@@ -107,8 +107,6 @@ def bank_build(
     print(f"{output}: " + describe_summary(bank.summary).replace("\n", f"\n{output}: "))
 
 
-LAYOUT_BATCH = 1024  # plans scored in one vectorised pass by `acp score layouts`
-
 
 def check_clis_l_method(method: str) -> None:
     from acp.score.layout import SCORING_METHODS
@@ -142,6 +140,11 @@ def score_layouts(
     bank: BankOption = None,
     embed_model: EmbedOption = None,
     clis_l_method: ClisLMethodOption = defaults.CLIS_L_METHOD,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, max=64, show_default=False,
+                     help="Processes scoring batches of plans [default: the usable CPUs, at most 8]."),
+    ] = None,
 ) -> None:
     """CLIS-L of every plan: each plan record plus clis_l, clis_l_sanity, clis_l_method and
     clis_l_detail (per pair).
@@ -152,35 +155,19 @@ def score_layouts(
     """
     from acp.atomic import atomic_text_file
     from acp.errors import InputError
-    from acp.jsonl import dumps
-    from acp.schema import ScenePlan, read_plans
-    from acp.score.candidates import layout_fields
+    from acp.score.plan_files import score_plan_file
 
     if not plans.is_file():
         raise InputError(f"{plans}: no such file; expected a plans file (JSON Lines)")
     scorer = make_layout_scorer(bank, embed_model, clis_l_method)
     scored = bad = 0
     with atomic_text_file(output) as out:  # streamed in batches: memory does not grow with the plans
-        batch: list[ScenePlan] = []
-
-        def flush() -> None:
-            for plan, result in zip(batch, scorer.score_many(batch), strict=True):
-                record = plan.model_dump(mode="json")
-                record.update(layout_fields(result))
-                record["clis_l_detail"] = result.to_dict()
-                out.write(dumps(record) + "\n")
-            batch.clear()
-
-        for number, plan, reason in read_plans(plans):
-            if plan is None:
-                bad += 1
+        for text, rejected, count in score_plan_file(scorer, plans, 1 if embed_model else workers):
+            out.write(text)
+            scored += count
+            bad += len(rejected)
+            for number, reason in rejected:
                 print(f"{plans}:{number}: {reason}")
-                continue
-            batch.append(plan)
-            scored += 1
-            if len(batch) == LAYOUT_BATCH:
-                flush()
-        flush()
     print(f"{output}: {scored} plans scored, {bad} invalid lines skipped")
     if bad:
         raise typer.Exit(code=1)

@@ -29,15 +29,20 @@ if TYPE_CHECKING:
 
 
 def planner(settings: PlanSettings, chat: ChatSettings | None = None, *,
-            max_reasks: int = defaults.LLM_MAX_REASKS) -> Planner:
-    """The LLM planner with ``chat``, else the offline heuristic one."""
+            max_reasks: int = defaults.LLM_MAX_REASKS, bank: Path | None = None) -> Planner:
+    """The LLM planner with ``chat``, else the offline heuristic one; with a ``bank`` (a
+    folder of ``acp bank build``), planning is grounded in its real layouts: the heuristic
+    planner draws scenes from them, the LLM is shown some as examples."""
+    from acp.score.bank import Bank
+
+    layouts = Bank.load(Path(bank)) if bank is not None else None
     if chat is not None:
         from acp.plan.llm import LLMPlanner
 
-        return LLMPlanner(chat, settings, max_reasks=max_reasks)
+        return LLMPlanner(chat, settings, max_reasks=max_reasks, bank=layouts)
     from acp.plan.heuristic import HeuristicPlanner
 
-    return HeuristicPlanner(settings)
+    return HeuristicPlanner(settings, bank=layouts)
 
 
 def renderer(settings: RenderSettings, device: str, *, compile: bool = False) -> GligenRenderer:

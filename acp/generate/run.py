@@ -145,7 +145,8 @@ def _run(config: GenerateConfig, folder: RunFolder, engine: Engine, categories: 
             summary.annotations = finished.annotation_count
         write_summary(folder, summary)
         return summary
-    planner = components.planner(config.plan_settings, config.llm, max_reasks=config.max_reasks)
+    planner = components.planner(config.plan_settings, config.llm, max_reasks=config.max_reasks,
+                                 bank=config.score.bank)
     spec = StageSpec(render=config.render, candidates=config.candidates, score=config.score,
                      masks=config.masks, categories=categories, image_format=config.export.image_format,
                      keep_candidates=config.export.keep_candidates)

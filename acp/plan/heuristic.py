@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
@@ -22,6 +23,10 @@ from acp.plan.base import PlanOutcome, PlanSettings, SceneRequest
 from acp.plan.priors import Prior, prior_for
 from acp.schema import MIN_BOX_SIDE, ScenePlan, error_problems, layout_problems
 
+if TYPE_CHECKING:
+    from acp.score.bank import Bank
+
+BANK_TRIES = 20
 TARGET_IOU = 0.1
 PLACEMENT_TRIES = 40
 SHRINK = 0.85
@@ -121,19 +126,45 @@ def _relation(a: tuple[float, ...], b: tuple[float, ...]) -> str:
 
 
 class HeuristicPlanner:
-    """Offline planner; ``plan`` is deterministic for a request (its seed included)."""
+    """Offline planner; ``plan`` is deterministic for a request (its seed included).
+
+    With a ``bank`` (``acp.score.bank.Bank``) each layout is drawn from the bank's real layouts
+    of the scene's categories (``acp.plan.examples.BankLayouts.sample``: a retrieved image's
+    boxes, jittered; categories it lacks from their own real boxes); objects of categories the
+    bank does not know keep the priors. A draw that breaks the layout rules is drawn again, up
+    to ``BANK_TRIES`` times, then the priors plan the scene alone. The bank image is recorded in
+    the plan's ``examples``."""
 
     name = "heuristic"
 
-    def __init__(self, settings: PlanSettings | None = None):
+    def __init__(self, settings: PlanSettings | None = None, *, bank: Bank | None = None):
+        from acp.plan.examples import BankLayouts
+
         self.settings = settings or PlanSettings()
+        self.layouts = BankLayouts(bank) if bank is not None else None
 
     def plan(self, request: SceneRequest) -> ScenePlan:
         rng = random.Random(request.seed)
+        if self.layouts is not None:
+            for _ in range(BANK_TRIES):
+                try:
+                    plan = self._plan(request, rng, bank=True)
+                except ValidationError:
+                    continue
+                if not layout_problems(plan, self.settings.rules):
+                    return plan
+        return self._plan(request, rng, bank=False)
+
+    def _plan(self, request: SceneRequest, rng: random.Random, *, bank: bool) -> ScenePlan:
         categories = list(request.concepts)
         # A top-up scene is made for its subject (the first concept): it sets the place.
         subject = 0 if request.companions is not None and categories else None
         boxes = layout_boxes(categories, request.width / request.height, rng, subject)
+        examples: list[str] = []
+        if bank and self.layouts is not None:
+            drawn, source = self.layouts.sample(categories, rng)
+            boxes = [b if b is not None else prior for b, prior in zip(drawn, boxes, strict=True)]
+            examples = [source] if source is not None else []
         objects = []
         for i, (category, box) in enumerate(zip(categories, boxes, strict=True)):
             zone = prior_for(category).zone
@@ -160,8 +191,10 @@ class HeuristicPlanner:
             caption=caption_for(categories, prior.place, companions) if prior else f"A photo of {setting}.",
             background=setting, width=request.width, height=request.height,
             objects=objects, relations=relations,  # type: ignore[arg-type]
-            planner=self.name, model=None, seed=request.seed,
+            planner=self.name, model=None, seed=request.seed, examples=examples,
         )
+        if bank:
+            return plan  # checked by ``plan``, which draws again
         problems = layout_problems(plan, self.settings.rules)
         if problems and self.settings.rules.on_overlap == "flag":
             plan.warnings = [f"{field}: {reason}" for field, reason in problems]

@@ -21,11 +21,12 @@ import contextlib
 import json
 import logging
 import queue
+import random
 import string
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from acp import defaults
 from acp.errors import LLMError, PlanValidationError
@@ -39,9 +40,13 @@ from acp.llm import (
     json_schema_format,
 )
 from acp.plan.base import PlanOutcome, PlanSettings, SceneRequest
+from acp.plan.examples import MAX_EXAMPLES, Example, bank_examples, example_block
 from acp.plan.parse import allowed_names, parse_plan
 from acp.resources import read_prompt
 from acp.schema import MAX_OBJECTS, MIN_BOX_SIDE, SceneDraft
+
+if TYPE_CHECKING:
+    from acp.score.bank import Bank
 
 PLANNER_NAME = "openai"
 _MAX_ECHO = 12_000  # characters of a bad reply sent back on a re-ask (a runaway reply is cut)
@@ -51,13 +56,14 @@ log = logging.getLogger(__name__)
 
 def scene_prompt(concepts: Iterable[str], width: int, height: int,
                  categories: Iterable[str] | None = None,
-                 companions: Iterable[str] | None = None) -> str:
+                 companions: Iterable[str] | None = None, examples: str = "") -> str:
     """The user message that asks for one scene.
 
     ``categories`` (the run's concepts) adds the line of allowed categories: the scene's own
     concepts are required, the others may be added, no other category may be used.
     ``companions`` (a top-up scene, ``SceneRequest.companions``) names the subject (the first
-    concept) and its companions, and allows the scene's own concepts only.
+    concept) and its companions, and allows the scene's own concepts only. ``examples``
+    (``acp.plan.examples.example_block``) shows real layouts of the scene's categories.
     """
     concepts = list(concepts)
     allowed = ""
@@ -73,6 +79,7 @@ def scene_prompt(concepts: Iterable[str], width: int, height: int,
     return (
         f"Concepts: {json.dumps(concepts, ensure_ascii=False)}\n"
         f"{allowed}"
+        f"{examples}"
         f"Image size: {width} x {height} pixels (width x height).\n"
         "Reply with the JSON object only."
     )
@@ -126,9 +133,13 @@ class LLMPlanner:
     name = PLANNER_NAME
 
     def __init__(self, client_settings: ChatSettings, plan_settings: PlanSettings | None = None,
-                 *, max_reasks: int = defaults.LLM_MAX_REASKS):
+                 *, max_reasks: int = defaults.LLM_MAX_REASKS, bank: Bank | None = None):
+        from acp.plan.examples import BankLayouts
+
         if max_reasks < 0:
             raise LLMError(f"max_reasks must be >= 0, got {max_reasks}")
+        # With a bank, each scene's prompt shows real layouts of its categories (``examples``).
+        self.layouts = BankLayouts(bank) if bank is not None else None
         self.client_settings = client_settings
         self.plan_settings = plan_settings or PlanSettings()
         self.max_reasks = max_reasks
@@ -199,13 +210,22 @@ class LLMPlanner:
                     loop.call_soon_threadsafe(task.cancel)
             worker.join()
 
+    def _examples(self, request: SceneRequest) -> list[Example]:
+        """Up to ``MAX_EXAMPLES`` real layouts of the scene's categories (none without a bank),
+        the same for a request whatever else runs."""
+        if self.layouts is None:
+            return []
+        return bank_examples(self.layouts, list(request.concepts), MAX_EXAMPLES,
+                             random.Random(request.seed))
+
     async def _plan_scene(self, client: ChatClient, request: SceneRequest) -> PlanOutcome:
         """One scene's conversation; a scene's own failure is returned, never raised."""
         categories = self.plan_settings.categories
         if request.companions is not None:  # a top-up scene holds exactly its concepts
             categories = request.concepts
+        examples = self._examples(request)
         prompt = scene_prompt(request.concepts, request.width, request.height, categories,
-                              request.companions)
+                              request.companions, example_block(examples))
         messages = [*self._preamble, {"role": "user", "content": prompt}]
         retries = 0
         raw: str | None = None
@@ -249,6 +269,7 @@ class LLMPlanner:
                     attempts=attempts,
                     transport_retries=retries,
                 )
+            plan.examples = [e.image_id for e in examples]
             return PlanOutcome(request, plan=plan, attempts=attempts, transport_retries=retries,
                                repairs=list(plan.repairs))
         return PlanOutcome(

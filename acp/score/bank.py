@@ -15,8 +15,9 @@ unknown images or images without a size, unknown category ids, crowd boxes, dege
 (non-finite, zero or negative side) and boxes reaching more than ``OUT_OF_IMAGE_TOLERANCE``
 pixels outside their image (boxes within it are clipped to the image).
 
-Caps, so that a full COCO train split (860k boxes) builds in about 20 s (a third of it v2's
-densities and calibration) and loads in a tenth of a second (``bench/bench_bank.py``):
+Caps, so that a full COCO train split (860k boxes) builds in bounded time (see
+docs/architecture.md; v2's and v3's densities and calibration are most of it) and loads in a
+fraction of a second (``bench/bench_bank.py``):
 
 - pairs are enumerated among the ``max_objects_per_image`` largest boxes of an image (20: at
   most 190 pairs per image; the small boxes of a crowded image add little layout evidence and
@@ -32,8 +33,12 @@ The arrays hold the boxes, the pairs and what scoring reads of them, computed on
 time rather than at every load: for the paper's method ``PairFeatures`` and ``PriorFeatures``
 (since format 2), for CLIS-L v2 the ``acp.score.density.LayoutModel`` (since format 3:
 references, bandwidths and normalisers of every density group, the CDF tables; arrays named
-``v2_*``). Each category keeps its source's ``supercategory`` (the first seen), which v2's
-pair densities back off to. A bank of format 1 or 2 is refused with a request to rebuild it.
+``v2_*``), for v3 its own (since format 4: Student-kernel densities, fitted weights, relation
+margins and CDF tables, ``v3_*``; ``acp.score.likelihood``), and each box's image with the
+images' source ids (``box_image``, ``image_ids``: the real layouts planning draws from,
+``acp.plan.examples``). Each category keeps its source's ``supercategory`` (the first seen),
+which the pair densities back off to. A bank of format 1, 2 or 3 is refused with a request to
+rebuild it.
 The folder is written as a whole (``Bank.save``): rebuilding over a bank replaces both files
 together or neither. Input that yields no usable box at all is an error, not an empty bank.
 """
@@ -59,9 +64,11 @@ from acp.cocostream import POLYGON_PATTERN
 from acp.errors import InputError, quoted
 from acp.jsonl import loads
 from acp.names import canonical_key, category_key
-from acp.score.density import LayoutModel, build_model
+from acp.score import likelihood as v3
+from acp.score.density import STUDENT, LayoutModel, build_model
 
-BANK_FORMAT = 3  # 3: CLIS-L v2 densities (acp.score.density); 2: pair and prior features stored
+BANK_FORMAT = 4  # 4: CLIS-L v3 (Student-kernel densities, three CDF tables); 3: v2 densities;
+# 2: pair and prior features stored
 ARRAYS_FILE = "bank.npz"
 INDEX_FILE = "index.json"
 OUT_OF_IMAGE_TOLERANCE = 1.0  # pixels; COCO boxes overshoot their image by rounding only
@@ -167,7 +174,10 @@ class Bank:
     pair_offsets: Int64Array
     pair_features: PairFeatures
     prior_features: PriorFeatures
-    model: LayoutModel
+    model: LayoutModel  # CLIS-L v2
+    likelihood: LayoutModel  # CLIS-L v3
+    box_image: Int32Array  # each box's image (a row of image_ids): real layouts, for planning
+    image_ids: NDArray[np.str_]  # each image's id in its source ("k:id" past the first source)
     max_boxes_per_category: int = MAX_BOXES_PER_CATEGORY
     summary: dict[str, Any] = field(default_factory=dict)
 
@@ -189,8 +199,14 @@ class Bank:
                 for f in fields(features)
                 if getattr(features, f.name).shape != rows
             ]
-        if self.model.categories != count:
-            problems.append(f"the density model has {self.model.categories} categories, expected {count}")
+        if self.box_image.shape != self.boxes.shape[:1]:
+            problems.append(f"box_image has shape {self.box_image.shape}, expected {self.boxes.shape[:1]}")
+        elif self.box_image.size and not 0 <= int(self.box_image.min()) <= int(self.box_image.max()) < (
+                self.image_ids.size):
+            problems.append("box_image names images beyond image_ids")
+        for model in (self.model, self.likelihood):
+            if model.categories != count:
+                problems.append(f"the density model has {model.categories} categories, expected {count}")
         if problems:
             raise InputError("inconsistent bank: " + "; ".join(problems))
         self._by_key = {c.key: i for i, c in enumerate(self.categories)}
@@ -293,6 +309,9 @@ class Bank:
                 **{f"pair_{f.name}": getattr(self.pair_features, f.name) for f in fields(PairFeatures)},
                 **{f"prior_{f.name}": getattr(self.prior_features, f.name) for f in fields(PriorFeatures)},
                 **{f"v2_{name}": array for name, array in self.model.arrays().items()},
+                **{f"v3_{name}": array for name, array in self.likelihood.arrays().items()},
+                "box_image": self.box_image,
+                "image_ids": self.image_ids,
             }
             np.savez(handle, **arrays)
             handle.flush()
@@ -348,8 +367,9 @@ class Bank:
                 data = {name: arrays[name] for name in arrays.files}
         except (OSError, ValueError) as error:
             raise InputError(f"bank {folder}: unreadable ({error}); {expected}") from None
-        names = ["boxes", "category_offsets", "pair_a", "pair_b", "pair_keys", "pair_offsets"]
-        names += _FEATURE_ARRAYS + [f"v2_{name}" for name in LayoutModel.array_names()]
+        names = ["boxes", "category_offsets", "pair_a", "pair_b", "pair_keys", "pair_offsets", "box_image",
+                 "image_ids"]
+        names += _FEATURE_ARRAYS + [f"{v}_{name}" for v in ("v2", "v3") for name in LayoutModel.array_names()]
         missing = [n for n in names if n not in data]
         if missing:
             raise InputError(f"bank {folder}: {ARRAYS_FILE} lacks {missing}; {expected}")
@@ -379,6 +399,11 @@ class Bank:
                 model=LayoutModel.from_arrays(
                     {name[3:]: array for name, array in data.items() if name.startswith("v2_")}
                 ),
+                likelihood=LayoutModel.from_arrays(
+                    {name[3:]: array for name, array in data.items() if name.startswith("v3_")}, STUDENT
+                ),
+                box_image=data["box_image"].astype(np.int32, copy=False),
+                image_ids=data["image_ids"].astype(str, copy=False),
                 max_boxes_per_category=int(index["max_boxes_per_category"]),
                 summary=index.get("summary", {}),
             )
@@ -395,6 +420,7 @@ class Bank:
         max_pairs_per_category_pair: int = MAX_PAIRS_PER_CATEGORY_PAIR,
         max_boxes_per_category: int = MAX_BOXES_PER_CATEGORY,
         seed: int = 0,
+        families: tuple[str, ...] = v3.FAMILIES,
     ) -> Bank:
         """Build a bank from COCO-format annotation files (see the module docstring)."""
         if not paths:
@@ -412,11 +438,14 @@ class Bank:
         skipped = dict.fromkeys(SKIP_REASONS, 0)
         sources: list[dict[str, Any]] = []
         image_offset = 0
-        for path in paths:
+        image_ids: list[str] = []
+        for source, path in enumerate(paths):
             data = read_coco_file(Path(path), polygons=False)
             images, cats, boxes, skip_counts, n_images = _usable_boxes(Path(path), data, merged)
             parts.append((images + image_offset, cats, boxes))
             image_offset += n_images
+            prefix = f"{source}:" if source else ""
+            image_ids += [f"{prefix}{item['id']}" for item in data["images"]]
             for reason, count in skip_counts.items():
                 skipped[reason] += count
             sources.append(
@@ -486,6 +515,8 @@ class Bank:
         supercategory = np.array([supers[name] for name in super_names], dtype=np.int64)
         model = build_model(category, boxes, image, kept_a.astype(np.int64), kept_b.astype(np.int64),
                             supercategory, rng)
+        likelihood = v3.build(category, boxes, image, kept_a.astype(np.int64), kept_b.astype(np.int64),
+                              supercategory, rng, families)
         return cls(
             categories=merged.categories,
             boxes=stored,
@@ -497,6 +528,9 @@ class Bank:
             pair_features=pair_features_of(stored, kept_a, kept_b),
             prior_features=prior_features_of(stored),
             model=model,
+            likelihood=likelihood,
+            box_image=image.astype(np.int32),
+            image_ids=np.array(image_ids, dtype=str),
             max_boxes_per_category=max_boxes_per_category,
             summary=summary,
         )

@@ -62,7 +62,8 @@ class ScoreSettings:
     clip_model: str = field(default=defaults.CLIP_MODEL, metadata=recorded(model=True))
     bank: Path | None = None
     embed_model: str | None = field(default=None, metadata=recorded(omit="empty"))
-    clis_l_method: str = field(default=defaults.CLIS_L_METHOD, metadata=recorded(omit="default"))
+    # Recorded unless v2: a settings.json from before the option meant v2, the default then.
+    clis_l_method: str = field(default=defaults.CLIS_L_METHOD, metadata=recorded(omit_value="v2"))
     judge: JudgeSettings | None = field(default=None, metadata=recorded(flatten="judge_"))
     min_clis_l: float | None = defaults.MIN_CLIS_L
     min_clis_i: float | None = defaults.MIN_CLIS_I

@@ -29,14 +29,18 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from acp.boxes import iou_aligned
 from acp.errors import InputError
+from acp.score.kernel import LOG_NORMALISER, kernel_sums
 
+GAUSSIAN, STUDENT = "gauss", "student"  # the kernels of v2 and v3
 PSEUDO_COUNT = 5.0
 MAX_REFERENCES = (256, 256, 256)  # per group, by level: the category (pair), its parent, the top
 MIN_SPREAD = 1e-3  # a feature's pooled spread is floored here (groups of identical boxes)
@@ -67,12 +71,7 @@ def pair_features(a: NDArray[Any], b: NDArray[Any]) -> Float64Array:
     dx = (b[:, 0] + b[:, 2] / 2) - (a[:, 0] + a[:, 2] / 2)
     dy = (b[:, 1] + b[:, 3] / 2) - (a[:, 1] + a[:, 3] / 2)
     diagonal = (np.hypot(a[:, 2], a[:, 3]) + np.hypot(b[:, 2], b[:, 3])) / 2
-    ix = np.maximum(0.0, np.minimum(a[:, 0] + a[:, 2], b[:, 0] + b[:, 2]) - np.maximum(a[:, 0], b[:, 0]))
-    iy = np.maximum(0.0, np.minimum(a[:, 1] + a[:, 3], b[:, 1] + b[:, 3]) - np.maximum(a[:, 1], b[:, 1]))
-    inter = ix * iy
-    return np.stack(
-        [np.log(area_a / area_b), dx / diagonal, dy / diagonal, inter / (area_a + area_b - inter)], axis=1
-    )
+    return np.stack([np.log(area_a / area_b), dx / diagonal, dy / diagonal, iou_aligned(a, b)], axis=1)
 
 
 REVERSE = np.array([-1.0, -1.0, -1.0, 1.0])  # a pair's features read the other way round
@@ -135,8 +134,9 @@ class Level:
     refs: Float32Array
     bandwidth: Float32Array
     norm: Float64Array
+    kernel: str = GAUSSIAN  # GAUSSIAN (v2) or STUDENT (v3, ``acp.score.kernel``)
     count: Int64Array = field(init=False, repr=False)  # references per group
-    scaled: Float32Array = field(init=False, repr=False)  # refs / their group's bandwidth
+    scaled: NDArray[Any] = field(init=False, repr=False)  # refs / their group's bandwidth (see below)
     constant: Float64Array = field(init=False, repr=False)  # log normaliser of each group's kernel sum
 
     def __post_init__(self) -> None:
@@ -149,10 +149,15 @@ class Level:
         counts = np.diff(self.offsets)
         group = np.repeat(np.arange(g), counts)
         object.__setattr__(self, "count", counts)
+        log_bandwidth = np.log(self.bandwidth.astype(np.float64)).sum(axis=1)
+        if self.kernel == STUDENT:  # float64, divided by twice the bandwidth: u = |z|^2 / 4
+            scaled = self.refs.astype(np.float64) / (2.0 * self.bandwidth[group].astype(np.float64))
+            object.__setattr__(self, "scaled", np.ascontiguousarray(scaled))
+            object.__setattr__(self, "constant", log_bandwidth + LOG_NORMALISER)
+            return
         scaled = self.refs.astype(np.float64) * (_HALF / self.bandwidth[group].astype(np.float64))
         object.__setattr__(self, "scaled", scaled.astype(np.float32))
-        constant = np.log(self.bandwidth.astype(np.float64)).sum(axis=1) + 2 * _LOG_2PI
-        object.__setattr__(self, "constant", constant + np.log(np.maximum(counts, 1)))
+        object.__setattr__(self, "constant", log_bandwidth + 2 * _LOG_2PI + np.log(np.maximum(counts, 1)))
 
     def lookup(self, keys: Int64Array) -> Int64Array:
         """Group index of each key, -1 where the level has no such group."""
@@ -173,6 +178,8 @@ class Level:
         out = np.full(group.shape, -np.inf)
         if group.size == 0:
             return out
+        if self.kernel == STUDENT:
+            return self._student_log_density(group, x, query_image, ref_image)
         order = np.argsort(group, kind="stable")
         sorted_group = group[order]
         bounds = [0, *(np.flatnonzero(sorted_group[1:] != sorted_group[:-1]) + 1).tolist(), group.size]
@@ -212,20 +219,33 @@ class Level:
                 out[rows] = total.astype(np.float64) - constant
         return out
 
+    def _student_log_density(
+        self, group: Int64Array, x: Float64Array,
+        query_image: Int64Array | None, ref_image: Int64Array | None,
+    ) -> Float64Array:
+        safe = np.maximum(group, 0)
+        z = np.asarray(x, dtype=np.float64) / (2.0 * self.bandwidth[safe].astype(np.float64))
+        sums, kept = kernel_sums(z, group, self.offsets, self.scaled, query_image, ref_image)
+        out = np.full(group.shape, -np.inf)  # no reference (group -1, or all left out)
+        ok = (kept > 0) & (sums > 0)
+        out[ok] = np.log(sums[ok]) - np.log(kept[ok]) - self.constant[safe[ok]]
+        return out
+
     def with_norm(self, norm: Float64Array) -> Level:
-        return Level(self.keys, self.offsets, self.refs, self.bandwidth, norm.astype(np.float64))
+        return Level(self.keys, self.offsets, self.refs, self.bandwidth, norm.astype(np.float64), self.kernel)
 
     def arrays(self, prefix: str) -> dict[str, NDArray[Any]]:
         return {f"{prefix}_{name}": getattr(self, name) for name in _LEVEL_ARRAYS}
 
     @classmethod
-    def from_arrays(cls, prefix: str, data: dict[str, NDArray[Any]]) -> Level:
+    def from_arrays(cls, prefix: str, data: dict[str, NDArray[Any]], kernel: str = GAUSSIAN) -> Level:
         return cls(
             keys=data[f"{prefix}_keys"].astype(np.int64, copy=False),
             offsets=data[f"{prefix}_offsets"].astype(np.int64, copy=False),
             refs=data[f"{prefix}_refs"].astype(np.float32, copy=False),
             bandwidth=data[f"{prefix}_bandwidth"].astype(np.float32, copy=False),
             norm=data[f"{prefix}_norm"].astype(np.float64, copy=False),
+            kernel=kernel,
         )
 
 
@@ -268,7 +288,7 @@ def _sample(keys: Int64Array, cap: int, rng: np.random.Generator) -> Int64Array:
 
 
 def build_level(
-    x: Float64Array, keys: Int64Array, cap: int, rng: np.random.Generator
+    x: Float64Array, keys: Int64Array, cap: int, rng: np.random.Generator, kernel: str = GAUSSIAN
 ) -> tuple[Level, Int64Array]:
     """A level's groups of feature rows ``x`` keyed by ``keys`` (norms 0, set later) and the
     rows kept as references."""
@@ -285,12 +305,15 @@ def build_level(
         spread = refs.std(axis=0) if refs.shape[0] > 1 else np.ones(4)
     spread = np.maximum(spread, MIN_SPREAD)
     bandwidth = spread[None, :] * counts[:, None].astype(np.float64) ** (-1 / 8)
+    if kernel == STUDENT:  # the t kernel's variance is 2 per dimension: the same smoothing
+        bandwidth = bandwidth * _HALF
     level = Level(
         keys=unique.astype(np.int64),
         offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
         refs=refs.astype(np.float32),
         bandwidth=bandwidth.astype(np.float32),
         norm=np.zeros(unique.size),
+        kernel=kernel,
     )
     return level, rows
 
@@ -328,6 +351,8 @@ class LayoutModel:
     supercategory: Int64Array
     cdf_offsets: Int64Array  # bucket b owns cdf_values[cdf_offsets[b]:cdf_offsets[b + 1]]
     cdf_values: Float64Array
+    weights: Float64Array = field(default_factory=lambda: np.zeros(0))  # v3's (acp.score.likelihood)
+    margins: Float64Array = field(default_factory=lambda: np.zeros(0))  # v3's: real relations', sorted
 
     PREFIXES = ("object_category", "object_all", "pair_category", "pair_super", "pair_all")
 
@@ -376,7 +401,7 @@ class LayoutModel:
     def arrays(self) -> dict[str, NDArray[Any]]:
         data: dict[str, NDArray[Any]] = {
             "supercategory": self.supercategory, "cdf_offsets": self.cdf_offsets,
-            "cdf_values": self.cdf_values,
+            "cdf_values": self.cdf_values, "weights": self.weights, "margins": self.margins,
         }
         for prefix, level in zip(self.PREFIXES, [*self.objects, *self.pairs], strict=True):
             data.update(level.arrays(prefix))
@@ -384,17 +409,23 @@ class LayoutModel:
 
     @classmethod
     def array_names(cls) -> list[str]:
-        return ["supercategory", "cdf_offsets", "cdf_values"] + [
+        return ["supercategory", "cdf_offsets", "cdf_values", "weights", "margins"] + [
             f"{p}_{n}" for p in cls.PREFIXES for n in _LEVEL_ARRAYS
         ]
 
+    @property
+    def kernel(self) -> str:
+        return self.objects[0].kernel
+
     @classmethod
-    def from_arrays(cls, data: dict[str, NDArray[Any]]) -> LayoutModel:
-        levels = [Level.from_arrays(p, data) for p in cls.PREFIXES]
+    def from_arrays(cls, data: dict[str, NDArray[Any]], kernel: str = GAUSSIAN) -> LayoutModel:
+        levels = [Level.from_arrays(p, data, kernel) for p in cls.PREFIXES]
         model = cls(
             levels[:2], levels[2:], data["supercategory"].astype(np.int64, copy=False),
             data["cdf_offsets"].astype(np.int64, copy=False),
             data["cdf_values"].astype(np.float64, copy=False),
+            data["weights"].astype(np.float64, copy=False),
+            data["margins"].astype(np.float64, copy=False),
         )
         if model.cdf_offsets.ndim != 1 or model.cdf_offsets.size < 2 or int(model.cdf_offsets[-1]) != (
             model.cdf_values.size
@@ -413,6 +444,7 @@ class LayoutModel:
         pair_b: Int64Array,
         supercategory: Int64Array,
         rng: np.random.Generator,
+        kernel: str = GAUSSIAN,
     ) -> tuple[LayoutModel, list[Int64Array], list[Int64Array]]:
         """The densities of bank boxes (``category``, ``boxes``, ``image`` per box) and pairs
         (box rows ``pair_a``, ``pair_b``), normalisers included, CDF tables still empty; and the
@@ -424,7 +456,7 @@ class LayoutModel:
         x = object_features(boxes)
         objects, object_images = [], []
         for keys, cap in ((category, MAX_REFERENCES[0]), (np.zeros_like(category), MAX_REFERENCES[2])):
-            level, rows = build_level(x, keys, cap, rng)
+            level, rows = build_level(x, keys, cap, rng, kernel)
             objects.append(level)
             object_images.append(image[rows])
         # Normalisers from the top level down, each from its own references, left out by image.
@@ -452,7 +484,7 @@ class LayoutModel:
             feats = np.concatenate([feats, feats[equal] * REVERSE])
             keys = np.concatenate([keys, keys[equal]])
             source = np.concatenate([np.arange(pair_a.size), np.flatnonzero(equal)])
-            level, rows = build_level(feats, keys, cap, rng)
+            level, rows = build_level(feats, keys, cap, rng, kernel)
             pairs.append(level)
             pair_images.append(pair_image[source[rows]])
         # Normalisers, top down: each level's references read through the levels above them.
@@ -643,9 +675,18 @@ def bucket_of(objects: NDArray[Any], related: NDArray[Any] | bool = False) -> ND
 def calibration_batch(
     category: Int64Array, boxes: Float64Array, image: Int64Array, rng: np.random.Generator
 ) -> tuple[LayoutBatch, Int64Array]:
-    """Real sub-layouts of bank images for the CDF tables: per bucket up to ``CDF_LAYOUTS``
-    random subsets of an image's ``MAX_CDF_OBJECTS`` largest boxes, with a relation between
-    consecutive objects, the one their offset shows; and the bucket of each layout."""
+    """Real sub-layouts of bank images for the CDF tables (``calibration_layouts``), with a
+    relation between consecutive objects, the one their offset shows; and each one's bucket."""
+    layouts, buckets = calibration_layouts(boxes, image, rng)
+    return make_batch([(category[rows], boxes[rows], None) for rows in layouts],
+                      images=[image[rows] for rows in layouts]), buckets
+
+
+def calibration_layouts(
+    boxes: Float64Array, image: Int64Array, rng: np.random.Generator
+) -> tuple[list[Int64Array], Int64Array]:
+    """Real sub-layouts of bank images, as box rows: per bucket up to ``CDF_LAYOUTS`` random
+    subsets of an image's ``MAX_CDF_OBJECTS`` largest boxes; and the bucket of each layout."""
     area = boxes[:, 2] * boxes[:, 3]
     order = np.lexsort((-area, image))
     _, starts, counts = np.unique(image[order], return_index=True, return_counts=True)
@@ -666,30 +707,43 @@ def calibration_batch(
             chosen = rng.choice(int(used[pick]), size, replace=False)
             layouts.append(order[starts[pick] + chosen])
             buckets.append(bucket)
-    return make_batch([(category[rows], boxes[rows], None) for rows in layouts],
-                      images=[image[rows] for rows in layouts]), np.array(buckets, dtype=np.int64)
+    return layouts, np.array(buckets, dtype=np.int64)
+
+
+# A layout as ``make_batch`` takes it: category ids, boxes (rows of 4), relations or None.
+LayoutRows = tuple[Sequence[int] | NDArray[Any], Sequence[Sequence[float]] | NDArray[Any],
+                   Sequence[tuple[int, int, int]] | None]
 
 
 def make_batch(
-    layouts: list[tuple[Int64Array, Float64Array, list[tuple[int, int, int]] | None]],
+    layouts: Sequence[LayoutRows],
     images: list[Int64Array] | None = None,
     related: list[set[tuple[int, int]]] | None = None,
 ) -> LayoutBatch:
     """A batch of layouts ``(categories, boxes, relations)``, relations ``(subject row, object
     row, axis)``; ``None``: each object related to the next by the side their offset shows.
     ``related``: per layout the pairs ``(i < j)`` that a relation links (default: those of
-    ``relations``), which are always scored."""
-    cats, boxes, owner, pi, pj, ri, rj, ra = [], [], [], [], [], [], [], []
+    ``relations``), which are always scored. Built in Python lists, made arrays once."""
+    cats: list[int] = []
+    boxes: list[Sequence[float]] = []
+    owner: list[int] = []
+    pi: list[int] = []
+    pj: list[int] = []
+    ri: list[int] = []
+    rj: list[int] = []
+    ra: list[int] = []
     offset = 0
     for k, (category, box, relations) in enumerate(layouts):
         n = len(category)
-        cats.append(np.asarray(category, dtype=np.int64))
-        boxes.append(np.asarray(box, dtype=np.float64).reshape(n, 4))
-        owner.append(np.full(n, k, dtype=np.int64))
+        rows = box.tolist() if isinstance(box, np.ndarray) else box
+        cats.extend(int(c) for c in category)
+        boxes.extend(rows)
+        owner.extend([k] * n)
         if relations is None:  # the axes are filled in below, all at once
             relations = [(r, r + 1, -1) for r in range(n - 1)]
         linked = related[k] if related is not None else {(min(s, o), max(s, o)) for s, o, _ in relations}
-        for a, b in scored_pairs(boxes[-1], linked):
+        pairs = _ALL_PAIRS[n] if n <= 3 else scored_pairs(np.asarray(rows, dtype=np.float64), linked)
+        for a, b in pairs:
             pi.append(offset + a)
             pj.append(offset + b)
         for s, o, axis in relations:
@@ -701,19 +755,20 @@ def make_batch(
     def ints(values: list[int]) -> Int64Array:
         return np.asarray(values, dtype=np.int64)
 
-    all_boxes = np.concatenate(boxes) if boxes else np.zeros((0, 4))
+    all_boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     axes, subjects, objects = ints(ra), ints(ri), ints(rj)
     unset = axes < 0
-    axes[unset] = dominant_axis(all_boxes[subjects[unset]], all_boxes[objects[unset]])
+    if unset.any():
+        axes[unset] = dominant_axis(all_boxes[subjects[unset]], all_boxes[objects[unset]])
 
     return LayoutBatch(
-        layouts=len(layouts),
-        category=np.concatenate(cats) if cats else ints([]),
-        boxes=all_boxes,
-        layout=np.concatenate(owner) if owner else ints([]),
+        layouts=len(layouts), category=ints(cats), boxes=all_boxes, layout=ints(owner),
         pair_i=ints(pi), pair_j=ints(pj), rel_i=subjects, rel_j=objects, rel_axis=axes,
         image=np.concatenate(images) if images else None,
     )
+
+
+_ALL_PAIRS = [[(i, j) for i in range(n) for j in range(i + 1, n)] for n in range(4)]
 
 
 class Calibration:
@@ -788,3 +843,5 @@ def build_model(
     counts = np.bincount(buckets, minlength=2 * CDF_BUCKETS)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     return LayoutModel(model.objects, model.pairs, model.supercategory, offsets, totals[order])
+
+

@@ -71,11 +71,13 @@ Back-offs, each labelled in the pair's ``method``:
 A plan with one object is scored by that object's priors (or sanity check); a plan with none
 scores 0 (method ``empty``). All references of all pairs of a plan are scored in one numpy
 pass (``reference_scores``); Python loops only over the plan's pairs, never over references.
-``loop_pair_score`` is the same formula one reference at a time, for tests and benchmarks.
+``tests/clis_oracle.py`` holds the same formula one reference at a time, for tests and benchmarks.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -89,7 +91,7 @@ from acp.errors import InputError, MissingDependencyError, one_line
 from acp.names import canonical_key, category_key
 from acp.pretrained import load_pretrained
 from acp.schema import ScenePlan
-from acp.score import density
+from acp.score import density, likelihood
 from acp.score.bank import ZERO, Bank
 
 WEIGHTS = (0.5, 1.0, 0.8)  # size, distance, direction
@@ -104,8 +106,8 @@ SANITY_AREA = (0.0025, 0.8)
 SANITY_MAX_IOU = 0.5
 
 Method = Literal["density", "pairs", "priors", "sanity", "degenerate", "empty"]
-ScoringMethod = Literal["v2", "paper"]
-SCORING_METHODS: tuple[ScoringMethod, ...] = ("v2", "paper")
+ScoringMethod = Literal["v3", "v2", "paper"]
+SCORING_METHODS: tuple[ScoringMethod, ...] = ("v3", "v2", "paper")
 Embedder = Callable[[list[str]], NDArray[np.floating[Any]]]
 
 
@@ -140,6 +142,18 @@ class PairScore:
             "terms": {k: round(v, 3) for k, v in self.terms.items()},
         }
 
+    def to_json(self) -> str:
+        """``json.dumps(self.to_dict())``, compact and not ASCII-escaped, written directly: it is
+        most of ``acp score layouts``' output (a non-finite number is written null)."""
+        terms = ",".join(f"{_text(k)}:{number_text(v, 3)}" for k, v in self.terms.items())
+        return (
+            f'{{"subject":{self.subject},"object":{_json(self.object)},'
+            f'"categories":[{_texts(self.categories)}],"predicate":{_json(self.predicate)},'
+            f'"method":"{self.method}","score":{number_text(self.score, 3)},'
+            f'"confidence":{number_text(self.confidence, 4)},"references":{self.references},'
+            f'"matched":[{_texts(self.matched)}],"match":[{_texts(self.match)}],"terms":{{{terms}}}}}'
+        )
+
 
 @dataclass(frozen=True)
 class LayoutScore:
@@ -164,6 +178,36 @@ class LayoutScore:
             "confidence": round(self.confidence, 4),
             "pairs": [p.to_dict() for p in self.pairs],
         }
+
+    def to_json(self) -> str:
+        """``json.dumps(self.to_dict())``, compact, as ``PairScore.to_json``."""
+        return (
+            f'{{"score":{number_text(self.score, 3)},"method":"{self.method}",'
+            f'"reference_free":{"true" if self.reference_free else "false"},'
+            f'"confidence":{number_text(self.confidence, 4)},'
+            f'"pairs":[{",".join(p.to_json() for p in self.pairs)}]}}'
+        )
+
+
+@functools.lru_cache(maxsize=1 << 16)  # names and predicates repeat from plan to plan
+def _text(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _json(value: str | int | None) -> str:
+    return "null" if value is None else str(value) if isinstance(value, int) else _text(value)
+
+
+def _texts(values: Sequence[str | None]) -> str:
+    return ",".join("null" if v is None else _text(v) for v in values)
+
+
+def number_text(value: float, digits: int) -> str:
+    """``value`` to ``digits`` decimals: the decimal ``round(value, digits)`` gives (both round
+    the exact binary value correctly), written three times faster than its ``repr``."""
+    if not math.isfinite(value):
+        return "null"
+    return f"{value:.3f}" if digits == 3 else f"{value:.4f}"
 
 
 @dataclass(frozen=True)
@@ -197,8 +241,9 @@ def _kth_best(scores: NDArray[Any], percentile: float) -> int:
     return int(np.argpartition(scores, scores.size - 1 - k)[scores.size - 1 - k])
 
 
-def _valid_box(box: NDArray[np.float64]) -> bool:
-    return bool(np.isfinite(box).all() and box[2] > 0 and box[3] > 0)
+def _valid_box(box: Sequence[float] | NDArray[np.float64]) -> bool:
+    x, y, w, h = box
+    return math.isfinite(x) and math.isfinite(y) and math.isfinite(w) and math.isfinite(h) and w > 0 and h > 0
 
 
 @dataclass(frozen=True)
@@ -218,8 +263,11 @@ class PairQuery:
     def of(
         cls, rows: slice, subject: NDArray[np.float64], obj: NDArray[np.float64], sign: int, same: bool
     ) -> PairQuery:
-        # Plain Python: for one pair it beats numpy's per-call overhead several times over.
-        ratio, iou, distance, vx, vy = _loop_geometry(subject.tolist(), obj.tolist())
+        sx, sy, sw, sh = subject.tolist()
+        ox, oy, ow, oh = obj.tolist()
+        ratio, iou = (sw * sh) / (ow * oh), float(iou_aligned(subject, obj))
+        vx, vy = (ox + ow / 2) - (sx + sw / 2), (oy + oh / 2) - (sy + sh / 2)
+        distance = math.hypot(vx, vy) / ((math.hypot(sw, sh) + math.hypot(ow, oh)) / 2)
         length = math.hypot(vx, vy)
         concentric = length <= ZERO
         ux, uy = (0.0, 0.0) if concentric else (vx / length, vy / length)
@@ -386,7 +434,7 @@ class LayoutScorer:
         bank: Bank | None,
         *,
         embedder: Embedder | None = None,
-        method: ScoringMethod = "v2",
+        method: ScoringMethod = "v3",
         percentile: float = PERCENTILE,
         embed_threshold: float = EMBED_THRESHOLD,
     ):
@@ -398,6 +446,9 @@ class LayoutScorer:
         self.method = method
         self._calibration = (
             density.Calibration(bank.model.cdf_offsets, bank.model.cdf_values) if bank else None
+        )
+        self._likelihood = (
+            density.Calibration(bank.likelihood.cdf_offsets, bank.likelihood.cdf_values) if bank else None
         )
         self.embedder = embedder
         self.percentile = percentile
@@ -443,7 +494,9 @@ class LayoutScorer:
 
     def score_many(self, plans: Sequence[ScenePlan]) -> list[LayoutScore]:
         """CLIS-L of many plans in one vectorised pass: the same scores as ``score`` one by one."""
-        return self.score_layouts([_plan_layout(plan) for plan in plans])
+        if self.method == "paper" or self.bank is None:
+            return self.score_layouts([_plan_layout(plan) for plan in plans])
+        return self._density_layouts([_plan_layout(plan) for plan in plans])  # shapes hold by the schema
 
     def score_layout(
         self,
@@ -462,23 +515,24 @@ class LayoutScorer:
         """``score_layout`` of each ``(categories, boxes, relations, ids)``, in one pass."""
         checked = [_checked(*layout) for layout in layouts]
         if self.method == "paper" or self.bank is None:
-            return [self._paper_layout(*layout) for layout in checked]
+            return [self._paper_layout(c, np.asarray(b, dtype=np.float64).reshape(-1, 4), r, i)
+                    for c, b, r, i in checked]
         return self._density_layouts(checked)
 
     # -- v2 ------------------------------------------------------------------------------
     def _density_layouts(self, layouts: list[_Layout]) -> list[LayoutScore]:
-        assert self.bank is not None and self._calibration is not None
+        assert self.bank is not None and self._calibration is not None and self._likelihood is not None
         results: list[LayoutScore | None] = [None] * len(layouts)
         todo: list[tuple[int, list[tuple[int, int, int | None, str]]]] = []
-        inputs: list[tuple[NDArray[np.int64], NDArray[np.float64], list[tuple[int, int, int]] | None]] = []
+        inputs: list[density.LayoutRows] = []
         for k, (categories, boxes, relations, ids) in enumerate(layouts):
             if not categories:
                 results[k] = LayoutScore(0.0, "empty", 0.0, [])
                 continue
-            bad = [i for i in range(len(categories)) if not _valid_box(boxes[i])]
-            if bad:  # scores 0, as a layout: one unusable box is enough
+            if not all(_valid_box(box) for box in boxes):  # scores 0, as a layout: one unusable box is enough
                 pairs = [
-                    PairScore(ids[i], None, (categories[i],), None, "degenerate", 0.0, 1.0, 0) for i in bad
+                    PairScore(ids[i], None, (categories[i],), None, "degenerate", 0.0, 1.0, 0)
+                    for i, box in enumerate(boxes) if not _valid_box(box)
                 ]
                 results[k] = LayoutScore(0.0, "degenerate", 1.0, pairs)
                 continue
@@ -488,31 +542,54 @@ class LayoutScorer:
                 for subject, obj, predicate in relations
                 if subject in position and obj in position and subject != obj
             ]
-            category = np.array([self._category(name) for name in categories], dtype=np.int64)
-            if np.all(category < 0):  # nothing the bank knows: the reference-free check, as before
-                results[k] = self._paper_layout(categories, boxes, relations, ids)
+            category = [self._category(name) for name in categories]
+            if max(category) < 0:  # nothing the bank knows: the reference-free check, as before
+                array = np.asarray(boxes, dtype=np.float64)
+                results[k] = self._paper_layout(categories, array, relations, ids)
                 continue
             inputs.append((category, boxes, [(s, o, a) for s, o, a, _ in stated if a is not None]))
             todo.append((k, stated))
         if todo:
             related = [{(min(s, o), max(s, o)) for s, o, _, _ in stated} for _, stated in todo]
             batch = density.make_batch(inputs, related=related)
-            terms = density.layout_terms(self.bank.model, batch)
             n_objects = np.bincount(batch.layout, minlength=batch.layouts)
             stated_any = np.bincount(batch.layout[batch.rel_i], minlength=batch.layouts) > 0
-            scores = self._calibration.score(terms.total, density.bucket_of(n_objects, stated_any))
-            pair_scores = self._calibration.score(
-                density.pair_totals(terms, batch),
-                density.bucket_of(np.full(batch.pair_i.size, 2), terms.pair_relation != 0),
+            buckets = density.bucket_of(n_objects, stated_any)
+            if self.method == "v3":
+                model = self.bank.likelihood
+                stats = likelihood.statistics(model, batch)
+                terms: density.Terms | likelihood.Statistics = stats
+                scores = self._likelihood.score(likelihood.logit(stats.layouts, model.weights), buckets)
+                pair_scores = self._likelihood.score(
+                    likelihood.logit(stats.pairs, model.weights),
+                    density.bucket_of(np.full(batch.pair_i.size, 2), stats.pair_relation != 0))
+            else:
+                terms = density.layout_terms(self.bank.model, batch)
+                scores = self._calibration.score(terms.total, buckets)
+                pair_scores = self._calibration.score(
+                    density.pair_totals(terms, batch),
+                    density.bucket_of(np.full(batch.pair_i.size, 2), terms.pair_relation != 0),
+                )
+            starts = np.concatenate([[0], np.cumsum(n_objects)]).tolist()
+            pair_bounds = np.searchsorted(batch.layout[batch.pair_i], np.arange(batch.layouts + 1)).tolist()
+            model = self.bank.likelihood if self.method == "v3" else self.bank.model
+            # Python lists, read element by element below: numpy scalars cost more one at a time.
+            rows = _Rows(
+                pair_i=batch.pair_i.tolist(), pair_j=batch.pair_j.tolist(),
+                object_terms=terms.object_terms.tolist(), pair_terms=terms.pair_terms.tolist(),
+                pair_relation=terms.pair_relation.tolist(),
+                pair_assignment=terms.pair_assignment.tolist(),
+                pair_scores=pair_scores.tolist(),
+                object_references=_group_sizes(model.objects[0], batch.category,
+                                               batch.category >= 0).tolist(),
+                pair_references=_pair_sizes(model, batch).tolist(),
             )
-            starts = np.concatenate([[0], np.cumsum(n_objects)])
-            pair_bounds = np.searchsorted(batch.layout[batch.pair_i], np.arange(batch.layouts + 1))
+            scores_list = scores.tolist()
             for slot, (k, stated) in enumerate(todo):
                 categories, _, _, ids = layouts[k]
                 results[k] = self._density_result(
-                    categories, stated, ids, batch, terms, int(starts[slot]),
-                    range(int(pair_bounds[slot]), int(pair_bounds[slot + 1])), float(scores[slot]),
-                    pair_scores,
+                    categories, stated, ids, rows, starts[slot],
+                    range(pair_bounds[slot], pair_bounds[slot + 1]), scores_list[slot],
                 )
         return [r for r in results if r is not None]
 
@@ -522,8 +599,7 @@ class LayoutScorer:
 
     def _density_result(
         self, categories: Sequence[str], stated: list[tuple[int, int, int | None, str]], ids: list[int],
-        batch: density.LayoutBatch, terms: density.Terms, start: int, pair_rows: range,
-        score: float, pair_scores: NDArray[np.float64],
+        rows: _Rows, start: int, pair_rows: range, score: float,
     ) -> LayoutScore:
         assert self.bank is not None
         matches = [self.match(name) for name in categories]
@@ -533,39 +609,25 @@ class LayoutScorer:
         if len(categories) == 1:
             pairs.append(PairScore(
                 ids[0], None, (categories[0],), None, "density", score, matches[0].weight,
-                self._references(int(batch.category[start]), -1), (matched[0],), (matches[0].how,),
-                {"object": float(terms.object_terms[start])},
+                rows.object_references[start], (matched[0],), (matches[0].how,),
+                {"object": rows.object_terms[start]},
             ))
         for row in pair_rows:
-            i, j = int(batch.pair_i[row]) - start, int(batch.pair_j[row]) - start
+            i, j = rows.pair_i[row] - start, rows.pair_j[row] - start
             s, o, predicate = predicates.get((i, j), (i, j, None))
+            terms = {
+                "objects": (rows.object_terms[start + i] + rows.object_terms[start + j]) / 2,
+                "pair": rows.pair_terms[row],
+                "relation": rows.pair_relation[row],
+                "assignment": rows.pair_assignment[row],
+            }
             pairs.append(PairScore(
-                ids[s], ids[o], (categories[s], categories[o]), predicate, "density", float(pair_scores[row]),
-                matches[s].weight * matches[o].weight,
-                self._references(int(batch.category[start + s]), int(batch.category[start + o])),
-                (matched[s], matched[o]), (matches[s].how, matches[o].how),
-                {
-                    "objects": float(terms.object_terms[start + i] + terms.object_terms[start + j]) / 2,
-                    "pair": float(terms.pair_terms[row]),
-                    "relation": float(terms.pair_relation[row]),
-                    "assignment": float(terms.pair_assignment[row]),
-                },
+                ids[s], ids[o], (categories[s], categories[o]), predicate, "density", rows.pair_scores[row],
+                matches[s].weight * matches[o].weight, rows.pair_references[row],
+                (matched[s], matched[o]), (matches[s].how, matches[o].how), terms,
             ))
-        confidence = float(np.mean([m.weight for m in matches]))
+        confidence = sum(m.weight for m in matches) / len(matches)
         return LayoutScore(score, "density", confidence, pairs)
-
-    def _references(self, a: int, b: int) -> int:
-        """References of the finest density group a box (``b < 0``) or pair was read in."""
-        assert self.bank is not None
-        model = self.bank.model
-        if b < 0:
-            level, key = model.objects[0], a
-        else:
-            level, key = model.pairs[0], min(a, b) * model.categories + max(a, b)
-        if a < 0 or level.keys.size == 0:
-            return 0
-        group = int(level.lookup(np.array([key]))[0])
-        return int(level.count[group]) if group >= 0 else 0
 
     # -- the paper's formula ---------------------------------------------------------------
     def _paper_layout(
@@ -702,8 +764,39 @@ class LayoutScorer:
         )
 
 
+@dataclass(frozen=True)
+class _Rows:
+    """What a batch's results read, row by row, as Python lists."""
+
+    pair_i: list[int]
+    pair_j: list[int]
+    object_terms: list[float]
+    pair_terms: list[float]
+    pair_relation: list[float]
+    pair_assignment: list[float]
+    pair_scores: list[float]
+    object_references: list[int]  # references of the finest group a box was read in
+    pair_references: list[int]
+
+
+def _group_sizes(
+    level: density.Level, keys: NDArray[np.int64], known: NDArray[np.bool_]
+) -> NDArray[np.int64]:
+    """References of each key's group at ``level`` (0: unknown key, or no such group)."""
+    group = level.lookup(np.maximum(keys, 0))
+    sizes = np.where(group >= 0, level.count[np.maximum(group, 0)] if level.count.size else 0, 0)
+    return np.where(known, sizes, 0).astype(np.int64)
+
+
+def _pair_sizes(model: density.LayoutModel, batch: density.LayoutBatch) -> NDArray[np.int64]:
+    a, b = batch.category[batch.pair_i], batch.category[batch.pair_j]
+    keys = np.minimum(a, b) * model.categories + np.maximum(a, b)
+    return _group_sizes(model.pairs[0], keys, (a >= 0) & (b >= 0))
+
+
 LayoutInput = tuple[Sequence[str], ArrayLike, Sequence[tuple[int, int, str]], Sequence[int] | None]
-_Layout = tuple[list[str], NDArray[np.float64], list[tuple[int, int, str]], list[int]]
+# Categories, boxes (rows of 4 numbers), relations (subject id, object id, predicate), ids.
+_Layout = tuple[list[str], Sequence[Sequence[float]], list[tuple[int, int, str]], list[int]]
 
 
 def _checked(
@@ -716,10 +809,11 @@ def _checked(
         array = array.reshape(0, 4) if array.size == 0 else array
     if array.shape != (count, 4):
         raise InputError(f"expected {count} boxes of 4 numbers for {count} categories, got {array.shape}")
-    return list(categories), array, list(relations), list(ids) if ids is not None else list(range(count))
+    ids = list(ids) if ids is not None else list(range(count))
+    return list(categories), array.tolist(), list(relations), ids
 
 
-def _plan_layout(plan: ScenePlan) -> LayoutInput:
+def _plan_layout(plan: ScenePlan) -> _Layout:
     return (
         [o.category for o in plan.objects],
         [o.bbox for o in plan.objects],
@@ -732,74 +826,3 @@ def _unit(vectors: NDArray[Any]) -> NDArray[np.float64]:
     array = np.atleast_2d(np.asarray(vectors, dtype=np.float64))
     norms = np.linalg.norm(array, axis=1, keepdims=True)
     return array / np.where(norms > 0, norms, 1.0)
-
-
-# -- the same formula, one reference at a time ---------------------------------------------
-# Plain Python, for tests and the benchmark to check the vectorised scorer against; it reads
-# the reference boxes, not the bank's precomputed features.
-
-
-def _loop_similarity(a: float, b: float) -> float:
-    a, b = max(a, ZERO), max(b, ZERO)
-    return min(a, b) / max(a, b)
-
-
-def _loop_penalty(score: float) -> float:
-    return score - max(0.0, 1.0 - score / PENALTY_THRESHOLD)
-
-
-def _loop_geometry(s: Sequence[float], o: Sequence[float]) -> tuple[float, float, float, float, float]:
-    sx, sy, sw, sh = s
-    ox, oy, ow, oh = o
-    ix = max(0.0, min(sx + sw, ox + ow) - max(sx, ox))
-    iy = max(0.0, min(sy + sh, oy + oh) - max(sy, oy))
-    inter = ix * iy
-    iou = inter / (sw * sh + ow * oh - inter)
-    vx, vy = (ox + ow / 2) - (sx + sw / 2), (oy + oh / 2) - (sy + sh / 2)
-    distance = math.hypot(vx, vy) / ((math.hypot(sw, sh) + math.hypot(ow, oh)) / 2)
-    return (sw * sh) / (ow * oh), iou, distance, vx, vy
-
-
-def loop_reference_score(
-    subject: Sequence[float], obj: Sequence[float], ref_subject: Sequence[float], ref_object: Sequence[float],
-    sign: int = 0,
-) -> float:
-    """One reference's score in ``[-1, 1]`` by the module's formula, without numpy."""
-    ratio, iou_p, dist_p, vx, vy = _loop_geometry(subject, obj)
-    ratio_r, iou_r, dist_r, rx, ry = _loop_geometry(ref_subject, ref_object)
-    size = _loop_penalty(_loop_similarity(ratio, ratio_r))
-    iou = _loop_penalty(_loop_similarity(iou_p, iou_r))
-    rel = _loop_penalty(_loop_similarity(dist_p, dist_r))
-    w = 0.2 if iou > 0.95 else 0.8 if rel > 0.95 else 0.5
-    distance = w * iou + (1 - w) * rel
-    plan_length, ref_length = math.hypot(vx, vy), math.hypot(rx, ry)
-    if plan_length <= ZERO or ref_length <= ZERO:
-        direction = 1.0 if plan_length <= ZERO and ref_length <= ZERO else 0.0
-    else:
-        if sign:
-            rx = sign * abs(rx)  # mirrored onto the predicate's side
-            cos = (vx * rx + vy * ry) / (plan_length * ref_length)
-        else:
-            cos = max(vx * rx + vy * ry, -vx * rx + vy * ry) / (plan_length * ref_length)
-        direction = _loop_penalty((1 + cos) / 2)
-    ws, wd, wr = WEIGHTS
-    return (ws * size + wd * distance + wr * direction) / (ws + wd + wr)
-
-
-def loop_pair_score(
-    subject: Sequence[float],
-    obj: Sequence[float],
-    references: Sequence[tuple[Sequence[float], Sequence[float]]],
-    sign: int = 0,
-    same_category: bool = False,
-    percentile: float = PERCENTILE,
-) -> float:
-    """Pair score 0-100 against ``references`` (subject box, object box), one at a time."""
-    scores = []
-    for ref_subject, ref_object in references:
-        score = loop_reference_score(subject, obj, ref_subject, ref_object, sign)
-        if same_category:
-            score = max(score, loop_reference_score(subject, obj, ref_object, ref_subject, sign))
-        scores.append(score)
-    scores.sort(reverse=True)
-    return _clip100(scores[int(len(scores) * (100.0 - percentile) / 100.0)])
