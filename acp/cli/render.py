@@ -9,7 +9,7 @@ import typer
 
 from acp import defaults
 from acp.cli import app
-from acp.cli._common import DeviceOption, fail, handle_errors, notice
+from acp.cli._common import DeviceOption, DtypeOption, fail, handle_errors, notice
 
 if TYPE_CHECKING:
     from acp.schema import ScenePlan
@@ -93,16 +93,18 @@ def render(
         int, typer.Option(min=0, help="Run seed; a candidate's seed derives from it, its plan id and index.")
     ] = 0,
     device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
     force: Annotated[
         bool,
         typer.Option(help="Discard the renders in --output and start over (needed when they were "
                      "made with other settings)."),
     ] = False,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    progress: Annotated[bool, typer.Option(help="Show the model's loading line and a progress bar.")] = True,
 ) -> None:
     """Render candidate images of each plan with GLIGEN (resumable: a rerun skips finished ones)."""
     from acp.cli.plan import parse_size
-    from acp.device import resolve_device
+    from acp.device import resolve_device, resolve_dtype
+    from acp.pretrained import check_models
     from acp.render.folder import render_to_folder
     from acp.render.gligen import RenderSettings
 
@@ -112,9 +114,12 @@ def render(
         negative_prompt=negative_prompt, seed=seed, safety_checker=safety_checker,
     )
     chosen, problems = _load_plans(plans, limit)
+    device = resolve_device(device)
+    resolve_dtype(dtype, device)  # a bad --dtype fails before the model is looked for
+    check_models([("--model", model)])
     summary = render_to_folder(
-        chosen, output, settings, candidates=candidates, device=resolve_device(device), force=force,
-        progress=progress, batch_plans=batch_plans, compile=compile,
+        chosen, output, settings, candidates=candidates, device=device, force=force,
+        progress=progress, batch_plans=batch_plans, compile=compile, dtype=dtype,
     )
     skipped = f"; {len(problems)} plans lines skipped" if problems else ""
     print(f"{output}: {summary.line()}{skipped}")

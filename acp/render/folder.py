@@ -280,10 +280,12 @@ def render_to_folder(
     renderer: GligenRenderer | None = None,
     batch_plans: int = 1,
     compile: bool = False,
+    dtype: str | None = None,
 ) -> RenderSummary:
     """Render ``candidates`` per plan into ``output``, skipping finished ones, ``batch_plans``
-    plans per denoising loop. The folder is checked before the model is loaded, and the model
-    is not loaded when nothing is left."""
+    plans per denoising loop, the model in ``dtype`` (``acp.device.resolve_dtype``). The folder
+    is checked before the model is loaded, and the model is not loaded when nothing is left;
+    ``progress`` shows its status line, then a bar."""
     from tqdm.auto import tqdm
 
     if not 1 <= candidates <= defaults.MAX_CANDIDATES:
@@ -302,7 +304,8 @@ def render_to_folder(
             from acp.render.gligen import GligenRenderer
 
             started = time.perf_counter()
-            renderer = GligenRenderer(settings, device=device, compile=compile)
+            renderer = GligenRenderer(settings, device=device, compile=compile, dtype=dtype,
+                                      progress=progress)
             summary.load_seconds = time.perf_counter() - started
         folder.start()
         started = time.perf_counter()
