@@ -271,27 +271,24 @@ def loading(option: str, name: str, *, progress: bool = False) -> Iterator[None]
 @contextmanager
 def _quiet(*, downloads: bool) -> Iterator[None]:
     """transformers' and diffusers' logs (their per-component loading bars, the deprecation of
-    the GLIGEN pipeline, each weight file a load falls back from) silenced, and with
-    ``downloads`` false the hub's download bars too; diffusers only when it is already
-    imported (a CLIP load does not import it). The exception that ends a failed load is all
-    the user needs from them."""
-    libraries: list[Any] = []
+    the GLIGEN pipeline, each weight file a load falls back from) silenced, and the hub's
+    download bars too unless ``downloads``; diffusers only when it is already imported (a CLIP
+    load does not import it). The exception that ends a failed load is all the user needs."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
     from transformers.utils import logging as transformers_logging
 
-    libraries.append(transformers_logging)
+    libraries: list[Any] = [transformers_logging]
     if "diffusers" in sys.modules:
         from diffusers.utils import logging as diffusers_logging
 
         libraries.append(diffusers_logging)
+    hub_bars = not are_progress_bars_disabled()
     saved = [(lib.get_verbosity(), lib.is_progress_bar_enabled()) for lib in libraries]
     for lib in libraries:
         lib.set_verbosity(logging.CRITICAL)
-        lib.disable_progress_bar()
-    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
-
-    hub_bars = not are_progress_bars_disabled()
-    if hub_bars and not downloads:
-        disable_progress_bars()
+        lib.disable_progress_bar()  # transformers' switches the hub's bars off with its own
+    if hub_bars and downloads:
+        enable_progress_bars()
     try:
         yield
     finally:
@@ -299,5 +296,4 @@ def _quiet(*, downloads: bool) -> Iterator[None]:
             lib.set_verbosity(verbosity)
             if bars:
                 lib.enable_progress_bar()
-        if hub_bars and not downloads:
-            enable_progress_bars()
+        (enable_progress_bars if hub_bars else disable_progress_bars)()
