@@ -33,7 +33,7 @@ from typing import Any, NamedTuple, TypeVar
 from urllib.parse import urlsplit
 from urllib.request import getproxies, proxy_bypass
 
-from acp.errors import InputError
+from acp.errors import InputError, quoted
 
 T = TypeVar("T")
 
@@ -57,6 +57,16 @@ MODELS = {
     # A sentence-transformers folder has modules.json; a plain transformers one, config.json.
     "--embed-model": ModelKind("sentence-transformers", ("config.json", "modules.json")),
 }
+
+
+def _folder(name: str) -> Path | None:
+    """``name`` as an existing folder (``~`` expanded); ``None`` when it is none, a name too long
+    for the file system included."""
+    try:
+        path = Path(name).expanduser()
+        return path if path.is_dir() else None
+    except (OSError, RuntimeError):  # ENAMETOOLONG; RuntimeError: ~user that does not exist
+        return None
 
 
 def looks_like_path(name: str) -> bool:
@@ -108,10 +118,12 @@ def load_pretrained(load: Callable[..., T], name: str, *, option: str) -> T:
     folder, and a hub id that is neither cached nor reachable, are ``InputError``s; errors of
     ``load`` itself are the caller's to word.
     """
-    if Path(name).expanduser().is_dir():
-        return _from_disk(load, str(Path(name).expanduser()))
+    folder = _folder(name)
+    if folder is not None:
+        return _from_disk(load, str(folder))
     if looks_like_path(name):
-        raise InputError(f"{option} {name}: no such folder; expected a hub id (owner/name) or a model folder")
+        raise InputError(f"{option} {shown(name)}: no such folder; "
+                         "expected a hub id (owner/name) or a model folder")
     try:
         return _from_disk(load, name)
     except OSError:
@@ -126,10 +138,16 @@ def load_pretrained(load: Callable[..., T], name: str, *, option: str) -> T:
     from huggingface_hub import constants
 
     raise InputError(
-        f"{option} {name}: not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and {why}; "
-        f"download it on a machine with network (hf download {name}) and copy the cache over, "
+        f"{option} {shown(name)}: not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and {why}; "
+        f"download it on a machine with network (hf download {shown(name)}) and copy the cache over, "
         "or pass a local folder"
     )
+
+
+def shown(name: str) -> str:
+    """A model name as messages and status lines print it: as given, unless it holds a control
+    character (a line break would split a one-line error) or runs past 200 characters."""
+    return name if name.isprintable() and len(name) <= 200 else quoted(name, 200)
 
 
 def _from_disk(load: Callable[..., T], source: str) -> T:
@@ -188,9 +206,9 @@ def check_models(models: Iterable[tuple[str, str]]) -> None:
     uncached: list[tuple[str, str]] = []
     for option, name in dict.fromkeys(models):
         kind = MODELS[option]
-        folder = Path(name).expanduser()
+        folder = _folder(name)
         reason = None
-        if folder.is_dir():
+        if folder is not None:
             if not any((folder / config).is_file() for config in kind.configs):
                 reason = (f"a folder without {' or '.join(kind.configs)}; "
                           f"expected a {kind.what} model saved with save_pretrained")
@@ -215,12 +233,12 @@ def check_models(models: Iterable[tuple[str, str]]) -> None:
                 fetch.append(name)
             else:
                 reasons[option, name] = _missing_from_hub(name, MODELS[option].configs[0])
-    missing = [f"{option} {name}: {reason}" for (option, name), reason in reasons.items() if reason]
+    missing = [f"{option} {shown(name)}: {reason}" for (option, name), reason in reasons.items() if reason]
     if not missing:
         return
     message = missing[0] if len(missing) == 1 else f"{len(missing)} models are missing: " + "; ".join(missing)
     if fetch:
-        commands = " && ".join(f"hf download {name}" for name in fetch)
+        commands = " && ".join(f"hf download {shown(name)}" for name in fetch)
         message += (f"; download {'it' if len(fetch) == 1 else 'them'} on a machine with network "
                     f"({commands}) and copy the cache ({constants.HF_HUB_CACHE}) over, "
                     "or pass a local folder")
@@ -229,7 +247,7 @@ def check_models(models: Iterable[tuple[str, str]]) -> None:
 
 def model_source(option: str, name: str) -> str:
     """Where ``name`` will be loaded from: a local folder, the Hugging Face cache or the hub."""
-    if Path(name).expanduser().is_dir():
+    if _folder(name) is not None:
         return "a local folder"
     try:
         return "the Hugging Face cache" if _in_cache(name, MODELS[option].configs[0]) else "the hub"
@@ -248,7 +266,7 @@ def loading(option: str, name: str, *, progress: bool = False) -> Iterator[None]
     source = model_source(option, name) if progress else ""
     inline = source != "the hub"  # and without progress, no line and no bar at all
     if progress:
-        print(f"acp: loading {what} ({option} {name}) from {source} ...", end=" " if inline else "\n",
+        print(f"acp: loading {what} ({option} {shown(name)}) from {source} ...", end=" " if inline else "\n",
               file=sys.stderr, flush=True)
     started = time.perf_counter()
     outcome = "failed"
@@ -261,7 +279,7 @@ def loading(option: str, name: str, *, progress: bool = False) -> Iterator[None]
                 outcome = f"{time.perf_counter() - started:.1f} s"
             finally:
                 if progress:
-                    print(outcome if inline else f"acp: {what} ({option} {name}): {outcome}",
+                    print(outcome if inline else f"acp: {what} ({option} {shown(name)}): {outcome}",
                           file=sys.stderr, flush=True)
     finally:
         for warning in caught:

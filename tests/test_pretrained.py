@@ -555,3 +555,26 @@ def test_a_cached_load_never_connects(tiny_models: dict[str, Path], tmp_path: Pa
     )
     assert result.returncode == 0, result.stderr
     assert connections == []
+
+
+@pytest.mark.parametrize("name", ["org/model\nacp: error: forged", "x" * 10_000 + "/y/z", "org/\x1b[31mred"])
+def test_a_hostile_name_stays_one_short_line(name: str, no_network: None, hub_cache: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(InputError) as error:
+        check_models([("--clip-model", name), ("--sam-model", name + "2")])
+    message = str(error.value)
+    assert message.isprintable() and len(message) < 1500
+
+
+def test_render_with_a_model_name_too_long_for_a_path_is_one_short_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from acp.cli import app
+
+    name = "x" * 10_000 + "/y/z"
+    result = CliRunner().invoke(app, ["render", str(plans_file(tmp_path)), "-o", str(tmp_path / "out"),
+                                      "--model", name, "--device", "cpu"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("acp: error: --model 'xxx") and "no such folder" in result.stderr
+    assert result.stderr.count("\n") == 1 and len(result.stderr) < 500

@@ -92,7 +92,11 @@ class RenderSettings:
                     f"size must be a multiple of 8 (the VAE's factor), got {width}x{height}"
                 )
             object.__setattr__(self, "size", (int(width), int(height)))
-        if Path(self.model).is_dir():
+        try:
+            folder = Path(self.model).is_dir()
+        except OSError:  # a name too long to be a path: a hub id, or nothing (acp.pretrained says)
+            folder = False
+        if folder:
             object.__setattr__(self, "model", str(Path(self.model).resolve()))
 
     def record(self) -> dict[str, Any]:
