@@ -54,6 +54,17 @@ def _keys(path: Path) -> list[str]:
     return [i["file_name"] for i in json.loads(path.read_text())["images"]]
 
 
+SPACED_CHECKPOINT_S = coco.SPACED_CHECKPOINT_S
+
+
+@pytest.fixture(autouse=True)
+def checkpoints_by_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checkpoints due by count are written at once: on a busy disk one can take longer than
+    SPACED_CHECKPOINT_S, and the writer would then space the next ones (tested on a fake clock
+    in test_slow_checkpoints_are_spaced_to_a_share_of_the_writers_time)."""
+    monkeypatch.setattr(coco, "SPACED_CHECKPOINT_S", float("inf"))
+
+
 @pytest.fixture(scope="module")
 def jpeg(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("source") / "tiny.jpg"
@@ -391,6 +402,7 @@ def test_slow_checkpoints_are_spaced_to_a_share_of_the_writers_time(
     a tenth of the writer's time, and close() still writes everything."""
     now, cost = [0.0], 5.0
     starts: list[float] = []
+    monkeypatch.setattr(coco, "SPACED_CHECKPOINT_S", SPACED_CHECKPOINT_S)
     monkeypatch.setattr(coco, "monotonic", lambda: now[0])
     atomic_path = coco.atomic_path
 

@@ -410,7 +410,17 @@ def test_keys_are_idempotent_and_file_names_stay_distinct(tmp_path: Path) -> Non
     )
 
 
-def test_checkpoints_keep_annotations_json_current(tmp_path: Path) -> None:
+@pytest.fixture
+def checkpoints_by_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checkpoints due by count are written at once: on a busy disk one can take longer than
+    SPACED_CHECKPOINT_S, and the writer would then space the next ones (tests/test_coco_writer.py
+    checks the spacing on a fake clock)."""
+    import acp.export.coco
+
+    monkeypatch.setattr(acp.export.coco, "SPACED_CHECKPOINT_S", float("inf"))
+
+
+def test_checkpoints_keep_annotations_json_current(tmp_path: Path, checkpoints_by_count: None) -> None:
     writer = CocoWriter(tmp_path, CategorySet.from_concepts(CONCEPTS), checkpoint_every=2).open()
     try:
         assert json.loads((tmp_path / "annotations.json").read_text())["images"] == []
@@ -449,7 +459,10 @@ WRITER_SCRIPT = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     from pathlib import Path
     from test_export import CONCEPTS, _image, _instances
+    import acp.export.coco
     from acp.export import CategorySet, CocoWriter
+
+    acp.export.coco.SPACED_CHECKPOINT_S = float("inf")  # checkpoints by count, however busy the disk
 
     out, count, delay = Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
     with CocoWriter(out, CategorySet.from_concepts(CONCEPTS), checkpoint_every=7) as writer:
