@@ -482,16 +482,20 @@ def test_a_failed_load_ends_its_line_before_the_error(
 def test_a_download_keeps_its_bars_between_two_lines(
     hub_cache: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    from huggingface_hub.utils import are_progress_bars_disabled
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
-    assert not are_progress_bars_disabled()
-    with pretrained.loading("--model", "org/not-cached", progress=True):
+    was_disabled = are_progress_bars_disabled()  # global state: an earlier test may have changed it
+    enable_progress_bars()
+    try:
+        with pretrained.loading("--model", "org/not-cached", progress=True):
+            assert not are_progress_bars_disabled()
+            print("a download bar", file=sys.stderr)
+        for quiet in (pretrained.loading("--model", "org/not-cached"), pretrained.loading("--model", "/")):
+            with quiet:
+                assert are_progress_bars_disabled()
         assert not are_progress_bars_disabled()
-        print("a download bar", file=sys.stderr)
-    for quiet in (pretrained.loading("--model", "org/not-cached"), pretrained.loading("--model", "/")):
-        with quiet:
-            assert are_progress_bars_disabled()
-    assert not are_progress_bars_disabled()
+    finally:
+        (disable_progress_bars if was_disabled else enable_progress_bars)()
     lines = capfd.readouterr().err.splitlines()
     assert lines[0] == "acp: loading GLIGEN (--model org/not-cached) from the hub ..."
     assert lines[1] == "a download bar"
