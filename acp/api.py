@@ -126,7 +126,7 @@ def generate_config(
     )
 
 
-def generate(concepts: Concepts, output: str | Path, *, device: str = "auto",
+def generate(concepts: Concepts, output: str | Path, *, device: str = "auto", dtype: str = "auto",
              batch_plans: int = defaults.BATCH_PLANS, compile: bool = False, engine: Engine | None = None,
              force: bool = False, progress: bool = True, report: bool = True,
              **options: object) -> GenerateSummary:
@@ -141,7 +141,8 @@ def generate(concepts: Concepts, output: str | Path, *, device: str = "auto",
     from acp.runfolder import REPORT
 
     config = generate_config(concepts, **options)  # type: ignore[arg-type]
-    engine = engine if engine is not None else LocalEngine(device, batch_plans=batch_plans, compile=compile)
+    engine = engine if engine is not None else LocalEngine(device, batch_plans=batch_plans, compile=compile,
+                                                           dtype=dtype, progress=progress)
     summary = run(config, Path(output), engine, force=force, progress=progress)
     if report and (summary.this_run or not (Path(output) / REPORT).exists()):
         write_report(Path(output))

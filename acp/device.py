@@ -1,12 +1,16 @@
-"""The one place that turns ``--device`` into a torch device, for every command that loads a
-model: ``auto`` (or nothing), ``cpu``, ``cuda``, ``cuda:N``, ``mps``. A device this machine lacks
-is a one-line ``InputError`` naming ``--device`` before any model is loaded."""
+"""The one place that turns ``--device`` into a torch device, and ``--dtype`` into the dtype each
+model runs in, for every command that loads a model: ``auto`` (or nothing), ``cpu``, ``cuda``,
+``cuda:N``, ``mps``. A device this machine lacks, or a dtype acp does not run in, is a one-line
+``InputError`` naming the option before any model is loaded."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from acp.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 DEVICE_KINDS = ("cpu", "cuda", "mps", "xpu")
 EXPECTED_DEVICES = "expected auto, cpu, cuda, cuda:N (a GPU index, e.g. cuda:0) or mps"
@@ -45,3 +49,30 @@ def resolve_device(device: str | None) -> str:
                 f"expected {kind}:0 to {kind}:{count - 1}"
             )
     return device
+
+
+DTYPES = ("float32", "float16", "bfloat16")
+EXPECTED_DTYPES = "expected auto, float32, float16 or bfloat16"
+
+
+def check_dtype(dtype: str) -> None:
+    """``--dtype`` checked without torch (a run with nothing left to do imports none)."""
+    if dtype != "auto" and dtype not in DTYPES:
+        raise InputError(f"--dtype {dtype}: not a dtype acp runs models in; {EXPECTED_DTYPES}")
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: str, *, half_on_cuda: bool = True) -> torch.dtype:
+    """The torch dtype a model runs in on ``device``. ``None`` or ``"auto"``: float16 on CUDA
+    for a model with ``half_on_cuda`` (GLIGEN and CLIP: half precision is the well-trodden path
+    of Stable Diffusion 1.x and CLIP there), float32 everywhere else (SAM, whose share of a run
+    is small; every model on the CPU and on MPS). Otherwise one of ``DTYPES`` (or a torch
+    dtype among them); anything else is a one-line ``InputError`` naming ``--dtype``."""
+    import torch
+
+    if dtype is None or dtype == "auto":
+        return torch.float16 if half_on_cuda and device.startswith("cuda") else torch.float32
+    name = str(dtype).removeprefix("torch.")
+    if name not in DTYPES:
+        raise InputError(f"--dtype {name}: not a dtype acp runs models in; {EXPECTED_DTYPES}")
+    resolved: torch.dtype = getattr(torch, name)
+    return resolved

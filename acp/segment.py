@@ -28,11 +28,13 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from acp import defaults
+from acp.device import resolve_device, resolve_dtype
 from acp.errors import InputError, MissingDependencyError, one_line
-from acp.pretrained import load_pretrained
+from acp.pretrained import load_pretrained, loading
 from acp.settings_record import recorded
 
 if TYPE_CHECKING:
+    import torch
     from PIL import Image
 
 # Share of its box under which a mask is implausible (a thin pole fills ~0.1 of its box; a mask
@@ -126,29 +128,35 @@ class MaskSettings:
 class MaskSegmenter:
     """SAM loaded once; ``segment(image, boxes)`` per image."""
 
-    def __init__(self, model: str | Path = defaults.SAM_MODEL, device: str | None = None):
+    def __init__(self, model: str | Path = defaults.SAM_MODEL, device: str | None = None, *,
+                 dtype: str | torch.dtype | None = None, progress: bool = False):
+        """SAM on ``device`` (``acp.device.resolve_device``) in ``dtype``: float32 by default on
+        every device (``resolve_dtype(..., half_on_cuda=False)``: masks are a small share of a
+        run, and SAM's mask logits are thresholded at 0). ``progress``: the status line of
+        ``acp.pretrained.loading``."""
         try:
-            import torch
+            import torch  # noqa: F401
             from transformers import SamModel, SamProcessor
         except ImportError as error:  # pragma: no cover - both are install requirements
             raise MissingDependencyError(
                 f"SAM masks need torch and transformers ({error}); pip install torch transformers"
             ) from None
         self.model_id = str(model)
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            self.processor, loaded = load_pretrained(
-                lambda source, **kwargs: (
-                    SamProcessor.from_pretrained(source, **kwargs), SamModel.from_pretrained(source, **kwargs)
-                ),
-                self.model_id, option="--sam-model",
-            )
-            self.model = loaded.to(self.device).eval()  # type: ignore[arg-type]
-        except (OSError, ValueError) as error:
-            raise InputError(
-                f"--sam-model {self.model_id}: cannot load a SAM checkpoint (expected a hub id such as "
-                f"{defaults.SAM_MODEL} or a folder saved with save_pretrained): {one_line(str(error))}"
-            ) from None
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device, half_on_cuda=False)
+        with loading("--sam-model", self.model_id, progress=progress):
+            try:
+                self.processor, loaded = load_pretrained(
+                    lambda source, **kwargs: (SamProcessor.from_pretrained(source, **kwargs),
+                                              SamModel.from_pretrained(source, **kwargs)),
+                    self.model_id, option="--sam-model",
+                )
+            except (OSError, ValueError) as error:
+                raise InputError(
+                    f"--sam-model {self.model_id}: cannot load a SAM checkpoint (expected a hub id such as "
+                    f"{defaults.SAM_MODEL} or a folder saved with save_pretrained): {one_line(str(error))}"
+                ) from None
+            self.model = loaded.to(device=self.device, dtype=self.dtype).eval()
 
     def segment(self, image: Image.Image, boxes: ArrayLike) -> list[MaskResult]:
         """One mask per pixel ``[x0, y0, x1, y1]`` box (``acp.boxes.plan_to_sam``), in box order."""
@@ -159,7 +167,9 @@ class MaskSegmenter:
             return []
         image = image.convert("RGB")
         inputs = self.processor(images=image, input_boxes=[prompts.tolist()], return_tensors="pt")
+        # The processor gives float32 pixels: a half model needs them in its own dtype.
         inputs = {k: v.to(self.device) if hasattr(v, "to") else v for k, v in inputs.items()}
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         with torch.inference_mode():
             outputs = self.model(**inputs, multimask_output=True)
         # pred_masks: (1, N, 3, h, w) low-resolution logits; iou_scores: (1, N, 3).

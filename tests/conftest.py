@@ -5,6 +5,24 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# No per-example deadline (hypothesis' default is 200 ms): on a loaded machine an example is
+# slow without being wrong. Property tests check results, not time.
+settings.register_profile("acp", deadline=None)
+settings.load_profile("acp")
+
+
+@pytest.fixture(autouse=True)
+def empty_working_directory(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """Every test runs in a new empty folder: what the user's working directory holds (the
+    README example's ./models and ./out) cannot change a result, and a test that writes into
+    its working directory (a default output such as ./renders) fails instead of leaving debris."""
+    folder = tmp_path_factory.mktemp("cwd")
+    monkeypatch.chdir(folder)
+    yield folder
+    left = sorted(path.name for path in folder.iterdir())
+    assert not left, f"the test wrote into its working directory: {left}"
 
 
 @pytest.fixture(scope="session")

@@ -410,7 +410,17 @@ def test_keys_are_idempotent_and_file_names_stay_distinct(tmp_path: Path) -> Non
     )
 
 
-def test_checkpoints_keep_annotations_json_current(tmp_path: Path) -> None:
+@pytest.fixture
+def checkpoints_by_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checkpoints due by count are written at once: on a busy disk one can take longer than
+    SPACED_CHECKPOINT_S, and the writer would then space the next ones (tests/test_coco_writer.py
+    checks the spacing on a fake clock)."""
+    import acp.export.coco
+
+    monkeypatch.setattr(acp.export.coco, "SPACED_CHECKPOINT_S", float("inf"))
+
+
+def test_checkpoints_keep_annotations_json_current(tmp_path: Path, checkpoints_by_count: None) -> None:
     writer = CocoWriter(tmp_path, CategorySet.from_concepts(CONCEPTS), checkpoint_every=2).open()
     try:
         assert json.loads((tmp_path / "annotations.json").read_text())["images"] == []
@@ -449,7 +459,10 @@ WRITER_SCRIPT = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     from pathlib import Path
     from test_export import CONCEPTS, _image, _instances
+    import acp.export.coco
     from acp.export import CategorySet, CocoWriter
+
+    acp.export.coco.SPACED_CHECKPOINT_S = float("inf")  # checkpoints by count, however busy the disk
 
     out, count, delay = Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
     with CocoWriter(out, CategorySet.from_concepts(CONCEPTS), checkpoint_every=7) as writer:
@@ -484,7 +497,7 @@ def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path: Path) -> Non
     out = tmp_path / "killed"
     process = _run_writer(out, count, delay=0.01)
     records = out / "coco_records.jsonl"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 240  # a backstop for a loaded machine: the loop ends at 25 records
     while time.monotonic() < deadline:
         if records.exists() and records.read_bytes().count(b"\n") > 25:
             break
@@ -503,7 +516,7 @@ def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path: Path) -> Non
     (out / "annotations.json").unlink()
 
     resumed = _run_writer(out, count, delay=0.0)
-    assert resumed.wait(timeout=60) == 0
+    assert resumed.wait(timeout=240) == 0
 
     images, annotations = _dataset(out / "annotations.json")
     assert (images, annotations) == _dataset(reference / "annotations.json")  # same as uninterrupted

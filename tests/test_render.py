@@ -344,10 +344,18 @@ def test_other_settings_refused_unless_forced(
 
 
 def test_not_a_gligen_model_is_one_line_error(plans_file: Path, model: Path, tmp_path: Path) -> None:
-    result = render(plans_file, tmp_path / "out", model.parent / "clip")
+    result = render(plans_file, tmp_path / "out", model.parent / "clip")  # found before any load
     assert result.exit_code == 1
-    assert result.stderr.startswith("acp: error: cannot load a GLIGEN pipeline from")
+    assert result.stderr.startswith(f"acp: error: --model {model.parent / 'clip'}: a folder without "
+                                    "model_index.json; expected a GLIGEN model")
     assert result.stderr.count("\n") == 1
+    plain = Path(shutil.copytree(model, tmp_path / "plain"))  # a pipeline, without gated attention
+    config = json.loads((plain / "unet" / "config.json").read_text())
+    (plain / "unet" / "config.json").write_text(json.dumps({**config, "attention_type": "default"}))
+    result = render(plans_file, tmp_path / "out", plain)
+    assert result.exit_code == 1
+    assert result.stderr == (f"acp: error: '{plain}' is not a GLIGEN text-box model: its UNet has "
+                             "attention_type 'default', expected 'gated'\n")
 
 
 @pytest.mark.parametrize("command", ["render", "generate"])
@@ -400,8 +408,10 @@ def test_missing_weights_are_one_line(plans_file: Path, model: Path, tmp_path: P
          "--model", str(broken), "--device", "cpu"],
         capture_output=True, text=True, timeout=120,
     )
-    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
-    assert "cannot load a GLIGEN pipeline" in result.stderr and "vae" in result.stderr
+    # The model's status line, ended as failed, then the error in one line.
+    status, error = result.stderr.splitlines()
+    assert result.returncode == 1 and status.startswith("acp: loading GLIGEN") and status.endswith(" failed")
+    assert error.startswith("acp: error: cannot load a GLIGEN pipeline") and "vae" in error
 
 
 def test_missing_plans_file(model: Path, tmp_path: Path) -> None:

@@ -108,7 +108,7 @@ def test_two_plan_runs_into_one_file_are_refused(chat_server: ChatServer, tmp_pa
     finally:
         release.set()
     assert "another acp process is writing it" in one_line_error(second)
-    assert first.wait(timeout=60) == 0, first.stderr
+    assert first.wait(timeout=300) == 0, first.stderr
     ids = [r["id"] for _, r, _ in read_records(plans) if r]
     assert sorted(ids) == [f"{i:06d}" for i in range(8)]
 

@@ -149,6 +149,11 @@ def test_sam_masks_from_box_round_trip(saved: dict[str, Path]) -> None:
 
 
 def test_module_entry_point_prints_folders(tmp_path: Path, monkeypatch, capsys) -> None:
+    # main() quiets the libraries through the environment: for this test only, not for the
+    # tests (and their processes) that run after it in this interpreter.
+    for name in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS"):
+        monkeypatch.setenv(name, "")  # undone last: what was there before, or nothing
+        monkeypatch.delenv(name)
     monkeypatch.setattr(sys, "argv", ["acp.testing", str(tmp_path)])
     monkeypatch.delitem(sys.modules, "acp.testing")  # run it fresh, as ``python -m`` does
     runpy.run_module("acp.testing", run_name="__main__")

@@ -23,11 +23,16 @@ ApiKeyOption = Annotated[
                  help="Key of the LLM endpoint; set OPENAI_API_KEY instead of passing it here."),
 ]
 
-# Every command that loads a model takes the same --device (acp.device.resolve_device).
+# Every command that loads a model takes the same --device and --dtype (acp.device).
 DeviceOption = Annotated[
     str,
-    typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps; auto: cuda, else mps, else cpu. "
-                 "float16 on cuda, float32 elsewhere."),
+    typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps; auto: cuda, else mps, else cpu."),
+]
+DtypeOption = Annotated[
+    str,
+    typer.Option("--dtype", help="Precision of every model: auto, float32, float16 or bfloat16. auto: "
+                 "float16 on cuda (SAM float32), float32 elsewhere. float32 on a GPU whose float16 "
+                 "renders black or NaN images; float16 or bfloat16 to halve the memory."),
 ]
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from acp import defaults
-from acp.cli._common import ApiKeyOption, DeviceOption, handle_errors, write_report_after
+from acp.cli._common import ApiKeyOption, DeviceOption, DtypeOption, handle_errors, write_report_after
 from acp.cli.app import app
 from acp.cli.plan import (
     OBJECTS_DEFAULT,
@@ -96,6 +96,7 @@ def generate(
     batch_plans: BatchPlansOption = defaults.BATCH_PLANS,
     compile: CompileOption = False,
     device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
     executor: Annotated[
         str, typer.Option(help='local (this process) or ray (Ray workers; pip install "acp[ray]").')
     ] = "local",
@@ -200,7 +201,7 @@ def generate(
         from acp.generate.ray import RayEngine, RayOptions
 
         engine = RayEngine(RayOptions(address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker),
-                           device, batch_plans=batch_plans, compile=compile)
+                           device, batch_plans=batch_plans, compile=compile, dtype=dtype)
     elif executor != "local":
         raise InputError(f"--executor: expected local or ray, got {executor!r}")
     elif workers is not None or gpus_per_worker is not None or ray_address != "auto":
@@ -208,7 +209,7 @@ def generate(
     else:
         from acp.generate import LocalEngine
 
-        engine = LocalEngine(device, batch_plans=batch_plans, compile=compile)
+        engine = LocalEngine(device, batch_plans=batch_plans, compile=compile, dtype=dtype, progress=progress)
     summary = generate(config, output, engine, force=force, progress=progress)
     print(f"{output}: {summary.line()}")
     print(f"{output / 'annotations.json'}: {summary.annotations} annotations; "

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from acp import defaults
-from acp.cli._common import DeviceOption, fail, handle_errors, notice
+from acp.cli._common import DeviceOption, DtypeOption, fail, handle_errors, notice
 from acp.cli.app import app
 
 if TYPE_CHECKING:
@@ -93,19 +93,21 @@ def render(
         int, typer.Option(min=0, help="Run seed; a candidate's seed derives from it, its plan id and index.")
     ] = 0,
     device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
     force: Annotated[
         bool,
         typer.Option(help="Discard the renders in --output and start over (needed when they were "
                      "made with other settings)."),
     ] = False,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    progress: Annotated[bool, typer.Option(help="Show the model's loading line and a progress bar.")] = True,
 ) -> None:
     """Render candidate images of each plan with GLIGEN (resumable: a rerun skips finished ones)."""
     import functools
 
-    from acp.device import resolve_device
+    from acp.device import resolve_device, resolve_dtype
     from acp.generate import components
     from acp.generate.config import parse_size
+    from acp.pretrained import check_models
     from acp.render.folder import render_to_folder
     from acp.render.gligen import RenderSettings
 
@@ -115,7 +117,11 @@ def render(
         negative_prompt=negative_prompt, seed=seed, safety_checker=safety_checker,
     )
     chosen, problems = _load_plans(plans, limit)
-    load = functools.partial(components.renderer, settings, resolve_device(device), compile=compile)
+    device = resolve_device(device)
+    resolve_dtype(dtype, device)  # a bad --dtype fails before the model is looked for
+    check_models([("--model", model)])
+    load = functools.partial(components.renderer, settings, device, compile=compile, dtype=dtype,
+                             progress=progress)
     summary = render_to_folder(chosen, output, settings, candidates=candidates, force=force,
                                progress=progress, batch_plans=batch_plans, load_renderer=load)
     skipped = f"; {len(problems)} plans lines skipped" if problems else ""

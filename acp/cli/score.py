@@ -18,6 +18,7 @@ from acp import defaults
 from acp.cli._common import (
     ApiKeyOption,
     DeviceOption,
+    DtypeOption,
     fail,
     handle_errors,
     notice,
@@ -71,7 +72,7 @@ JudgeMarginOption = Annotated[
     float, typer.Option(min=0.0, max=100.0, help="CLIP is unsure within this distance of --min-clis-i.")
 ]
 JudgeMaxCallsOption = Annotated[int, typer.Option(min=0, help="Judge requests per run at most.")]
-ProgressOption = Annotated[bool, typer.Option(help="Show a progress bar.")]
+ProgressOption = Annotated[bool, typer.Option(help="Show each model's loading line and a progress bar.")]
 
 
 @bank_app.command("build")
@@ -115,21 +116,34 @@ def check_clis_l_method(method: str) -> None:
         raise fail(f"--clis-l-method: expected one of {', '.join(SCORING_METHODS)}, got {method!r}", code=2)
 
 
+def check_layout_options(bank: Path | None, embed_model: str | None, method: str) -> None:
+    check_clis_l_method(method)
+    if bank is None and embed_model:
+        raise fail("--embed-model needs --bank (it matches names against the bank's categories)", code=2)
+
+
 def make_layout_scorer(
-    bank: Path | None, embed_model: str | None, method: str = defaults.CLIS_L_METHOD
+    bank: Path | None, embed_model: str | None, method: str = defaults.CLIS_L_METHOD, *,
+    progress: bool = False,
 ) -> LayoutScorer:
     from acp.generate import components
     from acp.score.candidates import ScoreSettings
 
-    check_clis_l_method(method)
+    check_layout_options(bank, embed_model, method)
     if bank is None:
         notice(
             "no --bank given: no CLIS-L (clis_l is null); a reference-free sanity score "
             "(in frame, sizes, overlaps) is written as clis_l_sanity"
         )
-        if embed_model:
-            raise fail("--embed-model needs --bank (it matches names against the bank's categories)", code=2)
-    return components.layout_scorer(ScoreSettings(bank=bank, embed_model=embed_model, clis_l_method=method))
+    settings = ScoreSettings(bank=bank, embed_model=embed_model, clis_l_method=method)
+    return components.layout_scorer(settings, progress=progress)
+
+
+def check_scoring_models(clip_model: str, embed_model: str | None) -> None:
+    """Every model a scoring command loads, looked for before any is loaded."""
+    from acp.pretrained import check_models
+
+    check_models([("--clip-model", clip_model), *([("--embed-model", embed_model)] if embed_model else [])])
 
 
 @score_app.command("layouts")
@@ -159,6 +173,11 @@ def score_layouts(
 
     if not plans.is_file():
         raise InputError(f"{plans}: no such file; expected a plans file (JSON Lines)")
+    check_layout_options(bank, embed_model, clis_l_method)
+    if embed_model:
+        from acp.pretrained import check_models
+
+        check_models([("--embed-model", embed_model)])
     scorer = make_layout_scorer(bank, embed_model, clis_l_method)
     scored = bad = 0
     with atomic_text_file(output) as out:  # streamed in batches: memory does not grow with the plans
@@ -208,6 +227,7 @@ def score_candidates(
     clis_l_method: ClisLMethodOption = defaults.CLIS_L_METHOD,
     clip_model: ClipOption = defaults.CLIP_MODEL,
     device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
     min_clis_l: MinClisLOption = defaults.MIN_CLIS_L,
     min_clis_i: MinClisIOption = defaults.MIN_CLIS_I,
     batch_size: Annotated[
@@ -226,14 +246,17 @@ def score_candidates(
     Plans below --min-clis-l and instances below --min-clis-i are marked dropped, with the
     reason. A rerun skips plans already scored. The judge's key is read from OPENAI_API_KEY.
     """
-    from acp.device import resolve_device
+    from acp.device import resolve_device, resolve_dtype
     from acp.generate import components
     from acp.score.candidates import Thresholds, score_renders
 
     device = resolve_device(device)  # a bad --device fails before any bank or model is loaded
+    resolve_dtype(dtype, device)
     judge = components.judge(
         judge_settings(judge_model, judge_base_url, judge_margin, judge_max_calls, api_key))
-    layout_scorer = make_layout_scorer(bank, embed_model, clis_l_method)
+    check_layout_options(bank, embed_model, clis_l_method)
+    check_scoring_models(clip_model, embed_model)
+    layout_scorer = make_layout_scorer(bank, embed_model, clis_l_method, progress=progress)
     if bank is None:
         notice("without --bank, --min-clis-l does not apply and clis is CLIS-I alone")
     settings = {
@@ -251,7 +274,7 @@ def score_candidates(
         renders,
         plans,
         output,
-        image_scorer=components.image_scorer(clip_model, device),
+        image_scorer=components.image_scorer(clip_model, device, dtype=dtype, progress=progress),
         layout_scorer=layout_scorer,
         judge=judge,
         thresholds=Thresholds(min_clis_l=min_clis_l or None, min_clis_i=min_clis_i or None),
@@ -292,6 +315,7 @@ def score_dataset(
     clis_l_method: ClisLMethodOption = defaults.CLIS_L_METHOD,
     clip_model: ClipOption = defaults.CLIP_MODEL,
     device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
     batch_size: Annotated[int, typer.Option(min=1, max=MAX_BATCH, help="Images per CLIP forward pass.")] = 8,
     progress: ProgressOption = True,
 ) -> None:
@@ -302,25 +326,26 @@ def score_dataset(
     """
     from tqdm import tqdm
 
-    from acp.device import resolve_device
+    from acp.device import resolve_device, resolve_dtype
     from acp.generate import components
     from acp.score.dataset import check_paths
     from acp.score.dataset import score_dataset as run
 
     check_paths(annotations, images, output)  # before any model: these would fail late, or per image
     device = resolve_device(device)  # a bad --device fails before any bank or model is loaded
-    check_clis_l_method(clis_l_method)
-    layout_scorer = make_layout_scorer(bank, embed_model, clis_l_method) if bank or embed_model else None
+    resolve_dtype(dtype, device)
+    check_layout_options(bank, embed_model, clis_l_method)
+    check_scoring_models(clip_model, embed_model)
+    layout_scorer = (make_layout_scorer(bank, embed_model, clis_l_method, progress=progress)
+                     if bank or embed_model else None)
 
     def print_failure(item: str, reason: str) -> None:  # as found, above the progress bar
         tqdm.write(f"{annotations}: {item}: {reason}", file=sys.stdout)
 
     # The steps before the bar starts (loading CLIP, parsing a large COCO file) take seconds to
-    # minutes: a line each.
+    # minutes: a line each (the model's from acp.pretrained.loading).
+    image_scorer = components.image_scorer(clip_model, device, dtype=dtype, progress=progress)
     status = status_printer(progress)
-    if status is not None:
-        status(f"loading {clip_model}")
-    image_scorer = components.image_scorer(clip_model, device)
     if status is not None:
         status(f"reading {annotations} ({annotations.stat().st_size / 1e6:.1f} MB)")
     report = run(

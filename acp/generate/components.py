@@ -45,13 +45,14 @@ def planner(settings: PlanSettings, chat: ChatSettings | None = None, *,
     return HeuristicPlanner(settings, bank=layouts)
 
 
-def renderer(settings: RenderSettings, device: str, *, compile: bool = False) -> GligenRenderer:
+def renderer(settings: RenderSettings, device: str, *, compile: bool = False, dtype: str | None = None,
+             progress: bool = False) -> GligenRenderer:
     from acp.render.gligen import GligenRenderer
 
-    return GligenRenderer(settings, device=device, compile=compile)
+    return GligenRenderer(settings, device=device, compile=compile, dtype=dtype, progress=progress)
 
 
-def layout_scorer(settings: ScoreSettings) -> LayoutScorer:
+def layout_scorer(settings: ScoreSettings, *, progress: bool = False) -> LayoutScorer:
     """CLIS-L against ``settings.bank``; without one, the reference-free sanity score."""
     from acp.score.bank import Bank
     from acp.score.layout import SCORING_METHODS, LayoutScorer, sentence_transformer_embedder
@@ -63,15 +64,17 @@ def layout_scorer(settings: ScoreSettings) -> LayoutScorer:
         raise InputError("--embed-model needs --bank (it matches names against the bank's categories)")
     if settings.bank is not None and not Path(settings.bank).is_dir():
         raise InputError(f"--bank {settings.bank}: no such folder (build one with `acp bank build`)")
-    embedder = sentence_transformer_embedder(settings.embed_model) if settings.embed_model else None
+    embedder = (sentence_transformer_embedder(settings.embed_model, progress=progress)
+                if settings.embed_model else None)
     bank = Bank.load(Path(settings.bank)) if settings.bank is not None else None
     return LayoutScorer(bank, embedder=embedder, method=settings.clis_l_method)  # type: ignore[arg-type]
 
 
-def image_scorer(clip_model: str, device: str | None) -> ImageScorer:
+def image_scorer(clip_model: str, device: str | None, *, dtype: str | None = None,
+                 progress: bool = False) -> ImageScorer:
     from acp.score.image import ImageScorer
 
-    return ImageScorer.from_pretrained(clip_model, device=device)
+    return ImageScorer.from_pretrained(clip_model, device=device, dtype=dtype, progress=progress)
 
 
 def judge(settings: JudgeSettings | None) -> Judge | None:
@@ -80,20 +83,33 @@ def judge(settings: JudgeSettings | None) -> Judge | None:
     return Judge.from_settings(settings) if settings is not None else None
 
 
-def scorer(settings: ScoreSettings, device: str | None, *, judge: Judge | None = None) -> Scorer:
+def scorer(settings: ScoreSettings, device: str | None, *, judge: Judge | None = None,
+           dtype: str | None = None, progress: bool = False) -> Scorer:
     """CLIS-L and CLIS-I with ``settings``' thresholds, ``judge`` asked where CLIP is unsure."""
     from acp.score.candidates import Scorer
 
-    return Scorer(image_scorer(settings.clip_model, device), layout_scorer(settings), judge=judge,
-                  thresholds=settings.thresholds)
+    return Scorer(image_scorer(settings.clip_model, device, dtype=dtype, progress=progress),
+                  layout_scorer(settings, progress=progress), judge=judge, thresholds=settings.thresholds)
 
 
-def segmenter(settings: MaskSettings | None, device: str | None) -> MaskSegmenter | None:
+def segmenter(settings: MaskSettings | None, device: str | None, *, dtype: str | None = None,
+              progress: bool = False) -> MaskSegmenter | None:
     if settings is None:
         return None
     from acp.segment import MaskSegmenter
 
-    return MaskSegmenter(settings.sam_model, device=device)
+    return MaskSegmenter(settings.sam_model, device=device, dtype=dtype, progress=progress)
+
+
+def check_models(spec: StageSpec, *, renderer: bool = True) -> None:
+    """Every model the stages load, looked for before any is loaded: all that are missing in
+    one line with the command that fetches them (``acp.pretrained.check_models``)."""
+    from acp.pretrained import check_models as check
+
+    score = spec.score
+    check([*([("--model", spec.render.model)] if renderer else []), ("--clip-model", score.clip_model),
+           *([("--sam-model", spec.masks.sam_model)] if spec.masks is not None else []),
+           *([("--embed-model", score.embed_model)] if score.embed_model else [])])
 
 
 @dataclass(frozen=True)
@@ -120,11 +136,15 @@ class Components:
     segmenter: MaskSegmenter | None
 
     @classmethod
-    def load(cls, spec: StageSpec, device: str, *, compile: bool = False,
-             make_renderer: Callable[[], Renderer] | None = None) -> Components:
-        """Every model of the stages, on ``device`` (the scorers go where the renderer is).
-        ``make_renderer`` replaces GLIGEN (benchmarks and tests pass a stand-in)."""
-        built = make_renderer() if make_renderer is not None else renderer(spec.render, device,
-                                                                           compile=compile)
-        return cls(built, scorer(spec.score, built.device, judge=judge(spec.score.judge)),
-                   segmenter(spec.masks, built.device))
+    def load(cls, spec: StageSpec, device: str, *, compile: bool = False, dtype: str | None = None,
+             make_renderer: Callable[[], Renderer] | None = None, progress: bool = False) -> Components:
+        """Every model of the stages, on ``device`` (the scorers go where the renderer is), in
+        ``dtype`` (``acp.device.resolve_dtype``); missing ones are all named before any loads.
+        ``make_renderer`` replaces GLIGEN (benchmarks and tests pass a stand-in); ``progress``:
+        a status line per model."""
+        check_models(spec, renderer=make_renderer is None)
+        built = (make_renderer() if make_renderer is not None
+                 else renderer(spec.render, device, compile=compile, dtype=dtype, progress=progress))
+        return cls(built, scorer(spec.score, built.device, judge=judge(spec.score.judge), dtype=dtype,
+                                 progress=progress),
+                   segmenter(spec.masks, built.device, dtype=dtype, progress=progress))

@@ -31,14 +31,18 @@ class LocalEngine:
     ``batch_plans`` plans per denoising loop. ``finish_queue`` is how many rendered batches may
     wait for the finishing thread (0: finish in line; default ``FINISH_QUEUE``, and 0 on the CPU
     unless ``make_renderer`` gives a stand-in). ``make_renderer`` replaces GLIGEN (benchmarks and
-    tests); ``compile`` compiles the UNet (CUDA only)."""
+    tests); ``compile`` compiles the UNet (CUDA only); ``dtype`` is every model's precision
+    (``acp.device.resolve_dtype``); ``progress`` prints a status line per model loaded."""
 
     def __init__(self, device: str = "auto", *, batch_plans: int = defaults.BATCH_PLANS,
                  finish_queue: int | None = None, make_renderer: Callable[[], Renderer] | None = None,
-                 compile: bool = False):
+                 compile: bool = False, dtype: str = "auto", progress: bool = False):
+        from acp.device import check_dtype
         from acp.render.folder import check_batch_plans
 
         check_batch_plans(batch_plans)
+        check_dtype(dtype)
+        self.dtype, self.progress = dtype, progress
         # Resolved (torch imported) when the run loads its models: a run with nothing left to
         # do, or refused for its settings, is decided before that.
         self.device = device
@@ -52,7 +56,8 @@ class LocalEngine:
     def report(self) -> dict[str, Any] | None:
         import torch
 
-        return {"name": "local", "device": self.device, "torch_threads": torch.get_num_threads()}
+        return {"name": "local", "device": self.device, "dtype": self.dtype,
+                "torch_threads": torch.get_num_threads()}
 
     def load(self, spec: StageSpec) -> None:
         from acp.device import resolve_device
@@ -61,8 +66,8 @@ class LocalEngine:
         if self.finish_queue is None:
             self.finish_queue = 0 if self.device == "cpu" and self.make_renderer is None else FINISH_QUEUE
         self.spec = spec
-        self.components = Components.load(spec, self.device, compile=self.compile,
-                                          make_renderer=self.make_renderer)
+        self.components = Components.load(spec, self.device, compile=self.compile, dtype=self.dtype,
+                                          make_renderer=self.make_renderer, progress=self.progress)
 
     def run(self, state: RunState) -> None:
         components, spec, times = self.components, self.spec, self.times

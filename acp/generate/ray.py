@@ -101,7 +101,7 @@ class _Worker:
     """The body of a Ray actor: the loaded stages, and a batch of plans in, finished plans out."""
 
     def __init__(self, spec: StageSpec, device: str, make_renderer: Callable[[], Renderer] | None,
-                 compile: bool, name: str, threads: int):
+                 compile: bool, dtype: str, name: str, threads: int):
         self.name, self.spec = name, spec
         # A load error is kept and raised by ``ready``: raised here, Ray would report a dead
         # actor with the traceback as text, and the driver could not print the worker's line.
@@ -117,7 +117,8 @@ class _Worker:
                 import torch
 
                 torch.set_num_threads(threads)
-            self.components = Components.load(spec, device, compile=compile, make_renderer=make_renderer)
+            self.components = Components.load(spec, device, compile=compile, dtype=dtype,
+                                              make_renderer=make_renderer)
         except Exception as error:
             self.error = error
 
@@ -153,11 +154,15 @@ class RayEngine:
 
     def __init__(self, options: RayOptions | None = None, device: str = "auto", *,
                  batch_plans: int = defaults.BATCH_PLANS,
-                 make_renderer: Callable[[], Renderer] | None = None, compile: bool = False):
+                 make_renderer: Callable[[], Renderer] | None = None, compile: bool = False,
+                 dtype: str = "auto"):
+        from acp.device import check_dtype
         from acp.render.folder import check_batch_plans
 
         self.ray = import_ray()  # before anything is loaded or written: the install hint first
         check_batch_plans(batch_plans)
+        check_dtype(dtype)
+        self.dtype = dtype
         self.options, self.device = options or RayOptions(), device
         self.batch_plans, self.make_renderer, self.compile = batch_plans, make_renderer, compile
         self.times = StageTimes()
@@ -175,7 +180,7 @@ class RayEngine:
         return {"name": "ray", "workers": len(self.names),
                 "plans_per_worker": dict(sorted(self.per_worker.items())),
                 "worker_restarts": self.restarts, "retried_plans": self.retried,
-                "unfinished_plans": self.left, "torch_threads_on_cpu": self.threads}
+                "unfinished_plans": self.left, "dtype": self.dtype, "torch_threads_on_cpu": self.threads}
 
     # -- start and stop -----------------------------------------------------------------------
 
@@ -229,7 +234,7 @@ class RayEngine:
         self.workers = [
             actor.options(name=f"acp-{os.getpid()}-{name}", num_gpus=per_worker,
                           num_cpus=self.options.cpus_per_worker, max_restarts=-1, max_task_retries=0)
-            .remote(spec, self.device, self.make_renderer, self.compile, name, self.threads)
+            .remote(spec, self.device, self.make_renderer, self.compile, self.dtype, name, self.threads)
             for name in self.names]
         try:
             ray.get([w.ready.remote() for w in self.workers])

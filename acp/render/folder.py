@@ -282,7 +282,8 @@ def render_to_folder(
 ) -> RenderSummary:
     """Render ``candidates`` per plan into ``output``, skipping finished ones, ``batch_plans``
     plans per denoising loop, with ``renderer`` or the one ``load_renderer`` loads. The folder
-    is checked before the model is loaded, and the model is not loaded when nothing is left."""
+    is checked before the model is loaded, and the model is not loaded when nothing is left;
+    ``progress`` shows a bar."""
     from tqdm.auto import tqdm
 
     if not 1 <= candidates <= defaults.MAX_CANDIDATES:

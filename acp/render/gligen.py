@@ -34,7 +34,6 @@ Choices worth knowing:
 from __future__ import annotations
 
 import functools
-import logging
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -44,10 +43,10 @@ from typing import TYPE_CHECKING, Any
 
 from acp import defaults
 from acp.boxes import plan_to_gligen
-from acp.device import resolve_device
+from acp.device import resolve_device, resolve_dtype
 from acp.errors import InputError, MissingDependencyError, one_line
 from acp.plan.base import derive_seed
-from acp.pretrained import load_pretrained
+from acp.pretrained import load_pretrained, loading
 from acp.render.base import RenderedCandidate
 from acp.schema import Candidate, ScenePlan
 from acp.settings_record import recorded
@@ -96,7 +95,11 @@ class RenderSettings:
                     f"size must be a multiple of 8 (the VAE's factor), got {width}x{height}"
                 )
             object.__setattr__(self, "size", (int(width), int(height)))
-        if Path(self.model).is_dir():
+        try:
+            folder = Path(self.model).is_dir()
+        except OSError:  # a name too long to be a path: a hub id, or nothing (acp.pretrained says)
+            folder = False
+        if folder:
             object.__setattr__(self, "model", str(Path(self.model).resolve()))
 
     def record(self) -> dict[str, Any]:
@@ -187,62 +190,52 @@ def one_sample_at_a_time(call: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
-def load_pipeline(model: str, device: str, dtype: torch.dtype, *, safety_checker: bool = False) -> Any:
-    """``StableDiffusionGLIGENPipeline.from_pretrained(model)`` on ``device``, checked to be a
-    GLIGEN (gated attention) model; load failures become one-line ``InputError``s. A hub id is
-    read from the cache first (``acp.pretrained``). Without ``safety_checker`` the checker and
-    its feature extractor are not loaded at all; with it, a model that has none is an error."""
+def load_pipeline(model: str, device: str, dtype: torch.dtype, *, safety_checker: bool = False,
+                  progress: bool = False) -> Any:
+    """``StableDiffusionGLIGENPipeline.from_pretrained(model)`` in ``dtype`` on ``device``,
+    checked to be a GLIGEN (gated attention) model; load failures become one-line
+    ``InputError``s. A hub id is read from the cache first (``acp.pretrained``). Without
+    ``safety_checker`` the checker and its feature extractor are not loaded at all; with it, a
+    model that has none is an error. ``progress``: the status line of ``acp.pretrained.loading``."""
     try:
-        from diffusers.utils import logging as diffusers_logging
-        from transformers.utils import logging as transformers_logging
+        import diffusers.utils.logging  # noqa: F401 - imported first, so that the load quiets its logs
+        import transformers  # noqa: F401
     except ImportError as error:
         raise MissingDependencyError(
             f"rendering needs torch, diffusers and transformers ({error}); "
             "install them with: pip install torch diffusers transformers"
         ) from None
-    # Quiet during import and load: diffusers warns that the GLIGEN pipeline is deprecated
-    # (it still works through 0.42, which acp is tested with), transformers about optional
-    # torchvision, and both draw per-component loading bars; acp reports the load time in its
-    # summary instead. diffusers also logs, as an error, each weight file it falls back from
-    # (safetensors -> bin): only the exception that ends a failed load is news to the user.
-    libraries = (diffusers_logging, transformers_logging)
-    saved = [(lib.get_verbosity(), lib.is_progress_bar_enabled()) for lib in libraries]
-    for lib in libraries:
-        lib.set_verbosity(logging.CRITICAL)
-        lib.disable_progress_bar()
-    try:
-        from diffusers import StableDiffusionGLIGENPipeline
+    with loading("--model", model, progress=progress):
+        # diffusers warns, when the class is imported, that the GLIGEN pipeline is deprecated (it
+        # still works through 0.42, which acp is tested with); ``loading`` keeps that quiet.
+        try:
+            from diffusers import StableDiffusionGLIGENPipeline
 
-        with warnings.catch_warnings():
-            # Newer diffusers call it ``dtype``; ``torch_dtype`` works on every supported version.
-            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-            # ``None`` overrides the model_index entry, so the checker's weights are not read.
-            skip: dict[str, Any] = (
-                {} if safety_checker else {"safety_checker": None, "feature_extractor": None}
+            with warnings.catch_warnings():
+                # Newer diffusers call it ``dtype``; ``torch_dtype`` works on every supported version.
+                warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+                # ``None`` overrides the model_index entry, so the checker's weights are not read.
+                skip: dict[str, Any] = (
+                    {} if safety_checker else {"safety_checker": None, "feature_extractor": None}
+                )
+                load = functools.partial(StableDiffusionGLIGENPipeline.from_pretrained, torch_dtype=dtype,
+                                         **skip)
+                pipeline = load_pretrained(load, model, option="--model")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise InputError(f"cannot load a GLIGEN pipeline from {model!r}: {one_line(str(error))}"
+                             ) from None
+        attention = getattr(pipeline.unet.config, "attention_type", "default")
+        if attention != "gated":
+            raise InputError(
+                f"{model!r} is not a GLIGEN text-box model: its UNet has attention_type "
+                f"{attention!r}, expected 'gated'"
             )
-            pipeline = load_pretrained(
-                functools.partial(StableDiffusionGLIGENPipeline.from_pretrained, torch_dtype=dtype, **skip),
-                model, option="--model",
+        if safety_checker and (pipeline.safety_checker is None or pipeline.feature_extractor is None):
+            raise InputError(
+                f"--safety-checker: {model!r} has no safety checker (or no feature extractor for it); "
+                "use --no-safety-checker"
             )
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-        raise InputError(f"cannot load a GLIGEN pipeline from {model!r}: {one_line(str(error))}") from None
-    finally:
-        for lib, (verbosity, bars) in zip(libraries, saved, strict=True):
-            lib.set_verbosity(verbosity)
-            if bars:
-                lib.enable_progress_bar()
-    attention = getattr(pipeline.unet.config, "attention_type", "default")
-    if attention != "gated":
-        raise InputError(
-            f"{model!r} is not a GLIGEN text-box model: its UNet has attention_type "
-            f"{attention!r}, expected 'gated'"
-        )
-    if safety_checker and (pipeline.safety_checker is None or pipeline.feature_extractor is None):
-        raise InputError(
-            f"--safety-checker: {model!r} has no safety checker (or no feature extractor for it); "
-            "use --no-safety-checker"
-        )
-    pipeline = pipeline.to(device)
+        pipeline = pipeline.to(device)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 
@@ -252,18 +245,17 @@ class GligenRenderer:
     plans: ``render(plans, candidates=K)`` or ``render_seeds([(plan, {index: seed}), ...])``."""
 
     def __init__(self, settings: RenderSettings | None = None, device: str = "auto", *,
-                 compile: bool = False):
-        import torch
-
+                 compile: bool = False, dtype: str | torch.dtype | None = None, progress: bool = False):
         self.settings = settings or RenderSettings()
         self.device = resolve_device(device)
         if compile and not self.device.startswith("cuda"):
             raise InputError(f"--compile needs a CUDA device (it compiles the UNet for the GPU), "
                              f"got {self.device}")
-        # Half precision only where it is the well-trodden path for SD 1.x: CUDA.
-        self.dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
+        # By default float16 on CUDA, float32 elsewhere (acp.device.resolve_dtype).
+        self.dtype = resolve_dtype(dtype, self.device)
         self.pipeline = load_pipeline(
-            self.settings.model, self.device, self.dtype, safety_checker=self.settings.safety_checker
+            self.settings.model, self.device, self.dtype, safety_checker=self.settings.safety_checker,
+            progress=progress,
         )
         scheduler = self.pipeline.scheduler.config
         most = int(scheduler.get("num_train_timesteps", 1000)) - int(scheduler.get("steps_offset", 0) or 0)

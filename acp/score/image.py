@@ -49,13 +49,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from acp.boxes import plan_to_sam
-from acp.device import resolve_device
+from acp.device import resolve_device, resolve_dtype
 from acp.errors import InputError, one_line
 from acp.names import category_key
-from acp.pretrained import load_pretrained
+from acp.pretrained import load_pretrained, loading
 from acp.schema import ScenePlan
 
 if TYPE_CHECKING:
+    import torch
     from PIL.Image import Image
 
 COSINE_RANGE = (0.12, 0.32)
@@ -223,26 +224,29 @@ class ImageScorer:
         self.text_batch = 1 if self.device.type == "cpu" else ACCELERATOR_TEXT_BATCH
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, *, device: str | None = None) -> ImageScorer:
-        """Load CLIP from a hub id or folder: float16 on CUDA, float32 on the CPU.
-
-        ``device`` is checked (``resolve_device``) before anything is loaded."""
+    def from_pretrained(cls, name_or_path: str | Path, *, device: str | None = None,
+                        dtype: str | torch.dtype | None = None, progress: bool = False) -> ImageScorer:
+        """Load CLIP from a hub id or folder, in ``dtype`` (by default float16 on CUDA, float32
+        elsewhere: ``acp.device.resolve_dtype``). ``device`` and ``dtype`` are checked before
+        anything is loaded; ``progress``: the status line of ``acp.pretrained.loading``."""
         from transformers import CLIPModel, CLIPProcessor
 
         device = resolve_device(device)  # before loading: a typo should not cost a model load
+        dtype = resolve_dtype(dtype, device)
         name = str(name_or_path)
 
         def load(source: str, **kwargs: Any) -> tuple[Any, Any]:
             processor = CLIPProcessor.from_pretrained(source, **kwargs)
             return processor, CLIPModel.from_pretrained(source, **kwargs)
 
-        try:
-            processor, model = load_pretrained(load, name, option="--clip-model")
-        except (OSError, ValueError) as error:
-            reason = one_line(str(error)) or type(error).__name__
-            raise InputError(f"--clip-model {name}: cannot load a CLIP model ({reason})") from None
-        if device.startswith("cuda"):  # after loading: the dtype keyword differs across versions
-            model = model.half()
+        with loading("--clip-model", name, progress=progress):
+            try:
+                processor, model = load_pretrained(load, name, option="--clip-model")
+            except (OSError, ValueError) as error:
+                reason = one_line(str(error)) or type(error).__name__
+                raise InputError(f"--clip-model {name}: cannot load a CLIP model ({reason})") from None
+            # Cast after loading: the dtype keyword of from_pretrained differs across versions.
+            model = model.to(device=device, dtype=dtype)
         return cls(model, processor, device=device, name=name)
 
     # -- embeddings ----------------------------------------------------------------------

@@ -89,7 +89,7 @@ from numpy.typing import ArrayLike, NDArray
 from acp.boxes import iou_aligned
 from acp.errors import InputError, MissingDependencyError, one_line
 from acp.names import canonical_key, category_key
-from acp.pretrained import load_pretrained
+from acp.pretrained import load_pretrained, loading
 from acp.schema import ScenePlan
 from acp.score import density, likelihood
 from acp.score.bank import ZERO, Bank
@@ -402,8 +402,9 @@ def _clip100(value: float) -> float:
     return 100.0 * min(1.0, max(0.0, value)) if math.isfinite(value) or value > 0 else 0.0
 
 
-def sentence_transformer_embedder(model: str) -> Embedder:
-    """An embedder from a sentence-transformers folder or hub id (normalised embeddings)."""
+def sentence_transformer_embedder(model: str, *, progress: bool = False) -> Embedder:
+    """An embedder from a sentence-transformers folder or hub id (normalised embeddings);
+    ``progress``: the status line of ``acp.pretrained.loading``."""
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError:
@@ -411,10 +412,11 @@ def sentence_transformer_embedder(model: str) -> Embedder:
             f"--embed-model {model} needs sentence-transformers; install it with "
             "`pip install sentence-transformers`"
         ) from None
-    try:
-        encoder = load_pretrained(SentenceTransformer, model, option="--embed-model")
-    except (OSError, ValueError) as error:
-        raise InputError(f"--embed-model {model}: cannot load ({one_line(str(error))})") from None
+    with loading("--embed-model", model, progress=progress):
+        try:
+            encoder = load_pretrained(SentenceTransformer, model, option="--embed-model")
+        except (OSError, ValueError) as error:
+            raise InputError(f"--embed-model {model}: cannot load ({one_line(str(error))})") from None
 
     def embed(texts: list[str]) -> NDArray[np.floating[Any]]:
         return np.asarray(encoder.encode(texts, normalize_embeddings=True))
