@@ -21,10 +21,15 @@ Splits are per image, from ``acp.export.split``. ``path`` in data.yaml is absolu
 ultralytics resolves a relative one against its own datasets folder, not the yaml's: after
 moving ``OUT``, edit it (or delete the line; ultralytics then uses the yaml's folder).
 
-``OUT`` is built in a temporary sibling folder and renamed into place when complete, so an
-interrupted export leaves the previous one (or nothing) and never a half-written one; ``OUT``
-may be a new folder, an empty one, or an earlier ``acp export yolo`` output. A hard-linked
-image is the same file as the original: edit neither in place.
+``OUT`` may be a new folder, an empty one, or an earlier ``acp export yolo`` output: one that
+holds the ``acp-owned.json`` its export wrote, listing every file it wrote (``acp.owned``). A
+re-export replaces those files and nothing else: a file of the user's beside them stays, one
+inside ``images/`` or ``labels/`` (ultralytics' ``labels/train.cache``, say) is named and
+refused, since it would join the new export and is not acp's to delete. Any other non-empty
+folder is refused, whatever it holds. The export is built in a temporary sibling folder and
+moved in when complete, ``data.yaml`` last, so an interrupted export leaves the previous one
+whole, or no ``data.yaml`` (a folder no trainer takes) until the rerun. A hard-linked image is
+the same file as the original: edit neither in place.
 """
 
 from __future__ import annotations
@@ -33,7 +38,6 @@ import errno
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -41,15 +45,17 @@ from typing import Any, Literal
 
 import numpy as np
 
-from acp.atomic import sweep_stale_temps, temp_prefix
 from acp.errors import InputError
 from acp.export.merge import images_root, read_instances
 from acp.export.split import SPLITS, Fractions, Split, image_key, split_of
+from acp.owned import check_owned, replace_owned, temp_folder
 
 Task = Literal["detect", "segment"]
 Link = Literal["hardlink", "copy", "symlink"]
 DATA_YAML = "data.yaml"
 CATEGORY_MAP = "categories.json"
+WRITTEN_BY = "acp export yolo"
+ENTRIES = (DATA_YAML, CATEGORY_MAP, "images", "labels")
 SIMPLIFY_PIXELS = 0.5
 # Errors of os.link that mean "no hard links here" (another file system, FAT, a policy).
 _NO_HARDLINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EACCES}
@@ -92,7 +98,7 @@ def export_yolo(
     if task not in ("detect", "segment"):
         raise InputError(f"--task: expected detect or segment, got {task!r}")
     annotations, output = Path(annotations), Path(output)
-    _check_output(output)
+    check_owned(output, WRITTEN_BY, ENTRIES)
     coco = read_instances(annotations)
     root = images_root(coco, images_dir, "--images", allow_outside=False)
     categories = sorted(coco.categories, key=lambda c: c["id"])
@@ -115,11 +121,8 @@ def export_yolo(
     splits = fractions.splits()
     for split in splits:
         summary.images[split] = summary.boxes[split] = 0
-    output.parent.mkdir(parents=True, exist_ok=True)
-    sweep_stale_temps(output.parent)
-    work = Path(tempfile.mkdtemp(dir=output.parent, prefix=temp_prefix(output.name), suffix=".tmp"))
+    work = temp_folder(output)
     try:
-        os.chmod(work, 0o777 & ~_umask())
         for split in splits:
             (work / "images" / split).mkdir(parents=True)
             (work / "labels" / split).mkdir(parents=True)
@@ -155,45 +158,11 @@ def export_yolo(
             _data_yaml(annotations, output, [c["name"] for c in categories], splits), encoding="utf-8"
         )
         _sync()
-        _replace_folder(work, output)
+        replace_owned(work, output, WRITTEN_BY, commit=DATA_YAML)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
     return summary
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _check_output(output: Path) -> None:
-    if output.is_symlink() or (output.exists() and not output.is_dir()):
-        raise InputError(f"-o {output}: exists and is not a folder; give another --output")
-    if output.is_dir() and any(output.iterdir()) and not _is_export(output):
-        raise InputError(f"-o {output}: a folder that holds no earlier `acp export yolo` output, which the "
-                         "export would replace; give a new or empty folder")
-
-
-def _is_export(folder: Path) -> bool:
-    return (folder / DATA_YAML).is_file() and (folder / CATEGORY_MAP).is_file()
-
-
-def _replace_folder(new: Path, output: Path) -> None:
-    """Rename the finished folder ``new`` onto ``output``; an earlier export there is moved
-    aside first and removed after, so one of the two is always whole."""
-    if not output.exists():
-        os.replace(new, output)
-        return
-    if not any(output.iterdir()):
-        output.rmdir()
-        os.replace(new, output)
-        return
-    old = Path(tempfile.mkdtemp(dir=output.parent, prefix=temp_prefix(output.name), suffix=".tmp"))
-    os.replace(output, old / "previous")
-    os.replace(new, output)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _sync() -> None:
