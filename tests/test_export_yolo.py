@@ -191,6 +191,82 @@ def test_coco_split_in_torchvision_gives_the_same_boxes(tiny_dataset: Path, tmp_
             assert target["labels"].tolist() == [a["category_id"] for a in expected]
 
 
+def _split_folder(tiny_dataset: Path, folder: Path) -> Path:
+    folder.mkdir()
+    shutil.copytree(tiny_dataset / "images", folder / "images")
+    (folder / "annotations.json").write_bytes((tiny_dataset / "annotations.json").read_bytes())
+    return folder / "annotations.json"
+
+
+def _present_splits(folder: Path) -> dict[str, dict[str, Any]]:
+    return {p.stem: _coco(p) for p in sorted(folder.glob("*.json")) if p.stem in ("train", "val", "test")}
+
+
+def test_a_split_killed_between_its_files_never_puts_an_image_in_two_splits(
+        tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed at every rename and removal in turn while a new split replaces an old one (val
+    0.5 -> 0.2 moves images from val to train): the files present are of one run (so no image
+    is in two), a train.json present has its whole set beside it, and the rerun is right."""
+    annotations = _split_folder(tiny_dataset, tmp_path / "expected")
+    split_coco(annotations, annotations.parent, fractions=Fractions(0.2))
+    expected = {k: [i["id"] for i in v["images"]] for k, v in _present_splits(annotations.parent).items()}
+    real_replace, real_unlink = os.replace, os.unlink
+    finished = False
+    crash_at = 0
+    while not finished:
+        crash_at += 1
+        annotations = _split_folder(tiny_dataset, tmp_path / f"run{crash_at}")
+        split_coco(annotations, annotations.parent, fractions=Fractions(0.5, 0.2))
+        calls = 0
+
+        def crashing(real: Any, crash_at: int = crash_at) -> Any:
+            def call(*args: Any) -> Any:
+                nonlocal calls
+                calls += 1
+                if calls == crash_at:
+                    raise KeyboardInterrupt  # stands for the kill
+                return real(*args)
+            return call
+
+        monkeypatch.setattr(os, "replace", crashing(real_replace))
+        monkeypatch.setattr(os, "unlink", crashing(real_unlink))
+        try:
+            split_coco(annotations, annotations.parent, fractions=Fractions(0.2))
+            finished = True
+        except KeyboardInterrupt:
+            pass
+        monkeypatch.setattr(os, "replace", real_replace)
+        monkeypatch.setattr(os, "unlink", real_unlink)
+        present = _present_splits(annotations.parent)
+        assert len({p["acp_split"]["run"] for p in present.values()}) <= 1, crash_at
+        ids = [i["id"] for p in present.values() for i in p["images"]]
+        assert len(ids) == len(set(ids)), crash_at
+        if "train" in present:
+            assert set(present) == set(present["train"]["acp_split"]["splits"]), crash_at
+        split_coco(annotations, annotations.parent, fractions=Fractions(0.2))
+        rerun = _present_splits(annotations.parent)
+        assert {k: [i["id"] for i in v["images"]] for k, v in rerun.items()} == expected
+    assert crash_at > 5  # writes, removals and renames: each was a crash point
+
+
+def test_a_split_replaces_only_its_own_files_and_removes_its_stale_ones(tiny_dataset: Path,
+                                                                        tmp_path: Path) -> None:
+    annotations = _split_folder(tiny_dataset, tmp_path / "dataset")
+    folder = annotations.parent
+    split_coco(annotations, folder, fractions=Fractions(0.3, 0.3))
+    assert set(_present_splits(folder)) == {"train", "val", "test"}
+    split_coco(annotations, folder, fractions=Fractions(0.3))  # no test split now
+    assert set(_present_splits(folder)) == {"train", "val"}  # the old test.json held train images
+    (folder / "val.json").write_text('{"mine": true}')  # the user's own
+    for command in ([], ["-o", str(folder)]):
+        result = runner.invoke(app, ["export", "coco-split", str(annotations), *command])
+        assert result.exit_code == 1 and "val.json exists and was not written by acp" in result.output
+    assert (folder / "val.json").read_text() == '{"mine": true}'
+    own = folder / "train.json"
+    with pytest.raises(InputError, match="would replace the input"):
+        split_coco(own, folder, fractions=Fractions(0.3), images_dir=folder)
+
+
 def test_splits_stay_put_as_a_dataset_grows_and_fractions_change() -> None:
     keys = [image_key({"acp": {"plan_id": f"{n:06d}"}}) for n in range(20_000)]
     small = [split_of(k, Fractions(0.1)) for k in keys]
@@ -289,24 +365,123 @@ def test_images_are_hard_links_unless_asked_or_refused(tmp_path: Path,
     assert summary.copied == 1 and exported(tmp_path / "fallback").read_bytes() == source.read_bytes()
 
 
-def test_a_rerun_replaces_an_earlier_export_and_refuses_other_folders(tiny_dataset: Path,
-                                                                      tmp_path: Path) -> None:
+def _tree(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, bytes]:
+    """Relative path -> content of every file under ``folder`` but those under ``skip``."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and not p.relative_to(folder).as_posix().startswith(skip)}
+
+
+def _mine(folder: Path) -> dict[str, bytes]:
+    """A user's files in an export folder: a project beside it, and a dataset."""
+    before = set(_tree(folder))
+    (folder / "src").mkdir(parents=True)
+    (folder / "src" / "thesis.tex").write_text("\\documentclass{article}")
+    (folder / "notes.txt").write_text("keep me")
+    (folder / "real" / "images").mkdir(parents=True)
+    (folder / "real" / "annotations.json").write_text("{}")
+    (folder / "real" / "images" / "0001.jpg").write_bytes(b"jpeg")
+    return {k: v for k, v in _tree(folder).items() if k not in before}
+
+
+def test_a_rerun_replaces_only_the_files_its_export_wrote(tiny_dataset: Path, tmp_path: Path) -> None:
+    """A re-export replaces the files the earlier export listed in acp-owned.json and keeps the
+    user's (a project, a dataset) beside them; no temporary is left."""
     annotations = tiny_dataset / "annotations.json"
     out = tmp_path / "yolo"
     export_yolo(annotations, out, fractions=Fractions(0.5))
-    (out / "labels" / "train.cache").write_text("ultralytics' cache")  # a trainer was here
+    listed = json.loads((out / "acp-owned.json").read_text())
+    assert listed["written_by"] == "acp export yolo"
+    assert set(listed["files"]) == set(_tree(out)) - {"acp-owned.json"}
+    mine = _mine(out)
     export_yolo(annotations, out, fractions=Fractions(0.1))
     train = {p.name for p in (out / "images" / "train").iterdir()}
     val = {p.name for p in (out / "images" / "val").iterdir()}
     assert train and not train & val and len(train | val) == len(_coco(annotations)["images"])
-    assert not (out / "labels" / "train.cache").exists()  # stale labels of the old split are gone
+    assert {k: v for k, v in _tree(out).items() if k in mine} == mine
     assert [p.name for p in tmp_path.iterdir()] == ["yolo"]  # no temporary left beside it
-    other = tmp_path / "mine"
-    other.mkdir()
-    (other / "notes.txt").write_text("keep me")
-    result = runner.invoke(app, ["export", "yolo", str(annotations), "-o", str(other)])
-    assert result.exit_code == 1 and "no earlier `acp export yolo` output" in result.output
-    assert (other / "notes.txt").read_text() == "keep me"
+    assert set(json.loads((out / "acp-owned.json").read_text())["files"]) == (
+        set(_tree(out)) - set(mine) - {"acp-owned.json"})
+
+
+@pytest.mark.parametrize("written", ["data.yaml+categories.json", "nothing"])
+def test_a_folder_acp_did_not_list_is_refused_whatever_it_holds(tiny_dataset: Path, tmp_path: Path,
+                                                                 written: str) -> None:
+    """A data.yaml and a categories.json prove nothing (a project's src/ and thesis.tex were
+    deleted for them): without acp-owned.json a non-empty folder is refused and left as it was."""
+    out = tmp_path / "project"
+    out.mkdir()
+    if written != "nothing":
+        (out / "data.yaml").write_text("path: .\n")
+        (out / "categories.json").write_text("[]")
+    before = {**_mine(out), **_tree(out)}
+    result = runner.invoke(app, ["export", "yolo", str(tiny_dataset / "annotations.json"), "-o", str(out)])
+    assert result.exit_code == 1 and "no acp-owned.json" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert _tree(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["project"]
+
+
+def test_a_file_acp_did_not_write_among_its_own_is_named_and_kept(tiny_dataset: Path, tmp_path: Path) -> None:
+    """ultralytics' label cache (or an image dropped into images/train) would join the new
+    export, and it is not acp's to delete: the re-export refuses, naming it, and changes nothing."""
+    annotations = tiny_dataset / "annotations.json"
+    out = tmp_path / "yolo"
+    export_yolo(annotations, out, fractions=Fractions(0.5))
+    (out / "labels" / "train.cache").write_text("ultralytics' cache")  # a trainer was here
+    before = _tree(out)
+    with pytest.raises(InputError, match=r"did not write among its own \(labels/train\.cache\)"):
+        export_yolo(annotations, out, fractions=Fractions(0.1))
+    assert _tree(out) == before
+    (out / "labels" / "train.cache").unlink()
+    export_yolo(annotations, out, fractions=Fractions(0.1))
+
+
+def test_an_export_killed_at_any_rename_leaves_old_or_no_dataset_and_a_rerun_repairs_it(
+        tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed at each rename of the replacement in turn: data.yaml and everything it points to
+    are the old export's or the new one's, never a mix; the user's files stay; the rerun gives
+    the new export."""
+    annotations = tiny_dataset / "annotations.json"
+    expected = tmp_path / "expected"
+    export_yolo(annotations, expected, fractions=Fractions(0.1))
+    new = _tree(expected, skip=("acp-owned.json",))
+    # data.yaml names its folder: compare it with the path made neutral
+    new["data.yaml"] = new["data.yaml"].replace(str(expected.resolve()).encode(), b"OUT")
+    real_replace = os.replace
+    for crash_at in range(1, 20):
+        out = tmp_path / f"yolo{crash_at}"
+        export_yolo(annotations, out, fractions=Fractions(0.5))
+        old = _tree(out, skip=("acp-owned.json",))
+        old["data.yaml"] = old["data.yaml"].replace(str(out.resolve()).encode(), b"OUT")
+        mine = _mine(out)
+        calls = 0
+
+        def crashing(source: Any, target: Any, crash_at: int = crash_at) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == crash_at:
+                raise KeyboardInterrupt  # stands for the kill: nothing after it runs
+            real_replace(source, target)
+
+        monkeypatch.setattr(os, "replace", crashing)
+        try:
+            export_yolo(annotations, out, fractions=Fractions(0.1))
+            finished = True
+        except KeyboardInterrupt:
+            finished = False
+        monkeypatch.setattr(os, "replace", real_replace)
+        left = _tree(out, skip=("acp-owned.json", *mine))
+        if "data.yaml" in left:
+            left["data.yaml"] = left["data.yaml"].replace(str(out.resolve()).encode(), b"OUT")
+            assert left in (old, new), crash_at
+        listed = set(json.loads((out / "acp-owned.json").read_text())["files"])
+        assert set(left) <= listed and {k: v for k, v in _tree(out).items() if k in mine} == mine
+        export_yolo(annotations, out, fractions=Fractions(0.1))
+        again = _tree(out, skip=("acp-owned.json", *mine))
+        again["data.yaml"] = again["data.yaml"].replace(str(out.resolve()).encode(), b"OUT")
+        assert again == new and {k: v for k, v in _tree(out).items() if k in mine} == mine
+        if finished:
+            break
+    assert not finished or crash_at > 3  # the replacement took several renames, each one tried
 
 
 def test_two_images_with_one_label_name_are_refused(tmp_path: Path) -> None:
