@@ -36,7 +36,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 
-from acp.atomic import sweep_stale_temps, temp_prefix, write_atomic
+from acp.atomic import is_temporary, sweep_stale_temps, temp_prefix, write_atomic
 from acp.errors import InputError
 from acp.paths import UnsafePathError, inside, path_problem
 
@@ -50,12 +50,12 @@ _SHOWN = 3  # foreign files named in a refusal
 
 def read_owned(folder: Path, written_by: str) -> frozenset[str] | None:
     """The files ``written_by`` (e.g. ``"acp export yolo"``) lists as its own in ``folder``;
-    ``None`` when ``folder`` is missing or empty. ``InputError`` when it holds anything without
-    such a list: it is not acp's to replace."""
+    ``None`` when ``folder`` is missing or empty (but for acp's temporaries). ``InputError``
+    when it holds anything without such a list: it is not acp's to replace."""
     folder = Path(folder)
     if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
         raise InputError(f"{folder}: exists and is not a folder; give another output")
-    if not folder.exists() or not any(folder.iterdir()):
+    if not folder.exists() or all(is_temporary(p.name) for p in folder.iterdir()):
         return None
     path = folder / OWNED_NAME
     try:
@@ -120,7 +120,10 @@ def replace_owned(work: Path, output: Path, written_by: str, *, commit: str) -> 
     old = read_owned(output, written_by)
     if old is None:  # new or empty: one rename, with the list already inside
         write_owned(work, written_by, new)
-        if output.exists():
+        if output.exists():  # empty, but for temporaries of acp writes (read_owned checked)
+            for entry in output.iterdir():
+                if is_temporary(entry.name):
+                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
             output.rmdir()
         os.replace(work, output)
         return
