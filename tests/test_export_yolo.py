@@ -341,6 +341,149 @@ def test_segment_outlines_from_rle_and_polygons(tmp_path: Path) -> None:
     assert outlines[2].bounds == pytest.approx((70, 20, 80, 30))
 
 
+def test_the_rle_decoder_reads_what_pycocotools_writes() -> None:
+    """acp decodes RLE itself (pycocotools writes past its buffer when the counts add up to more
+    than the mask): compressed and plain counts, for masks of every kind."""
+    from pycocotools import mask as mask_utils
+
+    from acp.export.yolo import _decode
+
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        height, width = (int(v) for v in rng.integers(1, 40, 2))
+        mask = [rng.random((height, width)) < rng.random(), np.ones((height, width), bool),
+                np.zeros((height, width), bool)][trial % 3]
+        rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+        decoded = _decode({"size": [height, width], "counts": rle["counts"].decode()}, width, height)
+        assert decoded is not None and (decoded == mask).all()
+        flat = mask.T.reshape(-1)  # column-major runs, background first
+        edges = np.flatnonzero(np.diff(flat.astype(np.int8))) + 1
+        runs = ([0] if flat[0] else []) + np.diff(np.r_[0, edges, flat.size]).tolist()
+        decoded = _decode({"size": [height, width], "counts": runs}, width, height)
+        assert decoded is not None and (decoded == mask).all()
+
+
+def _points_into_shapely(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    import shapely.geometry
+
+    seen: list[int] = []
+    real = shapely.geometry.Polygon
+
+    def counting(points: Any) -> Any:
+        seen.append(len(points))
+        return real(points)
+
+    monkeypatch.setattr(shapely.geometry, "Polygon", counting)
+    return seen
+
+
+# A table of masks no export can use; each is written as its box, counted, in bounded time
+# and memory (before: a traceback, a 37 GiB allocation, or a decoder writing past its buffer).
+UNUSABLE_MASKS = {
+    "rle of 200000 x 200000 pixels": ({"size": [200000, 200000], "counts": [40_000_000_000]}, 200000, 200000),
+    "rle counts 1e15": ({"size": [50, 100], "counts": [1e15, 5]}, 100, 50),
+    "rle counts 10**15": ({"size": [50, 100], "counts": [10**15, 5]}, 100, 50),
+    "rle counts past the mask": ({"size": [50, 100], "counts": [4000, 4000]}, 100, 50),
+    "rle counts short of the mask": ({"size": [50, 100], "counts": [10, 10]}, 100, 50),
+    "rle negative counts": ({"size": [50, 100], "counts": [5100, -100]}, 100, 50),
+    "rle counts of strings": ({"size": [50, 100], "counts": ["5000"]}, 100, 50),
+    "rle string past the mask": ({"size": [50, 100], "counts": "0000000P1"}, 100, 50),
+    "rle string not ascii": ({"size": [50, 100], "counts": "é"}, 100, 50),
+    "rle string cut short": ({"size": [50, 100], "counts": "P"}, 100, 50),
+    "rle string of 1000 continued groups": ({"size": [50, 100], "counts": "o" * 1000 + "1"}, 100, 50),
+    "rle of another size": ({"size": [25, 100], "counts": [2500]}, 100, 50),
+    "rle without a size": ({"counts": [5000]}, 100, 50),
+    "polygon of strings": ([["0", "0", "9", "0", "9", "9"]], 100, 50),
+    "polygon of lists": ([[[0, 0], [9, 0], [9, 9]]], 100, 50),
+    "polygon with NaN": ([[0, 0, float("nan"), 0, 9, 9]], 100, 50),
+    "polygon with 10**400": ([[0, 0, 10**400, 0, 9, 9]], 100, 50),
+    "polygon of booleans": ([[True, False, True, True, False, True]], 100, 50),
+    "polygon on a line": ([[0, 0, 5, 5, 9, 9]], 100, 50),
+}
+
+
+@pytest.mark.parametrize("name", list(UNUSABLE_MASKS))
+def test_an_unusable_mask_is_its_box_and_counted(tmp_path: Path, name: str) -> None:
+    segmentation, width, height = UNUSABLE_MASKS[name]
+    annotations = _handmade(tmp_path, [{"bbox": [10, 10, 20, 20], "segmentation": segmentation}],
+                            width=width, height=height)
+    summary = export_yolo(annotations, tmp_path / "yolo", fractions=Fractions(0.0), task="segment")
+    assert summary.unusable_masks == 1 and "1 masks unusable, written as their boxes" in summary.line()
+    (row,) = _labels(tmp_path / "yolo")
+    box = np.array(row[1:]).reshape(-1, 2) * [width, height]
+    np.testing.assert_allclose(box, [[10, 10], [30, 10], [30, 30], [10, 30]], atol=1e-3)
+
+
+def test_a_huge_polygon_is_simplified_from_a_bounded_sample(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Simplifying with its topology kept costs the square of the points (a 160k-point zigzag
+    took 171 s): at most MAX_OUTLINE_POINTS of them reach shapely, an even sample; points far
+    outside the image are clamped to it first."""
+    from shapely.geometry import Polygon
+
+    from acp.export.yolo import MAX_OUTLINE_POINTS
+
+    seen = _points_into_shapely(monkeypatch)
+    angle = np.linspace(0, 2 * np.pi, 160_000, endpoint=False)
+    circle = np.c_[50 + 20 * np.cos(angle), 25 + 20 * np.sin(angle)]
+    zigzag = np.c_[np.linspace(0, 99, 160_000), (np.arange(160_000) % 2) * 1e300]
+    annotations = _handmade(tmp_path, [
+        {"bbox": [30, 5, 40, 40], "segmentation": [circle.reshape(-1).tolist()]},
+        {"bbox": [0, 0, 99, 49], "segmentation": [zigzag.reshape(-1).tolist()]},
+    ])
+    summary = export_yolo(annotations, tmp_path / "yolo", fractions=Fractions(0.0), task="segment")
+    assert seen and max(seen) <= MAX_OUTLINE_POINTS
+    outline = Polygon(np.array(_labels(tmp_path / "yolo")[0][1:]).reshape(-1, 2) * [100, 50])
+    assert outline.area == pytest.approx(np.pi * 20**2, rel=0.05)  # within the half-pixel simplification
+    assert summary.images["train"] == 1
+
+
+def test_a_large_mask_is_traced_on_a_bounded_grid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mask is cropped to its object and, past TRACE_CELLS, averaged over square blocks
+    before tracing: the grid traced stays bounded and the outline keeps its place and size.
+    A mask of more than MAX_MASK_PIXELS is not decoded at all."""
+    import contourpy
+    from pycocotools import mask as mask_utils
+    from shapely.geometry import Polygon
+
+    from acp.export import yolo
+
+    grids: list[int] = []
+    real = contourpy.contour_generator
+
+    def recording(*args: Any, z: np.ndarray, **kwargs: Any) -> Any:
+        grids.append(z.size)
+        return real(*args, z=z, **kwargs)
+
+    monkeypatch.setattr(contourpy, "contour_generator", recording)
+    monkeypatch.setattr(yolo, "TRACE_CELLS", 400)
+    rows, columns = np.mgrid[:50, :100]
+    disc = ((columns - 60) ** 2 + (rows - 25) ** 2 < 20**2).astype(np.uint8)  # 40 x 40 pixels: 1600
+    rle = mask_utils.encode(np.asfortranarray(disc))
+    rle["counts"] = rle["counts"].decode("ascii")
+    annotations = _handmade(tmp_path, [{"bbox": [40, 5, 40, 40], "segmentation": rle}])
+    export_yolo(annotations, tmp_path / "yolo", fractions=Fractions(0.0), task="segment")
+    assert grids and max(grids) <= (20 + 2) ** 2  # blocks of 2 x 2, and a border of one
+    outline = Polygon(np.array(_labels(tmp_path / "yolo")[0][1:]).reshape(-1, 2) * [100, 50])
+    assert outline.area == pytest.approx(np.pi * 20**2, rel=0.05)
+    assert outline.centroid.coords[0] == pytest.approx((60, 25), abs=0.5)
+    monkeypatch.setattr(yolo, "MAX_MASK_PIXELS", 100 * 50 - 1)
+    summary = export_yolo(annotations, tmp_path / "yolo", fractions=Fractions(0.0), task="segment")
+    assert summary.unusable_masks == 1
+
+
+@pytest.mark.parametrize("width", [float("inf"), float("nan"), 1e300, -5, 0, 640.5, "640", True, [640]])
+def test_an_image_size_that_is_no_size_is_one_line(tmp_path: Path, width: Any) -> None:
+    annotations = _handmade(tmp_path, [{"bbox": [0, 0, 5, 5], "segmentation": [[0, 0, 5, 0, 5, 5]]}])
+    coco = _coco(annotations)
+    coco["images"][0]["width"] = width
+    annotations.write_text(json.dumps(coco))  # NaN and inf are written as NaN and Infinity
+    result = runner.invoke(app, ["export", "yolo", str(annotations), "-o", str(tmp_path / "y"),
+                                 "--task", "segment", "--no-progress"])
+    assert result.exit_code == 1 and "width" in result.output and "expected whole numbers" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "y").exists()
+
+
 def test_images_are_hard_links_unless_asked_or_refused(tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     annotations = _handmade(tmp_path, [{"bbox": [0, 0, 5, 5]}])
