@@ -131,12 +131,12 @@ def replace_owned(work: Path, output: Path, written_by: str, *, commit: str) -> 
     _refuse_foreign(output, written_by, entries, old)
     write_owned(output, written_by, old | new)  # a kill from here on leaves every file listed
     trash = temp_folder(output)
-    for entry in entries:
-        if os.path.lexists(output / entry):
-            os.replace(output / entry, trash / entry)
-    for entry in reversed(entries):
-        if os.path.lexists(work / entry):
-            os.replace(work / entry, output / entry)
+    for name in entries:
+        if os.path.lexists(output / name):
+            os.replace(output / name, trash / name)
+    for name in reversed(entries):
+        if os.path.lexists(work / name):
+            os.replace(work / name, output / name)
     write_owned(output, written_by, new)
     shutil.rmtree(trash, ignore_errors=True)
     shutil.rmtree(work, ignore_errors=True)

@@ -238,9 +238,9 @@ def test_a_split_killed_between_its_files_never_puts_an_image_in_two_splits(
         monkeypatch.setattr(os, "replace", real_replace)
         monkeypatch.setattr(os, "unlink", real_unlink)
         present = _present_splits(annotations.parent)
-        assert len({p["acp_split"]["run"] for p in present.values()}) <= 1, crash_at
         ids = [i["id"] for p in present.values() for i in p["images"]]
         assert len(ids) == len(set(ids)), crash_at
+        assert len({p["acp_split"]["run"] for p in present.values()}) <= 1, crash_at
         if "train" in present:
             assert set(present) == set(present["train"]["acp_split"]["splits"]), crash_at
         split_coco(annotations, annotations.parent, fractions=Fractions(0.2))
@@ -532,15 +532,14 @@ def test_a_rerun_replaces_only_the_files_its_export_wrote(tiny_dataset: Path, tm
     annotations = tiny_dataset / "annotations.json"
     out = tmp_path / "yolo"
     export_yolo(annotations, out, fractions=Fractions(0.5))
-    listed = json.loads((out / "acp-owned.json").read_text())
-    assert listed["written_by"] == "acp export yolo"
-    assert set(listed["files"]) == set(_tree(out)) - {"acp-owned.json"}
+    written = set(_tree(out))
     mine = _mine(out)
     export_yolo(annotations, out, fractions=Fractions(0.1))
+    assert {k: v for k, v in _tree(out).items() if k in mine} == mine
     train = {p.name for p in (out / "images" / "train").iterdir()}
     val = {p.name for p in (out / "images" / "val").iterdir()}
     assert train and not train & val and len(train | val) == len(_coco(annotations)["images"])
-    assert {k: v for k, v in _tree(out).items() if k in mine} == mine
+    assert "acp-owned.json" in written
     assert [p.name for p in tmp_path.iterdir()] == ["yolo"]  # no temporary left beside it
     assert set(json.loads((out / "acp-owned.json").read_text())["files"]) == (
         set(_tree(out)) - set(mine) - {"acp-owned.json"})
@@ -558,9 +557,9 @@ def test_a_folder_acp_did_not_list_is_refused_whatever_it_holds(tiny_dataset: Pa
         (out / "categories.json").write_text("[]")
     before = {**_mine(out), **_tree(out)}
     result = runner.invoke(app, ["export", "yolo", str(tiny_dataset / "annotations.json"), "-o", str(out)])
+    assert _tree(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["project"]
     assert result.exit_code == 1 and "no acp-owned.json" in result.output
     assert len(result.output.strip().splitlines()) == 1
-    assert _tree(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["project"]
 
 
 def test_a_file_acp_did_not_write_among_its_own_is_named_and_kept(tiny_dataset: Path, tmp_path: Path) -> None:
@@ -612,12 +611,13 @@ def test_an_export_killed_at_any_rename_leaves_old_or_no_dataset_and_a_rerun_rep
         except KeyboardInterrupt:
             finished = False
         monkeypatch.setattr(os, "replace", real_replace)
+        assert {k: v for k, v in _tree(out).items() if k in mine} == mine, crash_at
         left = _tree(out, skip=("acp-owned.json", *mine))
         if "data.yaml" in left:
             left["data.yaml"] = left["data.yaml"].replace(str(out.resolve()).encode(), b"OUT")
             assert left in (old, new), crash_at
         listed = set(json.loads((out / "acp-owned.json").read_text())["files"])
-        assert set(left) <= listed and {k: v for k, v in _tree(out).items() if k in mine} == mine
+        assert set(left) <= listed, crash_at
         export_yolo(annotations, out, fractions=Fractions(0.1))
         again = _tree(out, skip=("acp-owned.json", *mine))
         again["data.yaml"] = again["data.yaml"].replace(str(out.resolve()).encode(), b"OUT")
