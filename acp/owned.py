@@ -110,10 +110,10 @@ def check_owned(output: Path, written_by: str, entries: Iterable[str]) -> None:
         _refuse_foreign(Path(output), written_by, sorted(set(entries) | tops), old)
 
 
-def replace_owned(work: Path, output: Path, written_by: str, *, commit: str) -> None:
+def replace_owned(work: Path, output: Path, written_by: str, *, commit: str | None = None) -> None:
     """Make ``output`` hold the files of ``work`` (a finished ``temp_folder(output)``) in place
-    of the ones ``written_by`` wrote there before, and nothing else. ``commit`` is the top-level
-    entry readers start from: it leaves first and arrives last. ``work`` is gone afterwards,
+    of the ones ``written_by`` wrote there before, and nothing else. ``commit``, if any, is the
+    top-level entry readers start from: it leaves first and arrives last. ``work`` is gone afterwards,
     unless an ``InputError`` (a foreign file) left ``output`` untouched."""
     work, output = Path(work), Path(output)
     new = frozenset(_files(work))
