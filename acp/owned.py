@@ -40,8 +40,8 @@ from acp.atomic import is_temporary, sweep_stale_temps, temp_prefix, write_atomi
 from acp.errors import InputError
 from acp.paths import UnsafePathError, inside, path_problem
 
-__all__ = ["OWNED_NAME", "check_owned", "read_owned", "remove_owned", "replace_owned", "temp_folder",
-           "write_owned"]
+__all__ = ["OWNED_NAME", "check_owned", "read_owned", "remove_files", "remove_owned", "replace_owned",
+           "temp_folder", "write_owned"]
 
 OWNED_NAME = "acp-owned.json"
 FORMAT = 1
@@ -143,31 +143,45 @@ def replace_owned(work: Path, output: Path, written_by: str, *, commit: str | No
 
 
 def remove_owned(folder: Path, written_by: str) -> int:
-    """Delete the files ``written_by`` lists in ``folder``, then the folders they leave empty,
-    then the list; every other file stays. Returns how many files went."""
+    """Delete the files ``written_by`` lists in ``folder`` (``remove_files``), then the list;
+    every other file stays. Returns how many files went."""
     folder = Path(folder)
     owned = read_owned(folder, written_by)
     if owned is None:
         return 0
+    removed = remove_files(folder, owned)
+    (folder / OWNED_NAME).unlink(missing_ok=True)
+    return removed
+
+
+def remove_files(folder: Path, names: Iterable[str]) -> int:
+    """Delete the files ``names`` (relative to ``folder``) that acp knows it wrote, then the
+    folders on their way that this leaves empty; nothing else. A name that leaves ``folder``
+    (absolute, ``..``, through a symbolic link) or that is now a folder is passed over: what
+    lies there is not acp's. Returns how many files went."""
+    folder = Path(folder)
     removed = 0
-    parents: set[Path] = set()
-    for name in sorted(owned):
-        try:
-            path = inside(folder, name, what=f"{folder / OWNED_NAME}")
+    parents: set[PurePosixPath] = set()
+    for name in sorted(set(names)):
+        if path_problem(name) is not None:
+            continue
+        pure = PurePosixPath(name)
+        try:  # the folders on the way stay inside; the file itself may be a link acp made
+            parent = folder if len(pure.parts) == 1 else inside(folder, pure.parent.as_posix())
         except UnsafePathError:
-            continue  # a link planted on the way: what lies beyond is not acp's
+            continue
+        path = parent / pure.name
         if path.is_dir() and not path.is_symlink():
-            continue  # a file of acp's became someone's folder
+            continue
         try:
             path.unlink()
             removed += 1
         except FileNotFoundError:
             pass
-        parents.update(p for p in Path(name).parents if p != Path("."))
-    for parent in sorted(parents, key=lambda p: len(p.parts), reverse=True):
+        parents.update(p for p in pure.parents if p != PurePosixPath("."))
+    for emptied in sorted(parents, key=lambda p: len(p.parts), reverse=True):
         with contextlib.suppress(OSError):  # not empty: what is left is someone else's
-            (folder / parent).rmdir()
-    (folder / OWNED_NAME).unlink(missing_ok=True)
+            (folder / emptied).rmdir()
     return removed
 
 
