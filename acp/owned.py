@@ -37,7 +37,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 
 from acp.atomic import is_temporary, sweep_stale_temps, temp_prefix, write_atomic
-from acp.errors import InputError
+from acp.errors import InputError, quoted
 from acp.paths import UnsafePathError, inside, path_problem
 
 __all__ = ["OWNED_NAME", "check_owned", "read_owned", "remove_files", "remove_owned", "replace_owned",
@@ -75,9 +75,9 @@ def read_owned(folder: Path, written_by: str) -> frozenset[str] | None:
         raise InputError(f"{folder}: written by {record.get('written_by')!r}, not {written_by}; "
                          "give another folder")
     for name in files:
-        problem = path_problem(name)
-        if problem is not None or name == OWNED_NAME:
-            raise UnsafePathError(f"{path}: {problem or 'lists itself'}; give a new or empty folder")
+        if not _plain(name) or name == OWNED_NAME:
+            problem = path_problem(name) or f"{quoted(name)} is not a path acp writes"
+            raise UnsafePathError(f"{path}: {problem}; give a new or empty folder")
     return frozenset(files)
 
 
@@ -106,7 +106,7 @@ def check_owned(output: Path, written_by: str, entries: Iterable[str]) -> None:
     will check, cheap enough to call before the work."""
     old = read_owned(output, written_by)
     if old is not None:
-        tops = {PurePosixPath(name).parts[0] for name in old}
+        tops = {name.partition("/")[0] for name in old}
         _refuse_foreign(Path(output), written_by, sorted(set(entries) | tops), old)
 
 
@@ -127,7 +127,7 @@ def replace_owned(work: Path, output: Path, written_by: str, *, commit: str | No
             output.rmdir()
         os.replace(work, output)
         return
-    entries = sorted({PurePosixPath(name).parts[0] for name in old | new}, key=lambda e: e != commit)
+    entries = sorted({name.partition("/")[0] for name in old | new}, key=lambda e: e != commit)
     _refuse_foreign(output, written_by, entries, old)
     write_owned(output, written_by, old | new)  # a kill from here on leaves every file listed
     trash = temp_folder(output)
@@ -185,14 +185,35 @@ def remove_files(folder: Path, names: Iterable[str]) -> int:
     return removed
 
 
+def _plain(name: object) -> bool:
+    """Whether ``name`` is a relative path as ``_files`` writes it: parts joined by "/", none
+    empty, "." or "..", no backslash, NUL or drive. String operations only: a manifest lists
+    millions of names, and pathlib per name (``path_problem``) cost more than the walk itself."""
+    if not isinstance(name, str) or not name or "\\" in name or "\x00" in name:
+        return False
+    parts = name.split("/")
+    return ":" not in parts[0] and all(part not in ("", ".", "..") for part in parts)
+
+
 def _files(folder: Path) -> Iterator[str]:
     """Every file and symbolic link under ``folder``, relative, in POSIX form (links not followed)."""
     for top, folders, files in os.walk(folder):
-        relative = PurePosixPath(Path(top).relative_to(folder).as_posix())
+        relative = os.path.relpath(top, folder).replace(os.sep, "/")
+        prefix = "" if relative == "." else relative + "/"
         for name in files + [f for f in folders if os.path.islink(os.path.join(top, f))]:
-            path = (relative / name).as_posix()
-            if path != OWNED_NAME:
-                yield path
+            if prefix or name != OWNED_NAME:
+                yield prefix + name
+
+
+def _folders(files: Iterable[str]) -> set[str]:
+    """The folders on the way to ``files`` (``a``, ``a/b`` for ``a/b/c``)."""
+    found: set[str] = set()
+    for name in files:
+        parent = name.rpartition("/")[0]
+        while parent and parent not in found:  # a folder seen had its own parents added then
+            found.add(parent)
+            parent = parent.rpartition("/")[0]
+    return found
 
 
 def _refuse_foreign(output: Path, written_by: str, entries: list[str], owned: frozenset[str]) -> None:
@@ -207,7 +228,7 @@ def _refuse_foreign(output: Path, written_by: str, entries: list[str], owned: fr
 def _foreign(output: Path, entries: list[str], owned: frozenset[str]) -> list[str]:
     """What lies under ``output``'s ``entries`` that ``owned`` does not account for: an unlisted
     file or link, or a folder holding no listed file."""
-    folders = {parent.as_posix() for name in owned for parent in PurePosixPath(name).parents}
+    folders = _folders(owned)
     found = []
     for entry in entries:
         path = output / entry
