@@ -113,8 +113,8 @@ def check_owned(output: Path, written_by: str, entries: Iterable[str]) -> None:
 def replace_owned(work: Path, output: Path, written_by: str, *, commit: str | None = None) -> None:
     """Make ``output`` hold the files of ``work`` (a finished ``temp_folder(output)``) in place
     of the ones ``written_by`` wrote there before, and nothing else. ``commit``, if any, is the
-    top-level entry readers start from: it leaves first and arrives last. ``work`` is gone afterwards,
-    unless an ``InputError`` (a foreign file) left ``output`` untouched."""
+    top-level entry readers start from: it leaves first and arrives last. ``work`` is gone
+    afterwards, unless an ``InputError`` (a foreign file) left ``output`` untouched."""
     work, output = Path(work), Path(output)
     new = frozenset(_files(work))
     old = read_owned(output, written_by)
@@ -122,8 +122,12 @@ def replace_owned(work: Path, output: Path, written_by: str, *, commit: str | No
         write_owned(work, written_by, new)
         if output.exists():  # empty, but for temporaries of acp writes (read_owned checked)
             for entry in output.iterdir():
-                if is_temporary(entry.name):
-                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+                if not is_temporary(entry.name):
+                    continue  # come since: rmdir refuses, and it stays
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
             output.rmdir()
         os.replace(work, output)
         return
