@@ -21,9 +21,10 @@ the old entries deleted. A kill at any moment leaves a manifest that covers ever
 there, so the rerun replaces them all; temporaries are swept by the next run
 (``acp.atomic.sweep_stale_temps``) and hold only acp's files.
 
-Cost: one walk of the old and the new files, and a manifest of about 40 bytes a file (80 MB
-for the 2M files of a 1M-image YOLO export); the moves are a handful of renames whatever the
-size.
+Cost: one walk of the old and the new files, string operations on their names, and a
+manifest of about 30 bytes a file (5.6 MB for the 200k files of a 100k-image YOLO export,
+whose replacement took 15 s on a slow disk, 8 of them deleting the old files); the moves are
+a handful of renames whatever the size.
 """
 
 from __future__ import annotations
