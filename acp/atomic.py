@@ -41,6 +41,11 @@ def temp_prefix(name: str) -> str:
     return f".{name}.acp-{_HOST}-{os.getpid()}-"
 
 
+def is_temporary(name: str) -> bool:
+    """Whether ``name`` is that of a temporary an acp process makes (live or left by a kill)."""
+    return _TEMP_NAME.fullmatch(name) is not None
+
+
 def sweep_stale_temps(folder: Path) -> None:
     """Remove the temporaries (files or folders) in ``folder`` that acp processes of this host
     left when they were killed; once per folder and process, so that writing many files into

@@ -546,14 +546,30 @@ def check_output(folder: Path) -> Path:
     if folder.exists():
         if not folder.is_dir():
             raise InputError(f"bank {folder}: exists and is not a folder; give another --output")
-        foreign = sorted(p.name for p in folder.iterdir() if p.name not in (ARRAYS_FILE, INDEX_FILE))
+        names = sorted(p.name for p in folder.iterdir())
+        foreign = [name for name in names if name not in (ARRAYS_FILE, INDEX_FILE)]
         if foreign:
             shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
             raise InputError(
                 f"bank {folder}: the folder holds other files ({shown}), which replacing it would "
                 "delete; give another --output or empty it"
             )
+        if names and not _is_bank_index(folder / INDEX_FILE):  # the names alone prove nothing
+            raise InputError(
+                f"bank {folder}: holds {' and '.join(names)} but no {INDEX_FILE} written by `acp bank "
+                "build`, so not a bank to replace; give another --output or empty it"
+            )
     return folder
+
+
+def _is_bank_index(path: Path) -> bool:
+    """Whether ``path`` is the index of a bank of any format (an older one is rebuilt over)."""
+    try:
+        index = loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(index, dict) and isinstance(index.get("format"), int) and isinstance(
+        index.get("categories"), list)
 
 
 def _fsync_folder(folder: Path) -> None:

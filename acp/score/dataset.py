@@ -28,10 +28,14 @@ A layout score covers the ``MAX_OBJECTS_PER_IMAGE`` (20) largest boxes of an ima
 among which a bank forms its pairs (``acp.score.bank``): every pair of a crowded image's
 hundreds of boxes would cost time quadratic in its boxes for little more evidence.
 
-``score_dataset(annotations, images, output)`` writes the report folder, each file atomically
-(to a temporary sibling, all renamed into place together at the end, so an interrupted run
-leaves an earlier report whole): ``images.json`` and ``boxes.json`` (JSON arrays, one record a
-line), ``failures.json`` (``item`` and ``reason``), ``categories.json`` (per category: boxes,
+``score_dataset(annotations, images, output)`` writes the report folder (a new or empty one, or
+an earlier report: one whose ``acp-owned.json`` lists the files its run wrote, see
+``acp.owned``). The report is built in a temporary sibling folder and moved in when complete,
+``summary.json`` last, replacing the files of the earlier report and nothing else (a
+``filtered/`` of an earlier ``--keep-above`` run goes with them; ``report.html`` and the
+user's files stay): an interrupted run leaves the earlier report whole, or no
+``summary.json`` until the rerun. It holds ``images.json`` and ``boxes.json`` (JSON arrays,
+one record a line), ``failures.json`` (``item`` and ``reason``), ``categories.json`` (per category: boxes,
 mean, median, 10th percentile, share below the threshold), ``summary.json``, and with
 ``keep_above`` the filtered copy, a dataset folder ``filtered/``: ``annotations.json`` (the input
 COCO, its keys in order, with the kept rows) and ``images``, a relative symbolic link to the
@@ -60,6 +64,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -70,11 +75,12 @@ from typing import TYPE_CHECKING, Any, Literal, TextIO
 import numpy as np
 from numpy.typing import NDArray
 
-from acp.atomic import atomic_path, atomic_text_file
+from acp.atomic import atomic_text_file
 from acp.boxes import coco_to_plan
 from acp.english import count_phrase, listing
 from acp.errors import InputError
 from acp.images import read_rgb
+from acp.owned import check_owned, replace_owned, temp_folder
 from acp.paths import UnsafePathError, inside, path_problem
 from acp.score.bank import MAX_OBJECTS_PER_IMAGE, OUT_OF_IMAGE_TOLERANCE, read_coco_file, usable_id
 from acp.score.candidates import compose_clis, layout_fields
@@ -88,7 +94,8 @@ SUMMARY_THRESHOLD = 60.0  # the paper's instance threshold, for the per-category
 FILTERED_DIR = "filtered"  # the filtered copy, a dataset folder: annotations.json and images/
 FILTERED_NAME = f"{FILTERED_DIR}/annotations.json"
 REPORT_FILES = ("images.json", "boxes.json", "categories.json", "failures.json", "summary.json",
-                FILTERED_DIR, "report.html")  # what a report writes (report.html: `acp report`)
+                FILTERED_DIR)  # what a report writes (and `acp report`, report.html beside them)
+WRITTEN_BY = "acp score dataset"
 RemovedBoxes = Literal["drop-image", "ignore"]
 
 
@@ -247,8 +254,28 @@ def score_dataset(
     names = ["images.json", "boxes.json", "categories.json", "failures.json", "summary.json"]
     if keep_above is not None:
         names.append(FILTERED_NAME)
-    with ExitStack() as files:  # every file is renamed into place at the end, together
-        handles = {name: files.enter_context(atomic_text_file(output / name)) for name in names}
+    work = temp_folder(output)
+    try:
+        summary, categories = _write_report(work, output, data, names, annotations, images_dir,
+                                            image_scorer=image_scorer, layout_scorer=layout_scorer,
+                                            keep_above=keep_above, removed_boxes=removed_boxes,
+                                            batch_size=batch_size, progress=progress, on_failure=on_failure)
+        replace_owned(work, output, WRITTEN_BY, commit="summary.json")
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return DatasetReport(files=[output / name for name in names], categories=categories, summary=summary)
+
+
+def _write_report(
+    work: Path, output: Path, data: dict[str, Any], names: list[str], annotations: Path, images_dir: Path,
+    *, image_scorer: ImageScorer, layout_scorer: LayoutScorer | None, keep_above: float | None,
+    removed_boxes: RemovedBoxes, batch_size: int, progress: bool,
+    on_failure: Callable[[str, str], None] | None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Score into the files ``names`` of ``work``, the next content of ``output``."""
+    with ExitStack() as files:
+        handles = {name: files.enter_context(atomic_text_file(work / name)) for name in names}
         images_out, boxes_out, failures_out = (
             _JsonArray(handles[name]) for name in ("images.json", "boxes.json", "failures.json")
         )
@@ -263,7 +290,7 @@ def score_dataset(
         if keep_above is not None:
             renumbered = _write_filtered(handles[FILTERED_NAME], data, run.kept_images, run.kept_boxes,
                                          run.ignored_boxes)
-            _link_images(output / FILTERED_DIR, Path(images_dir))
+            _link_images(work / FILTERED_DIR, output / FILTERED_DIR, Path(images_dir))
         summary = {
             "annotations": str(annotations),
             "images_dir": str(Path(images_dir).resolve()),
@@ -285,7 +312,7 @@ def score_dataset(
             "bank": bool(layout_scorer is not None and layout_scorer.bank is not None),
         }
         handles["summary.json"].write(json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
-    return DatasetReport(files=[output / name for name in names], categories=categories, summary=summary)
+    return summary, categories
 
 
 class _Run:
@@ -523,17 +550,13 @@ def _write_filtered(
     return renumbered
 
 
-def _link_images(folder: Path, images_dir: Path) -> None:
-    """``folder/images``: a relative symbolic link to the scored images folder, so that the
-    filtered copy's ``file_name`` values resolve from where it sits, as in an acp dataset."""
+def _link_images(folder: Path, final: Path, images_dir: Path) -> None:
+    """``folder/images``: a relative symbolic link to the scored images folder, right once
+    ``folder`` is moved to ``final``, so that the filtered copy's ``file_name`` values resolve
+    from where it sits, as in an acp dataset."""
     folder.mkdir(parents=True, exist_ok=True)
-    link = folder / "images"
-    if link.exists() and not link.is_symlink():
-        raise InputError(f"{link}: exists and is not the link a report makes; give another --output")
-    target = os.path.relpath(images_dir.resolve(), folder.resolve())
-    with atomic_path(link) as tmp:
-        tmp.unlink()
-        os.symlink(target, tmp, target_is_directory=True)
+    target = os.path.relpath(images_dir.resolve(), final.resolve())
+    os.symlink(target, folder / "images", target_is_directory=True)
 
 
 def check_paths(annotations: Path, images_dir: Path, output: Path, *, probe: int = 10) -> None:
@@ -565,9 +588,8 @@ def _is_file_inside(folder: Path, name: str) -> bool:
 
 
 def _check_output(output: Path) -> None:
-    """A report may be written to a new folder, or over an earlier report: its files are
-    replaced whole, so rerunning refreshes it. Files of the same names from elsewhere (a
-    category file called categories.json) are not replaced."""
+    """A report may be written to a new or empty folder, or over an earlier report (its
+    ``acp-owned.json``), replacing only the files that report wrote."""
     if output.exists() and not output.is_dir():
         raise InputError(f"-o {output}: exists and is not a folder; give another --output")
     if not output.exists():
@@ -575,17 +597,7 @@ def _check_output(output: Path) -> None:
         if not existing.is_dir():
             raise InputError(f"-o {output}: {existing} is not a folder")
         return
-    clashing = sorted(p.name for p in output.iterdir() if p.name in REPORT_FILES)
-    if clashing and not _is_report(output):
-        raise InputError(
-            f"-o {output}: the folder holds files of no earlier report ({', '.join(clashing)}), "
-            "which the report would replace; give another --output"
-        )
-
-
-def _is_report(folder: Path) -> bool:
     try:
-        summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(summary, dict) and {"scored_images", "clip_model"} <= summary.keys()
+        check_owned(output, WRITTEN_BY, REPORT_FILES)
+    except InputError as error:
+        raise InputError(f"-o {error}") from None
