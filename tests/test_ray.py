@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -223,9 +224,13 @@ def test_sigkill_of_the_driver_then_rerun_finishes_the_dataset(
     driver.wait()
     finished = [r["plan_id"] for _, r, _ in read_records(ledger)]
     assert 2 <= len(finished) < 8, finished
-    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    # Rerun with progress: Ray's start-up, silent for seconds before, says what it is doing.
+    rerun = subprocess.run([a for a in command if a != "--no-progress"], env=env, capture_output=True,
+                           text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
     same_output(local_run, out)
+    assert re.search(r"acp: starting 1 Ray workers \(each loads its models\) \.\.\. \d+\.\d s", rerun.stderr), \
+        rerun.stderr[-2000:]
 
 
 def test_a_model_a_worker_cannot_load_is_the_workers_one_line_and_writes_nothing(

@@ -201,7 +201,7 @@ def generate(
         from acp.generate.ray import RayEngine, RayOptions
 
         engine = RayEngine(RayOptions(address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker),
-                           device, batch_plans=batch_plans, compile=compile, dtype=dtype)
+                           device, batch_plans=batch_plans, compile=compile, dtype=dtype, progress=progress)
     elif executor != "local":
         raise InputError(f"--executor: expected local or ray, got {executor!r}")
     elif workers is not None or gpus_per_worker is not None or ray_address != "auto":

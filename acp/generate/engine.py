@@ -5,7 +5,10 @@ engine (``acp.generate.local``) runs the stages in this process; the Ray engine
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -30,6 +33,21 @@ class RunState:
     done: set[str]
     sink: FinishedSink
     progress: Callable[[int], None]
+
+
+@contextmanager
+def step(what: str, progress: bool) -> Iterator[None]:
+    """A status line on stderr around a long step of an engine (``acp: starting Ray ... 11.2
+    s``, ``failed`` when it raises), like a model's load line; nothing without ``progress``."""
+    if progress:
+        print(f"acp: {what} ...", end=" ", file=sys.stderr, flush=True)
+    started, outcome = time.perf_counter(), "failed"
+    try:
+        yield
+        outcome = f"{time.perf_counter() - started:.1f} s"
+    finally:
+        if progress:
+            print(outcome, file=sys.stderr, flush=True)
 
 
 class Engine(Protocol):

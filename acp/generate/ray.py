@@ -41,7 +41,7 @@ from acp import defaults
 from acp.errors import AcpError, InputError, MissingDependencyError, first_line
 from acp.generate import stages
 from acp.generate.components import Components, StageSpec
-from acp.generate.engine import RunState
+from acp.generate.engine import RunState, step
 from acp.generate.feed import End
 from acp.generate.records import Finished, InvalidPlan, Laid, Rendered, StageTimes, Unfinished
 from acp.render.base import Renderer
@@ -155,14 +155,14 @@ class RayEngine:
     def __init__(self, options: RayOptions | None = None, device: str = "auto", *,
                  batch_plans: int = defaults.BATCH_PLANS,
                  make_renderer: Callable[[], Renderer] | None = None, compile: bool = False,
-                 dtype: str = "auto"):
+                 dtype: str = "auto", progress: bool = False):
         from acp.device import check_dtype
         from acp.render.folder import check_batch_plans
 
         self.ray = import_ray()  # before anything is loaded or written: the install hint first
         check_batch_plans(batch_plans)
         check_dtype(dtype)
-        self.dtype = dtype
+        self.dtype, self.progress = dtype, progress
         self.options, self.device = options or RayOptions(), device
         self.batch_plans, self.make_renderer, self.compile = batch_plans, make_renderer, compile
         self.times = StageTimes()
@@ -222,7 +222,8 @@ class RayEngine:
 
         ray = self.ray
         self.threads = torch.get_num_threads()  # what a local run here would compute with
-        self._connect()
+        with step(f"joining or starting Ray (--ray-address {self.options.address})", self.progress):
+            self._connect()
         gpus = float(ray.cluster_resources().get("GPU", 0))
         per_worker = self.options.gpus_per_worker
         if per_worker is None:
@@ -237,7 +238,8 @@ class RayEngine:
             .remote(spec, self.device, self.make_renderer, self.compile, self.dtype, name, self.threads)
             for name in self.names]
         try:
-            ray.get([w.ready.remote() for w in self.workers])
+            with step(f"starting {count} Ray workers (each loads its models)", self.progress):
+                ray.get([w.ready.remote() for w in self.workers])
         except Exception as error:
             raise _unwrap(ray, error) from None
 
