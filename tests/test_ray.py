@@ -229,8 +229,8 @@ def test_sigkill_of_the_driver_then_rerun_finishes_the_dataset(
                            text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
     same_output(local_run, out)
-    assert re.search(r"acp: starting 1 Ray workers \(each loads its models\) \.\.\. \d+\.\d s", rerun.stderr), \
-        rerun.stderr[-2000:]
+    started = r"acp: starting 1 Ray workers \(each loads its models\) \.\.\. \d+\.\d s"
+    assert re.search(started, rerun.stderr), rerun.stderr[-2000:]
 
 
 def test_a_model_a_worker_cannot_load_is_the_workers_one_line_and_writes_nothing(
