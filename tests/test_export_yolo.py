@@ -346,7 +346,7 @@ def test_the_rle_decoder_reads_what_pycocotools_writes() -> None:
     than the mask): compressed and plain counts, for masks of every kind."""
     from pycocotools import mask as mask_utils
 
-    from acp.export.yolo import _decode
+    from acp.export.yolo import decode_rle
 
     rng = np.random.default_rng(0)
     for trial in range(200):
@@ -354,12 +354,12 @@ def test_the_rle_decoder_reads_what_pycocotools_writes() -> None:
         mask = [rng.random((height, width)) < rng.random(), np.ones((height, width), bool),
                 np.zeros((height, width), bool)][trial % 3]
         rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-        decoded = _decode({"size": [height, width], "counts": rle["counts"].decode()}, width, height)
+        decoded = decode_rle({"size": [height, width], "counts": rle["counts"].decode()}, width, height)
         assert decoded is not None and (decoded == mask).all()
         flat = mask.T.reshape(-1)  # column-major runs, background first
         edges = np.flatnonzero(np.diff(flat.astype(np.int8))) + 1
         runs = ([0] if flat[0] else []) + np.diff(np.r_[0, edges, flat.size]).tolist()
-        decoded = _decode({"size": [height, width], "counts": runs}, width, height)
+        decoded = decode_rle({"size": [height, width], "counts": runs}, width, height)
         assert decoded is not None and (decoded == mask).all()
 
 

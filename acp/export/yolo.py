@@ -288,7 +288,7 @@ class _Outliner:
             parts = [_polygon(p, width, height) for p in segmentation]
             return _simplified(max((p for p in parts if p is not None), key=_area, default=None))
         if isinstance(segmentation, dict):
-            mask = _decode(segmentation, width, height)
+            mask = decode_rle(segmentation, width, height)
             return _simplified(self._trace(mask)) if mask is not None else None
         return None
 
@@ -360,7 +360,7 @@ def _simplified(points: np.ndarray | None) -> np.ndarray | None:
     return best if len(best) >= 3 else None
 
 
-def _decode(segmentation: dict[str, Any], width: int, height: int) -> np.ndarray | None:
+def decode_rle(segmentation: dict[str, Any], width: int, height: int) -> np.ndarray | None:
     """The mask of a COCO RLE (compressed or not) of a ``width`` x ``height`` image, as a
     ``height`` x ``width`` bool array; None when it is not one (see the module notes)."""
     size = segmentation.get("size")
