@@ -5,7 +5,11 @@ times that; counting its classes or reading its categories needs none of it at o
 ``scan_object(path, visit=..., keep=...)`` walks the top-level object: each element of an
 array named in ``visit`` is decoded on its own and handed to its callback, the values named
 in ``keep`` are returned, everything else is decoded element by element and dropped. Memory
-is the read buffer (a few MB) plus what the callbacks keep.
+is the read buffer (a few MB) plus what the callbacks keep: a single value (an annotation, an
+image record, the whole of a key that is no array) longer than ``MAX_VALUE_CHARS`` is refused,
+so a file that is one huge string or has no "}" for a gigabyte costs no more, and so are kept
+values longer than ``MAX_KEPT_CHARS`` together. Only a regular file is read
+(``acp.paths.open_regular``).
 """
 
 from __future__ import annotations
@@ -17,8 +21,17 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from acp.errors import InputError, quoted
+from acp.jsonl import TOO_LONG
+from acp.paths import open_regular_text
 
 CHUNK = 1 << 22  # characters read at a time
+# The longest value decoded at once: an LVIS annotation with its polygons is a few KB, a COCO
+# RLE mask of a large image rarely 1 MB. As a Python string (up to 4 bytes a character) and
+# its copies while the buffer grows, 16M characters stay under about 200 MB.
+MAX_VALUE_CHARS = 16 << 20
+# What ``keep`` holds, all values together: a categories list (LVIS's is 0.4 MB; 100,000
+# categories with synonyms about 10 MB), never an annotations list held by mistake.
+MAX_KEPT_CHARS = 32 << 20
 _SPACE = re.compile(r"[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
 _EXPECTED = "expected a COCO-format JSON object"
@@ -49,6 +62,8 @@ class _Reader:
         chunk = self.handle.read(size)
         if self.polygons:
             return chunk
+        if len(self._pending) > MAX_VALUE_CHARS:  # no "}" in all that: no COCO record
+            raise self.too_long()
         text = self._pending + chunk
         cut = text.rfind("}") + 1 if chunk else len(text)
         self._pending = text[cut:]
@@ -68,6 +83,13 @@ class _Reader:
         self.buffer = self.buffer[self.pos:] + chunk
         self.pos = 0
         return True
+
+    def too_long(self) -> InputError:
+        return self.fail(f"a value longer than {MAX_VALUE_CHARS} characters, more than is read at once")
+
+    def offset(self) -> int:
+        """Characters read up to the current position."""
+        return self.dropped + self.pos
 
     def fail(self, what: str) -> InputError:
         return InputError(f"{self.path}: not valid JSON at character {self.dropped + self.pos} "
@@ -94,16 +116,24 @@ class _Reader:
             try:
                 value, end = _DECODER.raw_decode(self.buffer, self.pos)
             except json.JSONDecodeError as error:
-                if self._fill():
+                if self._more():
                     continue
                 self.pos = error.pos
                 raise self.fail(error.msg) from None
             except RecursionError:
                 raise self.fail("nested too deeply") from None
-            if end == len(self.buffer) and self._fill():
+            except ValueError:  # an integer of more digits than Python converts
+                raise self.fail(TOO_LONG) from None
+            if end == len(self.buffer) and self._more():
                 continue  # a number may go on in the next chunk: decode it again, whole
             self.pos = end
             return value
+
+    def _more(self) -> bool:
+        """``_fill`` for a value that goes on past the buffer, within ``MAX_VALUE_CHARS``."""
+        if len(self.buffer) - self.pos > MAX_VALUE_CHARS:
+            raise self.too_long()
+        return self._fill()
 
     def elements(self, each: Callable[[Any], None]) -> None:
         """Each element of the array that starts here, to ``each``."""
@@ -136,10 +166,10 @@ def scan_object(
     problem of the file is one ``InputError`` line."""
     path = Path(path)
     visit = visit or {}
-    kept: dict[str, Any] = {}
     try:
-        with open(path, encoding="utf-8-sig", errors="strict") as handle:
+        with open_regular_text(path, encoding="utf-8-sig") as handle:
             reader = _Reader(handle, path, polygons)
+            kept = _Kept(reader)
             reader.take("{")
             closed = reader.peek() == "}"
             reader.pos += closed
@@ -152,15 +182,12 @@ def scan_object(
                     if reader.peek() != "[":
                         raise InputError(f"{path}: {key!r} is not a list; {_EXPECTED}")
                     reader.elements(visit[key])
-                elif reader.peek() == "[":  # arrays element by element, kept or not
-                    items: list[Any] = []
-                    reader.elements(items.append if key in keep else _drop)
-                    if key in keep:
-                        kept[key] = items
+                elif key in keep:
+                    kept.read(key)
+                elif reader.peek() == "[":  # element by element
+                    reader.elements(_drop)
                 else:
-                    value = reader.value()
-                    if key in keep:
-                        kept[key] = value
+                    reader.value()
                 following = reader.peek()
                 reader.pos += 1
                 closed = following == "}"
@@ -177,8 +204,39 @@ def scan_object(
         raise InputError(f"{path}: is a folder, not a file") from None
     except OSError as error:
         raise InputError(f"{path}: cannot read ({error.strerror or error})") from None
-    return kept
+    return kept.values
+
+
+class _Kept:
+    """The values of the ``keep`` keys, at most ``MAX_KEPT_CHARS`` of the file together."""
+
+    def __init__(self, reader: _Reader):
+        self.reader = reader
+        self.values: dict[str, Any] = {}
+        self.left = MAX_KEPT_CHARS
+
+    def read(self, key: str) -> None:
+        reader, start = self.reader, self.reader.offset()
+        if reader.peek() == "[":  # element by element, the budget checked as it goes
+            items: list[Any] = []
+
+            def append(item: Any) -> None:
+                self._check(key, reader.offset() - start)
+                items.append(item)
+
+            reader.elements(append)
+            self.values[key] = items
+        else:
+            self.values[key] = reader.value()
+        self._check(key, reader.offset() - start)
+        self.left -= reader.offset() - start
+
+    def _check(self, key: str, used: int) -> None:
+        if used > self.left:
+            raise InputError(f"{self.reader.path}: {key!r} is longer than {MAX_KEPT_CHARS} characters, "
+                             f"more than is read of it; {_EXPECTED}")
 
 
 def _drop(_value: Any) -> None:
     pass
+

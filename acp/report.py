@@ -46,8 +46,8 @@ from acp import defaults
 from acp.atomic import write_atomic
 from acp.errors import InputError
 from acp.images import read_rgb
-from acp.jsonl import read_records
-from acp.paths import UnsafePathError, inside
+from acp.jsonl import iter_lines, loads, read_records
+from acp.paths import SMALL_FILE_BYTES, UnsafePathError, inside, read_regular_text
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -323,16 +323,15 @@ def _read_json(path: Path) -> Any:
 def _json_array(path: Path) -> Iterator[Any]:
     """The elements of a JSON array written one element a line (``acp score dataset``'s
     files), without parsing the whole file; any other layout is parsed whole."""
-    with open(path, encoding="utf-8") as handle:
-        first = handle.readline().strip()
-        if first not in ("[", "[]"):
-            handle.seek(0)
-            yield from json.loads(handle.read())
+    first = True
+    for _number, line in iter_lines(path):
+        if first and line not in ("[", "[]"):
+            yield from loads(read_regular_text(path, SMALL_FILE_BYTES))
             return
-        for line in handle:
-            line = line.strip().rstrip(",")
-            if line and line != "]":
-                yield json.loads(line)
+        first = False
+        line = line.rstrip(",")
+        if line not in ("[", "]", "[]"):
+            yield loads(line)
 
 
 # --- an `acp generate` output --------------------------------------------------------------
@@ -546,7 +545,7 @@ def _strips(categories: list[Any], names: dict[Any, str], strips: dict[Any, list
 
 def _score_summary(folder: Path) -> dict[str, Any] | None:
     try:
-        summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+        summary = loads(read_regular_text(folder / "summary.json", SMALL_FILE_BYTES))
     except (OSError, ValueError):
         return None
     if isinstance(summary, dict) and {"scored_images", "clip_model"} <= summary.keys():

@@ -147,11 +147,12 @@ def score_layouts(
     from acp.atomic import atomic_text_file
     from acp.errors import InputError
     from acp.jsonl import dumps
+    from acp.paths import file_problem
     from acp.schema import ScenePlan, read_plans
     from acp.score.candidates import layout_fields
 
-    if not plans.is_file():
-        raise InputError(f"{plans}: no such file; expected a plans file (JSON Lines)")
+    if problem := file_problem(plans):
+        raise InputError(f"{plans}: {problem}; expected a plans file (JSON Lines)")
     scorer = make_layout_scorer(bank, embed_model, clis_l_method)
     scored = bad = 0
     with atomic_text_file(output) as out:  # streamed in batches: memory does not grow with the plans

@@ -33,7 +33,7 @@ from typing import Any
 from acp.atomic import atomic_text_file, compact_json
 from acp.errors import InputError
 from acp.export.categories import CategoryMatcher, load_json_file, parse_categories
-from acp.paths import UnsafePathError, inside, path_problem
+from acp.paths import COCO_FILE_BYTES, UnsafePathError, inside, path_problem
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def _is_id(value: Any) -> bool:
 
 def read_instances(path: Path) -> CocoInstances:
     """Load and check a COCO instances file; every problem is one ``InputError`` line."""
-    data = load_json_file(path)
+    data = load_json_file(path, limit=COCO_FILE_BYTES)
     if not isinstance(data, dict) or not all(
         isinstance(data.get(k), list) for k in ("images", "annotations", "categories")
     ):

@@ -38,7 +38,7 @@ from acp import defaults
 from acp.errors import InputError, OutputMismatchError
 from acp.jsonl import JsonlWriter, dumps, loads, read_records, write_atomic
 from acp.lock import OutputLock
-from acp.paths import UnsafePathError, inside
+from acp.paths import SMALL_FILE_BYTES, UnsafePathError, file_problem, inside, read_regular_text
 from acp.schema import Candidate, ScenePlan, read_plans
 
 if TYPE_CHECKING:
@@ -60,8 +60,9 @@ def read_plan_file(path: Path, limit: int | None = None) -> tuple[list[ScenePlan
     """The valid plans of a JSON Lines file (the first ``limit``) and ``(line, reason)`` for
     each line skipped: unreadable, invalid, or repeating an earlier plan's id."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"plans file not found: {path}")
+    if problem := file_problem(path):
+        raise InputError(f"plans file not found: {path}" if problem == "no such file"
+                         else f"plans file {path}: {problem}")
     plans: list[ScenePlan] = []
     problems: list[tuple[int, str]] = []
     first_line: dict[str, int] = {}
@@ -169,7 +170,7 @@ class RenderFolder:
     def _check(self, wanted: dict[str, object]) -> None:
         path = self.root / SETTINGS
         try:
-            recorded = loads(path.read_text(encoding="utf-8"))
+            recorded = loads(read_regular_text(path, SMALL_FILE_BYTES))
         except (OSError, ValueError):
             recorded = None
         if not isinstance(recorded, dict):

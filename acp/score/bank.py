@@ -58,6 +58,14 @@ from acp.cocostream import POLYGON_PATTERN
 from acp.errors import InputError, quoted
 from acp.jsonl import loads
 from acp.names import canonical_key, category_key
+from acp.paths import (
+    COCO_FILE_BYTES,
+    SMALL_FILE_BYTES,
+    FileTooLargeError,
+    open_regular,
+    read_regular_text,
+    size_text,
+)
 from acp.score.density import LayoutModel, build_model
 
 BANK_FORMAT = 3  # 3: CLIS-L v2 densities (acp.score.density); 2: pair and prior features stored
@@ -337,7 +345,7 @@ class Bank:
         if not (folder / ARRAYS_FILE).is_file() or not (folder / INDEX_FILE).is_file():
             raise InputError(f"bank {folder}: {expected}")
         try:
-            index = loads((folder / INDEX_FILE).read_text(encoding="utf-8"))
+            index = loads(read_regular_text(folder / INDEX_FILE, SMALL_FILE_BYTES))
         except (OSError, ValueError) as error:
             raise InputError(f"bank {folder}: unreadable ({error}); {expected}") from None
         if not isinstance(index, dict) or index.get("format") != BANK_FORMAT:
@@ -346,7 +354,7 @@ class Bank:
                 f"bank {folder}: format {found!r}, expected {BANK_FORMAT}; rebuild it with `acp bank build`"
             )
         try:
-            with np.load(folder / ARRAYS_FILE, allow_pickle=False) as arrays:
+            with open_regular(folder / ARRAYS_FILE) as handle, np.load(handle, allow_pickle=False) as arrays:
                 data = {name: arrays[name] for name in arrays.files}
         except (OSError, ValueError) as error:
             raise InputError(f"bank {folder}: unreadable ({error}); {expected}") from None
@@ -592,8 +600,13 @@ def read_coco_file(path: Path, *, polygons: bool = True) -> dict[str, Any]:
     """
     expected = "expected a COCO-format JSON object with 'images', 'annotations' and 'categories' lists"
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read() if polygons else _without_polygons(handle)
+        with open_regular(path) as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size <= COCO_FILE_BYTES:
+                raw = handle.read(COCO_FILE_BYTES + 1) if polygons else _without_polygons(handle)
+            if size > COCO_FILE_BYTES or handle.tell() > COCO_FILE_BYTES:  # or it grew meanwhile
+                raise FileTooLargeError(f"{size_text(max(size, handle.tell()))} is over the "
+                                        f"{size_text(COCO_FILE_BYTES)} cap of a COCO file read whole", path)
         # Decoded here as json.loads would, so that the bytes are gone before the parse.
         text = raw.decode(json.detect_encoding(raw), "surrogatepass")
         del raw
@@ -622,7 +635,7 @@ def _without_polygons(handle: BinaryIO) -> bytes:
     cut after a "}"), so the whole text as written is never in memory."""
     pieces = []
     tail = b""
-    while chunk := handle.read(_CHUNK):
+    while handle.tell() <= COCO_FILE_BYTES and (chunk := handle.read(_CHUNK)):
         buffer = tail + chunk
         cut = buffer.rfind(b"}") + 1
         pieces.append(_POLYGONS.sub(_NO_POLYGONS, buffer[:cut]))

@@ -75,7 +75,8 @@ from acp.boxes import coco_to_plan
 from acp.english import count_phrase, listing
 from acp.errors import InputError
 from acp.images import read_rgb
-from acp.paths import UnsafePathError, inside, path_problem
+from acp.jsonl import loads
+from acp.paths import SMALL_FILE_BYTES, UnsafePathError, inside, path_problem, read_regular_text
 from acp.score.bank import MAX_OBJECTS_PER_IMAGE, OUT_OF_IMAGE_TOLERANCE, read_coco_file, usable_id
 from acp.score.candidates import compose_clis, layout_fields
 from acp.score.image import ImageScorer, Scene, SceneObject
@@ -585,7 +586,7 @@ def _check_output(output: Path) -> None:
 
 def _is_report(folder: Path) -> bool:
     try:
-        summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+        summary = loads(read_regular_text(folder / "summary.json", SMALL_FILE_BYTES))
     except (OSError, ValueError):
         return False
     return isinstance(summary, dict) and {"scored_images", "clip_model"} <= summary.keys()
