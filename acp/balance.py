@@ -562,7 +562,7 @@ class BalancePlan:
 
 class _Pools:
     """Back-off pools of companions, computed once each: a supercategory's co-occurrences and
-    the frequent classes."""
+    the frequent classes; and the co-occurrence weights as floats."""
 
     def __init__(self, histogram: ClassHistogram):
         self.histogram = histogram
@@ -578,6 +578,7 @@ class _Pools:
             frequent[top] = True
         rows = np.flatnonzero(frequent & (histogram.images_with > 0))
         self.frequent = (rows.astype(np.int64), histogram.images_with[rows].astype(np.float64))
+        self.pair_weights = histogram.pair_images.astype(np.float64)  # converted once, not per draw
 
     def supercategory(self, row: int) -> tuple[IntArray, NDArray[np.float64]]:
         name = self.histogram.categories[row].supercategory
@@ -618,6 +619,14 @@ def plan_balance(histogram: ClassHistogram, options: BalanceOptions,
     pools = _Pools(histogram)
     hits = np.zeros(n, dtype=np.int64)  # per scene: companions each category has shared an image with
     taken = np.zeros(n, dtype=bool)  # per scene: already in it
+    beyond = plan.beyond_quota
+    # Who may still be drawn, kept up to date per draw rather than recomputed over every partner
+    # of every draw: wanted (quota left) or under its cap, usable, and not in the scene.
+    open_ = ((remaining > 0) | (beyond < cap)) & usable
+
+    def reopen(row: int) -> None:
+        open_[row] = (remaining[row] > 0 or beyond[row] < cap[row]) and usable[row] and not taken[row]
+
     heap = [(-int(remaining[r]), float(rng.random()), int(r)) for r in np.flatnonzero(remaining)]
     heapq.heapify(heap)
     while heap:
@@ -628,28 +637,34 @@ def plan_balance(histogram: ClassHistogram, options: BalanceOptions,
         plan.as_subject[subject] += 1
         wanted = int(rng.integers(low, high + 1)) - 1
         chosen: list[tuple[int, str]] = []
-        taken[subject] = True
+        counted: list[int] = []  # companions whose partners are counted in ``hits``
+        taken[subject], open_[subject] = True, False
         for _ in range(wanted):
-            pick = _draw(histogram, pools, subject, len(chosen), hits, taken, remaining,
-                         plan.beyond_quota, cap, usable, rng)
+            pick = _draw(histogram, pools, subject, len(chosen), hits, open_, rng)
             if pick is None:
                 break
             row, source = pick
             chosen.append((row, source))
-            taken[row] = True
-            hits[histogram.partners(row)[0]] += 1
+            taken[row], open_[row] = True, False
+            if len(chosen) < wanted:  # only a later draw reads them
+                hits[histogram.partners(row)[0]] += 1
+                counted.append(row)
             if remaining[row] > 0:
                 remaining[row] -= 1
                 plan.towards_quota[row] += 1
                 heapq.heappush(heap, (-int(remaining[row]), float(rng.random()), row))
             else:
-                plan.beyond_quota[row] += 1
+                beyond[row] += 1
             if source != "cooccurrence":
                 plan.backoffs[(subject, row, source)] += 1
-        taken[subject] = False
-        for row, _ in chosen:  # the scratch arrays back to zero, in time of the scene's size
-            taken[row] = False
+        # The scratch arrays back as they were, in time of the scene's size.
+        for row in counted:
             hits[histogram.partners(row)[0]] -= 1
+        taken[subject] = False
+        reopen(subject)
+        for row, _ in chosen:
+            taken[row] = False
+            reopen(row)
         plan.scenes.append(subject, chosen)
         if remaining[subject] > 0:
             heapq.heappush(heap, (-int(remaining[subject]), float(rng.random()), subject))
@@ -657,14 +672,14 @@ def plan_balance(histogram: ClassHistogram, options: BalanceOptions,
 
 
 def _draw(histogram: ClassHistogram, pools: _Pools, subject: int, drawn: int, hits: IntArray,
-          taken: NDArray[np.bool_], remaining: IntArray, beyond: IntArray, cap: IntArray,
-          usable: NDArray[np.bool_], rng: np.random.Generator) -> tuple[int, str] | None:
+          open_: NDArray[np.bool_], rng: np.random.Generator) -> tuple[int, str] | None:
     """One companion for ``subject``: from its co-occurrences, else a back-off pool. It must
     have shared an image with each of the ``drawn`` companions so far (``hits``: with how many
-    of them each category has), not be in the scene (``taken``), and still be wanted (quota
-    left) or under its cap."""
-    partners = histogram.partners(subject)
-    sources: list[tuple[str, tuple[IntArray, Any]]] = [("cooccurrence", partners)]
+    of them each category has) and be ``open_``: not in the scene, usable, and still wanted
+    (quota left) or under its cap."""
+    start, end = histogram.pair_ptr[subject], histogram.pair_ptr[subject + 1]
+    partners = histogram.pair_row[start:end], pools.pair_weights[start:end]
+    sources: list[tuple[str, tuple[IntArray, NDArray[np.float64]]]] = [("cooccurrence", partners)]
     # Back-offs are for a subject that shares no image with any category: one whose partners
     # are used up gets a smaller scene instead, never a pair the real data has not shown.
     if not drawn and partners[0].size == 0:
@@ -672,13 +687,13 @@ def _draw(histogram: ClassHistogram, pools: _Pools, subject: int, drawn: int, hi
     for source, (rows, weights) in sources:
         if rows.size == 0:
             continue
-        ok = ((remaining[rows] > 0) | (beyond[rows] < cap[rows])) & usable[rows] & ~taken[rows]
+        ok = open_[rows]
         if drawn:
             ok &= hits[rows] == drawn
-        if not ok.any():
-            continue
         candidates = rows[ok]
-        total = np.cumsum(np.asarray(weights, dtype=np.float64)[ok])
+        if not candidates.size:
+            continue
+        total = np.cumsum(weights[ok])
         pick = int(np.searchsorted(total, rng.random() * total[-1], side="right"))
         return int(candidates[min(pick, candidates.size - 1)]), source
     return None

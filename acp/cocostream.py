@@ -25,13 +25,16 @@ from acp.jsonl import TOO_LONG
 from acp.paths import open_regular_text
 
 CHUNK = 1 << 22  # characters read at a time
-# The longest value decoded at once: an LVIS annotation with its polygons is a few KB, a COCO
-# RLE mask of a large image rarely 1 MB. As a Python string (up to 4 bytes a character) and
-# its copies while the buffer grows, 16M characters stay under about 200 MB.
-MAX_VALUE_CHARS = 16 << 20
+# The longest value decoded at once: an LVIS annotation is a few KB once its polygons are
+# nulled, a COCO RLE mask of a large image rarely 100 KB. The reader holds at most about twice
+# this while it looks for the value's end: as Python strings of up to 4 bytes a character and
+# their copies, about 150 MB at worst (bench/bench_balance.py --shape one-value).
+MAX_VALUE_CHARS = 4 << 20
 # What ``keep`` holds, all values together: a categories list (LVIS's is 0.4 MB; 100,000
-# categories with synonyms about 10 MB), never an annotations list held by mistake.
-MAX_KEPT_CHARS = 32 << 20
+# categories with synonyms about 10 MB), never an annotations list held by mistake; and at most
+# this many elements of a kept array (100,000 tiny categories are about 50 MB as Python objects).
+MAX_KEPT_CHARS = 16 << 20
+MAX_KEPT_ITEMS = 100_000
 _SPACE = re.compile(r"[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
 _EXPECTED = "expected a COCO-format JSON object"
@@ -59,11 +62,11 @@ class _Reader:
         self._pending = ""  # read, not yet past a "}" (polygons are cut after one)
 
     def _read(self, size: int) -> str:
+        if len(self.buffer) - self.pos + len(self._pending) > MAX_VALUE_CHARS:
+            raise self.too_long()  # one value (or no "}" in all that): more than is read at once
         chunk = self.handle.read(size)
         if self.polygons:
             return chunk
-        if len(self._pending) > MAX_VALUE_CHARS:  # no "}" in all that: no COCO record
-            raise self.too_long()
         text = self._pending + chunk
         cut = text.rfind("}") + 1 if chunk else len(text)
         self._pending = text[cut:]
@@ -116,7 +119,7 @@ class _Reader:
             try:
                 value, end = _DECODER.raw_decode(self.buffer, self.pos)
             except json.JSONDecodeError as error:
-                if self._more():
+                if self._fill():
                     continue
                 self.pos = error.pos
                 raise self.fail(error.msg) from None
@@ -124,16 +127,10 @@ class _Reader:
                 raise self.fail("nested too deeply") from None
             except ValueError:  # an integer of more digits than Python converts
                 raise self.fail(TOO_LONG) from None
-            if end == len(self.buffer) and self._more():
+            if end == len(self.buffer) and self._fill():
                 continue  # a number may go on in the next chunk: decode it again, whole
             self.pos = end
             return value
-
-    def _more(self) -> bool:
-        """``_fill`` for a value that goes on past the buffer, within ``MAX_VALUE_CHARS``."""
-        if len(self.buffer) - self.pos > MAX_VALUE_CHARS:
-            raise self.too_long()
-        return self._fill()
 
     def elements(self, each: Callable[[Any], None]) -> None:
         """Each element of the array that starts here, to ``each``."""
@@ -222,6 +219,9 @@ class _Kept:
 
             def append(item: Any) -> None:
                 self._check(key, reader.offset() - start)
+                if len(items) == MAX_KEPT_ITEMS:
+                    raise InputError(f"{reader.path}: {key!r} has more than {MAX_KEPT_ITEMS} elements, "
+                                     f"more than is read of it; {_EXPECTED}")
                 items.append(item)
 
             reader.elements(append)

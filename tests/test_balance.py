@@ -460,8 +460,10 @@ def coco_text(annotations: str, categories: str = '[{"id": 1, "name": "dog"}]') 
      "expected a 64-bit integer"),
     (coco_text('[{"image_id": 1, "category_id": 1, "note": "' + "x" * 200_000 + '"}]'),
      "a value longer than 65536 characters"),
-    (coco_text("[]", json.dumps([{"id": i, "name": f"class {i}"} for i in range(5000)])),
+    (coco_text("[]", json.dumps([{"id": i, "name": f"c{i}", "def": "x" * 2000} for i in range(50)])),
      "'categories' is longer than 65536 characters"),
+    (coco_text("[]", json.dumps([{"id": i, "name": f"c{i}"} for i in range(101)])),
+     "'categories' has more than 100 elements"),
 ])
 def test_a_real_file_with_a_huge_value_is_one_line(tmp_path: Path, monkeypatch, text: str,
                                                    expected: str) -> None:
@@ -472,6 +474,7 @@ def test_a_real_file_with_a_huge_value_is_one_line(tmp_path: Path, monkeypatch, 
     monkeypatch.setattr(cocostream, "CHUNK", 1 << 12)
     monkeypatch.setattr(cocostream, "MAX_VALUE_CHARS", 1 << 16)
     monkeypatch.setattr(cocostream, "MAX_KEPT_CHARS", 1 << 16)
+    monkeypatch.setattr(cocostream, "MAX_KEPT_ITEMS", 100)
     path = tmp_path / "real.json"
     path.write_text(text)
     result = runner.invoke(app, plan_args(path, tmp_path, "--target", "3"))

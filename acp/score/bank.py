@@ -11,9 +11,10 @@ normalises every box by its image size and keeps, per canonical category
 - object pairs of the same image, indexed by their (unordered) category pair.
 
 What is skipped, and counted in ``Bank.summary["skipped"]``: malformed annotations, boxes of
-unknown images or images without a size, unknown category ids, crowd boxes, degenerate boxes
-(non-finite, zero or negative side) and boxes reaching more than ``OUT_OF_IMAGE_TOLERANCE``
-pixels outside their image (boxes within it are clipped to the image).
+unknown images or images without a size (or with a side over ``MAX_IMAGE_SIDE`` pixels),
+unknown category ids, crowd boxes, degenerate boxes (non-finite, zero or negative side) and
+boxes reaching more than ``OUT_OF_IMAGE_TOLERANCE`` pixels outside their image (boxes within
+it are clipped to the image).
 
 Caps, so that a full COCO train split (860k boxes) builds in about 20 s (a third of it v2's
 densities and calibration) and loads in a tenth of a second (``bench/bench_bank.py``):
@@ -41,6 +42,7 @@ together or neither. Input that yields no usable box at all is an error, not an 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -72,6 +74,8 @@ BANK_FORMAT = 3  # 3: CLIS-L v2 densities (acp.score.density); 2: pair and prior
 ARRAYS_FILE = "bank.npz"
 INDEX_FILE = "index.json"
 OUT_OF_IMAGE_TOLERANCE = 1.0  # pixels; COCO boxes overshoot their image by rounding only
+# An image side past this is no size (1e308 made boxes of height 0 in float32, aspect infinity).
+MAX_IMAGE_SIDE = 1_000_000
 MAX_OBJECTS_PER_IMAGE = 20
 MAX_PAIRS_PER_CATEGORY_PAIR = 10_000
 MAX_BOXES_PER_CATEGORY = 10_000
@@ -291,7 +295,7 @@ class Bank:
             ],
             "summary": self.summary,
         }
-        text = json.dumps(index, indent=1, ensure_ascii=False) + "\n"
+        text = json.dumps(index, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
         with open(folder / ARRAYS_FILE, "wb") as handle:
             arrays: dict[str, Any] = {
                 "boxes": self.boxes,
@@ -645,8 +649,11 @@ def _without_polygons(handle: BinaryIO) -> bytes:
 
 
 def usable_id(value: Any) -> bool:
-    """An id COCO records can refer to: a number or a string (not a bool, list or object)."""
-    return isinstance(value, int | float | str) and not isinstance(value, bool)
+    """An id COCO records can refer to: a number or a string (not a bool, list or object, nor
+    NaN or infinity, which JSON cannot write back and NaN no lookup finds)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, int | str) and not isinstance(value, bool)
 
 
 def _usable_boxes(
@@ -679,7 +686,7 @@ def _usable_boxes(
         image_rows[item["id"]] = k
         try:
             sizes[k] = float(item["width"]), float(item["height"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):  # an integer of 400 digits, too
             sizes[k] = 0.0, 0.0  # counted as image_without_size below
 
     annotations = data["annotations"]
@@ -696,7 +703,7 @@ def _usable_boxes(
             image[i] = image_rows.get(item["image_id"], -1)
             category[i] = categories.get(item["category_id"], -1)
             crowd[i] = bool(item.get("iscrowd", 0))
-        except (KeyError, TypeError, ValueError, IndexError):
+        except (KeyError, TypeError, ValueError, IndexError, OverflowError):
             malformed[i] = True
 
     reasons = np.full(n, -1, dtype=np.int8)  # index into SKIP_REASONS; -1 keeps the box
@@ -708,7 +715,8 @@ def _usable_boxes(
     mark(image < 0, "unknown_image")
     width = np.where(image >= 0, sizes[np.maximum(image, 0), 0], 0.0)
     height = np.where(image >= 0, sizes[np.maximum(image, 0), 1], 0.0)
-    mark(~(np.isfinite(width) & np.isfinite(height) & (width > 0) & (height > 0)), "image_without_size")
+    mark(~((width > 0) & (height > 0) & (width <= MAX_IMAGE_SIDE) & (height <= MAX_IMAGE_SIDE)),
+         "image_without_size")  # NaN fails every comparison
     mark(category < 0, "unknown_category")
     mark(crowd, "crowd")
     with np.errstate(invalid="ignore"):
