@@ -26,6 +26,11 @@ into scenes:
   instances it gained so get below ``companion_cap`` times its real count, so frequent classes
   grow by at most that share (10% by default) and tail classes without quota not at all.
 
+Bounds, whatever REAL's shape: 16 bytes an annotation while counting, at most ``MAX_PAIRS``
+co-occurring pairs and ``MAX_PARTNERS`` partners a category (the most shared kept, the cut
+said), at most ``MAX_TOPUP_INSTANCES`` instances planned (refused before any scene is drawn);
+every number read from REAL or a summary is checked before use.
+
 Names: scenes name categories by a phrase made for prompts ("aerosol can" for LVIS's
 ``aerosol_can``, "bow (weapon)" for ``bow_(weapon)``), checked to map back to exactly its
 category by the rules of ``acp.export.categories``, so the export carries REAL's names and ids.
@@ -114,7 +119,7 @@ class ClassHistogram:
     crowd: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     ambiguous: list[str] = field(default_factory=list)  # names that map to several categories
-    pairs_cut: int = 0  # co-occurring pairs left out past MAX_PAIRS
+    pairs_cut: int = 0  # co-occurrences left out: pairs past MAX_PAIRS, partners past MAX_PARTNERS
 
     def partners(self, row: int) -> tuple[IntArray, IntArray]:
         """The categories sharing an image with ``row`` and how many images they share."""

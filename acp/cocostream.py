@@ -32,7 +32,7 @@ CHUNK = 1 << 22  # characters read at a time
 MAX_VALUE_CHARS = 4 << 20
 # What ``keep`` holds, all values together: a categories list (LVIS's is 0.4 MB; 100,000
 # categories with synonyms about 10 MB), never an annotations list held by mistake; and at most
-# this many elements of a kept array (100,000 tiny categories are about 50 MB as Python objects).
+# this many elements of a kept array (100,000 small categories are about 30 MB as Python objects).
 MAX_KEPT_CHARS = 16 << 20
 MAX_KEPT_ITEMS = 100_000
 _SPACE = re.compile(r"[ \t\n\r]*")
@@ -239,4 +239,3 @@ class _Kept:
 
 def _drop(_value: Any) -> None:
     pass
-

@@ -121,6 +121,7 @@ FIFO_COMMANDS = [
     (["balance", "report", "{tmp}/real.json", "{fifo}"], "synthetic.json"),
     (["balance", "report", "{tmp}/real.json", "{fifo}"], "plans.jsonl"),
     (["plan", "--balance", "{fifo}", "--target", "5", "-o", "{tmp}/p.jsonl"], "real_fifo.json"),
+    (["plan", "--concepts", "dog", "-o", "{fifo}", "--planner", "heuristic"], "plans_out.jsonl"),
     (["plan", "--balance", "{tmp}/real.json", "--target", "5", "--pass-rate-from", "{fifo}",
       "-o", "{tmp}/p.jsonl"], "summary.json"),
 ]
