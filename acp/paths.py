@@ -34,12 +34,14 @@ __all__ = [
     "NotRegularFileError",
     "UnsafePathError",
     "check_regular",
+    "file_problem",
     "inside",
     "open_regular",
     "open_regular_text",
     "path_problem",
     "read_regular",
     "read_regular_text",
+    "size_text",
 ]
 
 # Files read whole: settings, summaries, category lists, concept lists, a bank's index. 64 MiB
