@@ -134,8 +134,12 @@ def write_atomic(path: Path, data: bytes | str) -> None:
 
 
 def copy_atomic(source: Path, target: Path) -> None:
-    with atomic_path(target) as tmp:
-        shutil.copyfile(source, tmp)
+    """Copy the regular file ``source`` to ``target`` atomically; a FIFO or a device (which
+    would block or never end) is an ``OSError`` before anything is written."""
+    from acp.paths import open_regular
+
+    with open_regular(source) as reader, atomic_path(target) as tmp, open(tmp, "wb") as writer:
+        shutil.copyfileobj(reader, writer, 1 << 20)
 
 
 def compact_json(value: Any) -> str:

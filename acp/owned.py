@@ -39,7 +39,7 @@ from pathlib import Path, PurePosixPath
 
 from acp.atomic import is_temporary, sweep_stale_temps, temp_prefix, write_atomic
 from acp.errors import InputError, quoted
-from acp.paths import UnsafePathError, inside, path_problem
+from acp.paths import SMALL_FILE_BYTES, UnsafePathError, inside, path_problem, read_regular_text
 
 __all__ = ["OWNED_NAME", "check_owned", "read_owned", "remove_files", "remove_owned", "replace_owned",
            "temp_folder", "write_owned"]
@@ -60,7 +60,7 @@ def read_owned(folder: Path, written_by: str) -> frozenset[str] | None:
         return None
     path = folder / OWNED_NAME
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = json.loads(read_regular_text(path, SMALL_FILE_BYTES))
     except FileNotFoundError:
         raise InputError(
             f"{folder}: a folder that {written_by} did not write (no {OWNED_NAME} listing its files), "

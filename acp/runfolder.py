@@ -74,6 +74,7 @@ from acp.errors import InputError, OutputMismatchError
 from acp.export.coco import ANNOTATIONS_NAME, IMAGES_DIR, RECORDS_NAME
 from acp.jsonl import JsonlWriter, drop_torn_tail, read_records
 from acp.lock import OutputLock
+from acp.paths import open_regular
 from acp.render.folder import MANIFEST
 from acp.schema import Candidate, CandidateScore, PlanResult, ScenePlan, error_problems
 
@@ -218,7 +219,7 @@ def read_json_file(path: Path, limit: int = MAX_FILE) -> Any | None:
     if not _regular(path):
         raise InputError(f"{path}: not a regular file")
     try:
-        with open(path, "rb") as handle:
+        with open_regular(path) as handle:
             raw = handle.read(limit + 1)
     except OSError as error:
         raise InputError(f"{path}: cannot read ({error.strerror or error})") from None
@@ -248,7 +249,7 @@ def _lines(path: Path, limit: int = MAX_LINE) -> Iterator[tuple[int, bytes | Non
     """``(number, line)`` of each non-blank line; ``None`` for one longer than ``limit`` bytes,
     which is read past in pieces, never held whole. A final line without its newline is given
     only when it parses (a torn write otherwise, as ``acp.jsonl`` reads it)."""
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:
         number = 0
         while raw := handle.readline(limit + 1):
             number += 1
@@ -771,7 +772,7 @@ class ScoreReportFolder:
         if not _regular(path):
             skipped.add(path.name, "", "not a regular file")
             return
-        with open(path, "rb") as handle:
+        with open_regular(path) as handle:
             first = handle.readline(MAX_LINE).strip()
         if by_line and first in (b"[", b"[]"):
             elements: Iterator[tuple[str, Any]] = _line_values(path, skipped, first=2)

@@ -223,10 +223,11 @@ def validate(
     """Check every record of a plans file; one line per problem (the first 20), exit 1 if any
     or if the file holds no plan at all."""
     from acp.errors import InputError
+    from acp.paths import file_problem
     from acp.schema import LayoutRules, layout_problems, read_plans
 
-    if not plans.is_file():
-        raise InputError(f"{plans}: no such file")
+    if problem := file_problem(plans):
+        raise InputError(f"{plans}: {problem}")
     rules = LayoutRules(max_overlap=max_overlap)
     seen: dict[str, int] = {}
     good = bad = warned = 0

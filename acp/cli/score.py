@@ -169,10 +169,11 @@ def score_layouts(
     """
     from acp.atomic import atomic_text_file
     from acp.errors import InputError
+    from acp.paths import file_problem
     from acp.score.plan_files import score_plan_file
 
-    if not plans.is_file():
-        raise InputError(f"{plans}: no such file; expected a plans file (JSON Lines)")
+    if problem := file_problem(plans):
+        raise InputError(f"{plans}: {problem}; expected a plans file (JSON Lines)")
     check_layout_options(bank, embed_model, clis_l_method)
     if embed_model:
         from acp.pretrained import check_models

@@ -36,7 +36,7 @@ import acp
 from acp.atomic import atomic_text_file, compact_json
 from acp.errors import InputError
 from acp.export.categories import CategoryMatcher, load_json_file, parse_categories
-from acp.paths import UnsafePathError, inside, path_problem
+from acp.paths import COCO_FILE_BYTES, UnsafePathError, inside, open_regular, path_problem
 
 MARKER = "acp_merge"
 
@@ -64,7 +64,7 @@ class CocoInstances:
 
 def _is_merge(path: Path) -> bool:
     """Whether ``path`` begins with the mark ``merge_coco`` writes first."""
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:
         return handle.read(len(MARKER) + 4) == b'{"' + MARKER.encode() + b'":'
 
 
@@ -74,7 +74,7 @@ def _is_id(value: Any) -> bool:
 
 def read_instances(path: Path) -> CocoInstances:
     """Load and check a COCO instances file; every problem is one ``InputError`` line."""
-    data = load_json_file(path)
+    data = load_json_file(path, limit=COCO_FILE_BYTES)
     if not isinstance(data, dict) or not all(
         isinstance(data.get(k), list) for k in ("images", "annotations", "categories")
     ):

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from acp.errors import InputError
+from acp.paths import open_regular
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
@@ -160,7 +161,7 @@ def is_split_file(path: Path) -> bool:
     """Whether ``path`` is a split file ``split_coco`` wrote (it begins with its mark)."""
     if path.is_symlink() or not path.is_file():
         return False
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:
         return _MARKED.match(handle.read(64)) is not None
 
 
@@ -177,7 +178,7 @@ def _own_split_files(output: Path, annotations: Path) -> list[Path]:
                              "or give another -o")
         if annotations.exists() and path.samefile(annotations):
             raise InputError(f"-o {output}: would replace the input {annotations}; give another -o")
-        with open(path, "rb") as handle:
+        with open_regular(path) as handle:
             start = handle.read(64)
         if not _MARKED.match(start):
             raise InputError(

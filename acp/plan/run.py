@@ -19,6 +19,7 @@ from typing import Protocol
 from acp.errors import AcpError, InputError, OutputMismatchError, first_line
 from acp.jsonl import JsonlWriter, iter_lines, read_records
 from acp.lock import OutputLock
+from acp.paths import file_problem
 from acp.plan.base import PlanOutcome, SceneRequest, derive_seed
 from acp.schema import ScenePlan
 
@@ -82,8 +83,8 @@ def check_plans_file(output: Path) -> None:
     dataset's annotations, say): its first complete line must be a plan record."""
     if not output.exists():
         return
-    if not output.is_file():
-        raise InputError(f"{output}: is a folder, not a plans file")
+    if problem := file_problem(output):
+        raise InputError(f"{output}: {problem}; expected a plans file")
     for number, text in iter_lines(output):
         try:
             record = json.loads(text)

@@ -42,7 +42,7 @@ from acp.atomic import is_temporary
 from acp.errors import InputError, OutputMismatchError
 from acp.jsonl import JsonlWriter, dumps, loads, read_records, write_atomic
 from acp.lock import OutputLock
-from acp.paths import UnsafePathError, inside
+from acp.paths import SMALL_FILE_BYTES, UnsafePathError, file_problem, inside, open_regular, read_regular_text
 from acp.schema import Candidate, ScenePlan, read_plans
 
 if TYPE_CHECKING:
@@ -64,8 +64,9 @@ def read_plan_file(path: Path, limit: int | None = None) -> tuple[list[ScenePlan
     """The valid plans of a JSON Lines file (the first ``limit``) and ``(line, reason)`` for
     each line skipped: unreadable, invalid, or repeating an earlier plan's id."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"plans file not found: {path}")
+    if problem := file_problem(path):
+        raise InputError(f"plans file not found: {path}" if problem == "no such file"
+                         else f"plans file {path}: {problem}")
     plans: list[ScenePlan] = []
     problems: list[tuple[int, str]] = []
     first_line: dict[str, int] = {}
@@ -85,7 +86,7 @@ def read_plan_file(path: Path, limit: int | None = None) -> tuple[list[ScenePlan
 def _recorded(root: Path) -> dict[str, object] | None:
     """The settings ``root/render.json`` records: what proves ``root`` a render folder."""
     try:
-        recorded = loads((root / SETTINGS).read_text(encoding="utf-8"))
+        recorded = loads(read_regular_text(root / SETTINGS, SMALL_FILE_BYTES))
     except (OSError, ValueError):
         return None
     return recorded if isinstance(recorded, dict) and {"model", "steps", "seed"} <= recorded.keys() else None
@@ -98,7 +99,7 @@ def _empty(root: Path) -> bool:
 
 def _torn(path: Path) -> bool:
     """Whether the file's last line lacks its newline (a write cut short)."""
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:
         handle.seek(0, 2)
         if handle.tell() == 0:
             return False

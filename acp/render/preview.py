@@ -35,7 +35,7 @@ from acp.images import read_rgb
 from acp.jsonl import read_records, write_atomic
 from acp.names import category_key
 from acp.owned import check_owned, replace_owned, temp_folder
-from acp.paths import UnsafePathError, inside
+from acp.paths import UnsafePathError, file_problem, inside
 from acp.render.folder import MANIFEST
 from acp.schema import Candidate, ScenePlan
 
@@ -125,8 +125,9 @@ def _save(picture: Image.Image, path: Path) -> None:
 def read_manifest(folder: Path) -> list[Candidate]:
     """The valid records of a render folder's manifest whose image exists."""
     path = Path(folder) / MANIFEST
-    if not path.is_file():
-        raise InputError(f"no {MANIFEST} in {folder}: not a render folder")
+    if problem := file_problem(path):
+        raise InputError(f"no {MANIFEST} in {folder}: not a render folder" if problem == "no such file"
+                         else f"{path}: {problem}")
     found = []
     for _number, record, _text in read_records(path):
         try:

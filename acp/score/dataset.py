@@ -78,7 +78,7 @@ from numpy.typing import NDArray
 from acp.atomic import atomic_text_file
 from acp.boxes import coco_to_plan
 from acp.english import count_phrase, listing
-from acp.errors import InputError
+from acp.errors import InputError, quoted
 from acp.images import read_rgb
 from acp.owned import check_owned, replace_owned, temp_folder
 from acp.paths import UnsafePathError, inside, path_problem
@@ -124,7 +124,7 @@ class _JsonArray:
 
     def add(self, value: Any) -> None:
         self.handle.write(",\n" if self.count else "\n")
-        self.handle.write(json.dumps(value, ensure_ascii=False))
+        self.handle.write(json.dumps(value, ensure_ascii=False, allow_nan=False))
         self.count += 1
 
     def close(self) -> None:
@@ -195,22 +195,22 @@ def _record_problem(record: Any, keys: tuple[str, ...]) -> str | None:
         return "no " + " and no ".join(repr(key) for key in missing)
     for key in keys:
         if key.endswith("id") and not usable_id(record[key]):
-            return f"{key} must be a number or a string, got {record[key]!r}"
+            return f"{key} must be a number or a string, got {quoted(record[key])}"
     return None
 
 
 def _box_problem(bbox: Any, width: float, height: float) -> str | None:
     if not isinstance(bbox, list | tuple) or len(bbox) != 4:
-        return f"bbox must be 4 numbers [x, y, w, h], got {bbox!r}"
+        return f"bbox must be 4 numbers [x, y, w, h], got {quoted(bbox)}"
     try:
         x, y, w, h = (float(v) for v in bbox)
-    except (TypeError, ValueError):
-        return f"bbox must be 4 numbers [x, y, w, h], got {bbox!r}"
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer of 400 digits
+        return f"bbox must be 4 numbers [x, y, w, h], got {quoted(bbox)}"
     if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
-        return f"degenerate bbox {bbox!r} (expected finite values, w and h > 0)"
+        return f"degenerate bbox {quoted(bbox)} (expected finite values, w and h > 0)"
     tol = OUT_OF_IMAGE_TOLERANCE
     if x < -tol or y < -tol or x + w > width + tol or y + h > height + tol:
-        return f"bbox {bbox!r} leaves the {width:g}x{height:g} image"
+        return f"bbox {quoted(bbox)} leaves the {width:g}x{height:g} image"
     return None
 
 
@@ -227,7 +227,8 @@ def _open(path: Path, width: Any, height: Any) -> tuple[Image | None, str | None
     if image is None:
         return None, f"{path}: {reason}"
     if width is not None and height is not None and (width, height) != image.size:
-        return None, f"{path} is {image.width}x{image.height} but the record says {width}x{height}"
+        return None, (f"{path} is {image.width}x{image.height} but the record says "
+                      f"{quoted(width, 30)}x{quoted(height, 30)}")
     return image, None
 
 
@@ -285,7 +286,8 @@ def _write_report(
         for array in (images_out, boxes_out, failures_out):
             array.close()
         categories = [stats.row(name) for name, stats in sorted(run.stats.items())]
-        handles["categories.json"].write(json.dumps(categories, indent=1, ensure_ascii=False) + "\n")
+        handles["categories.json"].write(json.dumps(categories, indent=1, ensure_ascii=False,
+                                                    allow_nan=False) + "\n")
         renumbered = 0
         if keep_above is not None:
             renumbered = _write_filtered(handles[FILTERED_NAME], data, run.kept_images, run.kept_boxes,
@@ -311,7 +313,8 @@ def _write_report(
             "clip_model": image_scorer.name,
             "bank": bool(layout_scorer is not None and layout_scorer.bank is not None),
         }
-        handles["summary.json"].write(json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
+        handles["summary.json"].write(json.dumps(summary, indent=1, ensure_ascii=False, allow_nan=False)
+                                      + "\n")
     return summary, categories
 
 
@@ -473,8 +476,9 @@ class _Run:
             kept_image = (keep_above is not None and clis >= keep_above and not self.failed_in_image[row]
                           and (all(passing) or self.removed_boxes == "ignore"))
             for k, instance, passed in zip(boxes, score.objects, passing, strict=True):
+                box_id = self.data["annotations"][k].get("id")
                 box = {
-                    "id": self.data["annotations"][k].get("id"),
+                    "id": box_id if usable_id(box_id) else None,
                     "image_id": record["id"],
                     "category": instance.category,
                     "bbox": self.data["annotations"][k]["bbox"],
@@ -531,7 +535,7 @@ def _write_filtered(
     for n, (key, value) in enumerate(data.items()):
         handle.write((", " if n else "") + json.dumps(key, ensure_ascii=False) + ": ")
         if key not in kept:
-            handle.write(json.dumps(value, ensure_ascii=False))
+            handle.write(_copied(value, key))
             continue
         handle.write("[")
         for written, k in enumerate(np.flatnonzero(kept[key]).tolist()):
@@ -544,10 +548,21 @@ def _write_filtered(
                 seen.add(record["id"])
                 if ignored_boxes[k]:
                     record = {**record, "iscrowd": 1}
-            handle.write((", " if written else "") + json.dumps(record, ensure_ascii=False))
+            handle.write((", " if written else "") + _copied(record, f"{key}[{k}]"))
         handle.write("]")
     handle.write("}\n")
     return renumbered
+
+
+def _copied(value: Any, where: str) -> str:
+    """``value`` of the input as JSON text for the filtered copy. NaN and infinity, which the
+    input may hold (``json`` reads them, 1e999 too), are no JSON: one ``InputError`` naming
+    where, not an invalid file."""
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise InputError(f"{where} of the input holds NaN or infinity, which JSON cannot hold; the "
+                         "filtered copy would repeat it") from None
 
 
 def _link_images(folder: Path, final: Path, images_dir: Path) -> None:
