@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import logging
+import math
 import string
 import threading
 import time
@@ -32,11 +34,14 @@ from tests.chat_server import (  # noqa: F401  (chat_server_fixture provides cha
     error,
     extra_object,
     first_bad_then_valid,
+    gzipped,
     long_integer,
     ok,
     raw_body,
     refused_url,
     schema_violation_text,
+    trickle,
+    unsized,
     valid_text,
 )
 
@@ -433,13 +438,74 @@ def test_dropped_connection_is_retried(chat_server: ChatServer) -> None:
     assert outcome.ok and outcome.transport_retries == 1
 
 
-def test_refused_connection_is_a_failed_outcome_not_a_crash() -> None:
-    planner = LLMPlanner(settings_for(refused_url(), max_retries=2))
+def test_refused_connection_fails_at_once_without_retries() -> None:
+    # Nothing listens: another try meets the same closed port, so none is made (an unreachable
+    # endpoint used to take 5 retries, 30-50 s, to fail).
+    planner = LLMPlanner(settings_for(refused_url(), max_retries=5, retry_backoff=1.0))
     outcomes = list(planner.plan_many([request(0), request(1)]))
     assert [o.ok for o in outcomes] == [False, False]
     for outcome in outcomes:
-        assert "connection failed" in (outcome.error or "") and outcome.transport_retries == 2
-        assert outcome.raw is None
+        assert "could not connect (Connection refused)" in (outcome.error or "")
+        assert outcome.transport_retries == 0 and outcome.raw is None
+
+
+def test_a_stalled_reply_is_cut_at_the_deadline_and_retried(chat_server: ChatServer) -> None:
+    # One byte every 50 ms: every read gets data well within any per-read timeout, so only a
+    # deadline on the whole request ends it. The body would take about a minute.
+    text = valid_text(list(CONCEPTS))
+    chat_server.script(trickle(text, 0.05), trickle(text, 0.05))
+    started = time.monotonic()
+    outcome = plan_one(chat_server.url, timeout=0.5, max_retries=1)
+    assert not outcome.ok and "no complete reply within 0.5 s (after 1 retries)" in (outcome.error or "")
+    assert outcome.transport_retries == 1 and len(chat_server.requests) == 2
+    assert not any(r.finished for r in chat_server.requests)  # both cut off mid-body
+    assert all(0 < r.sent < len(text) for r in chat_server.requests)
+    assert time.monotonic() - started < 30  # backstop: the replies alone would take 2 minutes
+
+
+LIMIT = 10_000  # bytes of a reply body read, in the tests below (1 MiB by default)
+
+
+@pytest.mark.parametrize("reply", [
+    pytest.param(ok("x" * 2 * LIMIT), id="with a content-length"),
+    pytest.param(unsized("x" * 2 * LIMIT), id="read until the connection closes"),
+    pytest.param(Reply(content="x" * 2 * LIMIT, sized=False, trickle=0.001, piece=500),
+                 id="in many small pieces"),
+    pytest.param(error(500, "x" * 2 * LIMIT), id="an error body"),
+    pytest.param(raw_body("<html>" + "x" * 2 * LIMIT), id="a page that is no completion"),
+    pytest.param(gzipped(valid_text(list(CONCEPTS))), id="compressed"),
+])
+def test_a_reply_past_the_size_limit_is_refused_unread_and_not_asked_again(
+        chat_server: ChatServer, reply: Reply) -> None:
+    chat_server.script(reply)
+    chat_server.responder = lambda body: ok(valid_text(list(CONCEPTS)))
+
+    async def ask() -> str:
+        async with ChatClient(settings_for(chat_server.url, max_reply_bytes=LIMIT)) as client:
+            with pytest.raises(LLMTransportError) as caught:
+                await client.complete([{"role": "user", "content": "hi"}])
+            assert caught.value.retries == 0 and caught.value.__cause__ is None
+            return str(caught.value)
+
+    message = asyncio.run(ask())
+    assert f"larger than {LIMIT:,} bytes" in message or "compressed ('gzip')" in message
+    assert len(chat_server.requests) == 1 and "xxxxxxxx" not in message
+    assert chat_server.requests[0].headers["accept-encoding"] == "identity"
+
+
+def test_by_default_a_reply_over_one_mebibyte_is_refused(chat_server: ChatServer) -> None:
+    chat_server.script(ok("x" * (1 << 20)))  # the JSON body around it makes it larger still
+    outcome = plan_one(chat_server.url)
+    assert not outcome.ok and "larger than 1,048,576 bytes; not read" in (outcome.error or "")
+    assert len(chat_server.requests) == 1 and outcome.raw is None
+
+
+def test_a_reply_within_the_size_limit_is_read(chat_server: ChatServer) -> None:
+    text = valid_text(list(CONCEPTS))
+    chat_server.script(unsized(text), ok(text))
+    for _ in range(2):
+        outcome = plan_one(chat_server.url, max_reply_bytes=LIMIT)
+        assert outcome.ok, outcome.error
 
 
 @pytest.mark.parametrize("status", [401, 403, 404])
@@ -507,7 +573,85 @@ def test_settings_check_their_values() -> None:
         ChatSettings(model="m", base_url="http://127.0.0.1:1/v1", concurrency=0)
     with pytest.raises(LLMError, match="model"):
         ChatSettings(model=" ", base_url="http://127.0.0.1:1/v1")
+    for timeout in (0.0, -1.0, math.nan, math.inf):  # a deadline must bound the request
+        with pytest.raises(LLMError, match="timeout must be a finite number"):
+            ChatSettings(model="m", base_url="http://127.0.0.1:1/v1", timeout=timeout)
     assert KEY not in repr(ChatSettings(model="m", api_key=KEY))
+
+
+# --- settings the endpoint cannot work with: one line each, before any request -----------------
+
+PROXY_SECRET = "pr0xy-pa55"
+
+
+@pytest.mark.parametrize(("base_url", "expected"), [
+    ("http://[::1", "--llm-base-url (or OPENAI_BASE_URL): expected an http:// or https:// URL"),
+    ("ftp://example.com/v1", "--llm-base-url (or OPENAI_BASE_URL): expected an http:// or https:// URL"),
+    ("localhost:8000/v1", "expected an http:// or https:// URL"),
+    ("not a url", "expected an http:// or https:// URL"),
+    ("http://", "expected an http:// or https:// URL"),
+    ("http:///v1", "expected an http:// or https:// URL"),
+    ("http://localhost:99999/v1", "the port must be 1-65535, got 99999"),
+    ("http://localhost:0/v1", "the port must be 1-65535, got 0"),
+])
+def test_a_malformed_base_url_is_one_error_naming_it(base_url: str, expected: str) -> None:
+    with pytest.raises(LLMError) as caught:
+        ChatSettings(model="m", base_url=base_url)
+    assert expected in str(caught.value) and "\n" not in str(caught.value)
+
+
+SOCKSIO = importlib.util.find_spec("socksio") is not None
+
+
+@pytest.mark.parametrize(("variable", "value", "expected"), [
+    ("HTTPS_PROXY", "http://[::1", "HTTPS_PROXY: expected a proxy URL"),
+    ("https_proxy", f"http://user:{PROXY_SECRET}@[::1", "https_proxy: expected a proxy URL"),
+    ("HTTP_PROXY", ":::", "HTTP_PROXY: expected a proxy URL"),
+    ("HTTP_PROXY", "ftp://proxy:21", "HTTP_PROXY: expected a proxy URL"),
+    ("ALL_PROXY", "socks4://proxy:1080", "ALL_PROXY: expected a proxy URL"),
+    pytest.param("ALL_PROXY", "socks5://127.0.0.1:1080", "ALL_PROXY: a socks proxy needs the socksio package",
+                 marks=pytest.mark.skipif(SOCKSIO, reason="socksio is installed here")),
+    ("SSL_CERT_FILE", "/nonexistent/ca.pem", "SSL_CERT_FILE: expected a file of CA certificates"),
+])
+def test_a_malformed_proxy_or_certificate_variable_is_one_error_naming_it(
+        monkeypatch: pytest.MonkeyPatch, variable: str, value: str, expected: str) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(LLMError) as caught:
+        ChatSettings(model="m", base_url="http://127.0.0.1:8000/v1")
+    assert expected in str(caught.value) and PROXY_SECRET not in str(caught.value)
+
+
+@pytest.mark.parametrize("key", ["sk-abc\n", "sk-abc\r", "sk abc", "sk-ключ", "sk-\x00abc", "\tsk-abc"])
+def test_an_api_key_no_header_can_carry_is_one_error_that_does_not_quote_it(key: str) -> None:
+    with pytest.raises(LLMError) as caught:
+        ChatSettings(model="m", base_url="http://127.0.0.1:8000/v1", api_key=key)
+    assert "OPENAI_API_KEY" in str(caught.value) and "abc" not in str(caught.value)
+
+
+def test_without_a_base_url_requests_go_to_openai_whatever_openai_base_url_says(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://[::1")  # the openai client would read and trip on it
+    settings = ChatSettings(model="m", api_key=KEY)
+
+    async def url() -> str:
+        async with ChatClient(settings) as client:
+            return repr(client)
+
+    assert "https://api.openai.com/v1" in asyncio.run(url())
+
+
+def test_a_password_in_the_base_url_is_never_shown(chat_server: ChatServer) -> None:
+    chat_server.script(error(400, "bad request"))
+    url = chat_server.url.replace("http://", f"http://user:{PROXY_SECRET}@")
+
+    async def ask() -> str:
+        async with ChatClient(settings_for(url)) as client:
+            with pytest.raises(LLMError) as caught:
+                await client.complete([{"role": "user", "content": "hi"}])
+            return repr(client) + str(caught.value)
+
+    text = asyncio.run(ask())
+    assert "http://***@127.0.0.1" in text and PROXY_SECRET not in text
 
 
 # --- the generic client ------------------------------------------------------------------------

@@ -208,7 +208,8 @@ def make_judge(model: str | None, base_url: str | None, margin: float, max_calls
     api_key = api_key or None  # never echoed nor stored
     if not (api_key or base_url):
         raise fail("--judge-model needs OPENAI_API_KEY or --judge-base-url", code=2)
-    settings = ChatSettings(model=model, base_url=base_url, api_key=api_key, temperature=0.0)
+    settings = ChatSettings(model=model, base_url=base_url, api_key=api_key, temperature=0.0,
+                            base_url_name="--judge-base-url")
     return Judge(settings, margin=margin, max_calls=max_calls)
 
 
