@@ -535,7 +535,8 @@ async def as_completed_bounded(awaitables: Iterable[Awaitable[T]], limit: int) -
 
     The iterable is drawn from only when a slot is free, so a generator of coroutines over a
     huge or endless input keeps memory flat (at most ``limit`` running plus the finished ones
-    not yet taken). Leaving the loop early cancels what still runs.
+    not yet taken). Leaving the loop early cancels what still runs; when one raises, the
+    errors of the others finished with it are dropped with them (never logged as unretrieved).
     """
     if limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
@@ -551,15 +552,20 @@ async def as_completed_bounded(awaitables: Iterable[Awaitable[T]], limit: int) -
             except StopIteration:
                 exhausted = True
 
+    ready: list[asyncio.Future[T]] = []
     try:
         fill()
         while running:
             done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
             fill()  # start the next ones before handing results out, so slots never idle
-            for future in done:
-                yield future.result()
+            ready = list(done)
+            while ready:
+                yield ready.pop().result()
     finally:
         for future in running:
             future.cancel()
         if running:
             await asyncio.gather(*running, return_exceptions=True)
+        for future in ready:
+            if not future.cancelled():
+                future.exception()  # retrieved: it goes with the error being raised

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib.util
 import json
 import logging
@@ -708,6 +709,23 @@ def test_as_completed_bounded_limits_and_draws_lazily() -> None:
 
 
 # --- concurrency and streaming -----------------------------------------------------------------
+
+def test_as_completed_bounded_raises_the_first_error_and_drops_the_others_quietly(
+        caplog: pytest.LogCaptureFixture) -> None:
+    async def fail(k: int) -> int:
+        await asyncio.sleep(0)
+        raise ValueError(f"failure {k}")
+
+    async def run() -> None:
+        with pytest.raises(ValueError, match="failure"):
+            async for _ in as_completed_bounded((fail(k) for k in range(8)), 4):
+                pass
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        asyncio.run(run())
+        gc.collect()  # an unretrieved task error is logged when the task is collected
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+
 
 def test_concurrent_requests_overlap(chat_server: ChatServer) -> None:
     delay, n = 0.4, 8

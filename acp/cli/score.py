@@ -277,8 +277,7 @@ def score_candidates(
         print(f"{item}: {reason}")
     print(f"{output}: {summary.line()}")
     if judge is not None:
-        note = f"; {judge.disabled}" if judge.disabled else ""
-        print(f"judge {judge.model}: {judge.calls} requests, {judge.failures} without a rating{note}")
+        print(judge.report().line())
     if summary.failures:
         raise typer.Exit(code=1)
 
