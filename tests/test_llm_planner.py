@@ -825,3 +825,28 @@ def test_acp_plan_with_an_endpoint(chat_server: ChatServer, tmp_path: Path) -> N
     assert all(r.headers["authorization"] == f"Bearer {KEY}" for r in chat_server.requests)
     outputs = [result.output, *(p.read_text() for p in tmp_path.rglob("*") if p.is_file())]
     assert not [text for text in outputs if KEY in text]
+
+
+def test_the_failures_file_keeps_a_bounded_part_of_each_raw_reply(chat_server: ChatServer,
+                                                                   tmp_path: Path) -> None:
+    # Three scenes of soup replies made a 314 MB failures file: each raw reply was stored whole.
+    from typer.testing import CliRunner
+
+    from acp.cli import app
+    from acp.plan.run import MAX_RAW_KEPT, MAX_REASON_KEPT
+
+    soup = '{"caption": "' + "soup " * 150_000  # 750 kB, under the 1 MiB reply limit
+    chat_server.responder = lambda body: ok(soup)
+    output = tmp_path / "plans.jsonl"
+    result = CliRunner().invoke(app, [
+        "plan", "--concepts", "dog,cat,bus", "-o", str(output), "--llm-base-url", chat_server.url,
+        "--max-reasks", "0", "--no-progress"], env={"OPENAI_API_KEY": KEY})
+    assert result.exit_code == 1 and len(chat_server.requests) == 3
+    failures = tmp_path / "plans.jsonl.failures.jsonl"
+    records = [json.loads(line) for line in failures.read_text().splitlines()]
+    assert len(records) == 3
+    for record in records:
+        assert record["raw"].startswith(soup[:MAX_RAW_KEPT])
+        assert record["raw"].endswith(f"[{len(soup) - MAX_RAW_KEPT:,} more characters not kept]")
+        assert len(record["reason"]) <= MAX_REASON_KEPT + 50
+    assert failures.stat().st_size < 3 * (MAX_RAW_KEPT + MAX_REASON_KEPT + 500)
