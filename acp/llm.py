@@ -384,17 +384,20 @@ def _after(retries: int) -> str:
 
 
 def _retry_after(headers: Any) -> float | None:
-    """Seconds asked by ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date)."""
+    """Seconds asked by ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date); None
+    when neither says a number ("nan" is no wait asked, so the backoff applies)."""
     try:
         if headers.get("retry-after-ms"):
-            return float(headers["retry-after-ms"]) / 1000
+            seconds = float(headers["retry-after-ms"]) / 1000
+            return seconds if not math.isnan(seconds) else None
         value = headers.get("retry-after")
     except (AttributeError, ValueError):
         return None
     if not value:
         return None
     try:
-        return float(value)
+        seconds = float(value)
+        return seconds if not math.isnan(seconds) else None
     except ValueError:
         pass
     try:

@@ -352,12 +352,21 @@ def test_429_waits_for_retry_after(chat_server: ChatServer) -> None:
     assert 0.95 <= second.at - first.at < 3.0  # backoff alone would have been ~0.01 s
 
 
-def test_retry_after_is_capped(chat_server: ChatServer) -> None:
-    chat_server.script(error(429, "slow down", retry_after="3600"), ok(valid_text(list(CONCEPTS))))
+@pytest.mark.parametrize("retry_after", ["3600", "inf", "1e400"])
+def test_retry_after_is_capped(chat_server: ChatServer, retry_after: str) -> None:
+    chat_server.script(error(429, "slow down", retry_after=retry_after), ok(valid_text(list(CONCEPTS))))
     outcome = plan_one(chat_server.url, max_retry_wait=0.2)
     assert outcome.ok and outcome.transport_retries == 1
     first, second = chat_server.requests
     assert 0.18 <= second.at - first.at < 2.0
+
+
+def test_a_retry_after_that_is_no_number_leaves_the_backoff(chat_server: ChatServer) -> None:
+    chat_server.script(error(429, "slow down", retry_after="nan"), ok(valid_text(list(CONCEPTS))))
+    outcome = plan_one(chat_server.url, retry_backoff=0.6)
+    assert outcome.ok and outcome.transport_retries == 1
+    first, second = chat_server.requests
+    assert second.at - first.at >= 0.29  # half the backoff at least; "nan" asked for no wait
 
 
 def test_5xx_is_retried_with_backoff(chat_server: ChatServer) -> None:
