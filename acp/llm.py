@@ -450,13 +450,15 @@ def check_endpoint(settings: ChatSettings) -> None:
             if os.environ.get(spelling):
                 _check_proxy(spelling, os.environ[spelling])
     cert_file = os.environ.get("SSL_CERT_FILE")
-    if cert_file and not os.path.isfile(cert_file):
+    if cert_file and not os.path.isfile(cert_file):  # a FIFO would block the read for good
+        why = "not a regular file" if os.path.exists(cert_file) else "no such file"
         raise LLMError(f"SSL_CERT_FILE: expected a file of CA certificates, got {quoted(cert_file)} "
-                       "(no such file); unset it or fix the path")
+                       f"({why}); unset it or fix the path")
     try:
         bounded_http_client(settings)
-    except (OSError, ValueError) as error:  # an unreadable certificate file, say
-        raise LLMError(f"cannot set up HTTPS for {quoted(safe_url(settings.url))}: {error}") from None
+    except (OSError, ValueError) as error:  # ssl.SSLError is an OSError: no certificate in the file
+        where = f"SSL_CERT_FILE {quoted(cert_file)}" if cert_file else "the TLS set-up"
+        raise LLMError(f"{where}: {error}") from None
 
 
 def _check_proxy(variable: str, value: str) -> None:

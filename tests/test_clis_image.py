@@ -31,7 +31,7 @@ from acp.score.image import (
 )
 from acp.score.judge import MAX_FAILURES_IN_A_ROW, Judge, JudgeFailing, JudgeReport, parse_rating
 from acp.score.layout import LayoutScorer
-from tests.chat_server import ChatServer, Reply, chat_server_fixture, error, ok  # noqa: F401
+from tests.chat_server import ChatServer, Reply, chat_server_fixture, error, ok, trickle  # noqa: F401
 
 
 @pytest.fixture(scope="session", name="tiny_clip_dir")
@@ -449,6 +449,17 @@ def test_a_judge_failing_now_and_then_goes_on_and_reports_its_failures(chat_serv
     assert (report.requests, report.rated, report.failed, report.unjudged) == (6, 3, 3, 0)
     assert report.last_failure is not None and "HTTP 400: bad crop again" in report.last_failure
     assert report.line().startswith("judge judge-test: 6 requests, 3 rated, 3 failed (last failure: ")
+
+
+def test_a_stalled_judge_reply_is_cut_at_the_deadline(chat_server: ChatServer) -> None:
+    chat_server.script(trickle('{"rating": 4}' + " " * 200, 0.05), ok('{"rating": 3}'))
+    judge = Judge(dataclasses.replace(_settings(chat_server), timeout=0.5, max_retries=0, concurrency=1))
+    score = _image_score([55.0, 58.0])
+    judge.review([(_scene(2), random_images(1)[0], score)], threshold=60.0)
+    assert [o.judge for o in score.objects] == [None, 60.0]
+    report = judge.report()
+    assert report.failed == 1 and "no complete reply within 0.5 s" in (report.last_failure or "")
+    assert not chat_server.requests[0].finished
 
 
 def test_judge_reports_of_several_workers_add_up() -> None:

@@ -622,9 +622,14 @@ SOCKSIO = importlib.util.find_spec("socksio") is not None
     pytest.param("ALL_PROXY", "socks5://127.0.0.1:1080", "ALL_PROXY: a socks proxy needs the socksio package",
                  marks=pytest.mark.skipif(SOCKSIO, reason="socksio is installed here")),
     ("SSL_CERT_FILE", "/nonexistent/ca.pem", "SSL_CERT_FILE: expected a file of CA certificates"),
+    ("SSL_CERT_FILE", "/dev/null", "(not a regular file)"),
+    ("SSL_CERT_FILE", "@not-a-pem", "no certificate"),
 ])
 def test_a_malformed_proxy_or_certificate_variable_is_one_error_naming_it(
-        monkeypatch: pytest.MonkeyPatch, variable: str, value: str, expected: str) -> None:
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, variable: str, value: str, expected: str) -> None:
+    if value == "@not-a-pem":
+        value = str(tmp_path / "ca.pem")
+        Path(value).write_text("not a certificate\n")
     monkeypatch.setenv(variable, value)
     with pytest.raises(LLMError) as caught:
         ChatSettings(model="m", base_url="http://127.0.0.1:8000/v1")
