@@ -109,7 +109,7 @@ _TOKEN = re.compile(
     r"|\s+"
     r'|[^\s"{}\[\]:,]+'
 )
-_FIRST_CHUNK, _LARGEST_CHUNK = 4096, 65536  # characters tokenised at a time by the scan
+_FIRST_CHUNK, _LARGEST_CHUNK = 256, 65536  # characters tokenised at a time by the scan
 # Longest integer read from a reply. No value of a plan needs more than a handful of digits; a
 # longer one is a runaway reply, refused with a clear problem instead of Python's own errors.
 MAX_INT_DIGITS = 100
