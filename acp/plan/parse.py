@@ -51,10 +51,11 @@ back to the model stays small whatever the reply.
 Cost: linear in the reply, whatever it holds. Each candidate ``{`` (at most ``_MAX_STARTS``) is
 first decoded as strict JSON (C speed, stopping at the first error), then, if that fails, scanned
 leniently token by token (a regular expression finds strings, punctuation, blanks and other runs
-at C speed), at most ``_MAX_NESTING`` levels deep. Both kinds of work draw on one budget of
-``_BUDGET_PER_CHAR`` characters per character of the reply (plus ``_BUDGET_FLOOR``): a reply of
-brace or quote soup costs a few passes over it, not one pass per ``{`` (``bench/bench_llm_parse.py``
-measures it).
+at C speed), at most ``_MAX_NESTING`` levels deep. Every start of a reply draws on one budget:
+``_DECODE_PASSES`` passes over the reply for the decoder and ``_SCAN_PASSES`` for the scan (plus
+``_BUDGET_FLOOR`` characters each, so that a short reply is never cut short): a reply of brace or
+quote soup costs a few passes over it, not one pass per ``{`` (``bench/bench_llm_parse.py``
+measures it). A start past the budget is not tried.
 """
 
 from __future__ import annotations
