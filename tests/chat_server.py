@@ -193,8 +193,8 @@ class ChatServer:
                     self.close_connection = True
                     return
                 self.reply = reply
-                if reply.body is not None:
-                    self._send_bytes(200, reply.body.encode(), reply.content_type, reply.headers)
+                if reply.body is not None:  # 200 unless a status is given (a redirect's, say)
+                    self._send_bytes(reply.status, reply.body.encode(), reply.content_type, reply.headers)
                     return
                 if reply.status >= 400:
                     message = reply.message

@@ -484,6 +484,8 @@ LIMIT = 10_000  # bytes of a reply body read, in the tests below (1 MiB by defau
     pytest.param(error(500, "x" * 2 * LIMIT), id="an error body"),
     pytest.param(raw_body("<html>" + "x" * 2 * LIMIT), id="a page that is no completion"),
     pytest.param(gzipped(valid_text(list(CONCEPTS))), id="compressed"),
+    pytest.param(Reply(status=307, headers={"Location": "/v1/chat/completions"}, body="x" * 2 * LIMIT,
+                       sized=False), id="a redirect's body"),
 ])
 def test_a_reply_past_the_size_limit_is_refused_unread_and_not_asked_again(
         chat_server: ChatServer, reply: Reply) -> None:
