@@ -44,7 +44,7 @@ import os
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -246,8 +246,9 @@ class ChatClient:
             retry_after: float | None = None
             retry = unexpected = False
             try:
-                response = await asyncio.wait_for(self._client.chat.completions.create(**kwargs),
-                                                  self.settings.timeout)
+                request = asyncio.ensure_future(self._client.chat.completions.create(**kwargs))
+                request.add_done_callback(_seen)
+                response = await asyncio.wait_for(request, self.settings.timeout)
             except asyncio.TimeoutError:
                 what, retry = f"no complete reply within {self.settings.timeout:g} s", True
             except LLMReplyRefused as error:
@@ -381,6 +382,14 @@ def _names_format(detail: str) -> bool:
 
 def _after(retries: int) -> str:
     return f" (after {retries} retries)" if retries else ""
+
+
+def _seen(request: asyncio.Future[Any]) -> None:
+    """Mark a request's error as read. ``wait_for`` reads it when it returns; when it gave up on
+    the request instead (the deadline, a cancel) and the request failed on its way out (on a
+    client closed under it, say), asyncio would log that error as never retrieved."""
+    if not request.cancelled():
+        request.exception()
 
 
 def _retry_after(headers: Any) -> float | None:
@@ -535,7 +544,7 @@ def _bounded_stream() -> Callable[[httpx2.AsyncByteStream, int], httpx2.AsyncByt
     return BoundedStream
 
 
-async def as_completed_bounded(awaitables: Iterable[Awaitable[T]], limit: int) -> AsyncIterator[T]:
+async def as_completed_bounded(awaitables: Iterable[Awaitable[T]], limit: int) -> AsyncGenerator[T, None]:
     """Results of ``awaitables`` in completion order, with at most ``limit`` running at once.
 
     The iterable is drawn from only when a slot is free, so a generator of coroutines over a

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import io
 import re
@@ -152,6 +153,7 @@ class Judge:
         self.calls = 0  # requests granted under max_calls
         self.failures_in_a_row = 0
         self._report = JudgeReport(model=settings.model)
+        self._stopped: JudgeFailing | None = None
 
     @property
     def model(self) -> str:
@@ -206,15 +208,18 @@ class Judge:
             async def one(k: int) -> tuple[int, float | None]:
                 return k, await self._rate_one(client, requests[k])
 
+            ratings = as_completed_bounded((one(k) for k in range(len(requests))), self.settings.concurrency)
             try:
-                async for k, value in as_completed_bounded((one(k) for k in range(len(requests))),
-                                                           self.settings.concurrency):
-                    results[k] = value
+                async with contextlib.aclosing(ratings):  # requests in flight end before the client
+                    async for k, value in ratings:
+                        results[k] = value
             finally:
                 self._report.retries += client.retries
         return results
 
     async def _rate_one(self, client: ChatClient, request: JudgeRequest) -> float | None:
+        if self._stopped is not None:  # requests still queued when the judge gave up
+            raise self._stopped
         message = {
             "role": "user",
             "content": [
@@ -245,9 +250,11 @@ class Judge:
         self._report.failed += 1
         self._report.last_failure = first_line(reason)  # one line of at most 300 characters
         self.failures_in_a_row += 1
-        if self.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
-            raise JudgeFailing(
+        if self._stopped is None and self.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+            self._stopped = JudgeFailing(
                 f"the judge {self.model} failed {self.failures_in_a_row} requests in a row (last: "
                 f"{self._report.last_failure}); check --judge-model and --judge-base-url, or leave "
                 "--judge-model out. What was scored so far is kept: rerun to go on"
             )
+        if self._stopped is not None:  # one error, whichever of the requests in flight ends first
+            raise self._stopped
