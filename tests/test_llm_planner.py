@@ -796,6 +796,24 @@ def test_requests_are_drawn_lazily_and_closing_stops_the_worker(chat_server: Cha
     assert not any(t.name == "acp-llm-planner" for t in threading.enumerate())
 
 
+def test_closing_the_planner_early_ends_its_requests_before_their_client_closes(
+        chat_server: ChatServer, caplog: pytest.LogCaptureFixture) -> None:
+    # A run stopping (10 scenes failed, say) closes the planner with requests in flight. They
+    # were left running while their client closed, failed "Cannot send a request, as the client
+    # has been closed" and were logged with a traceback at the event loop's shutdown.
+    chat_server.responder = lambda body: Reply(status=400, message="no",
+                                               delay=0.0 if len(chat_server.requests) <= 1 else 0.5)
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        for _ in range(5):
+            chat_server.requests.clear()
+            planner = LLMPlanner(settings_for(chat_server.url, concurrency=8, retry_backoff=0.0))
+            outcomes = planner.plan_many(request(k) for k in range(20))
+            next(outcomes)
+            outcomes.close()
+            gc.collect()
+    assert [r.getMessage() for r in caplog.records] == []
+
+
 def test_an_error_in_the_request_stream_reaches_the_caller(chat_server: ChatServer) -> None:
     chat_server.responder = always(lambda c, w, h: valid_text(c))
 
