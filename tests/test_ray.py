@@ -4,6 +4,7 @@ without Ray the option is one line."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -20,6 +21,8 @@ import pytest
 
 from acp.generate import GenerateConfig, LocalEngine, generate
 from acp.jsonl import read_records
+from acp.score.judge import JudgeSettings
+from tests.chat_server import ChatServer, chat_server_fixture, ok  # noqa: F401
 from tests.test_engine import config as engine_config
 from tests.test_generate import _dataset
 
@@ -83,6 +86,21 @@ def test_two_workers_write_the_local_engines_dataset(
     executor = json.loads((out / "summary.json").read_text())["last_run"]["executor"]
     assert executor["name"] == "ray" and executor["workers"] == 2
     assert sum(executor["plans_per_worker"].values()) == 8 and len(executor["plans_per_worker"]) == 2
+
+
+def test_each_workers_judge_is_in_the_summary(
+    local_ray: str, chat_server: ChatServer, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    server = chat_server
+    server.responder = lambda body: ok('{"rating": 4}')
+    judged = config(tiny_models, scenes=4)
+    judged = dataclasses.replace(judged, score=dataclasses.replace(judged.score, judge=JudgeSettings(
+        model="vlm", base_url=server.url, margin=100.0)))
+    out = tmp_path / "ray"
+    summary = generate(judged, out, ray_engine(2, batch_plans=1), progress=False)
+    asked = [o["judge"] for _, r, _ in read_records(out / "scores.jsonl") for o in r["objects"]]
+    assert summary.judge is not None and summary.judge.requests == len(asked) == len(server.requests) > 0
+    assert json.loads((out / "summary.json").read_text())["last_run"]["judge"]["rated"] == len(asked)
 
 
 def test_a_killed_worker_loses_and_duplicates_nothing(

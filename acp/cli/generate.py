@@ -212,6 +212,8 @@ def generate(
         engine = LocalEngine(device, batch_plans=batch_plans, compile=compile, dtype=dtype, progress=progress)
     summary = generate(config, output, engine, force=force, progress=progress)
     print(f"{output}: {summary.line()}")
+    if summary.judge is not None:
+        print(f"{output}: {summary.judge.line()}")
     print(f"{output / 'annotations.json'}: {summary.annotations} annotations; "
           f"summary in {output / 'summary.json'}")
     if topup is not None:

@@ -10,11 +10,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from acp.generate.components import StageSpec
 from acp.generate.feed import PlanFeed
 from acp.generate.records import Finished, StageTimes, Unfinished
+
+if TYPE_CHECKING:
+    from acp.score.judge import JudgeReport
 
 
 class FinishedSink(Protocol):
@@ -53,7 +56,8 @@ def step(what: str, progress: bool) -> Iterator[None]:
 class Engine(Protocol):
     """``load`` before anything is written (a bad model path must leave the output as it was),
     ``run`` once, ``close`` always. ``times`` adds up the seconds of each stage; ``report`` is
-    what the engine adds to the summary (``None``: nothing)."""
+    what the engine adds to the summary (``None``: nothing); ``judge`` what the judge did
+    (every worker's judge together; ``None`` without one)."""
 
     times: StageTimes
 
@@ -65,3 +69,6 @@ class Engine(Protocol):
 
     @property
     def report(self) -> dict[str, Any] | None: ...
+
+    @property
+    def judge(self) -> JudgeReport | None: ...
