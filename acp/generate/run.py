@@ -244,6 +244,16 @@ def write_summary(folder: RunFolder, summary: GenerateSummary, executor: dict[st
     summary.scenes = sum(status.values())
     summary.kept, summary.dropped, summary.failed = status["kept"], status["dropped"], status["failed"]
     summary.reasons = reasons
+    last_run: dict[str, Any] = {
+        "scenes": summary.this_run,
+        "seconds": round(summary.seconds, 3),
+        "planner": asdict(summary.planner),
+        "stage_seconds": {k: round(v, 3) for k, v in summary.times.seconds().items()},
+        "stage_shares": summary.times.shares(summary.seconds),
+        "executor": executor or {"name": "local"},
+    }
+    if summary.judge is not None:
+        last_run["judge"] = summary.judge.to_dict()
     report = {
         "scenes": summary.scenes,
         "images_kept": summary.kept,
@@ -254,16 +264,7 @@ def write_summary(folder: RunFolder, summary: GenerateSummary, executor: dict[st
         "instances_kept_by_category": dict(sorted(kept_by_category.items())),
         "instances_dropped_by_category": dict(sorted(dropped_by_category.items())),
         "score_histograms": {k: _histogram(v) for k, v in scores.items()},
-        "last_run": {
-            "scenes": summary.this_run,
-            "seconds": round(summary.seconds, 3),
-            "planner": asdict(summary.planner),
-            "stage_seconds": {k: round(v, 3) for k, v in summary.times.seconds().items()},
-            "stage_shares": summary.times.shares(summary.seconds),
-            "executor": executor or {"name": "local"},
-        },
+        "last_run": last_run,
     }
-    if summary.judge is not None:
-        report["last_run"]["judge"] = summary.judge.to_dict()
     folder.write_summary(report)
     return report
