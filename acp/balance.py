@@ -1,7 +1,7 @@
 """Long-tail top-up: what to generate, read from a real dataset's class histogram.
 
 ``read_histogram(REAL)`` streams a COCO-format instances file (COCO, LVIS, the user's own;
-``acp.cocostream``) and counts, per category, its instances (crowd boxes excluded), the images
+``acp.coco``) and counts, per category, its instances (crowd boxes excluded), the images
 it appears in, and with which other categories it shares images. ``plan_balance`` turns that
 into scenes:
 
@@ -53,7 +53,7 @@ from numpy.typing import NDArray
 
 from acp import defaults
 from acp.atomic import atomic_path, write_atomic
-from acp.cocostream import scan_object
+from acp.coco import scan_object
 from acp.concepts import MAX_NAME_LENGTH, MAX_OBJECTS_PER_SCENE, MAX_QUOTA, ConceptInput
 from acp.errors import InputError, MissingDependencyError, quoted
 from acp.export.categories import Category, CategoryMatcher, parse_categories

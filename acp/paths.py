@@ -13,7 +13,7 @@ opening a FIFO blocks until some other process writes to it, and ``/dev/zero`` n
 ``open_regular`` opens without blocking and refuses anything but a regular file (links are
 followed, as ``open`` does); ``read_regular`` reads a whole file only up to a size cap. Every
 reader of user files goes through them: files read whole are capped (the caps below), the
-others are streamed (``acp.jsonl`` caps a line, ``acp.cocostream`` a value).
+others are streamed (``acp.jsonl`` caps a line, ``acp.coco`` a value).
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ tool, a corrupted disk), so every reader is bounded and decides what a bad value
 - The elements of a COCO file's ``images``, ``annotations`` and ``categories`` are validated
   one at a time as they are used (``CocoImage``, ``CocoAnnotation``, ``CocoCategory``); a bad one
   is skipped and counted the same way. The COCO file itself is the dataset and is parsed whole
-  (``acp.score.bank.read_coco_file``), up to ``MAX_COCO`` bytes.
+  (``acp.coco.read_coco_file``), up to ``MAX_COCO`` bytes.
 
 Numbers are read strictly (no ``"5"`` for 5, no ``true`` for 1). Scores must lie in 0-100
 (``NaN`` and ``Infinity`` fail that too), counts in 64 bits; a whole-file record refuses
@@ -552,7 +552,7 @@ class RunFolder:
 
     def coco(self) -> Coco:
         """``annotations.json``, parsed whole; its records are validated as they are iterated."""
-        from acp.score.bank import read_coco_file
+        from acp.coco import read_coco_file
 
         path = self.annotations_path
         if not _regular(path):

@@ -27,7 +27,7 @@ the file's shape (the ``--scale`` s sizes it the same way, about 1.3M instances 
   the blow-up that co-occurrence counting must survive);
 - ``tiny-images``: every annotation its own image, with a string id;
 - ``one-value``: one annotation carries a string of s x 10M non-ASCII characters (above
-  ``acp.cocostream.MAX_VALUE_CHARS`` it is refused, and that costs no more).
+  ``acp.coco.MAX_VALUE_CHARS`` it is refused, and that costs no more).
 
 Not a test.
 """

@@ -303,7 +303,7 @@ def test_prompt_phrase() -> None:
 @pytest.mark.parametrize("chunk", [7, 64, 1 << 22])
 def test_streamed_reading_matches_json_load_at_any_chunk_size(real: Path, monkeypatch, chunk: int) -> None:
     """Values cut anywhere by the read buffer decode whole; polygons can be read as null."""
-    import acp.cocostream as stream
+    import acp.coco as stream
 
     monkeypatch.setattr(stream, "CHUNK", chunk)
     whole = json.loads(real.read_text())
@@ -321,7 +321,7 @@ def test_streamed_reading_matches_json_load_at_any_chunk_size(real: Path, monkey
                                   '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}", "\xff{}",
                                   '{"a": [' + "9" * 5000 + "]}"])
 def test_streamed_reading_of_bad_json_is_one_input_error(tmp_path: Path, text: str) -> None:
-    from acp.cocostream import scan_object
+    from acp.coco import scan_object
 
     path = tmp_path / "bad.json"
     path.write_bytes(text.encode("latin-1") if text.startswith("\xff") else text.encode())
@@ -470,12 +470,12 @@ def test_a_real_file_with_a_huge_value_is_one_line(tmp_path: Path, monkeypatch, 
                                                    expected: str) -> None:
     """A 5000-digit id was a traceback, a 4000-digit one an OverflowError; one huge string or
     categories list was read whole (the caps are made small here to keep the test fast)."""
-    from acp import cocostream
+    from acp import coco
 
-    monkeypatch.setattr(cocostream, "CHUNK", 1 << 12)
-    monkeypatch.setattr(cocostream, "MAX_VALUE_CHARS", 1 << 16)
-    monkeypatch.setattr(cocostream, "MAX_KEPT_CHARS", 1 << 16)
-    monkeypatch.setattr(cocostream, "MAX_KEPT_ITEMS", 100)
+    monkeypatch.setattr(coco, "CHUNK", 1 << 12)
+    monkeypatch.setattr(coco, "MAX_VALUE_CHARS", 1 << 16)
+    monkeypatch.setattr(coco, "MAX_KEPT_CHARS", 1 << 16)
+    monkeypatch.setattr(coco, "MAX_KEPT_ITEMS", 100)
     path = tmp_path / "real.json"
     path.write_text(text)
     result = runner.invoke(app, plan_args(path, tmp_path, "--target", "3"))

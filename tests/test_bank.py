@@ -338,11 +338,11 @@ def _images(n: int) -> list[list[tuple[str, list[float]]]]:
 def test_polygons_are_cut_before_parsing_and_nothing_else_changes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int | None, indent: int | None
 ) -> None:
-    from acp.score import bank as bank_module
-    from acp.score.bank import read_coco_file
+    from acp import coco
+    from acp.coco import read_coco_file
 
     if chunk:
-        monkeypatch.setattr(bank_module, "_CHUNK", chunk)
+        monkeypatch.setattr(coco, "READ_CHUNK", chunk)
     plain = write_coco(tmp_path / "a.json", _images(30))
     polygons = with_polygons(plain, indent=indent)
     whole, cut = read_coco_file(polygons), read_coco_file(polygons, polygons=False)
@@ -357,7 +357,7 @@ def test_polygons_are_cut_before_parsing_and_nothing_else_changes(
 
 
 def test_a_json_error_is_placed_in_the_file_as_written(tmp_path: Path) -> None:
-    from acp.score.bank import read_coco_file
+    from acp.coco import read_coco_file
 
     path = with_polygons(write_coco(tmp_path / "a.json", _images(5)))
     path.write_text(path.read_text()[:-40] + "oops")

@@ -265,4 +265,4 @@ def test_cli_merge(sets: tuple[Path, Path, Path]) -> None:
     result = runner.invoke(app, ["export", "merge", str(synthetic), broken, "-o", str(output)])
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"acp: error: {broken}: not a readable JSON file")
+    assert len(lines) == 1 and lines[0].startswith(f"acp: error: {broken}: not valid JSON")

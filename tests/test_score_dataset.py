@@ -495,8 +495,8 @@ def test_memory_of_a_run_does_not_grow_with_its_results(
     sizes: no list of every image or box row, no filtered copy built whole."""
     import tracemalloc
 
+    from acp.coco import read_coco_file
     from acp.score import dataset
-    from acp.score.bank import read_coco_file
 
     def run_peak(n: int) -> tuple[int, int]:
         annotations, images = write_many(tmp_path / str(n), n)
@@ -611,7 +611,7 @@ def test_the_steps_before_the_bar_are_said_on_a_terminal(tmp_path: Path, tiny_cl
     args = ["score", "dataset", str(annotations), "--images", str(images), "--clip-model", str(tiny_clip_dir)]
     monkeypatch.setattr(acp.cli._common, "_terminal", lambda: True)
     watched = runner.invoke(app, [*args, "-o", str(tmp_path / "a")])
-    assert f"acp: loading {tiny_clip_dir}\n" in watched.stderr
+    assert f"acp: loading CLIP (--clip-model {tiny_clip_dir}) from a local folder ... " in watched.stderr
     assert f"acp: reading {annotations} (" in watched.stderr
     quiet = runner.invoke(app, [*args, "-o", str(tmp_path / "b"), "--no-progress"])
     assert "acp: loading" not in quiet.stderr and "acp: reading" not in quiet.stderr

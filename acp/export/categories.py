@@ -222,9 +222,9 @@ def load_json_file(path: Path, *, what: str = "file", limit: int = SMALL_FILE_BY
 
 def read_category_file(path: Path) -> list[Category]:
     """Categories of a COCO/LVIS annotation file, or of a file holding just the categories list.
-    An instances file is streamed (``acp.cocostream``): LVIS's gigabyte of annotations is read
+    An instances file is streamed (``acp.coco``): LVIS's gigabyte of annotations is read
     past, never held."""
-    from acp.cocostream import scan_object
+    from acp.coco import scan_object
 
     try:
         with open_regular_text(path, errors="replace") as handle:

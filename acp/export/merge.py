@@ -34,9 +34,10 @@ from typing import Any
 
 import acp
 from acp.atomic import atomic_text_file, compact_json
+from acp.coco import read_coco_file
 from acp.errors import InputError
-from acp.export.categories import CategoryMatcher, load_json_file, parse_categories
-from acp.paths import COCO_FILE_BYTES, UnsafePathError, inside, open_regular, path_problem
+from acp.export.categories import CategoryMatcher, parse_categories
+from acp.paths import UnsafePathError, inside, open_regular, path_problem
 
 MARKER = "acp_merge"
 
@@ -73,15 +74,10 @@ def _is_id(value: Any) -> bool:
 
 
 def read_instances(path: Path) -> CocoInstances:
-    """Load and check a COCO instances file; every problem is one ``InputError`` line."""
-    data = load_json_file(path, limit=COCO_FILE_BYTES)
-    if not isinstance(data, dict) or not all(
-        isinstance(data.get(k), list) for k in ("images", "annotations", "categories")
-    ):
-        raise InputError(
-            f"{path}: not a COCO instances file (expected an object with 'images', 'annotations' "
-            "and 'categories' lists)"
-        )
+    """A COCO instances file read (``acp.coco.read_coco_file``) and checked as the exports need
+    it: integer ids, each once, that the annotations refer to; every problem is one
+    ``InputError`` line."""
+    data = read_coco_file(path)
     parse_categories(data["categories"], str(path))
     category_ids = {c["id"] for c in data["categories"]}
     image_ids: set[int] = set()

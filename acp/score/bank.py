@@ -47,14 +47,12 @@ together or neither. Input that yields no usable box at all is an error, not an 
 from __future__ import annotations
 
 import json
-import math
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -62,17 +60,14 @@ from numpy.typing import NDArray
 from acp import atomic
 from acp.atomic import sweep_stale_temps, temp_prefix
 from acp.boxes import coco_to_plan_sized, iou_aligned
-from acp.cocostream import POLYGON_PATTERN
+from acp.coco import read_coco_file, usable_id
 from acp.errors import InputError, quoted
 from acp.jsonl import loads
 from acp.names import canonical_key, category_key
 from acp.paths import (
-    COCO_FILE_BYTES,
     SMALL_FILE_BYTES,
-    FileTooLargeError,
     open_regular,
     read_regular_text,
-    size_text,
 )
 from acp.score import likelihood as v3
 from acp.score.density import STUDENT, LayoutModel, build_model
@@ -639,69 +634,6 @@ class _CategoryMerger:
             supercategory = entry.supercategory or supercategory
             self.categories[index] = BankCategory(entry.key, entry.name, aliases, supercategory)
         return index
-
-
-def read_coco_file(path: Path, *, polygons: bool = True) -> dict[str, Any]:
-    """A COCO-format file as a dict with 'images', 'annotations' and 'categories' lists; every
-    problem is one ``InputError`` line.
-
-    With ``polygons=False`` every polygon ``segmentation`` value (an array of arrays of numbers)
-    is null, removed from the text before it is parsed: a bank reads no mask, and on COCO's
-    files the polygons are most of the text, of the parse time and, as Python floats, of the
-    memory. A mask of another shape (RLE) is parsed as written.
-    """
-    expected = "expected a COCO-format JSON object with 'images', 'annotations' and 'categories' lists"
-    try:
-        with open_regular(path) as handle:
-            size = os.fstat(handle.fileno()).st_size
-            if size <= COCO_FILE_BYTES:
-                raw = handle.read(COCO_FILE_BYTES + 1) if polygons else _without_polygons(handle)
-            if size > COCO_FILE_BYTES or handle.tell() > COCO_FILE_BYTES:  # or it grew meanwhile
-                raise FileTooLargeError(f"{size_text(max(size, handle.tell()))} is over the "
-                                        f"{size_text(COCO_FILE_BYTES)} cap of a COCO file read whole", path)
-        # Decoded here as json.loads would, so that the bytes are gone before the parse.
-        text = raw.decode(json.detect_encoding(raw), "surrogatepass")
-        del raw
-        data = loads(text)
-    except OSError as error:
-        raise InputError(f"{path}: cannot read ({error.strerror or error})") from None
-    except ValueError as error:  # bad JSON, bad UTF-8, an integer past Python's 4300 digits
-        if not polygons:  # the error as positioned in the file, not in the shortened text
-            return read_coco_file(path)
-        raise InputError(f"{path}: not valid JSON ({error}); {expected}") from None
-    del text
-    if not isinstance(data, dict) or not all(
-        isinstance(data.get(key), list) for key in ("images", "annotations", "categories")
-    ):
-        raise InputError(f"{path}: {expected}")
-    return data
-
-
-_POLYGONS = re.compile(POLYGON_PATTERN.encode())  # polygon segmentations (see acp.cocostream)
-_NO_POLYGONS = b'"segmentation": null'
-_CHUNK = 1 << 24
-
-
-def _without_polygons(handle: BinaryIO) -> bytes:
-    """The file's text with every polygon value null, read and rewritten chunk by chunk (each
-    cut after a "}"), so the whole text as written is never in memory."""
-    pieces = []
-    tail = b""
-    while handle.tell() <= COCO_FILE_BYTES and (chunk := handle.read(_CHUNK)):
-        buffer = tail + chunk
-        cut = buffer.rfind(b"}") + 1
-        pieces.append(_POLYGONS.sub(_NO_POLYGONS, buffer[:cut]))
-        tail = buffer[cut:]
-    pieces.append(_POLYGONS.sub(_NO_POLYGONS, tail))
-    return b"".join(pieces)
-
-
-def usable_id(value: Any) -> bool:
-    """An id COCO records can refer to: a number or a string (not a bool, list or object, nor
-    NaN or infinity, which JSON cannot write back and NaN no lookup finds)."""
-    if isinstance(value, float):
-        return math.isfinite(value)
-    return isinstance(value, int | str) and not isinstance(value, bool)
 
 
 def _usable_boxes(

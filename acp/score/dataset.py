@@ -77,12 +77,13 @@ from numpy.typing import NDArray
 
 from acp.atomic import atomic_text_file
 from acp.boxes import coco_to_plan
+from acp.coco import read_coco_file, usable_id
 from acp.english import count_phrase, listing
 from acp.errors import InputError, quoted
 from acp.images import read_rgb
 from acp.owned import check_owned, replace_owned, temp_folder
 from acp.paths import UnsafePathError, inside, path_problem
-from acp.score.bank import MAX_OBJECTS_PER_IMAGE, OUT_OF_IMAGE_TOLERANCE, read_coco_file, usable_id
+from acp.score.bank import MAX_OBJECTS_PER_IMAGE, OUT_OF_IMAGE_TOLERANCE
 from acp.score.candidates import compose_clis, layout_fields
 from acp.score.image import ImageScorer, Scene, SceneObject
 from acp.score.layout import LayoutScore, LayoutScorer

@@ -1,28 +1,40 @@
-"""Reading a large COCO-format file in one pass, one array element at a time.
+"""Reading COCO-format files: the one reader every command goes through.
 
-An LVIS or Objects365 instances file is a gigabyte of JSON whose Python objects take many
-times that; counting its classes or reading its categories needs none of it at once.
-``scan_object(path, visit=..., keep=...)`` walks the top-level object: each element of an
-array named in ``visit`` is decoded on its own and handed to its callback, the values named
-in ``keep`` are returned, everything else is decoded element by element and dropped. Memory
-is the read buffer (a few MB) plus what the callbacks keep: a single value (an annotation, an
-image record, the whole of a key that is no array) longer than ``MAX_VALUE_CHARS`` is refused,
-so a file that is one huge string or has no "}" for a gigabyte costs no more, and so are kept
-values longer than ``MAX_KEPT_CHARS`` together. Only a regular file is read
-(``acp.paths.open_regular``).
+Two ways, one set of checks (a JSON object whose 'images', 'annotations' and 'categories' are
+lists; every problem one ``InputError`` line naming the file; only a regular file is read,
+``acp.paths.open_regular``):
+
+- ``read_coco_file(path)`` parses a file whole, up to ``acp.paths.COCO_FILE_BYTES``, for the
+  commands that need every record at once (``score dataset``, ``bank build``, the exports
+  through ``acp.export.merge.read_instances``, the report). ``polygons=False`` nulls every
+  polygon ``segmentation`` in the text before it is parsed: on COCO's files the polygons are
+  most of the text, of the parse time and, as Python floats, of the memory.
+- ``scan_object(path, visit=..., keep=...)`` reads a large file in one pass, one array element
+  at a time. An LVIS or Objects365 instances file is a gigabyte of JSON whose Python objects
+  take many times that; counting its classes or reading its categories needs none of it at
+  once. Each element of an array named in ``visit`` is decoded on its own and handed to its
+  callback, the values named in ``keep`` are returned, everything else is decoded element by
+  element and dropped. Memory is the read buffer (a few MB) plus what the callbacks keep: a
+  single value (an annotation, an image record, the whole of a key that is no array) longer
+  than ``MAX_VALUE_CHARS`` is refused, so a file that is one huge string or has no "}" for a
+  gigabyte costs no more, and so are kept values longer than ``MAX_KEPT_CHARS`` together.
+
+``usable_id`` says which ids records can refer to. The writer is ``acp.export.coco``.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 from acp.errors import InputError, quoted
-from acp.jsonl import TOO_LONG
-from acp.paths import open_regular_text
+from acp.jsonl import TOO_LONG, loads
+from acp.paths import COCO_FILE_BYTES, FileTooLargeError, open_regular, open_regular_text, size_text
 
 CHUNK = 1 << 22  # characters read at a time
 # The longest value decoded at once: an LVIS annotation is a few KB once its polygons are
@@ -40,7 +52,7 @@ _DECODER = json.JSONDecoder()
 _EXPECTED = "expected a COCO-format JSON object"
 
 
-# "segmentation": a polygon list [[x, y, ...], ...] (``acp.score.bank`` uses it on bytes). A match
+# "segmentation": a polygon list [[x, y, ...], ...] (``read_coco_file`` uses it on bytes). A match
 # cannot start inside a JSON string (its quotes would be escaped there) and holds no "}", so no
 # match spans a cut after a "}".
 POLYGON_PATTERN = r'"segmentation"\s*:\s*\[\s*(?:\[[-+0-9.eE,\s]*\](?:\s*,\s*\[[-+0-9.eE,\s]*\])*)?\s*\]'
@@ -239,3 +251,69 @@ class _Kept:
 
 def _drop(_value: Any) -> None:
     pass
+
+
+# -- a COCO file read whole ---------------------------------------------------------------
+
+
+def read_coco_file(path: Path, *, polygons: bool = True) -> dict[str, Any]:
+    """A COCO-format file as a dict with 'images', 'annotations' and 'categories' lists; every
+    problem is one ``InputError`` line.
+
+    With ``polygons=False`` every polygon ``segmentation`` value (an array of arrays of numbers)
+    is null, removed from the text before it is parsed: a bank reads no mask, and on COCO's
+    files the polygons are most of the text, of the parse time and, as Python floats, of the
+    memory. A mask of another shape (RLE) is parsed as written.
+    """
+    expected = "expected a COCO-format JSON object with 'images', 'annotations' and 'categories' lists"
+    try:
+        with open_regular(path) as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size <= COCO_FILE_BYTES:
+                raw = handle.read(COCO_FILE_BYTES + 1) if polygons else _without_polygons(handle)
+            if size > COCO_FILE_BYTES or handle.tell() > COCO_FILE_BYTES:  # or it grew meanwhile
+                raise FileTooLargeError(f"{size_text(max(size, handle.tell()))} is over the "
+                                        f"{size_text(COCO_FILE_BYTES)} cap of a COCO file read whole", path)
+        # Decoded here as json.loads would, so that the bytes are gone before the parse.
+        text = raw.decode(json.detect_encoding(raw), "surrogatepass")
+        del raw
+        data = loads(text)
+    except OSError as error:
+        raise InputError(f"{path}: cannot read ({error.strerror or error})") from None
+    except ValueError as error:  # bad JSON, bad UTF-8, an integer past Python's 4300 digits
+        if not polygons:  # the error as positioned in the file, not in the shortened text
+            return read_coco_file(path)
+        raise InputError(f"{path}: not valid JSON ({error}); {expected}") from None
+    del text
+    if not isinstance(data, dict) or not all(
+        isinstance(data.get(key), list) for key in ("images", "annotations", "categories")
+    ):
+        raise InputError(f"{path}: not a COCO instances file; {expected}")
+    return data
+
+
+_POLYGON_BYTES = re.compile(POLYGON_PATTERN.encode())  # the same pattern, on the file's bytes
+_NO_POLYGON_BYTES = b'"segmentation": null'
+READ_CHUNK = 1 << 24  # bytes read at a time while the polygons are cut
+
+
+def _without_polygons(handle: BinaryIO) -> bytes:
+    """The file's text with every polygon value null, read and rewritten chunk by chunk (each
+    cut after a "}"), so the whole text as written is never in memory."""
+    pieces = []
+    tail = b""
+    while handle.tell() <= COCO_FILE_BYTES and (chunk := handle.read(READ_CHUNK)):
+        buffer = tail + chunk
+        cut = buffer.rfind(b"}") + 1
+        pieces.append(_POLYGON_BYTES.sub(_NO_POLYGON_BYTES, buffer[:cut]))
+        tail = buffer[cut:]
+    pieces.append(_POLYGON_BYTES.sub(_NO_POLYGON_BYTES, tail))
+    return b"".join(pieces)
+
+
+def usable_id(value: Any) -> bool:
+    """An id COCO records can refer to: a number or a string (not a bool, list or object, nor
+    NaN or infinity, which JSON cannot write back and NaN no lookup finds)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, int | str) and not isinstance(value, bool)
