@@ -162,7 +162,8 @@ def test_dev_zero_for_an_input_file_is_one_line(tmp_path: Path, args: list[str])
     (["plan", "--balance", "{tmp}/real.json", "--target", "5", "--pass-rate-from", "{big}",
       "-o", "{tmp}/p.jsonl"], "cap of such a file"),
     (["bank", "build", "{big}", "-o", "{tmp}/bank"], "cap of a COCO file read whole"),
-    (["export", "merge", "{big}", "{tmp}/real.json", "-o", "{tmp}/merged.json"], "cap of a COCO file read whole"),
+    (["export", "merge", "{big}", "{tmp}/real.json", "-o", "{tmp}/merged.json"],
+     "cap of a COCO file read whole"),
 ], ids=lambda args: " ".join(args[:2]) if isinstance(args, list) else "")
 def test_a_sparse_terabyte_file_is_refused_before_it_is_read(tmp_path: Path, args: list[str],
                                                            expected: str) -> None:
