@@ -81,6 +81,14 @@ MAX_COUNT = 10**15  # a count read from a summary: above any run's, exact as a f
 # its scenes fit in memory; LVIS's rare and common classes to 1,000 each ask for about 760,000.
 MAX_TOPUP_INSTANCES = 1_000_000
 CHART_NAMES = 60  # category names on the chart's x axis, at most
+# The files a balance writes (into a run folder too). Each carries MARK at its start (the JSON
+# files' first key; the chart's PNG "Software" text), so that ``generate --force`` removes a
+# balance file only when it can prove acp wrote it (``is_balance_file``).
+REPORT_FILE = "balance.json"
+CHART_FILE = "balance.png"
+PLAN_SUFFIX = ".balance.json"  # plans.jsonl -> plans.balance.json
+MARK = "acp_balance"
+_MARK_BYTES = 4096  # a PNG's text chunk comes right after its header
 FREQUENCIES = {"r": "rare", "c": "common", "f": "frequent"}
 SOURCES = ("cooccurrence", "supercategory", "frequent")
 
@@ -544,6 +552,7 @@ class BalancePlan:
                 "past_quota": int(self.beyond_quota[i]),
             })
         return {
+            MARK: "plan",
             "real": str(self.histogram.path),
             "options": {k: v for k, v in self.options.__dict__.items()},
             "real_images": self.histogram.images,
@@ -819,7 +828,7 @@ class BalanceReport:
         return totals
 
     def write_json(self, path: Path) -> None:
-        report = {"real": str(self.histogram.path), **self.totals(), "rows": self.rows()}
+        report = {MARK: "report", "real": str(self.histogram.path), **self.totals(), "rows": self.rows()}
         write_atomic(path, json.dumps(report, ensure_ascii=False, indent=None, separators=(",", ":"),
                                       allow_nan=False).replace('{"id"', '\n{"id"') + "\n")
 
@@ -875,9 +884,29 @@ class BalanceReport:
             axes.legend(loc="upper right")
             figure.tight_layout()
             with atomic_path(path) as tmp:
-                figure.savefig(tmp, format="png")
+                figure.savefig(tmp, format="png", metadata={"Software": MARK})
         finally:
             plt.close(figure)
+
+
+def plan_record_path(plans: Path) -> Path:
+    """Where the top-up plan of a plans file is written: ``plans.jsonl`` -> ``plans.balance.json``."""
+    return plans.with_name(plans.stem + PLAN_SUFFIX)
+
+
+def is_balance_file(path: Path) -> bool:
+    """Whether ``path`` is a file a balance wrote: it begins with ``MARK`` (a regular file
+    only, and only its first bytes are read)."""
+    from acp.paths import open_regular
+
+    try:
+        with open_regular(path) as handle:
+            start = handle.read(_MARK_BYTES)
+    except OSError:
+        return False
+    if start.startswith(b"\x89PNG"):
+        return b"Software\x00" + MARK.encode() in start
+    return start.startswith(b'{"' + MARK.encode() + b'":')
 
 
 def plan_report(plan: BalancePlan) -> BalanceReport:

@@ -97,9 +97,6 @@ REPORT = "report.html"
 # What other acp commands write into a run folder by default: `generate --balance` (the top-up
 # plan, its report and chart) and `export coco-split` (the splits). --force removes them with
 # the rest: they describe the images of the run being replaced.
-BALANCE_PLAN = "plans.balance.json"
-BALANCE = "balance.json"
-BALANCE_CHART = "balance.png"
 SPLITS = ("train.json", "val.json", "test.json")
 
 # An `acp score dataset` report.
@@ -605,16 +602,20 @@ class RunFolder:
     def clear(self) -> None:
         """Remove what acp wrote into a run folder (``--force``), and nothing else: its own
         files, the images its COCO log lists, the candidates its manifest lists, temporaries
-        of writes a kill cut short, and the split files ``acp export coco-split`` marked as
-        its own. A file of the user's, in ``images/`` too, stays (``acp.owned.remove_files``)."""
+        of writes a kill cut short, and the split files ``acp export coco-split`` and the balance
+        files ``--balance`` marked as their own. A file of the user's, in ``images/`` too, stays
+        (``acp.owned.remove_files``)."""
         from acp.atomic import is_temporary
+        from acp.balance import CHART_FILE, REPORT_FILE, is_balance_file, plan_record_path
         from acp.export.split import is_split_file
         from acp.owned import remove_files
 
         names = [SETTINGS, PROGRESS, SCORES, SUMMARY, PLANS, PLAN_FAILURES, ANNOTATIONS, COCO_RECORDS,
-                 REPORT, BALANCE_PLAN, BALANCE, BALANCE_CHART, f"{CANDIDATES}/{MANIFEST}",
+                 REPORT, f"{CANDIDATES}/{MANIFEST}",
                  f".{COCO_RECORDS}.lock"]  # the COCO writer's lock file of acp before 0.2
         names += [split for split in SPLITS if is_split_file(self.root / split)]
+        balance = [plan_record_path(self.plans_path).name, REPORT_FILE, CHART_FILE]
+        names += [name for name in balance if is_balance_file(self.root / name)]
         log = self.root / COCO_RECORDS
         if log.is_file():
             names += [f"{IMAGES}/{r['image']['file_name']}" for _, r, _ in read_records(log)

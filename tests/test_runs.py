@@ -254,12 +254,19 @@ def test_force_removes_every_file_acp_wrote_there_and_nothing_else(
     assert split.exit_code == 0, split.output
     splits = sorted(p.name for p in out.glob("*.json") if p.name in ("train.json", "val.json", "test.json"))
     assert splits, "coco-split wrote nothing into the run folder"
+    balance = CliRunner().invoke(app, ["balance", "report", str(out / "annotations.json"),
+                                       str(out / "annotations.json")])
+    assert balance.exit_code == 0 and (out / "balance.json").is_file(), balance.output
+    charted = (out / "balance.png").is_file()  # with matplotlib installed
+    (out / "plans.balance.json").write_text('{"a plan of mine": 1}')  # a balance file's name, not acp's
     (out / "notes.txt").write_text("mine")
     (out / "images" / "mine.jpg").write_text("mine too")
     forced = CliRunner().invoke(app, [*generate_args(tiny_models, out, "--scenes", "2"), "--steps", "1",
                                       "--force"])
     assert forced.exit_code == 0, forced.output
     assert [name for name in splits if (out / name).exists()] == []
+    assert not (out / "balance.json").exists() and not (charted and (out / "balance.png").exists())
+    assert (out / "plans.balance.json").read_text() == '{"a plan of mine": 1}'
     assert (out / "notes.txt").read_text() == "mine"
     assert (out / "images" / "mine.jpg").read_text() == "mine too"
     assert len(json.loads((out / "annotations.json").read_text())["images"]) == 2

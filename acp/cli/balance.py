@@ -24,8 +24,6 @@ balance_app = typer.Typer(
 )
 app.add_typer(balance_app, name="balance")
 
-REPORT_NAME = "balance.json"
-CHART_NAME = "balance.png"
 
 
 @dataclass(frozen=True)
@@ -47,11 +45,6 @@ class BalanceArgs:
         return [f"--{name.replace('_', '-')}" for name in ("target", "pass_rate", "pass_rate_from",
                 "tail_below", "frequency", "categories_only", "max_per_category", "companion_cap")
                 if getattr(self, name) != getattr(defaults_, name)]
-
-
-def plan_record_path(plans: Path) -> Path:
-    """Where the top-up plan of a plans file is written: ``plans.jsonl`` -> ``plans.balance.json``."""
-    return plans.with_name(plans.stem + ".balance.json")
 
 
 def balance_plan(args: BalanceArgs, *, input: Path | None, concepts: str | None, scenes: int | None,
@@ -114,18 +107,19 @@ def notice_skipped(histogram: ClassHistogram) -> None:
 
 def write_report(report: BalanceReport, folder: Path, *, limit: int = 40) -> None:
     """The table on stdout, ``balance.json`` and ``balance.png`` in ``folder``."""
+    from acp.balance import CHART_FILE, REPORT_FILE
     from acp.errors import MissingDependencyError
 
     for line in report.table(limit):
         print(line)
     folder.mkdir(parents=True, exist_ok=True)
-    report.write_json(folder / REPORT_NAME)
-    written = [folder / REPORT_NAME]
+    report.write_json(folder / REPORT_FILE)
+    written = [folder / REPORT_FILE]
     try:
-        report.write_chart(folder / CHART_NAME)
-        written.append(folder / CHART_NAME)
+        report.write_chart(folder / CHART_FILE)
+        written.append(folder / CHART_FILE)
     except MissingDependencyError as missing:  # the table and the JSON are there all the same
-        notice(f"no {CHART_NAME}: {missing}")
+        notice(f"no {CHART_FILE}: {missing}")
     totals = report.totals()
     below = ""
     if "target" in totals:

@@ -156,7 +156,8 @@ def generate(
     OPENAI_API_KEY and never printed or written.
     """
     from acp.api import generate_config
-    from acp.cli.balance import BalanceArgs, balance_plan, plan_record_path, report_after_run
+    from acp.balance import plan_record_path
+    from acp.cli.balance import BalanceArgs, balance_plan, report_after_run
     from acp.concepts import parse_object_range
     from acp.errors import InputError
     from acp.generate import generate

@@ -186,7 +186,8 @@ def plan(
     The API key is read from OPENAI_API_KEY and never printed or written.
     """
     from acp import api
-    from acp.cli.balance import BalanceArgs, balance_plan, plan_record_path
+    from acp.balance import plan_record_path
+    from acp.cli.balance import BalanceArgs, balance_plan
     from acp.concepts import parse_object_range, scene_concepts
     from acp.generate.config import parse_size
     from acp.plan.run import failures_path
