@@ -282,7 +282,10 @@ class SlowRenderer:
 
 class CrashingRenderer(SlowRenderer):
     """A ``SlowRenderer`` whose process dies (``os._exit``) whenever it is asked to render
-    ``plan_id``: a plan that kills every Ray worker it is sent to."""
+    ``plan_id``, ``delay`` seconds in: a plan that kills every Ray worker it is sent to. (The
+    delay lets the worker's reply for its previous call reach the driver first: a process that
+    dies the instant that call returns can take the reply with it, and the driver then rightly
+    charges the death to that call, which a test counting deaths would not expect.)"""
 
     def __init__(self, settings: Any, device: str = "cpu", delay: float = 0.3, plan_id: str = ""):
         super().__init__(settings, device, delay)
@@ -290,8 +293,10 @@ class CrashingRenderer(SlowRenderer):
 
     def render(self, plans: Any, candidates: int) -> Any:
         import os
+        import time
 
         if any(plan.id == self.plan_id for plan in plans):
+            time.sleep(self.delay)
             os._exit(1)
         return super().render(plans, candidates)
 

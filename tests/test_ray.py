@@ -183,7 +183,7 @@ def test_a_plan_that_kills_every_worker_is_left_for_the_next_run(
     from acp.testing import CrashingRenderer
 
     settings = RenderSettings(model=str(tiny_models["gligen"]), steps=1, size=(64, 64))
-    factory = functools.partial(CrashingRenderer, settings, "cpu", 0.0, "000003")
+    factory = functools.partial(CrashingRenderer, settings, "cpu", 0.2, "000003")
     out = tmp_path / "ray"
     with pytest.raises(PlansLeftUnfinished, match=r"1 plans left unfinished .*000003.*died 3 times"):
         generate(config(tiny_models), out, ray_engine(2, make_renderer=factory), progress=False)
