@@ -28,11 +28,11 @@ from PIL import Image
 
 from acp.concepts import ConceptInput
 from acp.generate import GenerateConfig, LocalEngine, generate
-from acp.plan.base import derive_seed
 from acp.render.base import RenderedCandidate
 from acp.render.gligen import RenderSettings, global_prompt
 from acp.schema import Candidate, ScenePlan
 from acp.score.candidates import ScoreSettings
+from acp.seeds import derive_seed
 from acp.testing import save_tiny_models
 
 

@@ -18,11 +18,11 @@ from typer.testing import CliRunner
 from acp import testing
 from acp.cli import app
 from acp.errors import InputError
-from acp.plan.base import derive_seed
 from acp.render import folder as folder_module
 from acp.render import gligen
 from acp.render.gligen import GligenRenderer, RenderSettings, fit_to_tokens, global_prompt
 from acp.schema import Candidate, ScenePlan
+from acp.seeds import derive_seed
 
 LONG = "a shaggy brown dog with a red collar, floppy ears and a wagging tail " * 4
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 
 from acp.schema import LayoutRules, ScenePlan
@@ -51,7 +50,3 @@ class PlanSettings:
     categories: tuple[str, ...] | None = None
 
 
-def derive_seed(*parts: object) -> int:
-    """A stable 63-bit seed from any parts (run seed, scene id, index, ...)."""
-    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") >> 1

@@ -22,8 +22,9 @@ from acp.errors import AcpError, InputError, OutputMismatchError, first_line
 from acp.jsonl import JsonlWriter, iter_lines, read_records
 from acp.lock import OutputLock
 from acp.paths import file_problem
-from acp.plan.base import PlanOutcome, SceneRequest, derive_seed
+from acp.plan.base import PlanOutcome, SceneRequest
 from acp.schema import ScenePlan
+from acp.seeds import derive_seed
 
 GIVE_UP_AFTER = 10
 # Characters of a failed scene's last reply and reason kept in the failures file: a whole plan

@@ -45,10 +45,10 @@ from acp import defaults
 from acp.boxes import plan_to_gligen
 from acp.device import resolve_device, resolve_dtype
 from acp.errors import InputError, MissingDependencyError, one_line
-from acp.plan.base import derive_seed
 from acp.pretrained import load_pretrained, loading
 from acp.render.base import RenderedCandidate
 from acp.schema import Candidate, ScenePlan
+from acp.seeds import derive_seed
 from acp.settings_record import recorded
 
 if TYPE_CHECKING:
