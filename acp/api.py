@@ -8,6 +8,8 @@ summary = generate(["dog", "frisbee"], "out/dataset", scenes=100, masks=True)
 print(summary.line())
 ```
 
+The functions: ``generate``, ``plan``, ``score_dataset``, ``export_yolo``,
+``export_coco_split``, ``export_merge`` (and ``generate_config``, ``concept_input``).
 Errors are ``acp.errors.AcpError`` subclasses with a one-line message (``InputError`` for bad
 input). The lower-level pieces stay available: ``acp.generate.GenerateConfig`` and
 ``acp.generate.generate`` (a config and an engine), ``acp.generate.components`` (the
@@ -25,10 +27,14 @@ from acp.concepts import ConceptInput
 from acp.errors import InputError
 
 if TYPE_CHECKING:
+    from acp.export.merge import MergeSummary
+    from acp.export.split import SplitSummary
+    from acp.export.yolo import YoloSummary
     from acp.generate.config import GenerateConfig
     from acp.generate.engine import Engine
     from acp.generate.run import GenerateSummary
     from acp.plan.run import PlanSummary
+    from acp.score.dataset import DatasetReport
 
 # A concept file, a list of concepts, {concept: instances wanted}, or a parsed input.
 Concepts = Union[str, Path, Sequence[str], Mapping[str, int], ConceptInput]  # noqa: UP007
@@ -174,3 +180,75 @@ def plan(concepts: Concepts, output: str | Path, *, scenes: int | None = None,
     requests = make_requests(sets, seed, *config.size, companions=source.companions)
     return run_planner(planner_, requests, Path(output), total=scene_total(source, scenes, sets),
                        progress=progress)
+
+
+def score_dataset(annotations: str | Path, images: str | Path, output: str | Path, *,
+                  keep_above: float | None = None, removed_boxes: str = "drop-image",
+                  bank: str | Path | None = None, clis_l_method: str = defaults.CLIS_L_METHOD,
+                  clip_model: str = defaults.CLIP_MODEL, device: str = "auto", dtype: str = "auto",
+                  batch_size: int = 8, progress: bool = True, report: bool = True) -> DatasetReport:
+    """``acp score dataset``: CLIS of every image and box of a COCO file into the report
+    folder ``output`` (with ``keep_above``, a filtered copy in ``output/filtered/``), and
+    ``output/report.html``. Items that could not be scored are in the result's ``failed``."""
+    from acp.device import resolve_device, resolve_dtype
+    from acp.generate import components
+    from acp.pretrained import check_models
+    from acp.report import write_report
+    from acp.score.candidates import ScoreSettings
+    from acp.score.dataset import check_paths
+    from acp.score.dataset import score_dataset as run
+
+    annotations, images, output = Path(annotations), Path(images), Path(output)
+    check_paths(annotations, images, output)  # before any model, as on the command line
+    device = resolve_device(device)
+    resolve_dtype(dtype, device)
+    check_models([("--clip-model", clip_model)])
+    settings = ScoreSettings(clip_model=clip_model, bank=Path(bank) if bank is not None else None,
+                             clis_l_method=clis_l_method)
+    layout = components.layout_scorer(settings, progress=progress) if bank is not None else None
+    result = run(annotations, images, output,
+                 image_scorer=components.image_scorer(clip_model, device, dtype=dtype, progress=progress),
+                 layout_scorer=layout, keep_above=keep_above, removed_boxes=removed_boxes,  # type: ignore[arg-type]
+                 batch_size=batch_size, progress=progress)
+    if report:
+        write_report(output)
+    return result
+
+
+def export_yolo(annotations: str | Path, output: str | Path, *, images: str | Path | None = None,
+                val_fraction: float = defaults.VAL_FRACTION, test_fraction: float = defaults.TEST_FRACTION,
+                task: str = "detect", link: str = "hardlink", progress: bool = True) -> YoloSummary:
+    """``acp export yolo``: ultralytics' layout (images/ and labels/ per split, data.yaml) in
+    ``output``; ``link`` is hardlink, copy or symlink."""
+    from acp.export.split import Fractions
+    from acp.export.yolo import export_yolo as run
+
+    return run(Path(annotations), Path(output), fractions=Fractions(val_fraction, test_fraction),
+               images_dir=Path(images) if images is not None else None, task=task,  # type: ignore[arg-type]
+               link=link, progress=progress)  # type: ignore[arg-type]
+
+
+def export_coco_split(annotations: str | Path, output: str | Path | None = None, *,
+                      images: str | Path | None = None, val_fraction: float = defaults.VAL_FRACTION,
+                      test_fraction: float = defaults.TEST_FRACTION) -> SplitSummary:
+    """``acp export coco-split``: train.json, val.json (and test.json) in ``output`` (the
+    annotations' folder by default)."""
+    from acp.export.split import Fractions, split_coco
+
+    annotations = Path(annotations)
+    return split_coco(annotations, Path(output) if output is not None else annotations.parent,
+                      fractions=Fractions(val_fraction, test_fraction),
+                      images_dir=Path(images) if images is not None else None)
+
+
+def export_merge(synthetic: str | Path, real: str | Path, output: str | Path, *,
+                 synthetic_images: str | Path | None = None, real_images: str | Path | None = None,
+                 overwrite: bool = False, allow_outside_paths: bool = False) -> MergeSummary:
+    """``acp export merge``: SYNTHETIC merged into REAL as ``output`` (categories unified by
+    name, ids made unique, image paths valid from ``output``'s folder)."""
+    from acp.export.merge import merge_coco
+
+    return merge_coco(Path(synthetic), Path(real), Path(output),
+                      synthetic_images=Path(synthetic_images) if synthetic_images is not None else None,
+                      real_images=Path(real_images) if real_images is not None else None,
+                      overwrite=overwrite, allow_outside_paths=allow_outside_paths)

@@ -72,5 +72,12 @@ def test_readme_python_example_runs(tiny_models: dict[str, Path], tmp_path: Path
     assert result.returncode == 0, result.stderr
     assert "4 images kept" in result.stdout
     out = tmp_path / "out" / "api-dataset"
-    assert len(json.loads((out / "annotations.json").read_text())["images"]) == 4
+    annotations = json.loads((out / "annotations.json").read_text())
+    assert len(annotations["images"]) == 4
     assert (out / "report.html").is_file()
+    boxes = len(annotations["annotations"])
+    assert f"{boxes} boxes scored" in result.stdout
+    assert len(json.loads((tmp_path / "out" / "api-scores" / "boxes.json").read_text())) == boxes
+    assert (tmp_path / "out" / "api-scores" / "report.html").is_file()
+    assert (tmp_path / "out" / "api-scores" / "filtered" / "annotations.json").is_file()
+    assert (tmp_path / "out" / "api-yolo" / "data.yaml").is_file()
