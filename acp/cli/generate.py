@@ -156,7 +156,6 @@ def generate(
     OPENAI_API_KEY and never printed or written.
     """
     from acp.api import generate_config
-    from acp.balance import plan_record_path
     from acp.cli.balance import BalanceArgs, balance_plan, report_after_run
     from acp.concepts import parse_object_range
     from acp.errors import InputError
@@ -218,6 +217,8 @@ def generate(
     print(f"{output / 'annotations.json'}: {summary.annotations} annotations; "
           f"summary in {output / 'summary.json'}")
     if topup is not None:
+        from acp.balance import plan_record_path
+
         topup.write(plan_record_path(output / "plans.jsonl"))
         report_after_run(topup, output / "annotations.json", output)
     if summary.this_run or not (output / REPORT).exists():  # a finished dataset: nothing new to show
