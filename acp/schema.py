@@ -22,15 +22,17 @@ import math
 from collections import Counter
 from collections.abc import Container, Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -59,6 +61,18 @@ RelativePath = Annotated[str, AfterValidator(_relative_path)]
 
 class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=False)
+    # Fields added after records were first written, left out of the JSON while unused (None or
+    # empty): a record of a run that does not use them reads as records always have.
+    _unused_omitted: ClassVar[frozenset[str]] = frozenset()
+
+    @model_serializer(mode="wrap")
+    def _omit_unused(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if self._unused_omitted and isinstance(data, dict):
+            for key in self._unused_omitted:
+                if key in data and data[key] in (None, []):
+                    del data[key]
+        return data
 
 
 class PlanObject(_Record):
@@ -222,6 +236,7 @@ class ObjectScore(_Record):
     judge: float | None = Field(default=None, description="VLM judge score, 0-100, if asked.")
     kept: bool = True
     # Set when a detector verified the candidate (``acp.score.verify``); absent otherwise.
+    _unused_omitted = frozenset({"verification", "detection_iou", "detection_score", "detection_bbox"})
     verification: Literal["verified", "refined", "missing"] | None = Field(
         default=None, description="The detector's verdict on the box: a detection of its category "
         "overlaps it (verified; refined when the detection's box is exported), or none does (missing).")
@@ -267,6 +282,7 @@ class CandidateScore(_Record):
     kept: bool = Field(default=True, description="Passes the CLIS thresholds.")
     reason: str | None = Field(default=None, description="Why it was dropped, if it was.")
     detail: dict[str, Any] = Field(default_factory=dict, description="Scorer-specific detail.")
+    _unused_omitted = frozenset({"verification", "detections"})
     verification: float | None = Field(
         default=None, ge=0.0, le=100.0, description="The detector's term of clis, 0-100: the mean IoU "
         "of the planned boxes with their detections, each unplanned instance counting as a box with "
@@ -294,6 +310,8 @@ class PlanResult(_Record):
     mask_problems: list[str] = Field(default_factory=list, description="Masks dropped or flagged.")
     flagged: int = Field(default=0, ge=0, description="Candidates the safety checker flagged (dropped).")
     # The kept candidate's verification, when a detector verified it (``acp.score.verify``).
+    _unused_omitted = frozenset({"verification", "verified_categories", "missing_categories",
+                                 "unplanned_categories"})
     verification: float | None = Field(default=None, ge=0.0, le=100.0,
                                        description="The kept candidate's verification term.")
     verified_categories: list[str] = Field(default_factory=list,

@@ -73,6 +73,23 @@ JudgeMarginOption = Annotated[
 ]
 JudgeMaxCallsOption = Annotated[int, typer.Option(min=0, help="Judge requests per run at most.")]
 ProgressOption = Annotated[bool, typer.Option(help="Show each model's loading line and a progress bar.")]
+# The verifier (acp.score.verify), shared with `acp generate`.
+VerifyOption = Annotated[bool, typer.Option(
+    "--verify",
+    help=f"Check every box with a zero-shot detector (--detector-model, default {defaults.DETECTOR_MODEL}).",
+)]
+DetectorModelOption = Annotated[str | None, typer.Option(
+    "--detector-model", show_default=False,
+    help="Zero-shot detector (OWLv2 or Grounding DINO) hub id or folder; implies --verify.")]
+DetectionThresholdOption = Annotated[float | None, typer.Option(
+    min=0.0, max=1.0, show_default=False,
+    help="Detector score at which a detection counts [default: OWLv2 0.1, Grounding DINO 0.35].")]
+UnplannedThresholdOption = Annotated[float | None, typer.Option(
+    min=0.0, max=1.0, show_default=False,
+    help="Detector score at which a detection matching no box is an unlabeled object "
+    "[default: OWLv2 0.3, Grounding DINO 0.5].")]
+VerifyIouOption = Annotated[float, typer.Option(
+    min=0.0, max=1.0, help="IoU at which a detection of its category verifies a box.")]
 
 
 @bank_app.command("build")

@@ -10,7 +10,7 @@ processor's step:
   antialiased bicubic reproduces), centre crop, rounded to whole pixel levels as PIL's 8-bit
   output is, scaled and normalised. The CLIS-I crops are cut and padded to a square of CLIP's
   mean colour on the device too.
-- OWLv2 / OWL-ViT (``OwlPixels``): padded to a square at the bottom and right with black,
+- OWLv2 (``OwlPixels``): padded to a square at the bottom and right with black,
   resized to the model's side bilinearly (downscaling blurs first with the Gaussian whose sigma
   is ``(factor - 1) / 2``, as ``Owlv2ImageProcessor`` does with scipy), normalised.
 - Grounding DINO (``DinoPixels``): resized so the shortest side is 800 and the longest at most
@@ -171,7 +171,7 @@ def square(pixels: torch.Tensor, colour: Sequence[float]) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class OwlPixels:
-    """OWLv2 / OWL-ViT preprocessing: ``side`` is the model's square input."""
+    """OWLv2 preprocessing: ``side`` is the model's square input."""
 
     side: int
     scale: float

@@ -9,9 +9,9 @@ functions (no model, no I/O), so that every rule below is tested with known boxe
 
 Per candidate (``check``), in pixel ``[x, y, w, h]``:
 
-1. Detections under ``min_score`` (``--detection-threshold``; the family's default: OWLv2 and
-   OWL-ViT 0.1, Grounding DINO 0.35, the thresholds their authors' examples use) are not
-   detections; the rest go through class-wise non-maximum suppression at IoU ``NMS_IOU``
+1. Detections under ``min_score`` (``--detection-threshold``; the family's default: OWLv2 0.1,
+   Grounding DINO 0.35, the thresholds their authors' examples use), or less than a pixel wide
+   or high, are not detections; the rest go through class-wise non-maximum suppression at IoU ``NMS_IOU``
    (0.5: neither detector suppresses duplicates itself), and the best ``MAX_DETECTIONS`` (100,
    COCO's maxDets) are kept.
 2. Planned boxes and detections of the same category are matched one to one, the pair with the
@@ -69,6 +69,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
+from acp import defaults
 from acp.boxes import iou_matrix
 from acp.errors import InputError
 from acp.schema import DetectedBox
@@ -77,20 +78,20 @@ from acp.settings_record import recorded
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-    from acp.schema import CandidateScore
+    from acp.schema import CandidateScore, ScenePlan
 
 # OWLv2 (base, patch 16, ensemble weights): see acp.score.detector for why it is the default.
-DETECTOR_MODEL = "google/owlv2-base-patch16-ensemble"
+DETECTOR_MODEL = defaults.DETECTOR_MODEL
 # Families of transformers' zero-shot detectors acp reads, by config model_type.
-FAMILIES = {"owlv2": "owl", "owlvit": "owl", "grounding-dino": "grounding-dino",
-            "mm-grounding-dino": "grounding-dino"}
+FAMILIES = {"owlv2": "owl", "grounding-dino": "grounding-dino", "mm-grounding-dino": "grounding-dino"}
 # Per family: the score over which a detection counts, and the one over which a detection
 # matching no box is an unplanned instance (see the module notes).
 MIN_SCORE = {"owl": 0.1, "grounding-dino": 0.35}
 CONFIDENT_SCORE = {"owl": 0.3, "grounding-dino": 0.5}
-MATCH_IOU = 0.5
+MATCH_IOU = defaults.VERIFY_IOU
 NMS_IOU = 0.5
 PART_OF = 0.8
+MIN_SIDE = 1.0  # pixels: a narrower detection boxes nothing
 MAX_DETECTIONS = 100
 UNPLANNED_POLICIES = ("drop", "ignore", "pseudo-label")
 Unplanned = Literal["drop", "ignore", "pseudo-label"]
@@ -107,7 +108,7 @@ class VerifySettings:
     detection_threshold: float | None = None
     unplanned_threshold: float | None = None
     verify_iou: float = MATCH_IOU
-    unplanned: str = "drop"
+    unplanned: str = defaults.UNPLANNED
     refine_boxes: bool = False
 
     def __post_init__(self) -> None:
@@ -228,8 +229,8 @@ def _inside(inner: Sequence[float], outer: Sequence[float]) -> float:
 def check(planned: Sequence[PlannedBox], detections: Sequence[Detection],
           thresholds: Thresholds = Thresholds()) -> CandidateCheck:
     """The verdicts of the module notes (steps 1-3) for one image."""
-    found = suppress([d for d in detections if d.score >= thresholds.min_score and d.box[2] > 0
-                      and d.box[3] > 0])[:MAX_DETECTIONS]
+    found = suppress([d for d in detections if d.score >= thresholds.min_score and d.box[2] >= MIN_SIDE
+                      and d.box[3] >= MIN_SIDE])[:MAX_DETECTIONS]
     match: dict[int, int] = {}  # planned row -> detection row
     best: dict[int, tuple[float, int]] = {}  # planned row -> (IoU, detection row) of its best
     for category in dict.fromkeys(p.category for p in planned):
@@ -307,3 +308,56 @@ def as_xywh(box: Sequence[float]) -> tuple[float, float, float, float]:
     """Pixel ``[x0, y0, x1, y1]`` to ``[x, y, w, h]``."""
     x0, y0, x1, y1 = (float(v) for v in box)
     return x0, y0, x1 - x0, y1 - y0
+
+
+class Verifier:
+    """A loaded detector with its settings: ``check_plans`` verifies candidates of plans, all
+    images of a call in one ``detect`` (one pass per batch on an accelerator)."""
+
+    def __init__(self, detector: Detector, settings: VerifySettings | None = None):
+        self.detector = detector
+        self.settings = settings or VerifySettings(detector_model=detector.name or DETECTOR_MODEL)
+        self.thresholds = self.settings.thresholds(detector.family)
+
+    def check(self, items: Sequence[tuple[Image, Sequence[PlannedBox], Sequence[str]]]
+              ) -> list[CandidateCheck]:
+        """``(image, planned boxes, categories asked)`` each, checked (module notes)."""
+        found = self.detector.detect([image for image, _, _ in items], [list(q) for _, _, q in items],
+                                     self.thresholds.min_score)
+        return [check(planned, detections, self.thresholds)
+                for (_, planned, _), detections in zip(items, found, strict=True)]
+
+    def check_plans(self, items: Sequence[tuple[ScenePlan, Image]]) -> list[CandidateCheck]:
+        """Each ``(plan, candidate image)``, asked for the plan's categories."""
+        from acp.boxes import plan_to_coco
+
+        prepared = []
+        for plan, image in items:
+            boxes = plan_to_coco([o.bbox for o in plan.objects], *image.size).reshape(-1, 4).tolist()
+            planned = [PlannedBox(o.id, o.category, (b[0], b[1], b[2], b[3]))
+                       for o, b in zip(plan.objects, boxes, strict=True)]
+            prepared.append((image, planned, list(dict.fromkeys(o.category for o in plan.objects))))
+        return self.check(prepared)
+
+
+def verify_settings(verify: bool = False, detector_model: str | None = None, *,
+                    detection_threshold: float | None = None, unplanned_threshold: float | None = None,
+                    verify_iou: float = MATCH_IOU, unplanned: str = defaults.UNPLANNED,
+                    refine_boxes: bool = False
+                    ) -> VerifySettings | None:
+    """The verifier the command line's options ask for: on with ``--verify`` or a
+    ``--detector-model``; ``None`` when off, and an ``InputError`` naming an option of the
+    verifier given without it."""
+    if verify or detector_model:
+        return VerifySettings(detector_model=detector_model or DETECTOR_MODEL,
+                              detection_threshold=detection_threshold,
+                              unplanned_threshold=unplanned_threshold, verify_iou=verify_iou,
+                              unplanned=unplanned, refine_boxes=refine_boxes)
+    options = (("--detection-threshold", detection_threshold, None),
+               ("--unplanned-threshold", unplanned_threshold, None), ("--verify-iou", verify_iou, MATCH_IOU),
+               ("--unplanned", unplanned, defaults.UNPLANNED), ("--refine-boxes", refine_boxes, False))
+    given = [name for name, value, default in options if value != default]
+    if given:
+        raise InputError(f"{', '.join(given)}: only with --verify or --detector-model (a detector checks "
+                         "the boxes)")
+    return None
