@@ -217,6 +217,11 @@ def suppress(detections: Sequence[Detection], iou: float = NMS_IOU) -> list[Dete
     return kept
 
 
+def covers(outer: Sequence[float], inner: Sequence[float]) -> bool:
+    """Whether ``outer`` holds at least ``PART_OF`` of ``inner``'s area (both pixel xywh)."""
+    return _inside(inner, outer) >= PART_OF
+
+
 def _inside(inner: Sequence[float], outer: Sequence[float]) -> float:
     """Share of ``inner``'s area inside ``outer`` (both pixel xywh)."""
     x0, y0 = max(inner[0], outer[0]), max(inner[1], outer[1])
