@@ -73,15 +73,18 @@ class Fidelity:
         return self._index[name]
 
     def add(self, labels: Sequence[tuple[str, Sequence[float], bool]],
-            detections: Sequence[tuple[str, float, Sequence[float]]]) -> None:
-        """One image's labels ``(category, [x, y, w, h], crowd)`` and detections
-        ``(category, score, [x, y, w, h])``."""
-        image = self.images
-        self.images += 1
+            detections: Sequence[tuple[str, float, Sequence[float]]], image: int | None = None) -> int:
+        """An image's labels ``(category, [x, y, w, h], crowd)`` and detections ``(category,
+        score, [x, y, w, h])``; ``image``: add to that image (its number, as returned before),
+        else to a new one. Returns the image's number."""
+        if image is None:
+            image = self.images
+        self.images = max(self.images, image + 1)
         for name, box, crowd in labels:
             _append(self._labels, (image, self.category(name), *map(float, box), int(bool(crowd))))
         for name, score, box in detections:
             _append(self._detections, (image, self.category(name), *map(float, box), float(score)))
+        return image
 
     def result(self) -> FidelityResult:
         labels = {k: np.frombuffer(v, dtype=v.typecode) for k, v in self._labels.items()}
