@@ -41,6 +41,11 @@ def temp_prefix(name: str) -> str:
     return f".{name}.acp-{_HOST}-{os.getpid()}-"
 
 
+def is_temporary(name: str) -> bool:
+    """Whether ``name`` is that of a temporary an acp process makes (live or left by a kill)."""
+    return _TEMP_NAME.fullmatch(name) is not None
+
+
 def sweep_stale_temps(folder: Path) -> None:
     """Remove the temporaries (files or folders) in ``folder`` that acp processes of this host
     left when they were killed; once per folder and process, so that writing many files into
@@ -129,8 +134,12 @@ def write_atomic(path: Path, data: bytes | str) -> None:
 
 
 def copy_atomic(source: Path, target: Path) -> None:
-    with atomic_path(target) as tmp:
-        shutil.copyfile(source, tmp)
+    """Copy the regular file ``source`` to ``target`` atomically; a FIFO or a device (which
+    would block or never end) is an ``OSError`` before anything is written."""
+    from acp.paths import open_regular
+
+    with open_regular(source) as reader, atomic_path(target) as tmp, open(tmp, "wb") as writer:
+        shutil.copyfileobj(reader, writer, 1 << 20)
 
 
 def compact_json(value: Any) -> str:

@@ -26,6 +26,11 @@ into scenes:
   instances it gained so get below ``companion_cap`` times its real count, so frequent classes
   grow by at most that share (10% by default) and tail classes without quota not at all.
 
+Bounds, whatever REAL's shape: 16 bytes an annotation while counting, at most ``MAX_PAIRS``
+co-occurring pairs and ``MAX_PARTNERS`` partners a category (the most shared kept, the cut
+said), at most ``MAX_TOPUP_INSTANCES`` instances planned (refused before any scene is drawn);
+every number read from REAL or a summary is checked before use.
+
 Names: scenes name categories by a phrase made for prompts ("aerosol can" for LVIS's
 ``aerosol_can``, "bow (weapon)" for ``bow_(weapon)``), checked to map back to exactly its
 category by the rules of ``acp.export.categories``, so the export carries REAL's names and ids.
@@ -33,13 +38,15 @@ category by the rules of ``acp.export.categories``, so the export carries REAL's
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import json
 from array import array
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 from numpy.typing import NDArray
@@ -50,15 +57,30 @@ from acp.cocostream import scan_object
 from acp.concepts import MAX_NAME_LENGTH, MAX_OBJECTS_PER_SCENE, MAX_QUOTA, ConceptInput
 from acp.errors import InputError, MissingDependencyError, quoted
 from acp.export.categories import Category, CategoryMatcher, parse_categories
-from acp.jsonl import read_records
+from acp.jsonl import loads, read_records
+from acp.paths import SMALL_FILE_BYTES, file_problem, read_regular_text
 
 MAX_CATEGORIES = 100_000
 # Pairs of an image are counted among its first this many distinct categories: an image of
 # hundreds of classes costs time quadratic in them for little more evidence.
 MAX_CATEGORIES_PER_IMAGE = 50
+# Distinct co-occurring pairs kept (LVIS's 1,203 classes have at most 723,003): 16 bytes each,
+# twice. A file with more keeps those shared by most images (see ``_cooccurrence``).
+MAX_PAIRS = 1_000_000
+# A category's partners kept, its most shared ones (LVIS's most connected class has about 1,100):
+# drawing a companion looks at each, so a scene costs time in this, not in the categories.
+MAX_PARTNERS = 2_000
+PAIR_CHUNK = 1 << 20  # pairs of images formed and counted at a time
+ID_LIMIT = 2**63  # ids are 64-bit integers (numpy's, pycocotools')
+_HASHED = 2**62  # image keys at and above this are hashes of string ids
 FREQUENT_FALLBACK = 20  # categories in most images, the last back-off when a file has no frequency
 MIN_PASS_RATE = 0.1  # a quota grows at most tenfold for the instances CLIS drops
 MIN_EVIDENCE = 5  # planned instances of a category before its own pass rate is trusted
+MAX_COUNT = 10**15  # a count read from a summary: above any run's, exact as a float
+# Instances one top-up plans (the sum of the quotas), so that planning takes minutes at most and
+# its scenes fit in memory; LVIS's rare and common classes to 1,000 each ask for about 760,000.
+MAX_TOPUP_INSTANCES = 1_000_000
+CHART_NAMES = 60  # category names on the chart's x axis, at most
 FREQUENCIES = {"r": "rare", "c": "common", "f": "frequent"}
 SOURCES = ("cooccurrence", "supercategory", "frequent")
 
@@ -97,6 +119,7 @@ class ClassHistogram:
     crowd: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     ambiguous: list[str] = field(default_factory=list)  # names that map to several categories
+    pairs_cut: int = 0  # co-occurrences left out: pairs past MAX_PAIRS, partners past MAX_PARTNERS
 
     def partners(self, row: int) -> tuple[IntArray, IntArray]:
         """The categories sharing an image with ``row`` and how many images they share."""
@@ -135,11 +158,36 @@ def _real_categories(value: Any, path: Path) -> tuple[list[RealCategory], list[s
     return categories, ambiguous
 
 
+def integer_id(value: Any) -> int | None:
+    """``value`` as a COCO id that fits 64 bits: an integer, or a float with an integer value
+    (``1.0``, as tools that write every number as a float do); ``None`` for anything else
+    (a bool, ``1.5``, NaN, a string, an integer of 30 digits)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and -ID_LIMIT < value < ID_LIMIT:
+        return value
+    return None
+
+
+def _image_key(value: Any) -> int | None:
+    """An int64 that tells images apart: the id itself when it is a small enough integer, else
+    (a string id) a 62-bit hash above every such id. Holding the ids themselves would cost a
+    dictionary entry per image (hundreds of MB for a file of a million tiny images)."""
+    number = integer_id(value)
+    if number is not None and -_HASHED < number < _HASHED:
+        return number
+    if number is None and not isinstance(value, str):
+        return None
+    text = value if isinstance(value, str) else str(number)
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return _HASHED + (int.from_bytes(digest, "big") >> 2)
+
+
 def read_histogram(path: Path) -> ClassHistogram:
-    """Count REAL's classes and their co-occurrences in one streamed pass."""
+    """Count REAL's classes and their co-occurrences in one streamed pass. Memory: 16 bytes per
+    annotation, the co-occurrence counts (at most ``MAX_PAIRS`` pairs) and the categories."""
     path = Path(path)
-    image_of: dict[Any, int] = {}
-    image_ids: array[int] = array("q")
+    image_keys: array[int] = array("q")
     category_ids: array[int] = array("q")
     skipped: Counter[str] = Counter()
     crowd = annotations = 0
@@ -151,16 +199,20 @@ def read_histogram(path: Path) -> ClassHistogram:
             skipped["not an object"] += 1
             return
         category, image = item.get("category_id"), item.get("image_id")
-        if not isinstance(category, int) or isinstance(category, bool) or not -2**62 < category < 2**62:
-            skipped["no integer category_id"] += 1
+        if type(category) is not int or not -ID_LIMIT < category < ID_LIMIT:  # the usual case first
+            category = integer_id(category)
+        if type(image) is not int or not -_HASHED < image < _HASHED:
+            image = _image_key(image)
+        if category is None:
+            skipped["category_id not an integer"] += 1
             return
-        if not isinstance(image, int | str) or isinstance(image, bool):
-            skipped["no image_id"] += 1
+        if image is None:
+            skipped["image_id not an integer or a string"] += 1
             return
         if item.get("iscrowd"):
             crowd += 1
             return
-        image_ids.append(image_of.setdefault(image, len(image_of)))
+        image_keys.append(image)
         category_ids.append(category)
 
     images = 0
@@ -182,45 +234,87 @@ def read_histogram(path: Path) -> ClassHistogram:
     raw = np.frombuffer(category_ids, dtype=np.int64)
     where = np.minimum(np.searchsorted(ids[order], raw), ids.size - 1)
     known = ids[order][where] == raw
-    skipped["unknown category_id"] += int((~known).sum())
+    skipped["category_id not in its categories"] += int((~known).sum())
     rows = order[where[known]]
-    image = np.frombuffer(image_ids, dtype=np.int64)[known]
+    del raw, where
+    keys = np.frombuffer(image_keys, dtype=np.int64)[known]
+    distinct_images, image = np.unique(keys, return_inverse=True)
+    del keys, known
     n = len(categories)
     instances = np.bincount(rows, minlength=n).astype(np.int64)
-    # One entry per (image, category), sorted by image.
-    present = np.unique(image * n + rows)
+    # One entry per (image, category), sorted by image, then category.
+    present = np.unique(image.astype(np.int64) * n + rows)
+    del image, rows
     present_image, present_row = present // n, present % n
     images_with = np.bincount(present_row, minlength=n).astype(np.int64)
-    ptr, partner, shared = _cooccurrence(present_image, present_row, n)
+    ptr, partner, shared, cut = _cooccurrence(present_image, present_row, n)
     return ClassHistogram(
         path=path, categories=categories, instances=instances, images_with=images_with,
-        pair_ptr=ptr, pair_row=partner, pair_images=shared, images=max(images, len(image_of)),
-        annotations=annotations, crowd=crowd, skipped=+skipped, ambiguous=ambiguous,
+        pair_ptr=ptr, pair_row=partner, pair_images=shared, images=max(images, distinct_images.size),
+        annotations=annotations, crowd=crowd, skipped=+skipped, ambiguous=ambiguous, pairs_cut=cut,
     )
 
 
-def _cooccurrence(image: IntArray, row: IntArray, n: int) -> tuple[IntArray, IntArray, IntArray]:
-    """Symmetric CSR of how many images each pair of categories shares; ``image`` is sorted
-    and (image, row) unique. Pairs are formed per run of equal images, grouped by run length,
-    so the work is vectorised per size, not per image."""
+def _cooccurrence(image: IntArray, row: IntArray, n: int) -> tuple[IntArray, IntArray, IntArray, int]:
+    """Symmetric CSR of how many images each pair of categories shares, and how many pairs were
+    left out; ``image`` is sorted and (image, row) unique, so an image's rows ascend.
+
+    Pairs are formed per run of equal images, grouped by run length (vectorised per size, not
+    per image), ``PAIR_CHUNK`` at a time, and counted into a sorted array of pair keys. Past
+    ``MAX_PAIRS`` distinct pairs, those shared by fewest images are dropped (counted in the
+    return value): memory stays bounded whatever the file's shape, and a file of images with
+    fifty random classes each does not grow a table of billions of pairs."""
     _, starts, counts = np.unique(image, return_index=True, return_counts=True)
     used = np.minimum(counts, MAX_CATEGORIES_PER_IMAGE)
-    firsts, seconds = [], []
+    starts, used = starts[used >= 2], used[used >= 2]
+    ends = np.cumsum(used * (used - 1) // 2)  # pairs up to and including each image
+    keys, shared = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    cut, first = 0, 0
+    while first < starts.size:
+        done = int(ends[first - 1]) if first else 0
+        last = max(int(np.searchsorted(ends, done + PAIR_CHUNK, side="right")), first + 1)
+        chunk, chunk_counts = np.unique(_pair_keys(starts[first:last], used[first:last], row, n),
+                                        return_counts=True)
+        keys, shared = _add_counts(keys, shared, chunk, chunk_counts)
+        if keys.size > MAX_PAIRS:  # keep the most shared; ties by key, so the cut is deterministic
+            kept = np.sort(np.lexsort((keys, -shared))[:MAX_PAIRS])
+            cut += keys.size - MAX_PAIRS
+            keys, shared = keys[kept], shared[kept]
+        first = last
+    a, b = keys // n, keys % n
+    rows, partners = np.concatenate([a, b]), np.concatenate([b, a])
+    shared = np.concatenate([shared, shared])
+    del a, b, keys
+    # Each category's MAX_PARTNERS most shared partners: a companion is drawn in time of them.
+    order = np.lexsort((partners, -shared, rows))
+    rank = np.arange(order.size) - np.searchsorted(rows[order], rows[order])
+    order = order[rank < MAX_PARTNERS]
+    cut_partners = rank.size - order.size
+    order = order[np.lexsort((partners[order], rows[order]))]
+    ptr = np.searchsorted(rows[order], np.arange(n + 1)).astype(np.int64)
+    return ptr, partners[order], shared[order], cut + cut_partners
+
+
+def _pair_keys(starts: IntArray, used: IntArray, row: IntArray, n: int) -> IntArray:
+    """``a * n + b`` (``a < b``) for every pair of categories within each image."""
+    parts = []
     for size in np.unique(used):
-        if size < 2:
-            continue
         group = starts[used == size]
         i, j = np.triu_indices(int(size), k=1)
-        firsts.append(row[(group[:, None] + i[None, :]).ravel()])
-        seconds.append(row[(group[:, None] + j[None, :]).ravel()])
-    if firsts:
-        a, b = np.concatenate(firsts), np.concatenate(seconds)
-        keys, shared = np.unique(np.concatenate([a * n + b, b * n + a]), return_counts=True)
-    else:
-        keys = shared = np.zeros(0, dtype=np.int64)
-    first, partner = keys // n, keys % n
-    ptr = np.searchsorted(first, np.arange(n + 1)).astype(np.int64)
-    return ptr, partner.astype(np.int64), shared.astype(np.int64)
+        parts.append((row[group[:, None] + i[None, :]] * n + row[group[:, None] + j[None, :]]).ravel())
+    return np.concatenate(parts)
+
+
+def _add_counts(keys: IntArray, counts: IntArray, new: IntArray, new_counts: IntArray
+                ) -> tuple[IntArray, IntArray]:
+    """Sorted unique ``keys`` with ``counts``, plus sorted unique ``new`` with ``new_counts``."""
+    at = np.searchsorted(keys, new)
+    found = at < keys.size
+    found[found] = keys[at[found]] == new[found]
+    counts = counts.copy()
+    counts[at[found]] += new_counts[found]
+    fresh = ~found
+    return np.insert(keys, at[fresh], new[fresh]), np.insert(counts, at[fresh], new_counts[fresh])
 
 
 # -- choosing and sizing ----------------------------------------------------------------------
@@ -301,33 +395,44 @@ def select(histogram: ClassHistogram, options: BalanceOptions) -> NDArray[np.boo
 def pass_rates_from(summary: Path, histogram: ClassHistogram) -> NDArray[np.float64]:
     """Per category, the share of planned instances an earlier run kept, read from its
     ``summary.json``: kept / (kept + dropped) where at least ``MIN_EVIDENCE`` were planned,
-    else that run's overall share; never under ``MIN_PASS_RATE``."""
+    else that run's overall share; never under ``MIN_PASS_RATE``. Every count must be an
+    integer in 0..``MAX_COUNT``, and some category of the summary a category of REAL."""
+    where = f"--pass-rate-from {summary}"
     try:
-        data = json.loads(Path(summary).read_text(encoding="utf-8"))
+        data = loads(read_regular_text(summary, SMALL_FILE_BYTES))
     except FileNotFoundError:
-        raise InputError(f"--pass-rate-from {summary}: no such file") from None
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise InputError(f"--pass-rate-from {summary}: not a readable JSON file ({error})") from None
-    kept = data.get("instances_kept_by_category") if isinstance(data, dict) else None
-    dropped = data.get("instances_dropped_by_category") if isinstance(data, dict) else None
+        raise InputError(f"{where}: no such file") from None
+    except OSError as error:
+        raise InputError(f"{where}: cannot read ({error.strerror or error})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"{where}: not a readable JSON file ({error})") from None
+    keys = ("instances_kept_by_category", "instances_dropped_by_category")
+    kept, dropped = (data.get(key) if isinstance(data, dict) else None for key in keys)
     if not isinstance(kept, dict) or not isinstance(dropped, dict):
-        raise InputError(f"--pass-rate-from {summary}: expected the summary.json of an acp generate "
-                         "run (with instances_kept_by_category and instances_dropped_by_category)")
+        raise InputError(f"{where}: expected the summary.json of an acp generate run (with "
+                         "instances_kept_by_category and instances_dropped_by_category)")
     cats = histogram.categories
     matcher = CategoryMatcher(Category(c.id, c.name, c.supercategory, c.synonyms) for c in cats)
     rows = histogram.row_of()
     n = len(cats)
     good, bad = np.zeros(n), np.zeros(n)
-    for counts, into in ((kept, good), (dropped, bad)):
+    matched = 0
+    for key, counts, into in ((keys[0], kept, good), (keys[1], dropped, bad)):
         for name, count in counts.items():
-            category = matcher.match(str(name))
-            if category is not None and isinstance(count, int | float) and count >= 0:
+            if type(count) is not int or not 0 <= count <= MAX_COUNT:
+                raise InputError(f"{where}: {key}[{quoted(name)}] is {quoted(count)}; expected a "
+                                 f"count of instances (an integer in 0..{MAX_COUNT})")
+            category = matcher.match(name)
+            if category is not None:
                 into[rows[category.id]] += count
+                matched += 1
+    if (kept or dropped) and not matched:
+        raise InputError(f"{where}: none of its categories is a category of {histogram.path} "
+                         "(expected the summary of a run that topped up this file)")
     total = good.sum() + bad.sum()
     overall = good.sum() / total if total else 1.0
     planned = good + bad
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rates = np.where(planned >= MIN_EVIDENCE, good / np.maximum(planned, 1), overall)
+    rates = np.where(planned >= MIN_EVIDENCE, good / np.maximum(planned, 1), overall)
     return np.clip(rates, MIN_PASS_RATE, 1.0)
 
 
@@ -335,6 +440,8 @@ def quotas(histogram: ClassHistogram, selected: NDArray[np.bool_], options: Bala
            pass_rates: NDArray[np.float64] | None = None) -> IntArray:
     """``ceil(max(0, target - n_c) / pass_rate_c)`` for the selected, capped; 0 elsewhere."""
     rates = pass_rates if pass_rates is not None else np.full(len(histogram.categories), options.pass_rate)
+    if rates.shape != histogram.instances.shape or not ((rates > 0) & (rates <= 1)).all():  # NaN too
+        raise ValueError("pass rates must be one share in (0, 1] per category")
     missing = np.maximum(options.target - histogram.instances, 0)
     # Rounded before the ceiling so that 0.7 / 0.7 is 1, not 1.0000000000000002.
     quota = np.ceil(np.round(missing / rates, 9)).astype(np.int64)
@@ -352,6 +459,41 @@ class BalanceScene:
     companions: tuple[tuple[int, str], ...]  # (row, source), source one of SOURCES
 
 
+class SceneList(Sequence[BalanceScene]):
+    """The scenes of a plan in flat arrays: 9 bytes a scene and 5 a companion (a list of
+    ``BalanceScene`` took about 300 bytes a scene)."""
+
+    def __init__(self) -> None:
+        self._subjects: array[int] = array("i")
+        self._ends: array[int] = array("q")  # where each scene's companions end
+        self._companions: array[int] = array("i")
+        self._sources: array[int] = array("b")
+
+    def append(self, subject: int, companions: Sequence[tuple[int, str]]) -> None:
+        self._subjects.append(subject)
+        for row, source in companions:
+            self._companions.append(row)
+            self._sources.append(SOURCES.index(source))
+        self._ends.append(len(self._companions))
+
+    def __len__(self) -> int:
+        return len(self._subjects)
+
+    @overload
+    def __getitem__(self, index: int) -> BalanceScene: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[BalanceScene]: ...
+
+    def __getitem__(self, index: int | slice) -> BalanceScene | list[BalanceScene]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        index = range(len(self))[index]  # negative indices, and IndexError past the end
+        start, end = self._ends[index - 1] if index else 0, self._ends[index]
+        return BalanceScene(self._subjects[index], tuple(
+            (self._companions[k], SOURCES[self._sources[k]]) for k in range(start, end)))
+
+
 @dataclass
 class BalancePlan:
     histogram: ClassHistogram
@@ -359,7 +501,7 @@ class BalancePlan:
     selected: NDArray[np.bool_]
     pass_rates: NDArray[np.float64]
     quota: IntArray
-    scenes: list[BalanceScene]
+    scenes: SceneList
     as_subject: IntArray  # instances planned per category as a scene's subject
     towards_quota: IntArray  # as companions, counted towards the category's quota
     beyond_quota: IntArray  # as companions past the quota (head classes), under the cap
@@ -419,16 +561,20 @@ class BalancePlan:
         }
 
     def write(self, path: Path) -> None:
-        write_atomic(path, json.dumps(self.record(), indent=1, ensure_ascii=False) + "\n")
+        # allow_nan=False: every number is checked where it is read, and NaN is no JSON.
+        write_atomic(path, json.dumps(self.record(), indent=1, ensure_ascii=False, allow_nan=False) + "\n")
 
 
 class _Pools:
     """Back-off pools of companions, computed once each: a supercategory's co-occurrences and
-    the frequent classes."""
+    the frequent classes; and the co-occurrence weights as floats."""
 
     def __init__(self, histogram: ClassHistogram):
         self.histogram = histogram
         self._super: dict[str, tuple[IntArray, NDArray[np.float64]]] = {}
+        self._members: dict[str, list[int]] = {}  # rows by supercategory, made once (not per call)
+        for i, c in enumerate(histogram.categories):
+            self._members.setdefault(c.supercategory, []).append(i)
         cats = histogram.categories
         frequent = np.array([c.frequency == "f" for c in cats])
         if not frequent.any():
@@ -437,13 +583,13 @@ class _Pools:
             frequent[top] = True
         rows = np.flatnonzero(frequent & (histogram.images_with > 0))
         self.frequent = (rows.astype(np.int64), histogram.images_with[rows].astype(np.float64))
+        self.pair_weights = histogram.pair_images.astype(np.float64)  # converted once, not per draw
 
     def supercategory(self, row: int) -> tuple[IntArray, NDArray[np.float64]]:
         name = self.histogram.categories[row].supercategory
         if name not in self._super:
-            members = [i for i, c in enumerate(self.histogram.categories) if c.supercategory == name]
             weights = np.zeros(len(self.histogram.categories))
-            for member in members:
+            for member in self._members[name]:
                 partners, shared = self.histogram.partners(member)
                 np.add.at(weights, partners, shared)
             rows = np.flatnonzero(weights)
@@ -457,8 +603,14 @@ def plan_balance(histogram: ClassHistogram, options: BalanceOptions,
     selected = select(histogram, options)
     rates = pass_rates if pass_rates is not None else np.full(len(histogram.categories), options.pass_rate)
     quota = quotas(histogram, selected, options, rates)
+    if quota.sum() > MAX_TOPUP_INSTANCES:
+        raise InputError(
+            f"the top-up asks for {int(quota.sum())} instances ({int((quota > 0).sum())} categories "
+            f"below --target {options.target}); at most {MAX_TOPUP_INSTANCES} are planned at once: "
+            "lower --target, set --max-per-category, or top up part of the categories at a time "
+            "(--tail-below, --frequency, --categories-only)")
     n = len(histogram.categories)
-    plan = BalancePlan(histogram, options, selected, rates, quota, [],
+    plan = BalancePlan(histogram, options, selected, rates, quota, SceneList(),
                        np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64))
     low, high = options.objects
     if not 1 <= low <= high <= MAX_OBJECTS_PER_SCENE:
@@ -466,11 +618,20 @@ def plan_balance(histogram: ClassHistogram, options: BalanceOptions,
     rng = np.random.default_rng(options.seed)
     remaining = quota.copy()
     cap = np.floor(options.companion_cap * histogram.instances).astype(np.int64)
-    usable = np.array([c.name not in set(histogram.ambiguous) and len(c.phrase) <= MAX_NAME_LENGTH
-                       for c in histogram.categories]) if histogram.ambiguous else np.ones(n, dtype=bool)
+    ambiguous = set(histogram.ambiguous)
+    usable = np.array([c.name not in ambiguous and len(c.phrase) <= MAX_NAME_LENGTH
+                       for c in histogram.categories]) if ambiguous else np.ones(n, dtype=bool)
     pools = _Pools(histogram)
     hits = np.zeros(n, dtype=np.int64)  # per scene: companions each category has shared an image with
     taken = np.zeros(n, dtype=bool)  # per scene: already in it
+    beyond = plan.beyond_quota
+    # Who may still be drawn, kept up to date per draw rather than recomputed over every partner
+    # of every draw: wanted (quota left) or under its cap, usable, and not in the scene.
+    open_ = ((remaining > 0) | (beyond < cap)) & usable
+
+    def reopen(row: int) -> None:
+        open_[row] = (remaining[row] > 0 or beyond[row] < cap[row]) and usable[row] and not taken[row]
+
     heap = [(-int(remaining[r]), float(rng.random()), int(r)) for r in np.flatnonzero(remaining)]
     heapq.heapify(heap)
     while heap:
@@ -481,43 +642,49 @@ def plan_balance(histogram: ClassHistogram, options: BalanceOptions,
         plan.as_subject[subject] += 1
         wanted = int(rng.integers(low, high + 1)) - 1
         chosen: list[tuple[int, str]] = []
-        taken[subject] = True
+        counted: list[int] = []  # companions whose partners are counted in ``hits``
+        taken[subject], open_[subject] = True, False
         for _ in range(wanted):
-            pick = _draw(histogram, pools, subject, len(chosen), hits, taken, remaining,
-                         plan.beyond_quota, cap, usable, rng)
+            pick = _draw(histogram, pools, subject, len(chosen), hits, open_, rng)
             if pick is None:
                 break
             row, source = pick
             chosen.append((row, source))
-            taken[row] = True
-            hits[histogram.partners(row)[0]] += 1
+            taken[row], open_[row] = True, False
+            if len(chosen) < wanted:  # only a later draw reads them
+                hits[histogram.partners(row)[0]] += 1
+                counted.append(row)
             if remaining[row] > 0:
                 remaining[row] -= 1
                 plan.towards_quota[row] += 1
                 heapq.heappush(heap, (-int(remaining[row]), float(rng.random()), row))
             else:
-                plan.beyond_quota[row] += 1
+                beyond[row] += 1
             if source != "cooccurrence":
                 plan.backoffs[(subject, row, source)] += 1
-        taken[subject] = False
-        for row, _ in chosen:  # the scratch arrays back to zero, in time of the scene's size
-            taken[row] = False
+        # The scratch arrays back as they were, in time of the scene's size.
+        for row in counted:
             hits[histogram.partners(row)[0]] -= 1
-        plan.scenes.append(BalanceScene(subject, tuple(chosen)))
+        taken[subject] = False
+        reopen(subject)
+        for row, _ in chosen:
+            taken[row] = False
+            reopen(row)
+        plan.scenes.append(subject, chosen)
         if remaining[subject] > 0:
             heapq.heappush(heap, (-int(remaining[subject]), float(rng.random()), subject))
     return plan
 
 
 def _draw(histogram: ClassHistogram, pools: _Pools, subject: int, drawn: int, hits: IntArray,
-          taken: NDArray[np.bool_], remaining: IntArray, beyond: IntArray, cap: IntArray,
-          usable: NDArray[np.bool_], rng: np.random.Generator) -> tuple[int, str] | None:
+          open_: NDArray[np.bool_], rng: np.random.Generator) -> tuple[int, str] | None:
     """One companion for ``subject``: from its co-occurrences, else a back-off pool. It must
     have shared an image with each of the ``drawn`` companions so far (``hits``: with how many
-    of them each category has), not be in the scene (``taken``), and still be wanted (quota
-    left) or under its cap."""
-    partners = histogram.partners(subject)
-    sources: list[tuple[str, tuple[IntArray, Any]]] = [("cooccurrence", partners)]
+    of them each category has) and be ``open_``: not in the scene, usable, and still wanted
+    (quota left) or under its cap."""
+    start, end = histogram.pair_ptr[subject], histogram.pair_ptr[subject + 1]
+    partners = histogram.pair_row[start:end], pools.pair_weights[start:end]
+    sources: list[tuple[str, tuple[IntArray, NDArray[np.float64]]]] = [("cooccurrence", partners)]
     # Back-offs are for a subject that shares no image with any category: one whose partners
     # are used up gets a smaller scene instead, never a pair the real data has not shown.
     if not drawn and partners[0].size == 0:
@@ -525,13 +692,13 @@ def _draw(histogram: ClassHistogram, pools: _Pools, subject: int, drawn: int, hi
     for source, (rows, weights) in sources:
         if rows.size == 0:
             continue
-        ok = ((remaining[rows] > 0) | (beyond[rows] < cap[rows])) & usable[rows] & ~taken[rows]
+        ok = open_[rows]
         if drawn:
             ok &= hits[rows] == drawn
-        if not ok.any():
-            continue
         candidates = rows[ok]
-        total = np.cumsum(np.asarray(weights, dtype=np.float64)[ok])
+        if not candidates.size:
+            continue
+        total = np.cumsum(weights[ok])
         pick = int(np.searchsorted(total, rng.random() * total[-1], side="right"))
         return int(candidates[min(pick, candidates.size - 1)]), source
     return None
@@ -551,48 +718,63 @@ def synthetic_counts(path: Path, histogram: ClassHistogram) -> tuple[IntArray, i
     unmatched = 0
     path = Path(path)
     if path.suffix.lower() == ".jsonl":
-        by_name: dict[str, int | None] = {}
-        if not path.is_file():
-            raise InputError(f"{path}: no such file")
+        by_name: dict[str, int | None] = {}  # names matched so far, at most MAX_CATEGORIES of them
+        if problem := file_problem(path):
+            raise InputError(f"{path}: {problem}")
         for _number, record, _text in read_records(path):
             for obj in (record or {}).get("objects") or []:
                 name = obj.get("category") if isinstance(obj, dict) else None
                 if not isinstance(name, str):
                     continue
-                if name not in by_name:
+                row = by_name.get(name, -1)
+                if row == -1:
                     category = matcher.match(name)
-                    by_name[name] = None if category is None else rows[category.id]
-                row = by_name[name]
+                    row = None if category is None else rows[category.id]
+                    if len(by_name) < MAX_CATEGORIES:
+                        by_name[name] = row
                 if row is None:
                     unmatched += 1
                 else:
                     counts[row] += 1
         return counts, unmatched
-    ids: Counter[Any] = Counter()
+    # The category id of every annotation, mapped once the categories are read (they may come
+    # last): 8 bytes an annotation, whatever ids the file holds.
+    ids: array[int] = array("q")
 
     def annotation(item: Any) -> None:
+        nonlocal unmatched
         if isinstance(item, dict) and not item.get("iscrowd"):
-            ids[item.get("category_id")] += 1
+            cid = integer_id(item.get("category_id"))
+            if cid is None:
+                unmatched += 1
+            else:
+                ids.append(cid)
 
     found = scan_object(path, visit={"annotations": annotation}, keep=("categories",), polygons=False)
     if not isinstance(found.get("categories"), list):
         raise InputError(f"{path}: no categories (expected a COCO-format file or a plans .jsonl)")
-    mapping: dict[Any, int] = {}
+    mapping: dict[int, int] = {}
     for item in found["categories"]:
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+        cid = integer_id(item.get("id")) if isinstance(item, dict) else None
+        if cid is None or not isinstance(item.get("name"), str):
             continue
-        same = rows.get(item.get("id"))  # type: ignore[arg-type]
+        same = rows.get(cid)
         if same is not None and cats[same].name == item["name"]:
-            mapping[item.get("id")] = same
+            mapping[cid] = same
             continue
         match = matcher.match(item["name"])
         if match is not None:
-            mapping[item.get("id")] = rows[match.id]
-    for cid, count in ids.items():
-        if cid in mapping:
-            counts[mapping[cid]] += count
-        else:
-            unmatched += count
+            mapping[cid] = rows[match.id]
+    known = np.array(sorted(mapping), dtype=np.int64)
+    found_ids = np.frombuffer(ids, dtype=np.int64)
+    if known.size:
+        at = np.minimum(np.searchsorted(known, found_ids), known.size - 1)
+        hit = known[at] == found_ids
+        target = np.array([mapping[int(k)] for k in known], dtype=np.int64)
+        counts += np.bincount(target[at[hit]], minlength=len(cats))
+        unmatched += int((~hit).sum())
+    else:
+        unmatched += found_ids.size
     return counts, unmatched
 
 
@@ -638,8 +820,8 @@ class BalanceReport:
 
     def write_json(self, path: Path) -> None:
         report = {"real": str(self.histogram.path), **self.totals(), "rows": self.rows()}
-        write_atomic(path, json.dumps(report, ensure_ascii=False, indent=None, separators=(",", ":"))
-                     .replace('{"id"', '\n{"id"') + "\n")
+        write_atomic(path, json.dumps(report, ensure_ascii=False, indent=None, separators=(",", ":"),
+                                      allow_nan=False).replace('{"id"', '\n{"id"') + "\n")
 
     def table(self, limit: int = 40) -> list[str]:
         """Lines for the terminal: the selected categories (or all), head to tail, at most
@@ -657,7 +839,9 @@ class BalanceReport:
 
     def write_chart(self, path: Path) -> None:
         """A bar chart on a log scale, head to tail: real instances, what the synthetic set
-        adds on top, and the target line."""
+        adds on top, and the target line; the x axis names the categories (every one up to
+        ``CHART_NAMES``, else that many spread evenly). Every text is drawn as written: a "$"
+        in a name would otherwise start matplotlib's mathtext, and a bad formula fail."""
         try:
             import matplotlib
         except ImportError:
@@ -678,9 +862,16 @@ class BalanceReport:
             axes.set_yscale("log")
             axes.set_ylim(bottom=0.8)
             axes.set_xlim(-0.5, real.size - 0.5)
-            axes.set_xlabel(f"{real.size} categories, head to tail (by real instances)")
+            ticks = np.unique(np.linspace(0, real.size - 1, min(real.size, CHART_NAMES)).round().astype(int))
+            names = [self.histogram.categories[i].name for i in self.order[ticks]]
+            axes.set_xticks(ticks, [n if len(n) <= 24 else n[:23] + "…" for n in names],
+                            rotation=90, fontsize=7 if len(ticks) > 30 else 9, parse_math=False)
+            shown = "" if len(ticks) == real.size else f", {len(ticks)} of them named"
+            axes.set_xlabel(f"{real.size} categories, head to tail (by real instances){shown}",
+                            parse_math=False)
             axes.set_ylabel("instances")
-            axes.set_title(f"{self.histogram.path.name}: instances per category before and after")
+            axes.set_title(f"{self.histogram.path.name}: instances per category before and after",
+                           parse_math=False)
             axes.legend(loc="upper right")
             figure.tight_layout()
             with atomic_path(path) as tmp:

@@ -5,7 +5,11 @@ times that; counting its classes or reading its categories needs none of it at o
 ``scan_object(path, visit=..., keep=...)`` walks the top-level object: each element of an
 array named in ``visit`` is decoded on its own and handed to its callback, the values named
 in ``keep`` are returned, everything else is decoded element by element and dropped. Memory
-is the read buffer (a few MB) plus what the callbacks keep.
+is the read buffer (a few MB) plus what the callbacks keep: a single value (an annotation, an
+image record, the whole of a key that is no array) longer than ``MAX_VALUE_CHARS`` is refused,
+so a file that is one huge string or has no "}" for a gigabyte costs no more, and so are kept
+values longer than ``MAX_KEPT_CHARS`` together. Only a regular file is read
+(``acp.paths.open_regular``).
 """
 
 from __future__ import annotations
@@ -17,8 +21,20 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from acp.errors import InputError, quoted
+from acp.jsonl import TOO_LONG
+from acp.paths import open_regular_text
 
 CHUNK = 1 << 22  # characters read at a time
+# The longest value decoded at once: an LVIS annotation is a few KB once its polygons are
+# nulled, a COCO RLE mask of a large image rarely 100 KB. The reader holds at most about twice
+# this while it looks for the value's end: as Python strings of up to 4 bytes a character and
+# their copies, about 150 MB at worst (bench/bench_balance.py --shape one-value).
+MAX_VALUE_CHARS = 4 << 20
+# What ``keep`` holds, all values together: a categories list (LVIS's is 0.4 MB; 100,000
+# categories with synonyms about 10 MB), never an annotations list held by mistake; and at most
+# this many elements of a kept array (100,000 small categories are about 30 MB as Python objects).
+MAX_KEPT_CHARS = 16 << 20
+MAX_KEPT_ITEMS = 100_000
 _SPACE = re.compile(r"[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
 _EXPECTED = "expected a COCO-format JSON object"
@@ -46,6 +62,8 @@ class _Reader:
         self._pending = ""  # read, not yet past a "}" (polygons are cut after one)
 
     def _read(self, size: int) -> str:
+        if len(self.buffer) - self.pos + len(self._pending) > MAX_VALUE_CHARS:
+            raise self.too_long()  # one value (or no "}" in all that): more than is read at once
         chunk = self.handle.read(size)
         if self.polygons:
             return chunk
@@ -68,6 +86,13 @@ class _Reader:
         self.buffer = self.buffer[self.pos:] + chunk
         self.pos = 0
         return True
+
+    def too_long(self) -> InputError:
+        return self.fail(f"a value longer than {MAX_VALUE_CHARS} characters, more than is read at once")
+
+    def offset(self) -> int:
+        """Characters read up to the current position."""
+        return self.dropped + self.pos
 
     def fail(self, what: str) -> InputError:
         return InputError(f"{self.path}: not valid JSON at character {self.dropped + self.pos} "
@@ -100,8 +125,8 @@ class _Reader:
                 raise self.fail(error.msg) from None
             except RecursionError:
                 raise self.fail("nested too deeply") from None
-            except ValueError as error:  # an integer past Python's 4300 digits
-                raise self.fail(str(error).split(";")[0]) from None
+            except ValueError:  # an integer of more digits than Python converts
+                raise self.fail(TOO_LONG) from None
             if end == len(self.buffer) and self._fill():
                 continue  # a number may go on in the next chunk: decode it again, whole
             self.pos = end
@@ -138,10 +163,10 @@ def scan_object(
     problem of the file is one ``InputError`` line."""
     path = Path(path)
     visit = visit or {}
-    kept: dict[str, Any] = {}
     try:
-        with open(path, encoding="utf-8-sig", errors="strict") as handle:
+        with open_regular_text(path, encoding="utf-8-sig") as handle:
             reader = _Reader(handle, path, polygons)
+            kept = _Kept(reader)
             reader.take("{")
             closed = reader.peek() == "}"
             reader.pos += closed
@@ -154,15 +179,12 @@ def scan_object(
                     if reader.peek() != "[":
                         raise InputError(f"{path}: {key!r} is not a list; {_EXPECTED}")
                     reader.elements(visit[key])
-                elif reader.peek() == "[":  # arrays element by element, kept or not
-                    items: list[Any] = []
-                    reader.elements(items.append if key in keep else _drop)
-                    if key in keep:
-                        kept[key] = items
+                elif key in keep:
+                    kept.read(key)
+                elif reader.peek() == "[":  # element by element
+                    reader.elements(_drop)
                 else:
-                    value = reader.value()
-                    if key in keep:
-                        kept[key] = value
+                    reader.value()
                 following = reader.peek()
                 reader.pos += 1
                 closed = following == "}"
@@ -179,7 +201,40 @@ def scan_object(
         raise InputError(f"{path}: is a folder, not a file") from None
     except OSError as error:
         raise InputError(f"{path}: cannot read ({error.strerror or error})") from None
-    return kept
+    return kept.values
+
+
+class _Kept:
+    """The values of the ``keep`` keys, at most ``MAX_KEPT_CHARS`` of the file together."""
+
+    def __init__(self, reader: _Reader):
+        self.reader = reader
+        self.values: dict[str, Any] = {}
+        self.left = MAX_KEPT_CHARS
+
+    def read(self, key: str) -> None:
+        reader, start = self.reader, self.reader.offset()
+        if reader.peek() == "[":  # element by element, the budget checked as it goes
+            items: list[Any] = []
+
+            def append(item: Any) -> None:
+                self._check(key, reader.offset() - start)
+                if len(items) == MAX_KEPT_ITEMS:
+                    raise InputError(f"{reader.path}: {key!r} has more than {MAX_KEPT_ITEMS} elements, "
+                                     f"more than is read of it; {_EXPECTED}")
+                items.append(item)
+
+            reader.elements(append)
+            self.values[key] = items
+        else:
+            self.values[key] = reader.value()
+        self._check(key, reader.offset() - start)
+        self.left -= reader.offset() - start
+
+    def _check(self, key: str, used: int) -> None:
+        if used > self.left:
+            raise InputError(f"{self.reader.path}: {key!r} is longer than {MAX_KEPT_CHARS} characters, "
+                             f"more than is read of it; {_EXPECTED}")
 
 
 def _drop(_value: Any) -> None:

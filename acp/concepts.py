@@ -29,6 +29,7 @@ from typing import Any
 from acp.errors import InputError, quoted
 from acp.jsonl import dumps, loads
 from acp.names import category_key, name_problem
+from acp.paths import SMALL_FILE_BYTES, read_regular_text
 
 MAX_SCENES = 10_000_000
 MAX_QUOTA = 10_000_000
@@ -175,10 +176,13 @@ def parse_jsonl(text: str, source: str) -> ConceptInput:
 def load_concepts(path: Path) -> ConceptInput:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")  # a BOM from Windows editors is not a name
+        # A BOM from Windows editors is not a name.
+        text = read_regular_text(path, SMALL_FILE_BYTES, encoding="utf-8-sig")
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as error:
+    except OSError as error:
+        raise InputError(f"{path}: cannot read ({error.strerror or error})") from None
+    except UnicodeDecodeError as error:
         raise InputError(f"{path}: cannot read ({error})") from None
     suffix = path.suffix.lower()
     if suffix == ".jsonl":

@@ -4,7 +4,8 @@ An image header states the width and height; a PNG of 70 bytes can claim 100000 
 pixels. PIL refuses twice its ``MAX_IMAGE_PIXELS`` with an exception of its own and only warns
 below that, then allocates the whole image to decode it. ``read_rgb`` checks the claimed size
 against ``MAX_PIXELS`` before decoding and turns every way a file can fail into a reason, so a
-caller lists the file as bad and goes on.
+caller lists the file as bad and goes on. Only a regular file is opened (``acp.paths``): a FIFO
+named like an image would block the reader forever.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from acp.paths import NotRegularFileError, open_regular
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -30,7 +33,7 @@ def read_rgb(path: Path, max_pixels: int = MAX_PIXELS) -> tuple[Image | None, st
         with warnings.catch_warnings():
             # The size is checked below, against our limit; PIL's warning would only be noise.
             warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
-            with PILImage.open(path) as handle:
+            with open_regular(path) as raw, PILImage.open(raw) as handle:
                 width, height = handle.size
                 if width * height > max_pixels:
                     return None, (f"the image is too large to decode ({width}x{height} pixels; "
@@ -39,7 +42,19 @@ def read_rgb(path: Path, max_pixels: int = MAX_PIXELS) -> tuple[Image | None, st
                 return handle.convert("RGB"), None
     except FileNotFoundError:
         return None, "image file not found"
+    except (NotRegularFileError, IsADirectoryError) as error:
+        return None, f"not an image file ({error.strerror or error})"
     except PILImage.DecompressionBombError as error:  # PIL's own check, in open()
         return None, f"the image is too large to decode ({error})"
     except (UnidentifiedImageError, OSError, ValueError) as error:
         return None, f"cannot decode the image ({error})"
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """The width and height an image file's header states (no pixel is decoded). Raises
+    ``OSError`` (a FIFO or device too: ``acp.paths.NotRegularFileError``) or PIL's
+    ``UnidentifiedImageError``."""
+    from PIL import Image as PILImage
+
+    with open_regular(path) as raw, PILImage.open(raw) as handle:
+        return handle.size

@@ -61,7 +61,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import shutil
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +74,7 @@ from acp.errors import InputError, OutputMismatchError
 from acp.export.coco import ANNOTATIONS_NAME, IMAGES_DIR, RECORDS_NAME
 from acp.jsonl import JsonlWriter, drop_torn_tail, read_records
 from acp.lock import OutputLock
+from acp.paths import open_regular
 from acp.render.folder import MANIFEST
 from acp.schema import Candidate, CandidateScore, PlanResult, ScenePlan, error_problems
 
@@ -219,7 +219,7 @@ def read_json_file(path: Path, limit: int = MAX_FILE) -> Any | None:
     if not _regular(path):
         raise InputError(f"{path}: not a regular file")
     try:
-        with open(path, "rb") as handle:
+        with open_regular(path) as handle:
             raw = handle.read(limit + 1)
     except OSError as error:
         raise InputError(f"{path}: cannot read ({error.strerror or error})") from None
@@ -249,7 +249,7 @@ def _lines(path: Path, limit: int = MAX_LINE) -> Iterator[tuple[int, bytes | Non
     """``(number, line)`` of each non-blank line; ``None`` for one longer than ``limit`` bytes,
     which is read past in pieces, never held whole. A final line without its newline is given
     only when it parses (a torn write otherwise, as ``acp.jsonl`` reads it)."""
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:
         number = 0
         while raw := handle.readline(limit + 1):
             number += 1
@@ -603,12 +603,31 @@ class RunFolder:
         write_atomic(self.summary_path, json.dumps(report, indent=2) + "\n")
 
     def clear(self) -> None:
-        """Remove what acp writes into a run folder (``--force``), and nothing else."""
-        for name in (SETTINGS, PROGRESS, SCORES, SUMMARY, PLANS, PLAN_FAILURES, ANNOTATIONS,
-                     COCO_RECORDS, REPORT, BALANCE_PLAN, BALANCE, BALANCE_CHART, *SPLITS):
-            (self.root / name).unlink(missing_ok=True)
+        """Remove what acp wrote into a run folder (``--force``), and nothing else: its own
+        files, the images its COCO log lists, the candidates its manifest lists, temporaries
+        of writes a kill cut short, and the split files ``acp export coco-split`` marked as
+        its own. A file of the user's, in ``images/`` too, stays (``acp.owned.remove_files``)."""
+        from acp.atomic import is_temporary
+        from acp.export.split import is_split_file
+        from acp.owned import remove_files
+
+        names = [SETTINGS, PROGRESS, SCORES, SUMMARY, PLANS, PLAN_FAILURES, ANNOTATIONS, COCO_RECORDS,
+                 REPORT, BALANCE_PLAN, BALANCE, BALANCE_CHART, f"{CANDIDATES}/{MANIFEST}",
+                 f".{COCO_RECORDS}.lock"]  # the COCO writer's lock file of acp before 0.2
+        names += [split for split in SPLITS if is_split_file(self.root / split)]
+        log = self.root / COCO_RECORDS
+        if log.is_file():
+            names += [f"{IMAGES}/{r['image']['file_name']}" for _, r, _ in read_records(log)
+                      if r and r.get("kind") == "image" and isinstance(r.get("image"), dict)
+                      and isinstance(r["image"].get("file_name"), str)]
+        if self.manifest_path.is_file():
+            names += [f"{CANDIDATES}/{r['path']}" for _, r, _ in read_records(self.manifest_path)
+                      if r and isinstance(r.get("path"), str)]
         for folder in (IMAGES, CANDIDATES):
-            shutil.rmtree(self.root / folder, ignore_errors=True)
+            if (self.root / folder).is_dir() and not (self.root / folder).is_symlink():
+                names += [f"{folder}/{p.relative_to(self.root / folder).as_posix()}"
+                          for p in (self.root / folder).rglob("*") if is_temporary(p.name)]
+        remove_files(self.root, names)
 
     @contextlib.contextmanager
     def writer(self, categories: CategorySet, *, image_format: str, keep_candidates: bool
@@ -753,7 +772,7 @@ class ScoreReportFolder:
         if not _regular(path):
             skipped.add(path.name, "", "not a regular file")
             return
-        with open(path, "rb") as handle:
+        with open_regular(path) as handle:
             first = handle.readline(MAX_LINE).strip()
         if by_line and first in (b"[", b"[]"):
             elements: Iterator[tuple[str, Any]] = _line_values(path, skipped, first=2)

@@ -18,13 +18,25 @@ peak RSS is its own:
 - plan: ``plan_balance`` with ``--target``, ``--frequency`` and the default companion cap;
   the before/after chart (``balance.png``) as planned, and where the budget goes.
 
-Prints one row per scale and, for the largest, the budget split and the PNG path. Not a test.
+Prints one row per scale and, for the largest, the budget split and the PNG path.
+
+``--shape`` writes a hostile file instead, to show that time and memory stay bounded whatever
+the file's shape (the ``--scale`` s sizes it the same way, about 1.3M instances at s = 1):
+
+- ``cooccurrence``: 1,000 classes, every image holds 50 of them at random (1,225 pairs an image,
+  the blow-up that co-occurrence counting must survive);
+- ``tiny-images``: every annotation its own image, with a string id;
+- ``one-value``: one annotation carries a string of s x 10M non-ASCII characters (above
+  ``acp.cocostream.MAX_VALUE_CHARS`` it is refused, and that costs no more).
+
+Not a test.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import resource
 import subprocess
 import sys
@@ -90,7 +102,42 @@ def write_lvis(path: Path, scale: float, points: int, seed: int = 0) -> int:
     return instances
 
 
+def write_shape(path: Path, shape: str, scale: float, seed: int = 0) -> int:
+    """A hostile file of ``shape`` (see above); returns the number of annotations."""
+    rng = random.Random(seed)
+    count = max(int(1_300_000 * scale), 1000)
+    classes = 1000
+    with open(path, "w") as out:
+        out.write('{"categories":' + json.dumps([{"id": i, "name": f"class_{i:04d}"}
+                                                for i in range(1, classes + 1)]) + ',"annotations":[')
+        if shape == "cooccurrence":
+            rows = (f'{{"image_id":{k // 50},"category_id":{c}}}'
+                    for k in range(0, count, 50) for c in rng.sample(range(1, classes + 1), 50))
+        elif shape == "tiny-images":
+            rows = (f'{{"image_id":"image-{k:012d}","category_id":{rng.randint(1, classes)}}}'
+                    for k in range(count))
+        else:  # one-value: the annotations of cooccurrence's first images, and one huge string
+            value = "\u00e9" * int(10_000_000 * scale)
+            rows = iter([f'{{"image_id":0,"category_id":1,"note":"{value}"}}',
+                         *(f'{{"image_id":{k},"category_id":{1 + k % classes}}}' for k in range(1000))])
+            count = 1001
+        first = True
+        for row in rows:
+            out.write(row if first else "," + row)
+            first = False
+        out.write("]}")
+    return count
+
+
 def peak_mb() -> float:
+    """This process's peak RSS. Linux's VmHWM belongs to the memory of this program alone;
+    ru_maxrss carries the parent's peak over the exec (the parent wrote a file of 200 MB)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -98,16 +145,25 @@ def measure(path: Path, target: int, frequency: str, chart: Path | None,
             companion_cap: float) -> dict[str, object]:
     """Run in a fresh process: read, plan, chart; times and peak RSS."""
     from acp.balance import BalanceOptions, parse_frequency, plan_balance, plan_report, read_histogram
+    from acp.errors import InputError
     from acp.export import load_categories
 
     base = peak_mb()
     start = time.perf_counter()
-    histogram = read_histogram(path)
+    try:
+        histogram = read_histogram(path)
+    except InputError as error:  # a hostile file refused: what that cost
+        return {"refused": str(error)[-90:], "read_s": round(time.perf_counter() - start, 2),
+                "read_peak_mb": round(peak_mb(), 1), "base_mb": round(base, 1)}
     read_s = time.perf_counter() - start
     read_peak = peak_mb()
     start = time.perf_counter()
-    plan = plan_balance(histogram, BalanceOptions(target=target, frequency=parse_frequency(frequency),
-                                                  companion_cap=companion_cap))
+    try:
+        plan = plan_balance(histogram, BalanceOptions(target=target, frequency=parse_frequency(frequency),
+                                                      companion_cap=companion_cap))
+    except InputError as error:  # a top-up past MAX_TOPUP_INSTANCES: refused before planning
+        return {"refused": str(error)[:90], "read_s": round(read_s, 2), "read_peak_mb": round(read_peak, 1),
+                "base_mb": round(base, 1)}
     plan_s = time.perf_counter() - start
     concepts = plan.concept_input()
     start = time.perf_counter()
@@ -139,8 +195,12 @@ def main() -> None:
     parser.add_argument("--companion-cap", type=float, default=0.1)
     parser.add_argument("--points", type=int, default=16)
     parser.add_argument("--keep", type=Path, default=None)
+    parser.add_argument("--shape", choices=("lvis", "cooccurrence", "tiny-images", "one-value"),
+                        default="lvis")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.shape != "lvis":
+        args.frequency = ""  # no LVIS frequencies: every category is selected
     if args.child:
         path, chart = Path(args.child[0]), args.child[1]
         chart_path = Path(chart) if chart != "-" else None
@@ -150,22 +210,33 @@ def main() -> None:
     folder = args.keep or Path(tempfile.mkdtemp(prefix="bench-balance-"))
     folder.mkdir(parents=True, exist_ok=True)
     print(f"{'scale':>5} {'images':>7} {'instances':>9} {'file MB':>7} {'read s':>6} {'read MB':>7} "
-          f"{'plan s':>6} {'cats s':>6} {'scenes':>6}")
+          f"{'plan s':>6} {'cats s':>6} {'scenes':>6} {'peak MB':>7} {'pairs':>7}")
     last: dict[str, object] = {}
     for scale in scales:
-        path = folder / f"lvis_like_{scale:g}.json"
-        write_lvis(path, scale, args.points)
+        path = folder / f"{args.shape}_{scale:g}.json"
+        if args.shape == "lvis":
+            write_lvis(path, scale, args.points)
+        else:
+            write_shape(path, args.shape, scale)
         chart = folder / "balance.png" if scale == scales[-1] else None
         result = subprocess.run(
             [sys.executable, __file__, "--target", str(args.target), "--frequency", args.frequency,
-             "--companion-cap", str(args.companion_cap), "--child", str(path), str(chart or "-")],
+             "--companion-cap", str(args.companion_cap), "--shape", args.shape,
+             "--child", str(path), str(chart or "-")],
             capture_output=True, text=True, check=True, cwd=ROOT)
         last = json.loads(result.stdout)
-        print(f"{scale:>5g} {last['images']:>7} {last['instances']:>9} {path.stat().st_size / 1e6:>7.0f} "
-              f"{last['read_s']:>6} {last['read_peak_mb']:>7} {last['plan_s']:>6} {last['categories_s']:>6} "
-              f"{last['scenes']:>6}")
+        size = path.stat().st_size / 1e6
         if args.keep is None and chart is None:
             path.unlink()
+        if "refused" in last:
+            print(f"{scale:>5g} {'':>7} {'':>9} {size:>7.0f} {last['read_s']:>6} {last['read_peak_mb']:>7} "
+                  f"refused: ...{last['refused']}")
+            continue
+        print(f"{scale:>5g} {last['images']:>7} {last['instances']:>9} {size:>7.0f} "
+              f"{last['read_s']:>6} {last['read_peak_mb']:>7} {last['plan_s']:>6} {last['categories_s']:>6} "
+              f"{last['scenes']:>6} {last['total_peak_mb']:>7} {last['pairs']:>7}")
+    if "refused" in last:
+        return
     budget = last["budget"]
     assert isinstance(budget, dict)
     total = max(budget["instances"], 1)

@@ -4,8 +4,11 @@ It speaks enough of the OpenAI protocol for the ``openai`` client (``POST /v1/ch
 a JSON ``chat.completion`` with ``choices[0].message.content``, ``usage`` and ids, OpenAI-style
 error bodies) and is scripted per test: ``server.script(reply, ...)`` queues replies that are
 served in arrival order; when the queue is empty, ``server.responder(body)`` is asked, if set.
-Every request is recorded in ``server.requests``. ``raw_body`` answers 200 with a body that is
-no completion, as a proxy or login page in front of the endpoint does.
+Every request is recorded in ``server.requests``, with how many bytes of its answer went out
+(``sent``) and whether all of them did (``finished``). ``raw_body`` answers 200 with a body that
+is no completion, as a proxy or login page in front of the endpoint does; ``trickle`` sends a
+reply one byte at a time, ``unsized`` without a Content-Length (the body ends when the
+connection closes), and ``gzipped`` compressed.
 
 The ``*_text`` functions write the kinds of replies real models send: valid, fenced,
 prose-wrapped, pixel coordinates, corners instead of sizes, truncated, schema-violating.
@@ -14,6 +17,7 @@ prose-wrapped, pixel coordinates, corners instead of sizes, truncated, schema-vi
 from __future__ import annotations
 
 import collections
+import gzip
 import json
 import socket
 import threading
@@ -42,6 +46,10 @@ class Reply:
     finish_reason: str = "stop"
     body: str | None = None  # sent as is instead of a completion (a proxy's page, say)
     content_type: str = "application/json"  # of ``body``
+    trickle: float = 0.0  # seconds between two pieces of the body (a server that stalls)
+    piece: int = 1  # bytes of the body sent at a time when it trickles
+    sized: bool = True  # send a Content-Length; without one, the body ends with the connection
+    gzip: bool = False  # send the body gzip-compressed, with Content-Encoding: gzip
 
 
 def ok(content: str | None, delay: float = 0.0, finish_reason: str = "stop") -> Reply:
@@ -51,6 +59,21 @@ def ok(content: str | None, delay: float = 0.0, finish_reason: str = "stop") -> 
 def raw_body(body: str = "<html>oops</html>", content_type: str = "text/html") -> Reply:
     """HTTP 200 whose body is not a chat completion (a login page, a misrouted proxy)."""
     return Reply(body=body, content_type=content_type)
+
+
+def trickle(content: str, seconds_per_byte: float) -> Reply:
+    """A completion whose body comes one byte every ``seconds_per_byte``: each read gets data
+    within any per-read timeout, so only a deadline on the whole request stops it."""
+    return Reply(content=content, trickle=seconds_per_byte)
+
+
+def unsized(content: str) -> Reply:
+    """A completion sent without Content-Length (HTTP/1.1 read-until-close)."""
+    return Reply(content=content, sized=False)
+
+
+def gzipped(content: str) -> Reply:
+    return Reply(content=content, gzip=True)
 
 
 def error(status: int, message: str = "server error", retry_after: str | None = None,
@@ -65,6 +88,8 @@ class Recorded:
     headers: dict[str, str]
     body: dict[str, Any]
     at: float
+    sent: int = 0  # bytes of the answer's body written to the client
+    finished: bool = False  # the whole body was written
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -138,6 +163,7 @@ class ChatServer:
                 pass
 
             def do_POST(self) -> None:
+                self.reply: Reply | None = None  # one handler serves every request of a connection
                 length = int(self.headers.get("Content-Length", "0"))
                 raw = self.rfile.read(length)
                 try:
@@ -145,8 +171,9 @@ class ChatServer:
                 except json.JSONDecodeError:
                     body = {}
                 headers = {k.lower(): v for k, v in self.headers.items()}
+                self.recorded = Recorded(self.path, headers, body, time.monotonic())
                 with server._lock:
-                    server.requests.append(Recorded(self.path, headers, body, time.monotonic()))
+                    server.requests.append(self.recorded)
                 if not self.path.rstrip("/").endswith("/chat/completions"):
                     self._send(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
                     return
@@ -165,8 +192,9 @@ class ChatServer:
                 if reply.drop:
                     self.close_connection = True
                     return
-                if reply.body is not None:
-                    self._send_bytes(200, reply.body.encode(), reply.content_type, reply.headers)
+                self.reply = reply
+                if reply.body is not None:  # 200 unless a status is given (a redirect's, say)
+                    self._send_bytes(reply.status, reply.body.encode(), reply.content_type, reply.headers)
                     return
                 if reply.status >= 400:
                     message = reply.message
@@ -199,14 +227,33 @@ class ChatServer:
 
             def _send_bytes(self, status: int, data: bytes, content_type: str,
                             headers: dict[str, str] | None = None) -> None:
+                reply = self.reply
+                if reply is not None and reply.gzip:
+                    data = gzip.compress(data)
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", content_type)
-                    self.send_header("Content-Length", str(len(data)))
+                    if reply is None or reply.sized:
+                        self.send_header("Content-Length", str(len(data)))
+                    else:
+                        self.send_header("Connection", "close")
+                        self.close_connection = True
+                    if reply is not None and reply.gzip:
+                        self.send_header("Content-Encoding", "gzip")
                     for name, value in (headers or {}).items():
                         self.send_header(name, value)
                     self.end_headers()
-                    self.wfile.write(data)
+                    if reply is not None and reply.trickle:
+                        for k in range(0, len(data), reply.piece):
+                            if server._stopping.wait(reply.trickle):
+                                return
+                            self.wfile.write(data[k : k + reply.piece])
+                            self.wfile.flush()
+                            self.recorded.sent += len(data[k : k + reply.piece])
+                    else:
+                        self.wfile.write(data)
+                        self.recorded.sent = len(data)
+                    self.recorded.finished = True
                 except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
                     self.close_connection = True
 

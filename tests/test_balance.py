@@ -360,3 +360,265 @@ def test_settings_of_older_runs_still_match() -> None:
     scenes = (("aerosol can", "person"),)
     assert ConceptInput(scenes=scenes, companions=(("person",),)).fingerprint() != \
         ConceptInput(scenes=scenes).fingerprint()
+
+
+# -- hostile REAL files, summaries and sizes: one line, a bound, never NaN -----------------------
+
+
+def plan_args(real: Path, tmp_path: Path, *args: str) -> list[str]:
+    return ["plan", "--balance", str(real), *args, "-o", str(tmp_path / "p.jsonl"),
+            "--planner", "heuristic", "--no-progress"]
+
+
+def one_error(result) -> str:
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("acp: error:")]
+    assert len(errors) == 1 and "Traceback" not in result.output, result.output
+    return errors[0]
+
+
+def summary_text(kept: str, dropped: str = "{}") -> str:
+    return f'{{"instances_kept_by_category": {kept}, "instances_dropped_by_category": {dropped}}}'
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (summary_text('{"aerosol can": NaN}'),
+     r"instances_kept_by_category\['aerosol can'\] is nan; expected a count"),
+    (summary_text('{"aerosol can": Infinity}'), r"is inf; expected a count"),
+    (summary_text('{"aerosol can": 1e308}'), r"is 1e\+308; expected a count"),
+    (summary_text('{"person": 3}', '{"aerosol can": -Infinity}'),
+     r"instances_dropped_by_category\['aerosol can'\] is -inf"),
+    (summary_text('{"aerosol can": -1}'), r"is -1; expected a count"),
+    (summary_text('{"aerosol can": 2.5}'), r"is 2.5; expected a count"),
+    (summary_text('{"aerosol can": true}'), r"is True; expected a count"),
+    (summary_text('{"aerosol can": "7"}'), r"is '7'; expected a count"),
+    (summary_text('{"aerosol can": 10000000000000001}'), r"expected a count of instances \(an integer in"),
+    (summary_text('{"aerosol can": ' + "9" * 5000 + "}"),
+     r"not a readable JSON file \(an integer of more than"),
+    ('{"a":' * 5000 + "1" + "}" * 5000, r"not a readable JSON file \(nested too deeply\)"),
+    (summary_text('{"zebra": 3}', '{"yak": 1}'), r"none of its categories is a category of"),
+    ("[1, 2]", r"expected the summary.json of an acp generate run"),
+])
+def test_pass_rate_from_validates_every_number(real: Path, tmp_path: Path, text: str, expected: str) -> None:
+    """NaN, infinities and 1e308 counts made NaN pass rates, quotas of -2**63 and NaN in
+    PLANS.balance.json, with exit 0; a deep file or a 5000-digit number, a traceback."""
+    summary = tmp_path / "summary.json"
+    summary.write_text(text)
+    result = runner.invoke(app, plan_args(real, tmp_path, "--target", "6", "--pass-rate-from", str(summary)))
+    assert re.search(expected, one_error(result)), result.output
+    assert not (tmp_path / "p.balance.json").exists()
+
+
+def strict_json(text: str):
+    def refuse(constant: str):
+        raise AssertionError(f"{constant} in JSON written by acp")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_plan_record_and_report_are_strict_json(real: Path, tmp_path: Path) -> None:
+    """NaN reached PLANS.balance.json (invalid JSON); now every number is checked where it is
+    read, and a NaN that got through anyway stops the write instead of being written."""
+    summary = tmp_path / "summary.json"
+    summary.write_text(summary_text('{"aerosol can": 0, "person": 7}', '{"aerosol can": 9, "person": 0}'))
+    result = runner.invoke(app, plan_args(real, tmp_path, "--target", "6", "--tail-below", "6",
+                                          "--pass-rate-from", str(summary)))
+    assert result.exit_code == 0, result.output
+    record = strict_json((tmp_path / "p.balance.json").read_text())
+    rows = {r["name"]: r for r in record["rows"]}
+    assert rows["aerosol_can"]["pass_rate"] == 0.1  # 0 of 9 kept: the floor, never 0 or NaN
+    assert all(r["quota"] > 0 for r in rows.values() if r["selected"])  # every one is planned
+    result = runner.invoke(app, ["balance", "report", str(real), str(tmp_path / "p.jsonl"), "--target", "6"])
+    assert result.exit_code == 0, result.output
+    strict_json((tmp_path / "balance.json").read_text())
+    plan = plan_balance(read_histogram(real), BalanceOptions(target=6))
+    plan.pass_rates[0] = math.nan
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        plan.write(tmp_path / "nan.balance.json")
+    assert not list(tmp_path.glob("*nan.balance.json*"))
+
+
+def test_a_top_up_too_large_to_plan_is_one_line_at_once(real: Path, tmp_path: Path) -> None:
+    """--target 10000000 planned for minutes while memory grew: the quotas' sum is checked
+    against MAX_TOPUP_INSTANCES before any scene is drawn."""
+    from acp.balance import MAX_TOPUP_INSTANCES
+
+    result = runner.invoke(app, plan_args(real, tmp_path, "--target", "10000000"))
+    line = one_error(result)
+    assert f"at most {MAX_TOPUP_INSTANCES} are planned at once" in line and "--max-per-category" in line
+    histogram = read_histogram(real)
+    plan = plan_balance(histogram, BalanceOptions(target=10_000_000, max_per_category=100_000))
+    assert len(plan.scenes) <= MAX_TOPUP_INSTANCES  # within the bound, it plans
+
+
+def coco_text(annotations: str, categories: str = '[{"id": 1, "name": "dog"}]') -> str:
+    return f'{{"images": [], "annotations": {annotations}, "categories": {categories}}}'
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (coco_text('[{"image_id": 1, "category_id": ' + "1" * 5000 + "}]"), "an integer of more than"),
+    (coco_text('[{"image_id": 1, "category_id": 1}]', '[{"id": ' + "1" * 4000 + ', "name": "dog"}]'),
+     "expected a 64-bit integer"),
+    (coco_text('[{"image_id": 1, "category_id": 1, "note": "' + "x" * 200_000 + '"}]'),
+     "a value longer than 65536 characters"),
+    (coco_text("[]", json.dumps([{"id": i, "name": f"c{i}", "def": "x" * 2000} for i in range(50)])),
+     "'categories' is longer than 65536 characters"),
+    (coco_text("[]", json.dumps([{"id": i, "name": f"c{i}"} for i in range(101)])),
+     "'categories' has more than 100 elements"),
+])
+def test_a_real_file_with_a_huge_value_is_one_line(tmp_path: Path, monkeypatch, text: str,
+                                                   expected: str) -> None:
+    """A 5000-digit id was a traceback, a 4000-digit one an OverflowError; one huge string or
+    categories list was read whole (the caps are made small here to keep the test fast)."""
+    from acp import cocostream
+
+    monkeypatch.setattr(cocostream, "CHUNK", 1 << 12)
+    monkeypatch.setattr(cocostream, "MAX_VALUE_CHARS", 1 << 16)
+    monkeypatch.setattr(cocostream, "MAX_KEPT_CHARS", 1 << 16)
+    monkeypatch.setattr(cocostream, "MAX_KEPT_ITEMS", 100)
+    path = tmp_path / "real.json"
+    path.write_text(text)
+    result = runner.invoke(app, plan_args(path, tmp_path, "--target", "3"))
+    assert expected in one_error(result)
+
+
+def test_ids_that_are_no_integers_are_counted_or_said(tmp_path: Path) -> None:
+    """Float ids with an integer value (1.0, as some tools write every number) are those ids;
+    other ids are skipped, and the skipped annotations are said, not silently dropped."""
+    annotations = [{"image_id": 1, "category_id": 1.0}, {"image_id": "a", "category_id": 2},
+                   {"image_id": 1.0, "category_id": 2}, {"image_id": 2, "category_id": 1.5},
+                   {"image_id": 2, "category_id": "1"}, {"image_id": [2], "category_id": 1},
+                   {"image_id": 3, "category_id": 1e30}, {"image_id": 3, "category_id": 7}]
+    path = tmp_path / "real.json"
+    path.write_text(json.dumps({"images": [], "annotations": annotations,
+                                "categories": [{"id": 1, "name": "dog"}, {"id": 2, "name": "cat"}]}))
+    histogram = read_histogram(path)
+    assert counts_by_name(histogram) == {"dog": 1, "cat": 2}
+    assert histogram.images == 2 and histogram.cooccur(0, 1)  # image 1 (and 1.0) holds both
+    assert histogram.skipped == {"category_id not an integer": 3, "image_id not an integer or a string": 1,
+                                 "category_id not in its categories": 1}
+    result = runner.invoke(app, ["balance", "report", str(path), "-o", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert ("5 annotations not counted (3 category_id not an integer, 1 image_id not an integer or a "
+            "string, 1 category_id not in its categories)") in result.stderr
+
+
+def brute_force_pairs(path: Path) -> dict[tuple[str, str], int]:
+    """Images shared by each pair of categories, counted the plain way."""
+    data = json.loads(path.read_text())
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    by_image: dict = {}
+    for a in data["annotations"]:
+        if not a.get("iscrowd"):
+            by_image.setdefault(a["image_id"], set()).add(names[a["category_id"]])
+    pairs: dict[tuple[str, str], int] = {}
+    for found in by_image.values():
+        for x in found:
+            for y in found:
+                if x != y:
+                    pairs[(x, y)] = pairs.get((x, y), 0) + 1
+    return pairs
+
+
+def histogram_pairs(histogram) -> dict[tuple[str, str], int]:
+    names = [c.name for c in histogram.categories]
+    return {(names[r], names[int(p)]): int(s) for r in range(len(names))
+            for p, s in zip(*histogram.partners(r), strict=True)}
+
+
+def test_cooccurrence_is_counted_in_chunks_exactly(real: Path, monkeypatch) -> None:
+    """Pairs are counted a chunk of images at a time (memory bounded by the chunk, not by the
+    file's pairs): the counts are those of the plain count, with string image ids too."""
+    from acp import balance
+
+    expected = brute_force_pairs(real)
+    monkeypatch.setattr(balance, "PAIR_CHUNK", 3)
+    assert histogram_pairs(read_histogram(real)) == expected
+    data = json.loads(real.read_text())
+    for a in data["annotations"]:
+        a["image_id"] = f"img-{a['image_id']}"
+    real.write_text(json.dumps(data))
+    histogram = read_histogram(real)
+    assert histogram_pairs(histogram) == expected and histogram.pairs_cut == 0
+
+
+def test_past_max_pairs_the_pairs_shared_by_fewest_images_are_left_out(real: Path, monkeypatch) -> None:
+    """A file whose images each hold many random classes made billions of pairs (a 47 MB file
+    took 1.8 GB): past MAX_PAIRS distinct pairs, those shared by fewest images go, and say so;
+    past MAX_PARTNERS partners of a category, likewise. What is kept is counted exactly."""
+    from acp import balance
+
+    expected = brute_force_pairs(real)
+    monkeypatch.setattr(balance, "PAIR_CHUNK", 4)
+    monkeypatch.setattr(balance, "MAX_PAIRS", 3)
+    histogram = read_histogram(real)
+    found = histogram_pairs(histogram)
+    assert len(found) == 2 * 3 and histogram.pairs_cut > 0
+    assert all(expected[pair] == count for pair, count in found.items())
+    most = sorted({tuple(sorted(p)): n for p, n in expected.items()}.values(), reverse=True)[:3]
+    assert sorted({tuple(sorted(p)): n for p, n in found.items()}.values(), reverse=True) == most
+    monkeypatch.setattr(balance, "MAX_PAIRS", 1000)
+    monkeypatch.setattr(balance, "MAX_PARTNERS", 1)
+    histogram = read_histogram(real)
+    assert all(histogram.partners(r)[0].size <= 1 for r in range(len(histogram.categories)))
+    assert histogram.pairs_cut > 0
+
+
+def test_memory_of_the_histogram_does_not_grow_with_pairs(tmp_path: Path) -> None:
+    """The co-occurrence blow-up measured as what the process allocates (tracemalloc: numpy
+    reports its arrays there): 4,000 images of 50 random classes each (5M pairs of 1,225
+    distinct ones) stay within a few MB above the file's own 16 bytes an annotation."""
+    import tracemalloc
+
+    rng = random.Random(0)
+    annotations = [{"image_id": image, "category_id": c}
+                   for image in range(4000) for c in rng.sample(range(1, 51), 50)]
+    path = tmp_path / "dense.json"
+    path.write_text(json.dumps({"annotations": annotations,
+                                "categories": [{"id": i, "name": f"class {i}"} for i in range(1, 51)]}))
+    del annotations
+    tracemalloc.start()
+    try:
+        histogram = read_histogram(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert histogram.pair_row.size == 50 * 49
+    # 200,000 annotations: 3.2 MB of ids; the pairs of a chunk (2**20) take about 50 MB at once.
+    assert peak < 80 << 20, peak
+
+
+def test_report_without_matplotlib_names_only_what_it_wrote(real: Path, tmp_path: Path, monkeypatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib: ImportError
+    result = runner.invoke(app, ["balance", "report", str(real), "-o", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert "no balance.png: the balance chart needs matplotlib" in result.stderr
+    assert "balance.png" not in result.stdout and str(tmp_path / "r" / "balance.json") in result.stdout
+    assert not (tmp_path / "r" / "balance.png").exists()
+
+
+def test_chart_names_the_categories_and_draws_dollars_as_written(tmp_path: Path, monkeypatch) -> None:
+    """The x axis showed 0..8; a "$" in a file name or a category name started matplotlib's
+    mathtext, and a bad formula was a traceback."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.axes import Axes
+
+    path = long_tailed(tmp_path / "real $\\frac{$.json")
+    data = json.loads(path.read_text())
+    data["categories"][3]["name"] = "$\\unknown{kite$"
+    path.write_text(json.dumps(data))
+    labels: list[list[str]] = []
+    set_xticks = Axes.set_xticks
+
+    def spy(self, ticks, labels_=None, **kwargs):
+        labels.append(list(labels_ or []))
+        return set_xticks(self, ticks, labels_, **kwargs)
+
+    monkeypatch.setattr(Axes, "set_xticks", spy)
+    result = runner.invoke(app, ["balance", "report", str(path), "-o", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert labels == [["person", "car", "dog", "$\\unknown{kite$", "aerosol_can", "unicycle", "bow_(weapon)",
+                       "frisbee"]]
+    assert (tmp_path / "r" / "balance.png").read_bytes().startswith(b"\x89PNG")

@@ -273,6 +273,21 @@ def test_save_refuses_a_folder_holding_other_files(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["precious.txt"]
 
 
+@pytest.mark.parametrize("names", [["index.json"], ["bank.npz"], ["bank.npz", "index.json"]])
+def test_save_refuses_files_named_like_a_bank_s_that_are_not_one(tmp_path: Path, names: list[str]) -> None:
+    """Only an index.json written by `acp bank build` makes a folder a bank to replace."""
+    bank, _ = _two_banks(tmp_path)
+    (tmp_path / "data").mkdir()
+    for name in names:
+        (tmp_path / "data" / name).write_text('{"mine": true}')
+    with pytest.raises(InputError, match="so not a bank to replace"):
+        bank.save(tmp_path / "data")
+    left = {p.name: p.read_text() for p in (tmp_path / "data").iterdir()}
+    assert left == dict.fromkeys(names, '{"mine": true}')
+    bank.save(tmp_path / "bank")
+    bank.save(tmp_path / "bank")  # over a bank: replaced
+
+
 def test_saved_bank_modes_follow_the_umask(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import os
     import stat

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from acp.errors import InputError
-from acp.llm import ChatSettings
+from acp.llm import ChatSettings, LLMConfigError
 from acp.render.base import RenderedCandidate as Rendered
 from acp.schema import Candidate, ScenePlan
 from acp.score.candidates import Scorer, Thresholds
@@ -29,9 +29,9 @@ from acp.score.image import (
     cosine_to_score,
     crop_box,
 )
-from acp.score.judge import Judge, parse_rating
+from acp.score.judge import MAX_FAILURES_IN_A_ROW, Judge, JudgeFailing, JudgeReport, parse_rating
 from acp.score.layout import LayoutScorer
-from tests.chat_server import ChatServer, chat_server_fixture, error, ok  # noqa: F401
+from tests.chat_server import ChatServer, Reply, chat_server_fixture, error, ok, trickle  # noqa: F401
 
 
 @pytest.fixture(scope="session", name="tiny_clip_dir")
@@ -328,6 +328,10 @@ def test_unknown_clip_folder_is_an_input_error(tmp_path: Path) -> None:
         ('{"rating": 7}', None),
         ("no idea", None),
         ("", None),
+        ("9" * 5000, None),  # JSON Python refuses to convert: no rating, not a crash
+        ('{"rating": ' + "9" * 400 + "}", None),  # an integer beyond any float
+        ('{"rating": 1e999}', None),
+        ('{"rating": NaN}', None),
     ],
 )
 def test_ratings_are_parsed_leniently_and_validated_strictly(text: str, expected: float | None) -> None:
@@ -380,19 +384,89 @@ def test_judge_respects_its_call_cap_and_retries_transport_errors(chat_server: C
     assert judge.calls == 1 and len(chat_server.requests) == 2  # one retried call
     assert [o.judge for o in score.objects] == [100.0, None, None]
     assert judge.review([(_scene(3), random_images(1)[0], score)], threshold=60.0) == 0
+    assert judge.report() == JudgeReport(model="judge-test", requests=1, rated=1, failed=0, retries=1,
+                                         unjudged=2 + 2)  # the judged one is sure now
 
 
-def test_judge_without_usable_answers_keeps_clip_scores_and_switches_off(chat_server: ChatServer) -> None:
-    chat_server.responder = lambda body: ok("I cannot rate images.")
-    score = _image_score([55.0, 58.0, 62.0, 65.0])
+def _judge_one_at_a_time(server: ChatServer) -> Judge:
+    judge = Judge(_settings(server))
+    judge.settings = dataclasses.replace(judge.settings, concurrency=1, max_retries=0)
+    return judge
+
+
+@pytest.mark.parametrize("reply", [
+    pytest.param(ok("I cannot rate images."), id="no rating"),
+    pytest.param(error(400, "this model does not take image input", echo_headers=True), id="HTTP 400"),
+    pytest.param(error(500, "down", echo_headers=True), id="HTTP 500 after its retries"),
+])
+def test_a_judge_failing_every_request_stops_the_run_with_its_last_reason(
+        chat_server: ChatServer, reply: Reply) -> None:
+    # A judge that never rates is a setup error: scoring on with CLIP alone would silently give
+    # another dataset than the one asked for.
+    chat_server.responder = lambda body: reply
+    score = _image_score([55.0, 58.0, 62.0, 65.0, 52.0])
     before = [o.clis_i for o in score.objects]
-    judge = Judge(_settings(chat_server))
-    judge.settings = dataclasses.replace(judge.settings, concurrency=1)
-    judge.review([(_scene(4), random_images(1)[0], score)], threshold=60.0)
+    judge = _judge_one_at_a_time(chat_server)
+    with pytest.raises(JudgeFailing) as caught:
+        judge.review([(_scene(5), random_images(1)[0], score)], threshold=60.0)
+    message = str(caught.value)
+    assert f"failed {MAX_FAILURES_IN_A_ROW} requests in a row" in message and "--judge-model" in message
     assert [o.clis_i for o in score.objects] == before
-    assert judge.failures == 3 and judge.disabled and "in a row" in judge.disabled
-    assert len(chat_server.requests) == 3  # the fourth is not sent once the judge is off
-    assert json.dumps([o.__dict__ for o in score.objects]).count("sk-judge-secret") == 0
+    assert len(chat_server.requests) == MAX_FAILURES_IN_A_ROW  # none sent after the third failure
+    report = judge.report()
+    assert (report.requests, report.rated, report.failed) == (MAX_FAILURES_IN_A_ROW, 0, MAX_FAILURES_IN_A_ROW)
+    assert report.last_failure and report.last_failure in message
+    expected = {"no rating": "no 0-5 rating", "HTTP 400": "HTTP 400: this model does not take image",
+                "HTTP 500 after its retries": "HTTP 500: down"}
+    assert any(text in report.last_failure for text in expected.values())
+    # the server echoed the key in its errors: it is in no message, report or score
+    assert chat_server.requests[0].headers["authorization"] == "Bearer sk-judge-secret"
+    shown = (message + json.dumps(report.to_dict()) + report.line()
+             + json.dumps([o.__dict__ for o in score.objects]))
+    assert "sk-judge-secret" not in shown
+
+
+@pytest.mark.parametrize("status", [401, 403, 404])
+def test_a_judge_whose_key_model_or_route_is_refused_stops_at_once(chat_server: ChatServer,
+                                                                    status: int) -> None:
+    chat_server.responder = lambda body: error(status, "no such model", echo_headers=True)
+    judge = _judge_one_at_a_time(chat_server)
+    with pytest.raises(LLMConfigError) as caught:
+        judge.review([(_scene(3), random_images(1)[0], _image_score([55.0, 58.0, 62.0]))], threshold=60.0)
+    assert f"HTTP {status}" in str(caught.value) and "sk-judge-secret" not in str(caught.value)
+    assert len(chat_server.requests) == 1 and judge.report().failed == 1
+
+
+def test_a_judge_failing_now_and_then_goes_on_and_reports_its_failures(chat_server: ChatServer) -> None:
+    replies = [ok('{"rating": 4}'), error(400, "bad crop"), ok("hmm"), ok('{"rating": 2}'),
+               error(400, "bad crop again"), ok('{"rating": 5}')]
+    chat_server.script(*replies)
+    score = _image_score([55.0, 58.0, 62.0, 65.0, 52.0, 68.0])
+    judge = _judge_one_at_a_time(chat_server)
+    assert judge.review([(_scene(6), random_images(1)[0], score)], threshold=60.0) == 6
+    assert [o.judge for o in score.objects] == [80.0, None, None, 40.0, None, 100.0]
+    report = judge.report()
+    assert (report.requests, report.rated, report.failed, report.unjudged) == (6, 3, 3, 0)
+    assert report.last_failure is not None and "HTTP 400: bad crop again" in report.last_failure
+    assert report.line().startswith("judge judge-test: 6 requests, 3 rated, 3 failed (last failure: ")
+
+
+def test_a_stalled_judge_reply_is_cut_at_the_deadline(chat_server: ChatServer) -> None:
+    chat_server.script(trickle('{"rating": 4}' + " " * 200, 0.05), ok('{"rating": 3}'))
+    judge = Judge(dataclasses.replace(_settings(chat_server), timeout=0.5, max_retries=0, concurrency=1))
+    score = _image_score([55.0, 58.0])
+    judge.review([(_scene(2), random_images(1)[0], score)], threshold=60.0)
+    assert [o.judge for o in score.objects] == [None, 60.0]
+    report = judge.report()
+    assert report.failed == 1 and "no complete reply within 0.5 s" in (report.last_failure or "")
+    assert not chat_server.requests[0].finished
+
+
+def test_judge_reports_of_several_workers_add_up() -> None:
+    first = JudgeReport("vlm", requests=5, rated=4, failed=1, retries=2, unjudged=0, last_failure="HTTP 500")
+    second = JudgeReport("vlm", requests=3, rated=3, failed=0, retries=0, unjudged=7)
+    assert JudgeReport.merge([first, second]) == JudgeReport("vlm", 8, 7, 1, 2, 7, "HTTP 500")
+    assert JudgeReport.merge([]) is None
 
 
 @pytest.mark.parametrize("device", ["gpu", "CPU", "cuda:x", "", "meta"])

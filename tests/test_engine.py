@@ -17,7 +17,7 @@ from acp.jsonl import read_records
 from acp.render.gligen import RenderSettings
 from acp.schema import PlanResult
 from acp.score.candidates import ScoreSettings
-from tests.chat_server import ChatServer, chat_server_fixture, ok  # noqa: F401
+from tests.chat_server import ChatServer, chat_server_fixture, error, ok  # noqa: F401
 from tests.test_generate import _dataset, generate_args
 
 
@@ -126,6 +126,27 @@ def test_generate_asks_the_same_judge_as_score_candidates(
     assert judged and all(j == 80.0 for j in judged)  # a rating of 4 of 5
     settings = json.loads((out / "settings.json").read_text())
     assert settings["judge_model"] == "vlm" and settings["judge_margin"] == 100
+    # what the judge did is in the output and the summary, as score candidates says it
+    report = json.loads((out / "summary.json").read_text())["last_run"]["judge"]
+    assert report["model"] == "vlm" and report["requests"] == len(chat_server.requests) == len(judged)
+    assert report["rated"] == report["requests"] and report["failed"] == 0
+    assert f"judge vlm: {report['requests']} requests, {report['requests']} rated, 0 failed" in result.output
+
+
+def test_generate_stops_with_one_line_when_the_judge_fails_every_request(
+    chat_server: ChatServer, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    # A judge answering HTTP 400 to every call left no trace in generate's output or summary.
+    chat_server.responder = lambda body: error(400, "image input is not supported")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, [
+        *generate_args(tiny_models, out, "--scenes", "2"), "--judge-model", "vlm",
+        "--judge-base-url", chat_server.url, "--judge-margin", "100",
+    ])
+    assert result.exit_code == 1
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("acp: error: ") and "the judge vlm failed 3 requests in a row" in last
+    assert "HTTP 400: image input is not supported" in last
 
 
 def test_the_stage_commands_and_generate_make_the_same_images_and_scores(

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import importlib.util
 import json
 import logging
+import math
 import string
 import threading
 import time
@@ -32,11 +35,14 @@ from tests.chat_server import (  # noqa: F401  (chat_server_fixture provides cha
     error,
     extra_object,
     first_bad_then_valid,
+    gzipped,
     long_integer,
     ok,
     raw_body,
     refused_url,
     schema_violation_text,
+    trickle,
+    unsized,
     valid_text,
 )
 
@@ -362,14 +368,24 @@ def test_429_waits_for_retry_after(chat_server: ChatServer, monkeypatch: pytest.
     assert second.at - first.at >= 0.95
 
 
-def test_retry_after_is_capped(chat_server: ChatServer, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("retry_after", ["3600", "inf", "1e400"])
+def test_retry_after_is_capped(
+        chat_server: ChatServer, monkeypatch: pytest.MonkeyPatch, retry_after: str) -> None:
     waits = chosen_waits(monkeypatch)
-    chat_server.script(error(429, "slow down", retry_after="3600"), ok(valid_text(list(CONCEPTS))))
+    chat_server.script(error(429, "slow down", retry_after=retry_after), ok(valid_text(list(CONCEPTS))))
     outcome = plan_one(chat_server.url, max_retry_wait=0.2)
     assert outcome.ok and outcome.transport_retries == 1
     assert waits == [0.2]
     first, second = chat_server.requests
     assert second.at - first.at >= 0.18
+
+
+def test_a_retry_after_that_is_no_number_leaves_the_backoff(chat_server: ChatServer) -> None:
+    chat_server.script(error(429, "slow down", retry_after="nan"), ok(valid_text(list(CONCEPTS))))
+    outcome = plan_one(chat_server.url, retry_backoff=0.6)
+    assert outcome.ok and outcome.transport_retries == 1
+    first, second = chat_server.requests
+    assert second.at - first.at >= 0.29  # half the backoff at least; "nan" asked for no wait
 
 
 def test_5xx_is_retried_with_backoff(chat_server: ChatServer) -> None:
@@ -452,13 +468,76 @@ def test_dropped_connection_is_retried(chat_server: ChatServer) -> None:
     assert outcome.ok and outcome.transport_retries == 1
 
 
-def test_refused_connection_is_a_failed_outcome_not_a_crash() -> None:
-    planner = LLMPlanner(settings_for(refused_url(), max_retries=2))
+def test_refused_connection_fails_at_once_without_retries() -> None:
+    # Nothing listens: another try meets the same closed port, so none is made (an unreachable
+    # endpoint used to take 5 retries, 30-50 s, to fail).
+    planner = LLMPlanner(settings_for(refused_url(), max_retries=5, retry_backoff=1.0))
     outcomes = list(planner.plan_many([request(0), request(1)]))
     assert [o.ok for o in outcomes] == [False, False]
     for outcome in outcomes:
-        assert "connection failed" in (outcome.error or "") and outcome.transport_retries == 2
-        assert outcome.raw is None
+        assert "could not connect (Connection refused)" in (outcome.error or "")
+        assert outcome.transport_retries == 0 and outcome.raw is None
+
+
+def test_a_stalled_reply_is_cut_at_the_deadline_and_retried(chat_server: ChatServer) -> None:
+    # One byte every 50 ms: every read gets data well within any per-read timeout, so only a
+    # deadline on the whole request ends it. The body would take about a minute.
+    text = valid_text(list(CONCEPTS))
+    chat_server.script(trickle(text, 0.05), trickle(text, 0.05))
+    started = time.monotonic()
+    outcome = plan_one(chat_server.url, timeout=0.5, max_retries=1)
+    assert not outcome.ok and "no complete reply within 0.5 s (after 1 retries)" in (outcome.error or "")
+    assert outcome.transport_retries == 1 and len(chat_server.requests) == 2
+    assert not any(r.finished for r in chat_server.requests)  # both cut off mid-body
+    assert all(0 < r.sent < len(text) for r in chat_server.requests)
+    assert time.monotonic() - started < 30  # backstop: the replies alone would take 2 minutes
+
+
+LIMIT = 10_000  # bytes of a reply body read, in the tests below (1 MiB by default)
+
+
+@pytest.mark.parametrize("reply", [
+    pytest.param(ok("x" * 2 * LIMIT), id="with a content-length"),
+    pytest.param(unsized("x" * 2 * LIMIT), id="read until the connection closes"),
+    pytest.param(Reply(content="x" * 2 * LIMIT, sized=False, trickle=0.001, piece=500),
+                 id="in many small pieces"),
+    pytest.param(error(500, "x" * 2 * LIMIT), id="an error body"),
+    pytest.param(raw_body("<html>" + "x" * 2 * LIMIT), id="a page that is no completion"),
+    pytest.param(gzipped(valid_text(list(CONCEPTS))), id="compressed"),
+    pytest.param(Reply(status=307, headers={"Location": "/v1/chat/completions"}, body="x" * 2 * LIMIT,
+                       sized=False), id="a redirect's body"),
+])
+def test_a_reply_past_the_size_limit_is_refused_unread_and_not_asked_again(
+        chat_server: ChatServer, reply: Reply) -> None:
+    chat_server.script(reply)
+    chat_server.responder = lambda body: ok(valid_text(list(CONCEPTS)))
+
+    async def ask() -> str:
+        async with ChatClient(settings_for(chat_server.url, max_reply_bytes=LIMIT)) as client:
+            with pytest.raises(LLMTransportError) as caught:
+                await client.complete([{"role": "user", "content": "hi"}])
+            assert caught.value.retries == 0 and caught.value.__cause__ is None
+            return str(caught.value)
+
+    message = asyncio.run(ask())
+    assert f"larger than {LIMIT:,} bytes" in message or "compressed ('gzip')" in message
+    assert len(chat_server.requests) == 1 and "xxxxxxxx" not in message
+    assert chat_server.requests[0].headers["accept-encoding"] == "identity"
+
+
+def test_by_default_a_reply_over_one_mebibyte_is_refused(chat_server: ChatServer) -> None:
+    chat_server.script(ok("x" * (1 << 20)))  # the JSON body around it makes it larger still
+    outcome = plan_one(chat_server.url)
+    assert not outcome.ok and "larger than 1,048,576 bytes; not read" in (outcome.error or "")
+    assert len(chat_server.requests) == 1 and outcome.raw is None
+
+
+def test_a_reply_within_the_size_limit_is_read(chat_server: ChatServer) -> None:
+    text = valid_text(list(CONCEPTS))
+    chat_server.script(unsized(text), ok(text))
+    for _ in range(2):
+        outcome = plan_one(chat_server.url, max_reply_bytes=LIMIT)
+        assert outcome.ok, outcome.error
 
 
 @pytest.mark.parametrize("status", [401, 403, 404])
@@ -526,7 +605,90 @@ def test_settings_check_their_values() -> None:
         ChatSettings(model="m", base_url="http://127.0.0.1:1/v1", concurrency=0)
     with pytest.raises(LLMError, match="model"):
         ChatSettings(model=" ", base_url="http://127.0.0.1:1/v1")
+    for timeout in (0.0, -1.0, math.nan, math.inf):  # a deadline must bound the request
+        with pytest.raises(LLMError, match="timeout must be a finite number"):
+            ChatSettings(model="m", base_url="http://127.0.0.1:1/v1", timeout=timeout)
     assert KEY not in repr(ChatSettings(model="m", api_key=KEY))
+
+
+# --- settings the endpoint cannot work with: one line each, before any request -----------------
+
+PROXY_SECRET = "pr0xy-pa55"
+
+
+@pytest.mark.parametrize(("base_url", "expected"), [
+    ("http://[::1", "--llm-base-url (or OPENAI_BASE_URL): expected an http:// or https:// URL"),
+    ("ftp://example.com/v1", "--llm-base-url (or OPENAI_BASE_URL): expected an http:// or https:// URL"),
+    ("localhost:8000/v1", "expected an http:// or https:// URL"),
+    ("not a url", "expected an http:// or https:// URL"),
+    ("http://", "expected an http:// or https:// URL"),
+    ("http:///v1", "expected an http:// or https:// URL"),
+    ("http://localhost:99999/v1", "the port must be 1-65535, got 99999"),
+    ("http://localhost:0/v1", "the port must be 1-65535, got 0"),
+])
+def test_a_malformed_base_url_is_one_error_naming_it(base_url: str, expected: str) -> None:
+    with pytest.raises(LLMError) as caught:
+        ChatSettings(model="m", base_url=base_url)
+    assert expected in str(caught.value) and "\n" not in str(caught.value)
+
+
+SOCKSIO = importlib.util.find_spec("socksio") is not None
+
+
+@pytest.mark.parametrize(("variable", "value", "expected"), [
+    ("HTTPS_PROXY", "http://[::1", "HTTPS_PROXY: expected a proxy URL"),
+    ("https_proxy", f"http://user:{PROXY_SECRET}@[::1", "https_proxy: expected a proxy URL"),
+    ("HTTP_PROXY", ":::", "HTTP_PROXY: expected a proxy URL"),
+    ("HTTP_PROXY", "ftp://proxy:21", "HTTP_PROXY: expected a proxy URL"),
+    ("ALL_PROXY", "socks4://proxy:1080", "ALL_PROXY: expected a proxy URL"),
+    pytest.param("ALL_PROXY", "socks5://127.0.0.1:1080", "ALL_PROXY: a socks proxy needs the socksio package",
+                 marks=pytest.mark.skipif(SOCKSIO, reason="socksio is installed here")),
+    ("SSL_CERT_FILE", "/nonexistent/ca.pem", "SSL_CERT_FILE: expected a file of CA certificates"),
+    ("SSL_CERT_FILE", "/dev/null", "(not a regular file)"),
+    ("SSL_CERT_FILE", "@not-a-pem", "no certificate"),
+])
+def test_a_malformed_proxy_or_certificate_variable_is_one_error_naming_it(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, variable: str, value: str, expected: str) -> None:
+    if value == "@not-a-pem":
+        value = str(tmp_path / "ca.pem")
+        Path(value).write_text("not a certificate\n")
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(LLMError) as caught:
+        ChatSettings(model="m", base_url="http://127.0.0.1:8000/v1")
+    assert expected in str(caught.value) and PROXY_SECRET not in str(caught.value)
+
+
+@pytest.mark.parametrize("key", ["sk-abc\n", "sk-abc\r", "sk abc", "sk-ключ", "sk-\x00abc", "\tsk-abc"])
+def test_an_api_key_no_header_can_carry_is_one_error_that_does_not_quote_it(key: str) -> None:
+    with pytest.raises(LLMError) as caught:
+        ChatSettings(model="m", base_url="http://127.0.0.1:8000/v1", api_key=key)
+    assert "OPENAI_API_KEY" in str(caught.value) and "abc" not in str(caught.value)
+
+
+def test_without_a_base_url_requests_go_to_openai_whatever_openai_base_url_says(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://[::1")  # the openai client would read and trip on it
+    settings = ChatSettings(model="m", api_key=KEY)
+
+    async def url() -> str:
+        async with ChatClient(settings) as client:
+            return repr(client)
+
+    assert "https://api.openai.com/v1" in asyncio.run(url())
+
+
+def test_a_password_in_the_base_url_is_never_shown(chat_server: ChatServer) -> None:
+    chat_server.script(error(400, "bad request"))
+    url = chat_server.url.replace("http://", f"http://user:{PROXY_SECRET}@")
+
+    async def ask() -> str:
+        async with ChatClient(settings_for(url)) as client:
+            with pytest.raises(LLMError) as caught:
+                await client.complete([{"role": "user", "content": "hi"}])
+            return repr(client) + str(caught.value)
+
+    text = asyncio.run(ask())
+    assert "http://***@127.0.0.1" in text and PROXY_SECRET not in text
 
 
 # --- the generic client ------------------------------------------------------------------------
@@ -583,6 +745,23 @@ def test_as_completed_bounded_limits_and_draws_lazily() -> None:
 
 
 # --- concurrency and streaming -----------------------------------------------------------------
+
+def test_as_completed_bounded_raises_the_first_error_and_drops_the_others_quietly(
+        caplog: pytest.LogCaptureFixture) -> None:
+    async def fail(k: int) -> int:
+        await asyncio.sleep(0)
+        raise ValueError(f"failure {k}")
+
+    async def run() -> None:
+        with pytest.raises(ValueError, match="failure"):
+            async for _ in as_completed_bounded((fail(k) for k in range(8)), 4):
+                pass
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        asyncio.run(run())
+        gc.collect()  # an unretrieved task error is logged when the task is collected
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+
 
 def test_concurrent_requests_overlap(chat_server: ChatServer) -> None:
     n = 8
@@ -648,6 +827,24 @@ def test_requests_are_drawn_lazily_and_closing_stops_the_worker(chat_server: Cha
     assert not any(t.name == "acp-llm-planner" for t in threading.enumerate())
 
 
+def test_closing_the_planner_early_ends_its_requests_before_their_client_closes(
+        chat_server: ChatServer, caplog: pytest.LogCaptureFixture) -> None:
+    # A run stopping (10 scenes failed, say) closes the planner with requests in flight. They
+    # were left running while their client closed, failed "Cannot send a request, as the client
+    # has been closed" and were logged with a traceback at the event loop's shutdown.
+    chat_server.responder = lambda body: Reply(status=400, message="no",
+                                               delay=0.0 if len(chat_server.requests) <= 1 else 0.5)
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        for _ in range(5):
+            chat_server.requests.clear()
+            planner = LLMPlanner(settings_for(chat_server.url, concurrency=8, retry_backoff=0.0))
+            outcomes = planner.plan_many(request(k) for k in range(20))
+            next(outcomes)
+            outcomes.close()
+            gc.collect()
+    assert [r.getMessage() for r in caplog.records] == []
+
+
 def test_an_error_in_the_request_stream_reaches_the_caller(chat_server: ChatServer) -> None:
     chat_server.responder = always(lambda c, w, h: valid_text(c))
 
@@ -693,3 +890,28 @@ def test_acp_plan_with_an_endpoint(chat_server: ChatServer, tmp_path: Path) -> N
     assert all(r.headers["authorization"] == f"Bearer {KEY}" for r in chat_server.requests)
     outputs = [result.output, *(p.read_text() for p in tmp_path.rglob("*") if p.is_file())]
     assert not [text for text in outputs if KEY in text]
+
+
+def test_the_failures_file_keeps_a_bounded_part_of_each_raw_reply(chat_server: ChatServer,
+                                                                   tmp_path: Path) -> None:
+    # Three scenes of soup replies made a 314 MB failures file: each raw reply was stored whole.
+    from typer.testing import CliRunner
+
+    from acp.cli import app
+    from acp.plan.run import MAX_RAW_KEPT, MAX_REASON_KEPT
+
+    soup = '{"caption": "' + "soup " * 150_000  # 750 kB, under the 1 MiB reply limit
+    chat_server.responder = lambda body: ok(soup)
+    output = tmp_path / "plans.jsonl"
+    result = CliRunner().invoke(app, [
+        "plan", "--concepts", "dog,cat,bus", "-o", str(output), "--llm-base-url", chat_server.url,
+        "--max-reasks", "0", "--no-progress"], env={"OPENAI_API_KEY": KEY})
+    assert result.exit_code == 1 and len(chat_server.requests) == 3
+    failures = tmp_path / "plans.jsonl.failures.jsonl"
+    records = [json.loads(line) for line in failures.read_text().splitlines()]
+    assert len(records) == 3
+    for record in records:
+        assert record["raw"].startswith(soup[:MAX_RAW_KEPT])
+        assert record["raw"].endswith(f"[{len(soup) - MAX_RAW_KEPT:,} more characters not kept]")
+        assert len(record["reason"]) <= MAX_REASON_KEPT + 50
+    assert failures.stat().st_size < 3 * (MAX_RAW_KEPT + MAX_REASON_KEPT + 500)

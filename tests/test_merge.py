@@ -166,6 +166,29 @@ def test_default_image_roots_and_replacing_an_input(tmp_path: Path) -> None:
     assert all((flat.parent / i["file_name"]).is_file() for i in merged["images"])
 
 
+def test_an_existing_file_is_replaced_only_when_an_earlier_merge_wrote_it(tmp_path: Path) -> None:
+    """-o thesis.tex was overwritten with the merge; now a file without the merge's mark at its
+    start needs --overwrite, and a rerun into its own output goes on replacing it."""
+    synthetic = _synthetic_set(tmp_path / "syn")
+    real = _real_set(tmp_path / "real", images_dir="images", annotations="instances.json")
+    theirs = tmp_path / "thesis.tex"
+    theirs.write_text("\\documentclass{article}")
+    from acp.cli import app
+
+    result = CliRunner().invoke(app, ["export", "merge", str(synthetic), str(real), "-o", str(theirs)])
+    assert theirs.read_text() == "\\documentclass{article}"
+    assert result.exit_code == 1 and "is not a file acp export merge wrote" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    merged = tmp_path / "merged.json"
+    merge_coco(synthetic, real, merged)
+    assert next(iter(json.loads(merged.read_text()))) == "acp_merge"
+    merge_coco(synthetic, real, merged)  # a rerun
+    merge_coco(merged, real, tmp_path / "again.json")  # a merge as input: its mark is not copied
+    assert list(json.loads((tmp_path / "again.json").read_text())).count("acp_merge") == 1
+    merge_coco(synthetic, real, theirs, overwrite=True)
+    assert json.loads(theirs.read_text())["images"]
+
+
 def test_ambiguous_category_is_an_error(tmp_path: Path) -> None:
     synthetic = _synthetic_set(tmp_path / "syn", concepts=("bow",))
     real = _real_set(tmp_path / "real", images_dir="images", annotations="instances.json")

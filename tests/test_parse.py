@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -12,6 +14,7 @@ from hypothesis import strategies as st
 
 from acp.boxes import normalized_to_pixels, xywh_to_xyxy
 from acp.errors import PlanValidationError
+from acp.llm import ChatClient, ChatSettings
 from acp.plan.base import SceneRequest
 from acp.plan.parse import (
     CLIP_TOLERANCE,
@@ -336,3 +339,104 @@ def test_deeply_nested_json_is_a_validation_problem() -> None:
     with pytest.raises(PlanValidationError) as caught:
         parse_plan(reply, SceneRequest(id="s", concepts=("dog",), seed=1))
     assert caught.value.problems[0][0] == "(reply)" and "nested too deeply" in caught.value.problems[0][1]
+
+
+# --- the cost of reading a reply: linear, whatever it holds -------------------------------------
+
+SOUPS = {
+    "brace soup": lambda n: "{" * n,
+    "quote soup": lambda n: '{"' * (n // 2),
+    "escaped quote soup": lambda n: '{"{' + '\\"{' * (n // 3),
+    "many fences": lambda n: '```json\n{"objects": [1, 2, x\n```\n' * (n // 33),
+    "prose braces": lambda n: "{as requested} " * (n // 15),
+    "nested starts, junk": lambda n: "{x," * 40 + "x," * (n // 2),
+    "nested starts, long prefix": lambda n: '{"a":[' * 40 + "1," * (n // 2),
+    "truncated object list": lambda n: '{"objects":[' + '{"bbox":[0,0,0,0]},' * (n // 19),
+}
+
+
+class _Counting:
+    """Counts the characters a tokeniser or decoder of ``acp.plan.parse`` is asked to read."""
+
+    def __init__(self, inner: object):
+        self.inner, self.read = inner, 0
+
+    def findall(self, text: str, start: int, end: int) -> list[str]:
+        self.read += end - start
+        return self.inner.findall(text, start, end)  # type: ignore[attr-defined]
+
+    def raw_decode(self, text: str, start: int) -> tuple[object, int]:
+        try:
+            value, end = self.inner.raw_decode(text, start)  # type: ignore[attr-defined]
+        except json.JSONDecodeError as error:
+            self.read += error.pos - start + 1
+            raise
+        self.read += end - start
+        return value, end
+
+
+@pytest.mark.parametrize("shape", list(SOUPS))
+def test_reading_a_reply_costs_a_few_passes_over_it(shape: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # "Soup" replies cost super-linear time (0.8 MB: 11 s, 3.2 MB: 75 s): every "{" was a new
+    # start scanned to the end in Python. Now every start draws on one budget per reply.
+    from acp.plan import parse
+
+    counts = {}
+    for n in (100_000, 400_000):
+        text = SOUPS[shape](n)
+        tokens = _Counting(parse._TOKEN)
+        decoders = [_Counting(parse._DECODER), _Counting(parse._CHECKED_DECODER)]
+        monkeypatch.setattr(parse, "_TOKEN", tokens)
+        monkeypatch.setattr(parse, "_DECODER", decoders[0])
+        monkeypatch.setattr(parse, "_CHECKED_DECODER", decoders[1])
+        started = time.monotonic()
+        with pytest.raises(PlanValidationError):
+            parse_draft(text, 512, 512)
+        assert time.monotonic() - started < 120  # backstop only: the old parser took minutes
+        monkeypatch.undo()
+        decoded = sum(d.read for d in decoders)
+        counts[n] = (tokens.read, decoded)
+        # the scan's budget is two passes (plus a floor for short replies), and a token longer
+        # than a chunk is read again in one twice as large, so at most twice that is tokenised;
+        # the decoder's budget is four passes
+        assert tokens.read <= 2 * (2 * len(text) + 100_000) + 50 * 256, (tokens.read, len(text))
+        assert decoded <= 4 * len(text) + 100_000 + 4096, (decoded, len(text))
+    (small_tokens, small_decoded), (large_tokens, large_decoded) = counts[100_000], counts[400_000]
+    assert large_tokens <= 4 * small_tokens + 400_000 and large_decoded <= 4 * small_decoded + 400_000
+
+
+def test_a_truncated_plan_after_a_stray_brace_and_long_prose_is_found() -> None:
+    cut = text(draft())[: text(draft()).index('"predicate"') + 5]  # truncated inside the relation
+    reply = "Sure {here it is " + "blah " * 100_000 + cut
+    draft_, repairs, _ = parse_draft(reply, 512, 512)
+    assert [o.category for o in draft_.objects] == ["dog", "frisbee"] and "truncated" in repairs[0]
+
+
+def test_a_reply_with_thousands_of_problems_keeps_twenty_short_ones() -> None:
+    reply = text({**draft(), **{f"unknown_{k}": k for k in range(5000)}})
+    with pytest.raises(PlanValidationError) as caught:
+        parse_draft(reply, 512, 512)
+    problems = caught.value.problems
+    assert len(problems) == 21 and problems[-1][1].startswith("and ") and "more problems" in problems[-1][1]
+    huge = draft()
+    huge["objects"][0]["category"] = "x" * 1999  # type: ignore[index]
+    with pytest.raises(PlanValidationError) as caught:
+        parse_plan(text(huge), SceneRequest(id="s", concepts=("dog", "frisbee"), seed=1),
+                   categories=[f"category number {k}" for k in range(500)])
+    assert all(len(reason) <= 500 for _, reason in caught.value.problems)
+    assert len(str(caught.value)) < 25 * 600
+
+
+@pytest.mark.parametrize("depth", [101, 500, 950])
+def test_json_nested_deeper_than_a_plan_can_is_a_validation_problem(depth: int) -> None:
+    # 500 levels decode, then the key's redaction (and pydantic) recursed past Python's limit
+    reply = '{"caption": "x", "objects": [], "extra": ' + "[" * depth + "]" * depth + "}"
+
+    async def parse() -> None:
+        settings = ChatSettings(model="m", base_url="http://127.0.0.1:9/v1", api_key="sk-secret-1234")
+        async with ChatClient(settings) as client:
+            parse_plan(reply, SceneRequest(id="s", concepts=("dog",), seed=1), clean=client.redact_value)
+
+    with pytest.raises(PlanValidationError) as caught:
+        asyncio.run(parse())
+    assert "nested too deeply" in caught.value.problems[0][1]

@@ -246,3 +246,36 @@ def test_output_that_is_a_folder_is_a_one_line_error(tmp_path):
     result = runner.invoke(app, ["plan", "--concepts", "dog", "-o", str(tmp_path)])
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1].startswith(f"acp: error: {tmp_path}")
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({"OPENAI_BASE_URL": "http://[::1"}, "--llm-base-url (or OPENAI_BASE_URL): expected an http:// or https://"),
+    ({"OPENAI_BASE_URL": "ftp://example.com/v1"}, "--llm-base-url (or OPENAI_BASE_URL): expected an http://"),
+    ({"OPENAI_BASE_URL": "http://127.0.0.1:9/v1", "ALL_PROXY": "socks4://proxy:1080"},
+     "ALL_PROXY: expected a proxy URL"),
+    ({"OPENAI_BASE_URL": "http://127.0.0.1:9/v1", "HTTPS_PROXY": "http://u:secret@[::1"},
+     "HTTPS_PROXY: expected a proxy URL"),
+    ({"OPENAI_BASE_URL": "http://127.0.0.1:9/v1", "SSL_CERT_FILE": "/nonexistent.pem"}, "SSL_CERT_FILE:"),
+    ({"OPENAI_BASE_URL": "http://127.0.0.1:9/v1", "OPENAI_API_KEY": "sk-\u043a\u043b\u044e\u0447"},
+     "the API key (OPENAI_API_KEY) holds"),
+])
+def test_an_endpoint_setting_that_cannot_work_is_one_line_and_writes_nothing(tmp_path, env, expected):
+    out = tmp_path / "plans.jsonl"
+    base = {k: v for k, v in os.environ.items()
+            if k.upper() not in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "ALL_PROXY", "HTTP_PROXY",
+                                 "HTTPS_PROXY", "SSL_CERT_FILE")}
+    command = [sys.executable, "-m", "acp", "plan", "--concepts", "dog", "-o", str(out), "--no-progress"]
+    result = subprocess.run(command, capture_output=True, text=True, env={**base, **env}, timeout=120)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("acp: error: ") and expected in lines[-1], result.stderr
+    assert "Traceback" not in result.stderr and "secret" not in result.stderr + result.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "1e308", "0.5"])
+def test_an_llm_timeout_that_bounds_nothing_is_refused(tmp_path, value):
+    result = runner.invoke(app, ["plan", "--concepts", "dog", "-o", str(tmp_path / "p.jsonl"),
+                                 "--llm-base-url", "http://127.0.0.1:9/v1", "--llm-timeout", value])
+    assert result.exit_code == 2 and "--llm-timeout" in result.output
+    assert list(tmp_path.iterdir()) == []

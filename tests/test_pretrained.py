@@ -479,6 +479,25 @@ def test_a_failed_load_ends_its_line_before_the_error(
     ]
 
 
+def test_the_command_line_leaves_download_bars_to_the_load(tmp_path: Path) -> None:
+    """Importing the CLI once set HF_HUB_DISABLE_PROGRESS_BARS=1, which the hub reads at import
+    and which no later call can undo: a download from ``acp generate`` showed no bar at all."""
+    code = (
+        "import acp.cli\n"
+        "from acp import pretrained\n"
+        "from huggingface_hub.utils import are_progress_bars_disabled\n"
+        "with pretrained.loading('--model', 'org/not-cached', progress=True):\n"
+        "    print('download bars', not are_progress_bars_disabled())\n"
+        "with pretrained.loading('--model', '/'):\n"
+        "    print('local bars', not are_progress_bars_disabled())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    env["HF_HUB_CACHE"] = str(tmp_path)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["download bars True", "local bars False"]
+
+
 def test_a_download_keeps_its_bars_between_two_lines(
     hub_cache: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:

@@ -91,9 +91,34 @@ def test_overlay_draws_over_rendered_candidates(plans: Path, tmp_path: Path) -> 
 def test_grid_writes_contact_sheets(plans: Path, tmp_path: Path) -> None:
     result = invoke("preview", plans, "-o", tmp_path / "out", "--grid")
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["sheet-0001.png"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["acp-owned.json", "sheet-0001.png"]
     with Image.open(tmp_path / "out" / "sheet-0001.png") as sheet:
         assert sheet.size == (3 * TILE, TILE)  # one row of three layouts
+
+
+def test_preview_never_draws_over_a_render_folder_or_a_user_s_files(plans: Path, tmp_path: Path) -> None:
+    """-o the render folder itself drew over the rendered candidates; -o a folder of the user's
+    overwrote files named like drawings. Either is refused, untouched; a preview's own folder is
+    replaced, files of the user's beside the drawings kept."""
+    renders = tmp_path / "renders"
+    (renders / "p1").mkdir(parents=True)
+    Image.new("RGB", (128, 128), (0, 0, 100)).save(renders / "p1" / "0.png")
+    (renders / "manifest.jsonl").write_text(dumps(Candidate(
+        plan_id="p1", index=0, seed=0, path="p1/0.png", model="m", steps=2, guidance=7.5, beta=0.3,
+        width=128, height=128, prompt="x")) + "\n")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "sheet-0001.png").write_bytes(b"my drawing")
+    for out, options in ((renders, ["--overlay", renders]), (mine, ["--grid"])):
+        before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+        result = invoke("preview", plans, "-o", out, *options)
+        assert result.exit_code == 1 and "did not write" in result.stderr, result.output
+        assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    out = tmp_path / "out"
+    assert invoke("preview", plans, "-o", out).exit_code == 0
+    (out / "notes.txt").write_text("keep me")
+    assert invoke("preview", plans, "-o", out, "--grid").exit_code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["acp-owned.json", "notes.txt", "sheet-0001.png"]
 
 
 def test_preview_reports_bad_lines_and_missing_render_folder(plans: Path, tmp_path: Path) -> None:

@@ -4,9 +4,11 @@ without Ray the option is one line."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,6 +21,8 @@ import pytest
 
 from acp.generate import GenerateConfig, LocalEngine, generate
 from acp.jsonl import read_records
+from acp.score.judge import JudgeSettings
+from tests.chat_server import ChatServer, chat_server_fixture, ok  # noqa: F401
 from tests.test_engine import config as engine_config
 from tests.test_generate import _dataset
 
@@ -82,6 +86,21 @@ def test_two_workers_write_the_local_engines_dataset(
     executor = json.loads((out / "summary.json").read_text())["last_run"]["executor"]
     assert executor["name"] == "ray" and executor["workers"] == 2
     assert sum(executor["plans_per_worker"].values()) == 8 and len(executor["plans_per_worker"]) == 2
+
+
+def test_each_workers_judge_is_in_the_summary(
+    local_ray: str, chat_server: ChatServer, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    server = chat_server
+    server.responder = lambda body: ok('{"rating": 4}')
+    judged = config(tiny_models, scenes=4)
+    judged = dataclasses.replace(judged, score=dataclasses.replace(judged.score, judge=JudgeSettings(
+        model="vlm", base_url=server.url, margin=100.0)))
+    out = tmp_path / "ray"
+    summary = generate(judged, out, ray_engine(2, batch_plans=1), progress=False)
+    asked = [o["judge"] for _, r, _ in read_records(out / "scores.jsonl") for o in r["objects"]]
+    assert summary.judge is not None and summary.judge.requests == len(asked) == len(server.requests) > 0
+    assert json.loads((out / "summary.json").read_text())["last_run"]["judge"]["rated"] == len(asked)
 
 
 def test_a_killed_worker_loses_and_duplicates_nothing(
@@ -223,9 +242,13 @@ def test_sigkill_of_the_driver_then_rerun_finishes_the_dataset(
     driver.wait()
     finished = [r["plan_id"] for _, r, _ in read_records(ledger)]
     assert 2 <= len(finished) < 8, finished
-    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    # Rerun with progress: Ray's start-up, silent for seconds before, says what it is doing.
+    rerun = subprocess.run([a for a in command if a != "--no-progress"], env=env, capture_output=True,
+                           text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
     same_output(local_run, out)
+    started = r"acp: starting 1 Ray workers \(each loads its models\) \.\.\. \d+\.\d s"
+    assert re.search(started, rerun.stderr), rerun.stderr[-2000:]
 
 
 def test_a_model_a_worker_cannot_load_is_the_workers_one_line_and_writes_nothing(

@@ -343,6 +343,29 @@ def test_other_settings_refused_unless_forced(
     assert len(records) == 3 and not (output / "two" / "2.png").exists()
 
 
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_a_folder_that_is_not_a_render_folder_is_refused_and_untouched(
+    plans_file: Path, model: Path, tmp_path: Path, force: list[str]
+) -> None:
+    """A user's folder, even with a manifest.jsonl of its own, is no render folder: nothing in
+    it is rewritten or added, --force or not. One of acp's temporaries alone (a run killed
+    before its first file) leaves a folder empty."""
+    output = tmp_path / "project"
+    (output / "two").mkdir(parents=True)
+    (output / "two" / "0.png").write_bytes(b"my picture")
+    (output / "manifest.jsonl").write_text('{"my": "list"}\n')
+    (output / "thesis.tex").write_text("\\documentclass{article}")
+    before = {p: p.read_bytes() for p in output.rglob("*") if p.is_file()}
+    result = render(plans_file, output, model, "-k", 1, *force)
+    assert result.exit_code == 1
+    assert "is not a render folder" in result.stderr and result.stderr.count("\n") == 1
+    assert {p: p.read_bytes() for p in output.rglob("*") if p.is_file()} == before
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    (killed / ".render.json.acp-host-1-abcdefgh.tmp").write_text("{")
+    assert render(plans_file, killed, model, "-k", 1).exit_code == 0
+
+
 def test_not_a_gligen_model_is_one_line_error(plans_file: Path, model: Path, tmp_path: Path) -> None:
     result = render(plans_file, tmp_path / "out", model.parent / "clip")  # found before any load
     assert result.exit_code == 1

@@ -214,7 +214,7 @@ def test_the_run_table_names_its_concepts_and_each_row_once(tiny_dataset: Path, 
                                                        for c in ("dog", "frisbee", "cat", "bus"))
     digest = json.loads((tiny_dataset / "settings.json").read_text())["concepts"]
     assert digest not in page  # a fingerprint is not what a reader wants to see
-    assert values["clis_l_method"] == "v2 (the default)"  # the option's name, as --clis-l-method says
+    assert values["clis_l_method"] == f"{defaults.CLIS_L_METHOD} (the default)"  # as --clis-l-method names it
     assert values["last run: planner"].startswith("planned 12, ")
     assert "How CLIS-L was reached, per plan" in page and "reference-free sanity check" in page
 

@@ -245,19 +245,24 @@ def test_a_finished_dataset_grows_with_more_scenes(tiny_models: dict[str, Path],
 def test_force_removes_every_file_acp_wrote_there_and_nothing_else(
     tiny_models: dict[str, Path], tmp_path: Path
 ) -> None:
-    """--force replaces a run: the splits, balance report and chart written into it describe
-    images that are gone, so they go too; a file acp did not write stays."""
+    """--force replaces a run: the splits `acp export coco-split` wrote into it describe images
+    that are gone, so they go too; a file acp did not write stays, in images/ as well."""
     out = tmp_path / "out"
     assert CliRunner().invoke(app, generate_args(tiny_models, out, "--scenes", "2")).exit_code == 0
-    left_over = ["train.json", "val.json", "test.json", "balance.json", "balance.png", "plans.balance.json"]
-    for name in left_over:
-        (out / name).write_text("{}")
+    split = CliRunner().invoke(app, ["export", "coco-split", str(out / "annotations.json"),
+                                     "--val-fraction", "0.5"])
+    assert split.exit_code == 0, split.output
+    splits = sorted(p.name for p in out.glob("*.json") if p.name in ("train.json", "val.json", "test.json"))
+    assert splits, "coco-split wrote nothing into the run folder"
     (out / "notes.txt").write_text("mine")
+    (out / "images" / "mine.jpg").write_text("mine too")
     forced = CliRunner().invoke(app, [*generate_args(tiny_models, out, "--scenes", "2"), "--steps", "1",
                                       "--force"])
     assert forced.exit_code == 0, forced.output
-    assert [name for name in left_over if (out / name).exists()] == []
+    assert [name for name in splits if (out / name).exists()] == []
     assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "images" / "mine.jpg").read_text() == "mine too"
+    assert len(json.loads((out / "annotations.json").read_text())["images"]) == 2
 
 
 def test_a_run_that_finished_nothing_can_be_rerun_with_other_settings(

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from acp.cli import app
 from acp.schema import CandidateScore
 from acp.score.bank import Bank
-from tests.chat_server import ChatServer, chat_server_fixture, ok  # noqa: F401
+from tests.chat_server import ChatServer, chat_server_fixture, error, ok  # noqa: F401
 from tests.test_bank import write_coco
 from tests.test_clis_image import tiny_clip_dir_fixture  # noqa: F401  (provides tiny_clip_dir)
 
@@ -389,11 +389,44 @@ def test_candidates_with_the_judge_never_write_the_key(
         ],
     )
     assert result.exit_code == 0, result.output
-    assert "judge vlm: 3 requests, 0 without a rating" in result.output
+    assert ("judge vlm: 3 requests, 3 rated, 0 failed, 1 unsure instances left to CLIP "
+            "(--judge-max-calls reached)") in result.output
     judged = [o.judge for s in _scores(out) for o in s.objects]
     assert judged.count(60.0) == 3 and judged.count(None) == 1
     assert chat_server.requests[0].headers["authorization"] == "Bearer sk-never-written-1234"
     assert "sk-never-written" not in out.read_text() + result.output
+
+
+def _judged(tmp_path: Path, clip: Path, server: ChatServer, *extra: str) -> Any:
+    plans = write_plans(tmp_path / "plans.jsonl")
+    renders = write_renders(tmp_path / "renders", {"p1": 2})
+    return runner.invoke(app, [
+        "score", "candidates", str(renders), "--plans", str(plans), "-o", str(tmp_path / "scores.jsonl"),
+        "--clip-model", str(clip), "--no-progress", "--judge-model", "vlm", "--judge-margin", "100",
+        *extra, "--judge-base-url", server.url])
+
+
+def test_a_judge_refusing_every_request_stops_scoring_with_one_line(
+    tmp_path: Path, tiny_clip_dir: Path, chat_server: ChatServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The judge answered HTTP 400 to every call and the run looked fine: now it stops, saying so.
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-never-written-1234")
+    chat_server.responder = lambda body: error(400, "image input is not supported", echo_headers=True)
+    result = _judged(tmp_path, tiny_clip_dir, chat_server)
+    assert result.exit_code == 1
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("acp: error: the judge vlm failed 3 requests in a row (last: vlm at ")
+    assert "HTTP 400: image input is not supported" in last and "Traceback" not in result.output
+    assert "sk-never-written" not in result.output and len(chat_server.requests) <= 8
+
+
+def test_a_malformed_judge_url_is_one_line_naming_the_option(tmp_path: Path, tiny_clip_dir: Path) -> None:
+    result = runner.invoke(app, [
+        "score", "candidates", str(tmp_path), "--plans", str(tmp_path / "p.jsonl"), "-o",
+        str(tmp_path / "s.jsonl"), "--judge-model", "vlm", "--judge-base-url", "http://[::1"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1].startswith(
+        "acp: error: --judge-base-url: expected an http:// or https:// URL")
 
 
 def test_help_does_not_import_torch() -> None:

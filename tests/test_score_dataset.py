@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from acp.cli import app
+from acp.errors import InputError
 from acp.score.dataset import REPORT_FILES, build_caption, score_dataset
 from acp.score.image import ImageScorer
 from tests.test_clis_image import tiny_clip_dir_fixture  # noqa: F401  (provides tiny_clip_dir)
@@ -343,11 +345,13 @@ def test_an_output_that_cannot_take_a_report_fails_before_scoring(tmp_path: Path
     for out, said in [
         (tmp_path / "a-file", "exists and is not a folder"),
         (tmp_path / "a-file" / "report", f"{tmp_path / 'a-file'} is not a folder"),
-        (tmp_path / "theirs", "the folder holds files of no earlier report (categories.json)"),
+        (tmp_path / "theirs", f"{tmp_path / 'theirs'}: a folder that acp score dataset did not write "
+                              "(no acp-owned.json"),
     ]:
         result = _score(annotations, images, out, no_clip)
         assert result.exit_code == 1, result.output
-        assert result.stderr.startswith(f"acp: error: -o {out}: {said}"), result.stderr
+        assert result.stderr.startswith(f"acp: error: -o {said}" if said.startswith(str(out))
+                                        else f"acp: error: -o {out}: {said}"), result.stderr
         assert result.stderr.count("\n") == 1
     assert (tmp_path / "theirs" / "categories.json").read_text() == "[]"
 
@@ -358,7 +362,73 @@ def test_a_previous_report_is_replaced(tmp_path: Path, tiny_clip_dir: Path) -> N
     assert _score(annotations, images, out, tiny_clip_dir).exit_code == 1  # some items fail
     result = _score(annotations, images, out, tiny_clip_dir)
     assert result.exit_code == 1 and "2 of 5 images" in result.stdout, result.output
-    assert {p.name for p in out.iterdir()} <= set(REPORT_FILES)
+    assert {p.name for p in out.iterdir()} <= {*REPORT_FILES, "report.html", "acp-owned.json"}
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_rerun_replaces_what_the_report_wrote_and_nothing_else(tmp_path: Path) -> None:
+    """The files of an earlier report are replaced, a filtered/ it no longer writes goes (it
+    described an earlier filter), the user's files stay; a summary.json shaped like a report's
+    proves nothing."""
+    annotations, images = write_many(tmp_path, 3, boxes=2)
+    out = tmp_path / "report"
+    scored(annotations, images, out, image_scorer=FixedScorer(), keep_above=0)
+    assert (out / "filtered" / "annotations.json").is_file()
+    (out / "notes.txt").write_text("keep me")
+    scored(annotations, images, out, image_scorer=FixedScorer())
+    assert (out / "notes.txt").read_text() == "keep me"
+    assert not (out / "filtered").exists()
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "summary.json").write_text(json.dumps({"scored_images": 1, "clip_model": "mine"}))
+    (theirs / "images.json").write_text("my images")
+    before = _files(theirs)
+    with pytest.raises(InputError, match="did not write"):
+        score_dataset(annotations, images, theirs, image_scorer=FixedScorer())
+    assert _files(theirs) == before
+
+
+def test_a_report_killed_while_it_replaces_another_leaves_one_whole_report(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed at each rename in turn: summary.json, when present, sits with the files of its
+    own run; the rerun gives the new report."""
+    annotations, images = write_many(tmp_path, 3, boxes=2)
+    expected = tmp_path / "expected"
+    scored(annotations, images, expected, image_scorer=FixedScorer(), keep_above=0)
+    new = {k: v for k, v in _files(expected).items() if k != "acp-owned.json"}
+    real_replace = os.replace
+    finished, crash_at = False, 0
+    while not finished:
+        crash_at += 1
+        out = tmp_path / f"report{crash_at}"
+        scored(annotations, images, out, image_scorer=FixedScorer(box_score=lambda o: 10.0), keep_above=50)
+        old = {k: v for k, v in _files(out).items() if k != "acp-owned.json"}
+        calls = 0
+
+        def crashing(source: Any, target: Any, crash_at: int = crash_at) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == crash_at:
+                raise KeyboardInterrupt  # stands for the kill
+            real_replace(source, target)
+
+        monkeypatch.setattr(os, "replace", crashing)
+        try:
+            score_dataset(annotations, images, out, image_scorer=FixedScorer(), keep_above=0)
+            finished = True
+        except KeyboardInterrupt:
+            pass
+        monkeypatch.setattr(os, "replace", real_replace)
+        left = {k: v for k, v in _files(out).items() if k != "acp-owned.json"}
+        if "summary.json" in left:
+            assert left in (old, new), crash_at
+        scored(annotations, images, out, image_scorer=FixedScorer(), keep_above=0)
+        assert {k: v for k, v in _files(out).items() if k != "acp-owned.json"} == new
+    assert crash_at > 5
 
 
 def test_a_wrong_images_folder_fails_before_any_model_load(tmp_path: Path) -> None:

@@ -7,10 +7,12 @@ from typing import Annotated
 
 import typer
 
-# Model libraries print load bars and advisories that drown acp's own progress; a user can
-# still turn them back on by setting these variables.
+# Model libraries print advisories that drown acp's own progress; a user can still turn them
+# back on by setting these variables. The hub's download bars are not among them:
+# acp.pretrained.loading shows them for a download and hides them for a local load
+# (HF_HUB_DISABLE_PROGRESS_BARS=1 set here would hide every download's bar for good).
 for _name, _value in (("TRANSFORMERS_VERBOSITY", "error"), ("DIFFUSERS_VERBOSITY", "error"),
-                      ("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")):
+                      ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")):
     os.environ.setdefault(_name, _value)
 
 app = typer.Typer(

@@ -15,7 +15,7 @@ from acp.cli._common import fail, handle_errors, notice
 from acp.cli.app import app
 
 if TYPE_CHECKING:
-    from acp.balance import BalancePlan, BalanceReport
+    from acp.balance import BalancePlan, BalanceReport, ClassHistogram
 
 balance_app = typer.Typer(
     name="balance",
@@ -87,6 +87,7 @@ def balance_plan(args: BalanceArgs, *, input: Path | None, concepts: str | None,
     notice(f"{args.real}: {len(histogram.categories)} categories, {int(histogram.instances.sum())} "
            f"instances in {histogram.images} images (read in {read_seconds:.1f} s, planned in "
            f"{time.perf_counter() - start - read_seconds:.1f} s)")
+    notice_skipped(histogram)
     if histogram.ambiguous:
         notice(f"{len(histogram.ambiguous)} categories left out: their names match other categories "
                f"too ({', '.join(repr(n) for n in histogram.ambiguous[:5])}"
@@ -99,6 +100,18 @@ def balance_plan(args: BalanceArgs, *, input: Path | None, concepts: str | None,
     return plan
 
 
+def notice_skipped(histogram: ClassHistogram) -> None:
+    """What of REAL was not counted, and why (one line each), so nothing is left out unsaid."""
+    from acp.balance import MAX_PAIRS, MAX_PARTNERS
+
+    if histogram.skipped:
+        reasons = ", ".join(f"{n} {why}" for why, n in histogram.skipped.most_common())
+        notice(f"{histogram.path}: {sum(histogram.skipped.values())} annotations not counted ({reasons})")
+    if histogram.pairs_cut:
+        notice(f"{histogram.path}: {histogram.pairs_cut} co-occurrences shared by fewest images left out "
+               f"(at most {MAX_PAIRS} pairs are kept, {MAX_PARTNERS} partners a category)")
+
+
 def write_report(report: BalanceReport, folder: Path, *, limit: int = 40) -> None:
     """The table on stdout, ``balance.json`` and ``balance.png`` in ``folder``."""
     from acp.errors import MissingDependencyError
@@ -107,8 +120,10 @@ def write_report(report: BalanceReport, folder: Path, *, limit: int = 40) -> Non
         print(line)
     folder.mkdir(parents=True, exist_ok=True)
     report.write_json(folder / REPORT_NAME)
+    written = [folder / REPORT_NAME]
     try:
         report.write_chart(folder / CHART_NAME)
+        written.append(folder / CHART_NAME)
     except MissingDependencyError as missing:  # the table and the JSON are there all the same
         notice(f"no {CHART_NAME}: {missing}")
     totals = report.totals()
@@ -116,7 +131,7 @@ def write_report(report: BalanceReport, folder: Path, *, limit: int = 40) -> Non
     if "target" in totals:
         below = (f"; below {totals['target']}: {totals['below_target_before']} categories before, "
                  f"{totals['below_target_after']} after")
-    print(f"{folder / REPORT_NAME}, {folder / CHART_NAME}: {totals['categories']} categories, "
+    print(f"{', '.join(map(str, written))}: {totals['categories']} categories, "
           f"{totals['real_instances']} real + {totals['synthetic_instances']} synthetic instances{below}")
     if report.unmatched:
         notice(f"{report.unmatched} synthetic instances match no category of {report.histogram.path}")
@@ -159,6 +174,7 @@ def report(
     from acp.balance import BalanceReport, read_histogram, synthetic_counts
 
     histogram = read_histogram(real)
+    notice_skipped(histogram)
     counts, unmatched = (synthetic_counts(synthetic, histogram) if synthetic is not None
                          else (np.zeros(len(histogram.categories), dtype=np.int64), 0))
     folder = output or (synthetic.parent if synthetic is not None else Path("."))

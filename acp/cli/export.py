@@ -49,7 +49,9 @@ def merge(
     real_images: Path | None = typer.Option(
         None, "--real-images", help="Images folder of REAL [default: its images/ or its folder]."
     ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Allow -o to replace an input file."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Allow -o to replace a file that is not an earlier merge (an input, say)."
+    ),
     allow_outside_paths: bool = typer.Option(
         False, "--allow-outside-paths",
         help="Accept file names that leave their images folder, and write ones that leave the "

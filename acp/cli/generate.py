@@ -220,7 +220,7 @@ def generate(
         from acp.generate.ray import RayEngine, RayOptions
 
         engine = RayEngine(RayOptions(address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker),
-                           device, batch_plans=batch_plans, compile=compile, dtype=dtype)
+                           device, batch_plans=batch_plans, compile=compile, dtype=dtype, progress=progress)
     elif executor != "local":
         raise InputError(f"--executor: expected local or ray, got {executor!r}")
     elif workers is not None or gpus_per_worker is not None or ray_address != "auto":
@@ -231,6 +231,8 @@ def generate(
         engine = LocalEngine(device, batch_plans=batch_plans, compile=compile, dtype=dtype, progress=progress)
     summary = generate(config, output, engine, force=force, progress=progress)
     print(f"{output}: {summary.line()}")
+    if summary.judge is not None:
+        print(f"{output}: {summary.judge.line()}")
     print(f"{output / 'annotations.json'}: {summary.annotations} annotations; "
           f"summary in {output / 'summary.json'}")
     if topup is not None:

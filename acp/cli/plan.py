@@ -60,7 +60,10 @@ ConcurrencyOption = Annotated[int, typer.Option(min=1, max=256, help="LLM reques
 MaxReasksOption = Annotated[
     int, typer.Option(min=0, max=10, help="Re-asks of the LLM after an invalid reply.")
 ]
-TimeoutOption = Annotated[float, typer.Option(min=1.0, help="Seconds to wait for one LLM reply.")]
+TimeoutOption = Annotated[
+    float,
+    typer.Option(min=1.0, max=3600.0, help="Seconds one LLM request may take, its whole reply included."),
+]
 MaxOverlapOption = Annotated[
     float, typer.Option(min=0.0, max=1.0, help="Largest IoU allowed between two objects.")
 ]
@@ -137,7 +140,9 @@ def choose_planner(planner: PlannerName | None, api_key: str | None, base_url: s
     if planner is PlannerName.openai and not (api_key or base_url):
         raise fail("--planner openai needs OPENAI_API_KEY or --llm-base-url", code=2)
     if planner is PlannerName.openai:
-        notice(f"planning with the LLM at {base_url or 'the OpenAI API'} "
+        from acp.llm import safe_url
+
+        notice(f"planning with the LLM at {safe_url(base_url) if base_url else 'the OpenAI API'} "
                "(--planner heuristic plans offline)")
     return planner.value
 
@@ -223,10 +228,11 @@ def validate(
     """Check every record of a plans file; one line per problem (the first 20), exit 1 if any
     or if the file holds no plan at all."""
     from acp.errors import InputError
+    from acp.paths import file_problem
     from acp.schema import LayoutRules, layout_problems, read_plans
 
-    if not plans.is_file():
-        raise InputError(f"{plans}: no such file")
+    if problem := file_problem(plans):
+        raise InputError(f"{plans}: {problem}")
     rules = LayoutRules(max_overlap=max_overlap)
     seen: dict[str, int] = {}
     good = bad = warned = 0

@@ -187,10 +187,11 @@ def score_layouts(
     """
     from acp.atomic import atomic_text_file
     from acp.errors import InputError
+    from acp.paths import file_problem
     from acp.score.plan_files import score_plan_file
 
-    if not plans.is_file():
-        raise InputError(f"{plans}: no such file; expected a plans file (JSON Lines)")
+    if problem := file_problem(plans):
+        raise InputError(f"{plans}: {problem}; expected a plans file (JSON Lines)")
     check_layout_options(bank, embed_model, clis_l_method)
     if embed_model:
         from acp.pretrained import check_models
@@ -231,7 +232,10 @@ def judge_settings(model: str | None, base_url: str | None, margin: float, max_c
     api_key = api_key or None  # never echoed nor stored
     if not (api_key or base_url):
         raise fail("--judge-model needs OPENAI_API_KEY or --judge-base-url", code=2)
-    return JudgeSettings(model=model, base_url=base_url, margin=margin, max_calls=max_calls, api_key=api_key)
+    settings = JudgeSettings(model=model, base_url=base_url, margin=margin, max_calls=max_calls,
+                             api_key=api_key)
+    settings.chat()  # a malformed --judge-base-url, proxy or certificate file: one line, now
+    return settings
 
 
 @score_app.command("candidates")
@@ -304,8 +308,7 @@ def score_candidates(
         print(f"{item}: {reason}")
     print(f"{output}: {summary.line()}")
     if judge is not None:
-        note = f"; {judge.disabled}" if judge.disabled else ""
-        print(f"judge {judge.model}: {judge.calls} requests, {judge.failures} without a rating{note}")
+        print(judge.report().line())
     if summary.failures:
         raise typer.Exit(code=1)
 

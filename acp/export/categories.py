@@ -28,9 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from acp.errors import InputError
+from acp.errors import InputError, quoted
 from acp.jsonl import loads
 from acp.names import canonical_key, category_key, name_problem
+from acp.paths import SMALL_FILE_BYTES, open_regular_text, read_regular_text
 
 _QUALIFIER = re.compile(r"\s*\([^)]*\)\s*$")
 
@@ -181,6 +182,9 @@ def parse_categories(value: Any, source: str) -> list[Category]:
         cid, name = item.get("id"), item.get("name")
         if not isinstance(cid, int) or isinstance(cid, bool) or not isinstance(name, str) or not name.strip():
             raise InputError(f"{source}: categories[{index}] needs an integer 'id' and a non-empty 'name'")
+        if not -2**63 < cid < 2**63:  # COCO tools hold ids as 64-bit integers
+            raise InputError(f"{source}: categories[{index}] has id {quoted(cid, 40)}; "
+                             "expected a 64-bit integer")
         if cid in seen:
             raise InputError(f"{source}: category id {cid} appears twice")
         seen.add(cid)
@@ -203,14 +207,16 @@ def parse_categories(value: Any, source: str) -> list[Category]:
     return categories
 
 
-def load_json_file(path: Path, *, what: str = "file") -> Any:
-    """The JSON value in ``path``; a missing or unreadable file is one ``InputError`` line."""
+def load_json_file(path: Path, *, what: str = "file", limit: int = SMALL_FILE_BYTES) -> Any:
+    """The JSON value in ``path``, a regular file of at most ``limit`` bytes; a missing or
+    unreadable file is one ``InputError`` line."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            return loads(handle.read())
+        return loads(read_regular_text(path, limit))
     except FileNotFoundError:
         raise InputError(f"{path}: no such {what}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except OSError as error:
+        raise InputError(f"{path}: not a readable JSON file ({error.strerror or error})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InputError(f"{path}: not a readable JSON file ({error})") from None
 
 
@@ -221,7 +227,7 @@ def read_category_file(path: Path) -> list[Category]:
     from acp.cocostream import scan_object
 
     try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
+        with open_regular_text(path, errors="replace") as handle:
             is_object = handle.read(64).lstrip("\ufeff \t\r\n").startswith("{")
     except OSError:
         is_object = False  # load_json_file says what is wrong with it

@@ -720,10 +720,9 @@ class CocoWriter:
 
     def _image_size(self, image: Image.Image | Path | EncodedImage) -> tuple[int, int]:
         if isinstance(image, Path | str):
-            from PIL import Image as PILImage
+            from acp.images import image_size
 
-            with PILImage.open(image) as opened:
-                return opened.size
+            return image_size(Path(image))
         return image.size
 
     def _file_name(self, key: str, image: Image.Image | Path | EncodedImage) -> str:

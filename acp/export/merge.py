@@ -19,8 +19,10 @@
   (put MERGED in a folder that holds both image folders; supervision, for one, refuses such
   paths too). ``allow_outside_paths`` (``--allow-outside-paths``) lifts both rules;
   ``MergeSummary.outside_paths`` then counts the paths that leave MERGED's folder.
-- MERGED is written atomically (temporary file and rename); replacing an input needs
-  ``overwrite``.
+- MERGED is written atomically (temporary file and rename). It begins with
+  ``"acp_merge": {"version": ...}``, the mark of a file this command wrote: an existing
+  MERGED without it (an input, a file of the user's) is replaced only with ``overwrite``; an
+  earlier merge is replaced by a rerun.
 """
 
 from __future__ import annotations
@@ -30,10 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import acp
 from acp.atomic import atomic_text_file, compact_json
 from acp.errors import InputError
 from acp.export.categories import CategoryMatcher, load_json_file, parse_categories
-from acp.paths import UnsafePathError, inside, path_problem
+from acp.paths import COCO_FILE_BYTES, UnsafePathError, inside, open_regular, path_problem
+
+MARKER = "acp_merge"
 
 
 @dataclass(frozen=True)
@@ -57,13 +62,19 @@ class CocoInstances:
     categories: list[dict[str, Any]]
 
 
+def _is_merge(path: Path) -> bool:
+    """Whether ``path`` begins with the mark ``merge_coco`` writes first."""
+    with open_regular(path) as handle:
+        return handle.read(len(MARKER) + 4) == b'{"' + MARKER.encode() + b'":'
+
+
 def _is_id(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 def read_instances(path: Path) -> CocoInstances:
     """Load and check a COCO instances file; every problem is one ``InputError`` line."""
-    data = load_json_file(path)
+    data = load_json_file(path, limit=COCO_FILE_BYTES)
     if not isinstance(data, dict) or not all(
         isinstance(data.get(k), list) for k in ("images", "annotations", "categories")
     ):
@@ -164,6 +175,9 @@ def merge_coco(
         if not overwrite and output.exists() and given.exists() and output.samefile(given):
             raise InputError(f"-o {output} is the {role} input; write the merge to a new file "
                              "(or pass --overwrite to replace the input)")
+    if os.path.lexists(output) and (output.is_dir() or not (overwrite or _is_merge(output))):
+        raise InputError(f"-o {output}: exists and is not a file acp export merge wrote (no {MARKER!r} "
+                         "mark at its start); give a new file, or --overwrite to replace it")
     syn, ref = read_instances(synthetic), read_instances(real)
     syn_root = images_root(syn, synthetic_images, "--synthetic-images", allow_outside_paths)
     ref_root = images_root(ref, real_images, "--real-images", allow_outside_paths)
@@ -246,14 +260,15 @@ def merge_coco(
             "category_id": category_map[annotation["category_id"]],
         }
 
-    written = ("info", "licenses", "categories", "images", "annotations")
+    written = ("info", "licenses", "categories", "images", "annotations", MARKER)
     extra = {k: v for k, v in ref.data.items() if k not in written}
     info = ref.data.get("info") if isinstance(ref.data.get("info"), dict) else syn.data.get("info") or {}
     images = [moved(i, ref_root) for i in ref.images] + [synthetic_image(i) for i in syn.images]
     annotations = ref.annotations + [synthetic_annotation(a) for a in syn.annotations]
     try:
         with atomic_text_file(output) as out:
-            out.write('{"info":' + compact_json(info) + ',"licenses":' + compact_json(licenses))
+            out.write("{" + compact_json(MARKER) + ":" + compact_json({"version": acp.__version__}))
+            out.write(',"info":' + compact_json(info) + ',"licenses":' + compact_json(licenses))
             for key, value in extra.items():
                 out.write("," + compact_json(key) + ":" + compact_json(value))
             out.write(',"categories":' + compact_json(categories) + ',\n"images":[')

@@ -7,21 +7,38 @@ extended dataset keeps every image in the split it had (no image of an earlier v
 into train), raising ``val`` only moves train images into val, and ``val`` and ``test`` never
 trade images. The shares are those of a fair coin per image: within a few images of the
 fraction at these sizes, not exact.
+
+The split files of one ``split_coco`` run are one set: each begins with ``"acp_split": {"run":
+..., "splits": [...]}``, the same run id in each, naming the splits of the set. A rerun replaces
+only split files that begin so (a ``val.json`` of the user's is refused, not overwritten), and
+removes those of a split it no longer writes (an old ``test.json`` would otherwise hold images
+now in train). A file system renames one file at a time, so the set is replaced in an order
+that keeps every moment consistent: the old ``train.json`` goes first, then the other old
+files; the new files are renamed in with ``train.json`` last. Whatever moment a run is killed
+at, the files present are of one run, never an image in two splits, and a ``train.json``
+present means its whole set is; the rerun writes the set whole.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import re
+import uuid
 from collections.abc import Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from acp.errors import InputError
+from acp.paths import open_regular
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
 _SCALE = float(1 << 64)
+MARKER = "acp_split"
+_MARKED = re.compile(rb'\{"acp_split":\{"run":"[0-9a-f]{32}"')
 
 
 @dataclass(frozen=True)
@@ -99,19 +116,24 @@ def split_coco(
             f"split files' folder ({prefix!r}); give an -o that holds the images folder"
         )
     prefix = "" if prefix == "." else prefix + "/"
+    stale = _own_split_files(output, annotations)
     split_of_image = {image["id"]: split_of(image_key(image), fractions) for image in coco.images}
+    splits = fractions.splits()
     written = ("info", "licenses", "categories", "images", "annotations")
-    head = {k: v for k, v in coco.data.items() if k not in ("images", "annotations")}
-    head = {**{k: head[k] for k in written if k in head},
+    head = {k: v for k, v in coco.data.items() if k not in ("images", "annotations", MARKER)}
+    head = {MARKER: {"run": uuid.uuid4().hex, "splits": list(splits)},
+            **{k: head[k] for k in written if k in head},
             **{k: v for k, v in head.items() if k not in written}}
     files: dict[str, Path] = {}
     counts: dict[str, int] = {}
     boxes: dict[str, int] = {}
     output.mkdir(parents=True, exist_ok=True)
     try:
-        for split in fractions.splits():
-            path = output / f"{split}.json"
-            with atomic_text_file(path) as out:
+        # train is entered first, so renamed last: see the module notes.
+        with ExitStack() as renames:
+            for split in splits:
+                path = output / f"{split}.json"
+                out = renames.enter_context(atomic_text_file(path))
                 out.write("{" + ",".join(compact_json(k) + ":" + compact_json(v) for k, v in head.items()))
                 out.write(',\n"images":[')
                 n = 0
@@ -127,7 +149,42 @@ def split_coco(
                         out.write(("," if m else "") + "\n" + compact_json(annotation))
                         m += 1
                 out.write("\n]}\n")
-            files[split], counts[split], boxes[split] = path, n, m
+                files[split], counts[split], boxes[split] = path, n, m
+            for path in stale:  # train.json first
+                path.unlink(missing_ok=True)
     except ValueError as error:  # NaN or infinity: json.load takes them, JSON does not
         raise InputError(f"{annotations}: holds a number JSON cannot represent ({error})") from None
     return SplitSummary(files=files, images=counts, annotations=boxes)
+
+
+def is_split_file(path: Path) -> bool:
+    """Whether ``path`` is a split file ``split_coco`` wrote (it begins with its mark)."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    with open_regular(path) as handle:
+        return _MARKED.match(handle.read(64)) is not None
+
+
+def _own_split_files(output: Path, annotations: Path) -> list[Path]:
+    """The split files in ``output`` that an earlier ``split_coco`` wrote (train.json first);
+    ``InputError`` for one that it did not, or that is the input."""
+    found = []
+    for split in SPLITS:
+        path = output / f"{split}.json"
+        if not os.path.lexists(path):
+            continue
+        if path.is_symlink() or not path.is_file():
+            raise InputError(f"-o {output}: {path.name} is not a file split_coco wrote; move it away "
+                             "or give another -o")
+        if annotations.exists() and path.samefile(annotations):
+            raise InputError(f"-o {output}: would replace the input {annotations}; give another -o")
+        with open_regular(path) as handle:
+            start = handle.read(64)
+        if not _MARKED.match(start):
+            raise InputError(
+                f"-o {output}: {path.name} exists and was not written by acp export coco-split (it "
+                f"does not begin with its {MARKER!r} mark); acp replaces only its own: move it away "
+                "or give another -o"
+            )
+        found.append(path)
+    return found

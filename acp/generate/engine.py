@@ -5,13 +5,19 @@ engine (``acp.generate.local``) runs the stages in this process; the Ray engine
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from acp.generate.components import StageSpec
 from acp.generate.feed import PlanFeed
 from acp.generate.records import Finished, StageTimes, Unfinished
+
+if TYPE_CHECKING:
+    from acp.score.judge import JudgeReport
 
 
 class FinishedSink(Protocol):
@@ -32,10 +38,26 @@ class RunState:
     progress: Callable[[int], None]
 
 
+@contextmanager
+def step(what: str, progress: bool) -> Iterator[None]:
+    """A status line on stderr around a long step of an engine (``acp: starting Ray ... 11.2
+    s``, ``failed`` when it raises), like a model's load line; nothing without ``progress``."""
+    if progress:
+        print(f"acp: {what} ...", end=" ", file=sys.stderr, flush=True)
+    started, outcome = time.perf_counter(), "failed"
+    try:
+        yield
+        outcome = f"{time.perf_counter() - started:.1f} s"
+    finally:
+        if progress:
+            print(outcome, file=sys.stderr, flush=True)
+
+
 class Engine(Protocol):
     """``load`` before anything is written (a bad model path must leave the output as it was),
     ``run`` once, ``close`` always. ``times`` adds up the seconds of each stage; ``report`` is
-    what the engine adds to the summary (``None``: nothing)."""
+    what the engine adds to the summary (``None``: nothing); ``judge`` what the judge did
+    (every worker's judge together; ``None`` without one)."""
 
     times: StageTimes
 
@@ -47,3 +69,6 @@ class Engine(Protocol):
 
     @property
     def report(self) -> dict[str, Any] | None: ...
+
+    @property
+    def judge(self) -> JudgeReport | None: ...

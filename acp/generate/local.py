@@ -12,7 +12,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from acp import defaults
 from acp.generate import stages
@@ -20,6 +20,9 @@ from acp.generate.components import Components, StageSpec
 from acp.generate.engine import RunState
 from acp.generate.records import Finished, InvalidPlan, Laid, Rendered, StageTimes
 from acp.render.base import Renderer
+
+if TYPE_CHECKING:
+    from acp.score.judge import JudgeReport
 
 # Rendered batches waiting for the finishing thread: two keep the device busy while one is
 # finished; each holds its K candidate images per plan.
@@ -58,6 +61,11 @@ class LocalEngine:
 
         return {"name": "local", "device": self.device, "dtype": self.dtype,
                 "torch_threads": torch.get_num_threads()}
+
+    @property
+    def judge(self) -> JudgeReport | None:
+        judge = self.components.scorer.judge if self.components is not None else None
+        return judge.report() if judge is not None else None
 
     def load(self, spec: StageSpec) -> None:
         from acp.device import resolve_device

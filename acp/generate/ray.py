@@ -35,17 +35,20 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from acp import defaults
 from acp.errors import AcpError, InputError, MissingDependencyError, first_line
 from acp.generate import stages
 from acp.generate.components import Components, StageSpec
-from acp.generate.engine import RunState
+from acp.generate.engine import RunState, step
 from acp.generate.feed import End
 from acp.generate.records import Finished, InvalidPlan, Laid, Rendered, StageTimes, Unfinished
 from acp.render.base import Renderer
 from acp.schema import ScenePlan
+
+if TYPE_CHECKING:
+    from acp.score.judge import JudgeReport
 
 MAX_ATTEMPTS = 3  # worker deaths a plan may cause before it is left for the next run
 DEPTH = 2  # batches queued per worker: one running, one waiting, so it never idles
@@ -127,12 +130,15 @@ class _Worker:
             raise self.error
         return self.name
 
-    def process(self, plans: list[ScenePlan]) -> tuple[list[Finished], dict[str, float]]:
-        """Each plan finished as the local engine finishes it, and this call's seconds per stage."""
+    def process(self, plans: list[ScenePlan]) -> tuple[list[Finished], dict[str, float], JudgeReport | None]:
+        """Each plan finished as the local engine finishes it, this call's seconds per stage,
+        and what this worker's judge did so far (``None`` without one)."""
         if self.error is not None:
             raise self.error
         times = StageTimes()
-        return run_stages(plans, self.components, self.spec, times), times.seconds()
+        finished = run_stages(plans, self.components, self.spec, times)
+        judge = self.components.scorer.judge
+        return finished, times.seconds(), judge.report() if judge is not None else None
 
 
 @dataclass
@@ -155,14 +161,14 @@ class RayEngine:
     def __init__(self, options: RayOptions | None = None, device: str = "auto", *,
                  batch_plans: int = defaults.BATCH_PLANS,
                  make_renderer: Callable[[], Renderer] | None = None, compile: bool = False,
-                 dtype: str = "auto"):
+                 dtype: str = "auto", progress: bool = False):
         from acp.device import check_dtype
         from acp.render.folder import check_batch_plans
 
         self.ray = import_ray()  # before anything is loaded or written: the install hint first
         check_batch_plans(batch_plans)
         check_dtype(dtype)
-        self.dtype = dtype
+        self.dtype, self.progress = dtype, progress
         self.options, self.device = options or RayOptions(), device
         self.batch_plans, self.make_renderer, self.compile = batch_plans, make_renderer, compile
         self.times = StageTimes()
@@ -174,6 +180,7 @@ class RayEngine:
         self.retried = 0
         self.left = 0  # plans given up on for this run
         self.threads = 0
+        self.judges: dict[tuple[int, int], JudgeReport] = {}  # (worker, incarnation) -> its judge so far
 
     @property
     def report(self) -> dict[str, Any]:
@@ -181,6 +188,12 @@ class RayEngine:
                 "plans_per_worker": dict(sorted(self.per_worker.items())),
                 "worker_restarts": self.restarts, "retried_plans": self.retried,
                 "unfinished_plans": self.left, "dtype": self.dtype, "torch_threads_on_cpu": self.threads}
+
+    @property
+    def judge(self) -> JudgeReport | None:
+        from acp.score.judge import JudgeReport
+
+        return JudgeReport.merge(self.judges.values())
 
     # -- start and stop -----------------------------------------------------------------------
 
@@ -222,7 +235,8 @@ class RayEngine:
 
         ray = self.ray
         self.threads = torch.get_num_threads()  # what a local run here would compute with
-        self._connect()
+        with step(f"joining or starting Ray (--ray-address {self.options.address})", self.progress):
+            self._connect()
         gpus = float(ray.cluster_resources().get("GPU", 0))
         per_worker = self.options.gpus_per_worker
         if per_worker is None:
@@ -237,7 +251,8 @@ class RayEngine:
             .remote(spec, self.device, self.make_renderer, self.compile, self.dtype, name, self.threads)
             for name in self.names]
         try:
-            ray.get([w.ready.remote() for w in self.workers])
+            with step(f"starting {count} Ray workers (each loads its models)", self.progress):
+                ray.get([w.ready.remote() for w in self.workers])
         except Exception as error:
             raise _unwrap(ray, error) from None
 
@@ -307,7 +322,7 @@ class RayEngine:
                 task = tasks.pop(ref)
                 unit = units[task.unit]
                 try:
-                    finished, times = ray.get(ref)
+                    finished, times, judge = ray.get(ref)
                 except ray.exceptions.RayActorError as error:
                     self._died(unit, task, ref, pool, error, submit)
                     pool.done(task.worker, ref)
@@ -319,6 +334,8 @@ class RayEngine:
                     unit.finished[slot] = done
                 self.per_worker[self.names[task.worker]] += len(finished)
                 self.times.add(times)
+                if judge is not None:  # a restarted worker's judge starts again: kept apart
+                    self.judges[task.worker, task.incarnation] = judge
 
     def _take(self, state: RunState, block: bool) -> tuple[list[ScenePlan | InvalidPlan], bool]:
         """Up to ``batch_plans`` new plans (fewer when the planner has nothing more ready),

@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from acp.concepts import all_concepts, scene_concepts, scene_total
 from acp.errors import AcpError, InputError, OutputMismatchError, first_line
@@ -27,6 +27,9 @@ from acp.generate.feed import PlanFeed
 from acp.generate.records import Finished, StageTimes, Unfinished
 from acp.plan.run import PlanSummary, make_requests
 from acp.runfolder import RunFolder, RunWriter, check_output
+
+if TYPE_CHECKING:
+    from acp.score.judge import JudgeReport
 
 FAILURES_IN_A_ROW = 5
 
@@ -56,6 +59,7 @@ class GenerateSummary:
     seconds: float = 0.0
     times: StageTimes = field(default_factory=StageTimes)
     reasons: Counter[str | None] = field(default_factory=Counter)
+    judge: JudgeReport | None = None  # what the judge did this run, when there is one
 
     def line(self) -> str:
         rate = self.this_run / self.seconds if self.seconds > 0 else 0.0
@@ -190,6 +194,7 @@ def _run(config: GenerateConfig, folder: RunFolder, engine: Engine, categories: 
     finally:
         engine.close()
     summary.planner = feed.summary
+    summary.judge = engine.judge
     summary.seconds = time.perf_counter() - started
     write_summary(folder, summary, engine.report)
     if recorder.unfinished:
@@ -239,6 +244,16 @@ def write_summary(folder: RunFolder, summary: GenerateSummary, executor: dict[st
     summary.scenes = sum(status.values())
     summary.kept, summary.dropped, summary.failed = status["kept"], status["dropped"], status["failed"]
     summary.reasons = reasons
+    last_run: dict[str, Any] = {
+        "scenes": summary.this_run,
+        "seconds": round(summary.seconds, 3),
+        "planner": asdict(summary.planner),
+        "stage_seconds": {k: round(v, 3) for k, v in summary.times.seconds().items()},
+        "stage_shares": summary.times.shares(summary.seconds),
+        "executor": executor or {"name": "local"},
+    }
+    if summary.judge is not None:
+        last_run["judge"] = summary.judge.to_dict()
     report = {
         "scenes": summary.scenes,
         "images_kept": summary.kept,
@@ -249,14 +264,7 @@ def write_summary(folder: RunFolder, summary: GenerateSummary, executor: dict[st
         "instances_kept_by_category": dict(sorted(kept_by_category.items())),
         "instances_dropped_by_category": dict(sorted(dropped_by_category.items())),
         "score_histograms": {k: _histogram(v) for k, v in scores.items()},
-        "last_run": {
-            "scenes": summary.this_run,
-            "seconds": round(summary.seconds, 3),
-            "planner": asdict(summary.planner),
-            "stage_seconds": {k: round(v, 3) for k, v in summary.times.seconds().items()},
-            "stage_shares": summary.times.shares(summary.seconds),
-            "executor": executor or {"name": "local"},
-        },
+        "last_run": last_run,
     }
     folder.write_summary(report)
     return report

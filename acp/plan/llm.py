@@ -176,10 +176,14 @@ class LLMPlanner:
                 return
             async with ChatClient(self.client_settings) as client:
                 scenes = (self._plan_scene(client, request) for request in requests)
-                async for outcome in as_completed_bounded(scenes, self.client_settings.concurrency):
-                    await asyncio.to_thread(hand_over, outcome)
-                    if stop.is_set():
-                        return
+                # aclosing: on a cancel, the scenes in flight are cancelled before the client
+                # closes under them (they would fail on a closed client, unheard)
+                async with contextlib.aclosing(
+                        as_completed_bounded(scenes, self.client_settings.concurrency)) as finished:
+                    async for outcome in finished:
+                        await asyncio.to_thread(hand_over, outcome)
+                        if stop.is_set():
+                            return
 
         def work() -> None:
             try:

@@ -44,15 +44,27 @@ shown when it is asked again.
 
 A reply that cannot be read at all is a ``PlanValidationError`` too, never another exception: an
 integer of more than ``MAX_INT_DIGITS`` digits (Python refuses to convert 4300 and more, and
-no float holds 309 and more) and JSON nested deeper than the decoder's recursion limit.
+no float holds 309 and more) and JSON nested deeper than the decoder's recursion limit. At most
+``MAX_PROBLEMS`` problems are kept, each at most ``MAX_REASON`` characters, so the message sent
+back to the model stays small whatever the reply.
+
+Cost: linear in the reply, whatever it holds. Each candidate ``{`` (at most ``_MAX_STARTS``) is
+first decoded as strict JSON (C speed, stopping at the first error), then, if that fails, scanned
+leniently token by token (a regular expression finds strings, punctuation, blanks and other runs
+at C speed), at most ``_MAX_NESTING`` levels deep. Every start of a reply draws on one budget:
+``_DECODE_PASSES`` passes over the reply for the decoder and ``_SCAN_PASSES`` for the scan (plus
+``_BUDGET_FLOOR`` characters each, so that a short reply is never cut short): a reply of brace or
+quote soup costs a few passes over it, not one pass per ``{`` (``bench/bench_llm_parse.py``
+measures it). A start past the budget is not tried.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +75,7 @@ from acp.errors import PlanValidationError
 from acp.names import canonical_key, is_hidden
 from acp.plan.base import SceneRequest
 from acp.schema import (
+    MAX_OBJECTS,
     MIN_BOX_SIDE,
     LayoutRules,
     SceneDraft,
@@ -78,9 +91,30 @@ _WRAPPERS = ("scene", "plan", "layout", "scene_plan", "result", "output", "respo
 _BBOX_ALIASES = ("box", "bounding_box", "boundingBox", "bbox_xywh", "xywh", "rect")
 _FENCE = re.compile(r"```[ \t]*[A-Za-z0-9_-]*[ \t]*\n?(.*?)(?:```|\Z)", re.DOTALL)
 _MAX_STARTS = 50  # candidate "{" positions tried before giving up on a prose reply
+# Characters the JSON decoder (C speed) and the lenient scan (a Python step per token) may read
+# per character of the reply, over every start tried; the floor keeps a short reply from being
+# cut short. A valid reply needs one decoding pass, a truncated one a scan and a decoding.
+_DECODE_PASSES = 4
+_SCAN_PASSES = 2
+_BUDGET_FLOOR = 100_000
+_MAX_NESTING = 100  # a plan nests 4 deep; past this a candidate is soup, not a plan
+_MAX_KEYS = 64  # keys of one object validated; a plan's objects have 6, the rest are errors anyway
+MAX_PROBLEMS = 20  # problems kept per reply (the rest are counted)
+MAX_REASON = 500  # characters kept of one problem's reason
+# One token of JSON-ish text: a string (an unterminated one runs to the end), one punctuation
+# character, a run of blanks, or a run of anything else (numbers, words). Tokens cover the text
+# without gaps. No part can backtrack far: each loop stops at a character its tail then takes.
+_TOKEN = re.compile(
+    r'"[^"\\]*(?:\\[\s\S][^"\\]*)*(?:"|\\?\Z)'
+    r"|[{}\[\]:,]"
+    r"|\s+"
+    r'|[^\s"{}\[\]:,]+'
+)
+_FIRST_CHUNK, _LARGEST_CHUNK = 256, 65536  # characters tokenised at a time by the scan
 # Longest integer read from a reply. No value of a plan needs more than a handful of digits; a
 # longer one is a runaway reply, refused with a clear problem instead of Python's own errors.
 MAX_INT_DIGITS = 100
+_LONG_DIGITS = re.compile(rf"(?<![0-9])[0-9]{{{MAX_INT_DIGITS + 1}}}")
 
 
 class _NumberTooLong(ValueError):
@@ -106,11 +140,17 @@ def extract_json(text: str) -> ExtractedJSON:
     """The first JSON object in ``text``, tolerating fences, prose, trailing commas, truncation.
 
     Raises ``PlanValidationError`` with a ``("(reply)", reason)`` problem when there is none.
+    Linear in ``len(text)`` (see the module docstring).
     """
     if not text or not text.strip():
         raise PlanValidationError("empty reply", [("(reply)", "the reply is empty")])
+    budget = _Budget(decoding=_DECODE_PASSES * len(text) + _BUDGET_FLOOR,
+                     scanning=_SCAN_PASSES * len(text) + _BUDGET_FLOOR)
+    # A Python call per integer costs more than all the rest of the decoding: the integers'
+    # lengths are checked that way only when the text holds a digit run long enough to matter.
+    decoder = _CHECKED_DECODER if _LONG_DIGITS.search(text) else _DECODER
     for body in _fenced_first(text):
-        found = _first_object(body)
+        found = _first_object(body, budget, decoder)
         if found is not None:
             return found
     raise PlanValidationError(
@@ -118,29 +158,38 @@ def extract_json(text: str) -> ExtractedJSON:
     )
 
 
-def _fenced_first(text: str) -> list[str]:
+def _fenced_first(text: str) -> Iterator[str]:
     """Fenced blocks holding a ``{`` first (an unclosed fence runs to the end), then the text."""
-    blocks = [m.group(1) for m in _FENCE.finditer(text) if "{" in m.group(1)]
-    return [*blocks, text]
+    for match in _FENCE.finditer(text):
+        if "{" in match.group(1):
+            yield match.group(1)
+    yield text
 
 
-def _first_object(text: str) -> ExtractedJSON | None:
+@dataclass
+class _Budget:
+    """Characters left to read, shared by every start tried in one reply."""
+
+    decoding: int
+    scanning: int
+
+
+_DECODER = json.JSONDecoder()
+_CHECKED_DECODER = json.JSONDecoder(parse_int=_parse_int)
+
+
+def _first_object(text: str, budget: _Budget, decoder: json.JSONDecoder) -> ExtractedJSON | None:
     start = text.find("{")
     tried = 0
     while start >= 0 and tried < _MAX_STARTS:
         tried += 1
-        candidate, truncated = close_json(text[start:])
-        try:
-            value = json.loads(candidate, parse_int=_parse_int)
-        except _NumberTooLong as error:
-            reason = (f"a number has {error.digits} digits, more than can be read; write every "
-                      "value as a short number, e.g. 0.25 for a coordinate")
-            raise PlanValidationError(reason, [("(reply)", reason)]) from None
-        except RecursionError:
-            reason = "the JSON is nested too deeply to be read; reply with the flat plan object"
-            raise PlanValidationError(reason, [("(reply)", reason)]) from None
-        except ValueError:  # JSONDecodeError, or an unreadable value: try the next "{"
-            value = None
+        value = _decode(decoder, text, start, budget)
+        truncated = False
+        if value is None:  # not strict JSON from here: close it leniently, then decode that
+            closed = _close(text, start, budget)
+            if closed is not None:
+                candidate, truncated = closed
+                value = _decode(decoder, candidate, 0, budget)
         if isinstance(value, dict):
             repairs = ["closed truncated JSON, dropping its incomplete last element"] if truncated else []
             return ExtractedJSON(value, repairs)
@@ -148,11 +197,59 @@ def _first_object(text: str) -> ExtractedJSON | None:
     return None
 
 
-@dataclass
+def _decode(decoder: json.JSONDecoder, text: str, start: int, budget: _Budget) -> Any:
+    """The JSON value at ``text[start]``, or None where there is none or the budget is spent.
+    A number too long or nesting too deep to be read fails the whole reply."""
+    if budget.decoding <= 0:
+        return None
+    try:
+        value, end = decoder.raw_decode(text, start)
+    except _NumberTooLong as error:
+        reason = (f"a number has {error.digits} digits, more than can be read; write every "
+                  "value as a short number, e.g. 0.25 for a coordinate")
+        raise PlanValidationError(reason, [("(reply)", reason)]) from None
+    except RecursionError:
+        raise _too_deep() from None
+    except json.JSONDecodeError as error:  # it stopped at the error
+        budget.decoding -= error.pos - start + 1
+        return None
+    except ValueError:  # an unreadable value
+        budget.decoding -= len(text) - start
+        return None
+    budget.decoding -= end - start
+    if _nests_deeper(value, _MAX_NESTING):  # what reads it next (redaction, pydantic) recurses
+        raise _too_deep()
+    return value
+
+
+def _too_deep() -> PlanValidationError:
+    reason = "the JSON is nested too deeply to be read; reply with the flat plan object"
+    return PlanValidationError(reason, [("(reply)", reason)])
+
+
+def _nests_deeper(value: Any, limit: int) -> bool:
+    """Whether ``value`` has lists or dicts nested more than ``limit`` deep (walked without
+    recursion, once over its containers' items)."""
+    level: list[Iterator[Any]] = [iter((value,))]
+    while level:
+        item = next(level[-1], _END)
+        if item is _END:
+            level.pop()
+        elif isinstance(item, dict | list):
+            if len(level) > limit:
+                return True
+            level.append(iter(item.values() if isinstance(item, dict) else item))
+    return False
+
+
+_END = object()
+
+
+@dataclass(slots=True)
 class _Frame:
     closer: str  # "}" or "]"
     mark: int  # length of the output after the last complete element
-    expects_value: bool = False  # in an object: a ":" was seen, the next token is a value
+    expects_value: bool  # in an object: a ":" was seen, the next token is a value
 
 
 def close_json(text: str) -> tuple[str, bool]:
@@ -163,63 +260,63 @@ def close_json(text: str) -> tuple[str, bool]:
     or, with no array open, at the innermost object, and the open brackets are closed.
     Returns ``(json_text, truncated)``; the result is not guaranteed to parse.
     """
+    closed = _close(text, 0, _Budget(0, len(text) + 1), max_nesting=None)
+    assert closed is not None  # a scan with budget for the whole text and no nesting limit ends
+    return closed
+
+
+def _close(text: str, start: int, budget: _Budget,
+           max_nesting: int | None = _MAX_NESTING) -> tuple[str, bool] | None:
+    """``close_json(text[start:])`` without the copy, or None when the value nests deeper than
+    ``max_nesting`` or the scan would read past ``budget.scanning`` (which it draws from)."""
     out: list[str] = []
     stack: list[_Frame] = []
-    in_string = string_is_value = escaped = pending_scalar = False
-
-    def complete_element() -> None:
-        if stack:
-            stack[-1].mark = len(out)
-
-    for ch in text:
-        if in_string:
-            out.append(ch)
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-                if string_is_value:
-                    complete_element()
-            continue
-        if pending_scalar and (ch in ",}]:" or ch.isspace()):
+    pending_scalar = False  # a number or word was written: complete once a separator follows
+    stop = min(len(text), start + max(budget.scanning, 0))
+    for token in _tokens(text, start, stop, budget):
+        first = token[0]
+        if pending_scalar and (first in ",}]:" or first.isspace()):
             pending_scalar = False
-            complete_element()
-        if ch == '"':
-            in_string = True
+            if stack:
+                stack[-1].mark = len(out)
+        if first == '"':
             top = stack[-1] if stack else None
-            string_is_value = top is None or top.closer == "]" or top.expects_value
-            out.append(ch)
-        elif ch in "{[":
-            out.append(ch)
-            stack.append(_Frame("}" if ch == "{" else "]", len(out)))
-        elif ch in "}]":
+            is_value = top is None or top.closer == "]" or top.expects_value
+            out.append(token)
+            if not _closed_string(token):
+                break  # the text ended inside this string
+            if is_value and stack:
+                stack[-1].mark = len(out)
+        elif first == "{" or first == "[":
+            out.append(first)
+            stack.append(_Frame("}" if first == "{" else "]", len(out), False))
+            if max_nesting is not None and len(stack) > max_nesting:
+                return None
+        elif first == "}" or first == "]":
             while out and out[-1].isspace():
                 out.pop()
             if out and out[-1] == ",":
                 out.pop()
-            out.append(ch)
+            out.append(first)
             if stack:
                 stack.pop()
             if not stack:
                 return "".join(out), False
             stack[-1].expects_value = False
-            complete_element()
-        elif ch == ":":
+            stack[-1].mark = len(out)
+        elif first == ":":
             if stack:
                 stack[-1].expects_value = True
-            out.append(ch)
-        elif ch == ",":
+            out.append(first)
+        elif first == ",":
             if stack and stack[-1].closer == "}":
                 stack[-1].expects_value = False
-            out.append(ch)
+            out.append(first)
         else:
-            if not ch.isspace():
-                pending_scalar = True
-            out.append(ch)
-    if not stack:
-        return "".join(out), False
+            pending_scalar = not first.isspace()
+            out.append(token)
+    if stop < len(text) or not stack:  # out of budget (or the text held no bracket at all)
+        return None if stop < len(text) else ("".join(out), False)
     # The text ended inside the value: a scalar at the very end may be cut short (0.2 of 0.25),
     # so it counts as incomplete like an open string.
     arrays = [k for k, frame in enumerate(stack) if frame.closer == "]"]
@@ -228,12 +325,55 @@ def close_json(text: str) -> tuple[str, bool]:
     return kept + "".join(frame.closer for frame in reversed(stack[: level + 1])), True
 
 
+def _tokens(text: str, start: int, stop: int, budget: _Budget) -> Iterator[str]:
+    """The ``_TOKEN``s of ``text[start:stop]``, found by ``findall`` in chunks that grow from
+    ``_FIRST_CHUNK`` (a value that closes soon costs little) to ``_LARGEST_CHUNK`` (a long scan
+    runs at ``findall``'s speed). The last token of a chunk may have been cut by its end, so it
+    is read again with the next chunk. Each chunk is drawn from ``budget.scanning``."""
+    size = _FIRST_CHUNK
+    while start < stop:
+        end = min(stop, start + size)
+        found = _TOKEN.findall(text, start, end)
+        if end < stop:
+            end -= len(found.pop())
+            if end == start:  # one token longer than the chunk: read a larger one
+                size *= 2
+                continue
+        budget.scanning -= end - start
+        yield from found
+        start = end
+        size = min(size * 2, _LARGEST_CHUNK)
+
+
+def _closed_string(token: str) -> bool:
+    """Whether a string token ends with its closing quote (not one escaped by a backslash)."""
+    if len(token) < 2 or token[-1] != '"':
+        return False
+    body = token[:-1]
+    return (len(body) - len(body.rstrip("\\"))) % 2 == 0
+
+
 def _unwrap(value: dict[str, Any]) -> dict[str, Any]:
     while len(value) == 1:
         (key, inner), = value.items()
         if key.lower() not in _WRAPPERS or not isinstance(inner, dict):
             break
         value = inner
+    return value
+
+
+def _few_keys(value: dict[str, Any]) -> dict[str, Any]:
+    """``value`` with the plan, each object and each relation cut to their first ``_MAX_KEYS``
+    keys: each unknown key is a validation error of its own, and no valid plan has that many,
+    so a reply of 100,000 keys fails as it would whole, at the cost of ``_MAX_KEYS``."""
+
+    def cut(item: Any) -> Any:
+        return dict(itertools.islice(item.items(), _MAX_KEYS)) if isinstance(item, dict) else item
+
+    value = cut(value)
+    for key in ("objects", "relations"):
+        if isinstance(value.get(key), list):
+            value[key] = [cut(item) for item in value[key]]
     return value
 
 
@@ -288,9 +428,10 @@ def _number(value: Any) -> float | None:
 
 
 def _numeric_boxes(value: dict[str, Any]) -> list[list[float]] | None:
-    """Every object's box as 4 finite floats, or ``None`` when any box is not one."""
+    """Every object's box as 4 finite floats, or ``None`` when any box is not one (or there are
+    more objects than a plan may hold: validation refuses those, repaired or not)."""
     objects = value.get("objects")
-    if not isinstance(objects, list) or not objects:
+    if not isinstance(objects, list) or not objects or len(objects) > MAX_OBJECTS:
         return None
     boxes = []
     for item in objects:
@@ -392,7 +533,7 @@ def parse_draft(
     """
     rules = rules or LayoutRules()
     extracted = extract_json(text)
-    value = _unwrap(clean(extracted.value) if clean is not None else extracted.value)
+    value = _few_keys(_unwrap(clean(extracted.value) if clean is not None else extracted.value))
     repairs = list(extracted.repairs)
     hidden = _strip_hidden(value)
     if hidden:
@@ -408,15 +549,14 @@ def parse_draft(
     try:
         draft = SceneDraft.model_validate(value)
     except ValidationError as error:
-        problems = error_problems(error)
-        raise PlanValidationError(_summary(problems), problems) from None
+        raise _invalid(error_problems(error)) from None
     problems = category_problems(draft, categories) if categories is not None else []
     overlaps = layout_problems(draft, rules)
     if overlaps and rules.on_overlap == "reject":
         problems.extend(overlaps)
         overlaps = []
     if problems:
-        raise PlanValidationError(_summary(problems), problems)
+        raise _invalid(problems)
     return draft, repairs, [f"{f}: {r}" for f, r in overlaps]
 
 
@@ -455,9 +595,18 @@ def parse_plan(
             attempts=attempts,
         )
     except ValidationError as error:
-        problems = error_problems(error)
-        raise PlanValidationError(_summary(problems), problems) from None
+        raise _invalid(error_problems(error)) from None
 
 
-def _summary(problems: list[tuple[str, str]]) -> str:
-    return "; ".join(f"{f}: {r}" for f, r in problems)
+def _invalid(problems: list[tuple[str, str]]) -> PlanValidationError:
+    """The error for ``problems``, at most ``MAX_PROBLEMS`` of them and ``MAX_REASON``
+    characters each: a reply with thousands of unknown keys or a huge category name must not
+    make a huge re-ask, failure reason or log line."""
+    kept = [(field[:MAX_REASON], _cut(reason, MAX_REASON)) for field, reason in problems[:MAX_PROBLEMS]]
+    if len(problems) > MAX_PROBLEMS:
+        kept.append(("(reply)", f"and {len(problems) - MAX_PROBLEMS} more problems like these"))
+    return PlanValidationError("; ".join(f"{f}: {r}" for f, r in kept), kept)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -4,8 +4,10 @@
 ``acp.jsonl``). A rerun with the same output reads the ids already there and skips them; a
 scene id that is already planned from *other* concepts means the output belongs to another
 input, and the run is refused rather than mixing the two. Scenes that fail are logged to
-``<output>.failures.jsonl`` with the reason and the raw LLM reply; that log describes the
-latest run only, since a rerun plans every failed scene again.
+``<output>.failures.jsonl`` with the reason and the raw LLM reply, at most ``MAX_RAW_KEPT`` and
+``MAX_REASON_KEPT`` characters of each (a record stays under about 6 kB, so the log grows at
+most by that per failed scene whatever the replies hold); that log describes the latest run
+only, since a rerun plans every failed scene again.
 """
 
 from __future__ import annotations
@@ -19,10 +21,15 @@ from typing import Protocol
 from acp.errors import AcpError, InputError, OutputMismatchError, first_line
 from acp.jsonl import JsonlWriter, iter_lines, read_records
 from acp.lock import OutputLock
+from acp.paths import file_problem
 from acp.plan.base import PlanOutcome, SceneRequest, derive_seed
 from acp.schema import ScenePlan
 
 GIVE_UP_AFTER = 10
+# Characters of a failed scene's last reply and reason kept in the failures file: a whole plan
+# reply is 1-5 kB, and what follows a runaway reply's start tells nothing more.
+MAX_RAW_KEPT = 4_000
+MAX_REASON_KEPT = 1_000
 
 
 class PlannerGaveUp(AcpError):
@@ -49,6 +56,13 @@ class PlanSummary:
     def line(self) -> str:
         return (f"planned {self.planned}, repaired {self.repaired}, retried {self.retried}, "
                 f"failed {self.failed}, already done {self.skipped}")
+
+
+def kept(text: str | None, limit: int) -> str | None:
+    """``text`` cut to ``limit`` characters, saying how many more there were."""
+    if text is None or len(text) <= limit:
+        return text
+    return f"{text[:limit]} … [{len(text) - limit:,} more characters not kept]"
 
 
 def failures_path(output: Path) -> Path:
@@ -82,8 +96,8 @@ def check_plans_file(output: Path) -> None:
     dataset's annotations, say): its first complete line must be a plan record."""
     if not output.exists():
         return
-    if not output.is_file():
-        raise InputError(f"{output}: is a folder, not a plans file")
+    if problem := file_problem(output):
+        raise InputError(f"{output}: {problem}; expected a plans file")
     for number, text in iter_lines(output):
         try:
             record = json.loads(text)
@@ -184,7 +198,8 @@ def _run(
                     failure_log = failure_log or JsonlWriter(failures)
                     failure_log.write({
                         "id": outcome.request.id, "concepts": list(outcome.request.concepts),
-                        "reason": outcome.error, "raw": outcome.raw,
+                        "reason": kept(outcome.error, MAX_REASON_KEPT),
+                        "raw": kept(outcome.raw, MAX_RAW_KEPT),
                         "attempts": outcome.attempts,
                     })
                     summary.failed += 1

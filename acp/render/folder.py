@@ -14,6 +14,9 @@ Crash safety and resume:
   finished candidates refuses other settings, so one manifest never mixes two
   configurations; ``force`` discards its renders instead.
   ``--candidates`` is not a setting: a rerun with more adds the missing indices.
+- a folder is a render folder when its ``render.json`` records render settings; any other
+  non-empty folder is refused, ``force`` or not, before anything in it is read or locked
+  (its ``manifest.jsonl`` would be rewritten, its files overwritten);
 - a candidate flagged by the safety checker (on only when asked for) is counted and dropped:
   no image, no manifest line. A rerun therefore renders it again, with the same seed and the
   same outcome.
@@ -35,10 +38,11 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from acp import defaults
+from acp.atomic import is_temporary
 from acp.errors import InputError, OutputMismatchError
 from acp.jsonl import JsonlWriter, dumps, loads, read_records, write_atomic
 from acp.lock import OutputLock
-from acp.paths import UnsafePathError, inside
+from acp.paths import SMALL_FILE_BYTES, UnsafePathError, file_problem, inside, open_regular, read_regular_text
 from acp.schema import Candidate, ScenePlan, read_plans
 
 if TYPE_CHECKING:
@@ -60,8 +64,9 @@ def read_plan_file(path: Path, limit: int | None = None) -> tuple[list[ScenePlan
     """The valid plans of a JSON Lines file (the first ``limit``) and ``(line, reason)`` for
     each line skipped: unreadable, invalid, or repeating an earlier plan's id."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"plans file not found: {path}")
+    if problem := file_problem(path):
+        raise InputError(f"plans file not found: {path}" if problem == "no such file"
+                         else f"plans file {path}: {problem}")
     plans: list[ScenePlan] = []
     problems: list[tuple[int, str]] = []
     first_line: dict[str, int] = {}
@@ -78,9 +83,23 @@ def read_plan_file(path: Path, limit: int | None = None) -> tuple[list[ScenePlan
     return plans, problems
 
 
+def _recorded(root: Path) -> dict[str, object] | None:
+    """The settings ``root/render.json`` records: what proves ``root`` a render folder."""
+    try:
+        recorded = loads(read_regular_text(root / SETTINGS, SMALL_FILE_BYTES))
+    except (OSError, ValueError):
+        return None
+    return recorded if isinstance(recorded, dict) and {"model", "steps", "seed"} <= recorded.keys() else None
+
+
+def _empty(root: Path) -> bool:
+    """Nothing in ``root`` but temporaries of acp writes (a run killed before its first file)."""
+    return all(is_temporary(entry.name) for entry in root.iterdir())
+
+
 def _torn(path: Path) -> bool:
     """Whether the file's last line lacks its newline (a write cut short)."""
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:
         handle.seek(0, 2)
         if handle.tell() == 0:
             return False
@@ -107,6 +126,10 @@ class RenderFolder:
         self.root = Path(root)
         if self.root.exists() and not self.root.is_dir():
             raise InputError(f"output {self.root} exists and is not a folder")
+        if self.root.is_dir() and _recorded(self.root) is None and not _empty(self.root):
+            # Before anything is read or locked: a manifest.jsonl of the user's would be rewritten.
+            raise InputError(f"output {self.root} is not empty and is not a render folder (no {SETTINGS} "
+                             "of acp render); give a new or empty folder")
         self.manifest = self.root / MANIFEST
         self._wanted = settings.record()
         self._force = force
@@ -167,16 +190,9 @@ class RenderFolder:
         return kept
 
     def _check(self, wanted: dict[str, object]) -> None:
-        path = self.root / SETTINGS
-        try:
-            recorded = loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            recorded = None
-        if not isinstance(recorded, dict):
-            raise OutputMismatchError(
-                f"{self.root} holds renders but no readable {SETTINGS}; "
-                "use another folder, or --force to discard them"
-            )
+        recorded = _recorded(self.root)
+        if recorded is None:  # it was there when the folder was opened
+            raise OutputMismatchError(f"{self.root}: its {SETTINGS} went away; rerun")
         changes = [
             f"{key} {recorded.get(key)!r} -> {value!r}"
             for key, value in wanted.items()

@@ -6,6 +6,10 @@
   (a render folder) ``<plan_id>/<index>.png`` per candidate; with ``grid`` it writes contact
   sheets (``sheet-0001.png``, ...) instead of one file per drawing.
 
+``output`` is a new or empty folder, or an earlier preview's (its ``acp-owned.json`` lists the
+drawings, ``acp.owned``): a rerun replaces that preview's drawings and nothing else. Any other
+folder is refused; a render folder given as ``output`` would have had its candidates drawn over.
+
 A category always gets the same colour (hashed from its normalised name), so a "dog" is the
 same colour on every sheet.
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import shutil
 import textwrap
 from collections import defaultdict
 from collections.abc import Sequence
@@ -29,10 +34,12 @@ from acp.fonts import LabelFont, label_font
 from acp.images import read_rgb
 from acp.jsonl import read_records, write_atomic
 from acp.names import category_key
-from acp.paths import UnsafePathError, inside
+from acp.owned import check_owned, replace_owned, temp_folder
+from acp.paths import UnsafePathError, file_problem, inside
 from acp.render.folder import MANIFEST
 from acp.schema import Candidate, ScenePlan
 
+WRITTEN_BY = "acp preview"
 TILE = 256  # side of a contact-sheet cell, pixels
 LAYOUTS_PER_SHEET = 16  # 4 x 4
 ROWS_PER_SHEET = 8  # overlay sheets: one row per plan (layout, then its candidates)
@@ -118,8 +125,9 @@ def _save(picture: Image.Image, path: Path) -> None:
 def read_manifest(folder: Path) -> list[Candidate]:
     """The valid records of a render folder's manifest whose image exists."""
     path = Path(folder) / MANIFEST
-    if not path.is_file():
-        raise InputError(f"no {MANIFEST} in {folder}: not a render folder")
+    if problem := file_problem(path):
+        raise InputError(f"no {MANIFEST} in {folder}: not a render folder" if problem == "no such file"
+                         else f"{path}: {problem}")
     found = []
     for _number, record, _text in read_records(path):
         try:
@@ -173,9 +181,22 @@ def write_previews(
 ) -> PreviewSummary:
     """Draw every plan (or, with ``overlay``, every rendered candidate of every plan) into
     ``output``; see the module notes for the file names. ``progress`` shows a bar over the plans."""
+    output = Path(output)
+    check_owned(output, WRITTEN_BY, ())
+    work = temp_folder(output)
+    try:
+        summary = _draw(plans, work, overlay, grid, progress)
+        replace_owned(work, output, WRITTEN_BY)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return summary
+
+
+def _draw(plans: Sequence[ScenePlan], output: Path, overlay: Path | None, grid: bool,
+          progress: bool) -> PreviewSummary:
     from tqdm import tqdm
 
-    output = Path(output)
     summary = PreviewSummary()
     bar = tqdm(plans, desc="preview", unit="plan", disable=not progress, dynamic_ncols=True)
     if overlay is None:

@@ -11,9 +11,10 @@ normalises every box by its image size and keeps, per canonical category
 - object pairs of the same image, indexed by their (unordered) category pair.
 
 What is skipped, and counted in ``Bank.summary["skipped"]``: malformed annotations, boxes of
-unknown images or images without a size, unknown category ids, crowd boxes, degenerate boxes
-(non-finite, zero or negative side) and boxes reaching more than ``OUT_OF_IMAGE_TOLERANCE``
-pixels outside their image (boxes within it are clipped to the image).
+unknown images or images without a size (or with a side over ``MAX_IMAGE_SIDE`` pixels),
+unknown category ids, crowd boxes, degenerate boxes (non-finite, zero or negative side) and
+boxes reaching more than ``OUT_OF_IMAGE_TOLERANCE`` pixels outside their image (boxes within
+it are clipped to the image).
 
 Caps, so that a full COCO train split (860k boxes) builds in bounded time (see
 docs/architecture.md; v2's and v3's densities and calibration are most of it) and loads in a
@@ -46,6 +47,7 @@ together or neither. Input that yields no usable box at all is an error, not an 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -64,6 +66,14 @@ from acp.cocostream import POLYGON_PATTERN
 from acp.errors import InputError, quoted
 from acp.jsonl import loads
 from acp.names import canonical_key, category_key
+from acp.paths import (
+    COCO_FILE_BYTES,
+    SMALL_FILE_BYTES,
+    FileTooLargeError,
+    open_regular,
+    read_regular_text,
+    size_text,
+)
 from acp.score import likelihood as v3
 from acp.score.density import STUDENT, LayoutModel, build_model
 
@@ -72,6 +82,8 @@ BANK_FORMAT = 4  # 4: CLIS-L v3 (Student-kernel densities, three CDF tables); 3:
 ARRAYS_FILE = "bank.npz"
 INDEX_FILE = "index.json"
 OUT_OF_IMAGE_TOLERANCE = 1.0  # pixels; COCO boxes overshoot their image by rounding only
+# An image side past this is no size (1e308 made boxes of height 0 in float32, aspect infinity).
+MAX_IMAGE_SIDE = 1_000_000
 MAX_OBJECTS_PER_IMAGE = 20
 MAX_PAIRS_PER_CATEGORY_PAIR = 10_000
 MAX_BOXES_PER_CATEGORY = 10_000
@@ -297,7 +309,7 @@ class Bank:
             ],
             "summary": self.summary,
         }
-        text = json.dumps(index, indent=1, ensure_ascii=False) + "\n"
+        text = json.dumps(index, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
         with open(folder / ARRAYS_FILE, "wb") as handle:
             arrays: dict[str, Any] = {
                 "boxes": self.boxes,
@@ -354,7 +366,7 @@ class Bank:
         if not (folder / ARRAYS_FILE).is_file() or not (folder / INDEX_FILE).is_file():
             raise InputError(f"bank {folder}: {expected}")
         try:
-            index = loads((folder / INDEX_FILE).read_text(encoding="utf-8"))
+            index = loads(read_regular_text(folder / INDEX_FILE, SMALL_FILE_BYTES))
         except (OSError, ValueError) as error:
             raise InputError(f"bank {folder}: unreadable ({error}); {expected}") from None
         if not isinstance(index, dict) or index.get("format") != BANK_FORMAT:
@@ -363,7 +375,7 @@ class Bank:
                 f"bank {folder}: format {found!r}, expected {BANK_FORMAT}; rebuild it with `acp bank build`"
             )
         try:
-            with np.load(folder / ARRAYS_FILE, allow_pickle=False) as arrays:
+            with open_regular(folder / ARRAYS_FILE) as handle, np.load(handle, allow_pickle=False) as arrays:
                 data = {name: arrays[name] for name in arrays.files}
         except (OSError, ValueError) as error:
             raise InputError(f"bank {folder}: unreadable ({error}); {expected}") from None
@@ -546,14 +558,30 @@ def check_output(folder: Path) -> Path:
     if folder.exists():
         if not folder.is_dir():
             raise InputError(f"bank {folder}: exists and is not a folder; give another --output")
-        foreign = sorted(p.name for p in folder.iterdir() if p.name not in (ARRAYS_FILE, INDEX_FILE))
+        names = sorted(p.name for p in folder.iterdir())
+        foreign = [name for name in names if name not in (ARRAYS_FILE, INDEX_FILE)]
         if foreign:
             shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
             raise InputError(
                 f"bank {folder}: the folder holds other files ({shown}), which replacing it would "
                 "delete; give another --output or empty it"
             )
+        if names and not _is_bank_index(folder / INDEX_FILE):  # the names alone prove nothing
+            raise InputError(
+                f"bank {folder}: holds {' and '.join(names)} but no {INDEX_FILE} written by `acp bank "
+                "build`, so not a bank to replace; give another --output or empty it"
+            )
     return folder
+
+
+def _is_bank_index(path: Path) -> bool:
+    """Whether ``path`` is the index of a bank of any format (an older one is rebuilt over)."""
+    try:
+        index = loads(read_regular_text(path, SMALL_FILE_BYTES))
+    except (OSError, ValueError):
+        return False
+    return isinstance(index, dict) and isinstance(index.get("format"), int) and isinstance(
+        index.get("categories"), list)
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -624,8 +652,13 @@ def read_coco_file(path: Path, *, polygons: bool = True) -> dict[str, Any]:
     """
     expected = "expected a COCO-format JSON object with 'images', 'annotations' and 'categories' lists"
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read() if polygons else _without_polygons(handle)
+        with open_regular(path) as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size <= COCO_FILE_BYTES:
+                raw = handle.read(COCO_FILE_BYTES + 1) if polygons else _without_polygons(handle)
+            if size > COCO_FILE_BYTES or handle.tell() > COCO_FILE_BYTES:  # or it grew meanwhile
+                raise FileTooLargeError(f"{size_text(max(size, handle.tell()))} is over the "
+                                        f"{size_text(COCO_FILE_BYTES)} cap of a COCO file read whole", path)
         # Decoded here as json.loads would, so that the bytes are gone before the parse.
         text = raw.decode(json.detect_encoding(raw), "surrogatepass")
         del raw
@@ -654,7 +687,7 @@ def _without_polygons(handle: BinaryIO) -> bytes:
     cut after a "}"), so the whole text as written is never in memory."""
     pieces = []
     tail = b""
-    while chunk := handle.read(_CHUNK):
+    while handle.tell() <= COCO_FILE_BYTES and (chunk := handle.read(_CHUNK)):
         buffer = tail + chunk
         cut = buffer.rfind(b"}") + 1
         pieces.append(_POLYGONS.sub(_NO_POLYGONS, buffer[:cut]))
@@ -664,8 +697,11 @@ def _without_polygons(handle: BinaryIO) -> bytes:
 
 
 def usable_id(value: Any) -> bool:
-    """An id COCO records can refer to: a number or a string (not a bool, list or object)."""
-    return isinstance(value, int | float | str) and not isinstance(value, bool)
+    """An id COCO records can refer to: a number or a string (not a bool, list or object, nor
+    NaN or infinity, which JSON cannot write back and NaN no lookup finds)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, int | str) and not isinstance(value, bool)
 
 
 def _usable_boxes(
@@ -698,7 +734,7 @@ def _usable_boxes(
         image_rows[item["id"]] = k
         try:
             sizes[k] = float(item["width"]), float(item["height"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):  # an integer of 400 digits, too
             sizes[k] = 0.0, 0.0  # counted as image_without_size below
 
     annotations = data["annotations"]
@@ -715,7 +751,7 @@ def _usable_boxes(
             image[i] = image_rows.get(item["image_id"], -1)
             category[i] = categories.get(item["category_id"], -1)
             crowd[i] = bool(item.get("iscrowd", 0))
-        except (KeyError, TypeError, ValueError, IndexError):
+        except (KeyError, TypeError, ValueError, IndexError, OverflowError):
             malformed[i] = True
 
     reasons = np.full(n, -1, dtype=np.int8)  # index into SKIP_REASONS; -1 keeps the box
@@ -727,7 +763,8 @@ def _usable_boxes(
     mark(image < 0, "unknown_image")
     width = np.where(image >= 0, sizes[np.maximum(image, 0), 0], 0.0)
     height = np.where(image >= 0, sizes[np.maximum(image, 0), 1], 0.0)
-    mark(~(np.isfinite(width) & np.isfinite(height) & (width > 0) & (height > 0)), "image_without_size")
+    mark(~((width > 0) & (height > 0) & (width <= MAX_IMAGE_SIDE) & (height <= MAX_IMAGE_SIDE)),
+         "image_without_size")  # NaN fails every comparison
     mark(category < 0, "unknown_category")
     mark(crowd, "crowd")
     with np.errstate(invalid="ignore"):

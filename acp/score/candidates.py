@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from acp import defaults
 from acp.errors import InputError, OutputMismatchError
 from acp.images import read_rgb
-from acp.paths import UnsafePathError, inside
+from acp.paths import UnsafePathError, file_problem, inside
 from acp.render.base import RenderedCandidate
 from acp.render.folder import MANIFEST
 from acp.schema import Candidate, CandidateScore, ObjectScore, ScenePlan
@@ -309,7 +309,7 @@ def judge_disagreements(judge: Judge, items: Sequence[tuple[Scene, Image, ImageS
     for scene, image, score, check in items:
         rgb = image.convert("RGB")
         for k, (obj, instance, box) in enumerate(zip(scene.objects, score.objects, check.boxes, strict=True)):
-            if judge.disabled or len(chosen) >= room:
+            if len(chosen) >= room:
                 break
             if (instance.clis_i >= floor) != box.verified:
                 crop = square_pad(rgb.crop(crop_box(obj.bbox, rgb.width, rgb.height)))
@@ -352,8 +352,9 @@ def read_manifest(renders: Path) -> tuple[list[Candidate], list[tuple[str, str]]
     from acp.schema import error_problems
 
     manifest = renders / MANIFEST
-    if not manifest.is_file():
-        raise InputError(f"{renders}: no {MANIFEST}; expected the folder written by `acp render`")
+    if problem := file_problem(manifest):
+        raise InputError(f"{renders}: no {MANIFEST}; expected the folder written by `acp render`"
+                         if problem == "no such file" else f"{manifest}: {problem}")
     candidates, problems = [], []
     for number, record, _ in read_records(manifest):
         where = f"{manifest}:{number}"
@@ -469,8 +470,8 @@ def score_renders(
                               settings=settings)
     summary = RunSummary()
     candidates, summary.failures = read_manifest(renders)
-    if not plans_path.is_file():
-        raise InputError(f"{plans_path}: no such file; expected the plans file (JSON Lines)")
+    if problem := file_problem(plans_path):
+        raise InputError(f"{plans_path}: {problem}; expected the plans file (JSON Lines)")
     plans: dict[str, ScenePlan] = {}
     bad_plans: dict[str, str] = {}
     for number, plan, reason in read_plans(plans_path):

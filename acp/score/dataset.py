@@ -28,10 +28,14 @@ A layout score covers the ``MAX_OBJECTS_PER_IMAGE`` (20) largest boxes of an ima
 among which a bank forms its pairs (``acp.score.bank``): every pair of a crowded image's
 hundreds of boxes would cost time quadratic in its boxes for little more evidence.
 
-``score_dataset(annotations, images, output)`` writes the report folder, each file atomically
-(to a temporary sibling, all renamed into place together at the end, so an interrupted run
-leaves an earlier report whole): ``images.json`` and ``boxes.json`` (JSON arrays, one record a
-line), ``failures.json`` (``item`` and ``reason``), ``categories.json`` (per category: boxes,
+``score_dataset(annotations, images, output)`` writes the report folder (a new or empty one, or
+an earlier report: one whose ``acp-owned.json`` lists the files its run wrote, see
+``acp.owned``). The report is built in a temporary sibling folder and moved in when complete,
+``summary.json`` last, replacing the files of the earlier report and nothing else (a
+``filtered/`` of an earlier ``--keep-above`` run goes with them; ``report.html`` and the
+user's files stay): an interrupted run leaves the earlier report whole, or no
+``summary.json`` until the rerun. It holds ``images.json`` and ``boxes.json`` (JSON arrays,
+one record a line), ``failures.json`` (``item`` and ``reason``), ``categories.json`` (per category: boxes,
 mean, median, 10th percentile, share below the threshold), ``summary.json``, and with
 ``keep_above`` the filtered copy, a dataset folder ``filtered/``: ``annotations.json`` (the input
 COCO, its keys in order, with the kept rows) and ``images``, a relative symbolic link to the
@@ -73,6 +77,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -83,11 +88,12 @@ from typing import TYPE_CHECKING, Any, Literal, TextIO
 import numpy as np
 from numpy.typing import NDArray
 
-from acp.atomic import atomic_path, atomic_text_file
+from acp.atomic import atomic_text_file
 from acp.boxes import coco_to_plan, plan_to_coco
 from acp.english import count_phrase, listing
-from acp.errors import InputError
+from acp.errors import InputError, quoted
 from acp.images import read_rgb
+from acp.owned import check_owned, replace_owned, temp_folder
 from acp.paths import UnsafePathError, inside, path_problem
 from acp.score.bank import MAX_OBJECTS_PER_IMAGE, OUT_OF_IMAGE_TOLERANCE, read_coco_file, usable_id
 from acp.score.candidates import compose_clis, layout_fields
@@ -108,7 +114,8 @@ FILTERED_NAME = f"{FILTERED_DIR}/annotations.json"
 VERIFICATION = "verification.json"  # with a verifier: per-category counts and label fidelity
 DETECTIONS = "detections.json"  # with a verifier: each image's detections
 REPORT_FILES = ("images.json", "boxes.json", "categories.json", "failures.json", "summary.json",
-                FILTERED_DIR, "report.html", VERIFICATION, DETECTIONS)  # what a report writes
+                FILTERED_DIR, VERIFICATION, DETECTIONS)  # what a report writes
+WRITTEN_BY = "acp score dataset"
 RemovedBoxes = Literal["drop-image", "ignore"]
 
 
@@ -137,7 +144,7 @@ class _JsonArray:
 
     def add(self, value: Any) -> None:
         self.handle.write(",\n" if self.count else "\n")
-        self.handle.write(json.dumps(value, ensure_ascii=False))
+        self.handle.write(json.dumps(value, ensure_ascii=False, allow_nan=False))
         self.count += 1
 
     def close(self) -> None:
@@ -208,22 +215,22 @@ def _record_problem(record: Any, keys: tuple[str, ...]) -> str | None:
         return "no " + " and no ".join(repr(key) for key in missing)
     for key in keys:
         if key.endswith("id") and not usable_id(record[key]):
-            return f"{key} must be a number or a string, got {record[key]!r}"
+            return f"{key} must be a number or a string, got {quoted(record[key])}"
     return None
 
 
 def _box_problem(bbox: Any, width: float, height: float) -> str | None:
     if not isinstance(bbox, list | tuple) or len(bbox) != 4:
-        return f"bbox must be 4 numbers [x, y, w, h], got {bbox!r}"
+        return f"bbox must be 4 numbers [x, y, w, h], got {quoted(bbox)}"
     try:
         x, y, w, h = (float(v) for v in bbox)
-    except (TypeError, ValueError):
-        return f"bbox must be 4 numbers [x, y, w, h], got {bbox!r}"
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer of 400 digits
+        return f"bbox must be 4 numbers [x, y, w, h], got {quoted(bbox)}"
     if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
-        return f"degenerate bbox {bbox!r} (expected finite values, w and h > 0)"
+        return f"degenerate bbox {quoted(bbox)} (expected finite values, w and h > 0)"
     tol = OUT_OF_IMAGE_TOLERANCE
     if x < -tol or y < -tol or x + w > width + tol or y + h > height + tol:
-        return f"bbox {bbox!r} leaves the {width:g}x{height:g} image"
+        return f"bbox {quoted(bbox)} leaves the {width:g}x{height:g} image"
     return None
 
 
@@ -240,7 +247,8 @@ def _open(path: Path, width: Any, height: Any) -> tuple[Image | None, str | None
     if image is None:
         return None, f"{path}: {reason}"
     if width is not None and height is not None and (width, height) != image.size:
-        return None, f"{path} is {image.width}x{image.height} but the record says {width}x{height}"
+        return None, (f"{path} is {image.width}x{image.height} but the record says "
+                      f"{quoted(width, 30)}x{quoted(height, 30)}")
     return image, None
 
 
@@ -271,8 +279,29 @@ def score_dataset(
         names += [VERIFICATION, DETECTIONS]
     if keep_above is not None:
         names.append(FILTERED_NAME)
-    with ExitStack() as files:  # every file is renamed into place at the end, together
-        handles = {name: files.enter_context(atomic_text_file(output / name)) for name in names}
+    work = temp_folder(output)
+    try:
+        summary, categories = _write_report(work, output, data, names, annotations, images_dir,
+                                            image_scorer=image_scorer, layout_scorer=layout_scorer,
+                                            keep_above=keep_above, removed_boxes=removed_boxes,
+                                            batch_size=batch_size, progress=progress, on_failure=on_failure,
+                                            verifier=verifier)
+        replace_owned(work, output, WRITTEN_BY, commit="summary.json")
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return DatasetReport(files=[output / name for name in names], categories=categories, summary=summary)
+
+
+def _write_report(
+    work: Path, output: Path, data: dict[str, Any], names: list[str], annotations: Path, images_dir: Path,
+    *, image_scorer: ImageScorer, layout_scorer: LayoutScorer | None, keep_above: float | None,
+    removed_boxes: RemovedBoxes, batch_size: int, progress: bool,
+    on_failure: Callable[[str, str], None] | None, verifier: Verifier | None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Score into the files ``names`` of ``work``, the next content of ``output``."""
+    with ExitStack() as files:
+        handles = {name: files.enter_context(atomic_text_file(work / name)) for name in names}
         images_out, boxes_out, failures_out = (
             _JsonArray(handles[name]) for name in ("images.json", "boxes.json", "failures.json")
         )
@@ -284,12 +313,13 @@ def score_dataset(
         for array in (images_out, boxes_out, failures_out):
             array.close()
         categories = [stats.row(name) for name, stats in sorted(run.stats.items())]
-        handles["categories.json"].write(json.dumps(categories, indent=1, ensure_ascii=False) + "\n")
+        handles["categories.json"].write(json.dumps(categories, indent=1, ensure_ascii=False,
+                                                    allow_nan=False) + "\n")
         renumbered = 0
         if keep_above is not None:
             renumbered = _write_filtered(handles[FILTERED_NAME], data, run.kept_images, run.kept_boxes,
                                          run.ignored_boxes, run.checks.regions if run.checks else [])
-            _link_images(output / FILTERED_DIR, Path(images_dir))
+            _link_images(work / FILTERED_DIR, output / FILTERED_DIR, Path(images_dir))
         summary = {
             "annotations": str(annotations),
             "images_dir": str(Path(images_dir).resolve()),
@@ -312,8 +342,9 @@ def score_dataset(
         }
         if run.checks is not None:
             summary.update(run.checks.finish(handles[VERIFICATION], keep_above is not None))
-        handles["summary.json"].write(json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
-    return DatasetReport(files=[output / name for name in names], categories=categories, summary=summary)
+        handles["summary.json"].write(json.dumps(summary, indent=1, ensure_ascii=False, allow_nan=False)
+                                      + "\n")
+    return summary, categories
 
 
 class _Run:
@@ -489,8 +520,9 @@ class _Run:
             if self.checks is not None and check is not None:
                 self.checks.record(record, image, scene, crowd_boxes, check, unlabeled)
             for k, instance, passed, verdict in zip(boxes, score.objects, passing, verdicts, strict=True):
+                box_id = self.data["annotations"][k].get("id")
                 box = {
-                    "id": self.data["annotations"][k].get("id"),
+                    "id": box_id if usable_id(box_id) else None,
                     "image_id": record["id"],
                     "category": instance.category,
                     "bbox": self.data["annotations"][k]["bbox"],
@@ -644,7 +676,7 @@ def _write_filtered(
     for n, (key, value) in enumerate(data.items()):
         handle.write((", " if n else "") + json.dumps(key, ensure_ascii=False) + ": ")
         if key not in kept:
-            handle.write(json.dumps(value, ensure_ascii=False))
+            handle.write(_copied(value, key))
             continue
         handle.write("[")
         last = 0
@@ -658,11 +690,11 @@ def _write_filtered(
                 seen.add(record["id"])
                 if ignored_boxes[k]:
                     record = {**record, "iscrowd": 1}
-            handle.write((", " if written else "") + json.dumps(record, ensure_ascii=False))
+            handle.write((", " if written else "") + _copied(record, f"{key}[{k}]"))
             last = written + 1
         if key == "annotations":
             for region in regions or []:
-                text = json.dumps({"id": next_id, **region}, ensure_ascii=False)
+                text = _copied({"id": next_id, **region}, "an ignore region")
                 handle.write((", " if last else "") + text)
                 next_id += 1
                 last += 1
@@ -671,17 +703,24 @@ def _write_filtered(
     return renumbered
 
 
-def _link_images(folder: Path, images_dir: Path) -> None:
-    """``folder/images``: a relative symbolic link to the scored images folder, so that the
-    filtered copy's ``file_name`` values resolve from where it sits, as in an acp dataset."""
+def _copied(value: Any, where: str) -> str:
+    """``value`` of the input as JSON text for the filtered copy. NaN and infinity, which the
+    input may hold (``json`` reads them, 1e999 too), are no JSON: one ``InputError`` naming
+    where, not an invalid file."""
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise InputError(f"{where} of the input holds NaN or infinity, which JSON cannot hold; the "
+                         "filtered copy would repeat it") from None
+
+
+def _link_images(folder: Path, final: Path, images_dir: Path) -> None:
+    """``folder/images``: a relative symbolic link to the scored images folder, right once
+    ``folder`` is moved to ``final``, so that the filtered copy's ``file_name`` values resolve
+    from where it sits, as in an acp dataset."""
     folder.mkdir(parents=True, exist_ok=True)
-    link = folder / "images"
-    if link.exists() and not link.is_symlink():
-        raise InputError(f"{link}: exists and is not the link a report makes; give another --output")
-    target = os.path.relpath(images_dir.resolve(), folder.resolve())
-    with atomic_path(link) as tmp:
-        tmp.unlink()
-        os.symlink(target, tmp, target_is_directory=True)
+    target = os.path.relpath(images_dir.resolve(), final.resolve())
+    os.symlink(target, folder / "images", target_is_directory=True)
 
 
 def check_paths(annotations: Path, images_dir: Path, output: Path, *, probe: int = 10) -> None:
@@ -713,9 +752,8 @@ def _is_file_inside(folder: Path, name: str) -> bool:
 
 
 def _check_output(output: Path) -> None:
-    """A report may be written to a new folder, or over an earlier report: its files are
-    replaced whole, so rerunning refreshes it. Files of the same names from elsewhere (a
-    category file called categories.json) are not replaced."""
+    """A report may be written to a new or empty folder, or over an earlier report (its
+    ``acp-owned.json``), replacing only the files that report wrote."""
     if output.exists() and not output.is_dir():
         raise InputError(f"-o {output}: exists and is not a folder; give another --output")
     if not output.exists():
@@ -723,17 +761,7 @@ def _check_output(output: Path) -> None:
         if not existing.is_dir():
             raise InputError(f"-o {output}: {existing} is not a folder")
         return
-    clashing = sorted(p.name for p in output.iterdir() if p.name in REPORT_FILES)
-    if clashing and not _is_report(output):
-        raise InputError(
-            f"-o {output}: the folder holds files of no earlier report ({', '.join(clashing)}), "
-            "which the report would replace; give another --output"
-        )
-
-
-def _is_report(folder: Path) -> bool:
     try:
-        summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(summary, dict) and {"scored_images", "clip_model"} <= summary.keys()
+        check_owned(output, WRITTEN_BY, REPORT_FILES)
+    except InputError as error:
+        raise InputError(f"-o {error}") from None

@@ -8,27 +8,33 @@ instance's CLIS-I (CLIP's terms stay beside it) and the image's CLIS-I is recomp
 the paper's direct rating, one request per instance, rather than its caption-then-grade pair
 of requests.
 
-Requests go through ``acp.llm.ChatClient`` (counted retries with backoff, timeouts, the key
-kept out of every message). A reply without a usable rating, or a request that fails after
-its retries, leaves CLIP's score in place and is counted; after ``MAX_FAILURES_IN_A_ROW``
-failures in a row the judge switches itself off for the rest of the run.
+Requests go through ``acp.llm.ChatClient`` (counted retries with backoff, a deadline on each
+request, replies of at most 1 MiB, the key kept out of every message). A reply without a usable
+rating, or a request that fails after its retries, leaves CLIP's score in place and is counted.
+A judge that fails ``MAX_FAILURES_IN_A_ROW`` requests in a row is set up wrong (a model that
+takes no images, a wrong URL) or its server is down: it raises ``JudgeFailing`` and the run
+stops with one line, as it does at once for a refused key, model or route (``LLMConfigError``),
+rather than go on scoring with CLIP alone what the user asked a judge to score. The rerun
+resumes. ``Judge.report()`` says what the judge did: requests, ratings, failures and the last
+failure's reason.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import dataclasses
 import io
-import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from acp import defaults
-from acp.errors import LLMError
+from acp.errors import LLMError, first_line
 from acp.jsonl import loads
-from acp.llm import ChatClient, ChatSettings, as_completed_bounded
+from acp.llm import ChatClient, ChatSettings, LLMConfigError, as_completed_bounded
 from acp.score.image import ImageScore, Scene, crop_box, square_pad
 from acp.settings_record import recorded
 
@@ -58,14 +64,14 @@ def parse_rating(text: str) -> float | None:
     value: Any = None
     try:
         parsed = loads(body)
-    except json.JSONDecodeError:
+    except ValueError:  # not JSON, or an integer of thousands of digits
         match = re.search(r"rating\D{0,12}?(\d+(?:\.\d+)?)", body, re.IGNORECASE) or _NUMBER.search(body)
         value = match.group(1) if match else None
     else:
         value = parsed.get("rating", parsed.get("score")) if isinstance(parsed, dict) else parsed
     try:
         rating = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # no number, or an integer beyond any float
         return None
     return rating if 0.0 <= rating <= 5.0 else None
 
@@ -95,12 +101,68 @@ class JudgeSettings:
             raise LLMError(
                 f"judge margin and max_calls must be >= 0, got {self.margin:g} and {self.max_calls}")
 
+    def chat(self) -> ChatSettings:
+        """The chat settings the judge's requests go with (checked: a bad URL is one line)."""
+        return ChatSettings(model=self.model, base_url=self.base_url, api_key=self.api_key, temperature=0.0,
+                            base_url_name="--judge-base-url")
+
 
 @dataclass
 class JudgeRequest:
     crop: Image
     description: str
     category: str
+
+
+class JudgeFailing(LLMError):
+    """The judge failed ``MAX_FAILURES_IN_A_ROW`` requests in a row: stop the run."""
+
+
+@dataclass
+class JudgeReport:
+    """What a judge did in a run. ``failed`` counts requests that gave no usable rating
+    (transport errors after their retries, and replies without a 0-5 rating); ``unjudged``
+    counts unsure instances left to CLIP because ``max_calls`` was reached. ``last_failure`` is
+    the last failure's reason, redacted like every message of ``acp.llm`` (no API key)."""
+
+    model: str
+    requests: int = 0
+    rated: int = 0
+    failed: int = 0
+    retries: int = 0  # transport retries spent by those requests
+    unjudged: int = 0
+    last_failure: str | None = None
+
+    def line(self) -> str:
+        """One line for a command's output."""
+        text = (f"judge {self.model}: {self.requests} requests, {self.rated} rated, "
+                f"{self.failed} failed")
+        if self.unjudged:
+            text += f", {self.unjudged} unsure instances left to CLIP (--judge-max-calls reached)"
+        if self.last_failure:
+            text += f" (last failure: {self.last_failure})"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as a summary file holds it."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def merge(cls, reports: Iterable[JudgeReport]) -> JudgeReport | None:
+        """One report for the judges of several workers (one copy of the judge each); the
+        last failure is the last non-empty one given. None when there is none."""
+        reports = list(reports)
+        if not reports:
+            return None
+        merged = cls(model=reports[0].model)
+        for report in reports:
+            merged.requests += report.requests
+            merged.rated += report.rated
+            merged.failed += report.failed
+            merged.retries += report.retries
+            merged.unjudged += report.unjudged
+            merged.last_failure = report.last_failure or merged.last_failure
+        return merged
 
 
 class Judge:
@@ -112,36 +174,42 @@ class Judge:
         self.settings = settings
         self.margin = margin
         self.max_calls = max_calls
-        self.calls = 0
-        self.failures = 0
+        self.calls = 0  # requests granted under max_calls
         self.failures_in_a_row = 0
-        self.disabled: str | None = None
+        self._report = JudgeReport(model=settings.model)
+        self._stopped: JudgeFailing | None = None
 
     @classmethod
     def from_settings(cls, settings: JudgeSettings) -> Judge:
-        chat = ChatSettings(model=settings.model, base_url=settings.base_url, api_key=settings.api_key,
-                            temperature=0.0)
-        return cls(chat, margin=settings.margin, max_calls=settings.max_calls)
+        return cls(settings.chat(), margin=settings.margin, max_calls=settings.max_calls)
 
     @property
     def model(self) -> str:
         return self.settings.model
+
+    def report(self) -> JudgeReport:
+        """A copy of what this judge did so far."""
+        return dataclasses.replace(self._report)
 
     def unsure(self, score: float, threshold: float) -> bool:
         return abs(score - threshold) <= self.margin
 
     def review(self, items: Sequence[tuple[Scene, Image, ImageScore]], threshold: float) -> int:
         """Rate the unsure instances of ``items`` (in order, within the call cap) and apply the
-        ratings to their scores in place. Returns the number of requests made."""
+        ratings to their scores in place. Returns the number of requests made. Raises
+        ``JudgeFailing`` or ``LLMConfigError`` when the judge cannot work (module docstring)."""
         chosen: list[tuple[ImageScore, int, JudgeRequest]] = []
         for scene, image, score in items:
-            rgb = image.convert("RGB")
+            rgb: Image | None = None
             for k, (obj, instance) in enumerate(zip(scene.objects, score.objects, strict=True)):
-                if self.disabled or self.calls + len(chosen) >= self.max_calls:
-                    break
-                if self.unsure(instance.clis_i, threshold):
-                    crop = square_pad(rgb.crop(crop_box(obj.bbox, rgb.width, rgb.height)))
-                    chosen.append((score, k, JudgeRequest(crop, obj.description, obj.category)))
+                if not self.unsure(instance.clis_i, threshold):
+                    continue
+                if self.calls + len(chosen) >= self.max_calls:
+                    self._report.unjudged += 1
+                    continue
+                rgb = rgb or image.convert("RGB")
+                crop = square_pad(rgb.crop(crop_box(obj.bbox, rgb.width, rgb.height)))
+                chosen.append((score, k, JudgeRequest(crop, obj.description, obj.category)))
         if not chosen:
             return 0
         ratings = self.rate([request for _, _, request in chosen])
@@ -168,14 +236,18 @@ class Judge:
             async def one(k: int) -> tuple[int, float | None]:
                 return k, await self._rate_one(client, requests[k])
 
-            async for k, value in as_completed_bounded((one(k) for k in range(len(requests))),
-                                                       self.settings.concurrency):
-                results[k] = value
+            ratings = as_completed_bounded((one(k) for k in range(len(requests))), self.settings.concurrency)
+            try:
+                async with contextlib.aclosing(ratings):  # requests in flight end before the client
+                    async for k, value in ratings:
+                        results[k] = value
+            finally:
+                self._report.retries += client.retries
         return results
 
     async def _rate_one(self, client: ChatClient, request: JudgeRequest) -> float | None:
-        if self.disabled:
-            return None
+        if self._stopped is not None:  # requests still queued when the judge gave up
+            raise self._stopped
         message = {
             "role": "user",
             "content": [
@@ -184,8 +256,13 @@ class Judge:
                 {"type": "image_url", "image_url": {"url": _data_url(request.crop)}},
             ],
         }
+        self._report.requests += 1
         try:
             text = await client.complete([message])
+        except LLMConfigError as error:
+            self._report.failed += 1
+            self._report.last_failure = first_line(error)
+            raise  # a refused key, model or route: every request would fail alike
         except LLMError as error:
             self._failed(str(error))
             return None
@@ -194,10 +271,18 @@ class Judge:
             self._failed(f"no 0-5 rating in the reply {text[:80]!r}")
             return None
         self.failures_in_a_row = 0
+        self._report.rated += 1
         return 20.0 * rating
 
     def _failed(self, reason: str) -> None:
-        self.failures += 1
+        self._report.failed += 1
+        self._report.last_failure = first_line(reason)  # one line of at most 300 characters
         self.failures_in_a_row += 1
-        if self.failures_in_a_row >= MAX_FAILURES_IN_A_ROW and not self.disabled:
-            self.disabled = f"switched off after {self.failures_in_a_row} failures in a row (last: {reason})"
+        if self._stopped is None and self.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+            self._stopped = JudgeFailing(
+                f"the judge {self.model} failed {self.failures_in_a_row} requests in a row (last: "
+                f"{self._report.last_failure}); check --judge-model and --judge-base-url, or leave "
+                "--judge-model out. What was scored so far is kept: rerun to go on"
+            )
+        if self._stopped is not None:  # one error, whichever of the requests in flight ends first
+            raise self._stopped
