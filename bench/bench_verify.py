@@ -35,10 +35,36 @@ full-size detectors' FLOPs, and `acp score dataset` with and without a detector.
    OWLv2), on a synthetic COCO set of ``--images`` 32 x 32 images (``bench_score_dataset``'s),
    wall seconds of the command in a fresh process.
 
-Figures (2026-12-07, 2 cores shared with other jobs, busy; CPU only; torch 2.13;
-``python bench/bench_verify.py``):
+Figures (2026-12-07, a machine of 2 cores shared with other jobs, busy; CPU only, no GPU;
+torch 2.13; ``python bench/bench_verify.py``, part 3 rerun alone with ``--parts 3``):
 
-    (filled in below from the run)
+    1. CPU per plan, 512 px, K=4, 3 objects, verifier on (tiny OWLv2 at 960 px, tiny CLIP at
+       224 px), 1 torch thread, median of 8 plans x 5:
+       outside the models, all on the CPU: 218.4 ms; of which acp.score.pixels' tensor
+       operations 190.1 ms (kernels on a GPU) and the rest 28.8 ms (host work on any device;
+       goal <= 15 ms); inside the tiny models: 59.0 ms
+       preprocessing alone, before (processors on PIL) -> after (acp.score.pixels on CPU
+       tensors): CLIP 62.0 -> 52.8 ms, OWLv2 964.7 -> 196.1 ms
+    2. The verifier per 512 px candidate, tiny detectors of acp.testing (64 px inputs), CPU,
+       1 torch thread, median of 5:
+       OWLv2             85.00 ms wall,   28.26 ms CPU per candidate
+       Grounding DINO    89.10 ms wall,   29.53 ms CPU per candidate
+    3. FLOPs per image of the full-size detectors (random weights, FlopCounterMode, 3
+       categories), against GLIGEN's ~49.6 TFLOP per 512 px candidate:
+       OWLv2 base/16, 960 px          1.117 TFLOP per image (2.25 % of a GLIGEN candidate)
+       Grounding DINO tiny, 800 px    0.502 TFLOP per image (1.01 % of a GLIGEN candidate)
+    4. acp score dataset, 5000 images of 32 x 32 px, 17432 boxes, tiny CLIP, --batch-size 64,
+       CPU, wall seconds of the command:
+       without a detector      422.3 s,   84.45 ms per image
+       with tiny OWLv2        1555.9 s,  311.17 ms per image
+
+Read with care: the host work of part 1 (28.8 ms) is over the goal of 15 ms. About 8 ms of
+it is ``acp.score.pixels.to_device``'s conversion to float, which a GPU does on the device,
+and every candidate is converted and copied twice (once for CLIP, once for the detector; 5.6 ms
+a plan each on this CPU): sharing one copy between the two scorers is the next saving. In part
+4 the detector's time is the tiny model's forward, one image at a time on a CPU (a profile of
+300 images: ``ZeroShotDetector._owl`` 83 ms an image, the label-fidelity COCOeval 0.4 s in all);
+wall times of that machine varied by 1.5x between runs.
 """
 
 from __future__ import annotations
