@@ -479,11 +479,11 @@ class _Verdicts:
         self.counts: dict[str, dict[str, Counter[str]]] = {}  # category -> series -> kind -> n
         self.seen = False
 
-    def add(self, series: str, category: str, kind: str, count: int = 1) -> None:
+    def add(self, series: str, category: str, kind: str) -> None:
         key = _short(category, TEXT_SHOWN)
         if key not in self.counts and len(self.counts) >= VERDICT_NAMES:
             key = OTHER
-        self.counts.setdefault(key, {}).setdefault(series, Counter())[kind] += count
+        self.counts.setdefault(key, {}).setdefault(series, Counter())[kind] += 1
         self.seen = True
 
     def add_candidate(self, series: str, record: Any) -> None:
@@ -496,8 +496,9 @@ class _Verdicts:
                 self.add(series, found.category, "unplanned")
 
     def total(self, name: str) -> int:
-        first = self.counts[name].get(self.series[-1], Counter())
-        return first["verified"] + first["missing"]
+        """The planned boxes of category ``name`` in the last series."""
+        counts = self.counts[name].get(self.series[-1], Counter())
+        return counts["verified"] + counts["missing"]
 
     def table(self, third: str) -> str:
         """Categories by planned boxes (the last series'), most first; past ``CATEGORY_ROWS``
@@ -532,14 +533,14 @@ def _pair(image: Image, labels: list[tuple[str, tuple[float, float, float, float
             f"<figcaption>{_e(_short(caption + more))}</figcaption></figure>")
 
 
-def _pairs_html(pairs: list[str], what: str, rank: str) -> str:
+def _pairs_html(pairs: list[str], what: str) -> str:
     legend = (f'<h3>Labels and detections, side by side: the {len(pairs)} least verified {what}</h3>'
               f'<p>Left, the labels: <span style="color:{_VERIFIED}">verified</span>, '
               f'<span style="color:{_MISSING}">missing</span>. Right, the detections: '
               f'<span style="color:{_VERIFIED}">match</span>, <span style="color:{_UNPLANNED}">unplanned or '
               f'unlabeled</span>, <span style="color:{_PART}">part of a verified object</span>, '
               f'<span style="color:{_WEAK}">weak</span> (under the unplanned-instance threshold). Ranked by '
-              f"{_e(rank)}, lowest first.</p>")
+              "the verification term, lowest first.</p>")
     if not pairs:
         return legend + '<p class="note">No verified image to show.</p>'
     grid = '<div class="grid" style="grid-template-columns:repeat(auto-fill,minmax(360px,1fr))">'
@@ -778,7 +779,7 @@ def _generate_page(run: RunFolder, say: Callable[[str], None]) -> _Page:
             pairs.append(_pair(opened, planned, found, page,
                                f"{shown.file_name} · verification {_score(record.verification)}{note}",
                                shown.acp.caption if shown.acp is not None and shown.acp.caption else ""))
-        page.append("verification", _pairs_html(pairs, "kept images", "verification"))
+        page.append("verification", _pairs_html(pairs, "kept images"))
     page.append("run", _skipped_note(run.skipped, masks))
     return page
 
@@ -969,7 +970,7 @@ def _score_page(report: ScoreReportFolder, say: Callable[[str], None]) -> _Page:
             pairs.append(_pair(opened, labels, found, page,  # type: ignore[arg-type]
                                f"{row.file_name} · verification {_score(row.verification)} · unlabeled "
                                f"{'–' if row.unlabeled is None else row.unlabeled}{note}", row.caption or ""))
-        page.append("verification", _pairs_html(pairs, "images", "verification"))
+        page.append("verification", _pairs_html(pairs, "images"))
     page.append("run", _skipped_note(report.skipped))
     return page
 
