@@ -86,16 +86,20 @@ def generate_config(
     judge_max_calls: int = defaults.JUDGE_MAX_CALLS, min_clis_l: float | None = defaults.MIN_CLIS_L,
     min_clis_i: float | None = defaults.MIN_CLIS_I, masks: bool = False, sam_model: str = defaults.SAM_MODEL,
     categories: str | Path | None = None, keep_candidates: bool = False,
-    image_format: str = defaults.IMAGE_FORMAT,
+    image_format: str = defaults.IMAGE_FORMAT, verify: bool = False, detector_model: str | None = None,
+    detection_threshold: float | None = None, unplanned_threshold: float | None = None,
+    verify_iou: float = defaults.VERIFY_IOU, unplanned: str = defaults.UNPLANNED, refine_boxes: bool = False,
 ) -> GenerateConfig:
     """The ``GenerateConfig`` of ``acp generate`` with these options (``planner`` ``None``: the
-    LLM when ``api_key`` or ``llm_base_url`` is given, else the offline planner)."""
+    LLM when ``api_key`` or ``llm_base_url`` is given, else the offline planner; ``verify`` or a
+    ``detector_model``: a detector checks every box, ``acp.score.verify``)."""
     from acp.generate.config import ExportSettings, GenerateConfig
     from acp.llm import ChatSettings
     from acp.render.gligen import RenderSettings
     from acp.schema import LayoutRules
     from acp.score.candidates import ScoreSettings
     from acp.score.judge import JudgeSettings
+    from acp.score.verify import verify_settings
     from acp.segment import MaskSettings
 
     api_key = api_key or None
@@ -125,7 +129,10 @@ def generate_config(
             clis_l_method=clis_l_method,
             judge=JudgeSettings(model=judge_model, base_url=judge_base_url, margin=judge_margin,
                                 max_calls=judge_max_calls, api_key=api_key) if judge_model else None,
-            min_clis_l=min_clis_l, min_clis_i=min_clis_i),
+            min_clis_l=min_clis_l, min_clis_i=min_clis_i,
+            verify=verify_settings(verify, detector_model, detection_threshold=detection_threshold,
+                                   unplanned_threshold=unplanned_threshold, verify_iou=verify_iou,
+                                   unplanned=unplanned, refine_boxes=refine_boxes)),
         masks=MaskSettings(sam_model) if masks else None,
         export=ExportSettings(categories=Path(categories) if categories is not None else None,
                               keep_candidates=keep_candidates, image_format=image_format),

@@ -47,6 +47,11 @@ IMAGE_FORMAT = "jpeg"
 # a run at most.
 JUDGE_MARGIN = 10.0
 JUDGE_MAX_CALLS = 100
+# The verifier (acp.score.verify): the detector, the IoU at which a detection verifies a box
+# (COCO's match), and what a confident detection no label covers does to its candidate.
+DETECTOR_MODEL = "google/owlv2-base-patch16-ensemble"
+VERIFY_IOU = 0.5
+UNPLANNED = "drop"
 
 # Long-tail top-up (acp.balance): a class with no quota left gains at most this share of its
 # real instances as companions of other classes' scenes, so the head is not inflated.

@@ -1,6 +1,6 @@
 """Where model weights come from: a local folder, or a hub id read from the Hugging Face cache.
 
-Every model acp loads (GLIGEN, CLIP, SAM, the sentence-transformers embedder) goes through
+Every model acp loads (GLIGEN, CLIP, SAM, the detector, the sentence-transformers embedder) goes through
 ``load_pretrained``. A hub id is first loaded with ``local_files_only=True``; only when that
 fails does acp go to the hub, and only after a TCP connect to it (``PROBE_TIMEOUT`` seconds)
 succeeded. Without network, huggingface_hub would otherwise retry every file with backoff and
@@ -56,6 +56,7 @@ MODELS = {
     "--sam-model": ModelKind("SAM", ("config.json",)),
     # A sentence-transformers folder has modules.json; a plain transformers one, config.json.
     "--embed-model": ModelKind("sentence-transformers", ("config.json", "modules.json")),
+    "--detector-model": ModelKind("detector", ("config.json",)),
 }
 
 

@@ -9,6 +9,13 @@ costs). The page (``FOLDER/report.html`` by default) has, each as a ``<section>`
   without any instance folded into one line) and per drop reason;
 - ``scores``: histograms of CLIS, CLIS-L and CLIS-I (inline SVG), all candidates or images
   against the kept ones, with the thresholds; how CLIS-L was reached for each plan;
+- ``verification``, only when the run or report was verified (``--verify``): per category the
+  boxes verified and missing and the unplanned (generate) or unlabeled (score dataset)
+  detections; for a score report the detector's settings and the label fidelity, AP and AP50
+  overall and per category (``verification.json``); and the ``VERIFY_PAIRS`` least verified
+  images, each twice side by side: its labels coloured by verdict, and the detector's boxes
+  (``scores.jsonl`` or ``detections.json``) coloured by role. An unreadable
+  ``verification.json`` is a note in the section, the rest of the page stands;
 - ``contact-sheet``: a sample of kept images with their boxes, labels and (``--masks``) masks;
 - ``extremes``: the lowest-scoring kept images beside the best dropped candidates (generate,
   where candidates were kept) or the best removed images (score dataset, with ``--keep-above``);
@@ -17,11 +24,14 @@ costs). The page (``FOLDER/report.html`` by default) has, each as a ``<section>`
 Self-contained: thumbnails are embedded as JPEG data URIs, styles inline, no script, nothing
 fetched; every text from the folder is escaped. Bounded whatever the dataset's size: the page
 holds at most ``REPORT_CONTACT_SHEET + 2 REPORT_EXTREMES + REPORT_STRIP x REPORT_STRIP_CATEGORIES``
-thumbnails (``acp.defaults``), chosen in one streaming pass each over the records (a sample by
-a hash of the image id, so the same dataset gives the same page), and only those images are
-opened; at most ``CATEGORY_ROWS`` category rows and ``MASK_PIXELS`` decoded mask pixels. The
-records are read once, line by line where they are JSON Lines; the COCO file is parsed whole,
-as every reader of it does. Labels are drawn with ``acp.fonts`` (any script the machine has a
+thumbnails (``acp.defaults``), and ``2 VERIFY_PAIRS`` more when verified, chosen in one
+streaming pass each over the records (a sample by a hash of the image id, so the same dataset
+gives the same page), and only those images are opened; at most ``CATEGORY_ROWS`` category
+rows and ``MASK_PIXELS`` decoded mask pixels, ``DETECTIONS_DRAWN`` detections on a panel, and
+verdicts counted for ``VERDICT_NAMES`` category names (the rest together). The records are
+read once, line by line where they are JSON Lines (``detections.json``: only the rows of the
+images shown are validated); the COCO file is parsed whole, as every reader of it does.
+Labels are drawn with ``acp.fonts`` (any script the machine has a
 font for).
 """
 
@@ -447,6 +457,96 @@ def _category_table(counts: dict[str, tuple[int, int]], headers: tuple[str, str]
     return table + "".join(f'<p class="note">{_e(n)}</p>' for n in notes)
 
 
+# --- verification (`--verify`) --------------------------------------------------------------
+
+VERIFY_PAIRS = defaults.REPORT_EXTREMES  # images shown with their labels beside the detections
+DETECTIONS_DRAWN = 30  # detections drawn on one panel, the most confident first
+VERDICT_NAMES = 100_000  # category names counted one by one; the rest are counted together
+OTHER = "(other categories)"
+_VERIFIED, _MISSING, _UNPLANNED, _PART, _WEAK = "#2ca02c", "#d62728", "#d62728", "#4363d8", "#9a9a9a"
+_VERDICT_COLOURS = {"verified": _VERIFIED, "refined": _VERIFIED, "missing": _MISSING}
+_ROLE_COLOURS = {"match": _VERIFIED, "part": _PART, "unplanned": _UNPLANNED, "weak": _WEAK}
+
+
+class _Verdicts:
+    """Verified, missing and unplanned (or unlabeled) boxes per category, for a few series (the
+    kept images, every candidate); at most ``VERDICT_NAMES`` names, the rest under ``OTHER``."""
+
+    KINDS = ("verified", "missing", "unplanned")
+
+    def __init__(self, series: tuple[str, ...]) -> None:
+        self.series = series
+        self.counts: dict[str, dict[str, Counter[str]]] = {}  # category -> series -> kind -> n
+        self.seen = False
+
+    def add(self, series: str, category: str, kind: str) -> None:
+        key = _short(category, TEXT_SHOWN)
+        if key not in self.counts and len(self.counts) >= VERDICT_NAMES:
+            key = OTHER
+        self.counts.setdefault(key, {}).setdefault(series, Counter())[kind] += 1
+        self.seen = True
+
+    def add_candidate(self, series: str, record: Any) -> None:
+        """A ``CandidateScore``'s verdicts (nothing when it was not verified)."""
+        for obj in record.objects:
+            if obj.verification is not None:
+                self.add(series, obj.category, "missing" if obj.verification == "missing" else "verified")
+        for found in record.detections:
+            if found.role == "unplanned":
+                self.add(series, found.category, "unplanned")
+
+    def total(self, name: str) -> int:
+        """The planned boxes of category ``name`` in the last series."""
+        counts = self.counts[name].get(self.series[-1], Counter())
+        return counts["verified"] + counts["missing"]
+
+    def table(self, third: str) -> str:
+        """Categories by planned boxes (the last series'), most first; past ``CATEGORY_ROWS``
+        folded into one line."""
+        ranked = sorted(self.counts, key=lambda name: (-self.total(name), name))
+        headers = ["category"] + [f"{series}: {kind if kind != 'unplanned' else third}"
+                                  for series in self.series for kind in self.KINDS]
+        rows = [[name] + [self.counts[name].get(series, Counter())[kind] for series in self.series
+                          for kind in self.KINDS] for name in ranked[:CATEGORY_ROWS]]
+        rest = ranked[CATEGORY_ROWS:]
+        note = (f'<p class="note">{len(rest)} more categories with {sum(self.total(n) for n in rest)} '
+                f"planned boxes: {_e(_names(rest))}.</p>" if rest else "")
+        return _table(headers, rows) + note
+
+
+def _pair(image: Image, labels: list[tuple[str, tuple[float, float, float, float], str | None]],
+          found: list[tuple[str, float, tuple[float, float, float, float], str]], page: _Page,
+          caption: str, title: str, size: int = 180) -> str:
+    """One image twice, side by side: its labels coloured by verdict, and the detector's boxes
+    (the ``DETECTIONS_DRAWN`` most confident) coloured by role."""
+    left = [ThumbnailBox(box, _short(category, 40), _VERDICT_COLOURS.get(verdict or "", _WEAK))
+            for category, box, verdict in labels]
+    best = heapq.nsmallest(DETECTIONS_DRAWN, range(len(found)), key=lambda k: (-found[k][1], k))
+    right = [ThumbnailBox(found[k][2], "" if found[k][3] == "weak" else f"{_short(found[k][0], 40)} "
+                          f"{found[k][1]:.2f}", _ROLE_COLOURS.get(found[k][3], _WEAK)) for k in best]
+    more = f" · {len(found) - len(best)} weaker detections not drawn" if len(found) > len(best) else ""
+    page.thumbnails += 2
+    panels = "".join(f'<img src="{thumbnail(image, boxes, size)}" alt="{alt}">'
+                     for boxes, alt in ((left, "labels"), (right, "detections")))
+    tip = f' title="{_e(_short(title))}"' if title else ""
+    return (f'<figure{tip}><div style="display:grid;grid-template-columns:1fr 1fr;gap:3px">{panels}</div>'
+            f"<figcaption>{_e(_short(caption + more))}</figcaption></figure>")
+
+
+def _pairs_html(pairs: list[str], what: str) -> str:
+    legend = (f'<h3>Labels and detections, side by side: the {len(pairs)} least verified {what}</h3>'
+              f'<p>Left, the labels: <span style="color:{_VERIFIED}">verified</span>, '
+              f'<span style="color:{_MISSING}">missing</span>. Right, the detections: '
+              f'<span style="color:{_VERIFIED}">match</span>, <span style="color:{_UNPLANNED}">unplanned or '
+              f'unlabeled</span>, <span style="color:{_PART}">part of a verified object</span>, '
+              f'<span style="color:{_WEAK}">weak</span> (under the unplanned-instance threshold). Ranked by '
+              "the verification term, lowest first.</p>")
+    if not pairs:
+        return legend + '<p class="note">No verified image to show.</p>'
+    grid = '<div class="grid" style="grid-template-columns:repeat(auto-fill,minmax(360px,1fr))">'
+    return legend + grid + "".join(pairs) + "</div>"
+
+
 # --- an `acp generate` output --------------------------------------------------------------
 
 # How a plan's CLIS-L was reached (``clis_l_method`` of its records, acp.score.layout), in words
@@ -533,8 +633,14 @@ def _generate_page(run: RunFolder, say: Callable[[str], None]) -> _Page:
     histograms = {key: _Histogram("all candidates", "kept") for key in ("clis", "clis_l", "clis_i")}
     instance = _Histogram("all candidates", "kept")
     dropped: list[_Ranked] = []  # the best candidates of dropped plans
+    verdicts = _Verdicts(("kept images", "all candidates"))
+    least_verified: list[_Ranked] = []  # (-verification, -position, record): kept, least verified
     for n, record in enumerate(run.scores()):
         kept = record.best and record.kept and record.plan_id not in status
+        for series in ("kept images", "all candidates") if kept else ("all candidates",):
+            verdicts.add_candidate(series, record)
+        if kept and record.verification is not None:
+            _keep_top(least_verified, (-record.verification, -n, record), VERIFY_PAIRS)
         for key, histogram in histograms.items():
             histogram.add("all candidates", getattr(record, key))
             if kept:
@@ -557,6 +663,18 @@ def _generate_page(run: RunFolder, say: Callable[[str], None]) -> _Page:
         '<p class="note">No --bank: CLIS-L is not computed (a reference-free sanity score only).</p>')
         + ("<h3>How CLIS-L was reached, per plan</h3>" + _table(["method", "plans"], method_rows)
            if method_rows else ""))
+    verified = verdicts.seen or bool(values.get("detector_model"))
+    if verified:
+        detector = _short(values.get("detector_model", "–"), 100)
+        page.add("verification", "Verification", (
+            f"<p>Every candidate's planned boxes checked by the detector <code>{_e(detector)}</code>: "
+            "<b>verified</b>, a detection of its category overlaps the box; <b>missing</b>, none does; "
+            "<b>unplanned</b>, a confident detection of a scene category that no planned box matches. "
+            "Kept images: the kept candidate of each kept plan.</p>")
+            + (verdicts.table("unplanned") if verdicts.seen else
+               '<p class="note">No candidate was verified yet.</p>'))
+    verify_plans = {entry[2].plan_id: entry[2] for entry in least_verified}
+    verify_images: dict[str, CocoImage] = {}
 
     # Thumbnails: a sample, the extremes, the category strips; only these images are opened.
     sample: list[_Ranked] = []  # (-hash, -position, image): the smallest hashes
@@ -565,6 +683,9 @@ def _generate_page(run: RunFolder, say: Callable[[str], None]) -> _Page:
         _keep_top(sample, (-_hash_key(image.id), -n, image), defaults.REPORT_CONTACT_SHEET)
         clis = image.acp.clis if image.acp is not None and image.acp.clis is not None else math.inf
         _keep_top(lowest, (-clis, -n, image), defaults.REPORT_EXTREMES)
+        plan_id = image.acp.plan_id if image.acp is not None else None
+        if plan_id is not None and plan_id in verify_plans and plan_id not in verify_images:
+            verify_images[plan_id] = image
     wanted = {entry[2].id for entry in (*sample, *lowest)}
     file_names: dict[Any, str] = {entry[2].id: entry[2].file_name for entry in (*sample, *lowest)}
     boxes_of: dict[Any, list[ThumbnailBox]] = {}
@@ -639,6 +760,26 @@ def _generate_page(run: RunFolder, say: Callable[[str], None]) -> _Page:
 
     page.add("categories", "Examples per category", _strips(
         strip_categories, names, strips, colour_of, loader, page, file_names, strip_score))
+    if verified:
+        planned_by = {plan.id: plan for plan in run.plans(ids=set(verify_plans))} if verify_plans else {}
+        pairs = []
+        for _, _, record in _ranked(least_verified):
+            shown = verify_images.get(record.plan_id)
+            opened = loader.get(shown.file_name) if shown is not None else None
+            if shown is None or opened is None:
+                continue
+            plan = planned_by.get(record.plan_id)
+            verdict_of = {o.id: o.verification for o in record.objects}
+            width, height = opened.size
+            planned = [(o.category, (o.bbox[0] * width, o.bbox[1] * height, o.bbox[2] * width,
+                                     o.bbox[3] * height), verdict_of.get(o.id))
+                       for o in (plan.objects if plan is not None else [])]
+            found = [(d.category, d.score, tuple(d.bbox), d.role) for d in record.detections]
+            note = "" if plan is not None else " · plan not found"
+            pairs.append(_pair(opened, planned, found, page,
+                               f"{shown.file_name} · verification {_score(record.verification)}{note}",
+                               shown.acp.caption if shown.acp is not None and shown.acp.caption else ""))
+        page.append("verification", _pairs_html(pairs, "kept images"))
     page.append("run", _skipped_note(run.skipped, masks))
     return page
 
@@ -697,6 +838,7 @@ def _score_page(report: ScoreReportFolder, say: Callable[[str], None]) -> _Page:
     sample: list[_Ranked] = []  # (-hash, -position, image row): the smallest hashes
     lowest_kept: list[_Ranked] = []  # by -score
     best_removed: list[_Ranked] = []
+    least_verified: list[_Ranked] = []  # (-verification, -position, image row)
     for n, row in enumerate(report.images()):
         for key, histogram in histograms.items():
             histogram.add("all", getattr(row, key))
@@ -708,10 +850,12 @@ def _score_page(report: ScoreReportFolder, say: Callable[[str], None]) -> _Page:
                 _keep_top(lowest_kept, (-row.clis, -n, row), defaults.REPORT_EXTREMES)
             else:
                 _keep_top(best_removed, (row.clis, -n, row), defaults.REPORT_EXTREMES)
+        if row.verification is not None:
+            _keep_top(least_verified, (-row.verification, -n, row), VERIFY_PAIRS)
     categories = report.categories()
     ranked_categories = sorted(categories, key=lambda c: (-c.boxes, c.category))
     strip_names = [c.category for c in ranked_categories][: defaults.REPORT_STRIP_CATEGORIES]
-    wanted = {row.id for _, _, row in (*sample, *lowest_kept, *best_removed)}
+    wanted = {row.id for _, _, row in (*sample, *lowest_kept, *best_removed, *least_verified)}
     boxes_of: dict[Any, list[BoxRow]] = {}
     strips: dict[Any, list[_Ranked]] = {}
     say(f"reading {report.boxes_path.name}")
@@ -764,6 +908,9 @@ def _score_page(report: ScoreReportFolder, say: Callable[[str], None]) -> _Page:
         (histograms["clis_i"], "CLIS-I of each image", None),
         (box_histogram, "CLIS-I of each box", keep),
     ], colours))
+    verified = report.verified()
+    if verified:
+        page.add("verification", "Verification and label fidelity", _fidelity_html(report))
 
     loader = _Images(Path(summary.images_dir) if summary.images_dir else None)
     in_order = dict.fromkeys(strip_names + [b.category for bs in boxes_of.values() for b in bs])
@@ -808,8 +955,70 @@ def _score_page(report: ScoreReportFolder, say: Callable[[str], None]) -> _Page:
     page.add("categories", "Examples per category", _strips(
         strip_names, {n: n for n in strip_names}, strips, {n: colour_of.get(n, _KEPT) for n in strip_names},
         loader, page, file_names, lambda b: f"CLIS-I {_score(b.clis_i)}"))
+    if verified:
+        found_of = {row.id: row for row in report.detections({r.id for _, _, r in least_verified})}
+        pairs = []
+        for _, _, row in _ranked(least_verified):
+            opened = loader.get(row.file_name) if row.file_name is not None else None
+            if opened is None:
+                continue
+            labels = [(b.category, tuple(b.bbox), b.verification) for b in boxes_of.get(row.id, [])]
+            detected = found_of.get(row.id)
+            found = [(d.category, d.score, tuple(d.bbox), d.role)
+                     for d in (detected.detections if detected is not None else [])]
+            note = "" if detected is not None else " · no detections row"
+            pairs.append(_pair(opened, labels, found, page,  # type: ignore[arg-type]
+                               f"{row.file_name} · verification {_score(row.verification)} · unlabeled "
+                               f"{'–' if row.unlabeled is None else row.unlabeled}{note}", row.caption or ""))
+        page.append("verification", _pairs_html(pairs, "images"))
     page.append("run", _skipped_note(report.skipped))
     return page
+
+
+def _fidelity_html(report: ScoreReportFolder) -> str:
+    """The verifier's figures of a score report: its settings, the counts and label fidelity,
+    and per category; a note when ``verification.json`` is missing or unreadable."""
+    try:
+        verification = report.verification()
+    except InputError as error:
+        return f'<p class="note">Verification figures not shown: {_e(_short(str(error)))}</p>'
+    if verification is None:
+        return (f'<p class="note">The summary names a detector but {_e(report.verification_path.name)} '
+                "is missing.</p>")
+    record = verification.record
+    fidelity = record.label_fidelity
+    overall: list[list[Any]] = [
+        ["detector", _short(record.detector_model or "–", 100)],
+        ["family", _short(record.detector_family or "–")],
+        ["detection threshold", _fraction(record.detection_threshold)],
+        ["unplanned threshold", _fraction(record.unplanned_threshold)],
+        ["IoU to verify", _fraction(record.verify_iou)],
+        ["boxes verified", _count(record.verified)], ["boxes missing", _count(record.missing)],
+        ["unlabeled objects", _count(record.unlabeled)],
+        ["images with an unlabeled object", _count(record.images_with_unlabeled)],
+        ["label fidelity: AP", _fraction(fidelity.ap if fidelity else None)],
+        ["label fidelity: AP50", _fraction(fidelity.ap50 if fidelity else None)]]
+    ranked = sorted(verification.categories, key=lambda c: (-(c.verified + c.missing), c.category))
+    rows = [[c.category, c.verified, c.missing, c.unlabeled, c.detections, _fraction(c.ap), _fraction(c.ap50)]
+            for c in ranked[:CATEGORY_ROWS]]
+    rest = ranked[CATEGORY_ROWS:]
+    more = (f'<p class="note">{len(rest)} more categories with {sum(c.verified + c.missing for c in rest)} '
+            f"boxes: {_e(_names(c.category for c in rest))}.</p>" if rest else "")
+    table = (_table(["category", "verified", "missing", "unlabeled", "detections", "AP", "AP50"], rows)
+             if rows else '<p class="note">No category.</p>')
+    return ("<p>Each box checked by a zero-shot detector: <b>verified</b>, a detection of its category "
+            "overlaps it; <b>missing</b>, none does; <b>unlabeled</b>, a confident detection that no box "
+            "of its category matches. Label fidelity: COCO AP and AP50 of the detections against the "
+            "labels (pycocotools' COCOeval; – where a category has no label).</p>"
+            + _table(["", "value"], overall) + "<h3>Per category</h3>" + table + more)
+
+
+def _fraction(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def _count(value: int | None) -> int | str:
+    return "–" if value is None else value
 
 
 def _ranked(heap: list[_Ranked]) -> list[_Ranked]:

@@ -26,20 +26,22 @@ Reading: two kinds of folder are read here:
   ``scores.jsonl``, ``summary.json``, ``plans.jsonl``, ``annotations.json``, ``images/``,
   ``candidates/`` with its ``manifest.jsonl``, ``balance.json``, ``report.html``);
 - ``ScoreReportFolder``: an ``acp score dataset`` report (``summary.json``, ``images.json``,
-  ``boxes.json``, ``categories.json``, ``failures.json``).
+  ``boxes.json``, ``categories.json``, ``failures.json``; with a verifier ``verification.json``
+  and ``detections.json``).
 
 The names are defined here once; readers get records validated through a pydantic model
 before anything uses a field. Files are data, and data can be hostile (a hand edit, another
 tool, a corrupted disk), so every reader is bounded and decides what a bad value costs:
 
 - A whole-file record (``settings.json``, ``summary.json``, a score report's
-  ``categories.json``) is read only from a regular file of at most ``MAX_FILE`` bytes. A file
-  that is not JSON, not of the expected shape, or has a wrong type in a field a reader uses is
-  an ``InputError`` naming the file and the field: one line, nothing written. A missing file
-  is ``None`` (an interrupted run has no summary yet).
-- A stream of records (the ``.jsonl`` files; ``images.json``, ``boxes.json`` and
-  ``failures.json``, written one element a line) is read a line at a time, at most
-  ``MAX_LINE`` bytes a line (a longer one is skipped without being held). A line that is not
+  ``categories.json`` and ``verification.json``) is read only from a regular file of at most
+  ``MAX_FILE`` bytes. A file that is not JSON, not of the expected shape, or has a wrong type
+  in a field a reader uses is an ``InputError`` naming the file and the field: one line,
+  nothing written. A missing file is ``None`` (an interrupted run has no summary yet). The
+  rows of ``verification.json``'s ``categories`` are validated one at a time, as a stream's.
+- A stream of records (the ``.jsonl`` files; ``images.json``, ``boxes.json``,
+  ``failures.json`` and ``detections.json``, written one element a line) is read a line at a
+  time, at most ``MAX_LINE`` bytes a line (a longer one is skipped without being held). A line that is not
   JSON, not an object, or fails its model is skipped and counted in ``Skipped``, with its file,
   line and reason, so a page can say what it left out. As ``acp.jsonl`` does, a final line
   without its newline counts only when it parses.
@@ -49,7 +51,9 @@ tool, a corrupted disk), so every reader is bounded and decides what a bad value
   (``acp.coco.read_coco_file``), up to ``MAX_COCO`` bytes.
 
 Numbers are read strictly (no ``"5"`` for 5, no ``true`` for 1). Scores must lie in 0-100
-(``NaN`` and ``Infinity`` fail that too), counts in 64 bits; a whole-file record refuses
+(``NaN`` and ``Infinity`` fail that too), APs, IoUs and detector confidences in 0-1, boxes be
+finite with a width and height, counts in 64 bits, an image's detections at most
+``MAX_DETECTIONS``; a whole-file record refuses
 ``NaN`` and ``Infinity`` anywhere, and an integer past Python's 4300 digits is bad JSON.
 The records of ``acp.schema`` (plans, candidates, candidate scores, plan results) are read
 with those models, which refuse unknown keys as ``acp validate`` does; the records defined
@@ -105,6 +109,10 @@ SCORE_IMAGES = "images.json"
 SCORE_BOXES = "boxes.json"
 SCORE_CATEGORIES = "categories.json"
 SCORE_FAILURES = "failures.json"
+# With a verifier (``acp score dataset --verify``): per-category counts and label fidelity, and
+# each image's detections (one element a line).
+SCORE_VERIFICATION = "verification.json"
+SCORE_DETECTIONS = "detections.json"
 
 # --- bounds --------------------------------------------------------------------------------
 
@@ -133,6 +141,7 @@ class _Read(BaseModel):
 Score = Annotated[float, Field(ge=0.0, le=100.0, allow_inf_nan=False)]
 Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
 Text = Annotated[str, Field(max_length=MAX_TEXT)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]  # an AP, an IoU, a confidence
 Seconds = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
 # An id that COCO records refer to each other by: a 64-bit integer, a finite number or a short
 # string (never a bool, a list or an object).
@@ -341,10 +350,34 @@ def _check_result(record: PlanResult) -> str | None:
 
 
 def _check_score(record: CandidateScore) -> str | None:
-    problem = _out_of_range(record, _CANDIDATE_SCORES)
+    problem = _out_of_range(record, (*_CANDIDATE_SCORES, "verification"))
     for k, obj in enumerate(record.objects):
-        problem = problem or _out_of_range(obj, _OBJECT_SCORES, f"objects[{k}].")
+        problem = (problem or _out_of_range(obj, _OBJECT_SCORES, f"objects[{k}].")
+                   or _not_fraction(obj.detection_iou, f"objects[{k}].detection_iou")
+                   or _not_fraction(obj.detection_score, f"objects[{k}].detection_score")
+                   or _not_box(obj.detection_bbox, f"objects[{k}].detection_bbox"))
+    for k, found in enumerate(record.detections):
+        problem = (problem or _not_fraction(found.score, f"detections[{k}].score")
+                   or _not_box(found.bbox, f"detections[{k}].bbox"))
     return problem
+
+
+def _not_fraction(value: float | None, where: str) -> str | None:
+    """Why ``value`` is not a number in 0-1 (NaN fails the comparison), or None."""
+    if value is not None and not 0.0 <= value <= 1.0:
+        return f"{where}: {value!r} is not in 0-1"
+    return None
+
+
+def _not_box(box: list[float] | None, where: str) -> str | None:
+    """Why ``box`` is not a pixel ``[x, y, w, h]`` (finite, w and h > 0), or None."""
+    if box is None:
+        return None
+    try:
+        _pixel_box(box)
+    except ValueError as error:
+        return f"{where}: {error}"
+    return None
 
 
 # --- an `acp generate` output --------------------------------------------------------------
@@ -695,7 +728,7 @@ class ScoreSummary(_Read):
 
 
 class ImageRow(_Read):
-    """One element of ``images.json``."""
+    """One element of ``images.json`` (``verification`` and ``unlabeled`` with a verifier)."""
 
     id: RecordId
     file_name: Text | None = None
@@ -704,10 +737,15 @@ class ImageRow(_Read):
     clis_i: Score | None = None
     caption: Text | None = None
     kept: bool | None = None
+    verification: Score | None = None
+    unlabeled: Count | None = None
+
+
+Verdict = Literal["verified", "refined", "missing"]
 
 
 class BoxRow(_Read):
-    """One element of ``boxes.json``."""
+    """One element of ``boxes.json`` (``verification`` and ``detection_iou`` with a verifier)."""
 
     id: RecordId | None = None
     image_id: RecordId
@@ -715,6 +753,80 @@ class BoxRow(_Read):
     bbox: PixelBox
     clis_i: Score | None = None
     kept: bool | None = None
+    verification: Verdict | None = None
+    detection_iou: Fraction | None = None
+
+
+# Detections of one image read back: acp keeps at most 100 (acp.score.verify.MAX_DETECTIONS); a
+# row with more is not acp's and is skipped.
+MAX_DETECTIONS = 1000
+
+
+class DetectionRow(_Read):
+    """One detection of the verifier (``acp.schema.DetectedBox``), as read back."""
+
+    category: Text
+    score: Fraction
+    bbox: PixelBox
+    role: Literal["match", "part", "unplanned", "weak"]
+    confident: bool = False
+
+
+class _RowId(_Read):
+    id: RecordId
+
+
+class ImageDetections(_Read):
+    """One element of ``detections.json``: an image's detections, best first."""
+
+    id: RecordId
+    file_name: Text | None = None
+    verification: Score | None = None
+    unlabeled: Count | None = None
+    detections: list[DetectionRow] = Field(default_factory=list, max_length=MAX_DETECTIONS)
+
+
+class LabelFidelity(_Read):
+    """COCO AP and AP50 of the detector's detections against the labels (None: no label)."""
+
+    ap: Fraction | None = None
+    ap50: Fraction | None = None
+
+
+class VerificationCategory(_Read):
+    """One row of ``verification.json``'s ``categories``."""
+
+    category: Text
+    verified: Count = 0
+    missing: Count = 0
+    unlabeled: Count = 0
+    ap: Fraction | None = None
+    ap50: Fraction | None = None
+    detections: Count = 0
+
+
+class VerificationRecord(_Read):
+    """``verification.json`` without its ``categories`` (read element by element)."""
+
+    detector_model: Text | None = None
+    detector_family: Text | None = None
+    detection_threshold: Fraction | None = None
+    unplanned_threshold: Fraction | None = None
+    verify_iou: Fraction | None = None
+    verified: Count | None = None
+    missing: Count | None = None
+    unlabeled: Count | None = None
+    images_with_unlabeled: Count | None = None
+    label_fidelity: LabelFidelity | None = None
+
+
+@dataclass
+class Verification:
+    """A score report's ``verification.json``: the whole-file fields and the category rows that
+    validate (a bad row is counted in the folder's ``Skipped``)."""
+
+    record: VerificationRecord
+    categories: list[VerificationCategory]
 
 
 class CategoryRow(_Read):
@@ -796,6 +908,53 @@ class ScoreReportFolder:
 
     def categories(self) -> list[CategoryRow]:
         return list(self._array(self.categories_path, CategoryRow, by_line=False))
+
+    verification_path = property(lambda self: self.root / SCORE_VERIFICATION)
+    detections_path = property(lambda self: self.root / SCORE_DETECTIONS)
+
+    def verified(self) -> bool:
+        """Whether the report was made with a verifier (its ``verification.json`` or
+        ``detections.json`` is there, or its summary names a detector)."""
+        if self.verification_path.exists() or self.detections_path.exists():
+            return True
+        try:
+            value = read_json_file(self.summary_path)
+        except InputError:
+            return False
+        return isinstance(value, dict) and value.get("detector_model") is not None
+
+    def verification(self) -> Verification | None:
+        """``verification.json`` (``None``: there is none), read whole up to ``MAX_FILE`` bytes;
+        ``InputError`` when it is not an object of the expected fields. Its ``categories`` are
+        validated one at a time, a bad one skipped and counted."""
+        value = read_json_file(self.verification_path)
+        if value is None:
+            return None
+        record = _record(self.verification_path, VerificationRecord, value)
+        rows = value.get("categories", [])
+        if not isinstance(rows, list):
+            raise InputError(f"{self.verification_path}: categories: expected a JSON array")
+        elements = ((f"categories[{k}]", v) for k, v in enumerate(rows))
+        return Verification(record, list(_valid(elements, VerificationCategory, SCORE_VERIFICATION,
+                                                self.skipped)))
+
+    def detections(self, ids: Collection[Any]) -> Iterator[ImageDetections]:
+        """The rows of ``detections.json`` of the images ``ids``. A line that cannot hold one of
+        them (as JSON text) is not parsed, and the row of another image is not validated: only
+        a bad row of ``ids`` is counted in ``skipped`` (with every line too long to read)."""
+        path = self.detections_path
+        if not path.exists():
+            return
+        if not _regular(path):
+            self.skipped.add(path.name, "", "not a regular file")
+            return
+        for where, text in _with_ids(path, ids, self.skipped):
+            try:
+                if _RowId.model_validate_json(text).id not in ids:
+                    continue
+            except ValidationError:
+                pass  # not a row of an image, or not JSON: said below
+            yield from _valid(iter([(where, text)]), ImageDetections, path.name, self.skipped)
 
 
 # --- starting a run -------------------------------------------------------------------------

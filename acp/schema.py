@@ -22,15 +22,17 @@ import math
 from collections import Counter
 from collections.abc import Container, Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -59,6 +61,18 @@ RelativePath = Annotated[str, AfterValidator(_relative_path)]
 
 class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=False)
+    # Fields added after records were first written, left out of the JSON while unused (None or
+    # empty): a record of a run that does not use them reads as records always have.
+    _unused_omitted: ClassVar[frozenset[str]] = frozenset()
+
+    @model_serializer(mode="wrap")
+    def _omit_unused(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if self._unused_omitted and isinstance(data, dict):
+            for key in self._unused_omitted:
+                if key in data and data[key] in (None, []):
+                    del data[key]
+        return data
 
 
 class PlanObject(_Record):
@@ -221,6 +235,31 @@ class ObjectScore(_Record):
     )
     judge: float | None = Field(default=None, description="VLM judge score, 0-100, if asked.")
     kept: bool = True
+    # Set when a detector verified the candidate (``acp.score.verify``); absent otherwise.
+    _unused_omitted = frozenset({"verification", "detection_iou", "detection_score", "detection_bbox"})
+    verification: Literal["verified", "refined", "missing"] | None = Field(
+        default=None, description="The detector's verdict on the box: a detection of its category "
+        "overlaps it (verified; refined when the detection's box is exported), or none does (missing).")
+    detection_iou: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="IoU of the box with its best detection of its category.")
+    detection_score: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="That detection's confidence.")
+    detection_bbox: list[float] | None = Field(
+        default=None, min_length=4, max_length=4, description="That detection's box, pixel [x, y, w, h].")
+
+
+class DetectedBox(_Record):
+    """One detection of a scene category by the verifier (``acp.score.verify``)."""
+
+    category: str
+    score: float = Field(ge=0.0, le=1.0, description="The detector's confidence.")
+    bbox: list[float] = Field(min_length=4, max_length=4, description="Pixel [x, y, w, h].")
+    role: Literal["match", "part", "unplanned", "weak"] = Field(description=(
+        "match: it verifies the planned object `object`; part: it lies inside a verified box of its "
+        "category (a part of that object); unplanned: confident, and no planned box of its category "
+        "overlaps it enough; weak: under the confidence of an unplanned instance."))
+    object: int | None = Field(default=None, ge=0, description="The planned object it verifies.")
+    confident: bool = Field(default=False, description="At or above the unplanned-instance threshold.")
 
 
 class CandidateScore(_Record):
@@ -243,6 +282,13 @@ class CandidateScore(_Record):
     kept: bool = Field(default=True, description="Passes the CLIS thresholds.")
     reason: str | None = Field(default=None, description="Why it was dropped, if it was.")
     detail: dict[str, Any] = Field(default_factory=dict, description="Scorer-specific detail.")
+    _unused_omitted = frozenset({"verification", "detections"})
+    verification: float | None = Field(
+        default=None, ge=0.0, le=100.0, description="The detector's term of clis, 0-100: the mean IoU "
+        "of the planned boxes with their detections, each unplanned instance counting as a box with "
+        "IoU 0 (acp.score.verify); null without a detector or objects.")
+    detections: list[DetectedBox] = Field(
+        default_factory=list, description="What the verifier detected, at most 100, best first.")
 
 
 class PlanResult(_Record):
@@ -263,6 +309,17 @@ class PlanResult(_Record):
     dropped_categories: list[str] = Field(default_factory=list, description="Categories not exported.")
     mask_problems: list[str] = Field(default_factory=list, description="Masks dropped or flagged.")
     flagged: int = Field(default=0, ge=0, description="Candidates the safety checker flagged (dropped).")
+    # The kept candidate's verification, when a detector verified it (``acp.score.verify``).
+    _unused_omitted = frozenset({"verification", "verified_categories", "missing_categories",
+                                 "unplanned_categories"})
+    verification: float | None = Field(default=None, ge=0.0, le=100.0,
+                                       description="The kept candidate's verification term.")
+    verified_categories: list[str] = Field(default_factory=list,
+                                           description="Categories of its boxes a detection verified.")
+    missing_categories: list[str] = Field(default_factory=list,
+                                          description="Categories of its boxes no detection matched.")
+    unplanned_categories: list[str] = Field(default_factory=list,
+                                            description="Categories of its unplanned instances.")
 
 
 SCHEMA_MODELS: dict[str, type[BaseModel]] = {

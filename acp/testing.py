@@ -11,6 +11,9 @@ and determinism are meaningful.
 CLIP vision tower on 32 px inputs) and its feature extractor; it flags nothing until its concept
 thresholds are lowered (``flag_everything``).
 
+``tiny_owlv2`` and ``tiny_grounding_dino`` are the verifier's two detector families
+(``acp.score.detector``), Grounding DINO's BERT tokenizer a WordPiece over single letters.
+
 ``save_tiny_models(directory)`` writes all of them with ``save_pretrained`` so callers exercise
 the same ``from_pretrained(folder)`` path as with a real checkpoint. From a shell:
 ``python -m acp.testing DIRECTORY``.
@@ -25,12 +28,25 @@ if TYPE_CHECKING:
     from diffusers.pipelines.deprecated.stable_diffusion_gligen.pipeline_stable_diffusion_gligen import (
         StableDiffusionGLIGENPipeline,
     )
-    from transformers import CLIPModel, CLIPProcessor, CLIPTokenizer, SamModel, SamProcessor
+    from transformers import (
+        CLIPModel,
+        CLIPProcessor,
+        CLIPTokenizer,
+        GroundingDinoForObjectDetection,
+        GroundingDinoProcessor,
+        Owlv2ForObjectDetection,
+        Owlv2Processor,
+        SamModel,
+        SamProcessor,
+    )
 
 TOKEN_LIMIT = 77  # CLIP's context length; the GLIGEN pipeline truncates prompts to it
 IMAGE_SIZE = 64  # default output side of the tiny GLIGEN pipeline (latent 8x8, VAE factor 8)
 CLIP_IMAGE_SIZE = 32
 SAM_IMAGE_SIZE = 64
+DETECTOR_IMAGE_SIZE = 64  # the detectors' input side (OWLv2: 4x4 patches of 16 px)
+OWL_TEXT_LENGTH = 16  # OWLv2's text context, as the released models have it
+DINO_TEXT_LENGTH = 64  # Grounding DINO's max_text_len (256 in the released models)
 _HIDDEN = 32  # text width = UNet cross-attention width = GLIGEN phrase-embedding width
 
 
@@ -249,12 +265,90 @@ def tiny_sam(seed: int = 0) -> tuple[SamModel, SamProcessor]:
     return model, SamProcessor(image_processor=image_processor)
 
 
+def tiny_owlv2(seed: int = 0) -> tuple[Owlv2ForObjectDetection, Owlv2Processor]:
+    """An OWLv2 detector (the byte-level CLIP text tower, a 64 px ViT with 16 px patches: 16
+    boxes per image) and its processor."""
+    import torch
+    from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2Processor
+    from transformers.models.owlv2.image_processing_pil_owlv2 import Owlv2ImageProcessorPil
+
+    tokenizer = tiny_tokenizer()
+    tokenizer.model_max_length = OWL_TEXT_LENGTH
+    text = _text_config_kwargs(tokenizer) | {"max_position_embeddings": OWL_TEXT_LENGTH}
+    vision = _tiny_vision_config().to_dict() | {"image_size": DETECTOR_IMAGE_SIZE, "patch_size": 16}
+    torch.manual_seed(seed)
+    config = Owlv2Config(text_config=text, vision_config=vision, projection_dim=_HIDDEN)
+    model = Owlv2ForObjectDetection(config)
+    side = {"height": DETECTOR_IMAGE_SIZE, "width": DETECTOR_IMAGE_SIZE}
+    processor = Owlv2Processor(image_processor=Owlv2ImageProcessorPil(size=side), tokenizer=tokenizer)
+    return model.eval(), processor
+
+
+def tiny_bert_tokenizer() -> Any:
+    """A BERT WordPiece tokenizer over lowercase letters, digits and punctuation (each word is
+    spelled out letter by letter), built in memory."""
+    import string
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import BertTokenizerFast
+
+    symbols = string.ascii_lowercase + string.digits
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *string.punctuation, *symbols,
+              *(f"##{c}" for c in symbols)]
+    vocab = {token: k for k, token in enumerate(dict.fromkeys(tokens))}
+    backend = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    return BertTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", sep_token="[SEP]",
+                             pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]",
+                             model_max_length=DINO_TEXT_LENGTH)
+
+
+def tiny_grounding_dino(seed: int = 0) -> tuple[GroundingDinoForObjectDetection, GroundingDinoProcessor]:
+    """A Grounding DINO detector (a 4-stage Swin of width 8, a one-layer BERT, 20 queries, 64
+    text tokens) and its processor (shortest side 64)."""
+    import torch
+    from transformers import (
+        BertConfig,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoProcessor,
+        SwinConfig,
+    )
+    from transformers.models.grounding_dino.image_processing_pil_grounding_dino import (
+        GroundingDinoImageProcessorPil,
+    )
+
+    tokenizer = tiny_bert_tokenizer()
+    backbone = SwinConfig(image_size=DETECTOR_IMAGE_SIZE, patch_size=4, embed_dim=8, depths=[1, 1, 1, 1],
+                          num_heads=[1, 1, 2, 2], window_size=2, out_indices=[2, 3, 4])
+    text = BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                      intermediate_size=32, max_position_embeddings=DINO_TEXT_LENGTH)
+    config = GroundingDinoConfig(
+        backbone_config=backbone, text_config=text, num_queries=20, encoder_layers=1, decoder_layers=2,
+        encoder_ffn_dim=32, decoder_ffn_dim=32, d_model=64, encoder_attention_heads=2,
+        decoder_attention_heads=2, max_text_len=DINO_TEXT_LENGTH, encoder_n_points=2, decoder_n_points=2)
+    torch.manual_seed(seed)
+    model = GroundingDinoForObjectDetection(config)
+    processor = GroundingDinoProcessor(
+        image_processor=GroundingDinoImageProcessorPil(
+            size={"shortest_edge": DETECTOR_IMAGE_SIZE, "longest_edge": 2 * DETECTOR_IMAGE_SIZE}),
+        tokenizer=tokenizer)
+    return model.eval(), processor
+
+
 def save_tiny_models(directory: Path | str, seed: int = 0) -> dict[str, Path]:
-    """Write the tiny GLIGEN pipeline, CLIP and SAM under ``directory``; return their folders."""
+    """Write the tiny GLIGEN pipeline, CLIP, SAM and the detectors (OWLv2, Grounding DINO) under
+    ``directory``; return their folders."""
     root = Path(directory)
-    folders = {name: root / name for name in ("gligen", "clip", "sam")}
+    folders = {name: root / name for name in ("gligen", "clip", "sam", "owlv2", "grounding-dino")}
     tiny_gligen_pipeline(seed).save_pretrained(folders["gligen"])
-    for name, (model, processor) in (("clip", tiny_clip(seed)), ("sam", tiny_sam(seed))):
+    built = (("clip", tiny_clip(seed)), ("sam", tiny_sam(seed)), ("owlv2", tiny_owlv2(seed)),
+             ("grounding-dino", tiny_grounding_dino(seed)))
+    for name, (model, processor) in built:
         model.save_pretrained(folders[name])
         processor.save_pretrained(folders[name])
     return folders
@@ -309,11 +403,13 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(
         prog="python -m acp.testing",
-        description="Write tiny random GLIGEN, CLIP and SAM models (save_pretrained folders) for "
+        description="Write tiny random GLIGEN, CLIP, SAM and detector (OWLv2, Grounding DINO) models "
+        "(save_pretrained folders) for "
         "tests and examples; print each one's folder.",
     )
     parser.add_argument(
-        "directory", type=Path, metavar="DIRECTORY", help="folder to write gligen/, clip/ and sam/ into"
+        "directory", type=Path, metavar="DIRECTORY",
+        help="folder to write gligen/, clip/, sam/, owlv2/ and grounding-dino/ into"
     )
     args = parser.parse_args(argv)
     if str(args.directory).startswith("-"):  # `-- -x`: surely a mistyped option, not a folder

@@ -55,6 +55,8 @@ from acp.cli.score import (
     BankOption,
     ClipOption,
     ClisLMethodOption,
+    DetectionThresholdOption,
+    DetectorModelOption,
     EmbedOption,
     JudgeBaseUrlOption,
     JudgeMarginOption,
@@ -62,6 +64,9 @@ from acp.cli.score import (
     JudgeModelOption,
     MinClisIOption,
     MinClisLOption,
+    UnplannedThresholdOption,
+    VerifyIouOption,
+    VerifyOption,
     check_clis_l_method,
     judge_settings,
 )
@@ -123,6 +128,17 @@ def generate(
     judge_max_calls: JudgeMaxCallsOption = defaults.JUDGE_MAX_CALLS,
     min_clis_l: MinClisLOption = defaults.MIN_CLIS_L,
     min_clis_i: MinClisIOption = defaults.MIN_CLIS_I,
+    verify: VerifyOption = False,
+    detector_model: DetectorModelOption = None,
+    detection_threshold: DetectionThresholdOption = None,
+    unplanned_threshold: UnplannedThresholdOption = None,
+    verify_iou: VerifyIouOption = defaults.VERIFY_IOU,
+    unplanned: Annotated[str, typer.Option(
+        help="With --verify, an object the detector is sure of that no label covers: drop (its "
+        "candidate), ignore (an iscrowd 1 region) or pseudo-label (a label with the detector's box).",
+    )] = defaults.UNPLANNED,
+    refine_boxes: Annotated[bool, typer.Option(
+        "--refine-boxes", help="With --verify, export a verified box as its detection's box.")] = False,
     masks: Annotated[bool, typer.Option("--masks", help="Add SAM instance masks (COCO RLE).")] = False,
     sam_model: Annotated[str, typer.Option(help="SAM hub id or folder, with --masks.")] = (
         defaults.SAM_MODEL
@@ -195,7 +211,10 @@ def generate(
         clis_l_method=clis_l_method, judge_model=judge_model, judge_base_url=judge_base_url,
         judge_margin=judge_margin, judge_max_calls=judge_max_calls, min_clis_l=min_clis_l,
         min_clis_i=min_clis_i, masks=masks, sam_model=sam_model, categories=categories,
-        keep_candidates=keep_candidates, image_format=image_format)
+        keep_candidates=keep_candidates, image_format=image_format, verify=verify,
+        detector_model=detector_model, detection_threshold=detection_threshold,
+        unplanned_threshold=unplanned_threshold, verify_iou=verify_iou, unplanned=unplanned,
+        refine_boxes=refine_boxes)
     engine: Engine
     if executor == "ray":
         from acp.generate.ray import RayEngine, RayOptions

@@ -73,6 +73,23 @@ JudgeMarginOption = Annotated[
 ]
 JudgeMaxCallsOption = Annotated[int, typer.Option(min=0, help="Judge requests per run at most.")]
 ProgressOption = Annotated[bool, typer.Option(help="Show each model's loading line and a progress bar.")]
+# The verifier (acp.score.verify), shared with `acp generate`.
+VerifyOption = Annotated[bool, typer.Option(
+    "--verify",
+    help=f"Check every box with a zero-shot detector (--detector-model, default {defaults.DETECTOR_MODEL}).",
+)]
+DetectorModelOption = Annotated[str | None, typer.Option(
+    "--detector-model", show_default=False,
+    help="Zero-shot detector (OWLv2 or Grounding DINO) hub id or folder; implies --verify.")]
+DetectionThresholdOption = Annotated[float | None, typer.Option(
+    min=0.0, max=1.0, show_default=False,
+    help="Detector score at which a detection counts [default: OWLv2 0.1, Grounding DINO 0.35].")]
+UnplannedThresholdOption = Annotated[float | None, typer.Option(
+    min=0.0, max=1.0, show_default=False,
+    help="Detector score at which a detection matching no box is an unlabeled object "
+    "[default: OWLv2 0.3, Grounding DINO 0.5].")]
+VerifyIouOption = Annotated[float, typer.Option(
+    min=0.0, max=1.0, help="IoU at which a detection of its category verifies a box.")]
 
 
 @bank_app.command("build")
@@ -139,11 +156,12 @@ def make_layout_scorer(
     return components.layout_scorer(settings, progress=progress)
 
 
-def check_scoring_models(clip_model: str, embed_model: str | None) -> None:
+def check_scoring_models(clip_model: str, embed_model: str | None, detector_model: str | None = None) -> None:
     """Every model a scoring command loads, looked for before any is loaded."""
     from acp.pretrained import check_models
 
-    check_models([("--clip-model", clip_model), *([("--embed-model", embed_model)] if embed_model else [])])
+    check_models([("--clip-model", clip_model), *([("--embed-model", embed_model)] if embed_model else []),
+                  *([("--detector-model", detector_model)] if detector_model else [])])
 
 
 @score_app.command("layouts")
@@ -320,10 +338,17 @@ def score_dataset(
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
     batch_size: Annotated[int, typer.Option(min=1, max=MAX_BATCH, help="Images per CLIP forward pass.")] = 8,
+    verify: VerifyOption = False,
+    detector_model: DetectorModelOption = None,
+    detection_threshold: DetectionThresholdOption = None,
+    unplanned_threshold: UnplannedThresholdOption = None,
+    verify_iou: VerifyIouOption = defaults.VERIFY_IOU,
     progress: ProgressOption = True,
 ) -> None:
     """Score every image and box of a COCO dataset; report per image, per box, per category.
 
+    With --verify, a detector also checks every box (verified or missing), finds objects no box
+    labels, and measures label fidelity (COCO AP of its detections against the labels).
     Items that cannot be scored (missing or undecodable image, box outside its image, unknown
     category id) are listed in failures.json and printed as found; the exit code is then 1.
     """
@@ -338,7 +363,11 @@ def score_dataset(
     device = resolve_device(device)  # a bad --device fails before any bank or model is loaded
     resolve_dtype(dtype, device)
     check_layout_options(bank, embed_model, clis_l_method)
-    check_scoring_models(clip_model, embed_model)
+    from acp.score.verify import verify_settings
+
+    checks = verify_settings(verify, detector_model, detection_threshold=detection_threshold,
+                             unplanned_threshold=unplanned_threshold, verify_iou=verify_iou)
+    check_scoring_models(clip_model, embed_model, checks.detector_model if checks else None)
     layout_scorer = (make_layout_scorer(bank, embed_model, clis_l_method, progress=progress)
                      if bank or embed_model else None)
 
@@ -348,6 +377,7 @@ def score_dataset(
     # The steps before the bar starts (loading CLIP, parsing a large COCO file) take seconds to
     # minutes: a line each (the model's from acp.pretrained.loading).
     image_scorer = components.image_scorer(clip_model, device, dtype=dtype, progress=progress)
+    verifier = components.verifier(checks, device, dtype=dtype, progress=progress)
     status = status_printer(progress)
     if status is not None:
         status(f"reading {annotations} ({annotations.stat().st_size / 1e6:.1f} MB)")
@@ -362,6 +392,7 @@ def score_dataset(
         batch_size=batch_size,
         progress=progress,
         on_failure=print_failure,
+        verifier=verifier,
     )
     s = report.summary
     kept = f", kept {s['kept_images']} images and {s['kept_boxes']} boxes" if keep_above is not None else ""
@@ -369,6 +400,13 @@ def score_dataset(
         f"{output}: {s['scored_images']} of {s['images']} images and {s['scored_boxes']} of {s['boxes']} "
         f"boxes scored, {report.failed} failed{kept}"
     )
+    if verifier is not None:
+        fidelity = s["label_fidelity"]
+        figures = (f"AP {fidelity['ap']:.3f}, AP50 {fidelity['ap50']:.3f}" if fidelity["ap"] is not None
+                   else "no AP (no label)")
+        print(f"{output}: {s['verified_boxes']} boxes verified, {s['missing_boxes']} missing, "
+              f"{s['unlabeled_objects']} unlabeled objects in {s['images_with_unlabeled']} images; "
+              f"label fidelity ({verifier.detector.name}): {figures}")
     if s.get("renumbered_annotations"):
         notice(f"{s['renumbered_annotations']} annotations had a missing or repeated id: renumbered in "
                "the filtered copy")

@@ -184,14 +184,24 @@ class ImageProvenance(BaseModel):
 
 
 class InstanceProvenance(BaseModel):
-    """Per-annotation provenance: the plan object it came from and its scores."""
+    """Per-annotation provenance: the plan object it came from and its scores; with a verifier
+    (``acp.score.verify``), its verdict, and for an object the detector found beyond the plan
+    (a pseudo-label, or an ignore region) no ``object_id``."""
 
     model_config = ConfigDict(extra="forbid")
 
-    object_id: int = Field(ge=0)
+    object_id: int | None = Field(ge=0)
     description: str | None = None
     clis_i: float | None = None
     mask_score: float | None = Field(default=None, description="SAM's predicted IoU of the mask.")
+    verification: Literal["verified", "refined", "pseudo-label", "ignore"] | None = None
+    detection_score: float | None = Field(default=None, description="The detector's confidence.")
+    planned_bbox: list[float] | None = Field(default=None, description="The plan's box, when refined.")
+
+    def record(self) -> dict[str, Any]:
+        """As written: the verifier's fields only when set (earlier files never had them)."""
+        unused = {k for k in ("verification", "detection_score", "planned_bbox") if getattr(self, k) is None}
+        return self.model_dump(mode="json", exclude=unused)
 
 
 @dataclass(frozen=True)
@@ -202,6 +212,7 @@ class Instance:
     bbox: tuple[float, float, float, float]
     mask: MaskResult | None = None
     provenance: InstanceProvenance | None = None
+    crowd: bool = False  # an ignore region (``iscrowd: 1``)
 
 
 @dataclass(frozen=True)
@@ -212,47 +223,102 @@ class ExportedImage:
     resumed: bool  # True when the key was already exported (nothing was written this time)
 
 
+@dataclass(frozen=True)
+class ExportBox:
+    """A box a kept image is exported with (``export_boxes``): ``key`` names it in a masks
+    mapping (the object id of a planned box; ``"detection K"`` for the score's K-th detection),
+    ``bbox`` pixel ``[x, y, w, h]``, ``crowd`` for an ignore region."""
+
+    key: int | str
+    category: str
+    bbox: tuple[float, float, float, float]
+    crowd: bool
+    provenance: InstanceProvenance
+
+
+def export_boxes(plan: ScenePlan, score: CandidateScore | None, size: tuple[int, int],
+                 unlabeled: Literal["ignore", "pseudo-label"] | None = None) -> list[ExportBox]:
+    """The boxes of a kept image of ``size`` (width, height): its kept objects (the detector's
+    box where the score says ``refined``), and with a verifier's score and ``unlabeled``, each
+    unlabeled object the detector found (``acp.score.verify.unlabeled``) as an ignore region or
+    a pseudo-label."""
+    from acp.boxes import plan_to_coco
+    from acp.score.verify import unlabeled as unlabeled_of
+
+    scores = {o.id: o for o in score.objects} if score else {}
+    boxes = plan_to_coco([o.bbox for o in plan.objects], *size).reshape(-1, 4).tolist()
+    out = []
+    for obj, box in zip(plan.objects, boxes, strict=True):
+        object_score = scores.get(obj.id)
+        if object_score is not None and not object_score.kept:
+            continue
+        planned = (float(box[0]), float(box[1]), float(box[2]), float(box[3]))
+        refined = object_score is not None and object_score.verification == "refined"
+        found = object_score.detection_bbox if object_score is not None else None
+        bbox = planned
+        if refined and found:
+            bbox = (float(found[0]), float(found[1]), float(found[2]), float(found[3]))
+        out.append(ExportBox(obj.id, obj.category, bbox, False, InstanceProvenance(
+            object_id=obj.id, description=obj.description,
+            clis_i=object_score.clis_i if object_score else None,
+            verification=object_score.verification if object_score and object_score.verification != "missing"
+            else None,
+            detection_score=object_score.detection_score if object_score else None,
+            planned_bbox=[round(v, 2) for v in planned] if refined else None)))
+    if score is not None and unlabeled is not None:
+        index = {id(d): k for k, d in enumerate(score.detections)}
+        for detection in unlabeled_of(score):
+            x, y, w, h = detection.bbox
+            provenance = InstanceProvenance(object_id=None, verification=unlabeled,
+                                            detection_score=detection.score)
+            out.append(ExportBox(f"detection {index[id(detection)]}", detection.category, (x, y, w, h),
+                                 unlabeled == "ignore", provenance))
+    return out
+
+
 def plan_instances(
     plan: ScenePlan,
     categories: CategorySet,
     *,
     score: CandidateScore | None = None,
-    masks: Mapping[int, MaskResult] | None = None,
+    masks: Mapping[int | str, MaskResult] | None = None,
     size: tuple[int, int] | None = None,
+    unlabeled: Literal["ignore", "pseudo-label"] | None = None,
+    boxes: Sequence[ExportBox] | None = None,
 ) -> list[Instance]:
-    """The instances of ``plan``'s objects, boxes in pixels of ``size`` (width, height of the
-    image; the plan's size by default).
+    """The instances of ``plan``'s objects (``export_boxes``, or ``boxes`` when given), boxes in
+    pixels of ``size`` (width, height of the image; the plan's size by default).
 
-    Objects the score marks as not kept are left out; ``masks`` maps object ids to their masks
-    (objects without one get none). A category outside ``categories`` is a ``KeyError``: an
-    unlabelled object in an image would teach a detector that it is background.
+    Objects the score marks as not kept are left out; ``masks`` maps ``ExportBox.key`` (the
+    object ids) to masks (boxes without one get none; an ignore region gets its whole box when
+    there are masks). A category outside ``categories`` is a ``KeyError``: an unlabelled object
+    in an image would teach a detector that it is background.
     """
-    from acp.boxes import plan_to_coco
-
-    masks = masks or {}
-    scores = {o.id: o for o in score.objects} if score else {}
-    width, height = size or (plan.width, plan.height)
-    boxes = plan_to_coco([o.bbox for o in plan.objects], width, height).reshape(-1, 4)
+    size = size or (plan.width, plan.height)
     instances = []
-    for obj, box in zip(plan.objects, boxes, strict=True):
-        object_score = scores.get(obj.id)
-        if object_score is not None and not object_score.kept:
-            continue
-        mask = masks.get(obj.id)
-        instances.append(
-            Instance(
-                category_id=categories.id_for(obj.category),
-                bbox=(float(box[0]), float(box[1]), float(box[2]), float(box[3])),
-                mask=mask,
-                provenance=InstanceProvenance(
-                    object_id=obj.id,
-                    description=obj.description,
-                    clis_i=object_score.clis_i if object_score else None,
-                    mask_score=mask.score if mask else None,
-                ),
-            )
-        )
+    for box in boxes if boxes is not None else export_boxes(plan, score, size, unlabeled):
+        mask = (masks or {}).get(box.key)
+        if mask is None and box.crowd and masks is not None:
+            mask = _rectangle(box.bbox, size)
+        provenance = box.provenance.model_copy(update={"mask_score": mask.score if mask and not box.crowd
+                                                       else None})
+        instances.append(Instance(category_id=categories.id_for(box.category), bbox=box.bbox, mask=mask,
+                                  provenance=provenance, crowd=box.crowd))
     return instances
+
+
+def _rectangle(box: tuple[float, float, float, float], size: tuple[int, int]) -> MaskResult:
+    """An ignore region's mask: its whole box (pixels it touches, inside the image)."""
+    import numpy as np
+
+    from acp.segment import encode_masks
+
+    width, height = size
+    x0, y0 = max(int(box[0]), 0), max(int(box[1]), 0)
+    x1, y1 = min(math.ceil(box[0] + box[2]), width), min(math.ceil(box[1] + box[3]), height)
+    mask = np.zeros((1, height, width), dtype=bool)
+    mask[0, y0:y1, x0:x1] = True
+    return encode_masks(mask, [1.0], [[x0, y0, x1, y1]])[0]
 
 
 def _pixel_box(bbox: Sequence[float], width: int, height: int) -> tuple[float, float, float, float]:
@@ -636,7 +702,7 @@ class CocoWriter:
             "category_id": instance.category_id,
             "bbox": [x, y, w, h],
             "area": round(w * h, 2),
-            "iscrowd": 0,
+            "iscrowd": 1 if instance.crowd else 0,
         }
         mask = instance.mask
         if mask is not None:
@@ -649,7 +715,7 @@ class CocoWriter:
             annotation["segmentation"] = {"size": [height, width], "counts": mask.rle["counts"]}
             annotation["area"] = mask.area
         if instance.provenance is not None:
-            annotation["acp"] = instance.provenance.model_dump(mode="json")
+            annotation["acp"] = instance.provenance.record()
         return annotation
 
     def _image_size(self, image: Image.Image | Path | EncodedImage) -> tuple[int, int]:

@@ -1,5 +1,5 @@
 """The one builder of acp's runners from their settings: the planner, the renderer, the
-layout and image scorers, the judge and the mask segmenter. ``acp plan``, ``acp render``,
+layout and image scorers, the judge, the verifier and the mask segmenter. ``acp plan``, ``acp render``,
 ``acp score ...`` and ``acp generate`` (both engines) all build them here, so one setting means
 the same thing everywhere. Model loading is lazy: nothing heavy is imported until a builder
 that needs it is called."""
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from acp.score.image import ImageScorer
     from acp.score.judge import Judge, JudgeSettings
     from acp.score.layout import LayoutScorer
+    from acp.score.verify import Verifier, VerifySettings
     from acp.segment import MaskSegmenter, MaskSettings
 
 
@@ -92,6 +93,19 @@ def scorer(settings: ScoreSettings, device: str | None, *, judge: Judge | None =
                   layout_scorer(settings, progress=progress), judge=judge, thresholds=settings.thresholds)
 
 
+def verifier(settings: VerifySettings | None, device: str | None, *, dtype: str | None = None,
+             progress: bool = False) -> Verifier | None:
+    """The detector of ``settings`` (``acp.score.detector``) with its checks; ``None`` without."""
+    if settings is None:
+        return None
+    from acp.score.detector import ZeroShotDetector
+    from acp.score.verify import Verifier
+
+    detector = ZeroShotDetector.from_pretrained(settings.detector_model, device=device, dtype=dtype,
+                                                progress=progress)
+    return Verifier(detector, settings)
+
+
 def segmenter(settings: MaskSettings | None, device: str | None, *, dtype: str | None = None,
               progress: bool = False) -> MaskSegmenter | None:
     if settings is None:
@@ -109,6 +123,7 @@ def check_models(spec: StageSpec, *, renderer: bool = True) -> None:
     score = spec.score
     check([*([("--model", spec.render.model)] if renderer else []), ("--clip-model", score.clip_model),
            *([("--sam-model", spec.masks.sam_model)] if spec.masks is not None else []),
+           *([("--detector-model", score.verify.detector_model)] if score.verify is not None else []),
            *([("--embed-model", score.embed_model)] if score.embed_model else [])])
 
 
@@ -134,6 +149,7 @@ class Components:
     renderer: Renderer
     scorer: Scorer
     segmenter: MaskSegmenter | None
+    verifier: Verifier | None = None
 
     @classmethod
     def load(cls, spec: StageSpec, device: str, *, compile: bool = False, dtype: str | None = None,
@@ -147,4 +163,5 @@ class Components:
                  else renderer(spec.render, device, compile=compile, dtype=dtype, progress=progress))
         return cls(built, scorer(spec.score, built.device, judge=judge(spec.score.judge), dtype=dtype,
                                  progress=progress),
-                   segmenter(spec.masks, built.device, dtype=dtype, progress=progress))
+                   segmenter(spec.masks, built.device, dtype=dtype, progress=progress),
+                   verifier(spec.score.verify, built.device, dtype=dtype, progress=progress))

@@ -1,8 +1,8 @@
 r"""The records a plan passes through in ``acp generate``, one per stage, each frozen:
 
 ```
-ScenePlan --lay--> Laid --render--> Rendered --finish--> Finished --RunWriter--> OUT/
-              \--------------\----------------------------/   (a plan that ends early)
+ScenePlan --lay--> Laid --render--> Rendered --verify--> Rendered --finish--> Finished --RunWriter--> OUT/
+              \--------------\---------------------------------------------/   (a plan that ends early)
 ```
 
 A plan can end at any stage (a layout under the CLIS-L threshold, a renderer error of its
@@ -23,6 +23,7 @@ from acp.schema import CandidateScore, PlanResult, ScenePlan
 
 if TYPE_CHECKING:
     from acp.score.layout import LayoutScore
+    from acp.score.verify import CandidateCheck
 
 
 @dataclass(frozen=True)
@@ -37,11 +38,13 @@ class Laid:
 
 @dataclass(frozen=True)
 class Rendered:
-    """A laid plan and its candidates, the safety checker's flagged ones already taken out."""
+    """A laid plan and its candidates, the safety checker's flagged ones already taken out;
+    ``checks``, once verified (``stages.verify``), the detector's verdict on each candidate."""
 
     laid: Laid
     candidates: tuple[RenderedCandidate, ...]
     flagged: int = 0
+    checks: tuple[CandidateCheck, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,7 @@ class InvalidPlan:
 @dataclass
 class StageTimes:
     """Seconds per stage. Locally ``plan_wait``, ``layout``, ``render`` and ``finish_wait`` are
-    spent on the device thread; ``score``, ``segment`` and ``export`` on the finishing thread,
+    spent on the device thread; ``score``, ``verify``, ``segment`` and ``export`` on the finishing thread,
     alongside it, so the shares of a run can add up to more than 1."""
 
     load: float = 0.0  # start-up until the first plan: imports, inputs, loading the models
@@ -88,6 +91,7 @@ class StageTimes:
     layout: float = 0.0
     render: float = 0.0
     score: float = 0.0
+    verify: float = 0.0  # the detector and its checks, on the finishing thread
     segment: float = 0.0
     export: float = 0.0  # encoding and writing
     finish_wait: float = 0.0  # the device thread waiting for room in the finishing queue

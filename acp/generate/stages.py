@@ -1,7 +1,9 @@
 """The stages of ``acp generate`` as functions over records (``acp.generate.records``), run
 by either engine with the loaded ``Components``: ``lay`` (CLIS-L, before any GPU time),
-``render`` (K candidates of a batch of plans in one loop) and ``finish`` (CLIS-I in one pass,
-the best candidate, its masks and instances, everything encoded as it will be written).
+``render`` (K candidates of a batch of plans in one loop), ``verify`` (the detector over the
+batch's candidates in one pass, when there is a verifier; ``finish`` calls it first) and
+``finish`` (CLIS-I in one pass, the best candidate, its masks and instances, everything
+encoded as it will be written).
 They load nothing, write nothing and change none of their inputs; ``times`` adds up the
 seconds of each stage.
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from acp.errors import AcpError, first_line
@@ -96,19 +99,38 @@ def _take(laid: Laid, rendered: list[RenderedCandidate]) -> Rendered | Finished:
     return Rendered(laid, kept, flagged)
 
 
+# -- verify -----------------------------------------------------------------------------------
+
+
+def verify(batch: Sequence[Rendered], components: Components, times: StageTimes) -> list[Rendered]:
+    """The detector's verdict on every candidate of ``batch`` (one detection pass), in each
+    ``Rendered.checks``; the batch as it is without a verifier, or once verified."""
+    verifier = components.verifier
+    todo = [r for r in batch if r.checks is None]
+    if verifier is None or not todo:
+        return list(batch)
+    with times.timed("verify"):
+        found = iter(verifier.check_plans([(r.laid.plan, c.image) for r in todo for c in r.candidates]))
+    return [r if r.checks is not None else replace(r, checks=tuple(next(found) for _ in r.candidates))
+            for r in batch]
+
+
 # -- finish -----------------------------------------------------------------------------------
 
 
 def finish(batch: Sequence[Rendered], components: Components, spec: StageSpec, times: StageTimes
            ) -> list[Finished]:
-    """Score the plans of ``batch`` in one CLIP pass and make each one's image and instances,
-    encoded as the run folder stores them."""
+    """Verify (``verify``) and score the plans of ``batch`` in one pass each and make each one's
+    image and instances, encoded as the run folder stores them."""
     if not batch:
         return []
     scorer = components.scorer
+    policy = components.verifier.settings if components.verifier is not None else None
     try:
+        batch = verify(batch, components, times)
         with times.timed("score"):
-            results = scorer.score_many([(r.laid.plan, r.candidates, r.laid.layout) for r in batch])
+            results = scorer.score_many([(r.laid.plan, r.candidates, r.laid.layout) for r in batch],
+                                        checks=[r.checks for r in batch], verify=policy)
     except Exception as error:
         if stops_the_run(error) or len(batch) == 1:
             if stops_the_run(error):
@@ -134,6 +156,17 @@ def _candidates(rendered: Rendered, spec: StageSpec, times: StageTimes) -> tuple
         return tuple(KeptCandidate(r.candidate, _png(r.image)) for r in rendered.candidates)
 
 
+def _verified(score: CandidateScore) -> dict[str, object]:
+    """The ledger's verification fields of the kept candidate (none without a verifier)."""
+    if score.verification is None and not any(o.verification for o in score.objects):
+        return {}
+    verified = ("verified", "refined")
+    return {"verification": score.verification,
+            "verified_categories": [o.category for o in score.objects if o.verification in verified],
+            "missing_categories": [o.category for o in score.objects if o.verification == "missing"],
+            "unplanned_categories": [d.category for d in score.detections if d.role == "unplanned"]}
+
+
 def _png(image: Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
@@ -153,8 +186,9 @@ def _keep(rendered: Rendered, scores: PlanScores, components: Components, spec: 
 
 def _export(rendered: Rendered, scores: PlanScores, components: Components, spec: StageSpec,
             times: StageTimes) -> Finished:
-    from acp.boxes import plan_to_sam
+    from acp.boxes import xywh_to_xyxy
     from acp.export import ImageProvenance, encode_image, plan_instances
+    from acp.export.coco import export_boxes
 
     plan = rendered.laid.plan
     records = scores.candidates
@@ -168,36 +202,44 @@ def _export(rendered: Rendered, scores: PlanScores, components: Components, spec
             "clis_i": max((s.clis_i for s in records), default=None)})
         return Finished(result, records, None, candidates)
     chosen = next(r for r in rendered.candidates if r.candidate.index == best.index)
+    policy = components.verifier.settings.unplanned if components.verifier is not None else None
+    unlabeled = policy if policy in ("ignore", "pseudo-label") else None
     masks = None
+    boxes = None
     if components.segmenter is not None:
         with times.timed("segment"):
-            objects = {o.id: o for o in plan.objects}
-            kept = [s for s in best.objects if s.kept]
-            width, height = chosen.image.size
-            found = components.segmenter.segment(
-                chosen.image, plan_to_sam([objects[s.id].bbox for s in kept], width, height))
+            boxes = export_boxes(plan, best, chosen.image.size, unlabeled)  # type: ignore[arg-type]
+            objects = [b for b in boxes if not b.crowd]
+            found = components.segmenter.segment(chosen.image, xywh_to_xyxy([b.bbox for b in objects]))
             masks = {}
-            unmasked = set()
+            unmasked: set[int | str] = set()
             problems = list(result.mask_problems)
-            for instance, mask in zip(kept, found, strict=True):
-                what = f"object {instance.id} ({instance.category})"
+            for box, mask in zip(objects, found, strict=True):
+                what = (f"object {box.key} ({box.category})" if isinstance(box.key, int)
+                        else f"{box.key} ({box.category}, {unlabeled})")
                 if mask.problem:  # no usable mask: the instance is not exported, and said so
-                    unmasked.add(instance.id)
+                    unmasked.add(box.key)
                     problems.append(f"{what}: {mask.problem}")
                 else:
-                    masks[instance.id] = mask
+                    masks[box.key] = mask
                     if mask.warning:  # kept, but implausible for its box: said so
                         problems.append(f"{what}: {mask.warning}")
             result = result.model_copy(update={"mask_problems": problems})
             # The scores stay what the scorer said (as `acp score candidates` writes them); what
-            # is exported is a new score without the unmasked instances.
+            # is exported is a new score without the unmasked instances. A pseudo-label without
+            # a mask becomes an ignore region (its box): still no object left as background.
             best = best.model_copy(update={"objects": [
                 o.model_copy(update={"kept": False}) if o.id in unmasked else o for o in best.objects]})
+            ignored = {"verification": "ignore"}
+            boxes = [replace(b, crowd=True, provenance=b.provenance.model_copy(update=ignored))
+                     if b.key in unmasked and isinstance(b.key, str) else b
+                     for b in boxes if not (b.key in unmasked and isinstance(b.key, int))]
     if not any(s.kept for s in best.objects) and best.objects:
         result = result.model_copy(update={"reason": "every mask came out empty",
                                            "reason_kind": "no usable mask"})
         return Finished(result, records, None, candidates)
-    instances = plan_instances(plan, spec.categories, score=best, masks=masks, size=chosen.image.size)
+    instances = plan_instances(plan, spec.categories, score=best, masks=masks, size=chosen.image.size,
+                               unlabeled=unlabeled, boxes=boxes)  # type: ignore[arg-type]
     provenance = ImageProvenance.from_records(
         plan, chosen.candidate, best, sam_model=spec.masks.sam_model if spec.masks is not None else None)
     with times.timed("export"):
@@ -205,5 +247,6 @@ def _export(rendered: Rendered, scores: PlanScores, components: Components, spec
     result = result.model_copy(update={
         "status": "kept", "candidate": best.index, "clis": best.clis, "clis_i": best.clis_i,
         "kept_categories": [o.category for o in best.objects if o.kept],
-        "dropped_categories": [o.category for o in best.objects if not o.kept]})
+        "dropped_categories": [o.category for o in best.objects if not o.kept],
+        **_verified(best)})
     return Finished(result, records, KeptImage(image, tuple(instances), provenance), candidates)

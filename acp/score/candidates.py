@@ -4,7 +4,9 @@
   the layout score is reference-free (no bank, or none of the plan's categories in it: a check
   of frame and overlaps should not move a quality score). All candidates of a plan share its
   CLIS-L, so within a plan the ranking is CLIS-I's; the composite makes scores comparable
-  across plans.
+  across plans. With a detector (``acp.score.verify``), its verification term joins them:
+  ``clis`` is the mean of CLIS-L (a bank's), CLIS-I and the verification term, the ones there
+  are, so within a plan the ranking is CLIS-I's and the verification's, equally.
 - How a layout score is written, the same in every acp output (``layout_fields``; in a
   ``CandidateScore`` the last two sit in ``detail``, in ``acp score layouts`` and ``acp score
   dataset`` records at the top level): ``clis_l`` is CLIS-L proper, ``null`` when the score is
@@ -16,7 +18,10 @@
 - Thresholds: a plan with ``clis_l < min_clis_l`` (10 for CLIS-L v2) is dropped with all its
   candidates (a bank's CLIS-L only: the reference-free sanity score is on another footing);
   an instance with ``clis_i < min_clis_i`` (60) is dropped (``ObjectScore.kept`` false); a
-  candidate whose instances are all dropped is dropped. ``None`` disables a threshold.
+  candidate whose instances are all dropped is dropped. ``None`` disables a threshold. With a
+  detector an instance must also be verified, a disagreement goes to the judge (when there is
+  one) and an unlabeled object drops the candidate under ``--unplanned drop``
+  (``acp.score.verify``).
 - Best: the kept candidate with the highest ``clis`` (ties: the lower index); a plan whose
   candidates are all dropped has no best.
 """
@@ -38,10 +43,15 @@ from acp.schema import Candidate, CandidateScore, ObjectScore, ScenePlan
 from acp.score.image import ImageScore, ImageScorer, Scene
 from acp.score.judge import JudgeSettings
 from acp.score.layout import LayoutScore, LayoutScorer
+from acp.score.verify import VerifySettings
 from acp.settings_record import recorded
 
 if TYPE_CHECKING:
+    from PIL.Image import Image
+
+    from acp.score.image import InstanceScore
     from acp.score.judge import Judge
+    from acp.score.verify import BoxCheck, CandidateCheck
 
 LAYOUT_WEIGHT = 0.5
 DEFAULT_INSTANCE_THRESHOLD = defaults.MIN_CLIS_I  # where the judge looks when no threshold is set
@@ -56,8 +66,9 @@ class Thresholds:
 @dataclass(frozen=True)
 class ScoreSettings:
     """What decides a plan's scores and what is kept: the models, the bank, the thresholds
-    (``None``: no threshold) and the optional judge. Options added after the first runs are
-    recorded only when used (``acp.settings_record``), so settings of older runs still match."""
+    (``None``: no threshold), the optional judge and the optional verifier. Options added after
+    the first runs are recorded only when used (``acp.settings_record``), so settings of older
+    runs still match."""
 
     clip_model: str = field(default=defaults.CLIP_MODEL, metadata=recorded(model=True))
     bank: Path | None = None
@@ -67,14 +78,22 @@ class ScoreSettings:
     judge: JudgeSettings | None = field(default=None, metadata=recorded(flatten="judge_"))
     min_clis_l: float | None = defaults.MIN_CLIS_L
     min_clis_i: float | None = defaults.MIN_CLIS_I
+    # The detector that verifies each box (acp.score.verify); recorded only when there is one,
+    # so a settings.json from before the verifier (none) still matches.
+    verify: VerifySettings | None = field(default=None, metadata=recorded(flatten=""))
 
     @property
     def thresholds(self) -> Thresholds:
         return Thresholds(self.min_clis_l, self.min_clis_i)
 
 
-def compose_clis(layout: LayoutScore | None, clis_i: float) -> float:
+def compose_clis(layout: LayoutScore | None, clis_i: float, verification: float | None = None) -> float:
     """The composite score (see the module docstring)."""
+    if verification is not None:
+        terms = [clis_i, verification]
+        if layout is not None and not layout.reference_free:
+            terms.append(layout.score)
+        return sum(terms) / len(terms)
     if layout is None or layout.reference_free:
         return clis_i
     return LAYOUT_WEIGHT * layout.score + (1 - LAYOUT_WEIGHT) * clis_i
@@ -93,6 +112,15 @@ def layout_fields(layout: LayoutScore | None) -> dict[str, Any]:
     }
 
 
+def _kept(instance: InstanceScore, thresholds: Thresholds, box: BoxCheck | None) -> bool:
+    """Whether an instance is exported: CLIS-I passes, and with a detector the box is verified,
+    unless the judge rated a disagreement (its rating then decides alone)."""
+    passes = thresholds.min_clis_i is None or instance.clis_i >= thresholds.min_clis_i
+    if box is None or instance.judge is not None:
+        return passes
+    return passes and box.verified
+
+
 def combine(
     plan_id: str,
     candidates: Sequence[Candidate],
@@ -100,16 +128,24 @@ def combine(
     layout: LayoutScore | None,
     thresholds: Thresholds = Thresholds(),
     settings: dict[str, Any] | None = None,
+    checks: Sequence[CandidateCheck] | None = None,
+    verify: VerifySettings | None = None,
 ) -> list[CandidateScore]:
-    """One ``CandidateScore`` per candidate of one plan, thresholds applied, best marked."""
+    """One ``CandidateScore`` per candidate of one plan, thresholds applied, best marked;
+    ``checks`` (one per candidate) are the verifier's, read with ``verify``'s policy."""
+    from acp.score.verify import object_fields, unlabeled
+
     low_layout = (
         layout is not None
         and not layout.reference_free
         and thresholds.min_clis_l is not None
         and layout.score < thresholds.min_clis_l
     )
+    refine = verify is not None and verify.refine_boxes
     records = []
-    for candidate, image in zip(candidates, images, strict=True):
+    for k, (candidate, image) in enumerate(zip(candidates, images, strict=True)):
+        check = checks[k] if checks is not None else None
+        boxes = check.boxes if check is not None else [None] * len(image.objects)
         objects = [
             ObjectScore(
                 id=o.id,
@@ -118,16 +154,27 @@ def combine(
                 text_similarity=round(o.text_similarity, 3),
                 category_confidence=round(o.category_confidence, 3),
                 judge=o.judge,
-                kept=thresholds.min_clis_i is None or o.clis_i >= thresholds.min_clis_i,
+                kept=_kept(o, thresholds, box),
+                **(object_fields(box, refine) if box is not None else {}),
             )
-            for o in image.objects
+            for o, box in zip(image.objects, boxes, strict=True)
         ]
         reason = None
+        detections = list(check.detections) if check is not None else []
+        verification = check.verification if check is not None else None
         if low_layout:
             assert layout is not None and thresholds.min_clis_l is not None
             reason = f"plan CLIS-L {layout.score:.1f} < {thresholds.min_clis_l:g}"
         elif objects and not any(o.kept for o in objects):
-            reason = f"no instance reaches CLIS-I {thresholds.min_clis_i:g}"
+            reason = f"no instance reaches CLIS-I {thresholds.min_clis_i:g}" + (
+                " and a detection of its category" if check is not None else "")
+        elif check is not None and verify is not None and verify.unplanned == "drop":
+            scored = CandidateScore(plan_id=plan_id, index=candidate.index, clis=0.0, clis_i=0.0,
+                                    objects=objects, detections=detections)
+            extra = unlabeled(scored)
+            if extra:
+                names = ", ".join(dict.fromkeys(d.category for d in extra))
+                reason = f"{len(extra)} unlabeled objects the detector is sure of ({names})"
         detail: dict[str, Any] = {"clis_i_global_cosine": round(image.global_cosine, 5)}
         fields = layout_fields(layout)
         if layout is not None:
@@ -142,7 +189,7 @@ def combine(
                 plan_id=plan_id,
                 index=candidate.index,
                 path=candidate.path,
-                clis=round(compose_clis(layout, image.clis_i), 3),
+                clis=round(compose_clis(layout, image.clis_i, verification), 3),
                 clis_l=fields["clis_l"],
                 clis_i=round(image.clis_i, 3),
                 clis_i_global=round(image.global_score, 3),
@@ -151,6 +198,8 @@ def combine(
                 kept=reason is None,
                 reason=reason,
                 detail=detail,
+                verification=round(verification, 3) if verification is not None else None,
+                detections=detections,
             )
         )
     best = best_candidate(records)
@@ -212,15 +261,24 @@ class Scorer:
         (scores,) = self.score_many([(plan, rendered, layout)])
         return scores
 
-    def score_many(self, items: Sequence[tuple[ScenePlan, Sequence[RenderedCandidate], LayoutScore | None]]
-                   ) -> list[PlanScores]:
-        """``score`` for several ``(plan, rendered, layout or None)``, in one CLIP pass."""
+    def score_many(self, items: Sequence[tuple[ScenePlan, Sequence[RenderedCandidate], LayoutScore | None]],
+                   checks: Sequence[Sequence[CandidateCheck] | None] | None = None,
+                   verify: VerifySettings | None = None) -> list[PlanScores]:
+        """``score`` for several ``(plan, rendered, layout or None)``, in one CLIP pass;
+        ``checks`` are the verifier's (per plan, one per candidate), read with ``verify``'s
+        policy (``acp.score.verify``)."""
         scenes = [(Scene.from_plan(plan), r.image) for plan, rendered, _ in items for r in rendered]
         image_scores = self.image_scorer.score_scenes(scenes)
+        flat = ([c for plan_checks, (_, rendered, _) in zip(checks, items, strict=True)
+                 for c in (plan_checks if plan_checks is not None else [None] * len(rendered))]
+                if checks is not None else [None] * len(scenes))
         if self.judge is not None:
             floor = self.thresholds.min_clis_i
-            unsure = [(scene, image, s) for (scene, image), s in zip(scenes, image_scores, strict=True)]
-            self.judge.review(unsure, floor if floor is not None else DEFAULT_INSTANCE_THRESHOLD)
+            floor = floor if floor is not None else DEFAULT_INSTANCE_THRESHOLD
+            rows = list(zip(scenes, image_scores, flat, strict=True))
+            self.judge.review([(scene, image, s) for (scene, image), s, c in rows if c is None], floor)
+            judge_disagreements(self.judge, [(scene, image, s, c) for (scene, image), s, c in rows
+                                             if c is not None], floor)
         missing = [plan for plan, _, layout in items if layout is None]
         computed = iter(self.layout_scorer.score_many(missing) if self.layout_scorer and missing else [])
         results, start = [], 0
@@ -228,11 +286,44 @@ class Scorer:
             if layout is None and self.layout_scorer is not None:
                 layout = next(computed)  # all the batch's CLIS-L in one vectorised pass
             scores = image_scores[start : start + len(rendered)]
+            plan_checks = flat[start : start + len(rendered)]
             start += len(rendered)
-            records = combine(plan.id, [r.candidate for r in rendered], scores, layout,
-                               self.thresholds, self.settings)
+            records = combine(plan.id, [r.candidate for r in rendered], scores, layout, self.thresholds,
+                              self.settings, checks=None if None in plan_checks else plan_checks,  # type: ignore[arg-type]
+                              verify=verify)
             results.append(PlanScores(plan.id, layout, tuple(records)))
         return results
+
+
+def judge_disagreements(judge: Judge, items: Sequence[tuple[Scene, Image, ImageScore, CandidateCheck]],
+                        floor: float) -> int:
+    """The cascade with a detector: the judge rates the instances where CLIP (CLIS-I at least
+    ``floor``) and the detector (verified) disagree, in order and within its call budget, and
+    its rating replaces CLIS-I (``Judge.review`` does the same where CLIP alone is unsure).
+    Returns the number of requests made."""
+    from acp.score.image import crop_box, square_pad
+    from acp.score.judge import JudgeRequest
+
+    room = judge.max_calls - judge.calls
+    chosen: list[tuple[ImageScore, int, JudgeRequest]] = []
+    for scene, image, score, check in items:
+        rgb = image.convert("RGB")
+        for k, (obj, instance, box) in enumerate(zip(scene.objects, score.objects, check.boxes, strict=True)):
+            if len(chosen) >= room:
+                break
+            if (instance.clis_i >= floor) != box.verified:
+                crop = square_pad(rgb.crop(crop_box(obj.bbox, rgb.width, rgb.height)))
+                chosen.append((score, k, JudgeRequest(crop, obj.description, obj.category)))
+    if not chosen:
+        return 0
+    ratings = judge.rate([request for _, _, request in chosen])
+    for (score, k, _), rating in zip(chosen, ratings, strict=True):
+        if rating is not None:
+            score.objects[k].judge = rating
+            score.objects[k].clis_i = rating
+    for score in {id(score): score for score, _, _ in chosen}.values():
+        score.recompute()
+    return len(chosen)
 
 
 @dataclass

@@ -47,6 +47,19 @@ default (``removed_boxes="drop-image"``) its image leaves the copy; with ``"igno
 stays and the box is written as an ignore region (``iscrowd: 1``). An annotation whose ``id`` is
 missing or repeats an earlier one's is renumbered after the largest id, and counted.
 
+With a verifier (``--verify`` / ``--detector-model``, ``acp.score.verify``) every image is also
+searched for every category of the set (the names as phrases, ``aerosol_can`` as "aerosol
+can"): each box is verified or missing (``verification``, and its best detection's IoU, score
+and box in ``boxes.json``), each confident detection that no box of its category matches and no
+crowd box covers is an unlabeled object (``unlabeled`` per image), and ``summary.json`` holds
+the counts and the label fidelity, COCO AP and AP50 of the detections against the labels
+(``acp.score.fidelity``; per category in ``verification.json``). ``detections.json`` lists each
+image's detections (what ``acp report`` draws beside the labels). In the filtered copy a missing
+box is a removed box (its image leaves, or with ``ignore`` the box becomes an ignore region), and
+an unlabeled object removes its image (with ``ignore``: it is added as an ignore region, the
+detection's box with ``iscrowd: 1``). What the verifier holds until the end grows with the
+boxes and detections (a few numbers each), not with the images' pixels.
+
 Crowd boxes (``iscrowd: 1``) are ignore regions, not objects: they are not scored (as a bank
 leaves them out) and stay with their image in the filtered copy. Each box row of ``boxes.json``
 holds its ``bbox``, and with ``keep_above`` image and box rows say whether they were ``kept``
@@ -76,7 +89,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from acp.atomic import atomic_text_file
-from acp.boxes import coco_to_plan
+from acp.boxes import coco_to_plan, plan_to_coco
 from acp.coco import read_coco_file, usable_id
 from acp.english import count_phrase, listing
 from acp.errors import InputError, quoted
@@ -85,17 +98,24 @@ from acp.owned import check_owned, replace_owned, temp_folder
 from acp.paths import UnsafePathError, inside, path_problem
 from acp.score.bank import MAX_OBJECTS_PER_IMAGE, OUT_OF_IMAGE_TOLERANCE
 from acp.score.candidates import compose_clis, layout_fields
+from acp.score.fidelity import Fidelity
 from acp.score.image import ImageScorer, Scene, SceneObject
 from acp.score.layout import LayoutScore, LayoutScorer
+from acp.score.verify import PlannedBox, covers, object_fields
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
+    from acp.schema import DetectedBox
+    from acp.score.verify import CandidateCheck, Verifier
+
 SUMMARY_THRESHOLD = 60.0  # the paper's instance threshold, for the per-category share
 FILTERED_DIR = "filtered"  # the filtered copy, a dataset folder: annotations.json and images/
 FILTERED_NAME = f"{FILTERED_DIR}/annotations.json"
+VERIFICATION = "verification.json"  # with a verifier: per-category counts and label fidelity
+DETECTIONS = "detections.json"  # with a verifier: each image's detections
 REPORT_FILES = ("images.json", "boxes.json", "categories.json", "failures.json", "summary.json",
-                FILTERED_DIR)  # what a report writes (and `acp report`, report.html beside them)
+                FILTERED_DIR, VERIFICATION, DETECTIONS)  # what a report writes
 WRITTEN_BY = "acp score dataset"
 RemovedBoxes = Literal["drop-image", "ignore"]
 
@@ -245,15 +265,19 @@ def score_dataset(
     batch_size: int = 8,
     progress: bool = False,
     on_failure: Callable[[str, str], None] | None = None,
+    verifier: Verifier | None = None,
 ) -> DatasetReport:
     """Score every image and box of a COCO file into the report folder ``output`` (see the
-    module docstring). ``on_failure(item, reason)`` is called as each failure is found."""
+    module docstring). ``on_failure(item, reason)`` is called as each failure is found;
+    ``verifier`` checks every box and finds unlabeled objects."""
     if removed_boxes not in ("drop-image", "ignore"):
         raise InputError(f"--removed-boxes: expected drop-image or ignore, got {removed_boxes!r}")
     output = Path(output)
     _check_output(output)
     data = read_coco_file(annotations)
     names = ["images.json", "boxes.json", "categories.json", "failures.json", "summary.json"]
+    if verifier is not None:
+        names += [VERIFICATION, DETECTIONS]
     if keep_above is not None:
         names.append(FILTERED_NAME)
     work = temp_folder(output)
@@ -261,7 +285,8 @@ def score_dataset(
         summary, categories = _write_report(work, output, data, names, annotations, images_dir,
                                             image_scorer=image_scorer, layout_scorer=layout_scorer,
                                             keep_above=keep_above, removed_boxes=removed_boxes,
-                                            batch_size=batch_size, progress=progress, on_failure=on_failure)
+                                            batch_size=batch_size, progress=progress, on_failure=on_failure,
+                                            verifier=verifier)
         replace_owned(work, output, WRITTEN_BY, commit="summary.json")
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -273,7 +298,7 @@ def _write_report(
     work: Path, output: Path, data: dict[str, Any], names: list[str], annotations: Path, images_dir: Path,
     *, image_scorer: ImageScorer, layout_scorer: LayoutScorer | None, keep_above: float | None,
     removed_boxes: RemovedBoxes, batch_size: int, progress: bool,
-    on_failure: Callable[[str, str], None] | None,
+    on_failure: Callable[[str, str], None] | None, verifier: Verifier | None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Score into the files ``names`` of ``work``, the next content of ``output``."""
     with ExitStack() as files:
@@ -283,6 +308,8 @@ def _write_report(
         )
         run = _Run(data, images_out, boxes_out, failures_out, on_failure)
         run.removed_boxes = removed_boxes
+        if verifier is not None:
+            run.checks = _Checks(verifier, run.categories, _JsonArray(handles[DETECTIONS]))
         run.score(Path(images_dir), image_scorer, layout_scorer, keep_above, batch_size, progress)
         for array in (images_out, boxes_out, failures_out):
             array.close()
@@ -292,7 +319,7 @@ def _write_report(
         renumbered = 0
         if keep_above is not None:
             renumbered = _write_filtered(handles[FILTERED_NAME], data, run.kept_images, run.kept_boxes,
-                                         run.ignored_boxes)
+                                         run.ignored_boxes, run.checks.regions if run.checks else [])
             _link_images(work / FILTERED_DIR, output / FILTERED_DIR, Path(images_dir))
         summary = {
             "annotations": str(annotations),
@@ -314,6 +341,8 @@ def _write_report(
             "clip_model": image_scorer.name,
             "bank": bool(layout_scorer is not None and layout_scorer.bank is not None),
         }
+        if run.checks is not None:
+            summary.update(run.checks.finish(handles[VERIFICATION], keep_above is not None))
         handles["summary.json"].write(json.dumps(summary, indent=1, ensure_ascii=False, allow_nan=False)
                                       + "\n")
     return summary, categories
@@ -337,6 +366,7 @@ class _Run:
         self.on_failure = on_failure
         self.failed_images = self.failed_boxes = self.boxes_of_failed_images = self.crowd_boxes = 0
         self.removed_boxes: RemovedBoxes = "drop-image"
+        self.checks: _Checks | None = None
         self.stats: dict[str, _CategoryStats] = {}
         # Kept rows, and the index below: numpy arrays of a few bytes a row, not Python objects.
         self.kept_images = np.zeros(len(data["images"]), dtype=bool)  # rows in the filtered copy
@@ -461,22 +491,36 @@ class _Run:
         keep_above: float | None,
     ) -> None:
         scores = image_scorer.score_scenes([(scene, image) for _, scene, image, _, _ in batch])
+        checks: list[CandidateCheck | None] = [None] * len(batch)
+        if self.checks is not None:  # one detection pass for the batch
+            checks = list(self.checks.check([(image, scene) for _, scene, image, _, _ in batch]))
         layouts: list[LayoutScore | None] = [None] * len(batch)
         if layout_scorer is not None:  # the largest boxes, as the bank forms its pairs; one pass
             largest = [_largest(scene.objects, MAX_OBJECTS_PER_IMAGE) for _, scene, _, _, _ in batch]
             layouts = list(layout_scorer.score_layouts(
                 [([o.category for o in objects], [o.bbox for o in objects], (), None) for objects in largest]
             ))
-        for (row, scene, _, boxes, crowd), score, layout in zip(batch, scores, layouts, strict=True):
+        for (row, scene, image, boxes, crowd), score, layout, check in zip(batch, scores, layouts, checks,
+                                                                          strict=True):
             record = self.data["images"][row]
             clis = compose_clis(layout, score.clis_i)
             # The filtered copy: an image with a box that could not be scored is left out, as is
-            # (by default) one with a box under the threshold, which would otherwise teach a
-            # detector that the object is background; "ignore" keeps it, the box as iscrowd 1.
-            passing = [keep_above is not None and instance.clis_i >= keep_above for instance in score.objects]
+            # (by default) one with a box under the threshold or missing to the detector, or
+            # an object no box labels, which would otherwise teach a detector that the object is
+            # background; "ignore" keeps it, the box (and the unlabeled object) as iscrowd 1.
+            verdicts = check.boxes if check is not None else [None] * len(score.objects)
+            passing = [keep_above is not None and instance.clis_i >= keep_above
+                       and (verdict is None or verdict.verified)
+                       for instance, verdict in zip(score.objects, verdicts, strict=True)]
+            crowd_boxes = [self.data["annotations"][k] for k in crowd]
+            unlabeled = self.checks.unlabeled(check, crowd_boxes) if self.checks is not None and check else []
             kept_image = (keep_above is not None and clis >= keep_above and not self.failed_in_image[row]
-                          and (all(passing) or self.removed_boxes == "ignore"))
-            for k, instance, passed in zip(boxes, score.objects, passing, strict=True):
+                          and ((all(passing) and not unlabeled) or self.removed_boxes == "ignore"))
+            if kept_image and unlabeled and self.checks is not None:
+                self.checks.add_regions(record["id"], unlabeled)
+            if self.checks is not None and check is not None:
+                self.checks.record(record, image, scene, crowd_boxes, check, unlabeled)
+            for k, instance, passed, verdict in zip(boxes, score.objects, passing, verdicts, strict=True):
                 box_id = self.data["annotations"][k].get("id")
                 box = {
                     "id": box_id if usable_id(box_id) else None,
@@ -487,6 +531,8 @@ class _Run:
                     "text_similarity": round(instance.text_similarity, 3),
                     "category_confidence": round(instance.category_confidence, 3),
                 }
+                if verdict is not None:
+                    box.update(object_fields(verdict, refine=False))
                 if keep_above is not None:
                     box["kept"] = bool(kept_image and passed)
                 self.boxes_out.add(box)
@@ -506,6 +552,10 @@ class _Run:
                 "boxes": len(boxes),
                 "caption": scene.caption,
             }
+            if check is not None:
+                image_row["verification"] = (round(check.verification, 3)
+                                             if check.verification is not None else None)
+                image_row["unlabeled"] = len(unlabeled)
             if keep_above is not None:
                 image_row["kept"] = bool(kept_image)
             self.images_out.add(image_row)
@@ -515,18 +565,109 @@ class _Run:
         batch.clear()
 
 
+class _Checks:
+    """The verifier's part of a scoring pass (module notes): every category asked in every
+    image, the verdicts, the label-fidelity columns, per-category counts, and the ignore regions
+    the filtered copy adds."""
+
+    def __init__(self, verifier: Verifier, categories: dict[Any, str], detections_out: _JsonArray):
+        from acp.balance import prompt_phrase
+
+        self.verifier, self.categories, self.out = verifier, categories, detections_out
+        self.phrase_of = {name: prompt_phrase(name) for name in dict.fromkeys(categories.values())}
+        self.name_of: dict[str, str] = {}  # the first category a phrase names
+        for name, phrase in self.phrase_of.items():
+            self.name_of.setdefault(phrase, name)
+        self.id_of: dict[str, Any] = {}
+        for category_id, name in categories.items():
+            self.id_of.setdefault(name, category_id)
+        self.queries = list(self.name_of)
+        self.fidelity = Fidelity()
+        self.counts: dict[str, Counter[str]] = {}
+        self.regions: list[dict[str, Any]] = []
+        self.images_with_unlabeled = 0
+
+    def check(self, items: list[tuple[Image, Scene]]) -> list[CandidateCheck]:
+        """One detection pass over the images, each asked for every category of the set."""
+        prepared = []
+        for image, scene in items:
+            boxes = plan_to_coco([o.bbox for o in scene.objects], *image.size).reshape(-1, 4).tolist()
+            planned = [PlannedBox(o.id, self.phrase_of[o.category], (b[0], b[1], b[2], b[3]))
+                       for o, b in zip(scene.objects, boxes, strict=True)]
+            prepared.append((image, planned, self.queries))
+        return self.verifier.check(prepared)
+
+    def unlabeled(self, check: CandidateCheck, crowd: list[dict[str, Any]]) -> list[DetectedBox]:
+        """Confident detections no box of their category matched, nor a crowd box covers."""
+        return [d for d in check.unplanned if not any(covers(ann["bbox"], d.bbox) for ann in crowd)]
+
+    def record(self, record: dict[str, Any], image: Image, scene: Scene, crowd: list[dict[str, Any]],
+               check: CandidateCheck, unlabeled: list[DetectedBox]) -> None:
+        """Count an image's verdicts, keep its labels and detections for the AP, write its row."""
+        for obj, verdict in zip(scene.objects, check.boxes, strict=True):
+            counts = self.counts.setdefault(obj.category, Counter())
+            counts["verified" if verdict.verified else "missing"] += 1
+        for found in unlabeled:
+            self.counts.setdefault(self.name_of[found.category], Counter())["unlabeled"] += 1
+        self.images_with_unlabeled += bool(unlabeled)
+        boxes = plan_to_coco([o.bbox for o in scene.objects], *image.size).reshape(-1, 4).tolist()
+        labels = [(o.category, b, False) for o, b in zip(scene.objects, boxes, strict=True)]
+        labels += [(self.categories[ann["category_id"]], ann["bbox"], True) for ann in crowd]
+        self.fidelity.add(labels, [(self.name_of[d.category], d.score, d.bbox) for d in check.detections])
+        verification = check.verification
+        self.out.add({"id": record["id"], "file_name": record.get("file_name"),
+                      "verification": round(verification, 3) if verification is not None else None,
+                      "unlabeled": len(unlabeled),
+                      "detections": [{**d.model_dump(mode="json"), "category": self.name_of[d.category]}
+                                     for d in check.detections]})
+
+    def add_regions(self, image_id: Any, unlabeled: list[DetectedBox]) -> None:
+        """The filtered copy's ignore regions for an image's unlabeled objects."""
+        for found in unlabeled:
+            x, y, w, h = found.bbox
+            category = self.id_of[self.name_of[found.category]]
+            self.regions.append({"image_id": image_id, "category_id": category, "bbox": [x, y, w, h],
+                                 "area": round(w * h, 2), "iscrowd": 1,
+                                 "acp": {"verification": "ignore", "detection_score": found.score}})
+
+    def finish(self, handle: TextIO, filtered: bool) -> dict[str, Any]:
+        """Write ``verification.json``; return the summary's verifier fields."""
+        fidelity = self.fidelity.result().record()
+        by_name = {c["category"]: c for c in fidelity["categories"]}
+        rows = []
+        for name in sorted(set(self.counts) | set(by_name)):
+            counts, figures = self.counts.get(name, Counter()), by_name.get(name, {})
+            rows.append({"category": name, "verified": counts["verified"], "missing": counts["missing"],
+                         "unlabeled": counts["unlabeled"], "ap": figures.get("ap"),
+                         "ap50": figures.get("ap50"), "detections": figures.get("detections", 0)})
+        thresholds = self.verifier.thresholds
+        kinds = ("verified", "missing", "unlabeled")
+        total = {key: sum(c[key] for c in self.counts.values()) for key in kinds}
+        label_fidelity = {"ap": fidelity["ap"], "ap50": fidelity["ap50"]}
+        handle.write(json.dumps({
+            "detector_model": self.verifier.detector.name, "detector_family": self.verifier.detector.family,
+            "detection_threshold": thresholds.min_score, "unplanned_threshold": thresholds.confident_score,
+            "verify_iou": thresholds.match_iou, **total, "images_with_unlabeled": self.images_with_unlabeled,
+            "label_fidelity": label_fidelity, "categories": rows}, indent=1, ensure_ascii=False) + "\n")
+        return {"detector_model": self.verifier.detector.name, "verified_boxes": total["verified"],
+                "missing_boxes": total["missing"], "unlabeled_objects": total["unlabeled"],
+                "images_with_unlabeled": self.images_with_unlabeled, "label_fidelity": label_fidelity,
+                "added_ignore_regions": len(self.regions) if filtered else None}
+
+
 def _box_label(row: int, ann: Any) -> str:
     return f"annotation {ann['id']}" if isinstance(ann, dict) and "id" in ann else f"annotations[{row}]"
 
 
 def _write_filtered(
     handle: TextIO, data: dict[str, Any], kept_images: NDArray[np.bool_], kept_boxes: NDArray[np.bool_],
-    ignored_boxes: NDArray[np.bool_],
+    ignored_boxes: NDArray[np.bool_], regions: list[dict[str, Any]] | None = None,
 ) -> int:
     """The input COCO with only the kept rows of its images and annotations, streamed record by
     record (the same text as ``json.dumps`` of the filtered copy, which is never built). Ignored
     boxes are written with ``iscrowd: 1``; an annotation whose ``id`` is missing or repeats an
-    earlier one's gets a new id after the largest; returns how many did."""
+    earlier one's gets a new id after the largest; returns how many did. ``regions`` (the
+    verifier's ignore regions of unlabeled objects) follow the annotations, numbered after them."""
     kept = {"images": kept_images, "annotations": kept_boxes | ignored_boxes}
     numbered = (a["id"] for a in data["annotations"] if isinstance(a, dict) and isinstance(a.get("id"), int))
     next_id = 1 + max((i for i in numbered if not isinstance(i, bool)), default=0)
@@ -539,6 +680,7 @@ def _write_filtered(
             handle.write(_copied(value, key))
             continue
         handle.write("[")
+        last = 0
         for written, k in enumerate(np.flatnonzero(kept[key]).tolist()):
             record = value[k]
             if key == "annotations":
@@ -550,6 +692,13 @@ def _write_filtered(
                 if ignored_boxes[k]:
                     record = {**record, "iscrowd": 1}
             handle.write((", " if written else "") + _copied(record, f"{key}[{k}]"))
+            last = written + 1
+        if key == "annotations":
+            for region in regions or []:
+                text = _copied({"id": next_id, **region}, "an ignore region")
+                handle.write((", " if last else "") + text)
+                next_id += 1
+                last += 1
         handle.write("]")
     handle.write("}\n")
     return renumbered

@@ -25,7 +25,12 @@ under a typical good match. It is a hand calibration from those published ranges
 with another CLIP, check the bounds (``ImageScorer(..., cosine_range=(lo, hi))``).
 
 All images and crops of one ``score`` call go through CLIP's vision tower in one forward pass
-(split only beyond ``max_batch`` inputs). Texts are embedded once per scorer: the same captions,
+(split only beyond ``max_batch`` inputs). They are made on the model's device
+(``acp.score.pixels``): each image is copied there once, and the crops, padding, resizing and
+normalising are tensor operations, within a pixel level of CLIP's processor (CLIS-I within
+``acp.score.pixels.CLIS_TOLERANCE`` of the processor's scores).
+
+Texts are embedded once per scorer: the same captions,
 descriptions and category prompts come back plan after plan, so each text's embedding is kept
 (``TextEmbeddingCache``, least recently used out beyond ``TEXT_CACHE_SIZE`` texts) and only
 texts not seen before go through the text tower. For a cached embedding to be the one the text
@@ -54,6 +59,7 @@ from acp.errors import InputError, one_line
 from acp.names import category_key
 from acp.pretrained import load_pretrained, loading
 from acp.schema import ScenePlan
+from acp.score.pixels import ClipPixels, square, to_device
 
 if TYPE_CHECKING:
     import torch
@@ -216,6 +222,7 @@ class ImageScorer:
         )
         self.model.to(self.device)
         self.dtype = next(model.parameters()).dtype
+        self.pixels = ClipPixels.from_processor(processor)
         self.cosine_range = cosine_range
         self.max_batch = max_batch
         self.name = name
@@ -252,14 +259,16 @@ class ImageScorer:
     # -- embeddings ----------------------------------------------------------------------
     def embed_images(self, images: Sequence[Image]) -> NDArray[np.float64]:
         """Unit CLIP image embeddings; one vision forward pass per ``max_batch`` images."""
+        return self.embed_pixels(to_device(images, self.device))
+
+    def embed_pixels(self, images: Sequence[torch.Tensor]) -> NDArray[np.float64]:
+        """``embed_images`` of ``(3, H, W)`` pixel-level tensors already on the device."""
         import torch
 
         rows = []
         for start in range(0, len(images), self.max_batch):
-            chunk = list(images[start : start + self.max_batch])
-            pixels = self.processor(images=chunk, return_tensors="pt")["pixel_values"]
             with torch.inference_mode():
-                pixels = pixels.to(self.device, self.dtype)
+                pixels = self.pixels.batch(images[start : start + self.max_batch], self.dtype)
                 pooled = self.model.vision_model(pixel_values=pixels).pooler_output
                 rows.append(self.model.visual_projection(pooled).float().cpu().numpy())
         return _unit(np.concatenate(rows)) if rows else np.zeros((0, 0))
@@ -317,16 +326,18 @@ class ImageScorer:
         """CLIS-I of each ``(scene, image)``; all images and crops in one vision pass."""
         if not items:
             return []
-        inputs: list[Image] = []
+        inputs: list[torch.Tensor] = []
         image_rows: list[int] = []
         crop_rows: list[list[int]] = []
-        for scene, image in items:
-            rgb = image.convert("RGB")
+        on_device = to_device([image for _, image in items], self.device)
+        for (scene, _), pixels in zip(items, on_device, strict=True):
+            _, height, width = pixels.shape
             image_rows.append(len(inputs))
-            inputs.append(square_pad(rgb))
+            inputs.append(square(pixels, CLIP_MEAN_RGB))
             crop_rows.append(list(range(len(inputs), len(inputs) + len(scene.objects))))
             for obj in scene.objects:
-                inputs.append(square_pad(rgb.crop(crop_box(obj.bbox, rgb.width, rgb.height))))
+                left, top, right, bottom = crop_box(obj.bbox, width, height)
+                inputs.append(square(pixels[:, top:bottom, left:right], CLIP_MEAN_RGB))
         texts: dict[str, int] = {}
 
         def text_row(text: str) -> int:
@@ -342,7 +353,7 @@ class ImageScorer:
             descriptions = [text_row(o.description) for o in scene.objects]
             own = [keys.index(category_key(o.category)) for o in scene.objects]
             plans.append((caption, prompts, descriptions, own))
-        image_vectors = self.embed_images(inputs)
+        image_vectors = self.embed_pixels(inputs)
         text_vectors = self.embed_texts(list(texts))
         scale = float(self.model.logit_scale.exp().item()) if hasattr(self.model, "logit_scale") else 100.0
 
