@@ -161,3 +161,21 @@ def test_a_bad_detector_is_one_line_before_any_model_loads(tmp_path: Path, tiny_
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and "--detector-model" in lines[0] and said in lines[0], lines
         assert not out.exists()
+
+
+def test_an_image_without_labels_is_searched_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An image with no box: a dog the detector finds there is an unlabeled object (its image
+    leaves the filtered copy); an empty one stays. (It crashed the run: no boxes to scale.)"""
+    from acp.boxes import iou_matrix, plan_to_coco
+    from tests import test_verify_dataset as module
+
+    assert plan_to_coco([], 64, 64).shape == (0, 4) and iou_matrix([], [DOG]).shape == (0, 1)
+    monkeypatch.setattr(module, "IMAGES", [([], [Detection("dog", 0.8, tuple(DOG))]),  # type: ignore[arg-type]
+                                           ([], [])])
+    annotations, images = write(tmp_path)
+    out = tmp_path / "report"
+    report = score_dataset(annotations, images, out, image_scorer=FixedScorer(), keep_above=50,
+                           verifier=Verifier(StandIn(), VerifySettings(detector_model="stand-in")))
+    assert [(i["unlabeled"], i["kept"]) for i in read(out, "images.json")] == [(1, False), (0, True)]
+    assert report.summary["unlabeled_objects"] == 1 and report.summary["label_fidelity"]["ap"] is None
+    assert [i["id"] for i in read(out, "filtered/annotations.json")["images"]] == [2]
