@@ -271,3 +271,50 @@ def test_what_is_exported(policy: str | None, refine: bool) -> None:
     assert extra.bbox == (60.0, 10.0, 30.0, 30.0) and extra.crowd is (policy == "ignore")
     assert extra.provenance is not None and extra.provenance.object_id is None
     assert extra.provenance.verification == policy and extra.provenance.detection_score == 0.8
+
+
+class StandInJudge:
+    """A judge rating every instance it is asked about 90, within ``max_calls``."""
+
+    def __init__(self, max_calls: int = 10):
+        self.max_calls, self.calls = max_calls, 0
+        self.asked: list[str] = []
+
+    def rate(self, requests: Sequence) -> list[float | None]:
+        self.calls += len(requests)
+        self.asked += [r.description for r in requests]
+        return [90.0] * len(requests)
+
+
+@pytest.mark.parametrize("budget", [10, 1])
+def test_the_judge_is_asked_only_where_clip_and_the_detector_disagree(budget: int) -> None:
+    from acp.score.candidates import Thresholds as ClisThresholds
+    from acp.score.candidates import combine, judge_disagreements
+    from acp.score.image import ImageScore, InstanceScore, Scene
+
+    boxes = [(10.0, 10.0, 20.0, 20.0), (40.0, 10.0, 20.0, 20.0), (10.0, 50.0, 20.0, 20.0),
+             (60.0, 60.0, 20.0, 20.0)]
+    scene = Scene.from_plan(plan(*(("dog", box) for box in boxes)))
+    planned = [PlannedBox(k, "dog", box) for k, box in enumerate(boxes)]
+    # Found: the first (CLIP agrees) and the fourth (CLIP does not); not the second (CLIP sees
+    # it) nor the third (nor does CLIP).
+    found = check(planned, [dog(boxes[0]), dog(boxes[3])], THRESHOLDS)
+    clip = [70.0, 70.0, 40.0, 40.0]
+    image = ImageScore(clis_i=50.0, global_score=50.0, local_score=55.0, global_cosine=0.3, objects=[
+        InstanceScore(id=k, category="dog", clis_i=v, text_similarity=v, category_confidence=v, cosine=0.3)
+        for k, v in enumerate(clip)])
+    judge = StandInJudge(budget)
+    asked = judge_disagreements(judge, [(scene, Image.new("RGB", (100, 100)), image, found)],  # type: ignore[arg-type]
+                                60.0)
+    assert judge.asked == ["a dog", "a dog"][:budget] and asked == min(budget, 2)
+    rated = [o.judge for o in image.objects]
+    assert rated == ([None, 90.0, None, 90.0] if budget > 1 else [None, 90.0, None, None])
+    from acp.schema import Candidate
+
+    candidate = Candidate(plan_id="000001", index=0, seed=0, path="000001/0.png", model="m", steps=1,
+                          guidance=1.0, beta=0.3, width=100, height=100, prompt="p")
+    (record,) = combine("000001", [candidate], [image], None, ClisThresholds(None, 60.0), checks=[found],
+                        verify=VerifySettings(unplanned="ignore"))
+    # Where the judge rated, its rating decides alone; elsewhere both cheap checks must agree.
+    assert [o.kept for o in record.objects] == ([True, True, False, True] if budget > 1
+                                                else [True, True, False, False])
