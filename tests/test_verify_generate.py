@@ -196,6 +196,8 @@ def test_each_unplanned_policy(tiny_models: dict[str, Path], tmp_path: Path, sta
         assert all(not r["kept"] and r["reason"].startswith("1 unlabeled objects the detector is sure of")
                    for r in scores)
         assert {r["status"] for r in results} == {"dropped"}
+        # Counted as the detector's drops in the summary, not as CLIP's.
+        assert {r["reason_kind"] for r in results} == {"unlabeled objects the detector is sure of"}
         return
     assert len(data["images"]) == 4
     names = {c["id"]: c["name"] for c in data["categories"]}
@@ -235,6 +237,8 @@ def test_the_tiny_owl_detector_verifies_a_run(tiny_models: dict[str, Path], tmp_
     assert sum(calls) == len(scores) == 6
     assert all(o["verification"] in ("verified", "missing") for r in scores for o in r["objects"])
     assert all(r["verification"] is not None for r in scores)
+    kinds = {r.get("reason_kind") for r in records(out / "progress.jsonl") if r["status"] == "dropped"}
+    assert "no candidate passes the CLIS-I threshold" not in kinds
 
 
 def test_a_bad_detector_is_one_line_before_any_model_loads(tiny_models: dict[str, Path],
