@@ -22,6 +22,8 @@ FloatArray = NDArray[np.float64]
 
 def _as_boxes(boxes: ArrayLike) -> FloatArray:
     array = np.asarray(boxes, dtype=np.float64)
+    if array.shape == (0,):  # an empty list: no boxes (an image without labels), not a bad box
+        return array.reshape(0, 4)
     if array.shape[-1:] != (4,):
         raise ValueError(f"boxes must have 4 values in the last axis, got shape {array.shape}")
     return array

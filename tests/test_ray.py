@@ -103,6 +103,27 @@ def test_each_workers_judge_is_in_the_summary(
     assert json.loads((out / "summary.json").read_text())["last_run"]["judge"]["rated"] == len(asked)
 
 
+def test_a_verified_run_on_two_workers_writes_the_local_engines_dataset(
+    local_ray: str, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """Each worker loads the detector once and verifies its plans' candidates as the local
+    engine does (the tiny OWLv2; a low IoU so that some boxes are verified and images kept)."""
+    from acp.score.verify import VerifySettings
+
+    verified = config(tiny_models, scenes=6)
+    verified = dataclasses.replace(verified, score=dataclasses.replace(verified.score, verify=VerifySettings(
+        detector_model=str(tiny_models["owlv2"]), verify_iou=0.05, unplanned="ignore")))
+    local, out = tmp_path / "local", tmp_path / "ray"
+    generate(verified, local, LocalEngine("cpu"), progress=False)
+    generate(verified, out, ray_engine(2, batch_plans=2), progress=False)
+    same_output(local, out)
+    local_coco, ray_coco = (json.loads((p / "annotations.json").read_text()) for p in (local, out))
+    assert local_coco["annotations"] == ray_coco["annotations"]  # provenance and ignore regions too
+    scores = [r for _, r, _ in read_records(out / "scores.jsonl")]
+    assert len(scores) == 12 and all(r["verification"] is not None for r in scores)
+    assert any(r["status"] == "kept" for _, r, _ in read_records(out / "progress.jsonl"))
+
+
 def test_a_killed_worker_loses_and_duplicates_nothing(
     local_ray: str, local_run: Path, tiny_models: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -158,9 +158,10 @@ def test_module_entry_point_prints_folders(tmp_path: Path, monkeypatch, capsys) 
     monkeypatch.delitem(sys.modules, "acp.testing")  # run it fresh, as ``python -m`` does
     runpy.run_module("acp.testing", run_name="__main__")
     printed = dict(line.split("\t") for line in capsys.readouterr().out.splitlines())
-    assert set(printed) == {"gligen", "clip", "sam"}
+    assert set(printed) == {"gligen", "clip", "sam", "owlv2", "grounding-dino"}
     assert (Path(printed["gligen"]) / "model_index.json").is_file()
-    assert (Path(printed["sam"]) / "config.json").is_file()
+    for name in ("sam", "owlv2", "grounding-dino"):
+        assert (Path(printed[name]) / "config.json").is_file()
 
 
 @pytest.mark.parametrize(

@@ -167,6 +167,17 @@ def _verified(score: CandidateScore) -> dict[str, object]:
             "unplanned_categories": [d.category for d in score.detections if d.role == "unplanned"]}
 
 
+def _dropped_kind(records: Sequence[CandidateScore], verified: bool) -> str:
+    """Why no candidate of a plan was kept, for the summary's count per reason: with a
+    verifier, a candidate with an instance kept was dropped for an object no label covers,
+    and a candidate without one failed CLIP or the detector."""
+    if not verified:
+        return "no candidate passes the CLIS-I threshold"
+    if any(o.kept for record in records for o in record.objects):
+        return "unlabeled objects the detector is sure of"
+    return "no instance that CLIS-I and the detector both accept"
+
+
 def _png(image: Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
@@ -198,7 +209,7 @@ def _export(rendered: Rendered, scores: PlanScores, components: Components, spec
     if best is None:
         result = result.model_copy(update={
             "reason": records[0].reason if records else "no candidate",
-            "reason_kind": "no candidate passes the CLIS-I threshold",
+            "reason_kind": _dropped_kind(records, verified=components.verifier is not None),
             "clis_i": max((s.clis_i for s in records), default=None)})
         return Finished(result, records, None, candidates)
     chosen = next(r for r in rendered.candidates if r.candidate.index == best.index)

@@ -311,7 +311,7 @@ def _write_report(
         if verifier is not None:
             run.checks = _Checks(verifier, run.categories, _JsonArray(handles[DETECTIONS]))
         run.score(Path(images_dir), image_scorer, layout_scorer, keep_above, batch_size, progress)
-        for array in (images_out, boxes_out, failures_out):
+        for array in (images_out, boxes_out, failures_out, *([run.checks.out] if run.checks else [])):
             array.close()
         categories = [stats.row(name) for name, stats in sorted(run.stats.items())]
         handles["categories.json"].write(json.dumps(categories, indent=1, ensure_ascii=False,

@@ -10,13 +10,14 @@ a single image, and the same plan must score the same whatever the batch).
 Two families (``acp.score.verify.FAMILIES``):
 
 - **OWLv2** (``owlv2``; the default, ``google/owlv2-base-patch16-ensemble``). Each query is
-  scored on its own (a sigmoid per patch and query), so a category's detections do not depend
-  on which other categories share the scene; and the text tower runs once per phrase for the
-  whole run: queries are embedded alone (``"a photo of a {category}"``, the prompt of the
-  model's examples), cached, and matched against each image's patch embeddings with the
-  model's own class and box heads (``image_embedder``, ``class_predictor``, ``box_predictor``:
-  the same numbers as its ``forward``). A vocabulary of thousands of categories (LVIS in
-  ``acp score dataset``) then costs one text pass per category, not one per image. Apache-2.0.
+  scored on its own (a sigmoid per patch and query), so a category's score for a box does not
+  depend on which other categories share the scene (a box still goes to its best category); and
+  the text tower runs once per phrase for the whole run: queries are embedded alone (``"a photo
+  of a {category}"``, the prompt of the model's examples), cached, and matched against each
+  image's patch embeddings with the model's own class and box heads (``image_embedder``,
+  ``class_predictor``, ``box_predictor``: the same numbers as its ``forward``). A vocabulary of
+  thousands of categories (LVIS in ``acp score dataset``) then costs one text pass per category,
+  not one per image. Apache-2.0.
 - **Grounding DINO** (``grounding-dino``, ``mm-grounding-dino``; e.g.
   ``IDEA-Research/grounding-dino-tiny``). The categories are one prompt (``"dog . cat ."``)
   fused with the image in every layer: stronger on COCO-like categories, but nothing can be

@@ -11,15 +11,19 @@ processor's step:
   output is, scaled and normalised. The CLIS-I crops are cut and padded to a square of CLIP's
   mean colour on the device too.
 - OWLv2 (``OwlPixels``): padded to a square at the bottom and right with black,
-  resized to the model's side bilinearly (downscaling blurs first with the Gaussian whose sigma
-  is ``(factor - 1) / 2``, as ``Owlv2ImageProcessor`` does with scipy), normalised.
+  resized to the model's side linearly with scipy's border (downscaling blurs first with the
+  Gaussian whose sigma is ``(factor - 1) / 2``, as ``Owlv2ImageProcessor`` does with scipy),
+  normalised.
 - Grounding DINO (``DinoPixels``): resized so the shortest side is 800 and the longest at most
   1333 (PIL's bilinear, rounded), normalised, padded with zeros to the batch's largest image,
   with the mask of real pixels.
 
 Differences left (``tests/test_pixels.py`` measures them against each processor): PIL rounds
-its first pass to 8 bits and uses fixed-point weights, scipy mirrors at the border where torch
-clamps; a pixel level or so, which moves CLIS-I by less than ``CLIS_TOLERANCE`` points.
+its first pass to 8 bits and uses fixed-point weights, so CLIP's and Grounding DINO's inputs
+lie within a pixel level of the processor's on photo-like images (CLIP's bicubic up to ~10
+levels at single pixels of random noise, whose overshoot PIL clamps between its passes; under
+half a level on average), which moves CLIS-I by less than ``CLIS_TOLERANCE`` points. OWLv2's
+are the processor's, to float rounding.
 """
 
 from __future__ import annotations
@@ -197,8 +201,7 @@ class OwlPixels:
         if factor > 1:  # downscaling: the processor's Gaussian first
             pixels = _gaussian(pixels, (factor - 1) / 2)
         if side != self.side:
-            pixels = F.interpolate(pixels[None], size=(self.side, self.side), mode="bilinear",
-                                   align_corners=False)[0]
+            pixels = _zoom(_zoom(pixels, 2, self.side), 1, self.side)
         return pixels
 
     def batch(self, images: Sequence[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
@@ -210,6 +213,24 @@ class OwlPixels:
         """Pixels per unit of a predicted box's x and y (boxes are relative to the padded square)."""
         side = float(max(height, width))
         return side, side
+
+
+def _zoom(pixels: torch.Tensor, dim: int, size: int) -> torch.Tensor:
+    """``pixels`` resized along ``dim`` to ``size`` linearly, as scipy's ``zoom`` (order 1,
+    ``grid_mode``) does: pixel centres aligned, and samples beyond the border mirrored into the
+    image (torch's bilinear holds the edge pixel instead, which upscaling to OWLv2's 960 px side
+    would give its top row and left column)."""
+    import torch
+
+    length = pixels.shape[dim]
+    source = (torch.arange(size, device=pixels.device, dtype=torch.float64) + 0.5) * (length / size) - 0.5
+    source = source.abs()  # mirrored at the first pixel's centre
+    last = float(length - 1)
+    source = torch.where(source > last, 2 * last - source, source).clamp(0, last)  # and at the last
+    low = source.floor().long()
+    high = (low + 1).clamp(max=length - 1)
+    weight = (source - low).to(pixels.dtype).view([-1 if d == dim else 1 for d in range(pixels.dim())])
+    return pixels.index_select(dim, low) * (1 - weight) + pixels.index_select(dim, high) * weight
 
 
 def _gaussian(pixels: torch.Tensor, sigma: float) -> torch.Tensor:
