@@ -193,10 +193,15 @@ def score_dataset(annotations: str | Path, images: str | Path, output: str | Pat
                   keep_above: float | None = None, removed_boxes: str = "drop-image",
                   bank: str | Path | None = None, clis_l_method: str = defaults.CLIS_L_METHOD,
                   clip_model: str = defaults.CLIP_MODEL, device: str = "auto", dtype: str = "auto",
-                  batch_size: int = 8, progress: bool = True, report: bool = True) -> DatasetReport:
+                  batch_size: int = 8, verify: bool = False, detector_model: str | None = None,
+                  detection_threshold: float | None = None, unplanned_threshold: float | None = None,
+                  verify_iou: float = defaults.VERIFY_IOU, progress: bool = True,
+                  report: bool = True) -> DatasetReport:
     """``acp score dataset``: CLIS of every image and box of a COCO file into the report
     folder ``output`` (with ``keep_above``, a filtered copy in ``output/filtered/``), and
-    ``output/report.html``. Items that could not be scored are in the result's ``failed``."""
+    ``output/report.html``; with ``verify`` (or a ``detector_model``) a zero-shot detector
+    checks every box and measures label fidelity, as ``--verify`` does. Items that could not
+    be scored are in the result's ``failed``."""
     from acp.device import resolve_device, resolve_dtype
     from acp.generate import components
     from acp.pretrained import check_models
@@ -204,19 +209,24 @@ def score_dataset(annotations: str | Path, images: str | Path, output: str | Pat
     from acp.score.candidates import ScoreSettings
     from acp.score.dataset import check_paths
     from acp.score.dataset import score_dataset as run
+    from acp.score.verify import verify_settings
 
     annotations, images, output = Path(annotations), Path(images), Path(output)
     check_paths(annotations, images, output)  # before any model, as on the command line
     device = resolve_device(device)
     resolve_dtype(dtype, device)
-    check_models([("--clip-model", clip_model)])
+    checks = verify_settings(verify, detector_model, detection_threshold=detection_threshold,
+                             unplanned_threshold=unplanned_threshold, verify_iou=verify_iou)
+    check_models([("--clip-model", clip_model),
+                  *([("--detector-model", checks.detector_model)] if checks else [])])
     settings = ScoreSettings(clip_model=clip_model, bank=Path(bank) if bank is not None else None,
                              clis_l_method=clis_l_method)
     layout = components.layout_scorer(settings, progress=progress) if bank is not None else None
     result = run(annotations, images, output,
                  image_scorer=components.image_scorer(clip_model, device, dtype=dtype, progress=progress),
                  layout_scorer=layout, keep_above=keep_above, removed_boxes=removed_boxes,  # type: ignore[arg-type]
-                 batch_size=batch_size, progress=progress)
+                 batch_size=batch_size, progress=progress,
+                 verifier=components.verifier(checks, device, dtype=dtype, progress=progress))
     if report:
         write_report(output)
     return result

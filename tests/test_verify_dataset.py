@@ -142,6 +142,21 @@ def test_the_cli_with_the_tiny_detector(tmp_path: Path, tiny_models: dict[str, P
     assert read(out, "verification.json")["detector_family"] == "owl"
 
 
+def test_the_python_api_verifies_as_the_command_line_does(
+        tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    from acp import api
+
+    annotations, images = write(tmp_path)
+    runner.invoke(app, ["score", "dataset", str(annotations), "--images", str(images), "-o",
+                        str(tmp_path / "cli"), "--clip-model", str(tiny_models["clip"]), "--detector-model",
+                        str(tiny_models["owlv2"]), "--no-progress"])
+    report = api.score_dataset(annotations, images, tmp_path / "api", clip_model=str(tiny_models["clip"]),
+                               detector_model=str(tiny_models["owlv2"]), device="cpu", progress=False)
+    assert report.summary["label_fidelity"] == read(tmp_path / "cli", "summary.json")["label_fidelity"]
+    assert read(tmp_path / "api", "verification.json") == read(tmp_path / "cli", "verification.json")
+    assert (tmp_path / "api" / "report.html").is_file()
+
+
 def test_a_bad_detector_is_one_line_before_any_model_loads(tmp_path: Path, tiny_models: dict[str, Path],
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     from acp.score.image import ImageScorer
