@@ -57,8 +57,8 @@ from acp.coco import scan_object
 from acp.concepts import MAX_NAME_LENGTH, MAX_OBJECTS_PER_SCENE, MAX_QUOTA, ConceptInput
 from acp.errors import InputError, MissingDependencyError, quoted
 from acp.export.categories import Category, CategoryMatcher, parse_categories
-from acp.jsonl import loads, read_records
-from acp.paths import SMALL_FILE_BYTES, file_problem, read_regular_text
+from acp.jsonl import read_records
+from acp.paths import file_problem
 
 MAX_CATEGORIES = 100_000
 # Pairs of an image are counted among its first this many distinct categories: an image of
@@ -404,21 +404,20 @@ def pass_rates_from(summary: Path, histogram: ClassHistogram) -> NDArray[np.floa
     """Per category, the share of planned instances an earlier run kept, read from its
     ``summary.json``: kept / (kept + dropped) where at least ``MIN_EVIDENCE`` were planned,
     else that run's overall share; never under ``MIN_PASS_RATE``. Every count must be an
-    integer in 0..``MAX_COUNT``, and some category of the summary a category of REAL."""
+    integer in 0..``MAX_COUNT``, and some category of the summary a category of REAL. The file
+    is read as every run's summary is (``acp.runfolder.read_run_summary``: bounded, typed)."""
+    from acp.runfolder import read_run_summary
+
     where = f"--pass-rate-from {summary}"
     try:
-        data = loads(read_regular_text(summary, SMALL_FILE_BYTES))
-    except FileNotFoundError:
-        raise InputError(f"{where}: no such file") from None
-    except OSError as error:
-        raise InputError(f"{where}: cannot read ({error.strerror or error})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(f"{where}: not a readable JSON file ({error})") from None
+        record = read_run_summary(summary)
+    except InputError as error:
+        raise InputError(f"--pass-rate-from {error}") from None
     keys = ("instances_kept_by_category", "instances_dropped_by_category")
-    kept, dropped = (data.get(key) if isinstance(data, dict) else None for key in keys)
-    if not isinstance(kept, dict) or not isinstance(dropped, dict):
+    if not set(keys) <= record.model_fields_set:
         raise InputError(f"{where}: expected the summary.json of an acp generate run (with "
                          "instances_kept_by_category and instances_dropped_by_category)")
+    kept, dropped = record.instances_kept_by_category, record.instances_dropped_by_category
     cats = histogram.categories
     matcher = CategoryMatcher(Category(c.id, c.name, c.supercategory, c.synonyms) for c in cats)
     rows = histogram.row_of()

@@ -76,9 +76,9 @@ from acp import defaults
 from acp.atomic import atomic_text_file, write_atomic
 from acp.errors import InputError, OutputMismatchError
 from acp.export.coco import ANNOTATIONS_NAME, IMAGES_DIR, RECORDS_NAME
-from acp.jsonl import JsonlWriter, drop_torn_tail, read_records
+from acp.jsonl import TOO_LONG, JsonlWriter, drop_torn_tail, read_records
 from acp.lock import OutputLock
-from acp.paths import open_regular
+from acp.paths import FileTooLargeError, NotRegularFileError, open_regular, read_regular
 from acp.render.folder import MANIFEST
 from acp.schema import Candidate, CandidateScore, PlanResult, ScenePlan, error_problems
 
@@ -210,6 +210,10 @@ def parse_json(text: str | bytes) -> Any:
         return _DECODER.decode(text.decode("utf-8") if isinstance(text, bytes) else text)
     except RecursionError:
         raise ValueError("nested too deeply") from None
+    except ValueError as error:
+        if "digits" in str(error) and not isinstance(error, json.JSONDecodeError):
+            raise ValueError(TOO_LONG) from None  # Python's own words name a sys function
+        raise
 
 
 def _regular(path: Path) -> bool:
@@ -222,15 +226,12 @@ def read_json_file(path: Path, limit: int = MAX_FILE) -> Any | None:
     """The JSON value of a whole-file record; ``None`` when there is no such file."""
     if not path.exists() and not path.is_symlink():
         return None
-    if not _regular(path):
-        raise InputError(f"{path}: not a regular file")
-    try:
-        with open_regular(path) as handle:
-            raw = handle.read(limit + 1)
+    try:  # a FIFO, device or folder is refused before any read, a file over ``limit`` on its size
+        raw = read_regular(path, limit)
+    except (NotRegularFileError, FileTooLargeError, IsADirectoryError) as error:
+        raise InputError(f"{path}: {error.strerror}") from None
     except OSError as error:
         raise InputError(f"{path}: cannot read ({error.strerror or error})") from None
-    if len(raw) > limit:
-        raise InputError(f"{path}: larger than {limit >> 20} MiB; expected the small file acp writes")
     try:
         return parse_json(raw)
     except (ValueError, UnicodeDecodeError) as error:

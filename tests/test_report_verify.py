@@ -218,7 +218,7 @@ def test_without_a_verifier_the_score_page_has_no_verification(tmp_path: Path) -
     ("not an object", "[1, 2]", "expected a JSON object"),
     ("categories not a list", '{"categories": {"a": 1}}', "categories: expected a JSON array"),
     ("a wrong type", '{"verified": "2"}', "verified"),
-    ("too large", '{"x": "' + "a" * (17 << 20) + '"}', "larger than 16 MiB"),
+    ("too large", '{"x": "' + "a" * (17 << 20) + '"}', "over the 16 MiB cap of such a file"),
 ])
 def test_an_unreadable_verification_file_is_a_note(tmp_path: Path, name: str, text: str, said: str) -> None:
     folder = _score_report(tmp_path)
