@@ -25,7 +25,10 @@ under a typical good match. It is a hand calibration from those published ranges
 with another CLIP, check the bounds (``ImageScorer(..., cosine_range=(lo, hi))``).
 
 All images and crops of one ``score`` call go through CLIP's vision tower in one forward pass
-(split only beyond ``max_batch`` inputs). They are made on the model's device
+on an accelerator (split only beyond ``max_batch`` inputs); on a CPU each goes alone, for the
+reason texts do (below): an image's embedding must not depend on the images that share its
+pass, which is decided by how many plans an engine had ready, so that the local and the Ray
+engine write the same scores. They are made on the model's device
 (``acp.score.pixels``): each image is copied there once, and the crops, padding, resizing and
 normalising are tensor operations, within a pixel level of CLIP's processor (CLIS-I within
 ``acp.score.pixels.CLIS_TOLERANCE`` of the processor's scores).
@@ -225,6 +228,8 @@ class ImageScorer:
         self.pixels = ClipPixels.from_processor(processor)
         self.cosine_range = cosine_range
         self.max_batch = max_batch
+        # Images per vision pass: one on a CPU, where a row's rounding depends on its batch.
+        self.image_batch = 1 if self.device.type == "cpu" else max_batch
         self.name = name
         self.text_cache = TextEmbeddingCache(text_cache_size)
         # Texts per text-tower pass (see the module notes); the shape of every pass is fixed.
@@ -258,7 +263,7 @@ class ImageScorer:
 
     # -- embeddings ----------------------------------------------------------------------
     def embed_images(self, images: Sequence[Image]) -> NDArray[np.float64]:
-        """Unit CLIP image embeddings; one vision forward pass per ``max_batch`` images."""
+        """Unit CLIP image embeddings; one vision forward pass per ``image_batch`` images."""
         return self.embed_pixels(to_device(images, self.device))
 
     def embed_pixels(self, images: Sequence[torch.Tensor]) -> NDArray[np.float64]:
@@ -266,9 +271,9 @@ class ImageScorer:
         import torch
 
         rows = []
-        for start in range(0, len(images), self.max_batch):
+        for start in range(0, len(images), self.image_batch):
             with torch.inference_mode():
-                pixels = self.pixels.batch(images[start : start + self.max_batch], self.dtype)
+                pixels = self.pixels.batch(images[start : start + self.image_batch], self.dtype)
                 pooled = self.model.vision_model(pixel_values=pixels).pooler_output
                 rows.append(self.model.visual_projection(pooled).float().cpu().numpy())
         return _unit(np.concatenate(rows)) if rows else np.zeros((0, 0))
