@@ -59,6 +59,7 @@ from acp.errors import InputError, MissingDependencyError, quoted
 from acp.export.categories import Category, CategoryMatcher, parse_categories
 from acp.jsonl import read_records
 from acp.paths import file_problem
+from acp.runfolder import BALANCE_MARK, read_run_summary
 
 MAX_CATEGORIES = 100_000
 # Pairs of an image are counted among its first this many distinct categories: an image of
@@ -81,14 +82,6 @@ MAX_COUNT = 10**15  # a count read from a summary: above any run's, exact as a f
 # its scenes fit in memory; LVIS's rare and common classes to 1,000 each ask for about 760,000.
 MAX_TOPUP_INSTANCES = 1_000_000
 CHART_NAMES = 60  # category names on the chart's x axis, at most
-# The files a balance writes (into a run folder too). Each carries MARK at its start (the JSON
-# files' first key; the chart's PNG "Software" text), so that ``generate --force`` removes a
-# balance file only when it can prove acp wrote it (``is_balance_file``).
-REPORT_FILE = "balance.json"
-CHART_FILE = "balance.png"
-PLAN_SUFFIX = ".balance.json"  # plans.jsonl -> plans.balance.json
-MARK = "acp_balance"
-_MARK_BYTES = 4096  # a PNG's text chunk comes right after its header
 FREQUENCIES = {"r": "rare", "c": "common", "f": "frequent"}
 SOURCES = ("cooccurrence", "supercategory", "frequent")
 
@@ -406,8 +399,6 @@ def pass_rates_from(summary: Path, histogram: ClassHistogram) -> NDArray[np.floa
     else that run's overall share; never under ``MIN_PASS_RATE``. Every count must be an
     integer in 0..``MAX_COUNT``, and some category of the summary a category of REAL. The file
     is read as every run's summary is (``acp.runfolder.read_run_summary``: bounded, typed)."""
-    from acp.runfolder import read_run_summary
-
     where = f"--pass-rate-from {summary}"
     try:
         record = read_run_summary(summary)
@@ -551,7 +542,7 @@ class BalancePlan:
                 "past_quota": int(self.beyond_quota[i]),
             })
         return {
-            MARK: "plan",
+            BALANCE_MARK: "plan",
             "real": str(self.histogram.path),
             "options": {k: v for k, v in self.options.__dict__.items()},
             "real_images": self.histogram.images,
@@ -827,7 +818,8 @@ class BalanceReport:
         return totals
 
     def write_json(self, path: Path) -> None:
-        report = {MARK: "report", "real": str(self.histogram.path), **self.totals(), "rows": self.rows()}
+        report = {BALANCE_MARK: "report", "real": str(self.histogram.path), **self.totals(),
+                  "rows": self.rows()}
         write_atomic(path, json.dumps(report, ensure_ascii=False, indent=None, separators=(",", ":"),
                                       allow_nan=False).replace('{"id"', '\n{"id"') + "\n")
 
@@ -883,29 +875,9 @@ class BalanceReport:
             axes.legend(loc="upper right")
             figure.tight_layout()
             with atomic_path(path) as tmp:
-                figure.savefig(tmp, format="png", metadata={"Software": MARK})
+                figure.savefig(tmp, format="png", metadata={"Software": BALANCE_MARK})
         finally:
             plt.close(figure)
-
-
-def plan_record_path(plans: Path) -> Path:
-    """Where the top-up plan of a plans file is written: ``plans.jsonl`` -> ``plans.balance.json``."""
-    return plans.with_name(plans.stem + PLAN_SUFFIX)
-
-
-def is_balance_file(path: Path) -> bool:
-    """Whether ``path`` is a file a balance wrote: it begins with ``MARK`` (a regular file
-    only, and only its first bytes are read)."""
-    from acp.paths import open_regular
-
-    try:
-        with open_regular(path) as handle:
-            start = handle.read(_MARK_BYTES)
-    except OSError:
-        return False
-    if start.startswith(b"\x89PNG"):
-        return b"Software\x00" + MARK.encode() in start
-    return start.startswith(b'{"' + MARK.encode() + b'":')
 
 
 def plan_report(plan: BalancePlan) -> BalanceReport:

@@ -120,6 +120,14 @@ SCORE_DETECTIONS = "detections.json"
 # is about 150 kB.
 MAX_LINE = 1 << 20
 # A whole-file record: a summary of 100,000 categories is about 6 MB.
+# The files a balance writes (``acp.balance``; into a run folder too). Each carries
+# BALANCE_MARK at its start (the JSON files' first key; the chart's PNG "Software" text), so
+# that ``--force`` removes a balance file only when it can prove acp wrote it.
+BALANCE_REPORT = "balance.json"
+BALANCE_CHART = "balance.png"
+BALANCE_PLAN_SUFFIX = ".balance.json"  # plans.jsonl -> plans.balance.json
+BALANCE_MARK = "acp_balance"
+_MARK_BYTES = 4096  # a PNG's text chunk comes right after its header
 MAX_FILE = 16 << 20
 # The COCO file, parsed whole: 1M images with RLE masks and provenance are about 2 GB, and
 # parsing takes several times its size in memory.
@@ -236,6 +244,24 @@ def read_json_file(path: Path, limit: int = MAX_FILE) -> Any | None:
         return parse_json(raw)
     except (ValueError, UnicodeDecodeError) as error:
         raise InputError(f"{path}: not valid JSON ({_short(str(error), 200)})") from None
+
+
+def plan_record_path(plans: Path) -> Path:
+    """Where the top-up plan of a plans file is written: ``plans.jsonl`` -> ``plans.balance.json``."""
+    return plans.with_name(plans.stem + BALANCE_PLAN_SUFFIX)
+
+
+def is_balance_file(path: Path) -> bool:
+    """Whether ``path`` is a file a balance wrote: it begins with ``BALANCE_MARK`` (a regular file
+    only, and only its first bytes are read)."""
+    try:
+        with open_regular(path) as handle:
+            start = handle.read(_MARK_BYTES)
+    except OSError:
+        return False
+    if start.startswith(b"\x89PNG"):
+        return b"Software\x00" + BALANCE_MARK.encode() in start
+    return start.startswith(b'{"' + BALANCE_MARK.encode() + b'":')
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -640,7 +666,6 @@ class RunFolder:
         files ``--balance`` marked as their own. A file of the user's, in ``images/`` too, stays
         (``acp.owned.remove_files``)."""
         from acp.atomic import is_temporary
-        from acp.balance import CHART_FILE, REPORT_FILE, is_balance_file, plan_record_path
         from acp.export.split import is_split_file
         from acp.owned import remove_files
 
@@ -648,7 +673,7 @@ class RunFolder:
                  REPORT, f"{CANDIDATES}/{MANIFEST}",
                  f".{COCO_RECORDS}.lock"]  # the COCO writer's lock file of acp before 0.2
         names += [split for split in SPLITS if is_split_file(self.root / split)]
-        balance = [plan_record_path(self.plans_path).name, REPORT_FILE, CHART_FILE]
+        balance = [plan_record_path(self.plans_path).name, BALANCE_REPORT, BALANCE_CHART]
         names += [name for name in balance if is_balance_file(self.root / name)]
         log = self.root / COCO_RECORDS
         if log.is_file():

@@ -107,8 +107,9 @@ def notice_skipped(histogram: ClassHistogram) -> None:
 
 def write_report(report: BalanceReport, folder: Path, *, limit: int = 40) -> None:
     """The table on stdout, ``balance.json`` and ``balance.png`` in ``folder``."""
-    from acp.balance import CHART_FILE, REPORT_FILE
     from acp.errors import MissingDependencyError
+    from acp.runfolder import BALANCE_CHART as CHART_FILE
+    from acp.runfolder import BALANCE_REPORT as REPORT_FILE
 
     for line in report.table(limit):
         print(line)

@@ -236,7 +236,7 @@ def generate(
     print(f"{output / 'annotations.json'}: {summary.annotations} annotations; "
           f"summary in {output / 'summary.json'}")
     if topup is not None:
-        from acp.balance import plan_record_path
+        from acp.runfolder import plan_record_path
 
         topup.write(plan_record_path(output / "plans.jsonl"))
         report_after_run(topup, output / "annotations.json", output)

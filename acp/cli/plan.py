@@ -186,11 +186,11 @@ def plan(
     The API key is read from OPENAI_API_KEY and never printed or written.
     """
     from acp import api
-    from acp.balance import plan_record_path
     from acp.cli.balance import BalanceArgs, balance_plan
     from acp.concepts import parse_object_range, scene_concepts
     from acp.generate.config import parse_size
     from acp.plan.run import failures_path
+    from acp.runfolder import plan_record_path
 
     objects = parse_object_range(objects_per_scene)
     wanted = BalanceArgs(balance, target, pass_rate, pass_rate_from, tail_below, frequency,
