@@ -290,6 +290,13 @@ class CandidateScore(_Record):
     detections: list[DetectedBox] = Field(
         default_factory=list, description="What the verifier detected, at most 100, best first.")
 
+    def unlabeled(self) -> list[DetectedBox]:
+        """The candidate's unlabeled objects (``acp.score.verify``): its unplanned instances, and
+        each confident detection that verified an instance which is not exported."""
+        exported = {o.id for o in self.objects if o.kept}
+        return [d for d in self.detections
+                if d.role == "unplanned" or (d.role == "match" and d.confident and d.object not in exported)]
+
 
 class PlanResult(_Record):
     """What became of one plan in ``acp generate`` (one line of ``progress.jsonl``, written

@@ -484,13 +484,12 @@ def test_a_stalled_reply_is_cut_at_the_deadline_and_retried(chat_server: ChatSer
     # deadline on the whole request ends it. The body would take about a minute.
     text = valid_text(list(CONCEPTS))
     chat_server.script(trickle(text, 0.05), trickle(text, 0.05))
-    started = time.monotonic()
     outcome = plan_one(chat_server.url, timeout=0.5, max_retries=1)
     assert not outcome.ok and "no complete reply within 0.5 s (after 1 retries)" in (outcome.error or "")
     assert outcome.transport_retries == 1 and len(chat_server.requests) == 2
-    assert not any(r.finished for r in chat_server.requests)  # both cut off mid-body
+    # The mechanism, not the clock: both replies were cut off mid-body, not read to their end.
+    assert not any(r.finished for r in chat_server.requests)
     assert all(0 < r.sent < len(text) for r in chat_server.requests)
-    assert time.monotonic() - started < 30  # backstop: the replies alone would take 2 minutes
 
 
 LIMIT = 10_000  # bytes of a reply body read, in the tests below (1 MiB by default)

@@ -243,7 +243,6 @@ def export_boxes(plan: ScenePlan, score: CandidateScore | None, size: tuple[int,
     unlabeled object the detector found (``acp.score.verify.unlabeled``) as an ignore region or
     a pseudo-label."""
     from acp.boxes import plan_to_coco
-    from acp.score.verify import unlabeled as unlabeled_of
 
     scores = {o.id: o for o in score.objects} if score else {}
     boxes = plan_to_coco([o.bbox for o in plan.objects], *size).reshape(-1, 4).tolist()
@@ -267,7 +266,7 @@ def export_boxes(plan: ScenePlan, score: CandidateScore | None, size: tuple[int,
             planned_bbox=[round(v, 2) for v in planned] if refined else None)))
     if score is not None and unlabeled is not None:
         index = {id(d): k for k, d in enumerate(score.detections)}
-        for detection in unlabeled_of(score):
+        for detection in score.unlabeled():
             x, y, w, h = detection.bbox
             provenance = InstanceProvenance(object_id=None, verification=unlabeled,
                                             detection_score=detection.score)

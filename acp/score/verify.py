@@ -281,11 +281,8 @@ def check(planned: Sequence[PlannedBox], detections: Sequence[Detection],
 
 
 def unlabeled(score: CandidateScore) -> list[DetectedBox]:
-    """The candidate's unlabeled objects (module notes): its unplanned instances, and each
-    confident detection that verified an instance which is not exported."""
-    exported = {o.id for o in score.objects if o.kept}
-    return [d for d in score.detections
-            if d.role == "unplanned" or (d.role == "match" and d.confident and d.object not in exported)]
+    """The candidate's unlabeled objects (module notes; ``CandidateScore.unlabeled``)."""
+    return score.unlabeled()
 
 
 def object_fields(box: BoxCheck, refine: bool) -> dict[str, Any]:
