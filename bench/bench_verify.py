@@ -14,9 +14,14 @@ full-size detectors' FLOPs, and `acp score dataset` with and without a detector.
    outermost module call's ``process_time``): what is left is acp's own work and the
    preprocessing. On a CPU the tensor preprocessing runs there; on a GPU the same operations
    are kernels and cost the CPU only their launches, so this figure is an upper bound of a GPU
-   worker's. Also shown: the preprocessing alone, before (transformers' processors on PIL:
-   ``CLIPProcessor`` on the image and its square-padded crops, ``Owlv2Processor`` on the
-   image) and after (``acp.score.pixels`` on tensors), medians over ``--repeats``.
+   worker's. Candidates come as the GLIGEN renderer hands them over (each image also a uint8
+   tensor on the device), and, second, as read from files (PIL, copied to the device once for
+   both models). Passes are sized as acp sizes them on a GPU (every image of a call in one
+   pass: the goal's case) and, third, as on a CPU (one image per pass, which multiplies the
+   per-pass host work by the number of images). Also shown: the preprocessing alone, before
+   (transformers' processors on PIL: ``CLIPProcessor`` on the image and its square-padded
+   crops, ``Owlv2Processor`` on the image) and after (``acp.score.pixels`` on tensors),
+   medians over ``--repeats``.
 2. **The verifier per candidate**: ``Verifier.check_plans`` on 512 px candidates with the tiny
    OWLv2 and Grounding DINO of ``acp.testing`` (64 px inputs), wall and CPU ms, one thread.
 3. **FLOPs per image of the full-size detectors**, counted with
@@ -36,15 +41,21 @@ full-size detectors' FLOPs, and `acp score dataset` with and without a detector.
    wall seconds of the command in a fresh process.
 
 Figures (2026-12-07, a machine of 2 cores shared with other jobs, busy; CPU only, no GPU;
-torch 2.13; ``python bench/bench_verify.py``, part 3 rerun alone with ``--parts 3``):
+torch 2.13; ``python bench/bench_verify.py``, part 3 rerun alone with ``--parts 3``; part 1
+rerun on 2026-12-08 on the same machine, quiet, load average about 1, after each candidate's
+pixels stayed on the device):
 
     1. CPU per plan, 512 px, K=4, 3 objects, verifier on (tiny OWLv2 at 960 px, tiny CLIP at
        224 px), 1 torch thread, median of 8 plans x 5:
-       outside the models, all on the CPU: 218.4 ms; of which acp.score.pixels' tensor
-       operations 190.1 ms (kernels on a GPU) and the rest 28.8 ms (host work on any device;
-       goal <= 15 ms); inside the tiny models: 59.0 ms
+       batched as on a GPU, candidates from the renderer (uint8 on the device): outside the
+       models, all on the CPU: 346.8 ms; of which acp.score.pixels' tensor operations
+       336.5 ms (kernels on a GPU) and the rest 10.1 ms (host work; goal <= 15 ms); inside
+       the tiny models: 52.2 ms
+       the same, candidates read from files (PIL, copied to the device once): the rest 12.8 ms
+       batched as on a CPU (one image per pass): the rest 18.4 ms from the renderer, 19.4 ms
+       from files
        preprocessing alone, before (processors on PIL) -> after (acp.score.pixels on CPU
-       tensors): CLIP 62.0 -> 52.8 ms, OWLv2 964.7 -> 196.1 ms
+       tensors): CLIP 65.8 -> 54.6 ms, OWLv2 1086.1 -> 275.2 ms
     2. The verifier per 512 px candidate, tiny detectors of acp.testing (64 px inputs), CPU,
        1 torch thread, median of 5:
        OWLv2             85.00 ms wall,   28.26 ms CPU per candidate
@@ -58,13 +69,19 @@ torch 2.13; ``python bench/bench_verify.py``, part 3 rerun alone with ``--parts 
        without a detector      422.3 s,   84.45 ms per image
        with tiny OWLv2        1555.9 s,  311.17 ms per image
 
-Read with care: the host work of part 1 (28.8 ms) is over the goal of 15 ms. About 8 ms of
-it is ``acp.score.pixels.to_device``'s conversion to float, which a GPU does on the device,
-and every candidate is converted and copied twice (once for CLIP, once for the detector; 5.6 ms
-a plan each on this CPU): sharing one copy between the two scorers is the next saving. In part
-4 the detector's time is the tiny model's forward, one image at a time on a CPU (a profile of
-300 images: ``ZeroShotDetector._owl`` 83 ms an image, the label-fidelity COCOeval 0.4 s in all);
-wall times of that machine varied by 1.5x between runs.
+Read with care: part 1's host work was 21.3 ms batched as on a GPU (34.7 ms as on a CPU) at
+8ee24d4, this bench run against it on the same quiet machine the same hour; the changes since:
+the renderer's uint8 tensor read by both models (no copy back, no second copy), the float
+conversion moved into the device preprocessing, the detector's outputs brought to the host once
+per batch and cut to boxes in numpy (a few float32 operations on a hundred boxes cost less there
+than their launches), non-maximum suppression from one IoU matrix per image, ``crop_box`` in
+Python floats (same arithmetic, a twentieth of the cost). Figures from one run to the next on
+this machine moved by up to 4 ms (13.0-17.8 ms for the CPU-batched case). Part 1's figure is
+what a CPU does standing in for the GPU: the launches of the device operations (a few hundred
+a plan) are in its "tensor operations", not in the host work; no GPU was lent to measure them.
+In part 4 the detector's time is the tiny model's forward, one image at a time on a CPU (a
+profile of 300 images: ``ZeroShotDetector._owl`` 83 ms an image, the label-fidelity COCOeval
+0.4 s in all); wall times of that machine varied by 1.5x between runs.
 """
 
 from __future__ import annotations
@@ -259,22 +276,36 @@ class DeviceWork:
             setattr(owner, name, function)
 
 
+def on_device(items: list[Any]) -> list[Any]:
+    """``items`` as the GLIGEN renderer hands them over: each image also as a ``(3, H, W)`` uint8
+    tensor on the device (here the CPU), made by the renderer before the scorers run."""
+    return [r._replace(pixels=torch.from_numpy(np.array(r.image)).permute(2, 0, 1)) for r in items]
+
+
 def cpu_per_plan(args: argparse.Namespace) -> None:
     from acp.score.candidates import Scorer
+    from acp.score.detector import MAX_BATCH as DETECTOR_BATCH
+    from acp.score.pixels import to_device
     from acp.score.verify import Verifier
 
     scorer, detector = full_size_input_models()
     verifier = Verifier(detector)
     score = Scorer(scorer)
     plans = [make_plan(n) for n in range(args.plans)]
-    rendered = [candidates(plan, args.candidates, n) for n, plan in enumerate(plans)]
+    from_files = [candidates(plan, args.candidates, n) for n, plan in enumerate(plans)]
+    rendered = [on_device(items) for items in from_files]
 
     def whole(plan: Any, items: list[Any]) -> tuple[float, float, float]:
-        """CPU seconds outside the models, of which in the tensor preprocessing; in the models."""
+        """CPU seconds outside the models, of which in the tensor preprocessing; in the models.
+        What ``acp.generate.stages.finish`` does with a batch: candidates without a device
+        tensor copied there once for both models, then the detector, then CLIS-I."""
         clock, device = ModelClock(), DeviceWork(scorer, detector)
         start = time.process_time()
         with clock, device:
-            checks = verifier.check_plans([(plan, r.image) for r in items])
+            if any(r.pixels is None for r in items):
+                pixels = to_device([r.image for r in items], scorer.device)
+                items = [r._replace(pixels=p) for r, p in zip(items, pixels, strict=True)]
+            checks = verifier.check_plans([(plan, r.picture) for r in items])
             score.score_many([(plan, items, None)], checks=[checks], verify=verifier.settings)
         total = time.process_time() - start
         return total - clock.seconds, device.seconds, clock.seconds
@@ -284,25 +315,43 @@ def cpu_per_plan(args: argparse.Namespace) -> None:
         call(scorer, detector, plan, items)
         return time.process_time() - start
 
-    whole(plans[0], rendered[0])  # warm-up: text embeddings cached, as in a long run
+    def batching(accelerator: bool) -> None:
+        """Pass sizes as acp sets them on an accelerator (every image of a call in one pass)
+        or on a CPU (one image per pass, for rounding that does not depend on the batch)."""
+        scorer.image_batch = scorer.max_batch if accelerator else 1
+        detector.batch = DETECTOR_BATCH if accelerator else 1
+
     runs: dict[str, list[float]] = {}
+    for accelerator in (True, False):
+        batching(accelerator)
+        whole(plans[0], rendered[0])  # warm-up: text embeddings cached, as in a long run
+        mode = "" if accelerator else "cpu_"
+        for repeat in range(args.repeats):
+            for plan, items, files in zip(plans, rendered, from_files, strict=True):
+                for source, given in (("", items), ("files_", files))[:: 1 if repeat % 2 else -1]:
+                    own, device, model = whole(plan, given)
+                    runs.setdefault(mode + source + "own", []).append(own)
+                    runs.setdefault(mode + source + "device", []).append(device)
+                    runs.setdefault(mode + source + "host", []).append(own - device)
+                    runs.setdefault(mode + source + "model", []).append(model)
+    batching(False)
     calls = (("clip_before", clip_before), ("clip_after", clip_after), ("owl_before", owl_before),
              ("owl_after", owl_after))
     for repeat in range(args.repeats):
-        for plan, items in zip(plans, rendered, strict=True):
-            own, device, model = whole(plan, items)
-            runs.setdefault("own", []).append(own)
-            runs.setdefault("device", []).append(device)
-            runs.setdefault("host", []).append(own - device)
-            runs.setdefault("model", []).append(model)
+        for plan, files in zip(plans, from_files, strict=True):
             for name, call in calls[:: 1 if repeat % 2 else -1]:  # alternating order: drifting load
-                runs.setdefault(name, []).append(cpu(call, plan, items))
+                runs.setdefault(name, []).append(cpu(call, plan, files))
     m = {name: statistics.median(values) * 1e3 for name, values in runs.items()}
     print(f"1. CPU per plan, {SIDE} px, K={args.candidates}, 3 objects, verifier on (tiny OWLv2 at 960 px, "
           f"tiny CLIP at 224 px), 1 torch thread, median of {args.plans} plans x {args.repeats}:")
-    print(f"   outside the models, all on the CPU: {m['own']:.1f} ms; of which acp.score.pixels' tensor "
-          f"operations {m['device']:.1f} ms (kernels on a GPU) and the rest {m['host']:.1f} ms "
-          f"(host work on any device; goal <= 15 ms); inside the tiny models: {m['model']:.1f} ms")
+    print(f"   batched as on a GPU, candidates from the renderer (uint8 on the device): outside the models, "
+          f"all on the CPU: {m['own']:.1f} ms; of which acp.score.pixels' tensor operations "
+          f"{m['device']:.1f} ms (kernels on a GPU) and the rest {m['host']:.1f} ms (host work; goal "
+          f"<= 15 ms); inside the tiny models: {m['model']:.1f} ms")
+    print(f"   the same, candidates read from files (PIL, copied to the device once): the rest "
+          f"{m['files_host']:.1f} ms")
+    print(f"   batched as on a CPU (one image per pass): the rest {m['cpu_host']:.1f} ms from the renderer, "
+          f"{m['cpu_files_host']:.1f} ms from files")
     print(f"   preprocessing alone, before (processors on PIL) -> after (acp.score.pixels on CPU tensors): "
           f"CLIP {m['clip_before']:.1f} -> {m['clip_after']:.1f} ms, "
           f"OWLv2 {m['owl_before']:.1f} -> {m['owl_after']:.1f} ms")

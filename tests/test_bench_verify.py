@@ -27,6 +27,9 @@ def test_the_bench_prints_every_figure_of_parts_1_and_2(tmp_path: Path) -> None:
     assert outside is not None, out
     total, device, host = map(float, outside.groups())
     assert total > 0 and 0 <= device <= total and abs(total - device - host) < 0.2
+    assert re.search(rf"read from files .* the rest {NUMBER} ms", out), out
+    cpu_batched = rf"as on a CPU .* the rest {NUMBER} ms from the renderer, {NUMBER} ms from files"
+    assert re.search(cpu_batched, out), out
     assert re.search(rf"CLIP {NUMBER} -> {NUMBER} ms, OWLv2 {NUMBER} -> {NUMBER} ms", out), out
     for family in ("OWLv2", "Grounding DINO"):
         assert re.search(rf"{family} +{NUMBER} ms wall, +{NUMBER} ms CPU per candidate", out), out

@@ -550,3 +550,30 @@ def test_a_reference_free_layout_score_is_not_written_as_clis_l(tmp_path: Path) 
     (record,) = combine("p1", [_candidate(0)], [image], layout, Thresholds(None, None))
     assert record.clis_l == pytest.approx(layout.score, abs=1e-3)
     assert record.detail["clis_l_sanity"] is None and record.detail["clis_l_method"] == "density"
+
+
+def _crop_box_in_numpy(bbox, width, height, margin=0.1):
+    """``crop_box`` as first written, in numpy (the reference of the Python-float version)."""
+    from acp.boxes import plan_to_sam
+
+    values = np.nan_to_num(np.asarray(bbox, dtype=np.float64), nan=0.0, posinf=1.0, neginf=0.0)
+    x0, y0, x1, y1 = plan_to_sam(values, width, height).tolist()
+    dx, dy = margin * max(x1 - x0, 0.0), margin * max(y1 - y0, 0.0)
+    left = int(np.clip(np.floor(x0 - dx + 1e-6), 0, width - 1))
+    top = int(np.clip(np.floor(y0 - dy + 1e-6), 0, height - 1))
+    right = int(np.clip(np.ceil(x1 + dx - 1e-6), left + 1, width))
+    bottom = int(np.clip(np.ceil(y1 + dy - 1e-6), top + 1, height))
+    return left, top, right, bottom
+
+
+def test_crop_box_equals_its_numpy_reference_on_any_box() -> None:
+    from acp.score.image import crop_box
+
+    rng = np.random.default_rng(0)
+    edges = [0.0, 1.0, 0.2, 0.5, 1e-9, -0.1, 1.3, 0.999999, 1 / 3, 0.7]
+    boxes = [*rng.random((3000, 4)), *rng.normal(0.5, 1, (3000, 4)),
+             *(rng.choice(edges, 4) for _ in range(3000)),
+             (np.nan, 0.1, np.inf, 0.2), (-np.inf, 0.0, 0.5, np.nan)]
+    for box in boxes:
+        for width, height in ((512, 512), (200, 300), (1, 1), (640, 427)):
+            assert crop_box(list(box), width, height) == _crop_box_in_numpy(list(box), width, height)

@@ -117,3 +117,46 @@ def test_clis_i_is_within_the_stated_tolerance_of_the_processors(tiny_models: di
         assert abs(a.clis_i - b.clis_i) <= CLIS_TOLERANCE
         for x, y in zip(a.objects, b.objects, strict=True):
             assert abs(x.clis_i - y.clis_i) <= CLIS_TOLERANCE
+
+
+# -- one copy on the device: a renderer's tensor read as it is, by CLIP and the detector alike --
+
+
+def as_tensor(image: Image.Image) -> torch.Tensor:
+    """``image`` as a renderer leaves it on the device: ``(3, H, W)`` uint8."""
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous()
+
+
+def test_a_device_tensor_is_taken_as_it_is_and_anything_else_is_refused() -> None:
+    from acp.score.pixels import image_size
+
+    image = smooth(np.random.default_rng(3), 30, 50)
+    tensor = as_tensor(image)
+    (taken,) = to_device([tensor], "cpu")
+    assert taken is tensor  # no copy when it is already there
+    (copied,) = to_device([image], "cpu")
+    assert copied.dtype == torch.uint8 and torch.equal(copied, tensor)
+    assert image_size(image) == image_size(tensor) == (50, 30)
+    for bad in (tensor.float(), tensor[0], tensor[:2], tensor.permute(1, 2, 0)):
+        with pytest.raises(ValueError, match=r"\(3, H, W\) uint8"):
+            to_device([bad], "cpu")
+
+
+def test_scores_and_detections_of_a_device_tensor_equal_those_of_its_image(tiny_models: dict[str, Path]
+                                                                            ) -> None:
+    from acp.score.detector import ZeroShotDetector
+    from acp.score.image import ImageScorer, Scene, SceneObject
+
+    rng = np.random.default_rng(4)
+    images = [smooth(rng, h, w) for h, w in [(64, 64), (97, 33), (48, 80)]]
+    scene = Scene("a dog and a cat", (SceneObject(0, "dog", "a dog", (0.1, 0.1, 0.5, 0.6)),
+                                      SceneObject(1, "cat", "a cat", (0.5, 0.4, 0.45, 0.5))))
+    scorer = ImageScorer.from_pretrained(str(tiny_models["clip"]), device="cpu")
+    from_images = scorer.score_scenes([(scene, image) for image in images])
+    from_tensors = scorer.score_scenes([(scene, as_tensor(image)) for image in images])
+    assert from_images == from_tensors
+    for family in ("owlv2", "grounding-dino"):
+        detector = ZeroShotDetector.from_pretrained(str(tiny_models[family]), device="cpu")
+        queries = [["dog", "cat"]] * len(images)
+        assert (detector.detect(images, queries, 0.0)
+                == detector.detect([as_tensor(image) for image in images], queries, 0.0))

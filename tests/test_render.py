@@ -147,11 +147,14 @@ def test_single_candidate_rerender_is_bit_exact(rendered: Path, plans_file: Path
     renderer = GligenRenderer(settings, device="cpu")
     plans = {p.id: p for p in (ScenePlan.model_validate_json(x) for x in plans_file.read_text().splitlines())}
     for record in (manifest(rendered)[2], manifest(rendered)[7]):  # "two" #2, "long" #1
-        (((candidate, image, flagged),),) = renderer.render_seeds(
+        (((candidate, image, flagged, on_device),),) = renderer.render_seeds(
             [(plans[record.plan_id], {record.index: record.seed})]
         )
         assert candidate == record and not flagged
         assert np.array_equal(np.asarray(image), pixels(rendered / record.path))
+        # the scorers' copy, left on the device, is the same image
+        assert on_device.dtype == torch.uint8
+        assert np.array_equal(on_device.permute(1, 2, 0).numpy(), np.asarray(image))
 
 
 def test_render_entry_point_batches_k(model: Path) -> None:

@@ -26,6 +26,7 @@ from acp.schema import CandidateScore, DetectedBox, ScenePlan
 from acp.score.verify import Detection, Verifier, VerifySettings
 from tests.test_report import SECTIONS, _parse
 from tests.test_score_dataset import FixedScorer
+from tests.test_verify_dataset import first_red
 
 runner = CliRunner()
 VERIFIED_SECTIONS = ["run", "counts", "scores", "verification", "contact-sheet", "extremes", "categories"]
@@ -72,7 +73,7 @@ class KnownDetector:
         self.found = found
 
     def detect(self, images: Any, queries: Any, min_score: float) -> list[list[Detection]]:
-        return [[d for d in self.found.get(image.getpixel((0, 0))[0], []) if d.score >= min_score
+        return [[d for d in self.found.get(first_red(image), []) if d.score >= min_score
                  and d.category in asked] for image, asked in zip(images, queries, strict=True)]
 
 

@@ -451,6 +451,7 @@ class FixedScorer:
     """A stand-in for ``ImageScorer`` (no CLIP): each box scores what ``box_score`` says."""
 
     name = "fixed"
+    device = "cpu"  # where a verified run puts the images it shares with the detector
 
     def __init__(self, box_score: Any = None):
         self.box_score = box_score or (lambda obj: 70.0)

@@ -7,9 +7,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import pytest
 from PIL import Image
 
+from acp.boxes import iou_matrix
 from acp.errors import InputError
 from acp.schema import PlanObject, ScenePlan
 from acp.score.verify import (
@@ -19,6 +21,7 @@ from acp.score.verify import (
     Verifier,
     VerifySettings,
     check,
+    suppress,
     unlabeled,
     verify_settings,
 )
@@ -318,3 +321,36 @@ def test_the_judge_is_asked_only_where_clip_and_the_detector_disagree(budget: in
     # Where the judge rated, its rating decides alone; elsewhere both cheap checks must agree.
     assert [o.kept for o in record.objects] == ([True, True, False, True] if budget > 1
                                                 else [True, True, False, False])
+
+
+def _suppress_one_by_one(detections: list[Detection], iou: float) -> list[Detection]:
+    """Greedy NMS as first written: each detection's IoU with the kept ones of its category."""
+    order = sorted(range(len(detections)), key=lambda k: (-detections[k].score, k))
+    kept: list[Detection] = []
+    by_category: dict[str, list[tuple[float, float, float, float]]] = {}
+    for k in order:
+        same = by_category.setdefault(detections[k].category, [])
+        if same and float(iou_matrix([detections[k].box], same).max()) > iou:
+            continue
+        same.append(detections[k].box)
+        kept.append(detections[k])
+    return kept
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_suppression_from_one_iou_matrix_keeps_what_pairwise_checks_keep(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(0, 60))
+    # clustered boxes, tied scores and exact duplicates: every branch of the greedy order
+    centres = rng.uniform(0, 400, (4, 2))
+    detections = []
+    for k in range(n):
+        x, y = centres[k % 4] + rng.normal(0, 15, 2)
+        w, h = rng.uniform(5, 80, 2)
+        score = float(rng.choice([0.5, 0.7, rng.uniform(0, 1)]))
+        category = str(rng.choice(["dog", "cat"]))
+        detections.append(Detection(category, score, (float(x), float(y), float(w), float(h))))
+    if n > 3:
+        detections.append(detections[2])
+    for iou in (0.0, 0.3, 0.5, 0.9):
+        assert suppress(detections, iou) == _suppress_one_by_one(detections, iou)

@@ -7,18 +7,21 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from PIL import Image
 from typer.testing import CliRunner
 
 from acp.boxes import iou_matrix, plan_to_coco
 from acp.cli import app
 from acp.jsonl import read_records
 from acp.schema import ScenePlan
+from acp.score.pixels import image_size
 from acp.score.verify import Detection, Verifier, VerifySettings
 from tests.test_generate import generate_args
+
+if TYPE_CHECKING:
+    from acp.score.pixels import Picture
 
 runner = CliRunner()
 VERIFIER_KEYS = {"detector_model", "detection_threshold", "unplanned_threshold", "verify_iou", "unplanned",
@@ -59,17 +62,18 @@ class StandIn:
         self.plans: list[ScenePlan] = []
         self.images = 0  # images detected, over the run
 
-    def detect(self, images: Sequence[Image.Image], queries: Sequence[Sequence[str]], min_score: float
+    def detect(self, images: Sequence[Picture], queries: Sequence[Sequence[str]], min_score: float
                ) -> list[list[Detection]]:
         assert len(self.plans) == len(images)
         self.images += len(images)
         found = []
         for plan, image, asked in zip(self.plans, images, queries, strict=True):
             assert list(asked) == list(dict.fromkeys(o.category for o in plan.objects))
-            boxes = plan_to_coco([o.bbox for o in plan.objects], *image.size).reshape(-1, 4).tolist()
+            size = image_size(image)  # the renderer's device tensor, or a PIL image
+            boxes = plan_to_coco([o.bbox for o in plan.objects], *size).reshape(-1, 4).tolist()
             one = [Detection(o.category, 0.9, inset(b)) for o, b in zip(plan.objects, boxes, strict=True)]
             if self.extra:
-                one.append(Detection(plan.objects[0].category, 0.8, extra_box(plan, image.size)))
+                one.append(Detection(plan.objects[0].category, 0.8, extra_box(plan, size)))
             found.append(one)
         return found
 
@@ -77,7 +81,7 @@ class StandIn:
 class StandInVerifier(Verifier):
     """The real checks over the stand-in's detections (it is told the plans of each call)."""
 
-    def check_plans(self, items: Sequence[tuple[ScenePlan, Image.Image]]) -> list[Any]:
+    def check_plans(self, items: Sequence[tuple[ScenePlan, Picture]]) -> list[Any]:
         assert isinstance(self.detector, StandIn)
         self.detector.plans = [plan for plan, _ in items]
         return super().check_plans(items)

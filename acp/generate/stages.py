@@ -110,7 +110,7 @@ def verify(batch: Sequence[Rendered], components: Components, times: StageTimes)
     if verifier is None or not todo:
         return list(batch)
     with times.timed("verify"):
-        found = iter(verifier.check_plans([(r.laid.plan, c.image) for r in todo for c in r.candidates]))
+        found = iter(verifier.check_plans([(r.laid.plan, c.picture) for r in todo for c in r.candidates]))
     return [r if r.checks is not None else replace(r, checks=tuple(next(found) for _ in r.candidates))
             for r in batch]
 
@@ -127,6 +127,7 @@ def finish(batch: Sequence[Rendered], components: Components, spec: StageSpec, t
     scorer = components.scorer
     policy = components.verifier.settings if components.verifier is not None else None
     try:
+        batch = _on_device(batch, components)
         batch = verify(batch, components, times)
         with times.timed("score"):
             results = scorer.score_many([(r.laid.plan, r.candidates, r.laid.layout) for r in batch],
@@ -140,6 +141,23 @@ def finish(batch: Sequence[Rendered], components: Components, spec: StageSpec, t
         return [out for rendered in batch for out in finish([rendered], components, spec, times)]
     return [_keep(rendered, scores, components, spec, times)
             for rendered, scores in zip(batch, results, strict=True)]
+
+
+def _on_device(batch: Sequence[Rendered], components: Components) -> Sequence[Rendered]:
+    """With a verifier, CLIP and the detector both read every candidate: one the renderer left
+    only on the host (a renderer without a device tensor) is copied to the device once, for
+    both, not once per model."""
+    if components.verifier is None or all(c.pixels is not None for r in batch for c in r.candidates):
+        return batch
+    from acp.score.pixels import to_device
+
+    device = components.scorer.image_scorer.device
+    copied = []
+    for rendered in batch:
+        pixels = to_device([c.image if c.pixels is None else c.pixels for c in rendered.candidates], device)
+        copied.append(replace(rendered, candidates=tuple(
+            c._replace(pixels=p) for c, p in zip(rendered.candidates, pixels, strict=True))))
+    return copied
 
 
 def _failed(rendered: Rendered, spec: StageSpec, error: Exception, times: StageTimes) -> Finished:

@@ -10,18 +10,31 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 from acp.schema import Candidate, ScenePlan
 
 if TYPE_CHECKING:
+    import torch
     from PIL import Image
+
+    from acp.score.pixels import Picture
 
 
 class RenderedCandidate(NamedTuple):
     """One candidate: its manifest record and its image (not yet written anywhere).
 
     ``flagged``: the safety checker flagged it and the renderer returned a black image in its
-    place. Drop it: do not write, score or export it."""
+    place. Drop it: do not write, score or export it.
+
+    ``pixels``: the same image as a ``(3, H, W)`` uint8 tensor still on the device the renderer
+    ran on, where it has one: the scorers read it there (``picture``) instead of copying
+    ``image`` back (``acp.score.pixels``)."""
 
     candidate: Candidate
     image: Image.Image
     flagged: bool = False
+    pixels: torch.Tensor | None = None
+
+    @property
+    def picture(self) -> Picture:
+        """The image as the scorers take it: the device tensor where there is one."""
+        return self.pixels if self.pixels is not None else self.image
 
 
 class Renderer(Protocol):

@@ -329,13 +329,14 @@ class GligenRenderer:
         groups: dict[tuple[int, int, float], list[_Condition]] = {}
         for condition in conditions:
             groups.setdefault((condition.width, condition.height, condition.beta), []).append(condition)
-        images: dict[int, tuple[list[Any], list[bool]]] = {}
+        images: dict[int, tuple[list[Any], list[Any], list[bool]]] = {}
         for group in groups.values():
-            pictures, flags = self._denoise(group)
+            pictures, levels, flags = self._denoise(group)
             start = 0
             for condition in group:
                 count = len(condition.seeds)
-                images[id(condition)] = (pictures[start : start + count], flags[start : start + count])
+                images[id(condition)] = (pictures[start : start + count], levels[start : start + count],
+                                         flags[start : start + count])
                 start += count
         results: list[list[RenderedCandidate]] = []
         found = iter(conditions)
@@ -344,10 +345,11 @@ class GligenRenderer:
                 results.append([])
                 continue
             condition = next(found)
-            pictures, flags = images[id(condition)]
+            pictures, levels, flags = images[id(condition)]
             results.append([
-                RenderedCandidate(self._candidate(plan, condition, index, seed), image, flagged)
-                for (index, seed), image, flagged in zip(seeds.items(), pictures, flags, strict=True)
+                RenderedCandidate(self._candidate(plan, condition, index, seed), image, flagged, pixels)
+                for (index, seed), image, pixels, flagged in zip(seeds.items(), pictures, levels, flags,
+                                                                  strict=True)
             ])
         return results
 
@@ -395,10 +397,12 @@ class GligenRenderer:
             masks=masks.expand(count, -1),
         )
 
-    def _denoise(self, group: Sequence[_Condition]) -> tuple[list[Any], list[bool]]:
+    def _denoise(self, group: Sequence[_Condition]) -> tuple[list[Any], list[Any], list[bool]]:
         """One denoising loop over every candidate of ``group`` (same size and ``beta``), the
         steps of ``StableDiffusionGLIGENPipeline.__call__`` with a batch of layouts instead of
-        one; ``tests/test_render.py`` checks it against the pipeline, pixel for pixel."""
+        one; ``tests/test_render.py`` checks it against the pipeline, pixel for pixel. Returns
+        the PIL images, the same images as uint8 ``(3, H, W)`` tensors left on the device (for
+        the scorers), and the safety checker's flags."""
         import torch
 
         pipe, settings = self.pipeline, self.settings
@@ -439,9 +443,16 @@ class GligenRenderer:
             decoded, flagged = pipe.run_safety_checker(decoded, device, prompts.dtype)
         # diffusers gives None when no checker ran, else one bool per image.
         flags = [bool(f) for f in flagged] if flagged is not None else [False] * len(generators)
-        images = pipe.image_processor.postprocess(decoded, output_type="pil",
-                                                  do_denormalize=[not f for f in flags])
-        return images, flags
+        with torch.no_grad():
+            decoded = pipe.image_processor.postprocess(decoded, output_type="pt",
+                                                       do_denormalize=[not f for f in flags])
+            # diffusers' numpy_to_pil arithmetic (float32 x 255, rounded half to even), done on
+            # the device: the same bits, and the host only copies bytes.
+            levels = (decoded.float() * 255).round().to(torch.uint8)
+        from PIL import Image
+
+        images = [Image.fromarray(array) for array in levels.permute(0, 2, 3, 1).cpu().numpy()]
+        return images, list(levels.unbind(0)), flags
 
 
 @dataclass

@@ -267,7 +267,7 @@ class Scorer:
         """``score`` for several ``(plan, rendered, layout or None)``, in one CLIP pass;
         ``checks`` are the verifier's (per plan, one per candidate), read with ``verify``'s
         policy (``acp.score.verify``)."""
-        scenes = [(Scene.from_plan(plan), r.image) for plan, rendered, _ in items for r in rendered]
+        scenes = [(Scene.from_plan(plan), r.picture) for plan, rendered, _ in items for r in rendered]
         image_scores = self.image_scorer.score_scenes(scenes)
         flat = ([c for plan_checks, (_, rendered, _) in zip(checks, items, strict=True)
                  for c in (plan_checks if plan_checks is not None else [None] * len(rendered))]

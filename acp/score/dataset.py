@@ -79,7 +79,7 @@ import math
 import os
 import shutil
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,12 +101,14 @@ from acp.score.candidates import compose_clis, layout_fields
 from acp.score.fidelity import Fidelity
 from acp.score.image import ImageScorer, Scene, SceneObject
 from acp.score.layout import LayoutScore, LayoutScorer
+from acp.score.pixels import image_size, to_device
 from acp.score.verify import PlannedBox, covers, object_fields
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
     from acp.schema import DetectedBox
+    from acp.score.pixels import Picture
     from acp.score.verify import CandidateCheck, Verifier
 
 SUMMARY_THRESHOLD = 60.0  # the paper's instance threshold, for the per-category share
@@ -490,10 +492,15 @@ class _Run:
         layout_scorer: LayoutScorer | None,
         keep_above: float | None,
     ) -> None:
-        scores = image_scorer.score_scenes([(scene, image) for _, scene, image, _, _ in batch])
+        pictures: Sequence[Picture] = [image for _, _, image, _, _ in batch]
+        if self.checks is not None:  # CLIP and the detector read one copy on the device
+            pictures = to_device(pictures, image_scorer.device)
+        scores = image_scorer.score_scenes([(scene, picture) for (_, scene, _, _, _), picture in
+                                            zip(batch, pictures, strict=True)])
         checks: list[CandidateCheck | None] = [None] * len(batch)
         if self.checks is not None:  # one detection pass for the batch
-            checks = list(self.checks.check([(image, scene) for _, scene, image, _, _ in batch]))
+            checks = list(self.checks.check([(picture, scene) for (_, scene, _, _, _), picture in
+                                             zip(batch, pictures, strict=True)]))
         layouts: list[LayoutScore | None] = [None] * len(batch)
         if layout_scorer is not None:  # the largest boxes, as the bank forms its pairs; one pass
             largest = [_largest(scene.objects, MAX_OBJECTS_PER_IMAGE) for _, scene, _, _, _ in batch]
@@ -587,11 +594,11 @@ class _Checks:
         self.regions: list[dict[str, Any]] = []
         self.images_with_unlabeled = 0
 
-    def check(self, items: list[tuple[Image, Scene]]) -> list[CandidateCheck]:
+    def check(self, items: list[tuple[Picture, Scene]]) -> list[CandidateCheck]:
         """One detection pass over the images, each asked for every category of the set."""
         prepared = []
         for image, scene in items:
-            boxes = plan_to_coco([o.bbox for o in scene.objects], *image.size).reshape(-1, 4).tolist()
+            boxes = plan_to_coco([o.bbox for o in scene.objects], *image_size(image)).reshape(-1, 4).tolist()
             planned = [PlannedBox(o.id, self.phrase_of[o.category], (b[0], b[1], b[2], b[3]))
                        for o, b in zip(scene.objects, boxes, strict=True)]
             prepared.append((image, planned, self.queries))

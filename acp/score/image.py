@@ -47,8 +47,9 @@ is busy launching kernels: the padding is nearly free, one call per text would n
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,7 +57,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from acp.boxes import plan_to_sam
 from acp.device import resolve_device, resolve_dtype
 from acp.errors import InputError, one_line
 from acp.names import category_key
@@ -67,6 +67,8 @@ from acp.score.pixels import ClipPixels, square, to_device
 if TYPE_CHECKING:
     import torch
     from PIL.Image import Image
+
+    from acp.score.pixels import Picture
 
 COSINE_RANGE = (0.12, 0.32)
 CONTEXT_MARGIN = 0.1
@@ -142,16 +144,34 @@ def crop_box(
     bbox: Sequence[float], width: int, height: int, margin: float = CONTEXT_MARGIN
 ) -> tuple[int, int, int, int]:
     """Pixel ``(left, top, right, bottom)`` of a normalised xywh box widened by ``margin`` of its
-    side, at least one pixel wide and high, inside the image. Never raises on odd boxes."""
-    values = np.nan_to_num(np.asarray(bbox, dtype=np.float64), nan=0.0, posinf=1.0, neginf=0.0)
-    x0, y0, x1, y1 = plan_to_sam(values, width, height).tolist()
+    side, at least one pixel wide and high, inside the image. Never raises on odd boxes.
+    Python floats, not numpy: the same IEEE arithmetic as ``plan_to_sam``, at a twentieth of
+    the cost (it runs for every crop CLIS-I scores)."""
+    x, y, w, h = (_finite(float(v)) for v in bbox)
+    x0, y0, x1, y1 = x * width, y * height, (x + w) * width, (y + h) * height
     dx, dy = margin * max(x1 - x0, 0.0), margin * max(y1 - y0, 0.0)
     eps = 1e-6  # 0.2 * 200 + 2 is 42.000000001 in floating point; that is pixel 42, not 43
-    left = int(np.clip(np.floor(x0 - dx + eps), 0, width - 1))
-    top = int(np.clip(np.floor(y0 - dy + eps), 0, height - 1))
-    right = int(np.clip(np.ceil(x1 + dx - eps), left + 1, width))
-    bottom = int(np.clip(np.ceil(y1 + dy - eps), top + 1, height))
+    left = _whole(x0 - dx + eps, 0, width - 1, math.floor)
+    top = _whole(y0 - dy + eps, 0, height - 1, math.floor)
+    right = _whole(x1 + dx - eps, left + 1, width, math.ceil)
+    bottom = _whole(y1 + dy - eps, top + 1, height, math.ceil)
     return left, top, right, bottom
+
+
+def _finite(value: float) -> float:
+    """``np.nan_to_num(value, nan=0, posinf=1, neginf=0)``."""
+    if math.isnan(value) or value == -math.inf:
+        return 0.0
+    return 1.0 if value == math.inf else value
+
+
+def _whole(value: float, low: int, high: int, rounding: Callable[[float], int]) -> int:
+    """``rounding(value)`` clipped to ``[low, high]`` (``low`` for NaN)."""
+    if not value > low:
+        return low
+    if value >= high:
+        return high
+    return min(max(rounding(value), low), high)
 
 
 def square_pad(image: Image) -> Image:
@@ -262,7 +282,7 @@ class ImageScorer:
         return cls(model, processor, device=device, name=name)
 
     # -- embeddings ----------------------------------------------------------------------
-    def embed_images(self, images: Sequence[Image]) -> NDArray[np.float64]:
+    def embed_images(self, images: Sequence[Picture]) -> NDArray[np.float64]:
         """Unit CLIP image embeddings; one vision forward pass per ``image_batch`` images."""
         return self.embed_pixels(to_device(images, self.device))
 
@@ -322,12 +342,12 @@ class ImageScorer:
         return rows
 
     # -- scoring -------------------------------------------------------------------------
-    def score(self, plan: ScenePlan, images: Sequence[Image]) -> list[ImageScore]:
+    def score(self, plan: ScenePlan, images: Sequence[Picture]) -> list[ImageScore]:
         """CLIS-I of each of ``images`` (candidates rendered from ``plan``)."""
         scene = Scene.from_plan(plan)
         return self.score_scenes([(scene, image) for image in images])
 
-    def score_scenes(self, items: Sequence[tuple[Scene, Image]]) -> list[ImageScore]:
+    def score_scenes(self, items: Sequence[tuple[Scene, Picture]]) -> list[ImageScore]:
         """CLIS-I of each ``(scene, image)``; all images and crops in one vision pass."""
         if not items:
             return []

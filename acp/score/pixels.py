@@ -2,9 +2,10 @@
 normalise for CLIP (``acp.score.image``) and the detectors (``acp.score.detector``).
 
 transformers' processors do this on the CPU with PIL or numpy, image by image: at 512 px and
-K=4 that was most of the CPU a worker spent outside the models. Here each image is copied to
-the device once (as bytes) and every step is a torch operation there, each mirroring its
-processor's step:
+K=4 that was most of the CPU a worker spent outside the models. Here an image rendered on the
+device stays there (``RenderedCandidate.pixels``, uint8, read by CLIP and the detector alike),
+an image read from a file is copied there once as bytes, and every step from the conversion to
+float on is a torch operation there, each mirroring its processor's step:
 
 - CLIP (``ClipPixels``): resize so the shortest side is ``size`` (PIL's bicubic, which torch's
   antialiased bicubic reproduces), centre crop, rounded to whole pixel levels as PIL's 8-bit
@@ -35,8 +36,13 @@ from typing import TYPE_CHECKING, Any
 from acp.errors import InputError
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
     import torch
     from PIL.Image import Image
+
+    # An image as the scorers take it: a PIL image, or a renderer's (3, H, W) uint8 tensor.
+    Picture: TypeAlias = "Image | torch.Tensor"
 
 # How far scores from these inputs may lie from scores of the processor's (tests check it).
 CLIS_TOLERANCE = 0.5  # CLIS-I points (0-100)
@@ -49,17 +55,34 @@ def _size(size: Any, key: str) -> int | None:
     return int(value) if value is not None else None
 
 
-def to_device(images: Sequence[Image], device: Any) -> list[torch.Tensor]:
-    """Each image as a float ``(3, H, W)`` tensor of pixel levels (0-255) on ``device``, copied
-    there as bytes."""
+def image_size(picture: Picture) -> tuple[int, int]:
+    """``(width, height)`` of a PIL image or a ``(3, H, W)`` tensor of pixels."""
+    if hasattr(picture, "shape"):
+        _, height, width = picture.shape
+        return int(width), int(height)
+    width, height = picture.size
+    return int(width), int(height)
+
+
+def to_device(images: Sequence[Picture], device: Any) -> list[torch.Tensor]:
+    """Each image as a ``(3, H, W)`` uint8 tensor of pixel levels on ``device``: a PIL image is
+    copied there as bytes; a tensor (a renderer's decoded image, already on the device) is used
+    as it is. The conversion to float is the models' preprocessing's (``ClipPixels`` and the
+    others), so on an accelerator it runs there."""
     import numpy as np
     import torch
 
     tensors = []
     for image in images:
+        if isinstance(image, torch.Tensor):
+            if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
+                raise ValueError(f"expected a (3, H, W) uint8 image tensor, got {image.dtype} "
+                                 f"{tuple(image.shape)}")
+            tensors.append(image.to(device, non_blocking=True))
+            continue
         rgb = image if image.mode == "RGB" else image.convert("RGB")
         data = torch.from_numpy(np.array(rgb)).to(device, non_blocking=True)
-        tensors.append(data.permute(2, 0, 1).float())
+        tensors.append(data.permute(2, 0, 1))
     return tensors
 
 
@@ -68,6 +91,7 @@ def _resize(pixels: torch.Tensor, height: int, width: int, mode: str, levels: bo
     ``levels``: rounded to whole pixel levels, as PIL's 8-bit output is."""
     import torch.nn.functional as F
 
+    pixels = pixels.float()
     if pixels.shape[-2:] != (height, width):
         pixels = F.interpolate(pixels[None], size=(height, width), mode=mode, align_corners=False,
                                antialias=True)[0]
@@ -76,12 +100,14 @@ def _resize(pixels: torch.Tensor, height: int, width: int, mode: str, levels: bo
 
 def _normalise(batch: torch.Tensor, scale: float, mean: Sequence[float], std: Sequence[float]
                ) -> torch.Tensor:
+    """``(batch * scale - mean) / std`` per channel, in place (``batch`` is the caller's own
+    fresh tensor): one buffer of the batch's size instead of three."""
     import torch
 
     shape = (1, -1, 1, 1)
     mean_t = torch.tensor(mean, device=batch.device, dtype=batch.dtype).view(shape)
     std_t = torch.tensor(std, device=batch.device, dtype=batch.dtype).view(shape)
-    return (batch * scale - mean_t) / std_t
+    return batch.mul_(scale).sub_(mean_t).div_(std_t)
 
 
 def _common(processor: Any, what: str, option: str) -> tuple[float, tuple[float, ...], tuple[float, ...]]:
@@ -196,7 +222,8 @@ class OwlPixels:
 
         _, height, width = pixels.shape
         side = max(height, width)
-        pixels = F.pad(pixels * self.scale, (0, side - width, 0, side - height))  # black, bottom right
+        # black at the bottom and right
+        pixels = F.pad(pixels.float() * self.scale, (0, side - width, 0, side - height))
         factor = side / self.side
         if factor > 1:  # downscaling: the processor's Gaussian first
             pixels = _gaussian(pixels, (factor - 1) / 2)

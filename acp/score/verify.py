@@ -76,9 +76,8 @@ from acp.schema import DetectedBox
 from acp.settings_record import recorded
 
 if TYPE_CHECKING:
-    from PIL.Image import Image
-
     from acp.schema import CandidateScore, ScenePlan
+    from acp.score.pixels import Picture
 
 # OWLv2 (base, patch 16, ensemble weights): see acp.score.detector for why it is the default.
 DETECTOR_MODEL = defaults.DETECTOR_MODEL
@@ -156,7 +155,7 @@ class Detector(Protocol):
     name: str
     family: str
 
-    def detect(self, images: Sequence[Image], queries: Sequence[Sequence[str]], min_score: float
+    def detect(self, images: Sequence[Picture], queries: Sequence[Sequence[str]], min_score: float
                ) -> list[list[Detection]]: ...
 
 
@@ -204,17 +203,20 @@ class CandidateCheck:
 def suppress(detections: Sequence[Detection], iou: float = NMS_IOU) -> list[Detection]:
     """Class-wise greedy non-maximum suppression: best first (ties: the earlier), a detection
     overlapping a kept one of its category by more than ``iou`` is dropped."""
+    if not detections:
+        return []
     order = sorted(range(len(detections)), key=lambda k: (-detections[k].score, k))
-    kept: list[Detection] = []
-    by_category: dict[str, list[tuple[float, float, float, float]]] = {}
+    overlaps = iou_matrix([d.box for d in detections], [d.box for d in detections]).tolist()
+    kept: list[int] = []
+    by_category: dict[str, list[int]] = {}
     for k in order:
-        found = detections[k]
-        same = by_category.setdefault(found.category, [])
-        if same and float(iou_matrix([found.box], same).max()) > iou:
+        same = by_category.setdefault(detections[k].category, [])
+        row = overlaps[k]
+        if any(row[j] > iou for j in same):
             continue
-        same.append(found.box)
-        kept.append(found)
-    return kept
+        same.append(k)
+        kept.append(k)
+    return [detections[k] for k in kept]
 
 
 def covers(outer: Sequence[float], inner: Sequence[float]) -> bool:
@@ -321,7 +323,7 @@ class Verifier:
         self.settings = settings or VerifySettings(detector_model=detector.name or DETECTOR_MODEL)
         self.thresholds = self.settings.thresholds(detector.family)
 
-    def check(self, items: Sequence[tuple[Image, Sequence[PlannedBox], Sequence[str]]]
+    def check(self, items: Sequence[tuple[Picture, Sequence[PlannedBox], Sequence[str]]]
               ) -> list[CandidateCheck]:
         """``(image, planned boxes, categories asked)`` each, checked (module notes)."""
         found = self.detector.detect([image for image, _, _ in items], [list(q) for _, _, q in items],
@@ -329,13 +331,14 @@ class Verifier:
         return [check(planned, detections, self.thresholds)
                 for (_, planned, _), detections in zip(items, found, strict=True)]
 
-    def check_plans(self, items: Sequence[tuple[ScenePlan, Image]]) -> list[CandidateCheck]:
+    def check_plans(self, items: Sequence[tuple[ScenePlan, Picture]]) -> list[CandidateCheck]:
         """Each ``(plan, candidate image)``, asked for the plan's categories."""
         from acp.boxes import plan_to_coco
+        from acp.score.pixels import image_size
 
         prepared = []
         for plan, image in items:
-            boxes = plan_to_coco([o.bbox for o in plan.objects], *image.size).reshape(-1, 4).tolist()
+            boxes = plan_to_coco([o.bbox for o in plan.objects], *image_size(image)).reshape(-1, 4).tolist()
             planned = [PlannedBox(o.id, o.category, (b[0], b[1], b[2], b[3]))
                        for o, b in zip(plan.objects, boxes, strict=True)]
             prepared.append((image, planned, list(dict.fromkeys(o.category for o in plan.objects))))
