@@ -267,8 +267,10 @@ class Scorer:
         """``score`` for several ``(plan, rendered, layout or None)``, in one CLIP pass;
         ``checks`` are the verifier's (per plan, one per candidate), read with ``verify``'s
         policy (``acp.score.verify``)."""
-        scenes = [(Scene.from_plan(plan), r.picture) for plan, rendered, _ in items for r in rendered]
-        image_scores = self.image_scorer.score_scenes(scenes)
+        each = [(Scene.from_plan(plan), r) for plan, rendered, _ in items for r in rendered]
+        # CLIP reads the device copy where the renderer left one; the judge, the PIL image
+        image_scores = self.image_scorer.score_scenes([(scene, r.picture) for scene, r in each])
+        scenes = [(scene, r.image) for scene, r in each]
         flat = ([c for plan_checks, (_, rendered, _) in zip(checks, items, strict=True)
                  for c in (plan_checks if plan_checks is not None else [None] * len(rendered))]
                 if checks is not None else [None] * len(scenes))
