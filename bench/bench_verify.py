@@ -40,10 +40,9 @@ full-size detectors' FLOPs, and `acp score dataset` with and without a detector.
    OWLv2), on a synthetic COCO set of ``--images`` 32 x 32 images (``bench_score_dataset``'s),
    wall seconds of the command in a fresh process.
 
-Figures (2026-12-07, a machine of 2 cores shared with other jobs, busy; CPU only, no GPU;
-torch 2.13; ``python bench/bench_verify.py``, part 3 rerun alone with ``--parts 3``; part 1
-rerun on 2026-12-08 on the same machine, quiet, load average about 1, after each candidate's
-pixels stayed on the device):
+Figures (CPU only, no GPU; torch 2.13; a machine of 2 cores. Parts 1, 2 and 4: 2026-12-08,
+quiet (load average about 1), after each candidate's pixels stayed on the device, each part
+run alone with ``--parts N``; part 3: 2026-12-07, busy):
 
     1. CPU per plan, 512 px, K=4, 3 objects, verifier on (tiny OWLv2 at 960 px, tiny CLIP at
        224 px), 1 torch thread, median of 8 plans x 5:
@@ -58,16 +57,16 @@ pixels stayed on the device):
        tensors): CLIP 65.8 -> 54.6 ms, OWLv2 1086.1 -> 275.2 ms
     2. The verifier per 512 px candidate, tiny detectors of acp.testing (64 px inputs), CPU,
        1 torch thread, median of 5:
-       OWLv2             85.00 ms wall,   28.26 ms CPU per candidate
-       Grounding DINO    89.10 ms wall,   29.53 ms CPU per candidate
+       OWLv2             38.55 ms wall,   38.54 ms CPU per candidate
+       Grounding DINO    26.75 ms wall,   26.75 ms CPU per candidate
     3. FLOPs per image of the full-size detectors (random weights, FlopCounterMode, 3
        categories), against GLIGEN's ~49.6 TFLOP per 512 px candidate:
        OWLv2 base/16, 960 px          1.117 TFLOP per image (2.25 % of a GLIGEN candidate)
        Grounding DINO tiny, 800 px    0.502 TFLOP per image (1.01 % of a GLIGEN candidate)
     4. acp score dataset, 5000 images of 32 x 32 px, 17432 boxes, tiny CLIP, --batch-size 64,
        CPU, wall seconds of the command:
-       without a detector      422.3 s,   84.45 ms per image
-       with tiny OWLv2        1555.9 s,  311.17 ms per image
+       without a detector       68.9 s,   13.78 ms per image
+       with tiny OWLv2         101.6 s,   20.31 ms per image
 
 Read with care: part 1's host work was 21.3 ms batched as on a GPU (34.7 ms as on a CPU) at
 8ee24d4, this bench run against it on the same quiet machine the same hour; the changes since:
@@ -79,9 +78,11 @@ Python floats (same arithmetic, a twentieth of the cost). Figures from one run t
 this machine moved by up to 4 ms (13.0-17.8 ms for the CPU-batched case). Part 1's figure is
 what a CPU does standing in for the GPU: the launches of the device operations (a few hundred
 a plan) are in its "tensor operations", not in the host work; no GPU was lent to measure them.
-In part 4 the detector's time is the tiny model's forward, one image at a time on a CPU (a
-profile of 300 images: ``ZeroShotDetector._owl`` 83 ms an image, the label-fidelity COCOeval
-0.4 s in all); wall times of that machine varied by 1.5x between runs.
+On 2026-12-07, on the same machine busy with other jobs, parts 2 and 4 read several times
+slower (OWLv2 85.0 ms and Grounding DINO 89.1 ms wall per candidate; ``score dataset`` 84.5 ms
+per image without a detector and 311.2 ms with it): on a shared machine read them side by side
+only within one run. In part 4 the detector adds the tiny model's forward, one image at a time
+on a CPU, and the label-fidelity COCOeval (0.4 s in all).
 """
 
 from __future__ import annotations

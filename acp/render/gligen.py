@@ -451,7 +451,8 @@ class GligenRenderer:
             levels = (decoded.float() * 255).round().to(torch.uint8)
         from PIL import Image
 
-        images = [Image.fromarray(array) for array in levels.permute(0, 2, 3, 1).cpu().numpy()]
+        # channels last on the device (a kernel there), so the host copies rows as they are
+        images = [Image.fromarray(array) for array in levels.permute(0, 2, 3, 1).contiguous().cpu().numpy()]
         return images, list(levels.unbind(0)), flags
 
 
