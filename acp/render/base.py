@@ -13,8 +13,6 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-    from acp.score.pixels import Picture
-
 
 class RenderedCandidate(NamedTuple):
     """One candidate: its manifest record and its image (not yet written anywhere).
@@ -32,7 +30,7 @@ class RenderedCandidate(NamedTuple):
     pixels: torch.Tensor | None = None
 
     @property
-    def picture(self) -> Picture:
+    def picture(self) -> Image.Image | torch.Tensor:
         """The image as the scorers take it: the device tensor where there is one."""
         return self.pixels if self.pixels is not None else self.image
 
