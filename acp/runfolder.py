@@ -119,7 +119,6 @@ SCORE_DETECTIONS = "detections.json"
 # A line of a stream: acp's longest, a scores line of 30 objects with their 435 pair details,
 # is about 150 kB.
 MAX_LINE = 1 << 20
-# A whole-file record: a summary of 100,000 categories is about 6 MB.
 # The files a balance writes (``acp.balance``; into a run folder too). Each carries
 # BALANCE_MARK at its start (the JSON files' first key; the chart's PNG "Software" text), so
 # that ``--force`` removes a balance file only when it can prove acp wrote it.
@@ -128,6 +127,7 @@ BALANCE_CHART = "balance.png"
 BALANCE_PLAN_SUFFIX = ".balance.json"  # plans.jsonl -> plans.balance.json
 BALANCE_MARK = "acp_balance"
 _MARK_BYTES = 4096  # a PNG's text chunk comes right after its header
+# A whole-file record: a summary of 100,000 categories is about 6 MB.
 MAX_FILE = 16 << 20
 # The COCO file, parsed whole: 1M images with RLE masks and provenance are about 2 GB, and
 # parsing takes several times its size in memory.

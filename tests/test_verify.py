@@ -22,7 +22,6 @@ from acp.score.verify import (
     VerifySettings,
     check,
     suppress,
-    unlabeled,
     verify_settings,
 )
 
@@ -236,7 +235,7 @@ def test_an_unlabeled_object_drops_its_candidate_only_under_drop(policy: str, ke
     assert record.kept is kept
     if not kept:
         assert record.reason == "1 unlabeled objects the detector is sure of (dog)"
-    assert [d.bbox for d in unlabeled(record)] == [[60.0, 10.0, 30.0, 30.0]]
+    assert [d.bbox for d in record.unlabeled()] == [[60.0, 10.0, 30.0, 30.0]]
 
 
 def test_a_verified_instance_left_out_by_clip_is_unlabeled() -> None:
@@ -245,7 +244,7 @@ def test_a_verified_instance_left_out_by_clip_is_unlabeled() -> None:
     found = check(planned, [dog(), dog((60.0, 60.0, 30.0, 30.0), 0.8)], THRESHOLDS)
     drop, ignore = (scores_of([found], [[70.0, 40.0]], unplanned=p)[0] for p in ("drop", "ignore"))
     assert [o.kept for o in ignore.objects] == [True, False]
-    assert [d.bbox for d in unlabeled(ignore)] == [[60.0, 60.0, 30.0, 30.0]]
+    assert [d.bbox for d in ignore.unlabeled()] == [[60.0, 60.0, 30.0, 30.0]]
     assert not drop.kept
 
 

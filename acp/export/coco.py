@@ -240,7 +240,7 @@ def export_boxes(plan: ScenePlan, score: CandidateScore | None, size: tuple[int,
                  unlabeled: Literal["ignore", "pseudo-label"] | None = None) -> list[ExportBox]:
     """The boxes of a kept image of ``size`` (width, height): its kept objects (the detector's
     box where the score says ``refined``), and with a verifier's score and ``unlabeled``, each
-    unlabeled object the detector found (``acp.score.verify.unlabeled``) as an ignore region or
+    unlabeled object the detector found (``CandidateScore.unlabeled``) as an ignore region or
     a pseudo-label."""
     from acp.boxes import plan_to_coco
 

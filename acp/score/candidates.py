@@ -133,7 +133,7 @@ def combine(
 ) -> list[CandidateScore]:
     """One ``CandidateScore`` per candidate of one plan, thresholds applied, best marked;
     ``checks`` (one per candidate) are the verifier's, read with ``verify``'s policy."""
-    from acp.score.verify import object_fields, unlabeled
+    from acp.score.verify import object_fields
 
     low_layout = (
         layout is not None
@@ -171,7 +171,7 @@ def combine(
         elif check is not None and verify is not None and verify.unplanned == "drop":
             scored = CandidateScore(plan_id=plan_id, index=candidate.index, clis=0.0, clis_i=0.0,
                                     objects=objects, detections=detections)
-            extra = unlabeled(scored)
+            extra = scored.unlabeled()
             if extra:
                 names = ", ".join(dict.fromkeys(d.category for d in extra))
                 reason = f"{len(extra)} unlabeled objects the detector is sure of ({names})"

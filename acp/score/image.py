@@ -348,7 +348,8 @@ class ImageScorer:
         return self.score_scenes([(scene, image) for image in images])
 
     def score_scenes(self, items: Sequence[tuple[Scene, Picture]]) -> list[ImageScore]:
-        """CLIS-I of each ``(scene, image)``; all images and crops in one vision pass."""
+        """CLIS-I of each ``(scene, image)``; all images and crops in one vision pass on an
+        accelerator, one pass each on a CPU (``image_batch``)."""
         if not items:
             return []
         inputs: list[torch.Tensor] = []

@@ -44,7 +44,8 @@ or past its call budget, a disagreement is not exported.
 
 **Unlabeled objects** are what the detector is sure of (``confident``) that no exported label
 covers: the unplanned instances, and the detection that verified an instance which was then
-not exported. ``unplanned`` (``--unplanned``) decides their fate:
+not exported (``CandidateScore.unlabeled``). ``unplanned`` (``--unplanned``) decides
+their fate:
 
 - ``drop`` (the default): the candidate is dropped (another candidate of the plan may be kept).
   No image then carries an object its labels call background, whatever trains on it: an
@@ -76,7 +77,7 @@ from acp.schema import DetectedBox
 from acp.settings_record import recorded
 
 if TYPE_CHECKING:
-    from acp.schema import CandidateScore, ScenePlan
+    from acp.schema import ScenePlan
     from acp.score.pixels import Picture
 
 # OWLv2 (base, patch 16, ensemble weights): see acp.score.detector for why it is the default.
@@ -280,11 +281,6 @@ def check(planned: Sequence[PlannedBox], detections: Sequence[Detection],
                                    bbox=[round(v, 2) for v in detection.box], role=role,
                                    object=matched_by.get(column), confident=confident))
     return CandidateCheck(tuple(boxes), tuple(records))
-
-
-def unlabeled(score: CandidateScore) -> list[DetectedBox]:
-    """The candidate's unlabeled objects (module notes; ``CandidateScore.unlabeled``)."""
-    return score.unlabeled()
 
 
 def object_fields(box: BoxCheck, refine: bool) -> dict[str, Any]:
